@@ -1,0 +1,109 @@
+/*
+ * records.h — the request history: one row per proxied request, in SQLite.
+ *
+ * Worker threads fill an sl_record_t when a request ends and hand it to
+ * sl_records_submit(), which only queues it: a single writer thread owns the
+ * write connection, batches inserts into one transaction (up to 256 records
+ * or 50 ms), and evicts the oldest rows so the table never holds more than
+ * `max_records`. The event loops therefore never wait on the disk. When the
+ * disk is full or the database is locked the batch is dropped, logged to
+ * stderr and counted (sl_records_dropped()); the gateway keeps serving.
+ *
+ * Reads (query/get/delete, for the admin API) may run on any thread at any
+ * time: each call borrows a connection from a small mutex-protected pool,
+ * and WAL mode lets those readers proceed while the writer commits.
+ *
+ * Ids are the x-request-id, which a client may choose and reuse: ids are not
+ * unique in the table. get() returns the newest record with that id;
+ * delete() removes every record with that id.
+ */
+#ifndef SL_RECORDS_H
+#define SL_RECORDS_H
+
+#include <stdint.h>
+
+#include "buf.h"
+
+/* Every string is malloc'd and owned by the record (NULL = absent). */
+typedef struct sl_record_s {
+    char *id;    /* x-request-id */
+    double time; /* unix seconds, start of request */
+    char *client, *service, *method, *path, *route, *supplier, *model_in, *model_out;
+    int status;                  /* status sent to the client (0 if none) */
+    double duration_ms, ttfb_ms; /* ttfb_ms < 0 if no byte was sent */
+    int64_t bytes_in, bytes_out;
+    int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 = unknown */
+    char *reason; /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
+    int partial, expected;
+    char *error;  /* e.g. "partial=true; reason=UPSTREAM_EOF_EARLY; ..." or NULL */
+    int attempts; /* upstream attempts made */
+    /* JSON array text of {supplier,status,error,duration_ms}, or NULL. Text
+     * that is not a valid JSON array is stored as NULL. */
+    char *attempts_json;
+    /* Only stored when the history was opened with keep_bodies; the caller
+     * has already redacted secrets. */
+    char *request_body, *response_body;
+    /* JSON object text added by Lua's log hook, or NULL. Text that is not a
+     * valid JSON object is stored as NULL. */
+    char *extra_json;
+} sl_record_t;
+
+/* A zeroed record with the token counts and ttfb_ms set to "unknown" (-1),
+ * or NULL on ENOMEM. */
+sl_record_t *sl_record_new(void);
+/* Frees the record and every string it holds. NULL is a no-op. */
+void sl_record_free(sl_record_t *r);
+
+typedef struct sl_records_s sl_records_t;
+
+/*
+ * Opens (creating if needed) the database file at `path` — its directory
+ * must exist — switches it to WAL, creates the schema and starts the writer
+ * thread. max_records <= 0 means unbounded. keep_bodies = 0 discards
+ * request_body/response_body on submit. Returns 0, SL_EINVAL, SL_ENOMEM or
+ * SL_EIO (cannot open/create; the reason is logged to stderr).
+ */
+int sl_records_open(sl_records_t **out, const char *path, int max_records, int keep_bodies);
+/* Writes everything submitted so far, stops the writer and closes the
+ * database. NULL is a no-op. No other call may be in progress or follow. */
+void sl_records_close(sl_records_t *rs);
+
+/*
+ * Queues `rec` for writing and takes ownership of it (also on failure, when
+ * it is freed). Never touches the disk; thread-safe. Returns 0, SL_EINVAL
+ * (rs or rec NULL, or no id), or SL_ELIMIT when the queue is full because
+ * the disk cannot keep up (the record is dropped and counted).
+ */
+int sl_records_submit(sl_records_t *rs, sl_record_t *rec);
+/* Waits until every record submitted before the call is committed (or was
+ * dropped). timeout_ms < 0 waits forever. Returns 0 or SL_ETIMEDOUT. */
+int sl_records_flush(sl_records_t *rs, int timeout_ms);
+
+/* Records lost since the process started (queue full, disk full, locked
+ * database...), over every open history. */
+uint64_t sl_records_dropped(void);
+
+typedef struct {
+    int limit;          /* <= 0: 50; capped at 1000 */
+    int offset;         /* < 0: 0 */
+    const char *client; /* exact match, NULL = any */
+    int status;         /* exact match, 0 = any */
+    double since;       /* time >= since (unix seconds), 0 = any */
+    const char *search; /* substring (case-insensitive ASCII) of id, path, model_in,
+                           model_out, supplier or error; NULL/"" = any */
+} sl_records_filter_t;
+
+/*
+ * Appends {"total":N,"items":[...]} to `out`: total counts every match,
+ * items are the requested page, newest (by request start time) first. Items
+ * carry every field except the bodies. f may be NULL (no filter).
+ * Returns 0, SL_EBUSY, SL_EIO, SL_ENOMEM or SL_ELIMIT (out's limit).
+ */
+int sl_records_query(sl_records_t *rs, const sl_records_filter_t *f, sl_buf_t *out);
+/* Appends the full JSON of the newest record with this id (bodies included
+ * when stored). Returns 0, SL_ENOTFOUND or an error as for query. */
+int sl_records_get(sl_records_t *rs, const char *id, sl_buf_t *out);
+/* Deletes every record with this id: 0, SL_ENOTFOUND, SL_EBUSY or SL_EIO. */
+int sl_records_delete(sl_records_t *rs, const char *id);
+
+#endif
