@@ -22,8 +22,8 @@ Control API (never scripted, all under /_mock/):
   POST /_mock/reset     clear queue, requests and stats
 
 A scene (all keys optional): path (prefix the request path must start with),
-status, headers, body (str, sent with Content-Length) or chunks ([{data,
-delay_ms}], sent chunked, each flushed), raw (str written verbatim instead of
+status, headers, body (str, sent with Content-Length) or chunks ([{data or
+data_b64, delay_ms}], sent chunked, each flushed), raw (str written verbatim instead of
 a response), delay_ms (before the status line), stall_ms (after the body),
 close_after, reset, drop_request, repeat. Without a Content-Type header a
 body defaults to application/json and chunks to text/event-stream.
@@ -231,6 +231,9 @@ class Connection(asyncio.Protocol):
                 raise BadRequest("bad header line %r" % line)
             headers.append([name, value.strip()])
         hmap = {n.lower(): v for n, v in headers}
+        if hmap.get("expect", "").lower() == "100-continue":
+            # Real vendors answer this; curl otherwise waits a second before the body.
+            await self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if "chunked" in hmap.get("transfer-encoding", "").lower():
             body = await self.read_chunked()
         else:
@@ -394,7 +397,10 @@ class Connection(asyncio.Protocol):
             if chunks is not None:
                 for chunk in chunks:
                     await self.pause(int(chunk.get("delay_ms", 0)))
-                    data = chunk.get("data", "").encode("utf-8")
+                    if "data_b64" in chunk:
+                        data = base64.b64decode(chunk["data_b64"])
+                    else:
+                        data = chunk.get("data", "").encode("utf-8")
                     if data:   # an empty chunk would end the chunked body
                         await self.send(b"%x\r\n%s\r\n" % (len(data), data))
             else:

@@ -286,12 +286,14 @@ def parse_sse(data):
 
 
 def sse_chunks(text, parts=None, delay_ms=0):
-    """Split an SSE body into mock chunks: one per record, or `parts` equal slices."""
+    """Split an SSE body into mock chunks: one per record, or `parts` equal byte
+    slices (which may cut records, lines and even UTF-8 sequences in two)."""
     if parts:
-        step = max(1, len(text) // parts)
-        pieces = [text[i:i + step] for i in range(0, len(text), step)]
-    else:
-        pieces = [p + "\n\n" for p in text.split("\n\n") if p]
+        raw = text.encode("utf-8")
+        step = max(1, -(-len(raw) // parts))
+        return [{"data_b64": base64.b64encode(raw[i:i + step]).decode("ascii"), "delay_ms": delay_ms}
+                for i in range(0, len(raw), step)]
+    pieces = [p + "\n\n" for p in text.split("\n\n") if p]
     return [{"data": p, "delay_ms": delay_ms} for p in pieces]
 
 
@@ -387,10 +389,11 @@ def lua_str(s):
 
 
 def sluice_config(mock_port, on_request=None, limits=None, timeouts=None, suppliers_extra="",
-                  routes=None, extra=""):
+                  routes=None, extra="", prelude=""):
     """The standard test config: one supplier per protocol, all on the mock.
 
-    The text keeps the placeholders @PORT@ and @ACCESS_LOG@, which
+    `prelude` is Lua placed before the `return` (locals for hooks). The
+    text keeps the placeholders @PORT@ and @ACCESS_LOG@, which
     start_sluice fills in. Suppliers: `oa` (openai-chat, bearer), `an`
     (anthropic, passthrough auth), `rs` (openai-responses, header auth), `gm`
     (gemini, no auth) and `xo` (openai-chat, used to force a translation).
@@ -407,7 +410,8 @@ def sluice_config(mock_port, on_request=None, limits=None, timeouts=None, suppli
     hook = ""
     if on_request:
         hook = "  on_request = %s,\n" % on_request
-    return """return {
+    return prelude + """
+return {
   listen   = { "127.0.0.1:@PORT@" },
   workers  = 1,
   limits   = %(limits)s,

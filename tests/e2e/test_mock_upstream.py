@@ -81,6 +81,15 @@ class MockUpstreamTest(unittest.TestCase):
         self.assertEqual(resp.status, 200)
         self.assertEqual(self.mock.requests()[0]["body"], "hello, world")
 
+    def test_expect_100_continue(self):
+        c = RawConn(self.port)
+        c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        self.assertEqual(c.read_until(b"\r\n\r\n", timeout=5), b"HTTP/1.1 100 Continue\r\n\r\n")
+        c.send(b"abc")
+        self.assertEqual(c.read_response().status, 200)
+        c.close()
+        self.assertEqual(self.mock.requests()[0]["body"], "abc")
+
     def test_binary_body_is_base64(self):
         request(self.port, "POST", "/bin", body=b"\xff\x00\xfe")
         rec = self.mock.requests()[0]
@@ -106,6 +115,14 @@ class MockUpstreamTest(unittest.TestCase):
         self.assertEqual(r.header("content-type"), "text/event-stream")
         self.assertEqual(r.body.decode(), text)
         self.assertEqual([e["event"] for e in harness.parse_sse(r.body)], ["a", "b"])
+
+    def test_byte_split_chunks_reassemble(self):
+        text = "data: {\"t\":\"\u2603\u00e9\u2603\"}\n\n" * 3
+        chunks = harness.sse_chunks(text, parts=13)
+        self.assertGreater(len(chunks), 5)
+        self.mock.enqueue({"chunks": chunks})
+        r = request(self.port, "POST", "/s", body="{}")
+        self.assertEqual(r.body, text.encode("utf-8"))
 
     def test_delay_before_status(self):
         self.mock.enqueue({"delay_ms": 600, "body": "late"})
