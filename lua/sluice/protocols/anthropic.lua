@@ -1,0 +1,796 @@
+-- sluice.protocols.anthropic — the Anthropic Messages codec.
+--
+-- Turns /v1/messages requests, responses, errors and SSE streams into the
+-- IR (lua/sluice/ir.lua) and back. It knows nothing about other protocols:
+-- translate.lua composes it with another codec. Anthropic reports input
+-- tokens exclusive of cache reads/writes; the IR is inclusive, so usage is
+-- converted at both edges. Thinking signatures and redacted thinking are
+-- only valid for Anthropic, so the encoders emit them only when the part (or
+-- the stream, opts.origin) came from Anthropic, and drop them otherwise.
+--
+-- IR extensions used here (additive, see the report): parts may carry
+-- `origin = "<protocol>"` (set on thinking parts decoded here); image and
+-- document sources may be { kind = "file", file_id = s }; tools may carry
+-- `strict`; encode opts may carry `origin` (the upstream protocol) and
+-- `created`.
+
+local json = require("sluice.json")
+local ir = require("sluice.ir")
+
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local setmetatable, getmetatable = setmetatable, getmetatable
+local buffer = require("string.buffer")
+local encode = json.encode
+local array = json.array
+local null = json.null
+
+local M = { name = "anthropic" }
+
+M.terminal = { { event = "message_stop" } }
+
+function M.path(model, stream)
+    return "/v1/messages"
+end
+
+local DEFAULT_MAX_TOKENS = 8192
+
+-- ---------------------------------------------------------------- helpers
+
+local function nonnull(v)
+    if v == null then return nil end
+    return v
+end
+
+-- An object that must stay an object on the wire (never `[]`).
+local function as_object(t)
+    if type(t) ~= "table" then return {} end
+    if getmetatable(t) == json.array_mt then
+        if #t == 0 then return {} end
+        return t
+    end
+    return t
+end
+
+local function decode_source(src)
+    if type(src) ~= "table" then return nil end
+    local k = src.type
+    if k == "base64" then
+        return { kind = "base64", media_type = src.media_type, data = src.data }
+    elseif k == "url" then
+        return { kind = "url", url = src.url }
+    elseif k == "text" then
+        return { kind = "text", media_type = src.media_type or "text/plain", data = src.data }
+    elseif k == "file" then
+        return { kind = "file", file_id = src.file_id }
+    elseif k == "content" then
+        -- A document made of blocks: keep its text.
+        local b = buffer.new()
+        if type(src.content) == "string" then
+            b:put(src.content)
+        elseif type(src.content) == "table" then
+            for _, c in ipairs(src.content) do
+                if c.type == "text" and c.text then b:put(c.text, "\n") end
+            end
+        end
+        return { kind = "text", media_type = "text/plain", data = b:tostring() }
+    end
+    return nil
+end
+
+local function encode_source(src, is_document)
+    if not src then return nil end
+    local k = src.kind
+    if k == "base64" then
+        return { type = "base64", media_type = src.media_type, data = src.data }
+    elseif k == "url" then
+        return { type = "url", url = src.url }
+    elseif k == "text" then
+        if is_document then
+            return { type = "text", media_type = "text/plain", data = src.data }
+        end
+        return nil
+    elseif k == "file" then
+        return { type = "file", file_id = src.file_id }
+    end
+    return nil
+end
+
+-- Content blocks (text/image/document) -> IR parts; used for messages,
+-- system and tool_result content.
+local decode_block
+
+local function decode_blocks(content, origin_role)
+    local parts = {}
+    if type(content) == "string" then
+        parts[1] = { type = "text", text = content }
+        return parts
+    end
+    if type(content) ~= "table" then return parts end
+    for _, b in ipairs(content) do
+        local p = decode_block(b, origin_role)
+        if p then parts[#parts + 1] = p end
+    end
+    return parts
+end
+
+function decode_block(b, role)
+    if type(b) ~= "table" then return nil end
+    local t = b.type
+    if t == "text" then
+        return { type = "text", text = b.text or "", cache_control = nonnull(b.cache_control) }
+    elseif t == "image" then
+        local src = decode_source(b.source)
+        if not src then return nil end
+        return { type = "image", source = src }
+    elseif t == "document" then
+        local src = decode_source(b.source)
+        if not src then return nil end
+        return { type = "document", source = src, title = nonnull(b.title) }
+    elseif t == "tool_use" then
+        return { type = "tool_call", id = b.id, name = b.name, arguments = as_object(b.input) }
+    elseif t == "tool_result" then
+        return {
+            type = "tool_result", tool_call_id = b.tool_use_id,
+            content = decode_blocks(b.content), is_error = b.is_error == true,
+        }
+    elseif t == "thinking" then
+        return { type = "thinking", text = b.thinking or "", signature = nonnull(b.signature),
+                 origin = "anthropic" }
+    elseif t == "redacted_thinking" then
+        return { type = "redacted_thinking", data = b.data, origin = "anthropic" }
+    end
+    -- server_tool_use, web_search_tool_result, container_upload...: no IR
+    -- equivalent; they cannot be translated.
+    return nil
+end
+
+local STOP_IN = {
+    end_turn = "end_turn", max_tokens = "max_tokens", tool_use = "tool_use",
+    stop_sequence = "stop_sequence", pause_turn = "pause_turn", refusal = "refusal",
+    model_context_window_exceeded = "max_tokens",
+}
+local STOP_OUT = {
+    end_turn = "end_turn", max_tokens = "max_tokens", tool_use = "tool_use",
+    stop_sequence = "stop_sequence", pause_turn = "pause_turn", refusal = "refusal",
+    content_filter = "refusal", error = "end_turn",
+}
+
+local function usage_in(u)
+    if type(u) ~= "table" then return nil end
+    local r = ir.usage_from_exclusive(nonnull(u.input_tokens), nonnull(u.output_tokens),
+        nonnull(u.cache_read_input_tokens), nonnull(u.cache_creation_input_tokens))
+    local d = nonnull(u.output_tokens_details)
+    if type(d) == "table" then r.reasoning_tokens = nonnull(d.thinking_tokens) end
+    return r
+end
+
+local function usage_out(u)
+    u = u or {}
+    return {
+        input_tokens = ir.usage_to_exclusive(u) or 0,
+        cache_creation_input_tokens = u.cache_write_tokens or 0,
+        cache_read_input_tokens = u.cache_read_tokens or 0,
+        output_tokens = u.output_tokens or 0,
+    }
+end
+
+-- ---------------------------------------------------------------- request
+
+local TOOL_CHOICE_IN = { auto = "auto", any = "required", none = "none", tool = "tool" }
+
+function M.decode_request(body, info)
+    if type(body) ~= "table" then return nil, "request body must be a JSON object" end
+    if type(body.model) ~= "string" then return nil, "model: required string" end
+    if type(body.messages) ~= "table" then return nil, "messages: required array" end
+    local req = {
+        model = body.model, stream = body.stream == true,
+        max_tokens = nonnull(body.max_tokens), temperature = nonnull(body.temperature),
+        top_p = nonnull(body.top_p), top_k = nonnull(body.top_k),
+    }
+    if body.system ~= nil and body.system ~= null then
+        req.system = decode_blocks(body.system)
+    end
+    local msgs = {}
+    for i, m in ipairs(body.messages) do
+        if type(m) ~= "table" then return nil, "messages." .. (i - 1) .. ": must be an object" end
+        if m.role == "system" then
+            -- Mid-conversation system prompt: the IR has one system; append.
+            req.system = req.system or {}
+            for _, p in ipairs(decode_blocks(m.content)) do req.system[#req.system + 1] = p end
+        elseif m.role == "user" or m.role == "assistant" then
+            msgs[#msgs + 1] = { role = m.role, content = decode_blocks(m.content) }
+        else
+            return nil, "messages." .. (i - 1) .. ".role: unknown role " .. tostring(m.role)
+        end
+    end
+    req.messages = msgs
+    if type(body.tools) == "table" then
+        local tools = {}
+        for _, t in ipairs(body.tools) do
+            -- Versioned server tools (web_search_20250305, bash_...) have no
+            -- schema and cannot run anywhere else.
+            if t.input_schema ~= nil and (t.type == nil or t.type == "custom") then
+                tools[#tools + 1] = { name = t.name, description = nonnull(t.description),
+                                      parameters = t.input_schema, strict = nonnull(t.strict) }
+            end
+        end
+        req.tools = tools
+    end
+    local tc = nonnull(body.tool_choice)
+    if type(tc) == "table" and TOOL_CHOICE_IN[tc.type] then
+        req.tool_choice = { type = TOOL_CHOICE_IN[tc.type], name = tc.name }
+        if tc.disable_parallel_tool_use == true then req.parallel_tool_calls = false end
+    end
+    if type(body.stop_sequences) == "table" and #body.stop_sequences > 0 then
+        req.stop = body.stop_sequences
+    end
+    local th = nonnull(body.thinking)
+    if type(th) == "table" then
+        if th.type == "enabled" then
+            req.thinking = { enabled = true, budget_tokens = nonnull(th.budget_tokens) }
+        elseif th.type == "adaptive" then
+            req.thinking = { enabled = true }
+        elseif th.type == "disabled" then
+            req.thinking = { enabled = false }
+        end
+    end
+    local oc = nonnull(body.output_config)
+    if type(oc) == "table" then
+        if oc.effort and oc.effort ~= null then
+            req.thinking = req.thinking or { enabled = true }
+            req.thinking.effort = oc.effort
+        end
+        local f = nonnull(oc.format)
+        if type(f) == "table" and f.type == "json_schema" then
+            req.response_format = { type = "json_schema", schema = f.schema, name = nonnull(f.name) }
+        end
+    end
+    local md = nonnull(body.metadata)
+    if type(md) == "table" and type(md.user_id) == "string" then req.user = md.user_id end
+    return req
+end
+
+local function thinking_allowed(p, opts)
+    return p.origin == "anthropic" or (opts and opts.origin == "anthropic" and p.origin == nil)
+end
+
+local function encode_part(p, opts)
+    local t = p.type
+    if t == "text" then
+        if p.text == nil or p.text == "" then return nil end -- rejected by Anthropic
+        return { type = "text", text = p.text, cache_control = p.cache_control }
+    elseif t == "image" then
+        local src = encode_source(p.source, false)
+        if not src then return nil end
+        return { type = "image", source = src }
+    elseif t == "document" then
+        local src = encode_source(p.source, true)
+        if not src then return nil end
+        return { type = "document", source = src, title = p.title }
+    elseif t == "tool_call" then
+        local args = p.arguments
+        if type(args) == "string" then args = json.decode(args) end
+        return { type = "tool_use", id = p.id, name = p.name, input = as_object(args) }
+    elseif t == "tool_result" then
+        local content = array()
+        for _, c in ipairs(p.content or {}) do
+            local b = encode_part(c, opts)
+            if b then content[#content + 1] = b end
+        end
+        local r = { type = "tool_result", tool_use_id = p.tool_call_id }
+        if #content > 0 then r.content = content end
+        if p.is_error then r.is_error = true end
+        return r
+    elseif t == "thinking" then
+        if not thinking_allowed(p, opts) or not p.signature or p.signature == "" then return nil end
+        return { type = "thinking", thinking = p.text or "", signature = p.signature }
+    elseif t == "redacted_thinking" then
+        if not thinking_allowed(p, opts) then return nil end
+        return { type = "redacted_thinking", data = p.data }
+    end
+    return nil
+end
+
+-- Messages: merge same-role runs (so every tool_use is answered in the very
+-- next user message), put tool_result blocks first in a user message, drop
+-- empty messages.
+local function encode_messages(req, opts)
+    local out = array()
+    local last
+    for _, m in ipairs(req.messages or {}) do
+        local blocks = {}
+        for _, p in ipairs(m.content or {}) do
+            local b = encode_part(p, opts)
+            if b then blocks[#blocks + 1] = b end
+        end
+        if #blocks > 0 then
+            if last and last.role == m.role then
+                for _, b in ipairs(blocks) do last.content[#last.content + 1] = b end
+            else
+                last = { role = m.role, content = array(blocks) }
+                out[#out + 1] = last
+            end
+        end
+    end
+    for _, m in ipairs(out) do
+        if m.role == "user" then
+            local results, rest = array(), {}
+            for _, b in ipairs(m.content) do
+                if b.type == "tool_result" then results[#results + 1] = b else rest[#rest + 1] = b end
+            end
+            if #results > 0 and #rest > 0 then
+                for _, b in ipairs(rest) do results[#results + 1] = b end
+                m.content = results
+            end
+        end
+    end
+    return out
+end
+
+-- Effort buckets (PROTOCOLS §6.6 convention) -> a thinking budget.
+local EFFORT_BUDGET = { minimal = 1024, low = 2048, medium = 8192, high = 16384, xhigh = 32768,
+                        max = 32768 }
+
+-- With thinking on, Anthropic wants the last assistant turn of an active
+-- tool loop to start with a thinking block. A history produced elsewhere
+-- cannot satisfy that, so thinking is turned off for such a request.
+local function tool_loop_without_thinking(messages)
+    local last = messages[#messages]
+    if not last or last.role ~= "user" or last.content[1].type ~= "tool_result" then return false end
+    local prev = messages[#messages - 1]
+    if not prev or prev.role ~= "assistant" then return false end
+    local first = prev.content[1].type
+    return first ~= "thinking" and first ~= "redacted_thinking"
+end
+
+function M.encode_request(req, opts)
+    opts = opts or {}
+    local body = {
+        model = opts.model or req.model,
+        messages = encode_messages(req, opts),
+        max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS,
+        top_p = req.top_p, top_k = req.top_k,
+    }
+    if opts.stream ~= nil then body.stream = opts.stream else body.stream = req.stream end
+    if req.temperature then
+        local t = req.temperature
+        body.temperature = t > 1 and 1 or (t < 0 and 0 or t)
+    end
+    if req.system and #req.system > 0 then
+        local sys = array()
+        for _, p in ipairs(req.system) do
+            if p.type == "text" and p.text and p.text ~= "" then
+                sys[#sys + 1] = { type = "text", text = p.text, cache_control = p.cache_control }
+            end
+        end
+        if #sys > 0 then body.system = sys end
+    end
+    if req.tools and #req.tools > 0 then
+        local tools = array()
+        for _, t in ipairs(req.tools) do
+            local schema = t.parameters
+            if type(schema) ~= "table" or getmetatable(schema) == json.array_mt then
+                schema = { type = "object", properties = {} }
+            end
+            tools[#tools + 1] = { name = t.name, description = t.description, input_schema = schema }
+        end
+        body.tools = tools
+    end
+    local tc = req.tool_choice
+    if tc and body.tools then
+        if tc.type == "auto" then body.tool_choice = { type = "auto" }
+        elseif tc.type == "required" then body.tool_choice = { type = "any" }
+        elseif tc.type == "none" then body.tool_choice = { type = "none" }
+        elseif tc.type == "tool" then body.tool_choice = { type = "tool", name = tc.name } end
+    end
+    if req.parallel_tool_calls == false and body.tools then
+        body.tool_choice = body.tool_choice or { type = "auto" }
+        if body.tool_choice.type ~= "none" then body.tool_choice.disable_parallel_tool_use = true end
+    end
+    if req.stop and #req.stop > 0 then body.stop_sequences = req.stop end
+    local th = req.thinking
+    if th and th.enabled then
+        local forced = body.tool_choice and (body.tool_choice.type == "any" or body.tool_choice.type == "tool")
+        if not forced and not tool_loop_without_thinking(body.messages) then
+            local budget = th.budget_tokens or EFFORT_BUDGET[th.effort or "medium"] or 8192
+            if budget < 1024 then budget = 1024 end
+            if body.max_tokens <= budget then body.max_tokens = budget + 4096 end
+            body.thinking = { type = "enabled", budget_tokens = budget }
+            -- Thinking forbids changing temperature and top_k.
+            body.temperature, body.top_k = nil, nil
+            if body.top_p and body.top_p < 0.95 then body.top_p = nil end
+        end
+    end
+    local rf = req.response_format
+    if rf and rf.type == "json_schema" and rf.schema then
+        body.output_config = { format = { type = "json_schema", schema = rf.schema } }
+    end
+    if req.user then body.metadata = { user_id = req.user } end
+    return body
+end
+
+-- ---------------------------------------------------------------- response
+
+function M.decode_response(body)
+    if type(body) ~= "table" then return nil, "response body must be a JSON object" end
+    if body.type == "error" then return nil, "upstream returned an error object" end
+    local content = {}
+    for _, b in ipairs(type(body.content) == "table" and body.content or {}) do
+        local p = decode_block(b, "assistant")
+        if p and p.type ~= "tool_result" then content[#content + 1] = p end
+    end
+    return {
+        id = nonnull(body.id), model = nonnull(body.model), content = content,
+        stop_reason = STOP_IN[nonnull(body.stop_reason) or "end_turn"] or "end_turn",
+        stop_sequence = nonnull(body.stop_sequence), usage = usage_in(body.usage) or {},
+    }
+end
+
+local function response_id(resp, opts)
+    if opts.id then return opts.id end
+    if type(resp.id) == "string" and resp.id:sub(1, 4) == "msg_" then return resp.id end
+    return ir.new_id("msg_")
+end
+
+function M.encode_response(resp, opts)
+    opts = opts or {}
+    local content = array()
+    for _, p in ipairs(resp.content or {}) do
+        local b = encode_part(p, opts)
+        if b then content[#content + 1] = b end
+    end
+    return {
+        id = response_id(resp, opts), type = "message", role = "assistant",
+        model = opts.model or resp.model, content = content,
+        stop_reason = STOP_OUT[resp.stop_reason or "end_turn"] or "end_turn",
+        stop_sequence = resp.stop_reason == "stop_sequence" and resp.stop_sequence or null,
+        usage = usage_out(resp.usage),
+    }
+end
+
+-- ---------------------------------------------------------------- errors
+
+local ERR_IN = {
+    invalid_request_error = "invalid_request", authentication_error = "authentication",
+    permission_error = "permission", not_found_error = "not_found",
+    request_too_large = "request_too_large", rate_limit_error = "rate_limit",
+    api_error = "api_error", overloaded_error = "overloaded", timeout_error = "timeout",
+    billing_error = "permission",
+}
+local ERR_OUT = {
+    invalid_request = "invalid_request_error", authentication = "authentication_error",
+    permission = "permission_error", not_found = "not_found_error",
+    request_too_large = "request_too_large", rate_limit = "rate_limit_error",
+    api_error = "api_error", overloaded = "overloaded_error", timeout = "timeout_error",
+}
+
+local function error_from_object(status, e)
+    local etype = ERR_IN[e.type] or ir.error_type_for_status(status or 500)
+    local msg = type(e.message) == "string" and e.message or "upstream error"
+    return ir.error(status or ir.ERROR_STATUS[etype] or 500, msg, etype)
+end
+
+function M.decode_error(status, body)
+    if type(body) == "string" then
+        local v = json.decode(body)
+        if type(v) == "table" then
+            body = v
+        else
+            local msg = body ~= "" and body:sub(1, 2000) or ("upstream returned HTTP " .. tostring(status))
+            return ir.error(status or 502, msg)
+        end
+    end
+    if type(body) == "table" and type(body.error) == "table" then
+        return error_from_object(status, body.error)
+    end
+    return ir.error(status or 502, "upstream returned HTTP " .. tostring(status))
+end
+
+function M.encode_error(err)
+    local etype = ERR_OUT[err.type] and err.type or ir.error_type_for_status(err.status or 500)
+    local status = err.status or ir.ERROR_STATUS[etype] or 500
+    if etype == "overloaded" then status = 529 end
+    return status, { type = "error", error = { type = ERR_OUT[etype], message = err.message or "" } }
+end
+
+-- ---------------------------------------------------------------- stream decoder
+
+local Decoder = {}
+Decoder.__index = Decoder
+
+function M.stream_decoder(opts)
+    return setmetatable({
+        map = {},       -- anthropic block index -> IR index (false: untranslatable block)
+        next_index = 0,
+        u = {},         -- exclusive counts as last reported
+    }, Decoder)
+end
+
+function Decoder:usage_event()
+    local u = self.u
+    local r = ir.usage_from_exclusive(u.input, u.output, u.cache_read, u.cache_write)
+    r.reasoning_tokens = u.reasoning
+    return r
+end
+
+function Decoder:take_usage(x)
+    if type(x) ~= "table" then return end
+    local u = self.u
+    local v = nonnull(x.input_tokens); if v then u.input = v end
+    v = nonnull(x.output_tokens); if v then u.output = v end
+    v = nonnull(x.cache_read_input_tokens); if v then u.cache_read = v end
+    v = nonnull(x.cache_creation_input_tokens); if v then u.cache_write = v end
+    local d = nonnull(x.output_tokens_details)
+    if type(d) == "table" and nonnull(d.thinking_tokens) then u.reasoning = d.thinking_tokens end
+end
+
+function Decoder:feed(ev)
+    local out = {}
+    local d = ev.data
+    if d == nil or d == "" then return out end
+    local obj = json.decode(d)
+    if type(obj) ~= "table" then return out end
+    local t = obj.type or ev.event
+    if t == "content_block_delta" then
+        local idx = self.map[obj.index]
+        local delta = obj.delta
+        if idx == nil or idx == false or type(delta) ~= "table" then return out end
+        local dt = delta.type
+        if dt == "text_delta" then
+            out[1] = { type = "text", index = idx, text = delta.text }
+        elseif dt == "input_json_delta" then
+            if delta.partial_json and delta.partial_json ~= "" then
+                out[1] = { type = "tool_args", index = idx, json = delta.partial_json }
+            end
+        elseif dt == "thinking_delta" then
+            out[1] = { type = "thinking", index = idx, text = delta.thinking }
+        elseif dt == "signature_delta" then
+            out[1] = { type = "signature", index = idx, signature = delta.signature }
+        end
+    elseif t == "content_block_start" then
+        local b = obj.content_block
+        local kind
+        if type(b) == "table" then
+            if b.type == "text" then kind = "text"
+            elseif b.type == "thinking" then kind = "thinking"
+            elseif b.type == "redacted_thinking" then kind = "redacted_thinking"
+            elseif b.type == "tool_use" then kind = "tool_call" end
+        end
+        if not kind then
+            self.map[obj.index] = false
+            return out
+        end
+        local idx = self.next_index
+        self.next_index = idx + 1
+        self.map[obj.index] = idx
+        out[1] = { type = "block_start", index = idx, kind = kind,
+                   id = b.id, name = b.name, data = b.data }
+        if kind == "text" and type(b.text) == "string" and b.text ~= "" then
+            out[2] = { type = "text", index = idx, text = b.text }
+        elseif kind == "thinking" and type(b.thinking) == "string" and b.thinking ~= "" then
+            out[2] = { type = "thinking", index = idx, text = b.thinking }
+        end
+    elseif t == "content_block_stop" then
+        local idx = self.map[obj.index]
+        if idx then out[1] = { type = "block_stop", index = idx } end
+    elseif t == "message_start" then
+        local m = obj.message or {}
+        self:take_usage(m.usage)
+        out[1] = { type = "start", id = nonnull(m.id), model = nonnull(m.model),
+                   usage = self:usage_event() }
+    elseif t == "message_delta" then
+        self:take_usage(obj.usage)
+        out[1] = { type = "usage", usage = self:usage_event() }
+        local delta = obj.delta
+        local sr = type(delta) == "table" and nonnull(delta.stop_reason)
+        if sr then
+            out[2] = { type = "finish", stop_reason = STOP_IN[sr] or "end_turn",
+                       stop_sequence = nonnull(delta.stop_sequence) }
+        end
+    elseif t == "error" then
+        local e = type(obj.error) == "table" and obj.error or {}
+        out[1] = { type = "error", error = error_from_object(nil, e) }
+    end
+    -- message_stop, ping and unknown events carry nothing for the IR.
+    return out
+end
+
+function Decoder:finish()
+    return {}
+end
+
+-- ---------------------------------------------------------------- stream encoder
+--
+-- Anthropic clients accept one open content block at a time, numbered from 0
+-- in start order. IR blocks may overlap (parallel OpenAI tool calls), so the
+-- encoder keeps a queue: the head block streams live, later blocks buffer
+-- their events until every block before them has stopped.
+
+local Encoder = {}
+Encoder.__index = Encoder
+
+function M.stream_encoder(opts)
+    opts = opts or {}
+    return setmetatable({
+        model = opts.model, id = opts.id, origin = opts.origin,
+        started = false, done = false,
+        queue = {},          -- IR blocks in start order not yet fully emitted
+        blocks = {},         -- IR index -> block state { out = n, events = {...}, stopped }
+        dropped = {},        -- IR indices swallowed (thinking from other origins)
+        next_out = 0,
+        usage = nil, stop_reason = nil, stop_sequence = nil,
+    }, Encoder)
+end
+
+local function sse(b, name, obj)
+    b:put("event: ", name, "\ndata: ", encode(obj), "\n\n")
+end
+
+function Encoder:emit_start(b, usage)
+    self.started = true
+    sse(b, "message_start", {
+        type = "message_start",
+        message = {
+            id = self.id or ir.new_id("msg_"), type = "message", role = "assistant",
+            model = self.model, content = array(), stop_reason = null, stop_sequence = null,
+            usage = usage_out(usage),
+        },
+    })
+end
+
+-- Write one IR event of the block at the head of the queue.
+function Encoder:write(b, blk, ev)
+    local t = ev.type
+    if t == "block_start" then
+        local cb
+        if ev.kind == "text" then cb = { type = "text", text = "" }
+        elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
+        elseif ev.kind == "redacted_thinking" then cb = { type = "redacted_thinking", data = ev.data or "" }
+        else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
+        sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
+    elseif t == "text" then
+        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
+                                        delta = { type = "text_delta", text = ev.text } })
+    elseif t == "tool_args" then
+        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
+                                        delta = { type = "input_json_delta", partial_json = ev.json } })
+    elseif t == "thinking" then
+        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
+                                        delta = { type = "thinking_delta", thinking = ev.text } })
+    elseif t == "signature" then
+        if self.origin == "anthropic" then
+            sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
+                                            delta = { type = "signature_delta", signature = ev.signature } })
+        end
+    elseif t == "block_stop" then
+        sse(b, "content_block_stop", { type = "content_block_stop", index = blk.out })
+    end
+end
+
+-- Emit whatever the queue head allows: buffered events of the head block;
+-- when it has stopped, move on to the next.
+function Encoder:drain(b)
+    local q = self.queue
+    while q[1] do
+        local blk = q[1]
+        if blk.out == nil then
+            blk.out = self.next_out
+            self.next_out = blk.out + 1
+        end
+        local evs = blk.events
+        for i = 1, #evs do self:write(b, blk, evs[i]) end
+        blk.events = {}
+        blk.live = true
+        if not blk.stopped then return end
+        table.remove(q, 1)
+    end
+end
+
+function Encoder:block_event(b, ev)
+    local blk = self.blocks[ev.index]
+    if not blk then return end
+    if ev.type == "block_stop" then blk.stopped = true end
+    if blk.live then
+        self:write(b, blk, ev)
+        if blk.stopped then
+            table.remove(self.queue, 1)
+            self:drain(b)
+        end
+    else
+        blk.events[#blk.events + 1] = ev
+    end
+end
+
+function Encoder:feed(ev)
+    if self.done then return "" end
+    local b = buffer.new()
+    local t = ev.type
+    if t == "start" then
+        if not self.started then
+            self.id = self.id or ev.id
+            if self.id and self.id:sub(1, 4) ~= "msg_" then self.id = nil end
+            if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
+            self:emit_start(b, ev.usage)
+        end
+        return b:tostring()
+    end
+    if not self.started then self:emit_start(b, nil) end
+    if t == "block_start" then
+        if ev.kind == "thinking" or ev.kind == "redacted_thinking" then
+            if self.origin ~= "anthropic" then
+                self.dropped[ev.index] = true
+                return b:tostring()
+            end
+        end
+        local blk = { events = { ev }, stopped = false }
+        self.blocks[ev.index] = blk
+        self.queue[#self.queue + 1] = blk
+        if #self.queue == 1 then self:drain(b) end
+    elseif t == "text" or t == "tool_args" or t == "thinking" or t == "signature"
+        or t == "block_stop" then
+        if not self.dropped[ev.index] then self:block_event(b, ev) end
+    elseif t == "usage" then
+        self.usage = ir.merge_usage(self.usage, ev.usage)
+    elseif t == "finish" then
+        self.stop_reason = ev.stop_reason
+        self.stop_sequence = ev.stop_sequence
+    elseif t == "error" then
+        self:fail(b, ev.error and ev.error.message or "upstream error", ev.error)
+    end
+    return b:tostring()
+end
+
+-- Close every block still queued or open, in order.
+function Encoder:close_blocks(b)
+    local q = self.queue
+    for _, blk in ipairs(q) do
+        if not blk.stopped then
+            blk.events[#blk.events + 1] = { type = "block_stop" }
+            blk.stopped = true
+        end
+        -- A live head already wrote its start; its buffered tail is empty.
+    end
+    self:drain(b)
+end
+
+function Encoder:fail(b, message, err)
+    self:close_blocks(b)
+    local etype = "api_error"
+    if err and ERR_OUT[err.type] then etype = ERR_OUT[err.type] end
+    sse(b, "error", { type = "error", error = { type = etype, message = message } })
+    sse(b, "message_stop", { type = "message_stop" })
+    self.done = true
+end
+
+function Encoder:close(outcome)
+    if self.done then return "" end
+    local b = buffer.new()
+    if not self.started then self:emit_start(b, nil) end
+    local complete = outcome == nil or outcome.complete ~= false
+    if complete and not self.stop_reason then
+        complete = false
+        outcome = { message = "upstream stream ended without a stop reason" }
+    end
+    if not complete then
+        local msg = outcome and outcome.message
+        if not msg then
+            msg = "upstream stream ended prematurely" ..
+                (outcome and outcome.reason and (" (" .. outcome.reason .. ")") or "")
+        end
+        self:fail(b, msg)
+        return b:tostring()
+    end
+    self:close_blocks(b)
+    local u = usage_out(self.usage)
+    sse(b, "message_delta", {
+        type = "message_delta",
+        delta = { stop_reason = STOP_OUT[self.stop_reason] or "end_turn",
+                  stop_sequence = self.stop_reason == "stop_sequence" and self.stop_sequence or null },
+        usage = u,
+    })
+    sse(b, "message_stop", { type = "message_stop" })
+    self.done = true
+    return b:tostring()
+end
+
+return M

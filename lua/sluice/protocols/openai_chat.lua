@@ -1,0 +1,778 @@
+-- sluice.protocols.openai_chat — the OpenAI Chat Completions codec.
+--
+-- Turns /v1/chat/completions requests, responses, errors and SSE chunk
+-- streams into the IR (lua/sluice/ir.lua) and back. Chat has a separate
+-- `tool` role and JSON-string tool arguments; the IR keeps tool results in
+-- user messages and arguments decoded, so both are converted here. Chat
+-- carries no reasoning text or signatures: thinking is dropped on the way
+-- out (reasoning_content from compatible servers is read on the way in).
+-- Usage arrives in a usage-only chunk after finish_reason, so the request
+-- encoder always asks for it (stream_options.include_usage) and the stream
+-- encoder sends one to the client only if the client asked for it.
+--
+-- IR extensions used here (additive): req.stream_usage (the client asked for
+-- usage chunks), encode opts.include_usage / opts.created / opts.origin.
+
+local json = require("sluice.json")
+local ir = require("sluice.ir")
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local setmetatable, getmetatable = setmetatable, getmetatable
+local buffer = require("string.buffer")
+local encode, decode = json.encode, json.decode
+local array = json.array
+local null = json.null
+local time = os.time
+
+local M = { name = "openai-chat" }
+
+M.terminal = { { data = "[DONE]" } }
+
+function M.path(model, stream)
+    return "/chat/completions"
+end
+
+-- ---------------------------------------------------------------- helpers
+
+local function nonnull(v)
+    if v == null then return nil end
+    return v
+end
+
+-- "data:<mime>;base64,<payload>" -> mime, payload
+local function parse_data_url(url)
+    if type(url) ~= "string" or url:sub(1, 5) ~= "data:" then return nil end
+    local mime, payload = url:match("^data:([^;,]*);base64,(.*)$")
+    if not mime then return nil end
+    return mime, payload
+end
+
+-- Tool arguments text -> table; "" and invalid JSON become {} (an object).
+local function decode_args(s)
+    if type(s) == "table" then return s end
+    if type(s) ~= "string" or s == "" then return {} end
+    local v = decode(s)
+    if type(v) ~= "table" or getmetatable(v) == json.array_mt then return {} end
+    return v
+end
+
+local function encode_args(args)
+    if type(args) == "string" then return args end
+    if type(args) ~= "table" or (getmetatable(args) == json.array_mt and #args == 0) then
+        return "{}"
+    end
+    return encode(args) or "{}"
+end
+
+-- Chat content (string or parts) -> IR parts.
+local function decode_content(c)
+    local parts = {}
+    if type(c) == "string" then
+        if c ~= "" then parts[1] = { type = "text", text = c } end
+        return parts
+    end
+    if type(c) ~= "table" then return parts end
+    for _, p in ipairs(c) do
+        local t = type(p) == "table" and p.type
+        if t == "text" then
+            parts[#parts + 1] = { type = "text", text = p.text or "" }
+        elseif t == "refusal" then
+            parts[#parts + 1] = { type = "text", text = p.refusal or "" }
+        elseif t == "image_url" then
+            local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
+            local mime, data = parse_data_url(url)
+            if mime then
+                parts[#parts + 1] = { type = "image", source = { kind = "base64", media_type = mime, data = data } }
+            elseif type(url) == "string" then
+                parts[#parts + 1] = { type = "image", source = { kind = "url", url = url } }
+            end
+        elseif t == "file" and type(p.file) == "table" then
+            local mime, data = parse_data_url(p.file.file_data)
+            if mime then
+                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
+                                      source = { kind = "base64", media_type = mime, data = data } }
+            elseif p.file.file_id then
+                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
+                                      source = { kind = "file", file_id = p.file.file_id } }
+            end
+        end
+        -- input_audio has no IR equivalent and is dropped.
+    end
+    return parts
+end
+
+local STOP_IN = { stop = "end_turn", length = "max_tokens", tool_calls = "tool_use",
+                  function_call = "tool_use", content_filter = "content_filter" }
+local STOP_OUT = { end_turn = "stop", stop_sequence = "stop", max_tokens = "length",
+                   tool_use = "tool_calls", content_filter = "content_filter",
+                   refusal = "content_filter", pause_turn = "stop", error = "stop" }
+
+local function usage_in(u)
+    if type(u) ~= "table" then return nil end
+    local r = { input_tokens = nonnull(u.prompt_tokens), output_tokens = nonnull(u.completion_tokens) }
+    local pd = nonnull(u.prompt_tokens_details)
+    if type(pd) == "table" then
+        r.cache_read_tokens = nonnull(pd.cached_tokens)
+        r.cache_write_tokens = nonnull(pd.cache_write_tokens)
+    end
+    local cd = nonnull(u.completion_tokens_details)
+    if type(cd) == "table" then r.reasoning_tokens = nonnull(cd.reasoning_tokens) end
+    return r
+end
+
+local function usage_out(u)
+    u = u or {}
+    local i, o = u.input_tokens or 0, u.output_tokens or 0
+    local r = { prompt_tokens = i, completion_tokens = o, total_tokens = i + o,
+                prompt_tokens_details = { cached_tokens = u.cache_read_tokens or 0 } }
+    if u.cache_write_tokens then r.prompt_tokens_details.cache_write_tokens = u.cache_write_tokens end
+    if u.reasoning_tokens then r.completion_tokens_details = { reasoning_tokens = u.reasoning_tokens } end
+    return r
+end
+
+-- ---------------------------------------------------------------- request
+
+local EFFORTS = { minimal = true, low = true, medium = true, high = true, xhigh = true, max = true }
+
+local function decode_tool_choice(tc)
+    if tc == "auto" or tc == "none" or tc == "required" then return { type = tc } end
+    if type(tc) ~= "table" then return nil end
+    if tc.type == "function" and type(tc["function"]) == "table" then
+        return { type = "tool", name = tc["function"].name }
+    elseif tc.type == "allowed_tools" and type(tc.allowed_tools) == "table" then
+        -- The subset cannot be expressed in the IR; keep the mode.
+        return { type = tc.allowed_tools.mode == "required" and "required" or "auto" }
+    end
+    return nil
+end
+
+function M.decode_request(body, info)
+    if type(body) ~= "table" then return nil, "request body must be a JSON object" end
+    if type(body.model) ~= "string" then return nil, "model: required string" end
+    if type(body.messages) ~= "table" then return nil, "messages: required array" end
+    local n = nonnull(body.n)
+    if n and n ~= 1 then return nil, "n: only 1 choice can be translated" end
+    local req = {
+        model = body.model, stream = body.stream == true,
+        max_tokens = nonnull(body.max_completion_tokens) or nonnull(body.max_tokens),
+        temperature = nonnull(body.temperature), top_p = nonnull(body.top_p),
+        parallel_tool_calls = nonnull(body.parallel_tool_calls),
+        user = nonnull(body.safety_identifier) or nonnull(body.user),
+        session_hint = nonnull(body.prompt_cache_key),
+    }
+    local so = nonnull(body.stream_options)
+    req.stream_usage = type(so) == "table" and so.include_usage == true
+    local msgs, names = {}, {}
+    local system
+    for i, m in ipairs(body.messages) do
+        if type(m) ~= "table" then return nil, "messages[" .. (i - 1) .. "]: must be an object" end
+        local role = m.role
+        if role == "system" or role == "developer" then
+            system = system or {}
+            for _, p in ipairs(decode_content(m.content)) do system[#system + 1] = p end
+        elseif role == "user" then
+            msgs[#msgs + 1] = { role = "user", content = decode_content(m.content) }
+        elseif role == "assistant" then
+            local content = decode_content(nonnull(m.content))
+            local refusal = nonnull(m.refusal)
+            if type(refusal) == "string" and refusal ~= "" then
+                content[#content + 1] = { type = "text", text = refusal }
+            end
+            for _, tc in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do
+                local f = type(tc["function"]) == "table" and tc["function"] or {}
+                names[tc.id or ""] = f.name
+                content[#content + 1] = { type = "tool_call", id = tc.id, name = f.name,
+                                          arguments = decode_args(f.arguments) }
+            end
+            msgs[#msgs + 1] = { role = "assistant", content = content }
+        elseif role == "tool" then
+            local part = { type = "tool_result", tool_call_id = m.tool_call_id,
+                           name = names[m.tool_call_id or ""], content = decode_content(m.content),
+                           is_error = false }
+            local last = msgs[#msgs]
+            -- A run of tool messages answers one assistant turn: one user message.
+            if last and last.role == "user" and last.tool_results then
+                last.content[#last.content + 1] = part
+            else
+                msgs[#msgs + 1] = { role = "user", content = { part }, tool_results = true }
+            end
+        else
+            return nil, "messages[" .. (i - 1) .. "].role: unknown role " .. tostring(role)
+        end
+    end
+    for _, m in ipairs(msgs) do m.tool_results = nil end
+    req.system, req.messages = system, msgs
+    if type(body.tools) == "table" then
+        local tools = {}
+        for _, t in ipairs(body.tools) do
+            local f = type(t) == "table" and t.type == "function" and t["function"]
+            if type(f) == "table" then
+                tools[#tools + 1] = { name = f.name, description = nonnull(f.description),
+                                      parameters = nonnull(f.parameters), strict = nonnull(f.strict) }
+            end
+        end
+        req.tools = tools
+    end
+    req.tool_choice = decode_tool_choice(nonnull(body.tool_choice))
+    local stop = nonnull(body.stop)
+    if type(stop) == "string" then req.stop = { stop }
+    elseif type(stop) == "table" and #stop > 0 then req.stop = stop end
+    local effort = nonnull(body.reasoning_effort)
+    if type(effort) == "string" then
+        req.thinking = { enabled = effort ~= "none", effort = EFFORTS[effort] and effort or nil }
+    end
+    local rf = nonnull(body.response_format)
+    if type(rf) == "table" then
+        if rf.type == "json_object" then
+            req.response_format = { type = "json_object" }
+        elseif rf.type == "json_schema" and type(rf.json_schema) == "table" then
+            local js = rf.json_schema
+            req.response_format = { type = "json_schema", name = nonnull(js.name),
+                                    schema = nonnull(js.schema), strict = nonnull(js.strict) }
+        end
+    end
+    return req
+end
+
+local function data_url(src)
+    return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. (src.data or "")
+end
+
+-- IR user part -> Chat content part (nil when Chat cannot carry it).
+local function encode_user_part(p)
+    local t = p.type
+    if t == "text" then
+        if p.text == nil or p.text == "" then return nil end
+        return { type = "text", text = p.text }
+    elseif t == "image" then
+        local s = p.source or {}
+        if s.kind == "base64" then return { type = "image_url", image_url = { url = data_url(s) } } end
+        if s.kind == "url" then return { type = "image_url", image_url = { url = s.url } } end
+    elseif t == "document" then
+        local s = p.source or {}
+        if s.kind == "base64" then
+            return { type = "file", file = { file_data = data_url(s), filename = p.title or "document.pdf" } }
+        elseif s.kind == "text" then
+            local text = s.data or ""
+            if p.title then text = p.title .. "\n\n" .. text end
+            return { type = "text", text = text }
+        elseif s.kind == "file" then
+            return { type = "file", file = { file_id = s.file_id } }
+        elseif s.kind == "url" then
+            return { type = "text", text = "Document: " .. tostring(s.url) }
+        end
+    end
+    return nil
+end
+
+local function text_of(parts)
+    local b = buffer.new()
+    for _, p in ipairs(parts or {}) do
+        if p.type == "text" and p.text then
+            if #b > 0 then b:put("\n") end
+            b:put(p.text)
+        end
+    end
+    return b:tostring()
+end
+
+-- One IR user message -> tool messages (first: they answer the previous
+-- assistant turn) then a user message with the rest. Images in tool results
+-- cannot ride in a tool message; they move to the user message.
+local function encode_user(m, out)
+    local rest = array()
+    for _, p in ipairs(m.content or {}) do
+        if p.type == "tool_result" then
+            local text = text_of(p.content)
+            if p.is_error then text = "Error: " .. text end
+            out[#out + 1] = { role = "tool", tool_call_id = p.tool_call_id, content = text }
+            for _, c in ipairs(p.content or {}) do
+                if c.type ~= "text" then
+                    local cp = encode_user_part(c)
+                    if cp then rest[#rest + 1] = cp end
+                end
+            end
+        else
+            local cp = encode_user_part(p)
+            if cp then rest[#rest + 1] = cp end
+        end
+    end
+    if #rest == 1 and rest[1].type == "text" then
+        out[#out + 1] = { role = "user", content = rest[1].text }
+    elseif #rest > 0 then
+        out[#out + 1] = { role = "user", content = rest }
+    end
+end
+
+local function encode_assistant(m, out)
+    local text = buffer.new()
+    local calls = array()
+    for _, p in ipairs(m.content or {}) do
+        if p.type == "text" and p.text then
+            text:put(p.text)
+        elseif p.type == "tool_call" then
+            calls[#calls + 1] = { id = p.id, type = "function",
+                                  ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
+        end
+    end
+    if #text == 0 and #calls == 0 then return end
+    local msg = { role = "assistant", content = #text > 0 and text:tostring() or null }
+    if #calls > 0 then msg.tool_calls = calls end
+    out[#out + 1] = msg
+end
+
+local function budget_effort(n)
+    if not n then return "medium" end
+    if n <= 2048 then return "low" end
+    if n <= 12288 then return "medium" end
+    return "high"
+end
+
+function M.encode_request(req, opts)
+    opts = opts or {}
+    local msgs = array()
+    if req.system and #req.system > 0 then
+        local s = text_of(req.system)
+        if s ~= "" then msgs[1] = { role = "system", content = s } end
+    end
+    for _, m in ipairs(req.messages or {}) do
+        if m.role == "user" then encode_user(m, msgs) else encode_assistant(m, msgs) end
+    end
+    local stream = opts.stream
+    if stream == nil then stream = req.stream end
+    local body = {
+        model = opts.model or req.model, messages = msgs, stream = stream,
+        max_completion_tokens = req.max_tokens, temperature = req.temperature, top_p = req.top_p,
+    }
+    if stream then body.stream_options = { include_usage = true } end
+    if req.tools and #req.tools > 0 then
+        local tools = array()
+        for _, t in ipairs(req.tools) do
+            local params = t.parameters
+            if type(params) ~= "table" or getmetatable(params) == json.array_mt then
+                params = { type = "object", properties = {} }
+            end
+            tools[#tools + 1] = { type = "function", ["function"] = {
+                name = t.name, description = t.description, parameters = params, strict = t.strict } }
+        end
+        body.tools = tools
+        if req.parallel_tool_calls ~= nil then body.parallel_tool_calls = req.parallel_tool_calls end
+        local tc = req.tool_choice
+        if tc then
+            if tc.type == "tool" then
+                body.tool_choice = { type = "function", ["function"] = { name = tc.name } }
+            else
+                body.tool_choice = tc.type
+            end
+        end
+    end
+    if req.stop and #req.stop > 0 then
+        local s = array()
+        for i = 1, math.min(4, #req.stop) do s[i] = req.stop[i] end
+        body.stop = s
+    end
+    local th = req.thinking
+    if th and th.enabled then
+        body.reasoning_effort = th.effort or budget_effort(th.budget_tokens)
+    end
+    local rf = req.response_format
+    if rf then
+        if rf.type == "json_object" then
+            body.response_format = { type = "json_object" }
+        elseif rf.type == "json_schema" then
+            body.response_format = { type = "json_schema", json_schema = {
+                name = rf.name or "response", schema = rf.schema, strict = rf.strict } }
+        end
+    end
+    if req.user then body.user = req.user end
+    if req.session_hint then body.prompt_cache_key = req.session_hint end
+    return body
+end
+
+-- ---------------------------------------------------------------- response
+
+function M.decode_response(body)
+    if type(body) ~= "table" then return nil, "response body must be a JSON object" end
+    if type(body.error) == "table" then return nil, "upstream returned an error object" end
+    local choice = type(body.choices) == "table" and body.choices[1] or nil
+    local content = {}
+    local fr
+    if type(choice) == "table" then
+        local msg = type(choice.message) == "table" and choice.message or {}
+        local reasoning = nonnull(msg.reasoning_content) or nonnull(msg.reasoning)
+        if type(reasoning) == "string" and reasoning ~= "" then
+            content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat" }
+        end
+        for _, p in ipairs(decode_content(nonnull(msg.content))) do content[#content + 1] = p end
+        local refusal = nonnull(msg.refusal)
+        if type(refusal) == "string" and refusal ~= "" then
+            content[#content + 1] = { type = "text", text = refusal }
+            fr = "refusal"
+        end
+        local calls = 0
+        for _, tc in ipairs(type(msg.tool_calls) == "table" and msg.tool_calls or {}) do
+            local f = type(tc["function"]) == "table" and tc["function"] or {}
+            calls = calls + 1
+            content[#content + 1] = { type = "tool_call", id = tc.id or ir.new_id("call_"),
+                                      name = f.name, arguments = decode_args(f.arguments) }
+        end
+        fr = fr or STOP_IN[nonnull(choice.finish_reason) or "stop"] or "end_turn"
+        if calls > 0 and fr == "end_turn" then fr = "tool_use" end
+    end
+    return { id = nonnull(body.id), model = nonnull(body.model), content = content,
+             stop_reason = fr or "end_turn", usage = usage_in(body.usage) or {} }
+end
+
+local function response_id(id, opts)
+    if opts.id then return opts.id end
+    if type(id) == "string" and id:sub(1, 9) == "chatcmpl-" then return id end
+    return ir.new_id("chatcmpl-")
+end
+
+function M.encode_response(resp, opts)
+    opts = opts or {}
+    local text = buffer.new()
+    local calls = array()
+    for _, p in ipairs(resp.content or {}) do
+        if p.type == "text" and p.text then
+            text:put(p.text)
+        elseif p.type == "tool_call" then
+            calls[#calls + 1] = { id = p.id, type = "function",
+                                  ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
+        end
+    end
+    local msg = { role = "assistant", content = #text > 0 and text:tostring() or null, refusal = null }
+    if #calls > 0 then msg.tool_calls = calls end
+    local fr = STOP_OUT[resp.stop_reason or "end_turn"] or "stop"
+    if #calls > 0 and fr == "stop" then fr = "tool_calls" end
+    return {
+        id = response_id(resp.id, opts), object = "chat.completion",
+        created = opts.created or time(), model = opts.model or resp.model,
+        choices = array({ { index = 0, message = msg, logprobs = null, finish_reason = fr } }),
+        usage = usage_out(resp.usage),
+    }
+end
+
+-- ---------------------------------------------------------------- errors
+
+local ERR_OUT = {
+    invalid_request = { "invalid_request_error", null },
+    authentication = { "invalid_request_error", "invalid_api_key" },
+    permission = { "permission_error", null },
+    not_found = { "invalid_request_error", "not_found" },
+    request_too_large = { "invalid_request_error", "request_too_large" },
+    rate_limit = { "rate_limit_error", "rate_limit_exceeded" },
+    api_error = { "server_error", null },
+    overloaded = { "server_error", "overloaded" },
+    timeout = { "server_error", "timeout" },
+}
+
+local function error_from_object(status, e)
+    local msg = type(e.message) == "string" and e.message or "upstream error"
+    local etype
+    if status then
+        etype = ir.error_type_for_status(status)
+    elseif e.code == "rate_limit_exceeded" or e.type == "rate_limit_error" then
+        etype = "rate_limit"
+    elseif e.type == "invalid_request_error" then
+        etype = "invalid_request"
+    else
+        etype = "api_error"
+    end
+    return ir.error(status or ir.ERROR_STATUS[etype], msg, etype)
+end
+
+function M.decode_error(status, body)
+    if type(body) == "string" then
+        local v = decode(body)
+        if type(v) == "table" then
+            body = v
+        else
+            local msg = body ~= "" and body:sub(1, 2000) or ("upstream returned HTTP " .. tostring(status))
+            return ir.error(status or 502, msg)
+        end
+    end
+    if type(body) == "table" and type(body.error) == "table" then
+        return error_from_object(status, body.error)
+    end
+    if type(body) == "table" and type(body.error) == "string" then
+        return ir.error(status or 502, body.error)
+    end
+    return ir.error(status or 502, "upstream returned HTTP " .. tostring(status))
+end
+
+local function error_body(err)
+    local m = ERR_OUT[err.type] or ERR_OUT.api_error
+    return { error = { message = err.message or "", type = m[1], param = null, code = m[2] } }
+end
+
+function M.encode_error(err)
+    local status = err.status or ir.ERROR_STATUS[err.type] or 500
+    if status == 529 then status = 503 end -- Anthropic's overload status means nothing here
+    return status, error_body(err)
+end
+
+-- ---------------------------------------------------------------- stream decoder
+--
+-- Chunks interleave text and tool-call fragments; tool calls are keyed by
+-- their Chat index and may be in flight together. A call starts in the IR
+-- only once its id and name are known (fragments before that are buffered).
+-- An open text block is closed when a tool call starts, so Anthropic clients
+-- see the text finished instead of waiting for the end of the stream.
+
+local Decoder = {}
+Decoder.__index = Decoder
+
+function M.stream_decoder(opts)
+    return setmetatable({
+        started = false, next_index = 0,
+        text = nil, thinking = nil,  -- IR index of the open text / reasoning block
+        calls = {},                  -- chat index -> { ir = idx|nil, id, name, pending = buffer }
+        order = {},                  -- chat indices in first-seen order
+        any_call = false, finished = false,
+    }, Decoder)
+end
+
+function Decoder:open(out, kind, id, name)
+    local idx = self.next_index
+    self.next_index = idx + 1
+    out[#out + 1] = { type = "block_start", index = idx, kind = kind, id = id, name = name }
+    return idx
+end
+
+function Decoder:close_text(out)
+    if self.text then
+        out[#out + 1] = { type = "block_stop", index = self.text }
+        self.text = nil
+    end
+    if self.thinking then
+        out[#out + 1] = { type = "block_stop", index = self.thinking }
+        self.thinking = nil
+    end
+end
+
+function Decoder:start_call(out, c)
+    self:close_text(out)
+    c.ir = self:open(out, "tool_call", c.id, c.name)
+    self.any_call = true
+    if #c.pending > 0 then
+        out[#out + 1] = { type = "tool_args", index = c.ir, json = c.pending:tostring() }
+        c.pending:reset()
+    end
+end
+
+function Decoder:tool_delta(out, tc)
+    local k = tonumber(tc.index) or 0
+    local c = self.calls[k]
+    if not c then
+        c = { pending = buffer.new() }
+        self.calls[k] = c
+        self.order[#self.order + 1] = k
+    end
+    local id = nonnull(tc.id)
+    if type(id) == "string" and id ~= "" then c.id = c.id or id end
+    local f = nonnull(tc["function"])
+    local args
+    if type(f) == "table" then
+        local name = nonnull(f.name)
+        if type(name) == "string" and name ~= "" then c.name = c.name or name end
+        args = nonnull(f.arguments)
+    end
+    if c.ir then
+        if type(args) == "string" and args ~= "" then
+            out[#out + 1] = { type = "tool_args", index = c.ir, json = args }
+        end
+    else
+        if type(args) == "string" then c.pending:put(args) end
+        if c.id and c.name then self:start_call(out, c) end
+    end
+end
+
+-- Start calls that never got an id (some compatible servers omit it) and
+-- close everything open.
+function Decoder:close_all(out)
+    self:close_text(out)
+    for _, k in ipairs(self.order) do
+        local c = self.calls[k]
+        if not c.ir and c.name then
+            c.id = c.id or ir.new_id("call_")
+            self:start_call(out, c)
+        end
+        if c.ir and not c.closed then
+            out[#out + 1] = { type = "block_stop", index = c.ir }
+            c.closed = true
+        end
+    end
+end
+
+function Decoder:feed(ev)
+    local out = {}
+    local d = ev.data
+    if d == nil or d == "" or d == "[DONE]" then return out end
+    local obj = decode(d)
+    if type(obj) ~= "table" then return out end
+    if ev.event == "error" or type(obj.error) == "table" then
+        local e = type(obj.error) == "table" and obj.error or obj
+        out[1] = { type = "error", error = error_from_object(nil, e) }
+        return out
+    end
+    if not self.started then
+        self.started = true
+        out[#out + 1] = { type = "start", id = nonnull(obj.id), model = nonnull(obj.model) }
+    end
+    local choice = type(obj.choices) == "table" and obj.choices[1]
+    if type(choice) == "table" then
+        local delta = nonnull(choice.delta)
+        if type(delta) == "table" then
+            local r = nonnull(delta.reasoning_content) or nonnull(delta.reasoning)
+            if type(r) == "string" and r ~= "" then
+                if not self.thinking then self.thinking = self:open(out, "thinking") end
+                out[#out + 1] = { type = "thinking", index = self.thinking, text = r }
+            end
+            local c = nonnull(delta.content)
+            if type(c) ~= "string" or c == "" then c = nonnull(delta.refusal) end
+            if type(c) == "string" and c ~= "" then
+                if self.thinking then
+                    out[#out + 1] = { type = "block_stop", index = self.thinking }
+                    self.thinking = nil
+                end
+                if not self.text then self.text = self:open(out, "text") end
+                out[#out + 1] = { type = "text", index = self.text, text = c }
+            end
+            local tcs = nonnull(delta.tool_calls)
+            if type(tcs) == "table" then
+                for _, tc in ipairs(tcs) do
+                    if type(tc) == "table" then self:tool_delta(out, tc) end
+                end
+            end
+        end
+        local fr = nonnull(choice.finish_reason)
+        if fr and not self.finished then
+            self.finished = true
+            self:close_all(out)
+            local sr = STOP_IN[fr] or "end_turn"
+            if sr == "end_turn" and self.any_call then sr = "tool_use" end
+            out[#out + 1] = { type = "finish", stop_reason = sr }
+        end
+    end
+    local u = nonnull(obj.usage)
+    if type(u) == "table" then
+        out[#out + 1] = { type = "usage", usage = usage_in(u) }
+    end
+    return out
+end
+
+function Decoder:finish()
+    return {}
+end
+
+-- ---------------------------------------------------------------- stream encoder
+
+local Encoder = {}
+Encoder.__index = Encoder
+
+function M.stream_encoder(opts)
+    opts = opts or {}
+    local id = opts.id
+    return setmetatable({
+        model = opts.model, id = id, created = opts.created or time(),
+        include_usage = opts.include_usage == true,
+        started = false, done = false, finished = false,
+        tools = {},      -- IR index -> chat tool_calls index
+        ntools = 0, usage = nil,
+    }, Encoder)
+end
+
+-- Chunk skeleton: field order does not matter on the wire.
+function Encoder:chunk(b, delta, finish_reason)
+    b:put("data: ", encode({
+        id = self.id, object = "chat.completion.chunk", created = self.created, model = self.model,
+        choices = array({ { index = 0, delta = delta, logprobs = null, finish_reason = finish_reason or null } }),
+    }), "\n\n")
+end
+
+function Encoder:ensure_start(b, ev)
+    if self.started then return end
+    self.started = true
+    if not self.id then
+        local up = ev and ev.id
+        self.id = (type(up) == "string" and up:sub(1, 9) == "chatcmpl-") and up or ir.new_id("chatcmpl-")
+    end
+    self:chunk(b, { role = "assistant", content = "" })
+end
+
+function Encoder:fail(b, message, err)
+    local body = error_body(err or { type = "api_error", message = message })
+    body.error.message = message
+    b:put("data: ", encode(body), "\n\ndata: [DONE]\n\n")
+    self.done = true
+end
+
+function Encoder:feed(ev)
+    if self.done then return "" end
+    local b = buffer.new()
+    local t = ev.type
+    if t == "start" then
+        self:ensure_start(b, ev)
+        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
+        return b:tostring()
+    end
+    self:ensure_start(b)
+    if t == "text" then
+        if ev.text and ev.text ~= "" then self:chunk(b, { content = ev.text }) end
+    elseif t == "block_start" and ev.kind == "tool_call" then
+        local k = self.ntools
+        self.ntools = k + 1
+        self.tools[ev.index] = k
+        self:chunk(b, { tool_calls = array({ { index = k, id = ev.id or ir.new_id("call_"), type = "function",
+                                                ["function"] = { name = ev.name, arguments = "" } } }) })
+    elseif t == "tool_args" then
+        local k = self.tools[ev.index]
+        if k and ev.json ~= "" then
+            self:chunk(b, { tool_calls = array({ { index = k, ["function"] = { arguments = ev.json } } }) })
+        end
+    elseif t == "usage" then
+        self.usage = ir.merge_usage(self.usage, ev.usage)
+    elseif t == "finish" then
+        if not self.finished then
+            self.finished = true
+            local fr = STOP_OUT[ev.stop_reason] or "stop"
+            if fr == "stop" and self.ntools > 0 then fr = "tool_calls" end
+            self:chunk(b, {}, fr)
+        end
+    elseif t == "error" then
+        self:fail(b, ev.error and ev.error.message or "upstream error", ev.error)
+    end
+    -- thinking, signatures and block boundaries have no Chat representation.
+    return b:tostring()
+end
+
+function Encoder:close(outcome)
+    if self.done then return "" end
+    local b = buffer.new()
+    local complete = outcome == nil or outcome.complete ~= false
+    if complete and not self.finished then
+        complete = false
+        outcome = { message = "upstream stream ended without a finish reason" }
+    end
+    if not complete then
+        local msg = outcome and outcome.message
+        if not msg then
+            msg = "upstream stream ended prematurely" ..
+                (outcome and outcome.reason and (" (" .. outcome.reason .. ")") or "")
+        end
+        self:fail(b, msg)
+        return b:tostring()
+    end
+    if self.include_usage and self.usage then
+        b:put("data: ", encode({
+            id = self.id, object = "chat.completion.chunk", created = self.created, model = self.model,
+            choices = array(), usage = usage_out(self.usage),
+        }), "\n\n")
+    end
+    b:put("data: [DONE]\n\n")
+    self.done = true
+    return b:tostring()
+end
+
+return M

@@ -1,0 +1,116 @@
+-- sluice.toolnames — reversible shortening of tool names for strict suppliers.
+--
+-- Each protocol limits tool names (OpenAI: ^[a-zA-Z0-9_-]+$, at most 64;
+-- Anthropic: the same class, at most 128; Gemini: a letter or _ first, then
+-- [A-Za-z0-9_.:-], kept to 64 to satisfy older model versions). MCP-style
+-- names such as "mcp__github.com/server__create_pull_request_review_comment"
+-- break those rules. A name that fits is left alone; one that does not gets
+-- a deterministic short form: its sanitised prefix + "_" + 8 hex digits of a
+-- hash of the whole name, so the same history maps the same way on every
+-- turn. The map lives in the request state; responses and streams get the
+-- original names back through names:down().
+
+local bit = require("bit")
+local bxor, tobit, tohex, lshift = bit.bxor, bit.tobit, bit.tohex, bit.lshift
+local byte, type, ipairs, setmetatable = string.byte, type, ipairs, setmetatable
+
+local M = {}
+
+M.RULES = {
+    ["openai-chat"] = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
+    ["openai-responses"] = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
+    anthropic = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
+    gemini = { max = 64, pattern = "^[a-zA-Z_][a-zA-Z0-9_.:-]*$", bad = "[^a-zA-Z0-9_.:-]",
+               first = "^[a-zA-Z_]" },
+}
+
+-- FNV-1a, 32 bits; the multiply by 16777619 = 2^24 + 403 is split so the
+-- product stays exact in a double.
+local function fnv1a(s)
+    local h = tobit(2166136261)
+    for i = 1, #s do
+        h = bxor(h, byte(s, i))
+        h = tobit(lshift(h, 24) + (h % 0x100000000) * 403)
+    end
+    return tohex(h, 8)
+end
+M.hash = fnv1a
+
+local Names = {}
+Names.__index = Names
+
+-- A map for one request towards `protocol`; nil rules (unknown protocol)
+-- means names pass unchanged.
+function M.new(protocol)
+    return setmetatable({ rule = M.RULES[protocol], up_map = {}, down_map = {}, renamed = 0 }, Names)
+end
+
+function Names:valid(name)
+    local r = self.rule
+    return not r or (#name <= r.max and name:find(r.pattern) ~= nil)
+end
+
+local function shorten(rule, name, salt)
+    local clean = name:gsub(rule.bad, "_")
+    if clean == "" then clean = "_" end
+    if rule.first and not clean:find(rule.first) then clean = "_" .. clean end
+    local h = fnv1a(salt and (name .. "#" .. salt) or name)
+    return clean:sub(1, rule.max - 9) .. "_" .. h
+end
+
+-- Original name -> the name the supplier sees.
+function Names:up(name)
+    if type(name) ~= "string" then return name end
+    local s = self.up_map[name]
+    if s then return s end
+    if self:valid(name) then
+        s = name
+    else
+        local salt = nil
+        s = shorten(self.rule, name)
+        while self.down_map[s] and self.down_map[s] ~= name do
+            salt = (salt or 0) + 1
+            s = shorten(self.rule, name, salt)
+        end
+        self.renamed = self.renamed + 1
+    end
+    self.up_map[name] = s
+    self.down_map[s] = self.down_map[s] or name
+    return s
+end
+
+-- Supplier's name -> the client's original name (unknown names pass through).
+function Names:down(name)
+    return self.down_map[name] or name
+end
+
+-- Rewrite every tool name in an IR request in place. Names that already fit
+-- are registered first so a shortened name can never take one of them.
+function M.apply_request(req, names)
+    local tools = req.tools or {}
+    for _, t in ipairs(tools) do
+        if type(t.name) == "string" and names:valid(t.name) then names:up(t.name) end
+    end
+    for _, t in ipairs(tools) do t.name = names:up(t.name) end
+    if req.tool_choice and req.tool_choice.name then
+        req.tool_choice.name = names:up(req.tool_choice.name)
+    end
+    for _, m in ipairs(req.messages or {}) do
+        for _, p in ipairs(m.content or {}) do
+            if (p.type == "tool_call" or p.type == "tool_result") and p.name then
+                p.name = names:up(p.name)
+            end
+        end
+    end
+    return req
+end
+
+-- Give tool calls of an IR response their original names back.
+function M.restore_response(resp, names)
+    for _, p in ipairs(resp.content or {}) do
+        if p.type == "tool_call" and p.name then p.name = names:down(p.name) end
+    end
+    return resp
+end
+
+return M

@@ -1,0 +1,310 @@
+-- sluice.translate — the only place that composes protocol codecs.
+--
+-- A request from a client speaking protocol `from` goes to a supplier
+-- speaking protocol `to` as decode_from -> IR -> encode_to; the answer comes
+-- back as decode_to -> IR -> encode_from. Every function takes (from, to) in
+-- that order: `from` is always the CLIENT's protocol, `to` the SUPPLIER's.
+-- The state returned by T.request carries what later phases need (client
+-- model, tool-name map, whether the client wants usage chunks) and is plain
+-- data owned by the request.
+--
+--   T.protocol(name) -> module | nil, err
+--   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
+--       opts = { model = upstream model, stream = bool|nil, id = client response id|nil }
+--   T.response(from, to, upstream_body, state) -> client_body | nil, err
+--   T.error(from, to, status, upstream_body) -> client_status, client_body
+--   T.stream(from, to, state) -> pipe
+--       pipe:feed(ev) -> bytes ; pipe:feed_batch({ev...}) -> bytes ; pipe:close(outcome) -> bytes
+--       pipe.usage (IR usage), pipe.stop_reason, pipe.error (IR error or nil)
+--   T.collect(from, to, state) -> collector   (non-streaming client, streamed upstream)
+--       c:feed(ev) ; c:feed_batch(evs) ; c:finish() -> client_body | nil, err
+--   T.response_stream(from, to, upstream_body, state) -> bytes | nil, err
+--       (streaming client, non-streamed upstream answer)
+--   T.assemble(ir_events) -> resp ; T.explode(resp) -> { ir_event... }
+
+local json = require("sluice.json")
+local ir = require("sluice.ir")
+local toolnames = require("sluice.toolnames")
+
+local type, ipairs, pairs, next, pcall, require, setmetatable = type, ipairs, pairs, next, pcall, require, setmetatable
+local buffer = require("string.buffer")
+
+local T = {}
+
+local MODULES = {
+    anthropic = "sluice.protocols.anthropic",
+    ["openai-chat"] = "sluice.protocols.openai_chat",
+    ["openai-responses"] = "sluice.protocols.openai_responses",
+    gemini = "sluice.protocols.gemini",
+}
+T.PROTOCOLS = { "anthropic", "openai-chat", "openai-responses", "gemini" }
+
+local loaded = {}
+
+function T.protocol(name)
+    local m = loaded[name]
+    if m then return m end
+    local path = MODULES[name]
+    if not path then return nil, "unknown protocol " .. tostring(name) end
+    local ok, mod = pcall(require, path)
+    if not ok then return nil, "protocol " .. name .. " unavailable: " .. tostring(mod) end
+    loaded[name] = mod
+    return mod
+end
+
+local function codecs(from, to)
+    local c, err = T.protocol(from)
+    if not c then return nil, nil, err end
+    local u
+    u, err = T.protocol(to)
+    if not u then return nil, nil, err end
+    return c, u
+end
+
+-- ---------------------------------------------------------------- request
+
+function T.request(from, to, body, info, opts)
+    opts = opts or {}
+    local C, U, err = codecs(from, to)
+    if not C then return nil, err end
+    local req
+    req, err = C.decode_request(body, info or {})
+    if not req then return nil, err end
+    local names = toolnames.new(to)
+    toolnames.apply_request(req, names)
+    local stream = opts.stream
+    if stream == nil then stream = req.stream end
+    local upstream_model = opts.model or req.model
+    local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names })
+    local state = {
+        from = from, to = to,
+        client_model = req.model, upstream_model = upstream_model,
+        client_stream = req.stream, upstream_stream = stream,
+        include_usage = req.stream_usage == true,
+        names = names, id = opts.id,
+    }
+    return out, state
+end
+
+-- ---------------------------------------------------------------- responses
+
+local function client_opts(state, to)
+    return {
+        model = state.client_model, id = state.id, origin = to,
+        include_usage = state.include_usage, created = state.created,
+    }
+end
+
+function T.response(from, to, upstream_body, state)
+    local C, U, err = codecs(from, to)
+    if not C then return nil, err end
+    local resp
+    resp, err = U.decode_response(upstream_body)
+    if not resp then return nil, err end
+    if state.names then toolnames.restore_response(resp, state.names) end
+    return C.encode_response(resp, client_opts(state, to))
+end
+
+function T.error(from, to, status, upstream_body)
+    local C, U, err = codecs(from, to)
+    if not C then
+        return 500, { error = { message = err, type = "server_error" } }
+    end
+    return C.encode_error(U.decode_error(status, upstream_body))
+end
+
+-- ---------------------------------------------------------------- streams
+
+local Pipe = {}
+Pipe.__index = Pipe
+
+function T.stream(from, to, state)
+    local C, U, err = codecs(from, to)
+    if not C then error(err) end -- a programming error: T.request succeeded first
+    return setmetatable({
+        dec = U.stream_decoder({ model = state.upstream_model }),
+        enc = C.stream_encoder(client_opts(state, to)),
+        names = state.names, usage = nil, stop_reason = nil, error = nil, closed = false,
+    }, Pipe)
+end
+
+function Pipe:push(events, b)
+    local enc, names = self.enc, self.names
+    for i = 1, #events do
+        local e = events[i]
+        local t = e.type
+        if t == "block_start" then
+            if e.name and names then e.name = names:down(e.name) end
+        elseif t == "usage" then
+            self.usage = ir.merge_usage(self.usage, e.usage)
+        elseif t == "start" then
+            if e.usage then self.usage = ir.merge_usage(self.usage, e.usage) end
+        elseif t == "finish" then
+            self.stop_reason = e.stop_reason
+        elseif t == "error" then
+            self.error = e.error
+            self.stop_reason = "error"
+        end
+        b:put(enc:feed(e))
+    end
+end
+
+function Pipe:feed(ev)
+    local b = buffer.new()
+    self:push(self.dec:feed(ev), b)
+    return b:tostring()
+end
+
+function Pipe:feed_batch(evs)
+    local b = buffer.new()
+    for i = 1, #evs do self:push(self.dec:feed(evs[i]), b) end
+    return b:tostring()
+end
+
+-- outcome: nil / { complete = true } for a clean end, else
+-- { complete = false, reason = "UPSTREAM_EOF_EARLY", message = s }.
+function Pipe:close(outcome)
+    if self.closed then return "" end
+    self.closed = true
+    local b = buffer.new()
+    self:push(self.dec:finish(), b)
+    b:put(self.enc:close(outcome))
+    return b:tostring()
+end
+
+-- ---------------------------------------------------------------- assemble / explode
+
+-- IR stream events -> IR response (blocks in start order, tool arguments
+-- joined and decoded).
+function T.assemble(events)
+    local resp = { content = {}, usage = nil, stop_reason = nil }
+    local blocks, args = {}, {}
+    for _, e in ipairs(events) do
+        local t = e.type
+        if t == "start" then
+            resp.id, resp.model = e.id, e.model
+            if e.usage then resp.usage = ir.merge_usage(resp.usage, e.usage) end
+        elseif t == "block_start" then
+            local p
+            if e.kind == "text" then p = { type = "text", text = "" }
+            elseif e.kind == "thinking" then p = { type = "thinking", text = "" }
+            elseif e.kind == "redacted_thinking" then p = { type = "redacted_thinking", data = e.data }
+            else
+                p = { type = "tool_call", id = e.id, name = e.name }
+                args[e.index] = buffer.new()
+            end
+            blocks[e.index] = p
+            resp.content[#resp.content + 1] = p
+        elseif t == "text" or t == "thinking" then
+            local p = blocks[e.index]
+            if p then p.text = p.text .. (e.text or "") end
+        elseif t == "signature" then
+            local p = blocks[e.index]
+            if p then p.signature = (p.signature or "") .. e.signature end
+        elseif t == "tool_args" then
+            local a = args[e.index]
+            if a then a:put(e.json) end
+        elseif t == "usage" then
+            resp.usage = ir.merge_usage(resp.usage, e.usage)
+        elseif t == "finish" then
+            resp.stop_reason, resp.stop_sequence = e.stop_reason, e.stop_sequence
+        elseif t == "error" then
+            resp.error = e.error
+            resp.stop_reason = "error"
+        end
+    end
+    for idx, a in pairs(args) do
+        local s = a:tostring()
+        local v = s ~= "" and json.decode(s) or nil
+        if type(v) ~= "table" or json.is_array(v) then v = {} end
+        blocks[idx].arguments = v
+    end
+    resp.usage = resp.usage or {}
+    resp.stop_reason = resp.stop_reason or "end_turn"
+    return resp
+end
+
+-- IR response -> the IR stream events that would have produced it.
+function T.explode(resp)
+    local ev = { { type = "start", id = resp.id, model = resp.model } }
+    for i, p in ipairs(resp.content or {}) do
+        local idx = i - 1
+        local t = p.type
+        if t == "text" then
+            ev[#ev + 1] = { type = "block_start", index = idx, kind = "text" }
+            if p.text and p.text ~= "" then ev[#ev + 1] = { type = "text", index = idx, text = p.text } end
+        elseif t == "thinking" then
+            ev[#ev + 1] = { type = "block_start", index = idx, kind = "thinking" }
+            if p.text and p.text ~= "" then ev[#ev + 1] = { type = "thinking", index = idx, text = p.text } end
+            if p.signature then ev[#ev + 1] = { type = "signature", index = idx, signature = p.signature } end
+        elseif t == "redacted_thinking" then
+            ev[#ev + 1] = { type = "block_start", index = idx, kind = "redacted_thinking", data = p.data }
+        elseif t == "tool_call" then
+            ev[#ev + 1] = { type = "block_start", index = idx, kind = "tool_call", id = p.id, name = p.name }
+            local a = p.arguments
+            if type(a) ~= "string" then a = json.encode(a == nil and {} or a) end
+            ev[#ev + 1] = { type = "tool_args", index = idx, json = a }
+        end
+        if t == "text" or t == "thinking" or t == "redacted_thinking" or t == "tool_call" then
+            ev[#ev + 1] = { type = "block_stop", index = idx }
+        end
+    end
+    if resp.usage and next(resp.usage) then ev[#ev + 1] = { type = "usage", usage = resp.usage } end
+    ev[#ev + 1] = { type = "finish", stop_reason = resp.stop_reason or "end_turn",
+                    stop_sequence = resp.stop_sequence }
+    return ev
+end
+
+-- ---------------------------------------------------------------- cross modes
+
+local Collector = {}
+Collector.__index = Collector
+
+-- A non-streaming client whose supplier only streams: gather the IR events,
+-- answer one body at the end.
+function T.collect(from, to, state)
+    local C, U, err = codecs(from, to)
+    if not C then error(err) end
+    return setmetatable({ C = C, to = to, state = state, dec = U.stream_decoder({}), events = {} },
+        Collector)
+end
+
+function Collector:feed(ev)
+    local evs = self.dec:feed(ev)
+    for i = 1, #evs do self.events[#self.events + 1] = evs[i] end
+end
+
+function Collector:feed_batch(list)
+    for i = 1, #list do self:feed(list[i]) end
+end
+
+-- -> client_body, or nil, ir_error when the stream carried an error or ended
+-- without a finish (the host then answers C.encode_error(ir_error)).
+function Collector:finish(outcome)
+    for _, e in ipairs(self.dec:finish()) do self.events[#self.events + 1] = e end
+    local resp = T.assemble(self.events)
+    if resp.error then return nil, resp.error end
+    local finished = false
+    for _, e in ipairs(self.events) do if e.type == "finish" then finished = true end end
+    if not finished or (outcome and outcome.complete == false) then
+        return nil, ir.error(502, (outcome and outcome.message) or "upstream stream ended prematurely")
+    end
+    if self.state.names then toolnames.restore_response(resp, self.state.names) end
+    return self.C.encode_response(resp, client_opts(self.state, self.to))
+end
+
+function T.response_stream(from, to, upstream_body, state)
+    local C, U, err = codecs(from, to)
+    if not C then return nil, err end
+    local resp
+    resp, err = U.decode_response(upstream_body)
+    if not resp then return nil, err end
+    if state.names then toolnames.restore_response(resp, state.names) end
+    local enc = C.stream_encoder(client_opts(state, to))
+    local b = buffer.new()
+    for _, e in ipairs(T.explode(resp)) do b:put(enc:feed(e)) end
+    b:put(enc:close({ complete = true }))
+    return b:tostring()
+end
+
+return T
