@@ -332,69 +332,49 @@ static int hex4(const unsigned char *p, const unsigned char *end, unsigned *out)
     return 0;
 }
 
-static int put_utf8(sl_buf_t *b, unsigned cp)
+/* Writes code point cp as UTF-8 at o; returns the byte after it. */
+static inline char *put_utf8(char *o, unsigned cp)
 {
-    char u[4];
-    size_t n;
     if (cp < 0x80) {
-        u[0] = (char)cp, n = 1;
+        *o++ = (char)cp;
     } else if (cp < 0x800) {
-        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+        *o++ = (char)(0xC0 | cp >> 6);
+        *o++ = (char)(0x80 | (cp & 0x3F));
     } else if (cp < 0x10000) {
-        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+        *o++ = (char)(0xE0 | cp >> 12);
+        *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *o++ = (char)(0x80 | (cp & 0x3F));
     } else {
-        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+        *o++ = (char)(0xF0 | cp >> 18);
+        *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+        *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *o++ = (char)(0x80 | (cp & 0x3F));
     }
-    return sl_buf_append(b, u, n);
+    return o;
 }
 
-/* Decodes the escape after the backslash at p into b; returns the byte after
+/* Decodes the escape whose backslash is at bs, writing its bytes at *o
+ * (never more than the escape's own length); returns the input byte after
  * it, or NULL on error. */
-static const unsigned char *dec_escape(dec_t *d, const unsigned char *p, sl_buf_t *b)
+static const unsigned char *dec_escape(dec_t *d, const unsigned char *bs, char **o)
 {
-    const unsigned char *bs = p - 1;
-    char c;
+    const unsigned char *p = bs + 1;
+    unsigned cp, lo;
     if (p >= d->end) {
-        dec_unexpected(d, p);
+        dec_fail(d, d->end, "unterminated string");
         return NULL;
     }
     switch (*p) {
-    case '"': c = '"'; break;
-    case '\\': c = '\\'; break;
-    case '/': c = '/'; break;
-    case 'b': c = '\b'; break;
-    case 'f': c = '\f'; break;
-    case 'n': c = '\n'; break;
-    case 'r': c = '\r'; break;
-    case 't': c = '\t'; break;
-    case 'u': {
-        unsigned cp, lo;
-        if (hex4(p + 1, d->end, &cp)) {
-            dec_fail(d, bs, "invalid \\u escape");
-            return NULL;
-        }
-        p += 5;
-        if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            dec_fail(d, bs, "lone surrogate \\u%04x", cp);
-            return NULL;
-        }
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (d->end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, d->end, &lo) ||
-                lo < 0xDC00 || lo > 0xDFFF) {
-                dec_fail(d, bs, "lone surrogate \\u%04x", cp);
-                return NULL;
-            }
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            p += 6;
-        }
-        if (put_utf8(b, cp)) {
-            dec_fail(d, bs, "out of memory");
-            return NULL;
-        }
-        return p;
-    }
+    case '"': *(*o)++ = '"'; return p + 1;
+    case '\\': *(*o)++ = '\\'; return p + 1;
+    case '/': *(*o)++ = '/'; return p + 1;
+    case 'b': *(*o)++ = '\b'; return p + 1;
+    case 'f': *(*o)++ = '\f'; return p + 1;
+    case 'n': *(*o)++ = '\n'; return p + 1;
+    case 'r': *(*o)++ = '\r'; return p + 1;
+    case 't': *(*o)++ = '\t'; return p + 1;
+    case 'u':
+        break;
     default:
         if (*p >= 0x20 && *p < 0x7f)
             dec_fail(d, bs, "invalid escape '\\%c'", *p);
@@ -402,59 +382,124 @@ static const unsigned char *dec_escape(dec_t *d, const unsigned char *p, sl_buf_
             dec_fail(d, bs, "invalid escape");
         return NULL;
     }
-    if (sl_buf_append_byte(b, c)) {
-        dec_fail(d, bs, "out of memory");
+    if (hex4(p + 1, d->end, &cp)) {
+        dec_fail(d, bs, "invalid \\u escape");
         return NULL;
     }
-    return p + 1;
+    p += 5;
+    if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        dec_fail(d, bs, "lone surrogate \\u%04x", cp);
+        return NULL;
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (d->end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, d->end, &lo) ||
+            lo < 0xDC00 || lo > 0xDFFF) {
+            dec_fail(d, bs, "lone surrogate \\u%04x", cp);
+            return NULL;
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        p += 6;
+    }
+    *o = put_utf8(*o, cp);
+    return p;
 }
 
-/* d->p is at the opening quote; pushes the string. */
-static int dec_string(dec_t *d)
+/* Index of the first flagged byte of a swar_special() mask (little-endian
+ * load order). */
+static inline size_t first_special(uint64_t m)
 {
-    const unsigned char *p = d->p + 1, *end = d->end, *run = p;
-    sl_buf_t *b = NULL; /* set once an escape forces a copy */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (size_t)__builtin_ctzll(m) >> 3;
+#else
+    (void)m;
+    return 0; /* big-endian: fall back to looking at each byte */
+#endif
+}
+
+/* The rest of a string that contains an escape: s0 is its first byte, p the
+ * first backslash. Unescaping never lengthens text, so one reservation of
+ * the remaining input covers every write (including 8-byte word copies). */
+static int dec_string_escaped(dec_t *d, const unsigned char *s0, const unsigned char *p)
+{
+    const unsigned char *end = d->end;
+    sl_buf_t *b = &d->st->scratch;
+    b->len = 0;
+    if (sl_buf_reserve(b, (size_t)(end - s0) + 8))
+        return dec_fail(d, p, "out of memory");
+    char *o = b->base;
+    memcpy(o, s0, (size_t)(p - s0));
+    o += p - s0;
     for (;;) {
-        while (end - p >= 8) {
-            uint64_t w;
+        if (end - p >= 8) {
+            uint64_t w, m;
             memcpy(&w, p, 8);
-            if (swar_special(w))
-                break;
-            p += 8;
+            memcpy(o, &w, 8);
+            if (!(m = swar_special(w))) {
+                p += 8, o += 8;
+                continue;
+            }
+            size_t k = first_special(m);
+            p += k, o += k;
+        } else if (p >= end) {
+            return dec_fail(d, s0 - 1, "unterminated string");
         }
-        if (p >= end)
-            return dec_fail(d, d->p, "unterminated string");
         unsigned c = *p;
         if (c == '"')
             break;
+        if (c == '\\') {
+            if (!(p = dec_escape(d, p, &o)))
+                return -1;
+        } else if (c >= 0x80) {
+            size_t n = utf8_len(p, end);
+            if (!n)
+                return dec_fail(d, p, "invalid UTF-8 in string");
+            while (n--)
+                *o++ = (char)*p++;
+        } else if (c < 0x20) {
+            return dec_fail(d, p, "control character 0x%02x in string", c);
+        } else {
+            *o++ = (char)*p++;
+        }
+    }
+    lua_pushlstring(d->L, b->base, (size_t)(o - b->base));
+    d->p = p + 1;
+    return 0;
+}
+
+/* d->p is at the opening quote; pushes the string, straight from the input
+ * unless it holds an escape. */
+static int dec_string(dec_t *d)
+{
+    const unsigned char *s0 = d->p + 1, *p = s0, *end = d->end;
+    for (;;) {
+        if (end - p >= 8) {
+            uint64_t w, m;
+            memcpy(&w, p, 8);
+            if (!(m = swar_special(w))) {
+                p += 8;
+                continue;
+            }
+            p += first_special(m);
+        } else if (p >= end) {
+            return dec_fail(d, d->p, "unterminated string");
+        }
+        unsigned c = *p;
+        if (c == '"')
+            break;
+        if (c == '\\')
+            return dec_string_escaped(d, s0, p);
         if (c >= 0x80) {
             size_t n = utf8_len(p, end);
             if (!n)
                 return dec_fail(d, p, "invalid UTF-8 in string");
             p += n;
-        } else if (c == '\\') {
-            if (!b) {
-                b = &d->st->scratch;
-                b->len = 0;
-            }
-            if (sl_buf_append(b, run, (size_t)(p - run)))
-                return dec_fail(d, p, "out of memory");
-            if (!(p = dec_escape(d, p + 1, b)))
-                return -1;
-            run = p;
         } else if (c < 0x20) {
             return dec_fail(d, p, "control character 0x%02x in string", c);
         } else {
             p++;
         }
     }
-    if (b) {
-        if (sl_buf_append(b, run, (size_t)(p - run)))
-            return dec_fail(d, p, "out of memory");
-        lua_pushlstring(d->L, b->base ? b->base : "", b->len);
-    } else {
-        lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
-    }
+    lua_pushlstring(d->L, (const char *)s0, (size_t)(p - s0));
     d->p = p + 1;
     return 0;
 }
@@ -829,72 +874,111 @@ static inline int enc_byte(enc_t *e, char c)
     return 0;
 }
 
-/* Writes s as a JSON string: escapes '"', '\\' and control bytes, keeps '/'
- * and valid UTF-8 as is, and turns each invalid UTF-8 byte into \ufffd. */
-static int enc_string(enc_t *e, const char *s, size_t n)
+/* The escape for byte c (a control byte, '"', '\\', or an invalid UTF-8
+ * byte, which becomes U+FFFD); returns the byte after it. */
+static inline char *put_escape(char *o, unsigned c)
 {
     static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)s, *end = p + n, *run = p;
-    int rc = enc_reserve(e, n + 2);
-    if (rc)
-        return rc;
-    sl_buf_t *b = e->out;
-    char *o = b->base + b->len;
-    *o++ = '"';
-    for (;;) {
-        while (end - p >= 8) {
-            uint64_t w;
-            memcpy(&w, p, 8);
-            if (swar_special(w))
-                break;
-            p += 8;
-        }
-        if (p >= end)
-            break;
-        unsigned c = *p;
+    *o++ = '\\';
+    switch (c) {
+    case '"': *o++ = '"'; break;
+    case '\\': *o++ = '\\'; break;
+    case '\n': *o++ = 'n'; break;
+    case '\r': *o++ = 'r'; break;
+    case '\t': *o++ = 't'; break;
+    case '\b': *o++ = 'b'; break;
+    case '\f': *o++ = 'f'; break;
+    default:
         if (c >= 0x80) {
-            size_t l = utf8_len(p, end);
-            if (l) {
-                p += l;
+            memcpy(o, "ufffd", 5);
+        } else {
+            memcpy(o, "u00", 3);
+            o[3] = hex[c >> 4], o[4] = hex[c & 15];
+        }
+        o += 5;
+    }
+    return o;
+}
+
+/* Input bytes per worst-case (6x) reservation in enc_string. */
+#define ENC_CHUNK 4096
+
+/* For buffers with a limit close by, where the 6x worst-case reservation
+ * would fail although the real output fits: one write at a time. */
+static int enc_string_exact(enc_t *e, const unsigned char *p, const unsigned char *end)
+{
+    char esc[8];
+    int rc;
+    while (p < end) {
+        const unsigned char *run = p;
+        for (;;) {
+            size_t l = 1;
+            if (p >= end || (*p >= 0x80 ? !(l = utf8_len(p, end))
+                                        : (*p < 0x20 || *p == '"' || *p == '\\')))
+                break;
+            p += l;
+        }
+        if ((rc = enc_put(e, (const char *)run, (size_t)(p - run))))
+            return rc;
+        if (p < end) {
+            if ((rc = enc_put(e, esc, (size_t)(put_escape(esc, *p) - esc))))
+                return rc;
+            p++;
+        }
+    }
+    return enc_byte(e, '"');
+}
+
+/* Writes s as a JSON string: escapes '"', '\\' and control bytes, keeps '/'
+ * and valid UTF-8 as is, and turns each invalid UTF-8 byte into \ufffd.
+ * Each chunk reserves its worst case up front so the loop writes without
+ * bounds checks, copying plain ASCII 8 bytes at a time. */
+static int enc_string(enc_t *e, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    sl_buf_t *b = e->out;
+    int rc;
+    if ((rc = enc_byte(e, '"')))
+        return rc;
+    while (p < end) {
+        size_t chunk = (size_t)(end - p) < ENC_CHUNK ? (size_t)(end - p) : ENC_CHUNK;
+        size_t need = 6 * chunk + 16;
+        if (b->limit && need > b->limit - b->len)
+            return enc_string_exact(e, p, end);
+        if ((rc = enc_reserve(e, need)))
+            return rc;
+        const unsigned char *ce = p + chunk;
+        char *o = b->base + b->len;
+        while (p < ce) {
+            if (ce - p >= 8) {
+                uint64_t w, m;
+                memcpy(&w, p, 8);
+                memcpy(o, &w, 8);
+                if (!(m = swar_special(w))) {
+                    p += 8, o += 8;
+                    continue;
+                }
+                size_t k = first_special(m);
+                p += k, o += k;
+            }
+            unsigned c = *p;
+            if (c >= 0x80) {
+                size_t l = utf8_len(p, end); /* may run past ce: covered by the slack */
+                if (l) {
+                    while (l--)
+                        *o++ = (char)*p++;
+                    continue;
+                }
+            } else if (c >= 0x20 && c != '"' && c != '\\') {
+                *o++ = (char)*p++;
                 continue;
             }
-        } else if (c >= 0x20 && c != '"' && c != '\\') {
+            o = put_escape(o, c);
             p++;
-            continue;
         }
-        memcpy(o, run, (size_t)(p - run));
-        o += p - run;
         b->len = (size_t)(o - b->base);
-        /* the escape takes up to 6 bytes for this one; then the rest + '"' */
-        if ((rc = enc_reserve(e, 6 + (size_t)(end - p))))
-            return rc;
-        o = b->base + b->len;
-        *o++ = '\\';
-        switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        default:
-            if (c >= 0x80) {
-                memcpy(o, "ufffd", 5);
-            } else {
-                memcpy(o, "u00", 3);
-                o[3] = hex[c >> 4], o[4] = hex[c & 15];
-            }
-            o += 5;
-        }
-        p++;
-        run = p;
     }
-    memcpy(o, run, (size_t)(p - run));
-    o += p - run;
-    *o++ = '"';
-    b->len = (size_t)(o - b->base);
-    return 0;
+    return enc_byte(e, '"');
 }
 
 static int enc_number(enc_t *e, double v)
