@@ -265,11 +265,11 @@ local function encode_user_part(p)
     return nil
 end
 
-local function text_of(parts)
+local function text_of(parts, sep)
     local b = buffer.new()
     for _, p in ipairs(parts or {}) do
         if p.type == "text" and p.text then
-            if #b > 0 then b:put("\n") end
+            if #b > 0 then b:put(sep or "\n") end
             b:put(p.text)
         end
     end
@@ -332,7 +332,8 @@ function M.encode_request(req, opts)
     opts = opts or {}
     local msgs = array()
     if req.system and #req.system > 0 then
-        local s = text_of(req.system)
+        -- Several system parts become one message; blank lines keep them apart.
+        local s = text_of(req.system, "\n\n")
         if s ~= "" then msgs[1] = { role = "system", content = s } end
     end
     for _, m in ipairs(req.messages or {}) do
