@@ -1,0 +1,1106 @@
+-- sluice.protocols.gemini — the Google Gemini (Developer API, v1beta) codec:
+-- generateContent / streamGenerateContent?alt=sse requests, responses, errors
+-- and streams to and from the IR (lua/sluice/ir.lua).
+--
+-- Gemini differs from the others in ways that shape this file: the model and
+-- streaming live in the URL (info.model / info.stream); tool calls usually
+-- have no ids, so ids are synthesised deterministically and tool results are
+-- matched back by id, else by name and order; tool schemas must be cut down
+-- to Gemini's OpenAPI subset (never dropped whole); thought signatures sit on
+-- arbitrary parts and are carried in the IR as thinking parts (an empty-text
+-- thinking part whose signature belongs to the part after it); streams have
+-- no terminal event, the last chunk carries finishReason.
+--
+-- Opaque reasoning state from another provider (an Anthropic signature, a
+-- Responses encrypted_content) reaches a Gemini client inside
+-- thoughtSignature in a tagged envelope "sluice1:<origin>:<kind>:<value>", and
+-- is unwrapped when the client sends it back; it is never sent to a Gemini
+-- upstream, which only receives signatures whose origin is Gemini.
+
+local ir = require("sluice.ir")
+local json = require("sluice.json")
+local buffer = require("string.buffer")
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local concat, upper, lower = table.concat, string.upper, string.lower
+local json_encode, json_decode, json_array, json_null, is_array = json.encode, json.decode, json.array, json.null,
+    json.is_array
+
+local M = { name = "gemini" }
+
+-- No terminal event: the chunk that carries finishReason ends the stream (§4.4).
+M.terminal = { { data_has = "\"finishReason\"" } }
+
+local function strip_model(model)
+    if type(model) ~= "string" then return model end
+    return (model:gsub("^models/", ""))
+end
+
+function M.path(model, stream)
+    model = strip_model(model)
+    if stream then return "/v1beta/models/" .. model .. ":streamGenerateContent?alt=sse" end
+    return "/v1beta/models/" .. model .. ":generateContent"
+end
+
+---------------------------------------------------------------------------
+-- helpers
+---------------------------------------------------------------------------
+
+local function is_str(v) return type(v) == "string" end
+local function is_obj(v) return type(v) == "table" and not is_array(v) end
+local function nonempty(s) return is_str(s) and s ~= "" end
+
+local function wrap_opaque(origin, kind, value)
+    if origin == nil or origin == M.name then return value end
+    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
+end
+
+-- A thoughtSignature -> origin, kind ("sig" | "data"), value.
+local function unwrap_opaque(s)
+    local o, k, v = s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+    if o then return o, k, v end
+    return M.name, "sig", s
+end
+
+local function as_object(v)
+    if type(v) ~= "table" or (is_array(v) and #v == 0) then return {} end
+    return v
+end
+
+local function decode_args(s)
+    if type(s) == "table" then return s end
+    if not is_str(s) or s == "" then return {} end
+    local v = json_decode(s)
+    if not is_obj(v) then return {} end
+    return v
+end
+
+-- Ids synthesised for calls Gemini left without one: call_<response id>_<n>,
+-- so a replayed history maps to the same ids.
+local function call_id(base, n)
+    return "call_" .. base .. "_" .. n
+end
+
+local function id_base(rid)
+    if not nonempty(rid) then return ir.new_id("", 16) end
+    local b = rid:gsub("[^%w_-]", "")
+    if b == "" then return ir.new_id("", 16) end
+    return b:sub(1, 24)
+end
+
+---------------------------------------------------------------------------
+-- tool schemas
+---------------------------------------------------------------------------
+
+-- Gemini `parameters` take an OpenAPI subset; anything else is a 400
+-- ("Unknown name ..."). These keywords survive; $ref is inlined, const
+-- becomes a one-value enum, type arrays become nullable / anyOf, oneOf
+-- becomes anyOf, allOf is merged. Everything else ($schema,
+-- additionalProperties, exclusiveMinimum, patternProperties, default, ...)
+-- is dropped, never the schema around it.
+local COPY_NUM = { "minItems", "maxItems", "minimum", "maximum" }
+local FORMATS = {
+    STRING = { ["date-time"] = true, enum = true },
+    INTEGER = { int32 = true, int64 = true }, NUMBER = { float = true, double = true },
+}
+local MAX_DEPTH = 24
+
+local to_gemini
+
+local function merge_into(out, other)
+    for k, v in pairs(other) do
+        if k == "properties" and out.properties then
+            for pk, pv in pairs(v) do
+                if out.properties[pk] == nil then out.properties[pk] = pv end
+            end
+        elseif k == "required" and out.required then
+            for _, r in ipairs(v) do out.required[#out.required + 1] = r end
+        elseif out[k] == nil then
+            out[k] = v
+        end
+    end
+end
+
+local function resolve_ref(ref, ctx)
+    local name = ref:match("^#/%$defs/(.+)$") or ref:match("^#/definitions/(.+)$")
+    return name, name and ctx.defs and ctx.defs[name]
+end
+
+local function convert_anyof(list, out, ctx, depth)
+    local alts = json_array({})
+    for _, alt in ipairs(list) do
+        if is_obj(alt) and alt.type == "null" then
+            out.nullable = true
+        else
+            alts[#alts + 1] = to_gemini(alt, ctx, depth + 1)
+        end
+    end
+    if #alts == 1 then merge_into(out, alts[1]) elseif #alts > 1 then out.anyOf = alts end
+end
+
+local function convert_enum(s, out)
+    local vals, all_str = json_array({}), true
+    local src = s.enum
+    if s.const ~= nil and s.const ~= json_null then src = { s.const } end
+    if type(src) ~= "table" then return end
+    for _, v in ipairs(src) do
+        if is_str(v) then vals[#vals + 1] = v elseif v ~= json_null then all_str = false end
+    end
+    if all_str and #vals > 0 and (out.type == nil or out.type == "STRING") then
+        out.enum = vals
+        out.type = "STRING"
+    else
+        -- Gemini enums are strings only: keep the allowed values as a hint.
+        local t = {}
+        for _, v in ipairs(src) do t[#t + 1] = json_encode(v) end
+        local hint = "Allowed values: " .. concat(t, ", ")
+        out.description = out.description and (out.description .. " (" .. hint .. ")") or hint
+    end
+end
+
+function to_gemini(s, ctx, depth)
+    if not is_obj(s) then return {} end
+    if depth > MAX_DEPTH then return { type = "OBJECT" } end
+    local out = {}
+    if is_str(s["$ref"]) then
+        local name, target = resolve_ref(s["$ref"], ctx)
+        if target and not ctx.seen[name] then
+            ctx.seen[name] = true
+            out = to_gemini(target, ctx, depth + 1)
+            ctx.seen[name] = nil
+        else
+            out = { type = "OBJECT" } -- recursive or external: a free-form object
+        end
+        if is_str(s.description) then out.description = s.description end
+        return out
+    end
+    local t = s.type
+    if type(t) == "table" then
+        local kinds = {}
+        for _, k in ipairs(t) do
+            if k == "null" then out.nullable = true elseif is_str(k) then kinds[#kinds + 1] = k end
+        end
+        if #kinds == 1 then
+            t = kinds[1]
+        else
+            t = nil
+            if #kinds > 1 then
+                out.anyOf = json_array({})
+                for _, k in ipairs(kinds) do out.anyOf[#out.anyOf + 1] = { type = upper(k) } end
+            end
+        end
+    end
+    if t == "null" then out.nullable = true; t = nil end
+    if is_str(t) then out.type = upper(t) end
+    if s.nullable == true then out.nullable = true end
+    if is_str(s.description) then out.description = s.description end
+    if s.enum ~= nil or s.const ~= nil then convert_enum(s, out) end
+    if is_str(s.format) and out.type and FORMATS[out.type] and FORMATS[out.type][s.format] then
+        out.format = s.format
+    end
+    for _, k in ipairs(COPY_NUM) do
+        if type(s[k]) == "number" then out[k] = s[k] end
+    end
+    if is_obj(s.properties) and next(s.properties) ~= nil then
+        out.properties = {}
+        for k, v in pairs(s.properties) do out.properties[k] = to_gemini(v, ctx, depth + 1) end
+        if type(s.required) == "table" then
+            local req = json_array({})
+            for _, r in ipairs(s.required) do
+                if out.properties[r] then req[#req + 1] = r end
+            end
+            if #req > 0 then out.required = req end
+        end
+    end
+    if type(s.items) == "table" then
+        local it = is_array(s.items) and s.items[1] or s.items
+        out.items = to_gemini(it, ctx, depth + 1)
+    end
+    local alts = s.anyOf or s.oneOf
+    if type(alts) == "table" then convert_anyof(alts, out, ctx, depth) end
+    if type(s.allOf) == "table" then
+        for _, sub in ipairs(s.allOf) do merge_into(out, to_gemini(sub, ctx, depth + 1)) end
+    end
+    if out.type == nil and out.anyOf == nil then
+        if out.properties then out.type = "OBJECT" elseif out.items then out.type = "ARRAY" end
+    end
+    -- An ARRAY without items is rejected ("items: missing field").
+    if out.type == "ARRAY" and out.items == nil then out.items = { type = "STRING" } end
+    return out
+end
+
+-- JSON Schema -> Gemini parameters; nil for a function without parameters
+-- (Gemini rejects an OBJECT with empty properties).
+function M.schema_to_gemini(schema)
+    if not is_obj(schema) then return nil end
+    local defs = schema["$defs"] or schema.definitions
+    local out = to_gemini(schema, { defs = is_obj(defs) and defs or nil, seen = {} }, 0)
+    out.type = out.type or "OBJECT"
+    if out.type == "OBJECT" and out.properties == nil and out.anyOf == nil then return nil end
+    return out
+end
+
+-- Gemini Schema (upper-case types, nullable) -> JSON Schema for other
+-- protocols. A parametersJsonSchema is already JSON Schema and passes as is.
+local function from_gemini(s, depth)
+    if type(s) ~= "table" or depth > MAX_DEPTH then return s end
+    if is_array(s) then
+        local a = json_array({})
+        for i, v in ipairs(s) do a[i] = from_gemini(v, depth + 1) end
+        return a
+    end
+    local out = {}
+    for k, v in pairs(s) do
+        if k == "type" and is_str(v) then
+            out.type = lower(v)
+        elseif k == "properties" and type(v) == "table" then
+            out.properties = {}
+            for pk, pv in pairs(v) do out.properties[pk] = from_gemini(pv, depth + 1) end
+        elseif k ~= "nullable" and k ~= "propertyOrdering" then
+            out[k] = from_gemini(v, depth + 1)
+        end
+    end
+    if s.nullable == true and is_str(out.type) then out.type = json_array({ out.type, "null" }) end
+    return out
+end
+
+---------------------------------------------------------------------------
+-- request: Gemini -> IR
+---------------------------------------------------------------------------
+
+local function media_part(mime, source)
+    if is_str(mime) and mime:find("^image/") then return { type = "image", source = source } end
+    return { type = "document", source = source }
+end
+
+-- A user-side data part (text / inlineData / fileData) -> IR part or nil.
+local function decode_data_part(p)
+    if is_str(p.text) then
+        if p.text == "" then return nil end
+        return { type = "text", text = p.text }
+    end
+    local d = p.inlineData or p.inline_data
+    if is_obj(d) then
+        local mime = d.mimeType or d.mime_type
+        if is_str(mime) and mime:find("^text/") then
+            return { type = "document", source = { kind = "base64", media_type = mime, data = d.data } }
+        end
+        return media_part(mime, { kind = "base64", media_type = mime, data = d.data })
+    end
+    local f = p.fileData or p.file_data
+    if is_obj(f) then
+        local mime = f.mimeType or f.mime_type
+        return media_part(mime, { kind = "url", url = f.fileUri or f.file_uri, media_type = mime })
+    end
+    return nil
+end
+
+local function response_text(v)
+    if is_str(v) then return v end
+    return json_encode(v)
+end
+
+-- functionResponse -> tool_result content + is_error ({"output"}/{"error"}
+-- convention; anything else is the output as a whole).
+local function decode_function_response(fr)
+    local r = fr.response
+    local content, is_error = {}, false
+    if is_obj(r) then
+        if r.error ~= nil and r.error ~= json_null then
+            is_error = true
+            content[1] = { type = "text", text = response_text(r.error) }
+        elseif r.output ~= nil then
+            content[1] = { type = "text", text = response_text(r.output) }
+        elseif next(r) ~= nil then
+            content[1] = { type = "text", text = json_encode(r) }
+        end
+    elseif r ~= nil and r ~= json_null then
+        content[1] = { type = "text", text = response_text(r) }
+    end
+    if type(fr.parts) == "table" then
+        for _, p in ipairs(fr.parts) do
+            local part = is_obj(p) and decode_data_part(p)
+            if part then content[#content + 1] = part end
+        end
+    end
+    return content, is_error
+end
+
+-- Calls are remembered in order so a response finds its call by id, else by
+-- name among the calls not yet answered (Gemini links them by position).
+local function match_call(st, fr)
+    local calls = st.calls
+    if is_str(fr.id) then
+        for _, c in ipairs(calls) do
+            if c.id == fr.id and not c.done then c.done = true return c.id end
+        end
+    end
+    for _, c in ipairs(calls) do
+        if not c.done and c.name == fr.name then c.done = true return c.id end
+    end
+    st.n = st.n + 1
+    return is_str(fr.id) and fr.id or call_id(st.base .. "r", st.n)
+end
+
+local function push_thinking(content, text, sig, thought)
+    local origin, kind, value = M.name, "sig", nil
+    if sig then origin, kind, value = unwrap_opaque(sig) end
+    if kind == "data" then
+        content[#content + 1] = { type = "redacted_thinking", data = value, origin = origin }
+        return
+    end
+    local last = content[#content]
+    -- Consecutive thought parts (streamed deltas kept by the client) are one block.
+    if thought and last and last.type == "thinking" and last.signature == nil and last.merge then
+        last.text = last.text .. text
+        last.signature, last.origin = value, origin
+    else
+        content[#content + 1] = { type = "thinking", text = text, signature = value, origin = origin,
+                                  merge = true }
+    end
+    if value then content[#content].merge = nil end
+end
+
+local function decode_model_parts(parts, st)
+    local content = {}
+    for _, p in ipairs(parts) do
+        if is_obj(p) then
+            local sig = nonempty(p.thoughtSignature) and p.thoughtSignature
+                or nonempty(p.thought_signature) and p.thought_signature or nil
+            if p.thought == true and is_str(p.text) then
+                push_thinking(content, p.text, sig, true)
+            else
+                if sig then push_thinking(content, "", sig, false) end
+                local fc = p.functionCall or p.function_call
+                if is_obj(fc) then
+                    st.n = st.n + 1
+                    local id = nonempty(fc.id) and fc.id or call_id(st.base, st.n)
+                    st.calls[#st.calls + 1] = { id = id, name = fc.name }
+                    content[#content + 1] = { type = "tool_call", id = id, name = fc.name,
+                                              arguments = as_object(fc.args) }
+                elseif nonempty(p.text) then
+                    content[#content + 1] = { type = "text", text = p.text }
+                end
+            end
+        end
+    end
+    for _, c in ipairs(content) do c.merge = nil end
+    return content
+end
+
+local function decode_user_parts(parts, st)
+    local content = {}
+    for _, p in ipairs(parts) do
+        if is_obj(p) then
+            local fr = p.functionResponse or p.function_response
+            if is_obj(fr) then
+                local c, is_error = decode_function_response(fr)
+                content[#content + 1] = { type = "tool_result", tool_call_id = match_call(st, fr), name = fr.name,
+                                          content = c, is_error = is_error }
+            else
+                local part = decode_data_part(p)
+                if part then content[#content + 1] = part end
+            end
+        end
+    end
+    return content
+end
+
+local EFFORT_IN = { minimal = "low", low = "low", medium = "medium", high = "high" }
+
+local function decode_thinking(tc)
+    if not is_obj(tc) then return nil end
+    local b = tonumber(tc.thinkingBudget or tc.thinking_budget)
+    local level = tc.thinkingLevel or tc.thinking_level
+    if b == 0 then return { enabled = false } end
+    if b and b > 0 then return { enabled = true, budget_tokens = b } end
+    if is_str(level) then return { enabled = true, effort = EFFORT_IN[lower(level)] or "medium" } end
+    if b == -1 or tc.includeThoughts == true or tc.include_thoughts == true then return { enabled = true } end
+    return nil
+end
+
+local function decode_tool_config(tc)
+    local fcc = is_obj(tc) and (tc.functionCallingConfig or tc.function_calling_config)
+    if not is_obj(fcc) then return nil end
+    local mode = is_str(fcc.mode) and upper(fcc.mode) or "AUTO"
+    local allowed = fcc.allowedFunctionNames or fcc.allowed_function_names
+    if mode == "NONE" then return { type = "none" } end
+    if mode == "ANY" then
+        if type(allowed) == "table" and #allowed == 1 then return { type = "tool", name = allowed[1] } end
+        return { type = "required" }
+    end
+    return { type = "auto" }
+end
+
+local function decode_generation(g, req)
+    if not is_obj(g) then return end
+    local function num(a, b) local v = g[a]; if v == nil then v = g[b] end return type(v) == "number" and v or nil end
+    req.max_tokens = num("maxOutputTokens", "max_output_tokens")
+    req.temperature = num("temperature", "temperature")
+    req.top_p = num("topP", "top_p")
+    req.top_k = num("topK", "top_k")
+    local stop = g.stopSequences or g.stop_sequences
+    if type(stop) == "table" and #stop > 0 then
+        req.stop = {}
+        for i, s in ipairs(stop) do req.stop[i] = s end
+    end
+    req.thinking = decode_thinking(g.thinkingConfig or g.thinking_config)
+    local mime = g.responseMimeType or g.response_mime_type
+    if mime == "application/json" then
+        local js = g.responseJsonSchema or g.response_json_schema
+        local gs = g.responseSchema or g.response_schema
+        if is_obj(js) then
+            req.response_format = { type = "json_schema", name = "response", schema = js }
+        elseif is_obj(gs) then
+            req.response_format = { type = "json_schema", name = "response", schema = from_gemini(gs, 0) }
+        else
+            req.response_format = { type = "json_object" }
+        end
+    end
+end
+
+local function decode_tools(tools)
+    local out = {}
+    for _, t in ipairs(tools) do
+        local decls = is_obj(t) and (t.functionDeclarations or t.function_declarations)
+        -- googleSearch, codeExecution, ... run inside Gemini: not translatable.
+        if type(decls) == "table" then
+            for _, d in ipairs(decls) do
+                local params = d.parametersJsonSchema or d.parameters_json_schema
+                if not is_obj(params) then
+                    params = is_obj(d.parameters) and from_gemini(d.parameters, 0) or nil
+                end
+                out[#out + 1] = { name = d.name, description = is_str(d.description) and d.description or nil,
+                                  parameters = params or { type = "object", properties = {} } }
+            end
+        end
+    end
+    return #out > 0 and out or nil
+end
+
+function M.decode_request(body, info)
+    if not is_obj(body) then return nil, "request body must be a JSON object" end
+    info = info or {}
+    local model = strip_model(info.model or body.model)
+    if not is_str(model) or model == "" then return nil, "model: missing from the URL" end
+    local contents = body.contents
+    if type(contents) ~= "table" then return nil, "contents: required array" end
+    local req = { model = model, stream = info.stream == true, messages = {} }
+    local si = body.systemInstruction or body.system_instruction
+    if is_obj(si) and type(si.parts) == "table" then
+        local sys = {}
+        for _, p in ipairs(si.parts) do
+            if is_obj(p) and nonempty(p.text) then sys[#sys + 1] = { type = "text", text = p.text } end
+        end
+        if #sys > 0 then req.system = sys end
+    elseif is_str(si) and si ~= "" then
+        req.system = { { type = "text", text = si } }
+    end
+    local st = { calls = {}, n = 0, base = "h" }
+    for i, c in ipairs(contents) do
+        if not is_obj(c) then return nil, "contents[" .. (i - 1) .. "]: must be an object" end
+        local role = c.role or "user"
+        local parts = type(c.parts) == "table" and c.parts or {}
+        local content
+        if role == "model" then
+            content = decode_model_parts(parts, st)
+        elseif role == "user" or role == "function" then
+            content = decode_user_parts(parts, st)
+        else
+            return nil, "contents[" .. (i - 1) .. "].role: unknown role " .. tostring(role)
+        end
+        if #content > 0 then
+            req.messages[#req.messages + 1] = { role = role == "model" and "assistant" or "user", content = content }
+        end
+    end
+    if type(body.tools) == "table" then req.tools = decode_tools(body.tools) end
+    req.tool_choice = decode_tool_config(body.toolConfig or body.tool_config)
+    decode_generation(body.generationConfig or body.generation_config, req)
+    return req
+end
+
+---------------------------------------------------------------------------
+-- request: IR -> Gemini
+---------------------------------------------------------------------------
+
+local function guess_mime(url)
+    local ext = is_str(url) and url:lower():match("%.(%w+)$") or nil
+    local map = { png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+                  webp = "image/webp", pdf = "application/pdf" }
+    return map[ext]
+end
+
+local function media_out(src, default_mime)
+    if src.kind == "base64" then
+        return { inlineData = { mimeType = src.media_type or default_mime, data = src.data } }
+    elseif src.kind == "text" then
+        return { text = src.data }
+    elseif src.kind == "url" then
+        -- Gemini takes files by URI (its Files API; arbitrary URLs are not reliable, §4.2).
+        return { fileData = { mimeType = src.media_type or guess_mime(src.url) or default_mime, fileUri = src.url } }
+    end
+    return nil
+end
+
+local function data_part_out(p)
+    if p.type == "text" then
+        if nonempty(p.text) then return { text = p.text } end
+    elseif p.type == "image" then
+        return media_out(p.source, "image/jpeg")
+    elseif p.type == "document" then
+        return media_out(p.source, "application/pdf")
+    end
+    return nil
+end
+
+local function text_of(content)
+    local t = {}
+    for _, c in ipairs(content or {}) do
+        if c.type == "text" then t[#t + 1] = c.text end
+    end
+    return concat(t, "\n")
+end
+
+-- An assistant message: a signature-only thinking part lends its signature
+-- to the part after it, as Gemini itself sends them (§7 item 29).
+local function model_parts(msg, names_by_id)
+    local parts, pending = json_array({}), nil
+    local function add(gp)
+        if pending then gp.thoughtSignature = pending; pending = nil end
+        parts[#parts + 1] = gp
+    end
+    for _, p in ipairs(msg.content) do
+        local t = p.type
+        if t == "thinking" then
+            if p.origin == M.name and nonempty(p.signature) then
+                if nonempty(p.text) then
+                    parts[#parts + 1] = { text = p.text, thought = true, thoughtSignature = p.signature }
+                else
+                    pending = p.signature
+                end
+            end
+        elseif t == "text" then
+            if nonempty(p.text) then add({ text = p.text }) end
+        elseif t == "tool_call" then
+            names_by_id[p.id or ""] = p.name
+            add({ functionCall = { name = p.name, args = as_object(p.arguments) } })
+        end
+    end
+    if pending then parts[#parts + 1] = { text = "", thoughtSignature = pending } end
+    return parts
+end
+
+-- A user message: functionResponse parts first (one per call, in order),
+-- then the rest; images inside tool results follow as inline parts.
+local function user_parts(msg, names_by_id)
+    local parts, rest = json_array({}), {}
+    for _, p in ipairs(msg.content) do
+        if p.type == "tool_result" then
+            local text = text_of(p.content)
+            local response = p.is_error and { error = text } or { output = text }
+            parts[#parts + 1] = { functionResponse = {
+                name = names_by_id[p.tool_call_id or ""] or p.name or "unknown_function", response = response } }
+            for _, c in ipairs(p.content or {}) do
+                if c.type ~= "text" then rest[#rest + 1] = data_part_out(c) end
+            end
+        else
+            rest[#rest + 1] = data_part_out(p)
+        end
+    end
+    for _, gp in ipairs(rest) do parts[#parts + 1] = gp end
+    return parts
+end
+
+local EFFORT_BUDGET = { low = 4096, medium = 8192, high = 24576 }
+
+local function generation_out(req)
+    local g = {}
+    g.maxOutputTokens = req.max_tokens
+    g.temperature = req.temperature
+    g.topP = req.top_p
+    g.topK = req.top_k
+    if req.stop and #req.stop > 0 then
+        local s = json_array({})
+        for i = 1, math.min(#req.stop, 5) do s[i] = req.stop[i] end
+        g.stopSequences = s
+    end
+    local th = req.thinking
+    if th then
+        if th.enabled == false then
+            g.thinkingConfig = { thinkingBudget = 0 }
+        else
+            g.thinkingConfig = { includeThoughts = true,
+                                 thinkingBudget = th.budget_tokens or EFFORT_BUDGET[th.effort] or -1 }
+        end
+    end
+    local rf = req.response_format
+    if rf then
+        g.responseMimeType = "application/json"
+        if rf.type == "json_schema" and is_obj(rf.schema) then
+            local s = M.schema_to_gemini(rf.schema)
+            if s then g.responseSchema = s end
+        end
+    end
+    if next(g) == nil then return nil end
+    return g
+end
+
+local function tool_config_out(tc)
+    if not tc then return nil end
+    local mode = ({ auto = "AUTO", required = "ANY", none = "NONE", tool = "ANY" })[tc.type] or "AUTO"
+    local fcc = { mode = mode }
+    if tc.type == "tool" and tc.name then fcc.allowedFunctionNames = json_array({ tc.name }) end
+    return { functionCallingConfig = fcc }
+end
+
+function M.encode_request(req, opts)
+    local body = {}
+    if req.system and #req.system > 0 then
+        local parts = json_array({})
+        for _, p in ipairs(req.system) do
+            if nonempty(p.text) then parts[#parts + 1] = { text = p.text } end
+        end
+        if #parts > 0 then body.systemInstruction = { parts = parts } end
+    end
+    local contents, names_by_id, last = json_array({}), {}, nil
+    for _, m in ipairs(req.messages or {}) do
+        local role = m.role == "assistant" and "model" or "user"
+        local parts = role == "model" and model_parts(m, names_by_id) or user_parts(m, names_by_id)
+        if #parts > 0 then
+            -- Gemini wants alternating turns: merge runs of one role.
+            if last and last.role == role then
+                for _, p in ipairs(parts) do last.parts[#last.parts + 1] = p end
+            else
+                last = { role = role, parts = parts }
+                contents[#contents + 1] = last
+            end
+        end
+    end
+    body.contents = contents
+    if req.tools and #req.tools > 0 then
+        local decls = json_array({})
+        for _, t in ipairs(req.tools) do
+            decls[#decls + 1] = { name = t.name, description = t.description,
+                                  parameters = M.schema_to_gemini(t.parameters) }
+        end
+        body.tools = json_array({ { functionDeclarations = decls } })
+        body.toolConfig = tool_config_out(req.tool_choice)
+    end
+    body.generationConfig = generation_out(req)
+    return body
+end
+
+---------------------------------------------------------------------------
+-- response: Gemini -> IR
+---------------------------------------------------------------------------
+
+local function usage_in(u)
+    if not is_obj(u) then return nil end
+    local function num(k) local v = u[k]; return type(v) == "number" and v or nil end
+    local prompt, tool_prompt = num("promptTokenCount"), num("toolUsePromptTokenCount")
+    local cand, thoughts = num("candidatesTokenCount"), num("thoughtsTokenCount")
+    local input = prompt
+    if tool_prompt then input = (input or 0) + tool_prompt end
+    local output = nil
+    if cand or thoughts then output = (cand or 0) + (thoughts or 0) end
+    return { input_tokens = input, output_tokens = output, cache_read_tokens = num("cachedContentTokenCount"),
+             reasoning_tokens = thoughts }
+end
+
+local FILTERED = { SAFETY = true, RECITATION = true, BLOCKLIST = true, PROHIBITED_CONTENT = true, SPII = true,
+                   IMAGE_SAFETY = true, IMAGE_PROHIBITED_CONTENT = true, IMAGE_RECITATION = true }
+
+-- finishReason -> IR stop (§6.8). STOP with calls is tool_use; the tool-call
+-- failures (MALFORMED_FUNCTION_CALL, ...) end the turn (lossy policy).
+local function stop_in(reason, saw_call)
+    if reason == "MAX_TOKENS" then return "max_tokens" end
+    if FILTERED[reason] then return "content_filter" end
+    if saw_call then return "tool_use" end
+    return "end_turn"
+end
+
+function M.decode_response(body)
+    if is_array(body) then body = body[#body] end -- a streamGenerateContent JSON array
+    if not is_obj(body) then return nil, "response body must be a JSON object" end
+    if is_obj(body.error) then return nil, "upstream returned an error object" end
+    local cand = type(body.candidates) == "table" and body.candidates[1] or nil
+    local st = { calls = {}, n = 0, base = id_base(body.responseId) }
+    local content = {}
+    if is_obj(cand) and is_obj(cand.content) and type(cand.content.parts) == "table" then
+        content = decode_model_parts(cand.content.parts, st)
+    end
+    local saw_call = #st.calls > 0
+    local stop
+    if not is_obj(cand) then
+        local pf = body.promptFeedback
+        stop = (is_obj(pf) and pf.blockReason) and "content_filter" or "end_turn"
+    else
+        stop = stop_in(cand.finishReason, saw_call)
+    end
+    return { id = body.responseId, model = body.modelVersion, content = content, stop_reason = stop,
+             usage = usage_in(body.usageMetadata) }
+end
+
+---------------------------------------------------------------------------
+-- response: IR -> Gemini
+---------------------------------------------------------------------------
+
+local function usage_out(u)
+    if not u then return nil end
+    local i, o, r = u.input_tokens or 0, u.output_tokens or 0, u.reasoning_tokens or 0
+    local m = { promptTokenCount = i, candidatesTokenCount = o - r, totalTokenCount = i + o }
+    if u.cache_read_tokens and u.cache_read_tokens > 0 then m.cachedContentTokenCount = u.cache_read_tokens end
+    if r > 0 then m.thoughtsTokenCount = r end
+    return m
+end
+
+local FINISH_OUT = { max_tokens = "MAX_TOKENS", content_filter = "SAFETY", refusal = "SAFETY", error = "OTHER" }
+
+local function finish_out(stop) return FINISH_OUT[stop] or "STOP" end
+
+-- IR content parts -> Gemini parts for a client; origin is the upstream's.
+local function client_parts(content, origin)
+    local parts, pending = json_array({}), nil
+    local function add(gp)
+        if pending then gp.thoughtSignature = pending; pending = nil end
+        parts[#parts + 1] = gp
+    end
+    for _, p in ipairs(content) do
+        local t = p.type
+        local o = p.origin or origin
+        if t == "text" then
+            if nonempty(p.text) then add({ text = p.text }) end
+        elseif t == "thinking" then
+            local sig = nonempty(p.signature) and wrap_opaque(o, "sig", p.signature) or nil
+            if nonempty(p.text) then
+                parts[#parts + 1] = { text = p.text, thought = true, thoughtSignature = sig }
+            elseif sig then
+                pending = sig
+            end
+        elseif t == "redacted_thinking" then
+            if o and o ~= M.name and nonempty(p.data) then
+                parts[#parts + 1] = { text = "", thought = true, thoughtSignature = wrap_opaque(o, "data", p.data) }
+            end
+        elseif t == "tool_call" then
+            add({ functionCall = { id = p.id, name = p.name, args = as_object(decode_args(p.arguments)) } })
+        end
+    end
+    if pending then parts[#parts + 1] = { text = "", thoughtSignature = pending } end
+    return parts
+end
+
+function M.encode_response(resp, opts)
+    opts = opts or {}
+    return {
+        candidates = json_array({ { content = { role = "model", parts = client_parts(resp.content or {}, opts.origin) },
+                                    finishReason = finish_out(resp.stop_reason), index = 0 } }),
+        usageMetadata = usage_out(resp.usage),
+        modelVersion = opts.model or resp.model,
+        responseId = opts.id or resp.id or ir.new_id("", 22),
+    }
+end
+
+---------------------------------------------------------------------------
+-- errors
+---------------------------------------------------------------------------
+
+local STATUS_NAME = {
+    invalid_request = "INVALID_ARGUMENT", authentication = "UNAUTHENTICATED", permission = "PERMISSION_DENIED",
+    not_found = "NOT_FOUND", request_too_large = "INVALID_ARGUMENT", rate_limit = "RESOURCE_EXHAUSTED",
+    api_error = "INTERNAL", overloaded = "UNAVAILABLE", timeout = "DEADLINE_EXCEEDED",
+}
+
+local function key_invalid(e)
+    if type(e.details) ~= "table" then return false end
+    for _, d in ipairs(e.details) do
+        if is_obj(d) and d.reason == "API_KEY_INVALID" then return true end
+    end
+    return false
+end
+
+function M.decode_error(status, body)
+    status = tonumber(status) or 500
+    if is_array(body) then body = body[1] end -- the JSON-array form of streamGenerateContent
+    local msg
+    if is_obj(body) then
+        local e = body.error
+        if is_obj(e) then
+            msg = is_str(e.message) and e.message or nil
+            -- Gemini reports a bad API key as 400 INVALID_ARGUMENT (§7 item 33).
+            if key_invalid(e) then return ir.error(401, msg or "API key not valid", "authentication") end
+        end
+    elseif is_str(body) and body ~= "" then
+        msg = body
+    end
+    return ir.error(status, msg or ("upstream returned HTTP " .. status))
+end
+
+function M.encode_error(err)
+    local etype = err.type or ir.error_type_for_status(err.status)
+    local status = err.status or ir.ERROR_STATUS[etype] or 500
+    if status == 529 then status = 503 end
+    return status, { error = { code = status, message = err.message or "error",
+                               status = STATUS_NAME[etype] or "INTERNAL" } }
+end
+
+---------------------------------------------------------------------------
+-- stream: Gemini chunks -> IR events
+---------------------------------------------------------------------------
+
+-- Each chunk holds whole parts: text and thought deltas extend the open
+-- block of their kind, a functionCall arrives complete (one args delta), a
+-- signature on a non-thought part becomes a signature-only thinking block
+-- right before that part.
+local Decoder = {}
+Decoder.__index = Decoder
+
+function M.stream_decoder(opts)
+    return setmetatable({ next_index = 0, cur = nil, cur_kind = nil, started = false, done = false,
+                          errored = false, saw_call = false, n = 0, base = nil }, Decoder)
+end
+
+local function d_close(self, out)
+    if self.cur ~= nil then
+        out[#out + 1] = { type = "block_stop", index = self.cur }
+        self.cur, self.cur_kind = nil, nil
+    end
+end
+
+local function d_open(self, out, kind, ev)
+    d_close(self, out)
+    local i = self.next_index
+    self.next_index = i + 1
+    ev = ev or {}
+    ev.type, ev.index, ev.kind = "block_start", i, kind
+    out[#out + 1] = ev
+    self.cur, self.cur_kind = i, kind
+    return i
+end
+
+local function d_signature(self, out, sig)
+    local i = d_open(self, out, "thinking")
+    out[#out + 1] = { type = "signature", index = i, signature = sig }
+    d_close(self, out)
+end
+
+local function d_part(self, out, p)
+    local sig = nonempty(p.thoughtSignature) and p.thoughtSignature or nil
+    local text = p.text
+    if p.thought == true and is_str(text) then
+        if self.cur_kind ~= "thinking" then d_open(self, out, "thinking") end
+        if text ~= "" then out[#out + 1] = { type = "thinking", index = self.cur, text = text } end
+        if sig then
+            out[#out + 1] = { type = "signature", index = self.cur, signature = sig }
+            d_close(self, out)
+        end
+        return
+    end
+    local fc = p.functionCall
+    if is_obj(fc) then
+        if sig then d_signature(self, out, sig) end
+        self.saw_call = true
+        self.n = self.n + 1
+        local i = d_open(self, out, "tool_call", { id = nonempty(fc.id) and fc.id or call_id(self.base, self.n),
+                                                   name = fc.name })
+        out[#out + 1] = { type = "tool_args", index = i, json = json_encode(as_object(fc.args)) }
+        d_close(self, out)
+        return
+    end
+    if is_str(text) then
+        if sig then d_signature(self, out, sig) end
+        if text ~= "" then
+            if self.cur_kind ~= "text" then d_open(self, out, "text") end
+            out[#out + 1] = { type = "text", index = self.cur, text = text }
+        end
+    end
+end
+
+function Decoder:feed(ev)
+    local out = {}
+    local data = ev.data
+    if data == nil or data == "" or data == "[DONE]" then return out end
+    local obj = json_decode(data)
+    if is_array(obj) then obj = obj[1] end
+    if not is_obj(obj) then
+        if not self.errored then
+            self.errored = true
+            out[1] = { type = "error", error = ir.error(502, "malformed chunk from upstream: not JSON", "api_error") }
+        end
+        return out
+    end
+    if is_obj(obj.error) then
+        if not self.errored then
+            self.errored = true
+            d_close(self, out)
+            local e = obj.error
+            out[#out + 1] = { type = "error", error = M.decode_error(tonumber(e.code) or 500, obj) }
+        end
+        return out
+    end
+    if self.done then
+        -- Usage reported after the finish chunk still counts.
+        local u = usage_in(obj.usageMetadata)
+        if u then out[#out + 1] = { type = "usage", usage = u } end
+        return out
+    end
+    if not self.started then
+        self.started = true
+        self.base = id_base(obj.responseId)
+        out[#out + 1] = { type = "start", id = obj.responseId, model = obj.modelVersion,
+                          usage = usage_in(obj.usageMetadata) }
+    end
+    local cand = type(obj.candidates) == "table" and obj.candidates[1] or nil
+    if is_obj(cand) then
+        local parts = is_obj(cand.content) and cand.content.parts
+        if type(parts) == "table" then
+            for _, p in ipairs(parts) do
+                if is_obj(p) then d_part(self, out, p) end
+            end
+        end
+        if is_str(cand.finishReason) then
+            d_close(self, out)
+            local u = usage_in(obj.usageMetadata)
+            if u then out[#out + 1] = { type = "usage", usage = u } end
+            out[#out + 1] = { type = "finish", stop_reason = stop_in(cand.finishReason, self.saw_call) }
+            self.done = true
+        end
+    elseif is_obj(obj.promptFeedback) and obj.promptFeedback.blockReason then
+        local u = usage_in(obj.usageMetadata)
+        if u then out[#out + 1] = { type = "usage", usage = u } end
+        out[#out + 1] = { type = "finish", stop_reason = "content_filter" }
+        self.done = true
+    end
+    return out
+end
+
+-- EOF without a finishReason is a cut stream: nothing is invented here.
+function Decoder:finish()
+    return {}
+end
+
+---------------------------------------------------------------------------
+-- stream: IR events -> Gemini chunks
+---------------------------------------------------------------------------
+
+-- Text and thought deltas go out as they come; tool calls are buffered
+-- until their block stops (Gemini sends whole functionCall parts); the last
+-- chunk carries finishReason and usageMetadata.
+local Encoder = {}
+Encoder.__index = Encoder
+
+function M.stream_encoder(opts)
+    opts = opts or {}
+    return setmetatable({ model = opts.model, id = opts.id, origin = opts.origin, blocks = {}, pending = nil,
+                          usage = nil, stop = nil, ended = false }, Encoder)
+end
+
+local function e_chunk(self, buf, parts, finish)
+    local cand = { content = { role = "model", parts = parts }, index = 0 }
+    local obj = { candidates = json_array({ cand }), modelVersion = self.model, responseId = self.id }
+    if finish then
+        cand.finishReason = finish
+        obj.usageMetadata = usage_out(self.usage)
+    end
+    buf:put("data: ", json_encode(obj), "\n\n")
+end
+
+local function e_part(self, buf, gp)
+    if self.pending then
+        gp.thoughtSignature = self.pending
+        self.pending = nil
+    end
+    e_chunk(self, buf, json_array({ gp }))
+end
+
+local function e_error(self, buf, status, message, status_name)
+    buf:put("data: ", json_encode({ error = { code = status, message = message, status = status_name } }), "\n\n")
+    self.ended = true
+end
+
+local function e_block_stop(self, buf, rec)
+    local kind = rec.kind
+    if kind == "tool_call" then
+        local args = as_object(decode_args(concat(rec.acc)))
+        e_part(self, buf, { functionCall = { id = rec.id, name = rec.name, args = args } })
+    elseif kind == "thinking" and rec.sig then
+        local sig = wrap_opaque(self.origin, "sig", rec.sig)
+        if rec.had_text then
+            e_chunk(self, buf, json_array({ { text = "", thought = true, thoughtSignature = sig } }))
+        else
+            self.pending = sig -- belongs to the next part, as Gemini places them
+        end
+    elseif kind == "redacted_thinking" and self.origin and self.origin ~= M.name and nonempty(rec.data) then
+        e_chunk(self, buf, json_array({ { text = "", thought = true,
+                                          thoughtSignature = wrap_opaque(self.origin, "data", rec.data) } }))
+    end
+end
+
+function Encoder:feed(ev)
+    if self.ended then return "" end
+    local buf = buffer.new()
+    local t = ev.type
+    if t == "start" then
+        self.id = self.id or ev.id
+        self.model = self.model or ev.model
+        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
+    elseif t == "block_start" then
+        self.id = self.id or ir.new_id("", 22)
+        self.blocks[ev.index] = { kind = ev.kind, id = ev.id, name = ev.name, data = ev.data, acc = {} }
+    elseif t == "text" or t == "thinking" then
+        local rec = self.blocks[ev.index]
+        if rec and nonempty(ev.text) then
+            if t == "text" then
+                e_part(self, buf, { text = ev.text })
+            else
+                rec.had_text = true
+                e_chunk(self, buf, json_array({ { text = ev.text, thought = true } }))
+            end
+        end
+    elseif t == "tool_args" then
+        local rec = self.blocks[ev.index]
+        if rec then rec.acc[#rec.acc + 1] = ev.json end
+    elseif t == "signature" then
+        local rec = self.blocks[ev.index]
+        if rec then rec.sig = ev.signature end
+    elseif t == "block_stop" then
+        local rec = self.blocks[ev.index]
+        if rec then
+            self.blocks[ev.index] = nil
+            e_block_stop(self, buf, rec)
+        end
+    elseif t == "usage" then
+        self.usage = ir.merge_usage(self.usage, ev.usage)
+    elseif t == "finish" then
+        self.stop = ev.stop_reason
+    elseif t == "error" then
+        local status, body = M.encode_error(ev.error or ir.error(500, "upstream error"))
+        e_error(self, buf, status, body.error.message, body.error.status)
+    end
+    return buf:tostring()
+end
+
+function Encoder:close(outcome)
+    if self.ended then return "" end
+    self.ended = true
+    local buf = buffer.new()
+    local clean = outcome == nil or outcome.complete ~= false
+    if clean and self.stop and self.stop ~= "error" then
+        self.id = self.id or ir.new_id("", 22)
+        local gp = { text = "" }
+        if self.pending then gp.thoughtSignature = self.pending; self.pending = nil end
+        e_chunk(self, buf, json_array({ gp }), finish_out(self.stop))
+    else
+        -- No finishReason: the client sees an error object, never a fake end (§6.12).
+        local msg = outcome and outcome.message
+        local reason = outcome and outcome.reason or "UPSTREAM_EOF_EARLY"
+        if not msg then msg = "upstream stream ended before the response was complete (" .. reason .. ")" end
+        if reason:find("TIMEOUT") then
+            e_error(self, buf, 504, msg, "DEADLINE_EXCEEDED")
+        else
+            e_error(self, buf, 502, msg, "UNAVAILABLE")
+        end
+    end
+    return buf:tostring()
+end
+
+return M

@@ -1,0 +1,1093 @@
+-- sluice.protocols.openai_responses — the OpenAI Responses API (/v1/responses)
+-- codec: request, response, error and stream translation to and from the IR
+-- (lua/sluice/ir.lua). Codex CLI is the main client: it streams, uses flat
+-- function tools with parallel calls, and sends `reasoning` items with
+-- `encrypted_content` back on every turn, so those paths are the ones that
+-- must be exact. Pure Lua over tables and strings; no C core needed.
+--
+-- Responses-only request fields that have no IR meaning (`store`,
+-- `previous_response_id`, `conversation`, `include`) are kept on the IR
+-- request under the same names only when the caller says the upstream is
+-- Responses too (info.upstream == "openai-responses"); otherwise a request
+-- that depends on OpenAI's stored state is rejected, because no stateless
+-- supplier can resolve it (PROTOCOLS §7 item 23).
+
+local ir = require("sluice.ir")
+local json = require("sluice.json")
+local buffer = require("string.buffer")
+
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local concat, os_time = table.concat, os.time
+local json_encode, json_decode, json_array, json_null = json.encode, json.decode, json.array, json.null
+
+local M = { name = "openai-responses" }
+
+-- A stream is complete when one of these terminal events arrives (§3.4).
+M.terminal = {
+    { event = "response.completed" },
+    { event = "response.incomplete" },
+    { event = "response.failed" },
+}
+
+function M.path(model, stream)
+    return "/responses"
+end
+
+---------------------------------------------------------------------------
+-- small shared helpers
+---------------------------------------------------------------------------
+
+local function is_str(v) return type(v) == "string" end
+
+-- "data:<mime>;base64,<payload>" -> mime, payload (nil when not a data URL).
+local function parse_data_url(url)
+    if not is_str(url) then return nil end
+    local mime, data = url:match("^data:([^;,]*);base64,(.*)$")
+    return mime, data
+end
+
+local function source_from_url(url)
+    local mime, data = parse_data_url(url)
+    if mime then return { kind = "base64", media_type = mime, data = data } end
+    return { kind = "url", url = url }
+end
+
+local function data_url(src)
+    if src.kind == "base64" then return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. src.data end
+    return src.url
+end
+
+-- Tool arguments arrive as a JSON string; the IR holds the decoded object.
+-- "" and invalid JSON become {} (never a string; PROTOCOLS §6.4).
+local function decode_args(s)
+    if type(s) == "table" then return s end
+    if not is_str(s) or s == "" then return {} end
+    local v = json_decode(s)
+    if type(v) ~= "table" then return {} end
+    return v
+end
+
+local function encode_args(t)
+    if t == nil then return "{}" end
+    return json_encode(t)
+end
+
+local function invalid(msg) return nil, msg end
+
+-- Opaque reasoning state of another provider (an Anthropic signature, a
+-- Gemini thoughtSignature) rides to a Responses client inside
+-- encrypted_content wrapped in a tagged envelope, so it comes back on the
+-- next turn and can be returned to its origin (PROTOCOLS §6.6). It is never
+-- sent to an OpenAI upstream: only parts whose origin is Responses are.
+local function wrap_opaque(origin, kind, value)
+    if origin == nil or origin == M.name then return value end
+    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
+end
+
+local function unwrap_opaque(s)
+    return s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+end
+
+---------------------------------------------------------------------------
+-- request: Responses -> IR
+---------------------------------------------------------------------------
+
+-- One content part of an input message (or of a function_call_output array).
+local function decode_part(p)
+    if is_str(p) then return { type = "text", text = p } end
+    local t = p.type
+    if t == "input_text" or t == "output_text" or t == "text" then
+        return { type = "text", text = p.text or "" }
+    elseif t == "refusal" then
+        return { type = "text", text = p.refusal or "" }
+    elseif t == "input_image" then
+        if not is_str(p.image_url) then return nil, "input_image without image_url (file_id) cannot be translated" end
+        return { type = "image", source = source_from_url(p.image_url) }
+    elseif t == "input_file" then
+        local src
+        if is_str(p.file_data) then
+            src = source_from_url(p.file_data)
+            if src.kind ~= "base64" then
+                src = { kind = "base64", media_type = "application/pdf", data = p.file_data }
+            end
+        elseif is_str(p.file_url) then
+            src = { kind = "url", url = p.file_url }
+        else
+            return nil, "input_file without file_data or file_url (file_id) cannot be translated"
+        end
+        return { type = "document", source = src, title = p.filename }
+    end
+    return nil, "unsupported content part type '" .. tostring(t) .. "'"
+end
+
+local function decode_content(c)
+    local out = {}
+    if c == nil or c == json_null then return out end
+    if is_str(c) then
+        out[1] = { type = "text", text = c }
+        return out
+    end
+    for _, p in ipairs(c) do
+        local part, err = decode_part(p)
+        if not part then return nil, err end
+        out[#out + 1] = part
+    end
+    return out
+end
+
+-- Append a part to the IR message list, merging into the last message when
+-- the role matches, so an assistant turn made of reasoning + message +
+-- function_call items becomes one IR assistant message.
+local function push(msgs, role, part)
+    local last = msgs[#msgs]
+    if not last or last.role ~= role then
+        last = { role = role, content = {} }
+        msgs[#msgs + 1] = last
+    end
+    last.content[#last.content + 1] = part
+end
+
+-- A reasoning item -> a thinking part (summary text + encrypted_content as
+-- its signature), or redacted_thinking when only opaque content is there.
+local function decode_reasoning_item(item)
+    local texts = {}
+    if type(item.summary) == "table" then
+        for _, s in ipairs(item.summary) do
+            if is_str(s.text) then texts[#texts + 1] = s.text end
+        end
+    end
+    local text = concat(texts, "\n\n")
+    local enc = is_str(item.encrypted_content) and item.encrypted_content ~= "" and item.encrypted_content or nil
+    local origin, kind, value = M.name, "sig", enc
+    if enc then
+        local o, k, v = unwrap_opaque(enc)
+        if o then origin, kind, value = o, k, v end
+    end
+    if kind == "data" then return { type = "redacted_thinking", data = value, origin = origin } end
+    if #texts == 0 and origin == M.name then
+        if not enc then return nil end
+        return { type = "redacted_thinking", data = enc, origin = origin }
+    end
+    return { type = "thinking", text = text, signature = value, origin = origin }
+end
+
+local function decode_input(input, req, msgs)
+    for _, item in ipairs(input) do
+        local t = item.type
+        if t == nil or t == "message" then
+            local role = item.role
+            local content, err = decode_content(item.content)
+            if not content then return nil, err end
+            if role == "system" or role == "developer" then
+                for _, p in ipairs(content) do
+                    if p.type == "text" then req.system[#req.system + 1] = p end
+                end
+            elseif role == "user" or role == "assistant" then
+                for _, p in ipairs(content) do push(msgs, role, p) end
+            else
+                return nil, "unsupported input message role '" .. tostring(role) .. "'"
+            end
+        elseif t == "function_call" then
+            push(msgs, "assistant", { type = "tool_call", id = item.call_id, name = item.name,
+                                      arguments = decode_args(item.arguments) })
+        elseif t == "function_call_output" then
+            local content, err = decode_content(item.output)
+            if not content then return nil, err end
+            push(msgs, "user", { type = "tool_result", tool_call_id = item.call_id, content = content,
+                                 is_error = false })
+        elseif t == "reasoning" then
+            local part = decode_reasoning_item(item)
+            if part then push(msgs, "assistant", part) end
+        elseif t == "item_reference" then
+            return nil, "item_reference points at OpenAI's stored items and cannot be translated"
+        end
+        -- Built-in tool traffic (web_search_call, ...) has no IR equivalent: skipped.
+    end
+    return true
+end
+
+local EFFORT_IN = { minimal = "low", low = "low", medium = "medium", high = "high", xhigh = "high", max = "high" }
+
+local function decode_tool_choice(tc)
+    if tc == nil or tc == json_null then return nil end
+    if is_str(tc) then
+        if tc == "auto" or tc == "none" or tc == "required" then return { type = tc } end
+        return nil
+    end
+    if tc.type == "function" and is_str(tc.name) then return { type = "tool", name = tc.name } end
+    if tc.type == "allowed_tools" then return { type = tc.mode == "required" and "required" or "auto" } end
+    return nil
+end
+
+function M.decode_request(body, info)
+    if type(body) ~= "table" then return invalid("request body must be a JSON object") end
+    local stateful = info and info.upstream == "openai-responses"
+    if (body.previous_response_id ~= nil and body.previous_response_id ~= json_null
+        or body.conversation ~= nil and body.conversation ~= json_null) and not stateful then
+        return invalid("previous_response_id / conversation refer to state stored by OpenAI and cannot be "
+            .. "used with this model's supplier; send the full conversation in 'input' (with store=false)")
+    end
+    local req = { model = body.model, stream = body.stream == true, system = {}, messages = {} }
+    if is_str(body.instructions) and body.instructions ~= "" then
+        req.system[1] = { type = "text", text = body.instructions }
+    end
+    local input = body.input
+    if is_str(input) then
+        req.messages[1] = { role = "user", content = { { type = "text", text = input } } }
+    elseif type(input) == "table" then
+        local ok, err = decode_input(input, req, req.messages)
+        if not ok then return invalid(err) end
+    end
+    if #req.system == 0 then req.system = nil end
+
+    if type(body.tools) == "table" then
+        local tools = {}
+        for _, t in ipairs(body.tools) do
+            -- Built-in and custom tools cannot run elsewhere: only function tools translate.
+            if t.type == "function" then
+                tools[#tools + 1] = { name = t.name, description = is_str(t.description) and t.description or nil,
+                                      parameters = type(t.parameters) == "table" and t.parameters or nil }
+            end
+        end
+        if #tools > 0 then req.tools = tools end
+    end
+    req.tool_choice = decode_tool_choice(body.tool_choice)
+    if type(body.parallel_tool_calls) == "boolean" then req.parallel_tool_calls = body.parallel_tool_calls end
+    if type(body.max_output_tokens) == "number" then req.max_tokens = body.max_output_tokens end
+    if type(body.temperature) == "number" then req.temperature = body.temperature end
+    if type(body.top_p) == "number" then req.top_p = body.top_p end
+
+    local r = body.reasoning
+    if type(r) == "table" and is_str(r.effort) then
+        if r.effort == "none" then
+            req.thinking = { enabled = false }
+        else
+            req.thinking = { enabled = true, effort = EFFORT_IN[r.effort] or "medium" }
+        end
+    end
+    local fmt = type(body.text) == "table" and body.text.format
+    if type(fmt) == "table" then
+        if fmt.type == "json_object" then
+            req.response_format = { type = "json_object" }
+        elseif fmt.type == "json_schema" then
+            req.response_format = { type = "json_schema", name = fmt.name, schema = fmt.schema,
+                                    strict = fmt.strict == true or nil }
+        end
+    end
+    local user = body.safety_identifier or body.user
+    if is_str(user) then req.user = user end
+    if is_str(body.prompt_cache_key) then req.session_hint = body.prompt_cache_key end
+    if stateful then
+        req.previous_response_id = is_str(body.previous_response_id) and body.previous_response_id or nil
+        req.conversation = body.conversation ~= json_null and body.conversation or nil
+        if type(body.store) == "boolean" then req.store = body.store end
+        if type(body.include) == "table" then req.include = body.include end
+    end
+    return req
+end
+
+---------------------------------------------------------------------------
+-- request: IR -> Responses
+---------------------------------------------------------------------------
+
+local function input_part(p)
+    if p.type == "text" then return { type = "input_text", text = p.text } end
+    if p.type == "image" then return { type = "input_image", image_url = data_url(p.source), detail = "auto" } end
+    if p.type == "document" then
+        local s = p.source
+        if s.kind == "text" then return { type = "input_text", text = s.data } end
+        if s.kind == "url" then return { type = "input_file", file_url = s.url } end
+        return { type = "input_file", file_data = data_url(s), filename = p.title or "document.pdf" }
+    end
+    return nil
+end
+
+-- function_call_output.output: a plain string when the result is text only,
+-- otherwise an array of input parts (supported since 2025-09).
+local function tool_output(content)
+    if is_str(content) then return content end
+    local texts, parts, only_text = {}, json_array({}), true
+    for _, p in ipairs(content or {}) do
+        local ip = input_part(p)
+        if ip then
+            parts[#parts + 1] = ip
+            if ip.type == "input_text" then texts[#texts + 1] = ip.text else only_text = false end
+        end
+    end
+    if only_text then return concat(texts, "\n") end
+    return parts
+end
+
+local function flush_message(input, role, parts)
+    if #parts > 0 then
+        input[#input + 1] = { type = "message", role = role, content = parts }
+    end
+    return json_array({})
+end
+
+local function encode_user(msg, input)
+    local parts = json_array({})
+    for _, p in ipairs(msg.content) do
+        if p.type == "tool_result" then
+            parts = flush_message(input, "user", parts)
+            input[#input + 1] = { type = "function_call_output", call_id = p.tool_call_id,
+                                  output = tool_output(p.content) }
+        else
+            local ip = input_part(p)
+            if ip then parts[#parts + 1] = ip end
+        end
+    end
+    flush_message(input, "user", parts)
+end
+
+local function encode_assistant(msg, input)
+    local parts = json_array({})
+    for _, p in ipairs(msg.content) do
+        local t = p.type
+        if t == "text" then
+            if p.text ~= "" then
+                parts[#parts + 1] = { type = "output_text", text = p.text, annotations = json_array({}) }
+            end
+        else
+            parts = flush_message(input, "assistant", parts)
+            if t == "tool_call" then
+                input[#input + 1] = { type = "function_call", call_id = p.id, name = p.name,
+                                      arguments = encode_args(p.arguments) }
+            elseif t == "thinking" and p.signature and p.origin == M.name then
+                -- Reasoning travels back only with its own opaque state; a
+                -- summary alone, or another provider's state, cannot be replayed.
+                local summary = json_array({})
+                if p.text ~= "" then summary[1] = { type = "summary_text", text = p.text } end
+                input[#input + 1] = { type = "reasoning", summary = summary, encrypted_content = p.signature }
+            elseif t == "redacted_thinking" and p.origin == M.name then
+                input[#input + 1] = { type = "reasoning", summary = json_array({}), encrypted_content = p.data }
+            end
+        end
+    end
+    flush_message(input, "assistant", parts)
+end
+
+local function effort_for(th)
+    if th.effort then return th.effort end
+    local b = th.budget_tokens
+    if not b then return "medium" end
+    if b < 6144 then return "low" end
+    if b < 12288 then return "medium" end
+    return "high"
+end
+
+local function encode_tool_choice(tc)
+    if not tc then return nil end
+    if tc.type == "tool" then return { type = "function", name = tc.name } end
+    return tc.type
+end
+
+function M.encode_request(req, opts)
+    opts = opts or {}
+    local body = { model = opts.model or req.model, stream = opts.stream and true or false }
+    if req.system and #req.system > 0 then
+        local t = {}
+        for _, p in ipairs(req.system) do t[#t + 1] = p.text end
+        body.instructions = concat(t, "\n\n")
+    end
+    local input = json_array({})
+    for _, m in ipairs(req.messages or {}) do
+        if m.role == "assistant" then encode_assistant(m, input) else encode_user(m, input) end
+    end
+    body.input = input
+    if req.tools and #req.tools > 0 then
+        local tools = json_array({})
+        for _, t in ipairs(req.tools) do
+            -- strict=false explicitly: an omitted strict makes every property required (§7 item 19).
+            tools[#tools + 1] = { type = "function", name = t.name, description = t.description,
+                                  parameters = t.parameters or { type = "object", properties = {} },
+                                  strict = false }
+        end
+        body.tools = tools
+        body.tool_choice = encode_tool_choice(req.tool_choice)
+        if req.parallel_tool_calls ~= nil then body.parallel_tool_calls = req.parallel_tool_calls end
+    end
+    if req.max_tokens then body.max_output_tokens = req.max_tokens < 16 and 16 or req.max_tokens end
+    body.temperature = req.temperature
+    body.top_p = req.top_p
+    local th = req.thinking
+    if th and th.enabled then
+        body.reasoning = { effort = effort_for(th), summary = "auto" }
+    end
+    local rf = req.response_format
+    if rf then
+        if rf.type == "json_schema" then
+            body.text = { format = { type = "json_schema", name = rf.name or "response", schema = rf.schema,
+                                     strict = rf.strict or false } }
+        else
+            body.text = { format = { type = "json_object" } }
+        end
+    end
+    body.safety_identifier = req.user
+    body.prompt_cache_key = req.session_hint
+    if req.previous_response_id or req.conversation then
+        body.previous_response_id = req.previous_response_id
+        body.conversation = req.conversation
+        body.store = req.store
+        body.include = req.include
+    else
+        -- The gateway replays full histories: nothing needs storing upstream,
+        -- and reasoning must come back as encrypted content to be replayable.
+        body.store = false
+        if th and th.enabled then body.include = json_array({ "reasoning.encrypted_content" }) end
+    end
+    return body
+end
+
+---------------------------------------------------------------------------
+-- response: Responses -> IR
+---------------------------------------------------------------------------
+
+local function usage_in(u)
+    if type(u) ~= "table" then return nil end
+    local itd = type(u.input_tokens_details) == "table" and u.input_tokens_details or {}
+    local otd = type(u.output_tokens_details) == "table" and u.output_tokens_details or {}
+    local function num(v) return type(v) == "number" and v or nil end
+    return { input_tokens = num(u.input_tokens), output_tokens = num(u.output_tokens),
+             cache_read_tokens = num(itd.cached_tokens), cache_write_tokens = num(itd.cache_write_tokens),
+             reasoning_tokens = num(otd.reasoning_tokens) }
+end
+
+local INCOMPLETE_IN = { max_output_tokens = "max_tokens", content_filter = "content_filter" }
+
+-- The IR stop reason for a final Responses status (§6.8).
+local function stop_in(status, incomplete, saw_call, saw_refusal)
+    if status == "incomplete" then
+        local reason = type(incomplete) == "table" and incomplete.reason or nil
+        return INCOMPLETE_IN[reason] or "max_tokens"
+    end
+    if status == "failed" or status == "cancelled" then return "error" end
+    if saw_call then return "tool_use" end
+    if saw_refusal then return "refusal" end
+    return "end_turn"
+end
+
+-- The error object inside a failed response or an `error` stream event,
+-- flat ({code,message}) or nested ({error={code,message}}).
+local CODE_STATUS = { rate_limit_exceeded = 429, server_error = 500, invalid_prompt = 400,
+                      insufficient_quota = 429, vector_store_timeout = 504 }
+local function error_in(e, fallback)
+    if type(e) ~= "table" then return ir.error(500, fallback or "upstream response failed", "api_error") end
+    if type(e.error) == "table" then e = e.error end
+    local code = is_str(e.code) and e.code or nil
+    local status = CODE_STATUS[code] or (code and code:match("^invalid_") and 400) or 500
+    local msg = is_str(e.message) and e.message or fallback or "upstream response failed"
+    return ir.error(status, msg)
+end
+
+function M.decode_response(body)
+    if type(body) ~= "table" then return nil, ir.error(502, "upstream response is not a JSON object", "api_error") end
+    if body.status == "failed" or body.status == "cancelled" then
+        return nil, error_in(body.error, "upstream response " .. body.status)
+    end
+    local content, saw_call, saw_refusal = {}, false, false
+    for _, item in ipairs(type(body.output) == "table" and body.output or {}) do
+        local t = item.type
+        if t == "message" then
+            for _, c in ipairs(type(item.content) == "table" and item.content or {}) do
+                if c.type == "output_text" then
+                    content[#content + 1] = { type = "text", text = c.text or "" }
+                elseif c.type == "refusal" then
+                    saw_refusal = true
+                    content[#content + 1] = { type = "text", text = c.refusal or "" }
+                end
+            end
+        elseif t == "function_call" then
+            saw_call = true
+            content[#content + 1] = { type = "tool_call", id = item.call_id, name = item.name,
+                                      arguments = decode_args(item.arguments) }
+        elseif t == "reasoning" then
+            local part = decode_reasoning_item(item)
+            if part then content[#content + 1] = part end
+        end
+    end
+    return { id = body.id, model = body.model, content = content,
+             stop_reason = stop_in(body.status, body.incomplete_details, saw_call, saw_refusal),
+             usage = usage_in(body.usage) }
+end
+
+---------------------------------------------------------------------------
+-- response: IR -> Responses
+---------------------------------------------------------------------------
+
+local function usage_out(u)
+    if not u then return json_null end
+    local i, o = u.input_tokens or 0, u.output_tokens or 0
+    return { input_tokens = i, input_tokens_details = { cached_tokens = u.cache_read_tokens or 0 },
+             output_tokens = o, output_tokens_details = { reasoning_tokens = u.reasoning_tokens or 0 },
+             total_tokens = i + o }
+end
+
+-- IR stop -> status, incomplete_details (§6.8).
+local function status_out(stop)
+    if stop == "max_tokens" then return "incomplete", { reason = "max_output_tokens" } end
+    if stop == "content_filter" then return "incomplete", { reason = "content_filter" } end
+    if stop == "pause_turn" then return "incomplete", { reason = "max_output_tokens" } end
+    if stop == "error" then return "failed", json_null end
+    return "completed", json_null
+end
+
+-- Item ids derive from the response id so the same input gives the same output.
+local function item_id(prefix, base, n)
+    return prefix .. base .. "_" .. n
+end
+
+local function base_of(id) return (id:gsub("^resp_", "")) end
+
+local function message_item(id, text, status)
+    return { type = "message", id = id, status = status, role = "assistant",
+             content = json_array({ { type = "output_text", text = text, annotations = json_array({}) } }) }
+end
+
+local function reasoning_item(id, text, enc)
+    local summary = json_array({})
+    if text and text ~= "" then summary[1] = { type = "summary_text", text = text } end
+    return { type = "reasoning", id = id, summary = summary, encrypted_content = enc }
+end
+
+local function call_item(id, call_id, name, args, status)
+    return { type = "function_call", id = id, call_id = call_id, name = name, arguments = args, status = status }
+end
+
+local function response_obj(id, model, created, status, output, usage, incomplete, err)
+    return { id = id, object = "response", created_at = created, status = status, model = model,
+             output = output, usage = usage, error = err or json_null, incomplete_details = incomplete or json_null,
+             instructions = json_null, metadata = {}, parallel_tool_calls = true, tool_choice = "auto",
+             tools = json_array({}) }
+end
+
+function M.encode_response(resp, opts)
+    opts = opts or {}
+    local id = opts.id or ir.new_id("resp_")
+    local base = base_of(id)
+    local output, n = json_array({}), 0
+    local texts = nil
+    local function flush_text()
+        if texts then
+            n = n + 1
+            output[#output + 1] = message_item(item_id("msg_", base, n), concat(texts), "completed")
+            texts = nil
+        end
+    end
+    for _, p in ipairs(resp.content or {}) do
+        if p.type == "text" then
+            texts = texts or {}
+            texts[#texts + 1] = p.text
+        else
+            flush_text()
+            n = n + 1
+            if p.type == "tool_call" then
+                output[#output + 1] = call_item(item_id("fc_", base, n), p.id, p.name, encode_args(p.arguments),
+                                                "completed")
+            elseif p.type == "thinking" then
+                local sig = p.signature and wrap_opaque(p.origin or opts.origin, "sig", p.signature)
+                output[#output + 1] = reasoning_item(item_id("rs_", base, n), p.text, sig)
+            elseif p.type == "redacted_thinking" then
+                output[#output + 1] = reasoning_item(item_id("rs_", base, n), nil,
+                                                     wrap_opaque(p.origin or opts.origin, "data", p.data))
+            end
+        end
+    end
+    flush_text()
+    local status, incomplete = status_out(resp.stop_reason)
+    return response_obj(id, opts.model or resp.model, opts.created or os_time(), status, output,
+                        usage_out(resp.usage), incomplete)
+end
+
+---------------------------------------------------------------------------
+-- errors
+---------------------------------------------------------------------------
+
+function M.decode_error(status, body)
+    status = tonumber(status) or 500
+    local msg
+    if type(body) == "table" then
+        local e = body.error
+        if type(e) == "table" and is_str(e.message) then msg = e.message
+        elseif is_str(e) then msg = e
+        elseif is_str(body.message) then msg = body.message end
+    elseif is_str(body) and body ~= "" then
+        msg = body
+    end
+    return ir.error(status, msg or ("upstream returned HTTP " .. status))
+end
+
+-- IR error type -> OpenAI error type and code (§2.5, §6.11).
+local ERR_OUT = {
+    invalid_request = { "invalid_request_error", json_null },
+    authentication = { "invalid_request_error", "invalid_api_key" },
+    permission = { "invalid_request_error", "permission_denied" },
+    not_found = { "invalid_request_error", "not_found" },
+    request_too_large = { "invalid_request_error", "request_too_large" },
+    rate_limit = { "requests", "rate_limit_exceeded" },
+    api_error = { "server_error", json_null },
+    overloaded = { "server_error", "overloaded" },
+    timeout = { "server_error", "timeout" },
+}
+
+function M.encode_error(err)
+    local etype = err.type or ir.error_type_for_status(err.status)
+    local status = err.status or ir.ERROR_STATUS[etype] or 500
+    if status == 529 then status = 503 end -- OpenAI clients know no 529 (§6.11)
+    local m = ERR_OUT[etype] or ERR_OUT.api_error
+    return status, { error = { message = err.message or "error", type = m[1], param = json_null, code = m[2] } }
+end
+
+---------------------------------------------------------------------------
+-- stream: Responses events -> IR events
+---------------------------------------------------------------------------
+
+-- State per upstream stream: output items by output_index, the text parts of
+-- message items by "output_index:content_index", and the IR blocks still open.
+local Decoder = {}
+Decoder.__index = Decoder
+
+function M.stream_decoder(opts)
+    return setmetatable({ next_index = 0, items = {}, parts = {}, open = {}, started = false,
+                          saw_call = false, saw_refusal = false, errored = false, done = false }, Decoder)
+end
+
+local function new_block(self, out, ev)
+    local i = self.next_index
+    self.next_index = i + 1
+    ev.type, ev.index = "block_start", i
+    out[#out + 1] = ev
+    self.open[i] = true
+    return i
+end
+
+local function stop_block(self, out, i)
+    if i ~= nil and self.open[i] then
+        self.open[i] = nil
+        out[#out + 1] = { type = "block_stop", index = i }
+    end
+end
+
+local function stop_all(self, out)
+    for i = 0, self.next_index - 1 do stop_block(self, out, i) end
+end
+
+local function ensure_started(self, out, r)
+    if not self.started then
+        self.started = true
+        r = type(r) == "table" and r or {}
+        out[#out + 1] = { type = "start", id = r.id, model = r.model }
+    end
+end
+
+local function nonempty(s) return is_str(s) and s ~= "" end
+
+-- A reasoning item's summary text (delta families: summary or raw reasoning
+-- text; whichever comes first wins so the two are never mixed).
+local function reasoning_delta(self, out, it, family, text)
+    it.family = it.family or family
+    if it.family ~= family then return end
+    if it.ir == nil then
+        it.ir = new_block(self, out, { kind = "thinking" })
+    elseif it.need_sep then
+        out[#out + 1] = { type = "thinking", index = it.ir, text = "\n\n" }
+    end
+    it.need_sep = false
+    out[#out + 1] = { type = "thinking", index = it.ir, text = text }
+end
+
+local function item_added(self, out, oi, item)
+    local t = item.type
+    if t == "function_call" then
+        self.saw_call = true
+        local it = { kind = "call" }
+        self.items[oi] = it
+        it.ir = new_block(self, out, { kind = "tool_call", id = item.call_id, name = item.name })
+        if nonempty(item.arguments) then
+            it.args = true
+            out[#out + 1] = { type = "tool_args", index = it.ir, json = item.arguments }
+        end
+    elseif t == "reasoning" then
+        self.items[oi] = { kind = "reasoning" }
+    elseif t == "message" then
+        self.items[oi] = { kind = "message", parts = {} }
+    end
+end
+
+local function item_done(self, out, oi, item)
+    local it = self.items[oi]
+    local t = item.type
+    if t == "function_call" then
+        if not it then item_added(self, out, oi, item); it = self.items[oi] end
+        if not it.args and nonempty(item.arguments) then
+            it.args = true
+            out[#out + 1] = { type = "tool_args", index = it.ir, json = item.arguments }
+        end
+        stop_block(self, out, it.ir)
+    elseif t == "reasoning" then
+        it = it or { kind = "reasoning" }
+        local enc = nonempty(item.encrypted_content) and item.encrypted_content or nil
+        if it.ir == nil then
+            -- Nothing streamed: take the summary from the finished item.
+            local part = decode_reasoning_item(item)
+            if part and part.type == "thinking" then
+                reasoning_delta(self, out, it, "summary", part.text)
+            elseif part then
+                it.ir = new_block(self, out, { kind = "redacted_thinking", data = part.data })
+                enc = nil
+            end
+        end
+        if it.ir ~= nil then
+            if enc then out[#out + 1] = { type = "signature", index = it.ir, signature = enc } end
+            stop_block(self, out, it.ir)
+        end
+    elseif it and it.parts then
+        for _, i in ipairs(it.parts) do stop_block(self, out, i) end
+    end
+end
+
+local function text_part(self, out, obj, create)
+    local key = tostring(obj.output_index) .. ":" .. tostring(obj.content_index)
+    local p = self.parts[key]
+    if not p and create then
+        p = { ir = new_block(self, out, { kind = "text" }) }
+        self.parts[key] = p
+        local it = self.items[obj.output_index]
+        if it and it.parts then it.parts[#it.parts + 1] = p.ir end
+    end
+    return p
+end
+
+local function on_text_delta(self, out, obj, refusal)
+    if refusal then self.saw_refusal = true end
+    local p = text_part(self, out, obj, true)
+    if nonempty(obj.delta) then
+        p.seen = true
+        out[#out + 1] = { type = "text", index = p.ir, text = obj.delta }
+    end
+end
+
+local function on_terminal(self, out, r)
+    r = type(r) == "table" and r or {}
+    ensure_started(self, out, r)
+    stop_all(self, out)
+    self.done = true
+    if r.status == "failed" or r.status == "cancelled" then
+        if not self.errored then
+            self.errored = true
+            out[#out + 1] = { type = "error", error = error_in(r.error, "upstream response " .. r.status) }
+        end
+        return
+    end
+    local u = usage_in(r.usage)
+    if u then out[#out + 1] = { type = "usage", usage = u } end
+    if not self.saw_call and type(r.output) == "table" then
+        for _, item in ipairs(r.output) do
+            if item.type == "function_call" then self.saw_call = true end
+        end
+    end
+    out[#out + 1] = { type = "finish",
+                      stop_reason = stop_in(r.status, r.incomplete_details, self.saw_call, self.saw_refusal) }
+end
+
+local HANDLERS = {
+    ["response.created"] = function(self, out, obj) ensure_started(self, out, obj.response) end,
+    ["response.in_progress"] = function(self, out, obj) ensure_started(self, out, obj.response) end,
+    ["response.output_item.added"] = function(self, out, obj)
+        ensure_started(self, out)
+        if type(obj.item) == "table" then item_added(self, out, obj.output_index, obj.item) end
+    end,
+    ["response.output_item.done"] = function(self, out, obj)
+        ensure_started(self, out)
+        if type(obj.item) == "table" then item_done(self, out, obj.output_index, obj.item) end
+    end,
+    ["response.content_part.added"] = function(self, out, obj)
+        local part = obj.part
+        if type(part) == "table" and (part.type == "output_text" or part.type == "refusal") then
+            if part.type == "refusal" then self.saw_refusal = true end
+            local p = text_part(self, out, obj, true)
+            local txt = part.text or part.refusal
+            if nonempty(txt) then
+                p.seen = true
+                out[#out + 1] = { type = "text", index = p.ir, text = txt }
+            end
+        end
+    end,
+    ["response.output_text.delta"] = function(self, out, obj) on_text_delta(self, out, obj, false) end,
+    ["response.refusal.delta"] = function(self, out, obj) on_text_delta(self, out, obj, true) end,
+    ["response.content_part.done"] = function(self, out, obj)
+        local p = text_part(self, out, obj, false)
+        if p then stop_block(self, out, p.ir) end
+    end,
+    ["response.reasoning_summary_part.added"] = function(self, out, obj)
+        local it = self.items[obj.output_index]
+        if it and it.ir ~= nil then it.need_sep = true end
+    end,
+    ["response.reasoning_summary_text.delta"] = function(self, out, obj)
+        local it = self.items[obj.output_index]
+        if it and nonempty(obj.delta) then reasoning_delta(self, out, it, "summary", obj.delta) end
+    end,
+    ["response.reasoning_text.delta"] = function(self, out, obj)
+        local it = self.items[obj.output_index]
+        if it and nonempty(obj.delta) then reasoning_delta(self, out, it, "text", obj.delta) end
+    end,
+    ["response.function_call_arguments.delta"] = function(self, out, obj)
+        local it = self.items[obj.output_index]
+        if it and it.kind == "call" and nonempty(obj.delta) then
+            it.args = true
+            out[#out + 1] = { type = "tool_args", index = it.ir, json = obj.delta }
+        end
+    end,
+    ["response.function_call_arguments.done"] = function(self, out, obj)
+        local it = self.items[obj.output_index]
+        if it and it.kind == "call" and not it.args and nonempty(obj.arguments) then
+            it.args = true
+            out[#out + 1] = { type = "tool_args", index = it.ir, json = obj.arguments }
+        end
+    end,
+    ["response.completed"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
+    ["response.incomplete"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
+    ["response.failed"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
+    ["error"] = function(self, out, obj)
+        if not self.errored then
+            self.errored = true
+            out[#out + 1] = { type = "error", error = error_in(obj, "upstream stream error") }
+        end
+    end,
+}
+
+function Decoder:feed(ev)
+    local out = {}
+    local data = ev.data
+    if self.done or data == nil or data == "" or data == "[DONE]" then return out end
+    local obj = json_decode(data)
+    if type(obj) ~= "table" then
+        if not self.errored then
+            self.errored = true
+            out[1] = { type = "error", error = ir.error(502, "malformed event from upstream: not JSON", "api_error") }
+        end
+        return out
+    end
+    local h = HANDLERS[obj.type or ev.event]
+    if h then h(self, out, obj) end
+    return out
+end
+
+-- At upstream EOF nothing is invented: a stream without its terminal event is
+-- reported by the host as cut short (enc:close with complete=false).
+function Decoder:finish()
+    return {}
+end
+
+---------------------------------------------------------------------------
+-- stream: IR events -> Responses events
+---------------------------------------------------------------------------
+
+-- Output items are emitted one at a time, in IR block start order: a block
+-- that starts while another item is open (parallel calls from a Chat
+-- upstream) is buffered and replayed when the open one is done. The whole
+-- output is kept because the terminal event must carry it (§3.4).
+local Encoder = {}
+Encoder.__index = Encoder
+
+function M.stream_encoder(opts)
+    opts = opts or {}
+    return setmetatable({ model = opts.model, id = opts.id, created = opts.created, origin = opts.origin, seq = 0,
+                          blocks = {}, queue = {}, active = nil, output = json_array({}),
+                          started = false, ended = false }, Encoder)
+end
+
+local function emit(self, buf, name, obj)
+    obj.type = name
+    obj.sequence_number = self.seq
+    self.seq = self.seq + 1
+    buf:put("event: ", name, "\ndata: ", json_encode(obj), "\n\n")
+end
+
+local function enc_start(self, buf, model)
+    if self.started then return end
+    self.started = true
+    self.id = self.id or ir.new_id("resp_")
+    self.base = base_of(self.id)
+    self.model = self.model or model
+    self.created = self.created or os_time()
+    local function r() return response_obj(self.id, self.model, self.created, "in_progress", json_array({}), json_null) end
+    emit(self, buf, "response.created", { response = r() })
+    emit(self, buf, "response.in_progress", { response = r() })
+end
+
+local function enc_delta(self, buf, rec, piece)
+    local kind = rec.kind
+    if kind == "text" then
+        emit(self, buf, "response.output_text.delta", { item_id = rec.item_id, output_index = rec.oi,
+            content_index = 0, delta = piece, logprobs = json_array({}) })
+    elseif kind == "thinking" then
+        if not rec.summary_open then
+            rec.summary_open = true
+            emit(self, buf, "response.reasoning_summary_part.added", { item_id = rec.item_id, output_index = rec.oi,
+                summary_index = 0, part = { type = "summary_text", text = "" } })
+        end
+        emit(self, buf, "response.reasoning_summary_text.delta", { item_id = rec.item_id, output_index = rec.oi,
+            summary_index = 0, delta = piece })
+    elseif kind == "tool_call" then
+        emit(self, buf, "response.function_call_arguments.delta", { item_id = rec.item_id, output_index = rec.oi,
+            delta = piece })
+    end
+end
+
+local ITEM_PREFIX = { text = "msg_", thinking = "rs_", redacted_thinking = "rs_", tool_call = "fc_" }
+
+local function activate(self, buf, rec)
+    local oi = #self.output
+    rec.oi = oi
+    rec.item_id = item_id(ITEM_PREFIX[rec.kind], self.base, oi + 1)
+    self.output[oi + 1] = json_null -- placeholder until the item is done
+    local kind = rec.kind
+    if kind == "text" then
+        emit(self, buf, "response.output_item.added", { output_index = oi, item = { type = "message",
+            id = rec.item_id, status = "in_progress", role = "assistant", content = json_array({}) } })
+        emit(self, buf, "response.content_part.added", { item_id = rec.item_id, output_index = oi, content_index = 0,
+            part = { type = "output_text", text = "", annotations = json_array({}) } })
+    elseif kind == "tool_call" then
+        emit(self, buf, "response.output_item.added", { output_index = oi,
+            item = call_item(rec.item_id, rec.call_id, rec.name, "", "in_progress") })
+    else
+        emit(self, buf, "response.output_item.added", { output_index = oi,
+            item = { type = "reasoning", id = rec.item_id, summary = json_array({}) } })
+    end
+    if #rec.acc > 0 then enc_delta(self, buf, rec, concat(rec.acc)) end
+end
+
+local function finish_item(self, buf, rec, status)
+    local text, oi, id = concat(rec.acc), rec.oi, rec.item_id
+    local kind, item = rec.kind, nil
+    if kind == "text" then
+        emit(self, buf, "response.output_text.done", { item_id = id, output_index = oi, content_index = 0,
+            text = text, logprobs = json_array({}) })
+        emit(self, buf, "response.content_part.done", { item_id = id, output_index = oi, content_index = 0,
+            part = { type = "output_text", text = text, annotations = json_array({}) } })
+        item = message_item(id, text, status)
+    elseif kind == "tool_call" then
+        emit(self, buf, "response.function_call_arguments.done", { item_id = id, output_index = oi,
+            name = rec.name, arguments = text })
+        item = call_item(id, rec.call_id, rec.name, text, status)
+    elseif kind == "thinking" then
+        if rec.summary_open then
+            emit(self, buf, "response.reasoning_summary_text.done", { item_id = id, output_index = oi,
+                summary_index = 0, text = text })
+            emit(self, buf, "response.reasoning_summary_part.done", { item_id = id, output_index = oi,
+                summary_index = 0, part = { type = "summary_text", text = text } })
+        end
+        item = reasoning_item(id, text, rec.enc and wrap_opaque(self.origin, "sig", rec.enc))
+    else
+        item = reasoning_item(id, nil, rec.data and wrap_opaque(self.origin, "data", rec.data))
+    end
+    self.output[oi + 1] = item
+    emit(self, buf, "response.output_item.done", { output_index = oi, item = item })
+end
+
+local function drain(self, buf, status)
+    local q = self.queue
+    while self.active == nil and #q > 0 do
+        local rec = table.remove(q, 1)
+        activate(self, buf, rec)
+        if rec.closed then finish_item(self, buf, rec, status) else self.active = rec end
+    end
+end
+
+-- Close every item still open or waiting, in order.
+local function close_items(self, buf, status)
+    if self.active then
+        finish_item(self, buf, self.active, status)
+        self.active = nil
+    end
+    for _, rec in ipairs(self.queue) do rec.closed = true end
+    drain(self, buf, status)
+end
+
+local FAIL_CODE = { rate_limit = "rate_limit_exceeded", invalid_request = "invalid_prompt" }
+
+local function enc_fail(self, buf, message, etype)
+    local code = FAIL_CODE[etype] or "server_error"
+    close_items(self, buf, "incomplete")
+    emit(self, buf, "error", { error = { type = etype == "rate_limit" and "rate_limit_error" or "server_error",
+        code = code, message = message, param = json_null } })
+    emit(self, buf, "response.failed", { response = response_obj(self.id, self.model, self.created, "failed",
+        self.output, self.usage and usage_out(self.usage) or json_null, json_null,
+        { code = code, message = message }) })
+    self.ended = true
+end
+
+function Encoder:feed(ev)
+    if self.ended then return "" end
+    local buf = buffer.new()
+    local t = ev.type
+    if t == "start" then
+        enc_start(self, buf, ev.model)
+        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
+    elseif t == "block_start" then
+        enc_start(self, buf)
+        local rec = { kind = ev.kind, call_id = ev.id, name = ev.name, data = ev.data, acc = {} }
+        self.blocks[ev.index] = rec
+        if self.active == nil and #self.queue == 0 then
+            activate(self, buf, rec)
+            self.active = rec
+        else
+            self.queue[#self.queue + 1] = rec
+        end
+    elseif t == "text" or t == "thinking" or t == "tool_args" then
+        local rec = self.blocks[ev.index]
+        local piece = ev.text or ev.json
+        if rec and piece and piece ~= "" then
+            rec.acc[#rec.acc + 1] = piece
+            if rec == self.active then enc_delta(self, buf, rec, piece) end
+        end
+    elseif t == "signature" then
+        local rec = self.blocks[ev.index]
+        if rec then rec.enc = ev.signature end
+    elseif t == "block_stop" then
+        local rec = self.blocks[ev.index]
+        if rec then
+            rec.closed = true
+            if rec == self.active then
+                finish_item(self, buf, rec, "completed")
+                self.active = nil
+                drain(self, buf, "completed")
+            end
+        end
+    elseif t == "usage" then
+        self.usage = ir.merge_usage(self.usage, ev.usage)
+    elseif t == "finish" then
+        self.stop = ev.stop_reason
+    elseif t == "error" then
+        enc_start(self, buf)
+        local e = ev.error or {}
+        enc_fail(self, buf, e.message or "upstream error", e.type)
+    end
+    return buf:tostring()
+end
+
+function Encoder:close(outcome)
+    if self.ended then return "" end
+    local buf = buffer.new()
+    enc_start(self, buf)
+    local clean = outcome == nil or outcome.complete ~= false
+    if clean and self.stop and self.stop ~= "error" then
+        close_items(self, buf, "completed")
+        local status, incomplete = status_out(self.stop)
+        emit(self, buf, status == "completed" and "response.completed" or "response.incomplete",
+            { response = response_obj(self.id, self.model, self.created, status, self.output,
+                                      usage_out(self.usage), incomplete) })
+        self.ended = true
+    else
+        local msg = outcome and outcome.message
+        if not msg then
+            local reason = outcome and outcome.reason or "UPSTREAM_EOF_EARLY"
+            msg = "upstream stream ended before the response was complete (" .. reason .. ")"
+        end
+        enc_fail(self, buf, msg, "api_error")
+    end
+    return buf:tostring()
+end
+
+return M
