@@ -730,8 +730,10 @@ static int build_where(sl_buf_t *w, const sl_records_filter_t *f)
     int rc = sl_buf_append_c(w, " WHERE 1");
     if (f->client)
         rc |= sl_buf_append_c(w, " AND client = :client");
-    if (f->status)
+    if (f->status >= 100)
         rc |= sl_buf_append_c(w, " AND status = :status");
+    else if (f->status > 0) /* a class: 5 means 5xx, so "status=5xx" parsed by atoi works */
+        rc |= sl_buf_append_c(w, " AND status >= :status * 100 AND status < :status * 100 + 100");
     if (f->since > 0)
         rc |= sl_buf_append_c(w, " AND time >= :since");
     if (f->search && *f->search) {

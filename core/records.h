@@ -87,7 +87,7 @@ typedef struct {
     int limit;          /* <= 0: 50; capped at 1000 */
     int offset;         /* < 0: 0 */
     const char *client; /* exact match, NULL = any */
-    int status;         /* exact match, 0 = any */
+    int status;         /* exact match; 1..9 = that class (5 = 5xx); 0 = any */
     double since;       /* time >= since (unix seconds), 0 = any */
     const char *search; /* substring (case-insensitive ASCII) of id, path, model_in,
                            model_out, supplier or error; NULL/"" = any */

@@ -311,6 +311,13 @@ static void test_filters(void)
     f.client = "codex"; /* filters combine: i % 15 == 0 */
     ASSERT_EQ_INT(total(rs, &f), 2);
     f = (sl_records_filter_t){0};
+    f.status = 5; /* the 5xx class */
+    ASSERT_EQ_INT(total(rs, &f), 6);
+    f.status = 2;
+    ASSERT_EQ_INT(total(rs, &f), 24);
+    f.status = 4;
+    ASSERT_EQ_INT(total(rs, &f), 0);
+    f = (sl_records_filter_t){0};
     f.since = 1025;
     ASSERT_EQ_INT(total(rs, &f), 5);
     f = (sl_records_filter_t){0};
