@@ -158,3 +158,34 @@ describe("translate", function()
         assert.are.equal(502, err.status)
     end)
 end)
+
+-- sluice.estimate lives beside translate (count_tokens on a non-Anthropic
+-- supplier); its spec is here because no estimate_spec.lua was assigned.
+describe("count_tokens estimate", function()
+    local E = require("sluice.estimate")
+
+    it("answers Anthropic's shape, marked as an estimate by a header", function()
+        local status, body, headers = E.count_tokens_response({ model = "claude-x",
+            messages = { { role = "user", content = string.rep("abcd", 100) } } })
+        assert.are.equal(200, status)
+        assert.are.equal(100 + E.MESSAGE_TOKENS, body.input_tokens)
+        assert.are.equal("chars/4", headers[E.HEADER])
+    end)
+
+    it("grows with text, tools and images", function()
+        local base = { model = "m", messages = { { role = "user", content = { { type = "text", text = "hello there" } } } } }
+        local n0 = E.count_tokens(base)
+        base.tools = { { name = "Read", description = "Read a file",
+                         parameters = { type = "object", properties = { path = { type = "string" } } } } }
+        local n1 = E.count_tokens(base)
+        assert.is_true(n1 > n0 + E.TOOL_TOKENS)
+        base.messages[1].content[2] = { type = "image", source = { kind = "base64", media_type = "image/png", data = "x" } }
+        assert.are.equal(n1 + E.IMAGE_TOKENS, E.count_tokens(base))
+    end)
+
+    it("answers a bad body with an Anthropic 400", function()
+        local status, body = E.count_tokens_response({ model = "m" })
+        assert.are.equal(400, status)
+        assert.are.equal("invalid_request_error", body.error.type)
+    end)
+end)
