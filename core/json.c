@@ -201,6 +201,11 @@ static size_t fmt_number(double d, char *buf)
         if (prec == 17 || strtod_c(buf) == d)
             break;
     }
+    /* %g writes e.g. 12345678901234568 for a double past 2^53: an integer
+     * literal that decode would box. Use exponent form so it reads back as
+     * the same Lua number. */
+    if (!strpbrk(buf, ".eEn"))
+        len = snprintf(buf, 32, "%.*e", (int)strspn(buf + (buf[0] == '-'), "0123456789") - 1, d);
     return (size_t)len;
 }
 
