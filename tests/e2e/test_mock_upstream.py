@@ -209,6 +209,16 @@ class MockUpstreamTest(unittest.TestCase):
         self.assertEqual(r.status, 400)
 
 
+class HarnessRedisTest(unittest.TestCase):
+    def test_redis_starts_answers_and_stops(self):
+        r = harness.start_redis()
+        self.addCleanup(r.stop)
+        self.assertEqual(r.command("SET", "k", "v"), b"+OK\r\n")
+        self.assertEqual(r.command("GET", "k"), b"$1\r\nv\r\n")
+        r.stop()
+        self.assertIsNone(r.command("PING"), "redis still answering after stop()")
+
+
 class SSEParserTest(unittest.TestCase):
     def test_line_endings_comments_multiline(self):
         text = b": ping\r\nevent: a\r\ndata: 1\r\ndata: 2\r\n\r\ndata: x\rid: 7\r\rdata: cut"
