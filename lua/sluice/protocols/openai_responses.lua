@@ -770,15 +770,16 @@ end
 local function on_terminal(self, out, r)
     r = type(r) == "table" and r or {}
     ensure_started(self, out, r)
-    stop_all(self, out)
     self.done = true
     if r.status == "failed" or r.status == "cancelled" then
+        -- Open blocks stay open: closing them would pass a cut tool call off as whole.
         if not self.errored then
             self.errored = true
             out[#out + 1] = { type = "error", error = error_in(r.error, "upstream response " .. r.status) }
         end
         return
     end
+    stop_all(self, out)
     local u = usage_in(r.usage)
     if u then out[#out + 1] = { type = "usage", usage = u } end
     if not self.saw_call and type(r.output) == "table" then
