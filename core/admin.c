@@ -1,0 +1,191 @@
+/*
+ * admin.c — the /_sluice/... endpoints (see admin.h). Everything here answers
+ * synchronously on the worker's loop; history queries hit SQLite through the
+ * records module's own read connections after a short flush, so a request
+ * that just finished is visible to the next admin call.
+ */
+#include "admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+#include "metrics.h"
+
+static const sl_header_t json_ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
+
+static void reply(sl_request_t *req, int status, sl_str_t body)
+{
+    sl_conn_respond(req->conn, status, json_ct, 1, body);
+}
+
+static void reply_error(sl_request_t *req, int status, const char *message)
+{
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    sl_buf_append_c(&b, "{\"error\":{\"type\":\"");
+    sl_buf_append_c(&b, status == 404 ? "not_found" : status == 401 ? "authentication_error"
+                                                                    : "invalid_request_error");
+    sl_buf_append_c(&b, "\",\"message\":\"");
+    sl_buf_append_json_str(&b, message, strlen(message));
+    sl_buf_append_c(&b, "\"}}");
+    reply(req, status, sl_str(b.base, b.len));
+    sl_buf_free(&b);
+}
+
+/* Constant-time comparison so the token cannot be guessed byte by byte. */
+static int secret_eq(sl_str_t a, const char *b)
+{
+    size_t bl = strlen(b);
+    unsigned char diff = (unsigned char)(a.len != bl);
+    for (size_t i = 0; i < a.len; i++)
+        diff |= (unsigned char)(a.base[i] ^ b[i % (bl ? bl : 1)]);
+    return diff == 0;
+}
+
+static int authorized(sl_worker_t *w, sl_request_t *req)
+{
+    const char *token = sl_luahost_config(w->host)->admin_token;
+    if (!token || !*token)
+        return 1;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        sl_header_t *h = &req->headers[i];
+        if (sl_str_ieq_c(h->name, "authorization") && h->value.len > 7 &&
+            strncasecmp(h->value.base, "Bearer ", 7) == 0)
+            return secret_eq(sl_str(h->value.base + 7, h->value.len - 7), token);
+    }
+    return 0;
+}
+
+/* Value of query parameter `name` (undecoded except '+' and %XX), into out. */
+static int query_param(sl_str_t q, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    const char *p = q.base, *end = q.base + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pe = amp ? amp : end;
+        if ((size_t)(pe - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=') {
+            const char *v = p + nl + 1;
+            size_t k = 0;
+            while (v < pe && k + 1 < outlen) {
+                if (*v == '%' && pe - v >= 3) {
+                    char hex[3] = {v[1], v[2], 0};
+                    out[k++] = (char)strtol(hex, NULL, 16);
+                    v += 3;
+                } else {
+                    out[k++] = *v == '+' ? ' ' : *v;
+                    v++;
+                }
+            }
+            out[k] = '\0';
+            return 1;
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return 0;
+}
+
+static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
+{
+    sl_records_t *rs = w->app->records;
+    if (!rs) {
+        reply_error(req, 404, "request history is disabled (history.path is not set)");
+        return;
+    }
+    sl_records_flush(rs, 1000);
+    sl_buf_t out;
+    sl_buf_init(&out, 0);
+    int rc;
+    if (rest.len == 0) {
+        if (strcmp(req->method, "GET") != 0) {
+            reply_error(req, 405, "use GET");
+            sl_buf_free(&out);
+            return;
+        }
+        char limit[16] = "", offset[16] = "", client[128] = "", status[16] = "", since[32] = "",
+             search[256] = "";
+        sl_records_filter_t f = {0};
+        if (query_param(req->query, "limit", limit, sizeof limit))
+            f.limit = atoi(limit);
+        if (query_param(req->query, "offset", offset, sizeof offset))
+            f.offset = atoi(offset);
+        if (query_param(req->query, "client", client, sizeof client))
+            f.client = client;
+        if (query_param(req->query, "status", status, sizeof status))
+            f.status = atoi(status);
+        if (query_param(req->query, "since", since, sizeof since))
+            f.since = atof(since);
+        if (query_param(req->query, "search", search, sizeof search))
+            f.search = search;
+        rc = sl_records_query(rs, &f, &out);
+    } else {
+        char id[160];
+        snprintf(id, sizeof id, "%.*s", (int)rest.len, rest.base);
+        if (strcmp(req->method, "DELETE") == 0) {
+            rc = sl_records_delete(rs, id);
+            if (!rc)
+                sl_buf_append_c(&out, "{\"deleted\":true}");
+        } else {
+            rc = sl_records_get(rs, id, &out);
+        }
+    }
+    if (rc == SL_ENOTFOUND)
+        reply_error(req, 404, "no such request");
+    else if (rc)
+        reply_error(req, 500, sl_strerror(rc));
+    else
+        reply(req, 200, sl_str(out.base, out.len));
+    sl_buf_free(&out);
+}
+
+static void handle_reload(sl_worker_t *w, sl_request_t *req)
+{
+    char err[1024];
+    if (strcmp(req->method, "POST") != 0) {
+        reply_error(req, 405, "use POST");
+        return;
+    }
+    int rc = sl_worker_reload(w, err, sizeof err);
+    if (rc) {
+        reply_error(req, 500, err);
+        return;
+    }
+    for (int i = 0; i < w->app->nworkers; i++)
+        if (w->app->workers[i] != w)
+            sl_worker_post(w->app->workers[i], SL_WORKER_CMD_RELOAD);
+    reply(req, 200, SL_STR("{\"reloaded\":true}"));
+}
+
+void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
+{
+    sl_str_t p = sl_str(req->path.base + 9, req->path.len - 9); /* after "/_sluice/" */
+    if (!authorized(w, req)) {
+        reply_error(req, 401, "admin API requires Authorization: Bearer <admin token>");
+        return;
+    }
+    if (sl_str_eq(p, SL_STR("health"))) {
+        char body[160];
+        int n = snprintf(body, sizeof body, "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
+                         SLUICE_VERSION, w->app->nworkers);
+        reply(req, 200, sl_str(body, (size_t)n));
+    } else if (sl_str_eq(p, SL_STR("metrics"))) {
+        sl_buf_t out;
+        sl_buf_init(&out, 0);
+        sl_metrics_render(&out);
+        static const sl_header_t prom[] = {
+            {SL_STR("content-type"), SL_STR("text/plain; version=0.0.4")}};
+        sl_conn_respond(req->conn, 200, prom, 1, sl_str(out.base, out.len));
+        sl_buf_free(&out);
+    } else if (sl_str_eq(p, SL_STR("requests"))) {
+        handle_requests(w, req, SL_STR(""));
+    } else if (sl_str_has_prefix(p, "requests/")) {
+        handle_requests(w, req, sl_str(p.base + 9, p.len - 9));
+    } else if (sl_str_eq(p, SL_STR("reload"))) {
+        handle_reload(w, req);
+    } else {
+        reply_error(req, 404, "unknown admin endpoint");
+    }
+}

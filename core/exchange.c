@@ -1,0 +1,673 @@
+/*
+ * exchange.c — one proxied request from plan to record (see exchange.h).
+ *
+ * The body of an upstream answer takes one of three paths, chosen when its
+ * head arrives:
+ *   PASS    bytes go from curl straight to the client; if the answer is an
+ *           SSE stream, C still frames it, only to spot the protocol's
+ *           terminal event so the end can be classified honestly;
+ *   EVENTS  the stream is framed into events and each read's batch goes
+ *           through the events hook (translation), whose bytes are written;
+ *   BUFFER  the whole body is collected (bounded by max_response) and handed
+ *           to the body hook once complete.
+ *
+ * Nothing is sent to the client before the first byte of the body is ready:
+ * until then the exchange may still fail cleanly with a proper HTTP error in
+ * the client's protocol (that is also the point after which retries become
+ * impossible). Every way an exchange can end funnels into finalize(), which
+ * runs exactly once: classify, let Lua close the client's stream or build an
+ * error response, write the access log and history record, free.
+ */
+#include "exchange.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "admin.h"
+#include "error.h"
+#include "log.h"
+#include "metrics.h"
+#include "sse.h"
+#include "term.h"
+
+enum body_mode { MODE_NONE, MODE_PASS, MODE_EVENTS, MODE_BUFFER };
+
+struct sl_exchange_s {
+    sl_worker_t *w;
+    sl_exchange_t *prev, *next;
+    sl_luahost_t *h;
+    int ctx;
+    sl_conn_t *conn;            /* NULL once the client is gone or answered */
+    sl_request_t *req;          /* valid while conn is set */
+    char id[130];
+    char *method, *path;        /* copies: the request views die with the response */
+    uint64_t bytes_in;
+    const char *peer;
+    char peer_copy[64];
+
+    sl_lua_task_t *task;
+    sl_plan_t plan;
+    int have_plan;
+    sl_transfer_t *xfer;
+    enum body_mode mode;
+    sl_sse_parser_t sse;
+    int sse_on;
+    sl_lua_resp_t head;         /* the head to send when the first byte is ready */
+    int head_ready;
+    sl_buf_t body;              /* BUFFER mode */
+    sl_buf_t out;               /* bytes produced by hooks */
+    int upstream_status;
+
+    uv_timer_t t_wait;          /* first byte, then idle */
+    uv_timer_t t_total;
+    int open_handles;
+    int got_first_byte;
+    int paused;
+
+    sl_term_t term;
+    int finalized;
+    uint64_t start_ns, first_out_ns;
+    char err[1024];     /* the first failure's text: the classifier borrows it */
+    char err2[1024];    /* errors of the closing hooks, which must not clobber err */
+};
+
+static void finalize(sl_exchange_t *ex);
+
+sl_exchange_t *sl_exchange_next(sl_exchange_t *ex)
+{
+    return ex->next;
+}
+
+/* ---- small helpers ---- */
+
+static double now_unix(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int valid_request_id(sl_str_t v)
+{
+    if (v.len == 0 || v.len > 128)
+        return 0;
+    for (size_t i = 0; i < v.len; i++)
+        if (v.base[i] < 0x21 || v.base[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (sl_str_ieq_c(req->headers[i].name, "x-request-id") &&
+            valid_request_id(req->headers[i].value)) {
+            memcpy(ex->id, req->headers[i].value.base, req->headers[i].value.len);
+            ex->id[req->headers[i].value.len] = '\0';
+            return;
+        }
+    }
+    unsigned char rnd[16];
+    static const char hex[] = "0123456789abcdef";
+    if (uv_random(NULL, NULL, rnd, sizeof rnd, 0, NULL) != 0) {
+        uint64_t t = uv_hrtime();
+        memcpy(rnd, &t, sizeof t);
+        memcpy(rnd + 8, &ex, sizeof ex);
+    }
+    memcpy(ex->id, "req_", 4);
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        ex->id[4 + 2 * i] = hex[rnd[i] >> 4];
+        ex->id[5 + 2 * i] = hex[rnd[i] & 15];
+    }
+    ex->id[4 + 2 * sizeof rnd] = '\0';
+}
+
+static int is_hop_by_hop(sl_str_t name)
+{
+    static const char *names[] = {"connection", "keep-alive", "proxy-connection",
+                                  "transfer-encoding", "te", "trailer", "upgrade",
+                                  "content-length", "proxy-authenticate", "proxy-authorization"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (sl_str_ieq_c(name, names[i]))
+            return 1;
+    return 0;
+}
+
+/* Copies the upstream head into ex->head without hop-by-hop fields. */
+static void head_from_upstream(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n)
+{
+    sl_lua_resp_free(&ex->head);
+    ex->head.status = status;
+    ex->head.headers = calloc(n ? n : 1, sizeof *ex->head.headers);
+    for (size_t i = 0; i < n && ex->head.headers; i++) {
+        if (is_hop_by_hop(hv[i].name) || sl_str_ieq_c(hv[i].name, "x-request-id"))
+            continue;
+        sl_header_t *d = &ex->head.headers[ex->head.nheaders++];
+        d->name = sl_str(strndup(hv[i].name.base, hv[i].name.len), hv[i].name.len);
+        d->value = sl_str(strndup(hv[i].value.base, hv[i].value.len), hv[i].value.len);
+    }
+    ex->head_ready = 1;
+}
+
+/* Sends a head plus x-request-id. content_length < 0: chunked. */
+static int send_head(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n,
+                     int64_t content_length)
+{
+    sl_header_t stack[32];
+    sl_header_t *all = n + 1 <= 32 ? stack : malloc((n + 1) * sizeof *all);
+    if (!all)
+        return SL_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!sl_str_ieq_c(hv[i].name, "x-request-id") && !is_hop_by_hop(hv[i].name))
+            all[k++] = hv[i];
+    all[k++] = (sl_header_t){SL_STR("x-request-id"), sl_str_c(ex->id)};
+    int rc = sl_conn_send_head(ex->conn, status, all, k, content_length);
+    if (all != stack)
+        free(all);
+    if (!rc)
+        ex->first_out_ns = uv_hrtime();
+    return rc;
+}
+
+static int commit_head(sl_exchange_t *ex)
+{
+    if (!ex->conn || sl_conn_committed(ex->conn))
+        return 0;
+    return send_head(ex, ex->head.status, ex->head.headers, ex->head.nheaders, -1);
+}
+
+static int respond_full(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n,
+                        sl_str_t body)
+{
+    int rc = send_head(ex, status, hv, n, (int64_t)body.len);
+    if (!rc)
+        rc = sl_conn_send_body(ex->conn, body.base, body.len);
+    return rc;
+}
+
+/* Fails the exchange now with a cause the classifier understands. */
+static void fail(sl_exchange_t *ex, sl_term_cause_t cause, int code, const char *detail)
+{
+    sl_term_note(&ex->term, cause, code, detail);
+    finalize(ex);
+}
+
+/* ---- timers ---- */
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    sl_exchange_t *ex = t->data;
+    if (ex->got_first_byte)
+        fail(ex, SL_TERM_CAUSE_TIMER_IDLE, 0, "no data from upstream within the idle timeout");
+    else
+        fail(ex, SL_TERM_CAUSE_TIMER_FIRST_BYTE, 0, "upstream sent nothing within first_byte");
+}
+
+static void on_total_timeout(uv_timer_t *t)
+{
+    fail(t->data, SL_TERM_CAUSE_TIMER_TOTAL, 0, "request exceeded the total timeout");
+}
+
+static void arm_wait(sl_exchange_t *ex, uint64_t ms)
+{
+    if (ms)
+        uv_timer_start(&ex->t_wait, on_wait_timeout, ms, 0);
+    else
+        uv_timer_stop(&ex->t_wait);
+}
+
+/* ---- upstream callbacks ---- */
+
+static int on_sse_event(void *ud, const sl_sse_event_t *ev)
+{
+    sl_exchange_t *ex = ud;
+    if (ex->plan.nmarkers && sl_sse_marker_match(ex->plan.markers, ex->plan.nmarkers, ev))
+        ex->term.terminal_seen = 1;
+    if (ex->mode == MODE_EVENTS)
+        sl_lua_events_add(ex->h, ev);
+    return 0;
+}
+
+static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
+{
+    sl_exchange_t *ex = ud;
+    ex->upstream_status = status;
+    ex->term.http_status = status;
+    ex->got_first_byte = 1;
+    arm_wait(ex, ex->plan.t_idle);
+    int ok = status >= 200 && status < 300;
+    int sse = ex->plan.stream && ok;
+    ex->term.terminal_required = sse && ex->plan.nmarkers > 0;
+    if (!ex->plan.transform) {
+        ex->mode = MODE_PASS;
+        head_from_upstream(ex, status, hv, n);
+    } else if (sse) {
+        ex->mode = MODE_EVENTS;
+        sl_lua_resp_t r;
+        int rc = sl_lua_response(ex->h, ex->ctx, status, hv, n, &r, ex->err, sizeof ex->err);
+        if (rc) {
+            sl_lua_resp_free(&r);
+            fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
+            return;
+        }
+        if (r.status) {
+            sl_lua_resp_free(&ex->head);
+            ex->head = r;
+            ex->head_ready = 1;
+        } else {
+            sl_lua_resp_free(&r);
+            head_from_upstream(ex, status, hv, n);
+        }
+    } else {
+        ex->mode = MODE_BUFFER;
+    }
+    if (sse) {
+        sl_sse_parser_init(&ex->sse, sl_luahost_config(ex->h)->max_event);
+        ex->sse_on = 1;
+        sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
+    }
+}
+
+static int on_up_data(void *ud, const char *p, size_t n)
+{
+    sl_exchange_t *ex = ud;
+    if (ex->finalized || !ex->conn)
+        return 0;
+    arm_wait(ex, ex->plan.t_idle);
+    if (ex->mode == MODE_BUFFER) {
+        if (sl_buf_append(&ex->body, p, n)) {
+            fail(ex, SL_TERM_CAUSE_LIMIT_RESPONSE, 0, "upstream answer exceeds max_response");
+        }
+        return 0;
+    }
+    /* Backpressure: leave the bytes with curl until the client catches up. */
+    if (sl_conn_write_queue(ex->conn) >= SL_CONN_HIGH_WATER) {
+        ex->paused = 1;
+        return 1;
+    }
+    int rc = 0;
+    if (ex->mode == MODE_EVENTS)
+        sl_lua_events_begin(ex->h);
+    if (ex->sse_on) {
+        rc = sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex);
+        if (rc == SL_ELIMIT) {
+            if (ex->mode == MODE_EVENTS)
+                sl_lua_events_flush(ex->h, ex->ctx, &ex->out, ex->err, sizeof ex->err);
+            fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
+            return 0;
+        }
+    }
+    if (ex->mode == MODE_PASS) {
+        if (commit_head(ex) || sl_conn_send_body(ex->conn, p, n))
+            return 0;
+        return 0;
+    }
+    sl_buf_reset(&ex->out);
+    rc = sl_lua_events_flush(ex->h, ex->ctx, &ex->out, ex->err, sizeof ex->err);
+    if (rc) {
+        fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
+        return 0;
+    }
+    if (ex->out.len && (commit_head(ex) == 0))
+        sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
+    return 0;
+}
+
+static void on_up_done(void *ud, int curl_code, const char *errbuf)
+{
+    sl_exchange_t *ex = ud;
+    ex->xfer = NULL;
+    ex->term.connected = 1;
+    sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_DONE, curl_code,
+                 errbuf && *errbuf ? errbuf : NULL);
+    if (curl_code == 0 && ex->mode == MODE_BUFFER && ex->conn) {
+        sl_lua_resp_t r;
+        int rc = sl_lua_body(ex->h, ex->ctx, ex->upstream_status,
+                             sl_str(ex->body.base ? ex->body.base : "", ex->body.len), &r, ex->err,
+                             sizeof ex->err);
+        if (rc) {
+            sl_term_note(&ex->term, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
+        } else {
+            respond_full(ex, r.status ? r.status : ex->upstream_status, r.headers, r.nheaders,
+                         sl_str(r.body.base ? r.body.base : "", r.body.len));
+        }
+        sl_lua_resp_free(&r);
+    }
+    finalize(ex);
+}
+
+static void on_client_drain(void *data)
+{
+    sl_exchange_t *ex = data;
+    if (ex->paused && ex->xfer) {
+        ex->paused = 0;
+        sl_transfer_resume(ex->xfer);
+    }
+}
+
+static void on_client_gone(void *data, int err)
+{
+    sl_exchange_t *ex = data;
+    ex->conn = NULL;
+    fail(ex, SL_TERM_CAUSE_CLIENT_CLOSED, err, "client closed the connection");
+}
+
+static const sl_conn_handler_t conn_handler = {on_client_gone, on_client_drain};
+
+/* ---- the plan ---- */
+
+static void start_upstream(sl_exchange_t *ex, const sl_request_t *req)
+{
+    sl_plan_t *p = &ex->plan;
+    sl_transfer_req_t tr = {
+        .url = p->url,
+        .method = p->method,
+        .headers = p->headers,
+        .nheaders = p->nheaders,
+        .body = p->body_original ? req->body : sl_str(p->body.base ? p->body.base : "", p->body.len),
+        .connect_timeout_ms = p->t_connect,
+        .verify_tls = p->verify_tls,
+    };
+    static const sl_transfer_cbs_t cbs = {on_up_head, on_up_data, on_up_done};
+    sl_buf_init(&ex->body, sl_luahost_config(ex->h)->max_response);
+    int rc = sl_transfer_start(ex->w->upstream, &tr, &cbs, ex, &ex->xfer);
+    if (rc) {
+        fail(ex, SL_TERM_CAUSE_UPSTREAM_DONE, 7 /* CURLE_COULDNT_CONNECT */, sl_strerror(rc));
+        return;
+    }
+    if (p->t_first_byte)
+        uv_timer_start(&ex->t_wait, on_wait_timeout, p->t_first_byte, 0);
+    if (p->t_total)
+        uv_timer_start(&ex->t_total, on_total_timeout, p->t_total, 0);
+}
+
+static void on_plan(void *ud, int rc, sl_plan_t *plan, const char *err)
+{
+    sl_exchange_t *ex = ud;
+    ex->task = NULL;
+    if (rc) {
+        snprintf(ex->err, sizeof ex->err, "%s", err ? err : sl_strerror(rc));
+        fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
+        return;
+    }
+    ex->plan = *plan;
+    ex->have_plan = 1;
+    if (plan->direct) {
+        if (ex->conn)
+            respond_full(ex, plan->status, plan->headers, plan->nheaders,
+                         sl_str(plan->body.base ? plan->body.base : "", plan->body.len));
+        ex->term.http_status = plan->status;
+        finalize(ex);
+        return;
+    }
+    /* The request views stay valid: no response has been sent yet, and a
+     * client that left has already finalized (and cancelled) this task. */
+    start_upstream(ex, ex->req);
+}
+
+/* ---- the end ---- */
+
+static void on_handle_closed(uv_handle_t *hd)
+{
+    sl_exchange_t *ex = hd->data;
+    if (--ex->open_handles > 0)
+        return;
+    free(ex->method);
+    free(ex->path);
+    free(ex);
+}
+
+static void write_access_log(sl_exchange_t *ex, const sl_term_result_t *res, int status,
+                             double dur_ms, double ttfb_ms, uint64_t bytes_out)
+{
+    if (!sl_access_log_enabled())
+        return;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    const sl_plan_t *p = &ex->plan;
+#define JS(key, val)                                                                         \
+    do {                                                                                     \
+        sl_buf_append_c(&b, ",\"" key "\":");                                                \
+        if (val) {                                                                           \
+            sl_buf_append_byte(&b, '"');                                                     \
+            sl_buf_append_json_str(&b, (val), strlen(val));                                  \
+            sl_buf_append_byte(&b, '"');                                                     \
+        } else {                                                                             \
+            sl_buf_append_c(&b, "null");                                                     \
+        }                                                                                    \
+    } while (0)
+    sl_buf_printf(&b, "{\"time\":%.3f", now_unix());
+    JS("id", ex->id);
+    JS("peer", ex->peer_copy);
+    JS("method", ex->method);
+    JS("path", ex->path);
+    JS("service", p->service);
+    JS("client", p->client);
+    JS("supplier", p->supplier);
+    JS("model_in", p->model_in);
+    JS("model_out", p->model_out);
+    sl_buf_printf(&b, ",\"status\":%d,\"upstream_status\":%d,\"duration_ms\":%.1f", status,
+                  ex->upstream_status, dur_ms);
+    if (ttfb_ms >= 0)
+        sl_buf_printf(&b, ",\"ttfb_ms\":%.1f", ttfb_ms);
+    sl_buf_printf(&b, ",\"bytes_in\":%llu,\"bytes_out\":%llu", (unsigned long long)ex->bytes_in,
+                  (unsigned long long)bytes_out);
+    JS("reason", sl_term_reason_name(res->reason));
+    sl_buf_printf(&b, ",\"partial\":%s,\"expected\":%s}", res->partial ? "true" : "false",
+                  res->expected ? "true" : "false");
+#undef JS
+    sl_access_log_write(b.base, b.len);
+    sl_buf_free(&b);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int status,
+                          double dur_ms, double ttfb_ms, uint64_t bytes_out,
+                          const sl_lua_logfields_t *lf)
+{
+    sl_records_t *rs = ex->w->app->records;
+    if (!rs)
+        return;
+    sl_record_t *r = sl_record_new();
+    if (!r)
+        return;
+    const sl_plan_t *p = &ex->plan;
+    r->id = strdup(ex->id);
+    r->time = now_unix() - dur_ms / 1000.0;
+    r->client = dup_or_null(p->client);
+    r->service = dup_or_null(p->service);
+    r->method = dup_or_null(ex->method);
+    r->path = dup_or_null(ex->path);
+    r->route = dup_or_null(p->route);
+    r->supplier = dup_or_null(p->supplier);
+    r->model_in = dup_or_null(p->model_in);
+    r->model_out = dup_or_null(lf->model_out ? lf->model_out : p->model_out);
+    r->status = status;
+    r->duration_ms = dur_ms;
+    r->ttfb_ms = ttfb_ms;
+    r->bytes_in = (int64_t)ex->bytes_in;
+    r->bytes_out = (int64_t)bytes_out;
+    r->input_tokens = lf->input_tokens;
+    r->output_tokens = lf->output_tokens;
+    r->cache_read_tokens = lf->cache_read_tokens;
+    r->cache_write_tokens = lf->cache_write_tokens;
+    r->reason = strdup(sl_term_reason_name(res->reason));
+    r->partial = res->partial;
+    r->expected = res->expected;
+    if (res->reason != SL_TERM_COMPLETE) {
+        sl_buf_t e;
+        sl_buf_init(&e, 0);
+        sl_buf_printf(&e, "partial=%s; reason=%s", res->partial ? "true" : "false",
+                      sl_term_reason_name(res->reason));
+        if (res->detail && *res->detail)
+            sl_buf_printf(&e, "; %s", res->detail);
+        r->error = strdup(sl_buf_cstr(&e));
+        sl_buf_free(&e);
+    }
+    r->attempts = ex->have_plan && !ex->plan.direct ? 1 : 0;
+    r->extra_json = dup_or_null(lf->extra_json);
+    sl_records_submit(rs, r);
+}
+
+static void finalize(sl_exchange_t *ex)
+{
+    if (ex->finalized)
+        return;
+    ex->finalized = 1;
+    if (ex->task) {
+        sl_lua_task_cancel(ex->task);
+        ex->task = NULL;
+    }
+    if (ex->xfer) {
+        ex->term.connected = sl_transfer_connected(ex->xfer);
+        sl_transfer_abort(ex->xfer);
+        ex->xfer = NULL;
+    }
+    uv_timer_stop(&ex->t_wait);
+    uv_timer_stop(&ex->t_total);
+
+    int committed = ex->conn ? sl_conn_committed(ex->conn) : ex->first_out_ns != 0;
+    ex->term.committed = committed;
+    sl_term_result_t res = sl_term_classify(&ex->term);
+    int status = ex->term.http_status;
+
+    /* Let the protocol close the client's stream, or shape the error. */
+    sl_lua_outcome_t oc = {sl_term_reason_name(res.reason), res.expected, res.partial, committed,
+                           ex->upstream_status, res.detail};
+    sl_buf_reset(&ex->out);
+    sl_lua_resp_t er;
+    memset(&er, 0, sizeof er);
+    int frc = ex->h ? sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, &er, ex->err2, sizeof ex->err2)
+                    : SL_ESCRIPT;
+    if (ex->conn) {
+        if (committed) {
+            if (!frc && ex->out.len)
+                sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
+        } else if (!frc && er.status) {
+            status = er.status;
+            respond_full(ex, er.status, er.headers, er.nheaders,
+                         sl_str(er.body.base ? er.body.base : "", er.body.len));
+        } else if (res.reason == SL_TERM_COMPLETE && ex->head_ready) {
+            status = ex->head.status; /* an empty body */
+            respond_full(ex, ex->head.status, ex->head.headers, ex->head.nheaders, SL_STR(""));
+        } else {
+            static const sl_header_t ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
+            status = res.reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502;
+            respond_full(ex, status, ct, 1,
+                         SL_STR("{\"error\":{\"type\":\"api_error\",\"message\":"
+                                "\"gateway error (see sluice log)\"}}"));
+        }
+        if (committed && ex->head_ready)
+            status = ex->head.status;
+    }
+    sl_lua_resp_free(&er);
+
+    uint64_t bytes_out = ex->conn ? sl_conn_bytes_out(ex->conn) : 0;
+    uint64_t end = uv_hrtime();
+    double dur_ms = (double)(end - ex->start_ns) / 1e6;
+    double ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1;
+
+    sl_lua_logfields_t lf = {-1, -1, -1, -1, NULL, NULL};
+    if (ex->h)
+        sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
+    write_access_log(ex, &res, status, dur_ms, ttfb_ms, bytes_out);
+    submit_record(ex, &res, status, dur_ms, ttfb_ms, bytes_out, &lf);
+    sl_lua_logfields_free(&lf);
+
+    sl_metrics_request(ex->plan.service ? ex->plan.service : "none",
+                       ex->plan.supplier ? ex->plan.supplier : "none", status);
+    sl_metrics_outcome(sl_term_reason_name(res.reason), res.partial);
+    sl_metrics_observe_duration(dur_ms / 1000.0);
+    if (ttfb_ms >= 0)
+        sl_metrics_observe_ttfb(ttfb_ms / 1000.0);
+    if (ex->sse_on)
+        sl_metrics_gauge_add(SL_GAUGE_STREAMS, -1);
+
+    if (ex->conn) {
+        sl_conn_finish(ex->conn);
+        ex->conn = NULL;
+    }
+    if (ex->sse_on)
+        sl_sse_parser_free(&ex->sse);
+    sl_buf_free(&ex->body);
+    sl_buf_free(&ex->out);
+    sl_lua_resp_free(&ex->head);
+    if (ex->have_plan)
+        sl_plan_free(&ex->plan);
+    if (ex->h) {
+        sl_lua_ctx_free(ex->h, ex->ctx);
+        sl_luahost_release(ex->h);
+        ex->h = NULL;
+    }
+    sl_worker_t *w = ex->w;
+    if (ex->prev)
+        ex->prev->next = ex->next;
+    else
+        w->exchanges = ex->next;
+    if (ex->next)
+        ex->next->prev = ex->prev;
+    w->nexchanges--;
+    uv_close((uv_handle_t *)&ex->t_wait, on_handle_closed);
+    uv_close((uv_handle_t *)&ex->t_total, on_handle_closed);
+}
+
+void sl_exchange_shutdown(sl_exchange_t *ex)
+{
+    if (ex->conn)
+        sl_conn_set_handler(ex->conn, NULL, NULL);
+    fail(ex, SL_TERM_CAUSE_SHUTDOWN, 0, "sluice is shutting down");
+}
+
+void sl_exchange_start(sl_request_t *req, void *worker)
+{
+    sl_worker_t *w = worker;
+    if (sl_str_has_prefix(req->path, "/_sluice/")) {
+        sl_admin_handle(w, req);
+        return;
+    }
+    sl_exchange_t *ex = calloc(1, sizeof *ex);
+    if (!ex) {
+        sl_conn_close(req->conn, 0);
+        return;
+    }
+    ex->w = w;
+    ex->conn = req->conn;
+    ex->req = req;
+    ex->start_ns = req->start_ns ? req->start_ns : uv_hrtime();
+    ex->bytes_in = req->bytes_in;
+    ex->method = strdup(req->method);
+    sl_buf_t path;
+    sl_buf_init(&path, 0);
+    sl_log_redact_query(&path, req->url);
+    ex->path = strdup(sl_buf_cstr(&path) ? path.base : "");
+    sl_buf_free(&path);
+    snprintf(ex->peer_copy, sizeof ex->peer_copy, "%s", req->peer);
+    make_request_id(ex, req);
+    sl_term_init(&ex->term);
+    sl_buf_init(&ex->out, 0);
+    sl_buf_init(&ex->body, 0);
+    uv_timer_init(&w->loop, &ex->t_wait);
+    uv_timer_init(&w->loop, &ex->t_total);
+    ex->t_wait.data = ex->t_total.data = ex;
+    ex->open_handles = 2;
+    ex->next = w->exchanges;
+    if (w->exchanges)
+        w->exchanges->prev = ex;
+    w->exchanges = ex;
+    w->nexchanges++;
+    sl_conn_set_handler(req->conn, &conn_handler, ex);
+
+    ex->h = w->host;
+    sl_luahost_retain(ex->h);
+    ex->ctx = sl_lua_ctx_new(ex->h, req, ex->id);
+    int rc = sl_lua_request(ex->h, ex->ctx, on_plan, ex, &ex->task);
+    if (rc)
+        fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, sl_strerror(rc));
+}

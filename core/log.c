@@ -1,0 +1,164 @@
+/*
+ * log.c — error log and access log (see log.h). Lines are built in a stack
+ * or heap buffer and emitted with one write(2) under a mutex so concurrent
+ * workers never interleave partial lines.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+
+static sl_log_level_t min_level = SL_LOG_INFO;
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static int access_fd = -1;
+static int access_owned = 0;
+static __thread int thread_id = 0;
+
+static const char *level_names[] = {"debug", "info", "warn", "error"};
+
+void sl_log_set_level(sl_log_level_t level)
+{
+    min_level = level;
+}
+
+int sl_log_level_parse(const char *name, sl_log_level_t *out)
+{
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(name, level_names[i]) == 0) {
+            *out = (sl_log_level_t)i;
+            return 0;
+        }
+    }
+    return SL_EINVAL;
+}
+
+void sl_log_set_thread_id(int id)
+{
+    thread_id = id;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void sl_log(sl_log_level_t level, const char *fmt, ...)
+{
+    if (level < min_level)
+        return;
+    char line[4096];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] w%d: ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, level_names[level], thread_id);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof line - 2)
+        len = sizeof line - 2;
+    line[len++] = '\n';
+    pthread_mutex_lock(&log_mu);
+    write_all(STDERR_FILENO, line, len);
+    pthread_mutex_unlock(&log_mu);
+}
+
+int sl_access_log_open(const char *where)
+{
+    sl_access_log_close();
+    if (!where || strcmp(where, "off") == 0)
+        return 0;
+    if (strcmp(where, "stderr") == 0) {
+        access_fd = STDERR_FILENO;
+        return 0;
+    }
+    if (strcmp(where, "stdout") == 0) {
+        access_fd = STDOUT_FILENO;
+        return 0;
+    }
+    int fd = open(where, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -errno;
+    access_fd = fd;
+    access_owned = 1;
+    return 0;
+}
+
+void sl_access_log_close(void)
+{
+    if (access_owned && access_fd >= 0)
+        close(access_fd);
+    access_fd = -1;
+    access_owned = 0;
+}
+
+int sl_access_log_enabled(void)
+{
+    return access_fd >= 0;
+}
+
+void sl_access_log_write(const char *line, size_t len)
+{
+    if (access_fd < 0)
+        return;
+    pthread_mutex_lock(&log_mu);
+    write_all(access_fd, line, len);
+    write_all(access_fd, "\n", 1);
+    pthread_mutex_unlock(&log_mu);
+}
+
+static int is_secret_param(const char *name, size_t len)
+{
+    static const char *names[] = {"key", "api_key", "apikey", "access_token", "token", "secret"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return 1;
+    return 0;
+}
+
+int sl_log_redact_query(sl_buf_t *out, sl_str_t url)
+{
+    const char *q = memchr(url.base, '?', url.len);
+    if (!q)
+        return sl_buf_append_str(out, url);
+    int rc = sl_buf_append(out, url.base, (size_t)(q - url.base) + 1);
+    const char *p = q + 1, *end = url.base + url.len;
+    while (!rc && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        if (eq && is_secret_param(p, (size_t)(eq - p))) {
+            rc = sl_buf_append(out, p, (size_t)(eq - p) + 1);
+            if (!rc)
+                rc = sl_buf_append_c(out, "REDACTED");
+        } else {
+            rc = sl_buf_append(out, p, (size_t)(pe - p));
+        }
+        if (!rc && amp)
+            rc = sl_buf_append_byte(out, '&');
+        p = amp ? amp + 1 : end;
+    }
+    return rc;
+}

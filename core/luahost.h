@@ -1,0 +1,166 @@
+/*
+ * luahost.h — one LuaJIT VM per worker and the hooks the core calls in it.
+ *
+ * The VM loads lua/sluice/host.lua (the only Lua module that knows this C
+ * ABI), which loads the config and exposes the hooks of DESIGN §4:
+ *   request(ctx)                -> plan | direct response   (a coroutine: may yield)
+ *   response(ctx, status, hdrs) -> { status, headers } | nil
+ *   events(ctx, batch)          -> bytes for the client      (once per upstream read)
+ *   body(ctx, status, body)     -> status, headers, body     (non-SSE transform)
+ *   finish(ctx, outcome)        -> closing bytes | error response
+ *   log(ctx, record)            -> fields for the history record
+ * Every call runs under an instruction budget; errors and budget overruns are
+ * returned as SL_ESCRIPT / SL_EBUDGET with the traceback in `err` — they
+ * never unwind into C.
+ *
+ * A host is reference counted: a reload makes a new host while requests in
+ * flight keep the one they started on until they end.
+ *
+ * Everything returned to C (plans, headers, bodies) is copied out of the VM
+ * into C-owned structures, so nothing borrowed from Lua outlives a call.
+ */
+#ifndef SL_LUAHOST_H
+#define SL_LUAHOST_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "server.h"
+#include "sse.h"
+
+typedef struct sl_luahost_s sl_luahost_t;
+typedef struct sl_lua_task_s sl_lua_task_t;
+typedef struct sl_upstream_s sl_upstream_t;
+
+/* The parts of the (validated) config the C core reads. */
+typedef struct {
+    char **listen;            /* "host:port" strings */
+    size_t nlisten;
+    int workers;              /* 0 = one per core */
+    sl_server_limits_t limits;
+    uint64_t t_connect, t_first_byte, t_idle, t_total; /* ms defaults */
+    size_t max_event;         /* bytes of one pending SSE event */
+    size_t max_response;      /* bytes of a buffered (non-streamed) upstream answer */
+    uint64_t script_budget;   /* VM instructions per hook call */
+    uint64_t shutdown_timeout_ms;
+    char *access_log;         /* "off", "stderr", "stdout" or a path */
+    char *log_level;
+    char *admin_token;        /* NULL when none */
+    char *history_path;       /* NULL when history is off */
+    int history_max;
+    int history_bodies;
+} sl_config_t;
+
+void sl_config_free(sl_config_t *c);
+
+typedef struct {
+    const char *config_path;
+    const char *lua_dir;      /* root of the Lua library (contains sluice/) */
+    int worker_id;
+    uv_loop_t *loop;          /* NULL for a host used only to check a config */
+    sl_upstream_t *upstream;  /* for sluice.http; NULL when loop is NULL */
+} sl_luahost_opts_t;
+
+/* Builds a VM, loads the host glue and the config. On failure returns a
+ * negative code and a message naming the problem (e.g. the config field). */
+int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, size_t errlen);
+void sl_luahost_retain(sl_luahost_t *h);
+void sl_luahost_release(sl_luahost_t *h);
+const sl_config_t *sl_luahost_config(const sl_luahost_t *h);
+/* A fresh copy of the config (caller frees with sl_config_free). */
+int sl_luahost_config_copy(const sl_luahost_t *h, sl_config_t *out);
+
+/* ---- per-request context ---- */
+
+/* Creates the request's ctx table. Returns a handle > 0, or a negative error. */
+int sl_lua_ctx_new(sl_luahost_t *h, const sl_request_t *req, const char *request_id);
+void sl_lua_ctx_free(sl_luahost_t *h, int ctx);
+/* Sets ctx[key] = value (string) — used for facts C learns later. */
+void sl_lua_ctx_set(sl_luahost_t *h, int ctx, const char *key, sl_str_t value);
+
+/* ---- the plan returned by the request hook ---- */
+
+#define SL_PLAN_MAX_MARKERS 8
+
+typedef struct {
+    int direct;               /* 1: answer with status/headers/body, no upstream */
+    int status;
+    sl_header_t *headers;     /* owned (strings below are owned too) */
+    size_t nheaders;
+    sl_buf_t body;
+    int body_original;        /* 1: send the client's body unchanged */
+    char *url, *method;
+    int stream;               /* upstream answers SSE: frame it */
+    int transform;            /* run events/body hooks; else pass bytes through */
+    sl_sse_marker_t markers[SL_PLAN_MAX_MARKERS];
+    size_t nmarkers;
+    uint64_t t_connect, t_first_byte, t_idle, t_total;
+    int verify_tls;
+    /* For the record and the access log. */
+    char *service, *client, *route, *supplier, *model_in, *model_out, *protocol;
+} sl_plan_t;
+
+void sl_plan_free(sl_plan_t *p);
+
+/* A response computed by Lua (direct, hook-adjusted head, or error). */
+typedef struct {
+    int status;
+    sl_header_t *headers;
+    size_t nheaders;
+    sl_buf_t body;
+    int has_body;
+} sl_lua_resp_t;
+
+void sl_lua_resp_free(sl_lua_resp_t *r);
+
+/* ---- hooks ---- */
+
+/* Runs request(ctx) as a coroutine. `done` is called exactly once (maybe
+ * before this returns) with rc 0 and a filled plan, or rc < 0 and err.
+ * sl_lua_task_cancel() stops a task waiting on sleep/http; done is then not
+ * called. */
+typedef void (*sl_lua_task_cb)(void *ud, int rc, sl_plan_t *plan, const char *err);
+int sl_lua_request(sl_luahost_t *h, int ctx, sl_lua_task_cb done, void *ud, sl_lua_task_t **out);
+void sl_lua_task_cancel(sl_lua_task_t *t);
+
+/* response(ctx, status, headers): out->status == 0 means "pass through". */
+int sl_lua_response(sl_luahost_t *h, int ctx, int status, const sl_header_t *hv, size_t n,
+                    sl_lua_resp_t *out, char *err, size_t errlen);
+
+/* Batching interface for the events hook: add events, then flush once per
+ * upstream read; the bytes to write are appended to out. */
+int sl_lua_events_begin(sl_luahost_t *h);
+int sl_lua_events_add(sl_luahost_t *h, const sl_sse_event_t *ev);
+int sl_lua_events_flush(sl_luahost_t *h, int ctx, sl_buf_t *out, char *err, size_t errlen);
+
+/* body(ctx, status, body) for non-streamed transformed answers. */
+int sl_lua_body(sl_luahost_t *h, int ctx, int status, sl_str_t body, sl_lua_resp_t *out,
+                char *err, size_t errlen);
+
+typedef struct {
+    const char *reason;
+    int expected, partial, committed;
+    int upstream_status;
+    const char *detail;
+} sl_lua_outcome_t;
+
+/* finish(ctx, outcome): when committed, closing bytes go to `bytes`; when not
+ * committed, an error response goes to `resp` (resp->status 0 if none). */
+int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t *bytes,
+                  sl_lua_resp_t *resp, char *err, size_t errlen);
+
+/* What the log hook adds to the history record. */
+typedef struct {
+    int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */
+    char *model_out;   /* may be NULL */
+    char *extra_json;  /* JSON object text, or NULL */
+} sl_lua_logfields_t;
+
+int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);
+void sl_lua_logfields_free(sl_lua_logfields_t *f);
+
+/* Budget/script errors since the host was created (for metrics). */
+uint64_t sl_luahost_script_errors(const sl_luahost_t *h);
+
+#endif

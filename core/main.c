@@ -1,0 +1,216 @@
+/*
+ * main.c — the sluice binary: arguments, config check, the worker threads,
+ * and signals (TERM/INT drain and exit 0; HUP reloads every worker).
+ *
+ * The main thread owns nothing a request touches. It validates the config
+ * once (so `--check` and a bad start-up fail the same way, naming the
+ * field), opens the shared pieces (logs, history), starts the workers and
+ * then only waits for signals.
+ */
+#include <curl/curl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "error.h"
+#include "log.h"
+#include "luahost.h"
+#include "metrics.h"
+#include "records.h"
+#include "worker.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sluice [-c CONFIG] [--check] [--workers N] [--version]\n"
+               "  -c, --config FILE  config file (default $SLUICE_CONFIG or config/sluice.lua)\n"
+               "  --check            validate the config and exit (non-zero if it is bad)\n"
+               "  --workers N        worker threads (overrides the config)\n"
+               "  --version          print the version\n");
+}
+
+/* The Lua library: $SLUICE_LUA_DIR, else ../lua next to the binary (the
+ * build tree layout), else the source tree this binary was built from. */
+static void find_lua_dir(char *out, size_t outlen)
+{
+    const char *env = getenv("SLUICE_LUA_DIR");
+    if (env && *env) {
+        snprintf(out, outlen, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    size_t n = sizeof exe;
+    if (uv_exepath(exe, &n) == 0) {
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char probe[PATH_MAX + 32];
+            snprintf(probe, sizeof probe, "%s/../lua/sluice/host.lua", exe);
+            struct stat st;
+            if (stat(probe, &st) == 0 && strlen(exe) + 8 < outlen) {
+                memcpy(out, exe, strlen(exe));
+                memcpy(out + strlen(exe), "/../lua", 8);
+                return;
+            }
+        }
+    }
+    snprintf(out, outlen, "%s/lua", SLUICE_SOURCE_DIR);
+}
+
+static void mkdirs_for(const char *path)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(tmp, 0750);
+            *p = '/';
+        }
+    }
+}
+
+static sl_worker_t *workers;
+static int nworkers;
+static uv_signal_t sig_term, sig_int, sig_hup;
+static int stopping;
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    if (signum == SIGHUP) {
+        sl_log_info("SIGHUP: reloading %d worker(s)", nworkers);
+        for (int i = 0; i < nworkers; i++)
+            sl_worker_post(&workers[i], SL_WORKER_CMD_RELOAD);
+        return;
+    }
+    if (stopping)
+        return;
+    stopping = 1;
+    sl_log_info("%s: draining in-flight requests", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    for (int i = 0; i < nworkers; i++)
+        sl_worker_post(&workers[i], SL_WORKER_CMD_STOP);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const char *config = getenv("SLUICE_CONFIG");
+    int check = 0, workers_override = 0;
+    if (!config || !*config)
+        config = "config/sluice.lua";
+    for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) {
+            config = argv[++i];
+        } else if (!strcmp(argv[i], "--check")) {
+            check = 1;
+        } else if (!strcmp(argv[i], "--workers") && i + 1 < argc) {
+            workers_override = atoi(argv[++i]);
+            if (workers_override < 1 || workers_override > 256) {
+                fprintf(stderr, "sluice: --workers must be between 1 and 256\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("sluice %s\n", SLUICE_VERSION);
+            return 0;
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "sluice: unknown argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    char lua_dir[PATH_MAX];
+    find_lua_dir(lua_dir, sizeof lua_dir);
+
+    /* Validate once on this thread: the same path --check takes. */
+    char err[2048];
+    sl_luahost_t *probe;
+    sl_luahost_opts_t po = {config, lua_dir, 0, NULL, NULL};
+    if (sl_luahost_new(&probe, &po, err, sizeof err) != 0) {
+        fprintf(stderr, "sluice: %s: %s\n", config, err);
+        return 1;
+    }
+    if (check) {
+        printf("sluice: %s: config ok\n", config);
+        sl_luahost_release(probe);
+        return 0;
+    }
+    sl_config_t cfg;
+    sl_luahost_config_copy(probe, &cfg);
+    sl_luahost_release(probe);
+
+    sl_log_level_t level;
+    if (cfg.log_level && sl_log_level_parse(cfg.log_level, &level) == 0)
+        sl_log_set_level(level);
+    int rc = sl_access_log_open(cfg.access_log ? cfg.access_log : "stderr");
+    if (rc) {
+        fprintf(stderr, "sluice: log.access %s: %s\n", cfg.access_log, sl_strerror(rc));
+        return 1;
+    }
+    sl_metrics_init();
+
+    static sl_app_t app;
+    app.config_path = config;
+    app.lua_dir = lua_dir;
+    app.started = (double)time(NULL);
+    if (cfg.history_path) {
+        mkdirs_for(cfg.history_path);
+        rc = sl_records_open(&app.records, cfg.history_path, cfg.history_max, cfg.history_bodies);
+        if (rc) {
+            fprintf(stderr, "sluice: history.path %s: %s\n", cfg.history_path, sl_strerror(rc));
+            return 1;
+        }
+    }
+
+    nworkers = workers_override ? workers_override : cfg.workers;
+    if (nworkers <= 0)
+        nworkers = (int)uv_available_parallelism();
+    workers = calloc((size_t)nworkers, sizeof *workers);
+    app.workers = calloc((size_t)nworkers, sizeof *app.workers);
+    app.nworkers = nworkers;
+    for (int i = 0; i < nworkers; i++)
+        app.workers[i] = &workers[i];
+    for (int i = 0; i < nworkers; i++) {
+        if (sl_worker_start(&workers[i], &app, i + 1, err, sizeof err) != 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            return 1;
+        }
+    }
+    for (size_t i = 0; i < cfg.nlisten; i++)
+        sl_log_info("sluice %s listening on %s (%d workers)", SLUICE_VERSION, cfg.listen[i],
+                    nworkers);
+
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_run(loop, UV_RUN_DEFAULT);
+
+    for (int i = 0; i < nworkers; i++)
+        sl_worker_join(&workers[i]);
+    if (app.records)
+        sl_records_close(app.records);
+    sl_access_log_close();
+    sl_config_free(&cfg);
+    free(workers);
+    free(app.workers);
+    uv_loop_close(loop);
+    curl_global_cleanup();
+    sl_log_info("sluice stopped");
+    return 0;
+}

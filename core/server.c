@@ -1,0 +1,759 @@
+/*
+ * server.c — downstream HTTP/1.1 (see server.h).
+ *
+ * A connection alternates between two states: READING (llhttp parses bytes
+ * into a request) and BUSY (a request was handed to the application and its
+ * response is being written). While BUSY we keep reading so that EOF or a
+ * reset is seen immediately — that is what lets a client disconnect abort
+ * the upstream transfer at once — and any pipelined bytes are stashed
+ * (bounded) and parsed after the response ends.
+ *
+ * Every byte the server buffers is bounded: the request head by max_header,
+ * the body by max_body, the stash by both. Timers close connections that are
+ * slow to send a head (slowloris) or idle between requests.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "log.h"
+
+enum conn_state { CONN_READING, CONN_BUSY, CONN_CLOSING };
+
+typedef struct {
+    size_t name_off, name_len, value_off, value_len;
+} header_off_t;
+
+struct sl_conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    sl_server_t *srv;
+    sl_conn_t *prev, *next;
+    llhttp_t parser;
+    enum conn_state state;
+
+    sl_buf_t head; /* url + header names and values, back to back */
+    size_t url_len;
+    header_off_t *hoff;
+    size_t nh, hcap;
+    int in_value;  /* last header callback was a value (a new field starts a header) */
+    sl_header_t *hviews;
+    sl_buf_t body;
+    sl_buf_t stash;
+    int started;   /* first byte of the current request head arrived */
+    int head_done;
+    int body_too_large;
+    int want_close;
+    int pending_stash; /* stash must be parsed once the current response ends */
+    sl_request_t req;
+
+    int chunked;
+    int committed;
+    size_t write_queue;
+    int above_high;
+    uint64_t bytes_out;
+    uint64_t bytes_in;
+
+    const sl_conn_handler_t *h;
+    void *hdata;
+    char peer[64];
+};
+
+struct sl_server_s {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    sl_server_limits_t limits;
+    sl_request_cb cb;
+    void *app;
+    llhttp_settings_t settings;
+    sl_conn_t *conns;
+    size_t nconns;
+    int stopping;
+    int listener_closed;
+    void (*stop_done)(void *);
+    void *stop_arg;
+    char readbuf[64 * 1024];
+};
+
+typedef struct {
+    uv_write_t req;
+    sl_conn_t *conn;
+    size_t len;
+    char data[];
+} wreq_t;
+
+static void conn_close(sl_conn_t *c);
+static void conn_process(sl_conn_t *c, const char *data, size_t len);
+
+/* ---- llhttp callbacks: accumulate the request, bounded ---- */
+
+static sl_conn_t *conn_of(llhttp_t *p)
+{
+    return (sl_conn_t *)p->data;
+}
+
+static int head_append(sl_conn_t *c, const char *at, size_t len)
+{
+    int rc = sl_buf_append(&c->head, at, len);
+    if (rc == SL_ELIMIT) {
+        llhttp_set_error_reason(&c->parser, "request head too large");
+        return HPE_USER;
+    }
+    return rc ? HPE_USER : 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    sl_conn_t *c = conn_of(p);
+    sl_buf_reset(&c->head);
+    sl_buf_reset(&c->body);
+    c->url_len = 0;
+    c->nh = 0;
+    c->in_value = 0;
+    c->head_done = 0;
+    c->body_too_large = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    sl_conn_t *c = conn_of(p);
+    c->url_len += len;
+    return head_append(c, at, len);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    sl_conn_t *c = conn_of(p);
+    if (c->nh == 0 || c->in_value) {
+        if (c->nh >= c->srv->limits.max_headers_count) {
+            llhttp_set_error_reason(p, "too many headers");
+            return HPE_USER;
+        }
+        if (c->nh == c->hcap) {
+            size_t cap = c->hcap ? c->hcap * 2 : 32;
+            header_off_t *n = realloc(c->hoff, cap * sizeof *n);
+            if (!n)
+                return HPE_USER;
+            c->hoff = n;
+            c->hcap = cap;
+        }
+        c->hoff[c->nh++] = (header_off_t){c->head.len, 0, c->head.len, 0};
+        c->in_value = 0;
+    }
+    c->hoff[c->nh - 1].name_len += len;
+    c->hoff[c->nh - 1].value_off = c->head.len + len;
+    return head_append(c, at, len);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    sl_conn_t *c = conn_of(p);
+    if (c->nh == 0)
+        return HPE_USER;
+    if (!c->in_value)
+        c->hoff[c->nh - 1].value_off = c->head.len;
+    c->in_value = 1;
+    c->hoff[c->nh - 1].value_len += len;
+    return head_append(c, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    sl_conn_t *c = conn_of(p);
+    c->head_done = 1;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->limits.max_body) {
+        c->body_too_large = 1;
+        return HPE_PAUSED; /* deliver a 413 now; the body is never read */
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    sl_conn_t *c = conn_of(p);
+    if (c->body.len + len > c->srv->limits.max_body) {
+        c->body_too_large = 1;
+        return HPE_PAUSED;
+    }
+    return sl_buf_append(&c->body, at, len) ? HPE_USER : 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    return HPE_PAUSED; /* one request at a time: resume after its response */
+}
+
+/* ---- writes ---- */
+
+static void on_write(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    sl_conn_t *c = wr->conn;
+    c->write_queue -= wr->len;
+    free(wr);
+    if (status < 0) {
+        if (c->state == CONN_BUSY && c->h && c->h->on_gone) {
+            const sl_conn_handler_t *h = c->h;
+            c->h = NULL;
+            h->on_gone(c->hdata, status);
+        }
+        conn_close(c);
+        return;
+    }
+    if (c->above_high && c->write_queue < SL_CONN_LOW_WATER) {
+        c->above_high = 0;
+        if (c->h && c->h->on_drain)
+            c->h->on_drain(c->hdata);
+    }
+}
+
+/* Queues up to three pieces as one write (chunk size line, data, CRLF). */
+static int conn_write3(sl_conn_t *c, const char *a, size_t na, const char *b, size_t nb,
+                       const char *d, size_t nd)
+{
+    if (c->state == CONN_CLOSING || uv_is_closing((uv_handle_t *)&c->tcp))
+        return SL_ECLOSED;
+    size_t len = na + nb + nd;
+    wreq_t *wr = malloc(sizeof *wr + len);
+    if (!wr)
+        return SL_ENOMEM;
+    wr->conn = c;
+    wr->len = len;
+    memcpy(wr->data, a, na);
+    if (nb)
+        memcpy(wr->data + na, b, nb);
+    if (nd)
+        memcpy(wr->data + na + nb, d, nd);
+    uv_buf_t buf = uv_buf_init(wr->data, (unsigned)len);
+    int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rc < 0) {
+        free(wr);
+        return rc;
+    }
+    c->write_queue += len;
+    c->bytes_out += len;
+    if (c->write_queue >= SL_CONN_HIGH_WATER)
+        c->above_high = 1;
+    return 0;
+}
+
+static int has_crlf(sl_str_t s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        if (s.base[i] == '\r' || s.base[i] == '\n' || s.base[i] == '\0')
+            return 1;
+    return 0;
+}
+
+int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
+                      int64_t content_length)
+{
+    if (c->committed)
+        return SL_EINVAL;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    int keep = c->req.keep_alive && !c->want_close && !c->srv->stopping;
+    int rc = sl_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, sl_http_reason(status));
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (has_crlf(h[i].name) || has_crlf(h[i].value) || h[i].name.len == 0) {
+            rc = SL_EINVAL;
+            break;
+        }
+        rc = sl_buf_append_str(&b, h[i].name);
+        rc = rc ? rc : sl_buf_append(&b, ": ", 2);
+        rc = rc ? rc : sl_buf_append_str(&b, h[i].value);
+        rc = rc ? rc : sl_buf_append(&b, "\r\n", 2);
+    }
+    if (!rc) {
+        if (content_length >= 0)
+            rc = sl_buf_printf(&b, "Content-Length: %lld\r\n", (long long)content_length);
+        else
+            rc = sl_buf_append_c(&b, "Transfer-Encoding: chunked\r\n");
+    }
+    if (!rc)
+        rc = sl_buf_append_c(&b, keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+    if (!rc)
+        rc = conn_write3(c, b.base, b.len, NULL, 0, NULL, 0);
+    sl_buf_free(&b);
+    if (rc)
+        return rc;
+    if (!keep)
+        c->want_close = 1;
+    c->committed = 1;
+    c->chunked = content_length < 0;
+    return 0;
+}
+
+int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n)
+{
+    if (!c->committed)
+        return SL_EINVAL;
+    if (n == 0)
+        return 0;
+    if (!c->chunked)
+        return conn_write3(c, p, n, NULL, 0, NULL, 0);
+    char line[24];
+    int m = snprintf(line, sizeof line, "%zx\r\n", n);
+    return conn_write3(c, line, (size_t)m, p, n, "\r\n", 2);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    sl_conn_t *c = req->data;
+    free(req);
+    conn_close(c);
+}
+
+static void conn_close_graceful(sl_conn_t *c)
+{
+    uv_shutdown_t *req = malloc(sizeof *req);
+    c->state = CONN_CLOSING;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(req);
+        conn_close(c);
+        return;
+    }
+    req->data = c;
+}
+
+static void arm_timer(sl_conn_t *c, uint64_t ms);
+
+static void on_stash_timer(uv_timer_t *t)
+{
+    sl_conn_t *c = t->data;
+    arm_timer(c, c->srv->limits.keepalive_timeout_ms);
+    if (c->pending_stash && c->stash.len) {
+        c->pending_stash = 0;
+        sl_buf_t s = c->stash;
+        sl_buf_init(&c->stash, c->stash.limit);
+        conn_process(c, s.base, s.len);
+        sl_buf_free(&s);
+    }
+}
+
+int sl_conn_finish(sl_conn_t *c)
+{
+    if (c->state != CONN_BUSY)
+        return SL_EINVAL;
+    int rc = 0;
+    if (c->committed && c->chunked)
+        rc = conn_write3(c, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+    c->h = NULL;
+    c->hdata = NULL;
+    c->committed = 0;
+    c->chunked = 0;
+    c->started = 0;
+    c->state = CONN_READING;
+    if (rc || c->want_close || c->body_too_large || c->srv->stopping) {
+        conn_close_graceful(c);
+        return rc;
+    }
+    llhttp_resume(&c->parser);
+    /* Parse pipelined bytes from a fresh loop iteration, never re-entrantly
+     * from inside the application's call. */
+    if (c->stash.len) {
+        c->pending_stash = 1;
+        uv_timer_stop(&c->timer);
+        uv_timer_start(&c->timer, on_stash_timer, 0, 0);
+    } else {
+        arm_timer(c, c->srv->limits.keepalive_timeout_ms);
+    }
+    return 0;
+}
+
+int sl_conn_respond(sl_conn_t *c, int status, const sl_header_t *h, size_t n, sl_str_t body)
+{
+    int rc = sl_conn_send_head(c, status, h, n, (int64_t)body.len);
+    if (!rc)
+        rc = sl_conn_send_body(c, body.base, body.len);
+    int rc2 = sl_conn_finish(c);
+    return rc ? rc : rc2;
+}
+
+size_t sl_conn_write_queue(const sl_conn_t *c)
+{
+    return c->write_queue;
+}
+
+int sl_conn_committed(const sl_conn_t *c)
+{
+    return c->committed;
+}
+
+uint64_t sl_conn_bytes_out(const sl_conn_t *c)
+{
+    return c->bytes_out;
+}
+
+void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data)
+{
+    c->h = h;
+    c->hdata = data;
+}
+
+/* ---- connection lifecycle ---- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    sl_conn_t *c = h->data;
+    sl_server_t *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    sl_buf_free(&c->head);
+    sl_buf_free(&c->body);
+    sl_buf_free(&c->stash);
+    free(c->hoff);
+    free(c->hviews);
+    free(c);
+    if (s->stopping && s->nconns == 0 && s->listener_closed && s->stop_done)
+        s->stop_done(s->stop_arg);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    sl_conn_t *c = h->data;
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+static void conn_close(sl_conn_t *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    c->state = CONN_CLOSING;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+}
+
+void sl_conn_close(sl_conn_t *c, int graceful)
+{
+    c->h = NULL;
+    if (graceful)
+        conn_close_graceful(c);
+    else
+        conn_close(c);
+}
+
+static void on_conn_timeout(uv_timer_t *t)
+{
+    sl_conn_t *c = t->data;
+    if (c->state == CONN_READING) /* slow head, slow body, or idle keep-alive */
+        conn_close(c);
+}
+
+static void arm_timer(sl_conn_t *c, uint64_t ms)
+{
+    uv_timer_stop(&c->timer);
+    if (ms)
+        uv_timer_start(&c->timer, on_conn_timeout, ms, 0);
+}
+
+/* A small fixed error response for requests that never reached the app. */
+static void respond_raw_error(sl_conn_t *c, int status, const char *message)
+{
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    sl_buf_printf(&b, "{\"error\":{\"type\":\"invalid_request_error\",\"message\":\"");
+    sl_buf_append_json_str(&b, message, strlen(message));
+    sl_buf_append_c(&b, "\"}}");
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, sl_http_reason(status), b.len);
+    conn_write3(c, head, (size_t)n, b.base, b.len, NULL, 0);
+    sl_buf_free(&b);
+    conn_close_graceful(c);
+}
+
+static void build_request(sl_conn_t *c)
+{
+    sl_request_t *r = &c->req;
+    free(c->hviews);
+    c->hviews = c->nh ? malloc(c->nh * sizeof *c->hviews) : NULL;
+    for (size_t i = 0; i < c->nh && c->hviews; i++) {
+        c->hviews[i].name = sl_str(c->head.base + c->hoff[i].name_off, c->hoff[i].name_len);
+        c->hviews[i].value = sl_str(c->head.base + c->hoff[i].value_off, c->hoff[i].value_len);
+    }
+    r->conn = c;
+    r->method = llhttp_method_name((llhttp_method_t)c->parser.method);
+    r->url = sl_str(c->head.base, c->url_len);
+    const char *q = memchr(r->url.base, '?', r->url.len);
+    r->path = q ? sl_str(r->url.base, (size_t)(q - r->url.base)) : r->url;
+    r->query = q ? sl_str(q + 1, r->url.len - r->path.len - 1) : sl_str("", 0);
+    r->headers = c->hviews;
+    r->nheaders = c->hviews ? c->nh : 0;
+    r->body = c->body_too_large ? sl_str("", 0) : sl_str(c->body.base ? c->body.base : "", c->body.len);
+    r->keep_alive = llhttp_should_keep_alive(&c->parser);
+    r->error_status = c->body_too_large ? 413 : 0;
+    r->peer = c->peer;
+    r->bytes_in = c->bytes_in;
+    if (c->body_too_large)
+        c->want_close = 1;
+}
+
+/* Feeds bytes to llhttp; hands a complete request to the application. */
+static void conn_process(sl_conn_t *c, const char *data, size_t len)
+{
+    if (c->state == CONN_BUSY) {
+        if (sl_buf_append(&c->stash, data, len) != 0)
+            conn_close(c); /* a client pipelining more than we bound */
+        return;
+    }
+    if (c->state != CONN_READING)
+        return;
+    if (!c->started) {
+        c->started = 1;
+        c->req.start_ns = uv_hrtime();
+        c->bytes_in = 0;
+        arm_timer(c, c->srv->limits.header_timeout_ms);
+    }
+    c->bytes_in += len;
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_OK) {
+        if (c->head_done) /* body still arriving: the timeout is per read */
+            arm_timer(c, c->srv->limits.header_timeout_ms);
+        return;
+    }
+    if (err == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t used = pos ? (size_t)(pos - data) : len;
+        if (used < len && !c->body_too_large && sl_buf_append(&c->stash, data + used, len - used)) {
+            conn_close(c);
+            return;
+        }
+        c->bytes_in -= (len - used);
+        uv_timer_stop(&c->timer);
+        build_request(c);
+        if (!c->hviews && c->nh) {
+            conn_close(c);
+            return;
+        }
+        c->state = CONN_BUSY;
+        c->srv->cb(&c->req, c->srv->app);
+        return;
+    }
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    int status = 400;
+    if (err == HPE_USER && reason && strstr(reason, "too"))
+        status = 431;
+    sl_log_debug("malformed request from %s: %s (%s)", c->peer, llhttp_errno_name(err),
+                 reason ? reason : "");
+    respond_raw_error(c, status, reason ? reason : "malformed HTTP request");
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    sl_conn_t *c = h->data;
+    *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    sl_conn_t *c = stream->data;
+    if (nread > 0) {
+        conn_process(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (nread == 0)
+        return;
+    /* EOF or error: if a response is in flight, the client is gone. */
+    if (c->state == CONN_BUSY && c->h && c->h->on_gone) {
+        const sl_conn_handler_t *h = c->h;
+        c->h = NULL;
+        h->on_gone(c->hdata, (int)nread);
+    }
+    conn_close(c);
+}
+
+static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    snprintf(out, outlen, "%s:%d", ip, port);
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    sl_server_t *s = ls->data;
+    if (status < 0 || s->stopping)
+        return;
+    sl_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0 ||
+        (s->limits.max_connections && s->nconns > s->limits.max_connections)) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    peer_name(&c->tcp, c->peer, sizeof c->peer);
+    sl_buf_init(&c->head, s->limits.max_header);
+    sl_buf_init(&c->body, 0);
+    sl_buf_init(&c->stash, s->limits.max_header + s->limits.max_body);
+    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    c->parser.data = c;
+    c->state = CONN_READING;
+    arm_timer(c, s->limits.header_timeout_ms);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* Binds with SO_REUSEPORT so every worker has its own listening socket and
+ * the kernel spreads connections between them (libuv 1.44 cannot ask for
+ * it, so the socket is made here and handed to uv_tcp_open). */
+static int bind_reuseport(const char *addr, int port, uv_os_sock_t *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    memset(&ss, 0, sizeof ss);
+    if (uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss) == 0) {
+        sslen = sizeof(struct sockaddr_in);
+    } else if (uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss) == 0) {
+        sslen = sizeof(struct sockaddr_in6);
+    } else {
+        return SL_EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sslen) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    *out = fd;
+    return 0;
+}
+
+int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int port,
+                    const sl_server_limits_t *limits, sl_request_cb cb, void *app)
+{
+    sl_server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return SL_ENOMEM;
+    s->loop = loop;
+    s->limits = *limits;
+    s->cb = cb;
+    s->app = app;
+    llhttp_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_url = on_url;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_body = on_body;
+    s->settings.on_message_complete = on_message_complete;
+
+    uv_os_sock_t fd = -1;
+    int rc = bind_reuseport(addr, port, &fd);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    if ((rc = uv_tcp_open(&s->listener, fd)) < 0 ||
+        (rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) < 0) {
+        close(fd);
+        s->listener_closed = 1;
+        uv_close((uv_handle_t *)&s->listener, (uv_close_cb)free);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    sl_server_t *s = h->data;
+    s->listener_closed = 1;
+    if (s->nconns == 0 && s->stop_done)
+        s->stop_done(s->stop_arg);
+}
+
+void sl_server_stop(sl_server_t *s, void (*done)(void *), void *arg)
+{
+    s->stopping = 1;
+    s->stop_done = done;
+    s->stop_arg = arg;
+    for (sl_conn_t *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_READING)
+            conn_close(c); /* idle or mid-head: nothing owed to it */
+    }
+    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+}
+
+size_t sl_server_connections(const sl_server_t *s)
+{
+    return s->nconns;
+}
+
+void sl_server_set_limits(sl_server_t *s, const sl_server_limits_t *limits)
+{
+    s->limits = *limits;
+}
+
+const char *sl_http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 529: return "Overloaded";
+    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}

@@ -1,0 +1,106 @@
+/*
+ * server.h — the downstream HTTP/1.1 side: listening, accepting, parsing
+ * requests with llhttp (strict mode), enforcing limits, keep-alive, and
+ * writing responses (fixed-length or chunked) with backpressure.
+ *
+ * The server knows nothing about LLM protocols. It hands each complete
+ * request (headers and whole body, bounded by max_body) to the application
+ * callback and then waits for that request's response to end before parsing
+ * the next one on the connection. It keeps reading while a response is in
+ * flight so that a client that goes away is noticed at once (on_gone).
+ *
+ * Ownership: the server owns connections; a connection is freed only in its
+ * close callback. The application keeps a sl_conn_t pointer only until it
+ * receives on_gone or calls sl_conn_finish()/sl_conn_close().
+ */
+#ifndef SL_SERVER_H
+#define SL_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+
+typedef struct sl_conn_s sl_conn_t;
+typedef struct sl_server_s sl_server_t;
+
+typedef struct {
+    sl_str_t name;
+    sl_str_t value;
+} sl_header_t;
+
+typedef struct {
+    size_t max_header;         /* bytes of request line + headers */
+    size_t max_headers_count;  /* number of header fields */
+    size_t max_body;           /* request body bytes */
+    uint64_t header_timeout_ms;    /* time to receive a complete request head (slowloris) */
+    uint64_t keepalive_timeout_ms; /* idle time between requests */
+    size_t max_connections;    /* per worker; 0 = unlimited */
+} sl_server_limits_t;
+
+/* A parsed request. Views are valid until the response to it ends. */
+typedef struct {
+    sl_conn_t *conn;
+    const char *method;    /* static, upper case */
+    sl_str_t url;          /* origin-form target: path plus optional ?query */
+    sl_str_t path;         /* url without the query */
+    sl_str_t query;        /* after '?', empty if none */
+    sl_header_t *headers;
+    size_t nheaders;
+    sl_str_t body;
+    int keep_alive;
+    int error_status;      /* 0, or 413 when the body exceeded max_body (body is then empty) */
+    const char *peer;      /* "ip:port" of the client */
+    uint64_t start_ns;     /* uv_hrtime() when the request head began */
+    uint64_t bytes_in;     /* bytes of this request as received */
+} sl_request_t;
+
+/* Callbacks into the application for one connection's current request. */
+typedef struct {
+    /* The client went away (EOF, reset, write error) while a response was in
+     * flight. After this call the conn pointer must not be used. */
+    void (*on_gone)(void *data, int err);
+    /* The write queue drained below the low watermark (resume producers). */
+    void (*on_drain)(void *data);
+} sl_conn_handler_t;
+
+typedef void (*sl_request_cb)(sl_request_t *req, void *app);
+
+int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int port,
+                    const sl_server_limits_t *limits, sl_request_cb cb, void *app);
+/* Stops accepting, closes idle connections; busy ones close after their
+ * current response. `done` runs when the listener and all connections are
+ * closed. */
+void sl_server_stop(sl_server_t *s, void (*done)(void *), void *arg);
+/* Connections currently open (busy or idle). */
+size_t sl_server_connections(const sl_server_t *s);
+void sl_server_set_limits(sl_server_t *s, const sl_server_limits_t *limits);
+
+void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data);
+/* Response head. content_length < 0 means chunked transfer encoding.
+ * Adds Date-free minimal framing headers (Content-Length or
+ * Transfer-Encoding, Connection). Header values must not contain CR/LF:
+ * returns SL_EINVAL if one does. */
+int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
+                      int64_t content_length);
+/* Response body bytes (chunk-encoded when the head said chunked). Copies. */
+int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n);
+/* Ends the response: the connection then reads the next request or closes. */
+int sl_conn_finish(sl_conn_t *c);
+/* A complete small response in one call. */
+int sl_conn_respond(sl_conn_t *c, int status, const sl_header_t *h, size_t n, sl_str_t body);
+/* Bytes queued for the client but not yet written. */
+size_t sl_conn_write_queue(const sl_conn_t *c);
+/* True once the head has been sent (the response is committed). */
+int sl_conn_committed(const sl_conn_t *c);
+uint64_t sl_conn_bytes_out(const sl_conn_t *c);
+/* Closes at once (after queued writes are flushed if `graceful`). */
+void sl_conn_close(sl_conn_t *c, int graceful);
+
+/* Write queue watermarks used for backpressure. */
+#define SL_CONN_HIGH_WATER (256 * 1024)
+#define SL_CONN_LOW_WATER (64 * 1024)
+
+const char *sl_http_reason(int status);
+
+#endif

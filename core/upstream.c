@@ -1,0 +1,419 @@
+/*
+ * upstream.c — libcurl multi on libuv (see upstream.h).
+ *
+ * The classic multi_socket integration: curl tells us which sockets to watch
+ * (socket_cb → uv_poll) and when to wake it (timer_cb → uv_timer); we tell
+ * curl what happened (curl_multi_socket_action) and then collect finished
+ * transfers (curl_multi_info_read).
+ *
+ * curl forbids removing an easy handle from inside its own callbacks, and
+ * the application may want to abort from inside on_head/on_data (the client
+ * left, a limit was hit). So an abort during a callback only marks the
+ * transfer; the write callback then fails it, and it is reaped silently when
+ * curl reports it done.
+ */
+#include "upstream.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "error.h"
+#include "log.h"
+
+struct sl_upstream_s {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    size_t active;
+};
+
+struct sl_transfer_s {
+    sl_upstream_t *up;
+    CURL *easy;
+    struct curl_slist *headers;
+    sl_transfer_cbs_t cbs;
+    void *ud;
+    sl_buf_t head;      /* raw header lines of the current response block */
+    int head_sent;
+    int paused;
+    int aborted;        /* the owner gave it up: reap without callbacks */
+    int in_callback;
+    int connected;
+    uint64_t bytes_in;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+typedef struct {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    sl_upstream_t *up;
+} sockctx_t;
+
+static void check_done(sl_upstream_t *up);
+
+static void transfer_free(sl_transfer_t *t)
+{
+    curl_multi_remove_handle(t->up->multi, t->easy);
+    curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    sl_buf_free(&t->head);
+    t->up->active--;
+    free(t);
+}
+
+/* ---- curl → libuv ---- */
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    sockctx_t *s = p->data;
+    sl_upstream_t *up = s->up;
+    int flags = 0, running;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(up->multi, s->fd, flags, &running);
+    check_done(up);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    sl_upstream_t *up = userp;
+    sockctx_t *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+            curl_multi_assign(up->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return -1;
+        s->fd = fd;
+        s->up = up;
+        if (uv_poll_init_socket(up->loop, &s->poll, fd) < 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        curl_multi_assign(up->multi, fd, s);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_poll);
+    return 0;
+}
+
+static void on_timeout(uv_timer_t *timer)
+{
+    sl_upstream_t *up = timer->data;
+    int running;
+    curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(up);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    sl_upstream_t *up = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&up->timer);
+    else
+        uv_timer_start(&up->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static void check_done(sl_upstream_t *up)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(up->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        sl_transfer_t *t = NULL;
+        CURLcode code = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        if (!t)
+            continue;
+        curl_multi_remove_handle(up->multi, t->easy);
+        if (!t->aborted) {
+            if (!t->head_sent && code == CURLE_OK && t->cbs.on_head) {
+                /* A response with no body: the head has not been reported yet. */
+                long status = 0;
+                curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+                t->head_sent = 1;
+                t->cbs.on_head(t->ud, (int)status, NULL, 0);
+            }
+            t->cbs.on_done(t->ud, (int)code, t->errbuf);
+        }
+        transfer_free(t);
+    }
+}
+
+/* ---- per-transfer curl callbacks ---- */
+
+static void report_head(sl_transfer_t *t)
+{
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    /* Split the collected lines into name/value views. */
+    size_t cap = 64, n = 0;
+    sl_header_t hv[64];
+    char *p = t->head.base, *end = t->head.base + t->head.len;
+    while (p && p < end && n < cap) {
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *le = eol ? eol : end;
+        size_t len = (size_t)(le - p);
+        if (len && p[len - 1] == '\r')
+            len--;
+        char *colon = memchr(p, ':', len);
+        if (colon && colon != p && memcmp(p, "HTTP/", 5) != 0) {
+            char *v = colon + 1, *ve = p + len;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            hv[n].name = sl_str(p, (size_t)(colon - p));
+            hv[n].value = sl_str(v, (size_t)(ve - v));
+            n++;
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+    t->head_sent = 1;
+    t->in_callback++;
+    t->cbs.on_head(t->ud, (int)status, hv, n);
+    t->in_callback--;
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
+{
+    sl_transfer_t *t = userp;
+    size_t n = size * nitems;
+    if (t->aborted)
+        return 0;
+    if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0)
+        sl_buf_reset(&t->head); /* a new response block (after 1xx) */
+    if (n <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
+        long status = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && !t->head_sent)
+            report_head(t);
+        return t->aborted ? 0 : n;
+    }
+    if (sl_buf_append(&t->head, buf, n))
+        return 0; /* header block over the limit: fail the transfer */
+    return n;
+}
+
+static size_t write_cb(char *buf, size_t size, size_t nitems, void *userp)
+{
+    sl_transfer_t *t = userp;
+    size_t n = size * nitems;
+    if (t->aborted)
+        return 0;
+    if (!t->head_sent)
+        report_head(t);
+    if (t->aborted)
+        return 0;
+    t->in_callback++;
+    int pause = t->cbs.on_data(t->ud, buf, n);
+    t->in_callback--;
+    if (t->aborted)
+        return 0;
+    if (pause) {
+        t->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    t->bytes_in += n;
+    return n;
+}
+
+static int prereq_cb(void *userp, char *conn_primary_ip, char *conn_local_ip, int primary,
+                     int local)
+{
+    ((sl_transfer_t *)userp)->connected = 1;
+    return CURL_PREREQFUNC_OK;
+}
+
+/* ---- public API ---- */
+
+int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop)
+{
+    sl_upstream_t *up = calloc(1, sizeof *up);
+    if (!up)
+        return SL_ENOMEM;
+    up->loop = loop;
+    up->multi = curl_multi_init();
+    if (!up->multi) {
+        free(up);
+        return SL_ENOMEM;
+    }
+    uv_timer_init(loop, &up->timer);
+    up->timer.data = up;
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, 256L);
+    curl_multi_setopt(up->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    *out = up;
+    return 0;
+}
+
+static void on_upstream_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void sl_upstream_free(sl_upstream_t *up)
+{
+    if (!up)
+        return;
+    /* Transfers still registered belong to owners that are going away too. */
+    CURL **easies = NULL;
+    (void)easies;
+    curl_multi_cleanup(up->multi);
+    uv_timer_stop(&up->timer);
+    uv_close((uv_handle_t *)&up->timer, on_upstream_timer_closed);
+}
+
+size_t sl_upstream_active(const sl_upstream_t *up)
+{
+    return up->active;
+}
+
+static int is_framing_header(sl_str_t name)
+{
+    return sl_str_ieq_c(name, "content-length") || sl_str_ieq_c(name, "host") ||
+           sl_str_ieq_c(name, "transfer-encoding") || sl_str_ieq_c(name, "connection") ||
+           sl_str_ieq_c(name, "expect");
+}
+
+int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
+                      const sl_transfer_cbs_t *cbs, void *ud, sl_transfer_t **out)
+{
+    sl_transfer_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return SL_ENOMEM;
+    t->up = up;
+    t->cbs = *cbs;
+    t->ud = ud;
+    sl_buf_init(&t->head, 256 * 1024);
+    t->easy = curl_easy_init();
+    if (!t->easy) {
+        free(t);
+        return SL_ENOMEM;
+    }
+    sl_buf_t line;
+    sl_buf_init(&line, 0);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (is_framing_header(req->headers[i].name))
+            continue;
+        sl_buf_reset(&line);
+        sl_buf_append_str(&line, req->headers[i].name);
+        if (req->headers[i].value.len) {
+            sl_buf_append(&line, ": ", 2);
+            sl_buf_append_str(&line, req->headers[i].value);
+        } else {
+            sl_buf_append_byte(&line, ';'); /* curl's way to send an empty header */
+        }
+        struct curl_slist *n = curl_slist_append(t->headers, sl_buf_cstr(&line));
+        if (n)
+            t->headers = n;
+    }
+    sl_buf_free(&line);
+    t->headers = curl_slist_append(t->headers, "Expect:");
+
+    CURL *e = t->easy;
+    curl_easy_setopt(e, CURLOPT_URL, req->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 64L * 1024);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->verify_tls ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->verify_tls ? 2L : 0L);
+    if (req->connect_timeout_ms)
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)req->connect_timeout_ms);
+    if (strcasecmp(req->method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body.base ? req->body.base : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body.len);
+        if (strcasecmp(req->method, "POST") != 0)
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    }
+    CURLMcode mc = curl_multi_add_handle(up->multi, e);
+    if (mc != CURLM_OK) {
+        curl_easy_cleanup(e);
+        curl_slist_free_all(t->headers);
+        sl_buf_free(&t->head);
+        free(t);
+        return SL_EUPSTREAM;
+    }
+    up->active++;
+    *out = t;
+    return 0;
+}
+
+void sl_transfer_pause(sl_transfer_t *t)
+{
+    if (!t->paused && !t->in_callback) {
+        t->paused = 1;
+        curl_easy_pause(t->easy, CURLPAUSE_RECV);
+    }
+}
+
+void sl_transfer_resume(sl_transfer_t *t)
+{
+    if (!t->paused || t->aborted)
+        return;
+    t->paused = 0;
+    /* May deliver buffered data synchronously through write_cb. */
+    curl_easy_pause(t->easy, CURLPAUSE_CONT);
+}
+
+void sl_transfer_abort(sl_transfer_t *t)
+{
+    if (t->aborted)
+        return;
+    t->aborted = 1;
+    if (t->in_callback)
+        return; /* reaped by check_done once curl fails the write */
+    /* Removing a handle mid-transfer makes curl close that connection: the
+     * upstream sees the abort at once. */
+    transfer_free(t);
+}
+
+int sl_transfer_connected(const sl_transfer_t *t)
+{
+    return t->connected;
+}
+
+uint64_t sl_transfer_bytes_in(const sl_transfer_t *t)
+{
+    return t->bytes_in;
+}

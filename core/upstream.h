@@ -1,0 +1,64 @@
+/*
+ * upstream.h — outgoing HTTP via one libcurl multi handle per worker,
+ * driven by the worker's libuv loop (curl's socket/timer callbacks mapped to
+ * uv_poll and uv_timer handles).
+ *
+ * A transfer streams both ways: the body of the answer is delivered to
+ * on_data as it arrives, and on_data can ask for a pause (backpressure from
+ * a slow client); sl_transfer_resume() continues it. Connections are pooled
+ * by curl inside the multi handle, so sequential requests to the same
+ * supplier reuse one connection; HTTP/2 is used over TLS when offered.
+ *
+ * Ownership: the caller owns a transfer until on_done has been called, or
+ * until it calls sl_transfer_abort(), after which no callback fires and the
+ * transfer is freed. All callbacks run on the worker's loop thread.
+ */
+#ifndef SL_UPSTREAM_H
+#define SL_UPSTREAM_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "server.h"
+
+typedef struct sl_upstream_s sl_upstream_t;
+typedef struct sl_transfer_s sl_transfer_t;
+
+typedef struct {
+    /* The response head arrived. Header views are valid during the call. */
+    void (*on_head)(void *ud, int status, const sl_header_t *h, size_t n);
+    /* Body bytes, valid during the call. Return 1 to pause the transfer
+     * (the same bytes are delivered again after sl_transfer_resume), 0 to
+     * consume them. */
+    int (*on_data)(void *ud, const char *p, size_t n);
+    /* The transfer ended: curl_code is a CURLcode (0 = complete). */
+    void (*on_done)(void *ud, int curl_code, const char *errbuf);
+} sl_transfer_cbs_t;
+
+typedef struct {
+    const char *url;
+    const char *method;          /* "POST", "GET"... */
+    const sl_header_t *headers;  /* copied by sl_transfer_start */
+    size_t nheaders;
+    sl_str_t body;               /* must stay valid until on_done / abort */
+    uint64_t connect_timeout_ms; /* 0 = curl default */
+    int verify_tls;              /* 1 unless explicitly disabled */
+} sl_transfer_req_t;
+
+int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop);
+/* Aborts remaining transfers (no callbacks) and closes the handles. */
+void sl_upstream_free(sl_upstream_t *up);
+size_t sl_upstream_active(const sl_upstream_t *up);
+
+int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
+                      const sl_transfer_cbs_t *cbs, void *ud, sl_transfer_t **out);
+void sl_transfer_pause(sl_transfer_t *t);
+void sl_transfer_resume(sl_transfer_t *t);
+/* Stops the transfer now and closes its connection; no callback follows. */
+void sl_transfer_abort(sl_transfer_t *t);
+/* 1 once the TCP/TLS connection to the upstream was established. */
+int sl_transfer_connected(const sl_transfer_t *t);
+uint64_t sl_transfer_bytes_in(const sl_transfer_t *t);
+
+#endif

@@ -1,0 +1,191 @@
+/*
+ * worker.c — one event-loop thread (see worker.h).
+ *
+ * Start-up happens on the calling (main) thread so a port already in use or
+ * a broken config is reported before sluice claims to be up; only uv_run
+ * moves to the new thread. Shutdown is cooperative: stop accepting, let the
+ * exchanges in flight finish, cut the stragglers with a SHUTDOWN outcome
+ * after shutdown_timeout, then close every handle so uv_run returns.
+ */
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "exchange.h"
+#include "log.h"
+#include "metrics.h"
+
+static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return SL_EINVAL;
+    const char *h = s;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hostlen)
+        return SL_EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = atoi(colon + 1);
+    return *port > 0 && *port < 65536 ? 0 : SL_EINVAL;
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_servers_stopped(void *arg)
+{
+    sl_worker_t *w = arg;
+    if (w->nservers)
+        w->nservers--;
+}
+
+/* Called often while stopping: when everything has drained, close the rest. */
+static void on_shutdown_tick(uv_timer_t *t)
+{
+    sl_worker_t *w = t->data;
+    if (w->nexchanges > 0 || w->nservers > 0)
+        return;
+    uv_timer_stop(t);
+    sl_upstream_free(w->upstream);
+    w->upstream = NULL;
+    uv_walk(&w->loop, close_walk, NULL);
+}
+
+static void on_shutdown_deadline(uv_timer_t *t)
+{
+    sl_worker_t *w = t->data;
+    sl_exchange_t *ex = w->exchanges;
+    if (ex)
+        sl_log_warn("shutdown timeout: cutting %zu request(s) still in flight", w->nexchanges);
+    while (ex) {
+        sl_exchange_t *next = sl_exchange_next(ex);
+        sl_exchange_shutdown(ex);
+        ex = next;
+    }
+}
+
+static void begin_stop(sl_worker_t *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = 1;
+    size_t n = w->nservers;
+    for (size_t i = 0; i < n; i++)
+        sl_server_stop(w->servers[i], on_servers_stopped, w);
+    uv_timer_start(&w->deadline, on_shutdown_deadline, sl_luahost_config(w->host)->shutdown_timeout_ms, 0);
+    uv_timer_start(&w->shutdown_timer, on_shutdown_tick, 20, 20);
+}
+
+int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen)
+{
+    sl_luahost_opts_t o = {w->app->config_path, w->app->lua_dir, w->id, &w->loop, w->upstream};
+    sl_luahost_t *h;
+    int rc = sl_luahost_new(&h, &o, err, errlen);
+    if (rc) {
+        atomic_fetch_add(&w->app->reloads_failed, 1);
+        sl_metrics_reload(0);
+        sl_log_error("reload failed, keeping the running config: %s", err);
+        return rc;
+    }
+    sl_luahost_t *old = w->host;
+    w->host = h;
+    sl_luahost_release(old); /* exchanges in flight keep their own reference */
+    const sl_config_t *c = sl_luahost_config(h);
+    for (size_t i = 0; i < w->nservers; i++)
+        sl_server_set_limits(w->servers[i], &c->limits);
+    atomic_fetch_add(&w->app->reloads_ok, 1);
+    sl_metrics_reload(1);
+    sl_log_info("reloaded %s", w->app->config_path);
+    return 0;
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_worker_t *w = a->data;
+    int cmds = atomic_exchange(&w->cmds, 0);
+    if (cmds & SL_WORKER_CMD_RELOAD) {
+        char err[1024];
+        sl_worker_reload(w, err, sizeof err);
+    }
+    if (cmds & SL_WORKER_CMD_STOP)
+        begin_stop(w);
+}
+
+static void run(void *arg)
+{
+    sl_worker_t *w = arg;
+    sl_log_set_thread_id(w->id);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t errlen)
+{
+    int rc;
+    w->id = id;
+    w->app = app;
+    if ((rc = uv_loop_init(&w->loop)) < 0) {
+        snprintf(err, errlen, "event loop: %s", uv_strerror(rc));
+        return rc;
+    }
+    uv_async_init(&w->loop, &w->async, on_async);
+    w->async.data = w;
+    uv_timer_init(&w->loop, &w->shutdown_timer);
+    uv_timer_init(&w->loop, &w->deadline);
+    w->shutdown_timer.data = w->deadline.data = w;
+    if ((rc = sl_upstream_new(&w->upstream, &w->loop)) != 0) {
+        snprintf(err, errlen, "upstream client: %s", sl_strerror(rc));
+        return rc;
+    }
+    sl_luahost_opts_t o = {app->config_path, app->lua_dir, id, &w->loop, w->upstream};
+    if ((rc = sl_luahost_new(&w->host, &o, err, errlen)) != 0)
+        return rc;
+    const sl_config_t *c = sl_luahost_config(w->host);
+    w->servers = calloc(c->nlisten ? c->nlisten : 1, sizeof *w->servers);
+    for (size_t i = 0; i < c->nlisten; i++) {
+        char host[128];
+        int port;
+        if (parse_listen(c->listen[i], host, sizeof host, &port)) {
+            snprintf(err, errlen, "listen: bad address '%s' (want host:port)", c->listen[i]);
+            return SL_ECONFIG;
+        }
+        rc = sl_server_start(&w->servers[w->nservers], &w->loop, host, port, &c->limits,
+                             sl_exchange_start, w);
+        if (rc) {
+            snprintf(err, errlen, "listen %s: %s", c->listen[i], sl_strerror(rc));
+            return rc;
+        }
+        w->nservers++;
+    }
+    if ((rc = uv_thread_create(&w->thread, run, w)) < 0) {
+        snprintf(err, errlen, "thread: %s", uv_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+void sl_worker_post(sl_worker_t *w, int cmd)
+{
+    atomic_fetch_or(&w->cmds, cmd);
+    uv_async_send(&w->async);
+}
+
+void sl_worker_join(sl_worker_t *w)
+{
+    uv_thread_join(&w->thread);
+    if (w->host)
+        sl_luahost_release(w->host);
+    w->host = NULL;
+    uv_loop_close(&w->loop);
+    free(w->servers);
+}

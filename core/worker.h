@@ -1,0 +1,67 @@
+/*
+ * worker.h — one event-loop thread: its libuv loop, its listening sockets
+ * (SO_REUSEPORT), its LuaJIT host, its curl multi handle, and the requests
+ * in flight on it. The main thread creates the workers and talks to them
+ * only through sl_worker_post() (a uv_async wake-up), never by touching
+ * their state.
+ *
+ * sl_app_t is what all workers share: read-only paths, the history store
+ * (itself thread-safe) and the list of workers (to broadcast a reload).
+ */
+#ifndef SL_WORKER_H
+#define SL_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "luahost.h"
+#include "records.h"
+#include "server.h"
+#include "upstream.h"
+
+typedef struct sl_worker_s sl_worker_t;
+typedef struct sl_exchange_s sl_exchange_t;
+
+typedef struct {
+    const char *config_path;
+    const char *lua_dir;
+    sl_records_t *records;      /* NULL when history is off */
+    sl_worker_t **workers;
+    int nworkers;
+    double started;             /* unix time the process started */
+    atomic_int reloads_ok, reloads_failed;
+} sl_app_t;
+
+enum { SL_WORKER_CMD_RELOAD = 1, SL_WORKER_CMD_STOP = 2 };
+
+struct sl_worker_s {
+    int id;
+    sl_app_t *app;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t async;
+    atomic_int cmds;            /* SL_WORKER_CMD_* bits posted by other threads */
+    sl_luahost_t *host;         /* current host; exchanges retain the one they use */
+    sl_upstream_t *upstream;
+    sl_server_t **servers;
+    size_t nservers;
+    sl_exchange_t *exchanges;   /* in flight, doubly linked */
+    size_t nexchanges;
+    int stopping;
+    uv_timer_t shutdown_timer;  /* polls for "everything drained" while stopping */
+    uv_timer_t deadline;        /* shutdown_timeout: then in-flight requests are cut */
+    int start_rc;               /* result of starting, for the main thread */
+    char start_err[512];
+};
+
+/* Creates the worker's loop, host and listeners on the calling thread (so
+ * bind errors surface at start-up), then runs the loop on a new thread. */
+int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t errlen);
+void sl_worker_post(sl_worker_t *w, int cmd);
+void sl_worker_join(sl_worker_t *w);
+/* Reloads this worker's host now (worker thread only). 0, or an error with
+ * a message; on failure the old host keeps serving. */
+int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen);
+
+#endif

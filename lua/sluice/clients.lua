@@ -1,0 +1,31 @@
+-- sluice.clients — which client sent a request, from its User-Agent and
+-- headers (DESIGN §8). The name goes into the access log, the history record
+-- (`client`, filterable in /_sluice/requests) and the session-key rules.
+
+local M = {}
+
+-- First match wins; patterns are matched against the lower-cased User-Agent.
+M.RULES = {
+    { "^claude%-cli", "claude-code" },
+    { "claude%-code", "claude-code" },
+    { "^codex", "codex" },
+    { "geminicli", "gemini-cli" },
+    { "gemini%-cli", "gemini-cli" },
+    { "^anthropic/", "anthropic-sdk" },
+    { "^openai/", "openai-sdk" },
+    { "google%-genai", "google-genai-sdk" },
+    { "^curl/", "curl" },
+}
+
+function M.identify(ctx)
+    local h = ctx.headers
+    if h["x-claude-code-session-id"] then return "claude-code" end
+    local ua = (h["user-agent"] or ""):lower()
+    for _, rule in ipairs(M.RULES) do
+        if ua:find(rule[1]) then return rule[2] end
+    end
+    if ua == "" then return "unknown" end
+    return (ua:match("^([%w%._%-]+)") or "unknown"):sub(1, 40)
+end
+
+return M

@@ -1,0 +1,333 @@
+-- sluice.config — loads the config file and validates every field.
+--
+-- The config is ops-written Lua returning a table. It is loaded with the JIT
+-- off for the chunk and every function defined in it (so the instruction
+-- budget can stop a runaway on_request hook; see core/luahost.c), then
+-- checked field by field. A problem is reported as "<field.path>: <what is
+-- wrong>" and sluice refuses to start (or keeps the old config on reload).
+-- Unknown fields are errors too: a typo must not silently disable a limit.
+--
+-- config.load(path) -> cfg | nil, err
+-- config.core_view(cfg) -> the flat table the C core reads (core/luahost.c)
+-- config.redacted(cfg) -> a copy safe to show (secrets replaced)
+
+local M = {}
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local fmt, concat = string.format, table.concat
+
+M.PROTOCOLS = { anthropic = true, ["openai-chat"] = true, ["openai-responses"] = true, gemini = true }
+M.SERVICES = { claude = "anthropic", chat = "openai-chat", codex = "openai-responses", gemini = "gemini" }
+M.AUTH_TYPES = { none = true, passthrough = true, bearer = true, header = true }
+
+local DEFAULTS = {
+    listen = { "127.0.0.1:7070" },
+    workers = "auto",
+    limits = { max_body = 32 * 1024 * 1024, max_header = 64 * 1024, max_headers = 100,
+               header_timeout = 10, keepalive_timeout = 60, max_connections = 4096,
+               max_event = 4 * 1024 * 1024, max_response = 64 * 1024 * 1024 },
+    timeouts = { connect = 10, first_byte = 120, idle = 300, total = 3600 },
+    history = { path = "var/history.db", max = 1000, bodies = false },
+    log = { access = "stderr", level = "info" },
+    script_budget = 50000000,
+    shutdown_timeout = 30,
+}
+
+local TOP_FIELDS = {
+    listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
+    on_request = true, log = true, admin = true, history = true, keys = true,
+    script_budget = true, shutdown_timeout = true, lua_path = true,
+}
+
+-- A failed check: error() with a table so load() can tell it from a bug.
+local function bad(field, msg, ...)
+    error({ field = field, msg = fmt(msg, ...) }, 0)
+end
+
+local function check_type(v, want, field)
+    if type(v) ~= want then bad(field, "expected a %s, got %s", want, type(v)) end
+end
+
+local function positive(v, field, integer)
+    if type(v) ~= "number" or v <= 0 or v ~= v then
+        bad(field, "expected a positive number, got %s", tostring(v))
+    end
+    if integer and v % 1 ~= 0 then bad(field, "expected a whole number, got %s", tostring(v)) end
+    return v
+end
+
+local function only_fields(t, allowed, field)
+    for k in pairs(t) do
+        if not allowed[k] then
+            local names = {}
+            for name in pairs(allowed) do names[#names + 1] = name end
+            table.sort(names)
+            bad(field .. "." .. tostring(k), "unknown field (known: %s)", concat(names, ", "))
+        end
+    end
+end
+
+-- Fills missing numeric fields of a section from its defaults and checks them.
+local function numeric_section(t, defaults, field, integers)
+    t = t == nil and {} or t
+    check_type(t, "table", field)
+    local allowed = {}
+    for k in pairs(defaults) do allowed[k] = true end
+    only_fields(t, allowed, field)
+    local out = {}
+    for k, d in pairs(defaults) do
+        local v = t[k]
+        if v == nil then v = d end
+        out[k] = positive(v, field .. "." .. k, integers and integers[k])
+    end
+    return out
+end
+
+local function parse_listen(s, field)
+    check_type(s, "string", field)
+    local host, port = s:match("^%[([^%]]+)%]:(%d+)$")
+    if not host then host, port = s:match("^([^:]+):(%d+)$") end
+    port = tonumber(port)
+    if not host or not port or port < 1 or port > 65535 then
+        bad(field, "expected \"host:port\" (or \"[v6]:port\"), got %q", s)
+    end
+    return host
+end
+
+local function is_loopback(host)
+    return host == "localhost" or host == "::1" or host:match("^127%.") ~= nil
+end
+
+-- "claude-*haiku*" -> a case-insensitive anchored Lua pattern.
+function M.glob(pattern)
+    local p = pattern:lower():gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".")
+    return "^" .. p .. "$"
+end
+
+local function check_auth(a, field)
+    check_type(a, "table", field)
+    if not M.AUTH_TYPES[a.type] then
+        bad(field .. ".type", "expected one of none, passthrough, bearer, header; got %s", tostring(a.type))
+    end
+    if a.type == "bearer" then
+        only_fields(a, { type = true, token = true }, field)
+        if type(a.token) ~= "string" or a.token == "" then
+            bad(field .. ".token", "missing (if it comes from os.getenv, is the variable set?)")
+        end
+    elseif a.type == "header" then
+        only_fields(a, { type = true, name = true, value = true }, field)
+        if type(a.name) ~= "string" or not a.name:match("^[%w%-_]+$") then
+            bad(field .. ".name", "expected a header name")
+        end
+        if type(a.value) ~= "string" or a.value == "" then
+            bad(field .. ".value", "missing (if it comes from os.getenv, is the variable set?)")
+        end
+    else
+        only_fields(a, { type = true }, field)
+    end
+    return a
+end
+
+local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
+                          timeouts = true, adapter = true, verify_tls = true, headers = true }
+
+local function check_supplier(id, s, defaults)
+    local field = "suppliers." .. id
+    check_type(s, "table", field)
+    only_fields(s, SUPPLIER_FIELDS, field)
+    if not M.PROTOCOLS[s.protocol] then
+        bad(field .. ".protocol", "expected anthropic, openai-chat, openai-responses or gemini; got %s",
+            tostring(s.protocol))
+    end
+    check_type(s.base_url, "string", field .. ".base_url")
+    if not s.base_url:match("^https?://[^/]+") then
+        bad(field .. ".base_url", "expected an http:// or https:// URL, got %q", s.base_url)
+    end
+    local out = {
+        id = id, protocol = s.protocol, base_url = s.base_url:gsub("/+$", ""),
+        auth = check_auth(s.auth or { type = "none" }, field .. ".auth"),
+        models = {}, verify_tls = s.verify_tls ~= false, adapter = s.adapter,
+        headers = s.headers or {},
+    }
+    if s.models ~= nil then
+        check_type(s.models, "table", field .. ".models")
+        for i, m in ipairs(s.models) do
+            check_type(m, "string", fmt("%s.models[%d]", field, i))
+            out.models[i] = m
+        end
+    end
+    check_type(out.headers, "table", field .. ".headers")
+    out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
+    return out
+end
+
+local function check_routes(routes, suppliers)
+    check_type(routes, "table", "routes")
+    local out = {}
+    for service, list in pairs(routes) do
+        local field = "routes." .. tostring(service)
+        if not M.SERVICES[service] then
+            bad(field, "unknown service (known: claude, chat, codex, gemini)")
+        end
+        check_type(list, "table", field)
+        local entries = {}
+        for i, r in ipairs(list) do
+            local rf = fmt("%s[%d]", field, i)
+            check_type(r, "table", rf)
+            only_fields(r, { match = true, supplier = true, model = true }, rf)
+            local match = r.match or "*"
+            check_type(match, "string", rf .. ".match")
+            local chain = type(r.supplier) == "table" and r.supplier or { r.supplier }
+            for k, sid in ipairs(chain) do
+                if type(sid) ~= "string" or not suppliers[sid] then
+                    bad(rf .. ".supplier", "no supplier named %s", tostring(sid))
+                end
+                chain[k] = sid
+            end
+            if #chain == 0 then bad(rf .. ".supplier", "missing") end
+            if r.model ~= nil then check_type(r.model, "string", rf .. ".model") end
+            entries[i] = { match = match, pattern = M.glob(match), suppliers = chain, model = r.model,
+                           name = fmt("%s[%d]", service, i) }
+        end
+        out[service] = entries
+    end
+    return out
+end
+
+local function validate(raw)
+    check_type(raw, "table", "(config)")
+    only_fields(raw, TOP_FIELDS, "config")
+    local cfg = {}
+
+    local listen = raw.listen or DEFAULTS.listen
+    check_type(listen, "table", "listen")
+    if #listen == 0 then bad("listen", "needs at least one address") end
+    cfg.listen, cfg.public = {}, false
+    for i, l in ipairs(listen) do
+        local host = parse_listen(l, fmt("listen[%d]", i))
+        cfg.listen[i] = l
+        if not is_loopback(host) then cfg.public = true end
+    end
+
+    local workers = raw.workers == nil and "auto" or raw.workers
+    if workers == "auto" then
+        cfg.workers = 0
+    else
+        cfg.workers = positive(workers, "workers", true)
+        if workers > 256 then bad("workers", "at most 256") end
+    end
+
+    cfg.limits = numeric_section(raw.limits, DEFAULTS.limits, "limits",
+        { max_body = true, max_header = true, max_headers = true, max_connections = true,
+          max_event = true, max_response = true })
+    cfg.timeouts = numeric_section(raw.timeouts, DEFAULTS.timeouts, "timeouts")
+
+    local suppliers = raw.suppliers or {}
+    check_type(suppliers, "table", "suppliers")
+    cfg.suppliers = {}
+    for id, s in pairs(suppliers) do
+        if type(id) ~= "string" then bad("suppliers", "supplier ids must be strings") end
+        cfg.suppliers[id] = check_supplier(id, s, cfg.timeouts)
+    end
+    cfg.routes = check_routes(raw.routes or {}, cfg.suppliers)
+
+    if raw.on_request ~= nil then check_type(raw.on_request, "function", "on_request") end
+    cfg.on_request = raw.on_request
+
+    local log = raw.log or {}
+    check_type(log, "table", "log")
+    only_fields(log, { access = true, level = true }, "log")
+    cfg.log = { access = log.access or DEFAULTS.log.access, level = log.level or DEFAULTS.log.level }
+    check_type(cfg.log.access, "string", "log.access")
+    if not ({ debug = 1, info = 1, warn = 1, error = 1 })[cfg.log.level] then
+        bad("log.level", "expected debug, info, warn or error")
+    end
+
+    local admin = raw.admin or {}
+    check_type(admin, "table", "admin")
+    only_fields(admin, { token = true }, "admin")
+    if admin.token ~= nil then check_type(admin.token, "string", "admin.token") end
+    cfg.admin = { token = admin.token }
+
+    cfg.keys = {}
+    if raw.keys ~= nil then
+        check_type(raw.keys, "table", "keys")
+        for i, k in ipairs(raw.keys) do
+            if type(k) ~= "string" or #k < 8 then
+                bad(fmt("keys[%d]", i), "expected a string of at least 8 characters")
+            end
+            cfg.keys[i] = k
+        end
+    end
+    if #cfg.keys > 0 then
+        for id, s in pairs(cfg.suppliers) do
+            if s.auth.type == "passthrough" then
+                bad("suppliers." .. id .. ".auth.type",
+                    "passthrough cannot be combined with `keys`: the client's key is the gateway's key")
+            end
+        end
+    end
+    if cfg.public then
+        if #cfg.keys == 0 then
+            bad("keys", "required when listening on a non-loopback address")
+        end
+        if not cfg.admin.token then
+            bad("admin.token", "required when listening on a non-loopback address")
+        end
+    end
+
+    if raw.history == false then
+        cfg.history = false
+    else
+        local h = raw.history or {}
+        check_type(h, "table", "history")
+        only_fields(h, { path = true, max = true, bodies = true }, "history")
+        cfg.history = { path = h.path or DEFAULTS.history.path,
+                        max = positive(h.max or DEFAULTS.history.max, "history.max", true),
+                        bodies = h.bodies == true }
+        check_type(cfg.history.path, "string", "history.path")
+    end
+
+    cfg.script_budget = positive(raw.script_budget or DEFAULTS.script_budget, "script_budget", true)
+    cfg.shutdown_timeout = positive(raw.shutdown_timeout or DEFAULTS.shutdown_timeout, "shutdown_timeout")
+    if raw.lua_path ~= nil then check_type(raw.lua_path, "string", "lua_path") end
+    cfg.lua_path = raw.lua_path
+    return cfg
+end
+
+function M.load(path)
+    local chunk, err = loadfile(path)
+    if not chunk then return nil, "cannot load config: " .. tostring(err) end
+    -- Ops code runs interpreted so the instruction budget applies to it.
+    if jit then jit.off(chunk, true) end
+    local ok, raw = pcall(chunk)
+    if not ok then return nil, "config raised an error: " .. tostring(raw) end
+    local cfg
+    ok, cfg = pcall(validate, raw)
+    if not ok then
+        if type(cfg) == "table" then return nil, cfg.field .. ": " .. cfg.msg end
+        return nil, "config: " .. tostring(cfg)
+    end
+    cfg.path = path
+    cfg.dir = path:match("^(.*)/[^/]*$") or "."
+    return cfg
+end
+
+function M.core_view(cfg)
+    local l, t = cfg.limits, cfg.timeouts
+    return {
+        listen = cfg.listen, workers = cfg.workers,
+        max_body = l.max_body, max_header = l.max_header, max_headers = l.max_headers,
+        header_timeout = l.header_timeout, keepalive_timeout = l.keepalive_timeout,
+        max_connections = l.max_connections, max_event = l.max_event, max_response = l.max_response,
+        connect_timeout = t.connect, first_byte_timeout = t.first_byte, idle_timeout = t.idle,
+        total_timeout = t.total, script_budget = cfg.script_budget,
+        shutdown_timeout = cfg.shutdown_timeout,
+        access_log = cfg.log.access, log_level = cfg.log.level, admin_token = cfg.admin.token,
+        history_path = cfg.history and cfg.history.path or nil,
+        history_max = cfg.history and cfg.history.max or nil,
+        history_bodies = cfg.history and cfg.history.bodies or false,
+    }
+end
+
+return M

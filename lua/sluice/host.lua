@@ -1,0 +1,224 @@
+-- sluice.host — the hooks the C core calls (core/luahost.c), and the only
+-- Lua module that knows that ABI. Everything else under lua/sluice/ is pure
+-- Lua over tables and strings and loads under plain busted.
+--
+--   init(config_path, worker_id) -> core view of the config | nil, err
+--   request(ctx)                 -> plan | direct response   (runs in a coroutine)
+--   response(ctx, status, hdrs)  -> { status, headers } | nil   (translated streams)
+--   events(ctx, batch)           -> bytes                     (translated streams)
+--   body(ctx, status, body)      -> { status, headers, body }  (translated bodies)
+--   finish(ctx, outcome)         -> closing bytes | error response | nil
+--   log(ctx)                     -> fields for the history record
+--
+-- A plan is { url, method, headers, body?, stream, transform, terminal,
+-- timeouts, verify_tls, service, client, route, supplier, model_in,
+-- model_out }; omitting `body` sends the client's body unchanged (true
+-- passthrough: no copy, no re-encoding).
+
+local json = require("sluice.json")
+local config = require("sluice.config")
+local router = require("sluice.router")
+local upstream = require("sluice.upstream")
+local translate = require("sluice.translate")
+local clients = require("sluice.clients")
+local ir = require("sluice.ir")
+
+local type, pairs, tostring, fmt = type, pairs, tostring, string.format
+
+local H = {}
+local cfg
+
+function H.init(path, worker_id)
+    local c, err = config.load(path)
+    if not c then return nil, err end
+    if c.lua_path then package.path = c.lua_path .. ";" .. package.path end
+    cfg = c
+    return config.core_view(c)
+end
+
+-- ------------------------------------------------------------------ errors
+
+local function codec(protocol)
+    return translate.protocol(protocol or "openai-chat")
+end
+
+-- A direct error response in the client's protocol shape.
+local function error_response(protocol, status, message, etype)
+    local s, body = codec(protocol).encode_error(ir.error(status, message, etype))
+    return { status = s, headers = { { "content-type", "application/json" } }, body = json.encode(body) }
+end
+
+-- The protocol of a path we could not classify, for the shape of its error.
+local function guess_protocol(path)
+    if path:find("/messages", 1, true) then return "anthropic" end
+    if path:find("/v1beta/", 1, true) then return "gemini" end
+    if path:find("/responses", 1, true) then return "openai-responses" end
+    return "openai-chat"
+end
+
+-- ------------------------------------------------------------------ request
+
+local function models_response(ctx, info)
+    local ids = router.models(cfg, info.service)
+    local data = {}
+    if ctx.headers["anthropic-version"] then
+        for i, id in ipairs(ids) do
+            data[i] = { type = "model", id = id, display_name = id, created_at = "1970-01-01T00:00:00Z" }
+        end
+        local body = { data = json.array(data), has_more = false, first_id = ids[1] or json.null,
+                       last_id = ids[#ids] or json.null }
+        return { status = 200, headers = { { "content-type", "application/json" } }, body = json.encode(body) }
+    end
+    for i, id in ipairs(ids) do data[i] = { id = id, object = "model", created = 0, owned_by = "sluice" } end
+    return { status = 200, headers = { { "content-type", "application/json" } },
+             body = json.encode({ object = "list", data = json.array(data) }) }
+end
+
+local function direct(ctx, resp)
+    resp.service, resp.client = ctx.service, ctx.client
+    return resp
+end
+
+function H.request(ctx)
+    local info, status, message = router.classify(ctx.method, ctx.path)
+    if not info then
+        ctx.protocol = guess_protocol(ctx.path)
+        return error_response(ctx.protocol, status, message)
+    end
+    ctx.protocol = info.protocol or (ctx.headers["anthropic-version"] and "anthropic") or "openai-chat"
+    ctx.service = info.service
+    ctx.client = clients.identify(ctx)
+    if ctx.reject_status then
+        return direct(ctx, error_response(ctx.protocol, ctx.reject_status,
+            "request body is larger than limits.max_body"))
+    end
+    local ok, why = upstream.check_inbound_key(cfg, ctx)
+    if not ok then return direct(ctx, error_response(ctx.protocol, 401, why, "authentication")) end
+    if info.kind == "models" then return direct(ctx, models_response(ctx, info)) end
+
+    local body, err = json.decode(ctx.body)
+    if type(body) ~= "table" or json.is_array(body) then
+        return direct(ctx, error_response(ctx.protocol, 400,
+            "request body is not a JSON object" .. (err and (": " .. err) or "")))
+    end
+    ctx.request = body
+    ctx.model = info.model or body.model
+    if type(ctx.model) ~= "string" or ctx.model == "" then
+        return direct(ctx, error_response(ctx.protocol, 400, "request has no model"))
+    end
+    if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = body.stream == true end
+
+    -- The ops hook: may inspect or change ctx (headers, model, body table).
+    if cfg.on_request then cfg.on_request(ctx) end
+
+    local route, rerr = router.route(cfg, ctx.service, ctx.model)
+    if not route then return direct(ctx, error_response(ctx.protocol, 404, rerr, "not_found")) end
+    local supplier = cfg.suppliers[route.suppliers[1]]
+    local plan, perr = upstream.plan(cfg, ctx, info, route, supplier)
+    if not plan then return direct(ctx, error_response(ctx.protocol, perr.status, perr.message, perr.type)) end
+    return plan
+end
+
+-- ------------------------------------------------------------------ translated answers
+
+local SSE_HEADERS = { { "content-type", "text/event-stream" }, { "cache-control", "no-cache" } }
+local JSON_HEADERS = { { "content-type", "application/json" } }
+
+function H.response(ctx, status, headers)
+    local tr = ctx.translation
+    if not tr then return nil end
+    ctx.pipe = translate.stream(tr.from, tr.to, tr.state)
+    return { status = 200, headers = SSE_HEADERS }
+end
+
+function H.events(ctx, batch)
+    return ctx.pipe:feed_batch(batch)
+end
+
+function H.body(ctx, status, raw)
+    local tr = ctx.translation
+    if not tr then return { status = status, body = raw } end
+    local ub = json.decode(raw)
+    if status >= 400 then
+        local cs, cb = translate.error(tr.from, tr.to, status, ub or raw)
+        return { status = cs, headers = JSON_HEADERS, body = json.encode(cb) }
+    end
+    if type(ub) ~= "table" then
+        return error_response(tr.from, 502, "supplier answered with a body that is not JSON")
+    end
+    local resp = translate.protocol(tr.to).decode_response(ub)
+    ctx.usage = resp and resp.usage
+    if ctx.stream then
+        -- A streaming client on an answer that came back whole: synthesize the stream.
+        local bytes, err = translate.response_stream(tr.from, tr.to, ub, tr.state)
+        if not bytes then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
+        return { status = 200, headers = SSE_HEADERS, body = bytes }
+    end
+    local cb, err = translate.response(tr.from, tr.to, ub, tr.state)
+    if not cb then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
+    return { status = 200, headers = JSON_HEADERS, body = json.encode(cb) }
+end
+
+-- ------------------------------------------------------------------ the end
+
+-- What the client is told, by termination reason, when nothing was sent yet.
+local FAILURE = {
+    SCRIPT_ERROR = { 500, "api_error", "a sluice script failed while handling this request (request id %s; the traceback is in the sluice log)" },
+    UPSTREAM_TIMEOUT_FIRST_BYTE = { 504, "timeout", "supplier %s sent no response within the first-byte timeout" },
+    UPSTREAM_TIMEOUT_CONNECT = { 504, "timeout", "connecting to supplier %s timed out" },
+    UPSTREAM_TIMEOUT_IDLE = { 504, "timeout", "supplier %s went silent past the idle timeout" },
+    UPSTREAM_TIMEOUT_TOTAL = { 504, "timeout", "supplier %s exceeded the total timeout" },
+    UPSTREAM_CONNECT = { 502, "api_error", "cannot connect to supplier %s" },
+    UPSTREAM_TLS = { 502, "api_error", "TLS with supplier %s failed" },
+    UPSTREAM_RESET = { 502, "api_error", "supplier %s reset the connection" },
+    UPSTREAM_EOF_EARLY = { 502, "api_error", "supplier %s closed the connection before answering" },
+    UPSTREAM_PROTOCOL = { 502, "api_error", "supplier %s sent an invalid HTTP response" },
+    LIMIT_RESPONSE_SIZE = { 502, "api_error", "the answer of supplier %s exceeds limits.max_response" },
+    LIMIT_EVENT_SIZE = { 502, "api_error", "an event from supplier %s exceeds limits.max_event" },
+    SHUTDOWN = { 503, "overloaded", "sluice is shutting down" },
+}
+
+local function describe(ctx, oc)
+    local msg = fmt("stream ended early: %s", oc.reason)
+    if oc.detail and oc.detail ~= "" then msg = msg .. " (" .. oc.detail .. ")" end
+    return msg
+end
+
+function H.finish(ctx, oc)
+    local complete = oc.reason == "COMPLETE"
+    if oc.committed then
+        if ctx.pipe then
+            return ctx.pipe:close(complete and { complete = true }
+                or { complete = false, reason = oc.reason, message = describe(ctx, oc) })
+        end
+        if not complete and not oc.expected and ctx.stream and oc.status >= 200 and oc.status < 300 then
+            return upstream.passthrough_tail(ctx.protocol, describe(ctx, oc))
+        end
+        return nil
+    end
+    if oc.expected or complete then return nil end
+    local f = FAILURE[oc.reason]
+    if not f then
+        if oc.reason == "UPSTREAM_HTTP_ERROR" then
+            return error_response(ctx.protocol, oc.status, "supplier answered HTTP " .. oc.status)
+        end
+        f = { 500, "api_error", "sluice failed to handle this request (%s)" }
+    end
+    local subject = oc.reason == "SCRIPT_ERROR" and ctx.id or (ctx.supplier or "?")
+    local message = fmt(f[3], subject)
+    if oc.reason ~= "SCRIPT_ERROR" and oc.detail and oc.detail ~= "" then
+        message = message .. ": " .. oc.detail
+    end
+    return error_response(ctx.protocol, f[1], message, f[2])
+end
+
+function H.log(ctx)
+    local u = ctx.usage or (ctx.pipe and ctx.pipe.usage)
+    if not u then return nil end
+    return {
+        input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+        cache_read_tokens = u.cache_read_tokens, cache_write_tokens = u.cache_write_tokens,
+    }
+end
+
+return H

@@ -1,0 +1,230 @@
+-- sluice.upstream — turns a routed request into the plan the core executes:
+-- the upstream URL, the headers (hygiene and supplier auth), the body (the
+-- client's bytes untouched when possible), and the stream settings.
+--
+-- Header hygiene (DESIGN §5, §7): hop-by-hop headers and Host are dropped
+-- (curl sets Host from the URL); Accept-Encoding is forced to identity
+-- because the gateway must be able to read every answer; the client's
+-- credentials (Authorization, x-api-key, x-goog-api-key, ?key=) never go
+-- upstream unless the supplier's auth is `passthrough`; cookies never do.
+-- On same-protocol passthrough every other client header is forwarded
+-- (anthropic-version, anthropic-beta, openai-beta, user-agent...); on a
+-- translated request only neutral ones are, since the rest belong to the
+-- client's protocol.
+--
+-- U.plan(cfg, ctx, info, route, supplier) -> plan | nil, { status, type, message }
+-- U.check_inbound_key(cfg, ctx) -> true | false, why
+-- U.passthrough_tail(protocol, message) -> closing bytes for a cut passthrough stream
+
+local json = require("sluice.json")
+local translate = require("sluice.translate")
+local estimate = require("sluice.estimate")
+
+local bit = require("bit")
+local bxor, bor, byte = bit.bxor, bit.bor, string.byte
+local type, pairs, ipairs, tostring, fmt = type, pairs, ipairs, tostring, string.format
+
+local U = {}
+
+local NEVER_FORWARD = {
+    host = true, connection = true, ["keep-alive"] = true, ["proxy-connection"] = true,
+    ["transfer-encoding"] = true, te = true, trailer = true, upgrade = true,
+    ["content-length"] = true, ["content-type"] = true, ["accept-encoding"] = true, cookie = true, expect = true,
+    ["x-request-id"] = true, ["proxy-authorization"] = true, ["x-forwarded-for"] = true,
+}
+local CREDENTIALS = { authorization = true, ["x-api-key"] = true, ["x-goog-api-key"] = true }
+local NEUTRAL = { ["user-agent"] = true, accept = true }
+
+-- ------------------------------------------------------------------ credentials
+
+local function client_key(ctx)
+    local h = ctx.headers
+    local auth = h.authorization
+    if auth then
+        local tok = auth:match("^[Bb]earer%s+(.+)$")
+        if tok then return tok end
+    end
+    return h["x-api-key"] or h["x-goog-api-key"] or (ctx.query or ""):match("[?&]?key=([^&]+)")
+end
+
+-- Constant time in the length of the presented key: compares against every
+-- configured key without stopping early.
+local function secret_eq(a, b)
+    local diff = #a == #b and 0 or 1
+    for i = 1, #a do
+        diff = bor(diff, bxor(byte(a, i), byte(b, (i - 1) % #b + 1) or 0))
+    end
+    return diff == 0
+end
+
+function U.check_inbound_key(cfg, ctx)
+    local keys = cfg.keys
+    if #keys == 0 then return true end
+    local presented = client_key(ctx)
+    if not presented then
+        return false, "missing API key: send one of the gateway's keys as Authorization: Bearer, x-api-key or x-goog-api-key"
+    end
+    local ok = false
+    for i = 1, #keys do
+        if secret_eq(presented, keys[i]) then ok = true end
+    end
+    if not ok then return false, "invalid API key" end
+    ctx.gateway_key_used = true
+    return true
+end
+
+-- Adds the supplier's credentials in the way its protocol expects.
+local function apply_auth(headers, supplier, ctx, same_protocol)
+    local a = supplier.auth
+    if a.type == "bearer" then
+        headers[#headers + 1] = { "authorization", "Bearer " .. a.token }
+    elseif a.type == "header" then
+        headers[#headers + 1] = { a.name, a.value }
+    elseif a.type == "passthrough" then
+        if same_protocol then
+            for name in pairs(CREDENTIALS) do
+                local v = ctx.headers[name]
+                if v then headers[#headers + 1] = { name, v } end
+            end
+            if supplier.protocol == "gemini" and not ctx.headers["x-goog-api-key"] then
+                local k = (ctx.query or ""):match("[?&]?key=([^&]+)")
+                if k then headers[#headers + 1] = { "x-goog-api-key", k } end
+            end
+        else
+            local k = client_key(ctx)
+            if k then
+                local p = supplier.protocol
+                if p == "anthropic" then headers[#headers + 1] = { "x-api-key", k }
+                elseif p == "gemini" then headers[#headers + 1] = { "x-goog-api-key", k }
+                else headers[#headers + 1] = { "authorization", "Bearer " .. k } end
+            end
+        end
+    end
+end
+
+local function build_headers(ctx, supplier, same_protocol)
+    local out = {}
+    for name, value in pairs(ctx.headers) do
+        if not NEVER_FORWARD[name] and not CREDENTIALS[name] and (same_protocol or NEUTRAL[name]) then
+            out[#out + 1] = { name, value }
+        end
+    end
+    if supplier.protocol == "anthropic" and not (same_protocol and ctx.headers["anthropic-version"]) then
+        out[#out + 1] = { "anthropic-version", "2023-06-01" }
+    end
+    for name, value in pairs(supplier.headers) do out[#out + 1] = { name, value } end
+    if not ctx.gateway_key_used or supplier.auth.type ~= "passthrough" then
+        apply_auth(out, supplier, ctx, same_protocol)
+    end
+    out[#out + 1] = { "content-type", "application/json" }
+    out[#out + 1] = { "accept-encoding", "identity" }
+    out[#out + 1] = { "x-request-id", ctx.id }
+    return out
+end
+
+-- The client's query string minus credentials and what the path already says.
+local function forwarded_query(ctx)
+    local q = ctx.query or ""
+    if q == "" then return "" end
+    local keep = {}
+    for pair in q:gmatch("[^&]+") do
+        local k = pair:match("^([^=]*)")
+        if k ~= "key" and k ~= "alt" then keep[#keep + 1] = pair end
+    end
+    return #keep > 0 and table.concat(keep, "&") or ""
+end
+
+local function join_url(base, path, query)
+    local url = base .. path
+    if query ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. query end
+    return url
+end
+
+-- ------------------------------------------------------------------ plans
+
+local function common(plan, ctx, route, supplier, upstream_model)
+    local t = supplier.timeouts
+    plan.method = "POST"
+    plan.timeouts = { connect = t.connect, first_byte = t.first_byte, idle = t.idle, total = t.total }
+    plan.verify_tls = supplier.verify_tls
+    plan.service, plan.client, plan.route = ctx.service, ctx.client, route.name
+    plan.supplier, plan.model_in, plan.model_out = supplier.id, ctx.model, upstream_model
+    ctx.supplier, ctx.model_out = supplier.id, upstream_model
+    return plan
+end
+
+function U.plan(cfg, ctx, info, route, supplier)
+    local from, to = ctx.protocol, supplier.protocol
+    local same = from == to
+    local upstream_model = route.model or ctx.model
+    local codec = translate.protocol(to)
+
+    if info.kind == "count_tokens" then
+        if from ~= "anthropic" then
+            return nil, { status = 501, type = "api_error",
+                          message = "token counting is only offered on the Anthropic endpoint" }
+        end
+        if to ~= "anthropic" then -- answered here: an estimate, marked as such
+            local status, body, extra = estimate.count_tokens_response(ctx.request)
+            local headers = { { "content-type", "application/json" } }
+            for k, v in pairs(extra) do headers[#headers + 1] = { k, v } end
+            return { status = status, headers = headers, body = json.encode(body),
+                     service = ctx.service, client = ctx.client }
+        end
+        local plan = { url = join_url(supplier.base_url, "/v1/messages/count_tokens", forwarded_query(ctx)),
+                       headers = build_headers(ctx, supplier, true), stream = false, transform = false }
+        if upstream_model ~= ctx.model then
+            ctx.request.model = upstream_model
+            plan.body = json.encode(ctx.request)
+        end
+        return common(plan, ctx, route, supplier, upstream_model)
+    end
+
+    local plan = {
+        headers = build_headers(ctx, supplier, same),
+        stream = ctx.stream,
+        terminal = codec.terminal,
+    }
+    if same then
+        plan.url = join_url(supplier.base_url, codec.path(upstream_model, ctx.stream), forwarded_query(ctx))
+        plan.transform = false
+        if upstream_model ~= ctx.model and to ~= "gemini" then
+            ctx.request.model = upstream_model
+            plan.body = json.encode(ctx.request)
+        end
+    else
+        local body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
+            { model = upstream_model, stream = ctx.stream })
+        if not body then
+            return nil, { status = 400, type = "invalid_request", message = tostring(state) }
+        end
+        state.client_model = state.client_model or ctx.model
+        ctx.translation = { from = from, to = to, state = state }
+        plan.url = join_url(supplier.base_url, codec.path(upstream_model, ctx.stream), "")
+        plan.body = json.encode(body)
+        plan.transform = true
+    end
+    return common(plan, ctx, route, supplier, upstream_model)
+end
+
+-- ------------------------------------------------------------------ cut passthrough streams
+
+-- A passthrough stream that the upstream cut short still has to end the way
+-- its protocol expects, with an error the client's SDK will raise.
+function U.passthrough_tail(protocol, message)
+    local codec = translate.protocol(protocol)
+    local _, err = codec.encode_error({ status = 502, type = "api_error", message = message })
+    if protocol == "anthropic" then
+        return "event: error\ndata: " .. json.encode(err) ..
+            "\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    elseif protocol == "openai-chat" then
+        return "data: " .. json.encode(err) .. "\n\ndata: [DONE]\n\n"
+    elseif protocol == "openai-responses" then
+        local failed = { type = "response.failed",
+                         response = { status = "failed", error = { code = "server_error", message = message } } }
+        return "event: response.failed\ndata: " .. json.encode(failed) .. "\n\n"
+    end
+    return "data: " .. json.encode(err) .. "\n\n"
+end
+
+return U
