@@ -67,8 +67,12 @@ function T.request(from, to, body, info, opts)
     opts = opts or {}
     local C, U, err = codecs(from, to)
     if not C then return nil, err end
+    -- Codecs may keep protocol-only state (Responses' store/include...) when
+    -- the supplier speaks the same protocol; tell them which one it is.
+    local dinfo = { upstream = to }
+    if info then for k, v in pairs(info) do dinfo[k] = v end end
     local req
-    req, err = C.decode_request(body, info or {})
+    req, err = C.decode_request(body, dinfo)
     if not req then return nil, err end
     local names = toolnames.new(to)
     toolnames.apply_request(req, names)
@@ -109,6 +113,12 @@ function T.error(from, to, status, upstream_body)
     local C, U, err = codecs(from, to)
     if not C then
         return 500, { error = { message = err, type = "server_error" } }
+    end
+    -- Hosts hand over the raw body; decode it once here so every codec sees
+    -- a table when the upstream sent JSON (and the raw text otherwise).
+    if type(upstream_body) == "string" then
+        local v = json.decode(upstream_body)
+        if v ~= nil then upstream_body = v end
     end
     return C.encode_error(U.decode_error(status, upstream_body))
 end

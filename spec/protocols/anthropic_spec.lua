@@ -156,12 +156,27 @@ describe("anthropic stream encoder", function()
         F.assert_stream("anthropic/stream_tools.encoded.sse", C.encode_events(A, events, ENC_OPTS))
     end)
 
-    it("drops thinking and signatures from other providers", function()
+    it("wraps another provider's signature so it survives the client round trip", function()
         local out = C.encode_events(A, events, { model = "m", id = "msg_x", origin = "gemini" })
-        assert.is_nil(out:find("thinking", 1, true))
         local v = validate.anthropic(F.records(out))
         assert.is_true(v.complete)
-        assert.are.equal(1, v.tools[1].index) -- text is block 0 now
+        local sig
+        for _, r in ipairs(F.records(out)) do
+            if r.event == "content_block_delta" and r.data.delta.type == "signature_delta" then
+                sig = r.data.delta.signature
+            end
+        end
+        assert.are.equal("sluice1:gemini:sig:EqQBCkYIBxgCKkBRzk1Xv8w", sig)
+        -- The client sends the block back: it is Gemini's again, and never
+        -- reaches an Anthropic upstream.
+        local req = A.decode_request({ model = "m", messages = {
+            { role = "user", content = "hi" },
+            { role = "assistant", content = { { type = "thinking", thinking = "t", signature = sig },
+                                              { type = "text", text = "ok" } } } } })
+        assert.are.same({ type = "thinking", text = "t", signature = "EqQBCkYIBxgCKkBRzk1Xv8w", origin = "gemini" },
+            req.messages[2].content[1])
+        local body = F.wire(A.encode_request(req, { model = "claude-x" }))
+        assert.are.equal(1, #body.messages[2].content)
     end)
 
     it("serialises overlapping IR blocks: one Anthropic block open at a time", function()

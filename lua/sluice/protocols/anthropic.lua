@@ -4,9 +4,16 @@
 -- IR (lua/sluice/ir.lua) and back. It knows nothing about other protocols:
 -- translate.lua composes it with another codec. Anthropic reports input
 -- tokens exclusive of cache reads/writes; the IR is inclusive, so usage is
--- converted at both edges. Thinking signatures and redacted thinking are
--- only valid for Anthropic, so the encoders emit them only when the part (or
--- the stream, opts.origin) came from Anthropic, and drop them otherwise.
+-- converted at both edges.
+--
+-- Thinking signatures and redacted thinking are bound to their provider.
+-- Towards an Anthropic upstream only parts whose origin is Anthropic are
+-- sent. Towards an Anthropic client, another provider's opaque state (a
+-- Gemini thoughtSignature, a Responses encrypted_content) rides in the
+-- signature/data field inside the envelope "sluice1:<origin>:<kind>:<value>"
+-- shared with the other codecs, so it comes back on the next turn and is
+-- unwrapped to its origin; thinking without any signature is shown with an
+-- empty one and dropped when the history comes back.
 --
 -- IR extensions used here (additive, see the report): parts may carry
 -- `origin = "<protocol>"` (set on thinking parts decoded here); image and
@@ -49,6 +56,31 @@ local function as_object(t)
         return t
     end
     return t
+end
+
+-- The cross-provider envelope for opaque reasoning state (see top).
+local function wrap(origin, kind, value)
+    if origin == nil or origin == "anthropic" then return value end
+    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
+end
+
+local function unwrap(s)
+    if type(s) ~= "string" then return nil end
+    return s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+end
+
+-- A thinking or redacted_thinking block from a client -> IR part.
+local function decode_thinking(b)
+    local opaque = b.type == "thinking" and nonnull(b.signature) or nonnull(b.data)
+    local o, k, v = unwrap(opaque)
+    if o then
+        if k == "data" then return { type = "redacted_thinking", data = v, origin = o } end
+        return { type = "thinking", text = b.thinking or "", signature = v, origin = o }
+    end
+    if b.type == "redacted_thinking" then
+        return { type = "redacted_thinking", data = b.data, origin = "anthropic" }
+    end
+    return { type = "thinking", text = b.thinking or "", signature = opaque, origin = "anthropic" }
 end
 
 local function decode_source(src)
@@ -133,11 +165,8 @@ function decode_block(b, role)
             type = "tool_result", tool_call_id = b.tool_use_id,
             content = decode_blocks(b.content), is_error = b.is_error == true,
         }
-    elseif t == "thinking" then
-        return { type = "thinking", text = b.thinking or "", signature = nonnull(b.signature),
-                 origin = "anthropic" }
-    elseif t == "redacted_thinking" then
-        return { type = "redacted_thinking", data = b.data, origin = "anthropic" }
+    elseif t == "thinking" or t == "redacted_thinking" then
+        return decode_thinking(b)
     end
     -- server_tool_use, web_search_tool_result, container_upload...: no IR
     -- equivalent; they cannot be translated.
@@ -252,6 +281,16 @@ end
 
 local function thinking_allowed(p, opts)
     return p.origin == "anthropic" or (opts and opts.origin == "anthropic" and p.origin == nil)
+end
+
+-- Thinking towards a client: own signatures as they are, others wrapped.
+local function client_thinking(p, opts)
+    local origin = p.origin or opts.origin
+    if p.type == "redacted_thinking" then
+        return { type = "redacted_thinking", data = wrap(origin, "data", p.data or "") }
+    end
+    local sig = p.signature and p.signature ~= "" and wrap(origin, "sig", p.signature) or ""
+    return { type = "thinking", thinking = p.text or "", signature = sig }
 end
 
 local function encode_part(p, opts)
@@ -436,7 +475,12 @@ function M.encode_response(resp, opts)
     opts = opts or {}
     local content = array()
     for _, p in ipairs(resp.content or {}) do
-        local b = encode_part(p, opts)
+        local b
+        if p.type == "thinking" or p.type == "redacted_thinking" then
+            b = client_thinking(p, opts)
+        else
+            b = encode_part(p, opts)
+        end
         if b then content[#content + 1] = b end
     end
     return {
@@ -616,7 +660,6 @@ function M.stream_encoder(opts)
         started = false, done = false,
         queue = {},          -- IR blocks in start order not yet fully emitted
         blocks = {},         -- IR index -> block state { out = n, events = {...}, stopped }
-        dropped = {},        -- IR indices swallowed (thinking from other origins)
         next_out = 0,
         usage = nil, stop_reason = nil, stop_sequence = nil,
     }, Encoder)
@@ -645,7 +688,8 @@ function Encoder:write(b, blk, ev)
         local cb
         if ev.kind == "text" then cb = { type = "text", text = "" }
         elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
-        elseif ev.kind == "redacted_thinking" then cb = { type = "redacted_thinking", data = ev.data or "" }
+        elseif ev.kind == "redacted_thinking" then
+            cb = { type = "redacted_thinking", data = wrap(self.origin, "data", ev.data or "") }
         else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
         sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
     elseif t == "text" then
@@ -658,10 +702,8 @@ function Encoder:write(b, blk, ev)
         sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
                                         delta = { type = "thinking_delta", thinking = ev.text } })
     elseif t == "signature" then
-        if self.origin == "anthropic" then
-            sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
-                                            delta = { type = "signature_delta", signature = ev.signature } })
-        end
+        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
+            delta = { type = "signature_delta", signature = wrap(self.origin, "sig", ev.signature) } })
     elseif t == "block_stop" then
         sse(b, "content_block_stop", { type = "content_block_stop", index = blk.out })
     end
@@ -716,19 +758,13 @@ function Encoder:feed(ev)
     end
     if not self.started then self:emit_start(b, nil) end
     if t == "block_start" then
-        if ev.kind == "thinking" or ev.kind == "redacted_thinking" then
-            if self.origin ~= "anthropic" then
-                self.dropped[ev.index] = true
-                return b:tostring()
-            end
-        end
         local blk = { events = { ev }, stopped = false }
         self.blocks[ev.index] = blk
         self.queue[#self.queue + 1] = blk
         if #self.queue == 1 then self:drain(b) end
     elseif t == "text" or t == "tool_args" or t == "thinking" or t == "signature"
         or t == "block_stop" then
-        if not self.dropped[ev.index] then self:block_event(b, ev) end
+        self:block_event(b, ev)
     elseif t == "usage" then
         self.usage = ir.merge_usage(self.usage, ev.usage)
     elseif t == "finish" then
