@@ -290,6 +290,8 @@ int sl_sse_parser_feed(sl_sse_parser_t *p, const char *buf, size_t len, sl_sse_e
 
 int sl_sse_parser_has_partial(const sl_sse_parser_t *p)
 {
+    if (p->err)
+        return 1; /* stopped: the rest of the stream was never framed */
     if (p->data_lines || pending_event(p).len)
         return 1;
     return p->line.len > 0 && p->line.base[0] != ':';

@@ -99,7 +99,8 @@ int sl_sse_parser_feed(sl_sse_parser_t *p, const char *buf, size_t len, sl_sse_e
 
 /* 1 if the parser holds the start of an event that no blank line has ended
  * yet (at end of stream that event is lost: a truncated stream). Comments
- * and a trailing unterminated empty line do not count. */
+ * and a trailing unterminated empty line do not count. Always 1 once a feed
+ * has returned non-zero: the rest of the stream was never framed. */
 int sl_sse_parser_has_partial(const sl_sse_parser_t *p);
 
 /*

@@ -614,6 +614,7 @@ static void test_limit(void)
     CHECK(sl_sse_parser_feed(&p, "data: 123456789\n\n", 17, collect_cb, &c) == SL_ELIMIT);
     CHECK(sl_sse_parser_feed(&p, "data: 1\n\n", 9, collect_cb, &c) == SL_ELIMIT);
     CHECK(c.n == 0);
+    CHECK(sl_sse_parser_has_partial(&p));
     sl_sse_parser_free(&p);
     sl_buf_free(&c.out);
     sl_buf_free(&s);
