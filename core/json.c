@@ -71,6 +71,7 @@ typedef struct {
     sl_buf_t out;     /* encode output of the Lua binding */
     jkey_t *keys;     /* encode: a stack of key ranges, one per open object */
     size_t nkeys, capkeys;
+    int busy;
 } jstate_t;
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
@@ -266,6 +267,33 @@ static void push_shared(lua_State *L)
     }
 }
 
+/* A GC step inside one of our Lua API calls may run a __gc finalizer that
+ * itself calls the codec; such a nested call gets a fresh temporary state
+ * instead of clobbering the one in use. (After an out-of-memory longjmp
+ * `busy` stays set and later calls take this slower path: still correct.) */
+static jstate_t *state_acquire(jstate_t *st, jstate_t *tmp)
+{
+    if (!st->busy) {
+        st->busy = 1;
+        return st;
+    }
+    memset(tmp, 0, sizeof *tmp);
+    sl_buf_init(&tmp->scratch, 0);
+    sl_buf_init(&tmp->out, 0);
+    return tmp;
+}
+
+static void state_release(jstate_t *st, jstate_t *used)
+{
+    if (used == st) {
+        st->busy = 0;
+        return;
+    }
+    sl_buf_free(&used->scratch);
+    sl_buf_free(&used->out);
+    free(used->keys);
+}
+
 static void trim_buf(sl_buf_t *b)
 {
     if (b->cap > SCRATCH_KEEP)
@@ -358,6 +386,10 @@ static inline char *put_utf8(char *o, unsigned cp)
     return o;
 }
 
+/* The byte each one-letter escape stands for (0: not one). */
+static const char unescape[256] = {['"'] = '"', ['\\'] = '\\', ['/'] = '/', ['b'] = '\b',
+                                   ['f'] = '\f', ['n'] = '\n', ['r'] = '\r', ['t'] = '\t'};
+
 /* Decodes the escape whose backslash is at bs, writing its bytes at *o
  * (never more than the escape's own length); returns the input byte after
  * it, or NULL on error. */
@@ -369,18 +401,11 @@ static const unsigned char *dec_escape(dec_t *d, const unsigned char *bs, char *
         dec_fail(d, d->end, "unterminated string");
         return NULL;
     }
-    switch (*p) {
-    case '"': *(*o)++ = '"'; return p + 1;
-    case '\\': *(*o)++ = '\\'; return p + 1;
-    case '/': *(*o)++ = '/'; return p + 1;
-    case 'b': *(*o)++ = '\b'; return p + 1;
-    case 'f': *(*o)++ = '\f'; return p + 1;
-    case 'n': *(*o)++ = '\n'; return p + 1;
-    case 'r': *(*o)++ = '\r'; return p + 1;
-    case 't': *(*o)++ = '\t'; return p + 1;
-    case 'u':
-        break;
-    default:
+    if (unescape[*p]) {
+        *(*o)++ = unescape[*p];
+        return p + 1;
+    }
+    if (*p != 'u') {
         if (*p >= 0x20 && *p < 0x7f)
             dec_fail(d, bs, "invalid escape '\\%c'", *p);
         else
@@ -771,9 +796,10 @@ static int dec_value(dec_t *d)
 }
 
 /* Decodes s and pushes the value; on failure restores the stack. */
-static int decode_run(lua_State *L, jstate_t *st, int array_mt, int number_mt, const char *s,
-                      size_t len, char *err, size_t errlen)
+static int decode_run(lua_State *L, jstate_t *shared, int array_mt, int number_mt,
+                      const char *s, size_t len, char *err, size_t errlen)
 {
+    jstate_t tmp, *st = state_acquire(shared, &tmp);
     dec_t d = {.L = L,
                .start = (const unsigned char *)s,
                .p = (const unsigned char *)s,
@@ -797,6 +823,7 @@ static int decode_run(lua_State *L, jstate_t *st, int array_mt, int number_mt, c
     if (rc)
         lua_settop(L, top);
     trim_buf(&st->scratch);
+    state_release(shared, st);
     return rc;
 }
 
@@ -884,25 +911,20 @@ static inline int enc_byte(enc_t *e, char c)
 static inline char *put_escape(char *o, unsigned c)
 {
     static const char hex[] = "0123456789abcdef";
+    static const char letter[128] = {['"'] = '"', ['\\'] = '\\', ['\n'] = 'n', ['\r'] = 'r',
+                                     ['\t'] = 't', ['\b'] = 'b', ['\f'] = 'f'};
     *o++ = '\\';
-    switch (c) {
-    case '"': *o++ = '"'; break;
-    case '\\': *o++ = '\\'; break;
-    case '\n': *o++ = 'n'; break;
-    case '\r': *o++ = 'r'; break;
-    case '\t': *o++ = 't'; break;
-    case '\b': *o++ = 'b'; break;
-    case '\f': *o++ = 'f'; break;
-    default:
-        if (c >= 0x80) {
-            memcpy(o, "ufffd", 5);
-        } else {
-            memcpy(o, "u00", 3);
-            o[3] = hex[c >> 4], o[4] = hex[c & 15];
-        }
-        o += 5;
+    if (c < 0x80 && letter[c]) {
+        *o++ = letter[c];
+        return o;
     }
-    return o;
+    if (c >= 0x80) {
+        memcpy(o, "ufffd", 5);
+    } else {
+        memcpy(o, "u00", 3);
+        o[3] = hex[c >> 4], o[4] = hex[c & 15];
+    }
+    return o + 5;
 }
 
 /* Input bytes per worst-case (6x) reservation in enc_string. */
@@ -1234,8 +1256,10 @@ int sl_json_encode_value(lua_State *L, int idx, sl_buf_t *out, char *err, size_t
     }
     push_shared(L);
     int top = lua_gettop(L);
-    int rc = encode_run(L, idx, out, lua_touserdata(L, top), lua_topointer(L, top - 2),
-                        lua_topointer(L, top - 1), err, errlen);
+    jstate_t tmp, *shared = lua_touserdata(L, top), *st = state_acquire(shared, &tmp);
+    int rc = encode_run(L, idx, out, st, lua_topointer(L, top - 2), lua_topointer(L, top - 1),
+                        err, errlen);
+    state_release(shared, st);
     lua_settop(L, top - 3);
     return rc;
 }
@@ -1270,19 +1294,20 @@ static int l_decode(lua_State *L)
 static int l_encode(lua_State *L)
 {
     char err[160];
-    jstate_t *st = lua_touserdata(L, UV_STATE);
+    jstate_t tmp, *shared = lua_touserdata(L, UV_STATE), *st = state_acquire(shared, &tmp);
     lua_settop(L, 1);
     st->out.len = 0;
-    if (encode_run(L, 1, &st->out, st, lua_topointer(L, UV_ARRAY_MT),
-                   lua_topointer(L, UV_NUMBER_MT), err, sizeof err)) {
-        trim_buf(&st->out);
+    int rc = encode_run(L, 1, &st->out, st, lua_topointer(L, UV_ARRAY_MT),
+                        lua_topointer(L, UV_NUMBER_MT), err, sizeof err);
+    if (rc) {
         lua_pushnil(L);
         lua_pushstring(L, err);
-        return 2;
+    } else {
+        lua_pushlstring(L, st->out.base ? st->out.base : "", st->out.len);
     }
-    lua_pushlstring(L, st->out.base, st->out.len);
     trim_buf(&st->out);
-    return 1;
+    state_release(shared, st);
+    return rc ? 2 : 1;
 }
 
 static int l_array(lua_State *L)

@@ -357,6 +357,31 @@ describe("sluice.json", function()
     end)
   end)
 
+  describe("re-entrancy", function()
+    it("survives __gc finalizers that use the codec in the middle of a call", function()
+      local nested, bad, inside = 0, nil, false
+      local function finalizer()
+        if inside then nested = nested + 1 end
+        local s = json.encode({ x = json.decode('[1,{"y":"z\\n"}]'), k = { b = 1, a = 2 } })
+        if s ~= '{"k":{"a":2,"b":1},"x":[1,{"y":"z\\n"}]}' then bad = s end
+      end
+      local big = {}
+      for i = 1, 300 do
+        big[i] = { id = "item" .. i, text = ("line \"q\"\n"):rep(10), tags = json.array({ "a", "b" }) }
+      end
+      local doc = assert(json.encode(json.array(big)))
+      for _ = 1, 30 do
+        for _ = 1, 300 do getmetatable(newproxy(true)).__gc = finalizer end
+        inside = true
+        local s = json.encode(json.decode(doc))
+        inside = false
+        assert.are.equal(doc, s)
+      end
+      assert.is_nil(bad)
+      assert.is_true(nested > 0, "no finalizer ran inside a codec call: the test proves nothing")
+    end)
+  end)
+
   describe("helpers", function()
     it("json.array marks a table in place or makes a new one", function()
       local t = { 1, 2 }
