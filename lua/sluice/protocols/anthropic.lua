@@ -693,11 +693,12 @@ function Encoder:write(b, blk, ev)
         else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
         sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
     elseif t == "text" then
-        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
-                                        delta = { type = "text_delta", text = ev.text } })
+        -- The hot path: deltas are written without building a table.
+        b:put('event: content_block_delta\ndata: {"type":"content_block_delta","index":', blk.out,
+              ',"delta":{"type":"text_delta","text":', encode(ev.text or ""), '}}\n\n')
     elseif t == "tool_args" then
-        sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
-                                        delta = { type = "input_json_delta", partial_json = ev.json } })
+        b:put('event: content_block_delta\ndata: {"type":"content_block_delta","index":', blk.out,
+              ',"delta":{"type":"input_json_delta","partial_json":', encode(ev.json or ""), '}}\n\n')
     elseif t == "thinking" then
         sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
                                         delta = { type = "thinking_delta", thinking = ev.text } })

@@ -720,7 +720,17 @@ function Encoder:feed(ev)
     end
     self:ensure_start(b)
     if t == "text" then
-        if ev.text and ev.text ~= "" then self:chunk(b, { content = ev.text }) end
+        if ev.text and ev.text ~= "" then
+            -- The hot path: a text chunk is written from a cached prefix.
+            local pre = self.text_prefix
+            if not pre then
+                pre = 'data: {"id":' .. encode(self.id) .. ',"object":"chat.completion.chunk","created":'
+                    .. encode(self.created) .. (self.model and (',"model":' .. encode(self.model)) or "")
+                    .. ',"choices":[{"index":0,"delta":{"content":'
+                self.text_prefix = pre
+            end
+            b:put(pre, encode(ev.text), '},"logprobs":null,"finish_reason":null}]}\n\n')
+        end
     elseif t == "block_start" and ev.kind == "tool_call" then
         local k = self.ntools
         self.ntools = k + 1
