@@ -328,14 +328,16 @@ end
 
 -- Calls are remembered in order so a response finds its call by id, else by
 -- name among the calls not yet answered (Gemini links them by position).
-local function match_call(st, fr)
-    local calls = st.calls
-    if is_str(fr.id) then
-        for _, c in ipairs(calls) do
-            if c.id == fr.id and not c.done then c.done = true return c.id end
-        end
+local function match_by_id(st, fr)
+    if not is_str(fr.id) then return nil end
+    for _, c in ipairs(st.calls) do
+        if c.id == fr.id and not c.done then c.done = true return c.id end
     end
-    for _, c in ipairs(calls) do
+    return nil
+end
+
+local function match_call(st, fr)
+    for _, c in ipairs(st.calls) do
         if not c.done and c.name == fr.name then c.done = true return c.id end
     end
     st.n = st.n + 1
@@ -390,13 +392,20 @@ end
 
 local function decode_user_parts(parts, st)
     local content = {}
-    for _, p in ipairs(parts) do
+    -- Responses whose id names an open call claim it first; the rest take
+    -- the open calls of their name in order.
+    local by_id = {}
+    for i, p in ipairs(parts) do
+        local fr = is_obj(p) and (p.functionResponse or p.function_response)
+        if is_obj(fr) then by_id[i] = match_by_id(st, fr) end
+    end
+    for i, p in ipairs(parts) do
         if is_obj(p) then
             local fr = p.functionResponse or p.function_response
             if is_obj(fr) then
                 local c, is_error = decode_function_response(fr)
-                content[#content + 1] = { type = "tool_result", tool_call_id = match_call(st, fr), name = fr.name,
-                                          content = c, is_error = is_error }
+                content[#content + 1] = { type = "tool_result", tool_call_id = by_id[i] or match_call(st, fr),
+                                          name = fr.name, content = c, is_error = is_error }
             else
                 local part = decode_data_part(p)
                 if part then content[#content + 1] = part end
@@ -931,7 +940,7 @@ function Decoder:feed(ev)
     if is_obj(obj.error) then
         if not self.errored then
             self.errored = true
-            d_close(self, out)
+            -- Open blocks stay open: closing them would pass a cut call off as whole.
             local e = obj.error
             out[#out + 1] = { type = "error", error = M.decode_error(tonumber(e.code) or 500, obj) }
         end
