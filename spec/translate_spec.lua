@@ -189,3 +189,56 @@ describe("count_tokens estimate", function()
         assert.are.equal("invalid_request_error", body.error.type)
     end)
 end)
+
+describe("stop reasons and documents across anthropic and openai-chat", function()
+    local state_a = select(2, T.request("anthropic", "openai-chat",
+        { model = "claude-x", max_tokens = 10, messages = { { role = "user", content = "hi" } } }, {}, { model = "gpt-x" }))
+    local state_o = select(2, T.request("openai-chat", "anthropic",
+        { model = "gpt-x", messages = { { role = "user", content = "hi" } } }, {}, { model = "claude-x" }))
+
+    local function chat_body(finish, with_call)
+        local msg = { role = "assistant", content = "x" }
+        if with_call then
+            msg.tool_calls = { { id = "call_1", type = "function", ["function"] = { name = "f", arguments = "{}" } } }
+        end
+        return { id = "chatcmpl-1", choices = { { index = 0, message = msg, finish_reason = finish } },
+                 usage = { prompt_tokens = 1, completion_tokens = 1, total_tokens = 2 } }
+    end
+
+    for _, c in ipairs({ { "stop", false, "end_turn" }, { "length", false, "max_tokens" },
+                         { "tool_calls", true, "tool_use" }, { "stop", true, "tool_use" },
+                         { "content_filter", false, "refusal" } }) do
+        it("chat " .. c[1] .. (c[2] and " with a tool call" or "") .. " -> anthropic " .. c[3], function()
+            local out = T.response("anthropic", "openai-chat", chat_body(c[1], c[2]), state_a)
+            assert.are.equal(c[3], out.stop_reason)
+        end)
+    end
+
+    for _, c in ipairs({ { "end_turn", "stop" }, { "max_tokens", "length" }, { "tool_use", "tool_calls" },
+                         { "stop_sequence", "stop" }, { "refusal", "content_filter" }, { "pause_turn", "stop" } }) do
+        it("anthropic " .. c[1] .. " -> chat " .. c[2], function()
+            local body = { id = "msg_1", type = "message", role = "assistant", model = "claude-x",
+                           content = { { type = "text", text = "x" } }, stop_reason = c[1],
+                           usage = { input_tokens = 1, output_tokens = 1 } }
+            if c[1] == "tool_use" then
+                body.content[2] = { type = "tool_use", id = "toolu_1", name = "f", input = {} }
+            end
+            local out = T.response("openai-chat", "anthropic", body, state_o)
+            assert.are.equal(c[2], out.choices[1].finish_reason)
+        end)
+    end
+
+    it("carries PDF documents both ways", function()
+        local up = T.request("anthropic", "openai-chat", { model = "claude-x", max_tokens = 10, messages = { {
+            role = "user", content = { { type = "document", title = "spec.pdf",
+                source = { type = "base64", media_type = "application/pdf", data = "JVBERi0x" } },
+                { type = "text", text = "summarise" } } } } }, {}, { model = "gpt-x" })
+        assert.are.same({ type = "file", file = { file_data = "data:application/pdf;base64,JVBERi0x",
+                                                  filename = "spec.pdf" } }, up.messages[1].content[1])
+        local back = T.request("openai-chat", "anthropic", { model = "gpt-x", messages = { {
+            role = "user", content = { up.messages[1].content[1] } } } }, {}, { model = "claude-x" })
+        assert.are.same({ type = "document", title = "spec.pdf",
+            source = { type = "base64", media_type = "application/pdf", data = "JVBERi0x" } },
+            back.messages[1].content[1])
+    end)
+end)
