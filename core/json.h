@@ -21,6 +21,13 @@
  * encode(v) -> s | nil, err; null; array_mt; number_mt; array(t) -> t;
  * is_array(t) -> bool; number(text) -> boxed | nil, err.
  *
+ * Numbers print as integers within +-2^53, else via %.15g/%.16g/%.17g (the
+ * first that reads back exactly; exponent form when that would look like a
+ * big integer literal). Invalid UTF-8 becomes one U+FFFD per bad byte.
+ *
+ * Threads: all state is per lua_State (a registry userdata), so each worker
+ * VM may use the codec concurrently; number parsing ignores setlocale().
+ *
  * The C helpers below work in any lua_State; they create the shared
  * metatables in the registry on first use, so they need not be preceded by
  * require("sluice.json"). They never raise a Lua error for bad JSON or
