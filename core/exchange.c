@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "admin.h"
@@ -135,6 +136,14 @@ static int is_hop_by_hop(sl_str_t name)
     return 0;
 }
 
+static int is_event_stream(const sl_header_t *hv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (sl_str_ieq_c(hv[i].name, "content-type"))
+            return hv[i].value.len >= 17 && strncasecmp(hv[i].value.base, "text/event-stream", 17) == 0;
+    return 0;
+}
+
 /* Copies the upstream head into ex->head without hop-by-hop fields. */
 static void head_from_upstream(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n)
 {
@@ -239,7 +248,10 @@ static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
     ex->got_first_byte = 1;
     arm_wait(ex, ex->plan.t_idle);
     int ok = status >= 200 && status < 300;
-    int sse = ex->plan.stream && ok;
+    /* Frame as SSE only what the upstream itself calls a stream: a supplier
+     * that answers a stream request with a plain JSON body is passed (or
+     * translated) as a body, not judged by a terminal event it never sends. */
+    int sse = ex->plan.stream && ok && is_event_stream(hv, n);
     ex->term.terminal_required = sse && ex->plan.nmarkers > 0;
     if (!ex->plan.transform) {
         ex->mode = MODE_PASS;
