@@ -275,7 +275,8 @@ Collector.__index = Collector
 function T.collect(from, to, state)
     local C, U, err = codecs(from, to)
     if not C then error(err) end
-    return setmetatable({ C = C, to = to, state = state, dec = U.stream_decoder({}), events = {} },
+    return setmetatable({ C = C, to = to, state = state, events = {},
+                          dec = U.stream_decoder({ model = state.upstream_model }) },
         Collector)
 end
 
