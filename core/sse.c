@@ -276,7 +276,7 @@ static int feed_lines(sl_sse_parser_t *p, const char *s, const char *end, sl_sse
 int sl_sse_parser_feed(sl_sse_parser_t *p, const char *buf, size_t len, sl_sse_event_cb cb,
                        void *ud)
 {
-    if (p->err)
+    if (p->err || len == 0)
         return p->err;
     const char *s = buf, *end = buf + len;
     int rc = skip_bom(p, &s, end);

@@ -22,9 +22,12 @@
  *     we noted why) and curl codes we do not know are only used when nothing
  *     specific was noted at all (then: INTERNAL).
  *  3. Once the protocol's terminal event has been seen, upstream transport
- *     trouble (early close, reset, curl timeouts, the idle timer) cannot make
- *     the answer incomplete: the upstream had already said everything. Such
- *     causes are skipped; client, limit, script and shutdown causes are not.
+ *     trouble cannot make the answer incomplete: the upstream had already
+ *     said everything. Skipped then: curl's failure codes (early close,
+ *     reset, garbage, its own timeouts, and our abort of a transfer we no
+ *     longer needed), the connect/first-byte/idle timers, UPSTREAM_INVALID.
+ *     Not skipped: client notes, limits, script errors, shutdown, INTERNAL
+ *     and TIMER_TOTAL — those mean the client's side was cut.
  *  4. curl finishing OK is not a cause of failure by itself: it is
  *     UPSTREAM_HTTP_ERROR when the status was >= 400, UPSTREAM_EOF_EARLY when
  *     a terminal event was required and not seen, else no failure. With no
