@@ -1013,6 +1013,19 @@ local function e_chunk(self, buf, parts, finish)
     buf:put("data: ", json_encode(obj), "\n\n")
 end
 
+-- Text and thought deltas are the per-event hot path: written straight
+-- into the buffer (the chunk tail with model and id is built once).
+local function e_text(self, buf, text, thought)
+    local tail = self.tail
+    if not tail then
+        tail = "},\"index\":0}]" .. (self.model and (",\"modelVersion\":" .. json_encode(self.model)) or "")
+            .. (self.id and (",\"responseId\":" .. json_encode(self.id)) or "") .. "}\n\n"
+        self.tail = tail
+    end
+    buf:put("data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":", json_encode(text),
+            thought and ",\"thought\":true}]" or "}]", tail)
+end
+
 local function e_part(self, buf, gp)
     if self.pending then
         gp.thoughtSignature = self.pending
@@ -1059,10 +1072,10 @@ function Encoder:feed(ev)
         local rec = self.blocks[ev.index]
         if rec and nonempty(ev.text) then
             if t == "text" then
-                e_part(self, buf, { text = ev.text })
+                if self.pending then e_part(self, buf, { text = ev.text }) else e_text(self, buf, ev.text, false) end
             else
                 rec.had_text = true
-                e_chunk(self, buf, json_array({ { text = ev.text, thought = true } }))
+                e_text(self, buf, ev.text, true)
             end
         end
     elseif t == "tool_args" then

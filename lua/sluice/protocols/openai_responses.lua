@@ -917,23 +917,26 @@ local function enc_start(self, buf, model)
     emit(self, buf, "response.in_progress", { response = r() })
 end
 
+-- Deltas are the per-event hot path: written straight into the buffer,
+-- without building a table per event.
+local DELTA = {
+    text = { "response.output_text.delta", ",\"content_index\":0,\"logprobs\":[]" },
+    thinking = { "response.reasoning_summary_text.delta", ",\"summary_index\":0" },
+    tool_call = { "response.function_call_arguments.delta", "" },
+}
+
 local function enc_delta(self, buf, rec, piece)
-    local kind = rec.kind
-    if kind == "text" then
-        emit(self, buf, "response.output_text.delta", { item_id = rec.item_id, output_index = rec.oi,
-            content_index = 0, delta = piece, logprobs = json_array({}) })
-    elseif kind == "thinking" then
-        if not rec.summary_open then
-            rec.summary_open = true
-            emit(self, buf, "response.reasoning_summary_part.added", { item_id = rec.item_id, output_index = rec.oi,
-                summary_index = 0, part = { type = "summary_text", text = "" } })
-        end
-        emit(self, buf, "response.reasoning_summary_text.delta", { item_id = rec.item_id, output_index = rec.oi,
-            summary_index = 0, delta = piece })
-    elseif kind == "tool_call" then
-        emit(self, buf, "response.function_call_arguments.delta", { item_id = rec.item_id, output_index = rec.oi,
-            delta = piece })
+    local d = DELTA[rec.kind]
+    if not d then return end
+    if rec.kind == "thinking" and not rec.summary_open then
+        rec.summary_open = true
+        emit(self, buf, "response.reasoning_summary_part.added", { item_id = rec.item_id, output_index = rec.oi,
+            summary_index = 0, part = { type = "summary_text", text = "" } })
     end
+    local seq = self.seq
+    self.seq = seq + 1
+    buf:put("event: ", d[1], "\ndata: {\"type\":\"", d[1], "\",\"sequence_number\":", seq, ",\"item_id\":",
+            rec.qid, ",\"output_index\":", rec.oi, d[2], ",\"delta\":", json_encode(piece), "}\n\n")
 end
 
 local ITEM_PREFIX = { text = "msg_", thinking = "rs_", redacted_thinking = "rs_", tool_call = "fc_" }
@@ -942,6 +945,7 @@ local function activate(self, buf, rec)
     local oi = #self.output
     rec.oi = oi
     rec.item_id = item_id(ITEM_PREFIX[rec.kind], self.base, oi + 1)
+    rec.qid = json_encode(rec.item_id)
     self.output[oi + 1] = json_null -- placeholder until the item is done
     local kind = rec.kind
     if kind == "text" then
