@@ -147,8 +147,7 @@ static int dispatch(sl_sse_parser_t *p, sl_sse_event_cb cb, void *ud)
 }
 
 /* One complete line, without its terminator. */
-static int process_line(sl_sse_parser_t *p, sl_str_t l, int transient, sl_sse_event_cb cb,
-                        void *ud)
+static int process_line(sl_sse_parser_t *p, sl_str_t l, int transient, sl_sse_event_cb cb, void *ud)
 {
     if (over_limit(p, l.len))
         return SL_ELIMIT;
@@ -348,9 +347,8 @@ int sl_sse_marker_match(const sl_sse_marker_t *m, size_t n, const sl_sse_event_t
                 return 1;
             break;
         case SL_SSE_MARK_DATA_HAS:
-            if (m[i].value.len == 0 ||
-                (ev->data.len && memmem(ev->data.base, ev->data.len, m[i].value.base,
-                                        m[i].value.len)))
+            if (m[i].value.len == 0 || (ev->data.len && memmem(ev->data.base, ev->data.len,
+                                                               m[i].value.base, m[i].value.len)))
                 return 1;
             break;
         }

@@ -59,18 +59,18 @@ typedef int (*sl_sse_event_cb)(void *ud, const sl_sse_event_t *ev);
  * separate allocation per request); treat every field as private.
  */
 typedef struct sl_sse_parser_s {
-    sl_buf_t line;     /* a line cut by a feed boundary, carried to the next */
-    sl_buf_t data;     /* data of the pending event when it cannot be a view */
-    sl_buf_t event;    /* event name of the pending event when copied */
-    sl_buf_t id;       /* last event ID (persists across events) */
+    sl_buf_t line;       /* a line cut by a feed boundary, carried to the next */
+    sl_buf_t data;       /* data of the pending event when it cannot be a view */
+    sl_buf_t event;      /* event name of the pending event when copied */
+    sl_buf_t id;         /* last event ID (persists across events) */
     sl_str_t data_view;  /* data as a view into the current feed, if base */
     sl_str_t event_view; /* event name as a view into the current feed */
     size_t data_lines;   /* data lines in the pending event (0: none) */
     size_t block_bytes;  /* wire bytes of the pending event's finished lines */
     size_t max;          /* max_event_bytes, 0 = unbounded */
     long retry;
-    int err;             /* sticky: SL_ELIMIT, SL_ENOMEM or a cb's return */
-    unsigned char bom;   /* BOM bytes matched so far; 3 = past the start */
+    int err;               /* sticky: SL_ELIMIT, SL_ENOMEM or a cb's return */
+    unsigned char bom;     /* BOM bytes matched so far; 3 = past the start */
     unsigned char skip_lf; /* the previous feed ended with CR */
 } sl_sse_parser_t;
 

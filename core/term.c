@@ -215,8 +215,8 @@ static verdict_t judge(const sl_term_t *t, const sl_term_note_t *n)
 {
     /* Only negative codes are SL_E* or UV_E* values; libuv would allocate a
      * message for anything else. */
-    const char *uv = n->code < 0 && n->cause != SL_TERM_CAUSE_UPSTREAM_DONE ? sl_strerror(n->code)
-                                                                             : NULL;
+    const char *uv =
+        n->code < 0 && n->cause != SL_TERM_CAUSE_UPSTREAM_DONE ? sl_strerror(n->code) : NULL;
     switch (n->cause) {
     case SL_TERM_CAUSE_CLIENT_CLOSED:
         return v(V_SPECIFIC, SL_TERM_CLIENT_ABORT, false, uv ? uv : "client closed the connection");
@@ -234,9 +234,11 @@ static verdict_t judge(const sl_term_t *t, const sl_term_note_t *n)
         /* Not transport: sluice cut the exchange, wherever its bytes were. */
         return v(V_SPECIFIC, SL_TERM_UPSTREAM_TIMEOUT_TOTAL, false, "total timeout reached");
     case SL_TERM_CAUSE_LIMIT_EVENT:
-        return v(V_SPECIFIC, SL_TERM_LIMIT_EVENT_SIZE, false, "an SSE event exceeded the size limit");
+        return v(V_SPECIFIC, SL_TERM_LIMIT_EVENT_SIZE, false,
+                 "an SSE event exceeded the size limit");
     case SL_TERM_CAUSE_LIMIT_RESPONSE:
-        return v(V_SPECIFIC, SL_TERM_LIMIT_RESPONSE_SIZE, false, "response exceeded the size limit");
+        return v(V_SPECIFIC, SL_TERM_LIMIT_RESPONSE_SIZE, false,
+                 "response exceeded the size limit");
     case SL_TERM_CAUSE_SCRIPT_ERROR:
         return v(V_SPECIFIC, SL_TERM_SCRIPT_ERROR, false, "script error");
     case SL_TERM_CAUSE_SHUTDOWN:
@@ -284,8 +286,8 @@ sl_term_result_t sl_term_classify(const sl_term_t *t)
         }
     }
     if (fallback) {
-        fallback_v.detail = fallback_v.detail ? fallback_v.detail
-                                              : "transfer aborted with no recorded cause";
+        fallback_v.detail =
+            fallback_v.detail ? fallback_v.detail : "transfer aborted with no recorded cause";
         return result(t, fallback_v, fallback->detail);
     }
     if (!upstream_done) {
@@ -293,9 +295,9 @@ sl_term_result_t sl_term_classify(const sl_term_t *t)
         if (t->http_status >= 400)
             return result(t, judge_curl_ok(t), NULL);
         if (t->terminal_required && !t->terminal_seen)
-            return result(t, v(V_SPECIFIC, SL_TERM_INTERNAL, false,
-                               "stream ended with no recorded cause"),
-                          NULL);
+            return result(
+                t, v(V_SPECIFIC, SL_TERM_INTERNAL, false, "stream ended with no recorded cause"),
+                NULL);
     }
     return result(t, v(V_NONE, SL_TERM_COMPLETE, false, "complete"), NULL);
 }

@@ -47,66 +47,65 @@
  * Reasons, with what each means to an operator (the README quotes these).
  * XX(name, description)
  */
-#define SL_TERM_REASON_MAP(XX)                                                                 \
-    XX(COMPLETE, "The upstream finished normally and the client received the whole answer.")  \
-    XX(UPSTREAM_EOF_EARLY,                                                                     \
-       "The upstream closed the connection before the answer was complete (no terminal "       \
-       "event, short body, or nothing at all). Usually an upstream crash or an overloaded "     \
-       "load balancer; the client got a truncated answer with an error at its end.")          \
-    XX(UPSTREAM_RESET,                                                                         \
-       "The upstream connection failed mid-transfer (reset, send/receive error, HTTP/2 "       \
-       "stream error). Network trouble between sluice and the supplier, or the supplier "      \
-       "dropping connections.")                                                                \
-    XX(UPSTREAM_CONNECT,                                                                       \
-       "sluice could not reach the upstream: the name did not resolve or the connection was "  \
-       "refused. Check the supplier's base URL, DNS, and that the supplier is up.")           \
-    XX(UPSTREAM_TLS,                                                                           \
-       "The TLS handshake with the upstream failed or its certificate did not verify. Check "  \
-       "the supplier URL's host name, the CA bundle, and any TLS-intercepting proxy.")         \
-    XX(UPSTREAM_HTTP_ERROR,                                                                    \
-       "The upstream answered with an HTTP error status (>= 400); the client received that "   \
-       "error in its own protocol. See the status and message in the record.")                \
-    XX(UPSTREAM_PROTOCOL,                                                                      \
-       "The upstream sent something that is not valid HTTP or not what its protocol allows "   \
-       "(bad framing, bad content encoding, redirect loop, undecodable stream). Usually a "    \
-       "wrong base URL or a supplier that is not the protocol it is configured as.")          \
-    XX(UPSTREAM_TIMEOUT_CONNECT,                                                               \
-       "Connecting to the upstream (TCP and TLS) took longer than the connect timeout.")     \
-    XX(UPSTREAM_TIMEOUT_FIRST_BYTE,                                                            \
-       "The upstream accepted the request but sent no response within the first-byte "        \
-       "timeout. Common with large prompts on a slow or overloaded model.")                    \
-    XX(UPSTREAM_TIMEOUT_IDLE,                                                                  \
-       "The upstream went silent mid-answer for longer than the idle timeout; sluice cut the "  \
-       "stream.")                                                                              \
-    XX(UPSTREAM_TIMEOUT_TOTAL,                                                                 \
-       "The whole exchange took longer than the total timeout; sluice cut it.")               \
-    XX(CLIENT_ABORT,                                                                           \
-       "The client closed its connection before the answer was finished (user pressed "        \
-       "Ctrl-C, tool cancelled the request). Expected, not a fault.")                          \
-    XX(CLIENT_WRITE_ERROR,                                                                     \
-       "Writing to the client failed (connection reset or broken pipe): the client went "      \
-       "away. Expected, not a fault.")                                                         \
-    XX(LIMIT_EVENT_SIZE,                                                                       \
-       "One SSE event from the upstream was larger than the configured event size limit; "     \
-       "sluice stopped the stream rather than buffer without bound.")                          \
-    XX(LIMIT_RESPONSE_SIZE,                                                                    \
-       "The upstream response grew past the configured response size limit; sluice stopped "   \
-       "it.")                                                                                  \
-    XX(SCRIPT_ERROR,                                                                           \
-       "A Lua hook (router, codec, adapter) raised an error or ran out of its instruction "    \
-       "budget while handling this request. The traceback is in the log.")                     \
-    XX(SHUTDOWN,                                                                               \
-       "sluice was shutting down and the request was still running when the shutdown "         \
-       "timeout expired.")                                                                     \
-    XX(INTERNAL,                                                                               \
-       "A failure inside sluice itself (out of memory, a bug, or a transfer that ended with "  \
+#define SL_TERM_REASON_MAP(XX)                                                                     \
+    XX(COMPLETE, "The upstream finished normally and the client received the whole answer.")       \
+    XX(UPSTREAM_EOF_EARLY,                                                                         \
+       "The upstream closed the connection before the answer was complete (no terminal "           \
+       "event, short body, or nothing at all). Usually an upstream crash or an overloaded "        \
+       "load balancer; the client got a truncated answer with an error at its end.")               \
+    XX(UPSTREAM_RESET,                                                                             \
+       "The upstream connection failed mid-transfer (reset, send/receive error, HTTP/2 "           \
+       "stream error). Network trouble between sluice and the supplier, or the supplier "          \
+       "dropping connections.")                                                                    \
+    XX(UPSTREAM_CONNECT,                                                                           \
+       "sluice could not reach the upstream: the name did not resolve or the connection was "      \
+       "refused. Check the supplier's base URL, DNS, and that the supplier is up.")                \
+    XX(UPSTREAM_TLS,                                                                               \
+       "The TLS handshake with the upstream failed or its certificate did not verify. Check "      \
+       "the supplier URL's host name, the CA bundle, and any TLS-intercepting proxy.")             \
+    XX(UPSTREAM_HTTP_ERROR,                                                                        \
+       "The upstream answered with an HTTP error status (>= 400); the client received that "       \
+       "error in its own protocol. See the status and message in the record.")                     \
+    XX(UPSTREAM_PROTOCOL,                                                                          \
+       "The upstream sent something that is not valid HTTP or not what its protocol allows "       \
+       "(bad framing, bad content encoding, redirect loop, undecodable stream). Usually a "        \
+       "wrong base URL or a supplier that is not the protocol it is configured as.")               \
+    XX(UPSTREAM_TIMEOUT_CONNECT,                                                                   \
+       "Connecting to the upstream (TCP and TLS) took longer than the connect timeout.")           \
+    XX(UPSTREAM_TIMEOUT_FIRST_BYTE,                                                                \
+       "The upstream accepted the request but sent no response within the first-byte "             \
+       "timeout. Common with large prompts on a slow or overloaded model.")                        \
+    XX(UPSTREAM_TIMEOUT_IDLE,                                                                      \
+       "The upstream went silent mid-answer for longer than the idle timeout; sluice cut the "     \
+       "stream.")                                                                                  \
+    XX(UPSTREAM_TIMEOUT_TOTAL,                                                                     \
+       "The whole exchange took longer than the total timeout; sluice cut it.")                    \
+    XX(CLIENT_ABORT,                                                                               \
+       "The client closed its connection before the answer was finished (user pressed "            \
+       "Ctrl-C, tool cancelled the request). Expected, not a fault.")                              \
+    XX(CLIENT_WRITE_ERROR,                                                                         \
+       "Writing to the client failed (connection reset or broken pipe): the client went "          \
+       "away. Expected, not a fault.")                                                             \
+    XX(LIMIT_EVENT_SIZE,                                                                           \
+       "One SSE event from the upstream was larger than the configured event size limit; "         \
+       "sluice stopped the stream rather than buffer without bound.")                              \
+    XX(LIMIT_RESPONSE_SIZE,                                                                        \
+       "The upstream response grew past the configured response size limit; sluice stopped "       \
+       "it.")                                                                                      \
+    XX(SCRIPT_ERROR,                                                                               \
+       "A Lua hook (router, codec, adapter) raised an error or ran out of its instruction "        \
+       "budget while handling this request. The traceback is in the log.")                         \
+    XX(SHUTDOWN, "sluice was shutting down and the request was still running when the shutdown "   \
+                 "timeout expired.")                                                               \
+    XX(INTERNAL,                                                                                   \
+       "A failure inside sluice itself (out of memory, a bug, or a transfer that ended with "      \
        "no recorded cause). Please report it with the record.")
 
 typedef enum {
 #define XX(name, doc) SL_TERM_##name,
     SL_TERM_REASON_MAP(XX)
 #undef XX
-    SL_TERM__REASON_COUNT
+        SL_TERM__REASON_COUNT
 } sl_term_reason_t;
 
 /* "UPSTREAM_EOF_EARLY", ...; "UNKNOWN" for values outside the enum. */
@@ -123,26 +122,26 @@ int sl_term_reason_from_name(const char *name);
  *   INTERNAL          an SL_E* code (SL_ENOMEM...) or 0
  *   others            0, or anything useful for the log
  */
-#define SL_TERM_CAUSE_MAP(XX)                                                                  \
-    XX(CLIENT_CLOSED)        /* the client's connection closed (read EOF/error) */           \
-    XX(CLIENT_WRITE_ERROR)   /* a write to the client failed */                              \
-    XX(TIMER_CONNECT)        /* our connect timer fired */                                   \
-    XX(TIMER_FIRST_BYTE)     /* no response head/byte in time */                             \
-    XX(TIMER_IDLE)           /* no upstream bytes for the idle timeout */                    \
-    XX(TIMER_TOTAL)          /* the total timer fired */                                     \
-    XX(LIMIT_EVENT)          /* the SSE framer returned SL_ELIMIT */                         \
-    XX(LIMIT_RESPONSE)       /* the response byte limit tripped */                           \
-    XX(SCRIPT_ERROR)         /* a hook failed or exceeded its budget */                      \
-    XX(SHUTDOWN)             /* the shutdown timeout cut the request */                      \
-    XX(UPSTREAM_INVALID)     /* we found the upstream's answer malformed */                  \
-    XX(INTERNAL)             /* our own failure (ENOMEM, bug) */                             \
-    XX(UPSTREAM_DONE)        /* curl finished the transfer; code = CURLcode */
+#define SL_TERM_CAUSE_MAP(XX)                                                                      \
+    XX(CLIENT_CLOSED)      /* the client's connection closed (read EOF/error) */                   \
+    XX(CLIENT_WRITE_ERROR) /* a write to the client failed */                                      \
+    XX(TIMER_CONNECT)      /* our connect timer fired */                                           \
+    XX(TIMER_FIRST_BYTE)   /* no response head/byte in time */                                     \
+    XX(TIMER_IDLE)         /* no upstream bytes for the idle timeout */                            \
+    XX(TIMER_TOTAL)        /* the total timer fired */                                             \
+    XX(LIMIT_EVENT)        /* the SSE framer returned SL_ELIMIT */                                 \
+    XX(LIMIT_RESPONSE)     /* the response byte limit tripped */                                   \
+    XX(SCRIPT_ERROR)       /* a hook failed or exceeded its budget */                              \
+    XX(SHUTDOWN)           /* the shutdown timeout cut the request */                              \
+    XX(UPSTREAM_INVALID)   /* we found the upstream's answer malformed */                          \
+    XX(INTERNAL)           /* our own failure (ENOMEM, bug) */                                     \
+    XX(UPSTREAM_DONE)      /* curl finished the transfer; code = CURLcode */
 
 typedef enum {
 #define XX(name) SL_TERM_CAUSE_##name,
     SL_TERM_CAUSE_MAP(XX)
 #undef XX
-    SL_TERM__CAUSE_COUNT
+        SL_TERM__CAUSE_COUNT
 } sl_term_cause_t;
 
 const char *sl_term_cause_name(sl_term_cause_t c);
@@ -166,11 +165,11 @@ typedef struct {
     sl_term_note_t notes[SL_TERM_MAX_NOTES];
     unsigned n_notes;
     unsigned n_dropped;
-    int http_status;        /* upstream status, 0 if none yet */
-    bool terminal_required; /* a stream whose protocol has a terminal event */
-    bool terminal_seen;     /* that event was framed */
-    bool committed;         /* status/headers/bytes already sent to the client */
-    bool connected;         /* upstream TCP (+TLS) connect completed */
+    int http_status;         /* upstream status, 0 if none yet */
+    bool terminal_required;  /* a stream whose protocol has a terminal event */
+    bool terminal_seen;      /* that event was framed */
+    bool committed;          /* status/headers/bytes already sent to the client */
+    bool connected;          /* upstream TCP (+TLS) connect completed */
     uint64_t upstream_bytes; /* response body bytes received from upstream */
 } sl_term_t;
 

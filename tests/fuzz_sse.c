@@ -25,12 +25,12 @@
 #include "error.h"
 #include "sse.h"
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "fuzz_sse: invariant failed: %s (line %d)\n", #cond, __LINE__); \
-            abort();                                                                       \
-        }                                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_sse: invariant failed: %s (line %d)\n", #cond, __LINE__);        \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 typedef struct {
@@ -142,7 +142,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (len <= 512) {
         int rb = run(s, len, max, 1, &bytes, &pb);
         CHECK(rw == rb && whole.n == bytes.n && pw == pb);
-        CHECK(sl_str_eq(sl_str(whole.out.base, whole.out.len), sl_str(bytes.out.base, bytes.out.len)));
+        CHECK(sl_str_eq(sl_str(whole.out.base, whole.out.len),
+                        sl_str(bytes.out.base, bytes.out.len)));
         sl_buf_free(&bytes.out);
     }
 

@@ -21,24 +21,24 @@
 
 static int n_passed, n_failed, cur_failed;
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            cur_failed = 1;                                                                \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);     \
-        }                                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            cur_failed = 1;                                                                        \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);             \
+        }                                                                                          \
     } while (0)
 
-#define RUN(fn)                                                                            \
-    do {                                                                                   \
-        cur_failed = 0;                                                                    \
-        fn();                                                                              \
-        if (cur_failed) {                                                                  \
-            n_failed++;                                                                    \
-            fprintf(stderr, "FAIL %s\n", #fn);                                             \
-        } else {                                                                           \
-            n_passed++;                                                                    \
-        }                                                                                  \
+#define RUN(fn)                                                                                    \
+    do {                                                                                           \
+        cur_failed = 0;                                                                            \
+        fn();                                                                                      \
+        if (cur_failed) {                                                                          \
+            n_failed++;                                                                            \
+            fprintf(stderr, "FAIL %s\n", #fn);                                                     \
+        } else {                                                                                   \
+            n_passed++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 #define FIXTURES "tests/fixtures/sse/"
@@ -79,7 +79,7 @@ static void serialise(sl_buf_t *out, sl_str_t event, sl_str_t data, sl_str_t id,
 typedef struct {
     sl_buf_t out;
     int n;
-    int stop_at; /* return 7 from the callback on this event (1-based), 0 never */
+    int stop_at;                   /* return 7 from the callback on this event (1-based), 0 never */
     const char *feed_lo, *feed_hi; /* the current feed, to see zero-copy */
     int n_views;                   /* events whose data pointed into the feed */
 } collect_t;
@@ -142,8 +142,8 @@ static run_t run_bytewise(const char *s, size_t len, size_t max)
 
 static int same(const run_t *a, const run_t *b)
 {
-    return a->rc == b->rc && a->n == b->n && a->partial == b->partial &&
-           a->out.len == b->out.len && memcmp(a->out.base, b->out.base, a->out.len) == 0;
+    return a->rc == b->rc && a->n == b->n && a->partial == b->partial && a->out.len == b->out.len &&
+           memcmp(a->out.base, b->out.base, a->out.len) == 0;
 }
 
 static int out_is(const run_t *r, const sl_buf_t *expect)
@@ -485,7 +485,9 @@ static void test_bom(void)
     free_run(&r);
 
     /* Only the first BOM is skipped: the second makes an unknown field. */
-    const char *two[] = {"\xEF\xBB\xBF\xEF\xBB\xBF" "data: x\n\n", "data: y\n\n"};
+    const char *two[] = {"\xEF\xBB\xBF\xEF\xBB\xBF"
+                         "data: x\n\n",
+                         "data: y\n\n"};
     r = run_pieces(two, 2, 0);
     sl_buf_t expect;
     sl_buf_init(&expect, 0);
@@ -511,15 +513,16 @@ static void test_bom(void)
 
 static void test_id_and_retry(void)
 {
-    static const char s[] = "id: 1\ndata: a\n\ndata: b\n\nid: 2\0x\nretry: 99999999999999999999999\n"
-                            "data: c\n\nid\nretry: -5\ndata: d\n\n";
+    static const char s[] =
+        "id: 1\ndata: a\n\ndata: b\n\nid: 2\0x\nretry: 99999999999999999999999\n"
+        "data: c\n\nid\nretry: -5\ndata: d\n\n";
     run_t r = run_whole(s, sizeof s - 1, 0);
     sl_buf_t expect;
     sl_buf_init(&expect, 0);
     serialise(&expect, SL_STR(""), SL_STR("a"), SL_STR("1"), -1);
-    serialise(&expect, SL_STR(""), SL_STR("b"), SL_STR("1"), -1);        /* id persists */
-    serialise(&expect, SL_STR(""), SL_STR("c"), SL_STR("1"), LONG_MAX);  /* NUL id ignored */
-    serialise(&expect, SL_STR(""), SL_STR("d"), SL_STR(""), LONG_MAX);   /* "-5" ignored */
+    serialise(&expect, SL_STR(""), SL_STR("b"), SL_STR("1"), -1);       /* id persists */
+    serialise(&expect, SL_STR(""), SL_STR("c"), SL_STR("1"), LONG_MAX); /* NUL id ignored */
+    serialise(&expect, SL_STR(""), SL_STR("d"), SL_STR(""), LONG_MAX);  /* "-5" ignored */
     CHECK(r.n == 4 && out_is(&r, &expect));
     free_run(&r);
     sl_buf_free(&expect);
@@ -531,9 +534,8 @@ static void test_has_partial(void)
         const char *in;
         int partial;
     } rows[] = {
-        {"data: x\n", 1},         {"event: y\n", 1},   {"da", 1},
-        {": keep-alive", 0},      {"data: x\n\n", 0},  {"event: y\n\n", 0},
-        {"id: 3\n", 0},           {"", 0},             {"data: x\n\n\r", 0},
+        {"data: x\n", 1},    {"event: y\n", 1}, {"da", 1}, {": keep-alive", 0},  {"data: x\n\n", 0},
+        {"event: y\n\n", 0}, {"id: 3\n", 0},    {"", 0},   {"data: x\n\n\r", 0},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         run_t r = run_whole(rows[i].in, strlen(rows[i].in), 0);
@@ -559,12 +561,12 @@ static void test_limit(void)
     sl_buf_t s;
     sl_buf_init(&s, 0);
     /* Sizes are wire sizes: every line, line ends excluded. */
-    fill(&s, "data: ", 58, "\n\n");   /* 64: exactly the limit, fine */
-    fill(&s, "data: ", 26, "\n");     /* 32 + 32 = 64: fine */
+    fill(&s, "data: ", 58, "\n\n"); /* 64: exactly the limit, fine */
+    fill(&s, "data: ", 26, "\n");   /* 32 + 32 = 64: fine */
     fill(&s, "data: ", 26, "\n\n");
-    fill(&s, "event: ", 10, "\n");    /* 17 + 48 = 65: too big */
+    fill(&s, "event: ", 10, "\n"); /* 17 + 48 = 65: too big */
     fill(&s, "data: ", 42, "\n\n");
-    fill(&s, "data: ", 3, "\n\n");    /* never reached */
+    fill(&s, "data: ", 3, "\n\n"); /* never reached */
     run_t whole = run_whole(s.base, s.len, 64);
     CHECK(whole.rc == SL_ELIMIT);
     CHECK(whole.n == 2);
@@ -697,7 +699,8 @@ static void test_encode_round_trip(void)
         {" spaced", "  two leading spaces", "  two leading spaces"},
         {"colon:name", ": looks like a comment", ": looks like a comment"},
         {"e", "data: nested\n\nevent: x", "data: nested\n\nevent: x"},
-        {"utf8", "\xE2\x98\x80\xEF\xB8\x8F \xE6\x9D\xB1\xE4\xBA\xAC", "\xE2\x98\x80\xEF\xB8\x8F \xE6\x9D\xB1\xE4\xBA\xAC"},
+        {"utf8", "\xE2\x98\x80\xEF\xB8\x8F \xE6\x9D\xB1\xE4\xBA\xAC",
+         "\xE2\x98\x80\xEF\xB8\x8F \xE6\x9D\xB1\xE4\xBA\xAC"},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         sl_buf_t wire, expect;
@@ -728,8 +731,8 @@ static int reencode_cb(void *ud, const sl_sse_event_t *ev)
 static void test_capture_reencode(void)
 {
     /* Every capture, parsed and re-encoded, parses to the same events. */
-    const char *names[] = {"anthropic.sse", "anthropic_cr.sse", "openai_chat.sse",
-                           "responses.sse", "gemini.sse"};
+    const char *names[] = {"anthropic.sse", "anthropic_cr.sse", "openai_chat.sse", "responses.sse",
+                           "gemini.sse"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         sl_buf_t in = read_fixture(names[i]);
         reencode_t re;

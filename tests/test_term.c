@@ -16,24 +16,24 @@
 
 static int n_passed, n_failed, cur_failed;
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            cur_failed = 1;                                                                \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);     \
-        }                                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            cur_failed = 1;                                                                        \
+            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);             \
+        }                                                                                          \
     } while (0)
 
-#define RUN(fn)                                                                            \
-    do {                                                                                   \
-        cur_failed = 0;                                                                    \
-        fn();                                                                              \
-        if (cur_failed) {                                                                  \
-            n_failed++;                                                                    \
-            fprintf(stderr, "FAIL %s\n", #fn);                                             \
-        } else {                                                                           \
-            n_passed++;                                                                    \
-        }                                                                                  \
+#define RUN(fn)                                                                                    \
+    do {                                                                                           \
+        cur_failed = 0;                                                                            \
+        fn();                                                                                      \
+        if (cur_failed) {                                                                          \
+            n_failed++;                                                                            \
+            fprintf(stderr, "FAIL %s\n", #fn);                                                     \
+        } else {                                                                                   \
+            n_passed++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 typedef struct {
@@ -60,40 +60,89 @@ typedef struct {
 } row_t;
 
 #define NOTES(...) .notes = {__VA_ARGS__}, .nn = sizeof((note_t[]){__VA_ARGS__}) / sizeof(note_t)
-#define CURL(c) {SL_TERM_CAUSE_UPSTREAM_DONE, (c), NULL}
-#define N(cause) {SL_TERM_CAUSE_##cause, 0, NULL}
-#define NC(cause, code) {SL_TERM_CAUSE_##cause, (code), NULL}
+#define CURL(c)                                                                                    \
+    {                                                                                              \
+        SL_TERM_CAUSE_UPSTREAM_DONE, (c), NULL                                                     \
+    }
+#define N(cause)                                                                                   \
+    {                                                                                              \
+        SL_TERM_CAUSE_##cause, 0, NULL                                                             \
+    }
+#define NC(cause, code)                                                                            \
+    {                                                                                              \
+        SL_TERM_CAUSE_##cause, (code), NULL                                                        \
+    }
 #define R(r) .reason = SL_TERM_##r
 
 /* Common fact sets. */
-#define PLAIN_DONE {200, false, false, true, true, 500}        /* non-streamed, answered */
-#define STREAM_DONE {200, true, true, true, true, 5000}         /* terminal seen */
-#define STREAM_MID {200, true, false, true, true, 3000}         /* cut mid-stream */
-#define BEFORE_COMMIT {0, true, false, false, true, 0}          /* nothing sent yet */
-#define NO_CONNECT {0, true, false, false, false, 0}            /* never connected */
+#define PLAIN_DONE                                                                                 \
+    {                                                                                              \
+        200, false, false, true, true, 500                                                         \
+    } /* non-streamed, answered */
+#define STREAM_DONE                                                                                \
+    {                                                                                              \
+        200, true, true, true, true, 5000                                                          \
+    } /* terminal seen */
+#define STREAM_MID                                                                                 \
+    {                                                                                              \
+        200, true, false, true, true, 3000                                                         \
+    } /* cut mid-stream */
+#define BEFORE_COMMIT                                                                              \
+    {                                                                                              \
+        0, true, false, false, true, 0                                                             \
+    } /* nothing sent yet */
+#define NO_CONNECT                                                                                 \
+    {                                                                                              \
+        0, true, false, false, false, 0                                                            \
+    } /* never connected */
 
 static const row_t rows[] = {
     /* Normal ends. */
     {"plain answer", PLAIN_DONE, NOTES(CURL(CURLE_OK)), R(COMPLETE), 0, 0, "complete"},
     {"stream with terminal event", STREAM_DONE, NOTES(CURL(CURLE_OK)), R(COMPLETE), 0, 0, NULL},
-    {"direct answer from Lua, no upstream", {200, false, false, true, false, 0}, .nn = 0,
-     R(COMPLETE), 0, 0, NULL},
+    {"direct answer from Lua, no upstream",
+     {200, false, false, true, false, 0},
+     .nn = 0,
+     R(COMPLETE),
+     0,
+     0,
+     NULL},
 
     /* curl OK is only complete when the facts agree. */
     {"stream ended OK without terminal", STREAM_MID, NOTES(CURL(CURLE_OK)), R(UPSTREAM_EOF_EARLY),
      0, 1, "before its terminal event"},
-    {"empty stream, nothing committed", {200, true, false, false, true, 0}, NOTES(CURL(CURLE_OK)),
-     R(UPSTREAM_EOF_EARLY), 0, 0, "without sending anything"},
-    {"upstream 500 passed on", {500, false, false, true, true, 120}, NOTES(CURL(CURLE_OK)),
-     R(UPSTREAM_HTTP_ERROR), 0, 0, "HTTP error status"},
-    {"upstream 429 on a stream request", {429, true, false, true, true, 80},
-     NOTES(CURL(CURLE_OK)), R(UPSTREAM_HTTP_ERROR), 0, 0, NULL},
-    {"curl FAILONERROR code", {503, false, false, false, true, 0},
-     NOTES(CURL(CURLE_HTTP_RETURNED_ERROR)), R(UPSTREAM_HTTP_ERROR), 0, 0, NULL},
+    {"empty stream, nothing committed",
+     {200, true, false, false, true, 0},
+     NOTES(CURL(CURLE_OK)),
+     R(UPSTREAM_EOF_EARLY),
+     0,
+     0,
+     "without sending anything"},
+    {"upstream 500 passed on",
+     {500, false, false, true, true, 120},
+     NOTES(CURL(CURLE_OK)),
+     R(UPSTREAM_HTTP_ERROR),
+     0,
+     0,
+     "HTTP error status"},
+    {"upstream 429 on a stream request",
+     {429, true, false, true, true, 80},
+     NOTES(CURL(CURLE_OK)),
+     R(UPSTREAM_HTTP_ERROR),
+     0,
+     0,
+     NULL},
+    {"curl FAILONERROR code",
+     {503, false, false, false, true, 0},
+     NOTES(CURL(CURLE_HTTP_RETURNED_ERROR)),
+     R(UPSTREAM_HTTP_ERROR),
+     0,
+     0,
+     NULL},
 
     /* curl code families. */
-    {"partial file mid-stream", STREAM_MID, NOTES(CURL(CURLE_PARTIAL_FILE)),
-     R(UPSTREAM_EOF_EARLY), 0, 1, NULL},
+    {"partial file mid-stream", STREAM_MID, NOTES(CURL(CURLE_PARTIAL_FILE)), R(UPSTREAM_EOF_EARLY),
+     0, 1, NULL},
     {"got nothing before commit", BEFORE_COMMIT, NOTES(CURL(CURLE_GOT_NOTHING)),
      R(UPSTREAM_EOF_EARLY), 0, 0, NULL},
     {"recv error mid-stream", STREAM_MID, NOTES(CURL(CURLE_RECV_ERROR)), R(UPSTREAM_RESET), 0, 1,
@@ -104,16 +153,15 @@ static const row_t rows[] = {
      NULL},
     {"connection refused", NO_CONNECT, NOTES(CURL(CURLE_COULDNT_CONNECT)), R(UPSTREAM_CONNECT), 0,
      0, NULL},
-    {"unresolvable host", NO_CONNECT, NOTES(CURL(CURLE_COULDNT_RESOLVE_HOST)),
-     R(UPSTREAM_CONNECT), 0, 0, NULL},
+    {"unresolvable host", NO_CONNECT, NOTES(CURL(CURLE_COULDNT_RESOLVE_HOST)), R(UPSTREAM_CONNECT),
+     0, 0, NULL},
     {"unresolvable proxy", NO_CONNECT, NOTES(CURL(CURLE_COULDNT_RESOLVE_PROXY)),
      R(UPSTREAM_CONNECT), 0, 0, NULL},
     {"TLS handshake", NO_CONNECT, NOTES(CURL(CURLE_SSL_CONNECT_ERROR)), R(UPSTREAM_TLS), 0, 0,
      NULL},
     {"certificate not verified", NO_CONNECT, NOTES(CURL(CURLE_PEER_FAILED_VERIFICATION)),
      R(UPSTREAM_TLS), 0, 0, NULL},
-    {"bad CA file", NO_CONNECT, NOTES(CURL(CURLE_SSL_CACERT_BADFILE)), R(UPSTREAM_TLS), 0, 0,
-     NULL},
+    {"bad CA file", NO_CONNECT, NOTES(CURL(CURLE_SSL_CACERT_BADFILE)), R(UPSTREAM_TLS), 0, 0, NULL},
     {"curl timeout before connect", NO_CONNECT, NOTES(CURL(CURLE_OPERATION_TIMEDOUT)),
      R(UPSTREAM_TIMEOUT_CONNECT), 0, 0, NULL},
     {"curl timeout after connect", STREAM_MID, NOTES(CURL(CURLE_OPERATION_TIMEDOUT)),
@@ -122,19 +170,18 @@ static const row_t rows[] = {
      R(UPSTREAM_PROTOCOL), 0, 0, NULL},
     {"bad content encoding", STREAM_MID, NOTES(CURL(CURLE_BAD_CONTENT_ENCODING)),
      R(UPSTREAM_PROTOCOL), 0, 1, NULL},
-    {"redirect loop", BEFORE_COMMIT, NOTES(CURL(CURLE_TOO_MANY_REDIRECTS)), R(UPSTREAM_PROTOCOL),
-     0, 0, NULL},
-    {"curl max file size", STREAM_MID, NOTES(CURL(CURLE_FILESIZE_EXCEEDED)),
-     R(LIMIT_RESPONSE_SIZE), 0, 1, NULL},
-    {"malformed URL from the plan", BEFORE_COMMIT, NOTES(CURL(CURLE_URL_MALFORMAT)), R(INTERNAL),
-     0, 0, NULL},
+    {"redirect loop", BEFORE_COMMIT, NOTES(CURL(CURLE_TOO_MANY_REDIRECTS)), R(UPSTREAM_PROTOCOL), 0,
+     0, NULL},
+    {"curl max file size", STREAM_MID, NOTES(CURL(CURLE_FILESIZE_EXCEEDED)), R(LIMIT_RESPONSE_SIZE),
+     0, 1, NULL},
+    {"malformed URL from the plan", BEFORE_COMMIT, NOTES(CURL(CURLE_URL_MALFORMAT)), R(INTERNAL), 0,
+     0, NULL},
 
     /* Gateway timers and limits: specific, and our own abort after them is generic. */
     {"connect timer", NO_CONNECT, NOTES(N(TIMER_CONNECT), CURL(CURLE_ABORTED_BY_CALLBACK)),
      R(UPSTREAM_TIMEOUT_CONNECT), 0, 0, NULL},
-    {"first-byte timer", BEFORE_COMMIT,
-     NOTES(N(TIMER_FIRST_BYTE), CURL(CURLE_ABORTED_BY_CALLBACK)), R(UPSTREAM_TIMEOUT_FIRST_BYTE), 0,
-     0, "first-byte"},
+    {"first-byte timer", BEFORE_COMMIT, NOTES(N(TIMER_FIRST_BYTE), CURL(CURLE_ABORTED_BY_CALLBACK)),
+     R(UPSTREAM_TIMEOUT_FIRST_BYTE), 0, 0, "first-byte"},
     {"idle timer then curl ABORTED", STREAM_MID,
      NOTES(N(TIMER_IDLE), CURL(CURLE_ABORTED_BY_CALLBACK)), R(UPSTREAM_TIMEOUT_IDLE), 0, 1, NULL},
     {"total timer", STREAM_MID, NOTES(N(TIMER_TOTAL), CURL(CURLE_ABORTED_BY_CALLBACK)),
@@ -143,15 +190,14 @@ static const row_t rows[] = {
      R(LIMIT_EVENT_SIZE), 0, 1, NULL},
     {"response too big", STREAM_MID, NOTES(N(LIMIT_RESPONSE), CURL(CURLE_WRITE_ERROR)),
      R(LIMIT_RESPONSE_SIZE), 0, 1, NULL},
-    {"script error mid-stream", STREAM_MID,
-     NOTES(N(SCRIPT_ERROR), CURL(CURLE_ABORTED_BY_CALLBACK)), R(SCRIPT_ERROR), 0, 1, NULL},
+    {"script error mid-stream", STREAM_MID, NOTES(N(SCRIPT_ERROR), CURL(CURLE_ABORTED_BY_CALLBACK)),
+     R(SCRIPT_ERROR), 0, 1, NULL},
     {"script error before commit, client then leaves", BEFORE_COMMIT,
      NOTES(N(SCRIPT_ERROR), N(CLIENT_CLOSED)), R(SCRIPT_ERROR), 0, 0, NULL},
-    {"shutdown cut", STREAM_MID, NOTES(N(SHUTDOWN), CURL(CURLE_ABORTED_BY_CALLBACK)),
-     R(SHUTDOWN), 0, 1, NULL},
+    {"shutdown cut", STREAM_MID, NOTES(N(SHUTDOWN), CURL(CURLE_ABORTED_BY_CALLBACK)), R(SHUTDOWN),
+     0, 1, NULL},
     {"upstream garbage found by us", STREAM_MID,
-     NOTES(N(UPSTREAM_INVALID), CURL(CURLE_ABORTED_BY_CALLBACK)), R(UPSTREAM_PROTOCOL), 0, 1,
-     NULL},
+     NOTES(N(UPSTREAM_INVALID), CURL(CURLE_ABORTED_BY_CALLBACK)), R(UPSTREAM_PROTOCOL), 0, 1, NULL},
     {"out of memory", STREAM_MID, NOTES(NC(INTERNAL, SL_ENOMEM), CURL(CURLE_WRITE_ERROR)),
      R(INTERNAL), 0, 1, "out of memory"},
 
@@ -198,12 +244,18 @@ static const row_t rows[] = {
 
     /* A core that forgot to note anything on a stream is told so. */
     {"stream with no notes", STREAM_MID, .nn = 0, R(INTERNAL), 0, 1, "no recorded cause"},
-    {"error status with no notes", {502, false, false, true, true, 40}, .nn = 0,
-     R(UPSTREAM_HTTP_ERROR), 0, 0, NULL},
+    {"error status with no notes",
+     {502, false, false, true, true, 40},
+     .nn = 0,
+     R(UPSTREAM_HTTP_ERROR),
+     0,
+     0,
+     NULL},
 
     /* The deciding note's own detail wins over the generic text. */
     {"curl error buffer as detail", STREAM_MID,
-     NOTES({SL_TERM_CAUSE_UPSTREAM_DONE, CURLE_RECV_ERROR, "Recv failure: Connection reset by peer"}),
+     NOTES(
+         {SL_TERM_CAUSE_UPSTREAM_DONE, CURLE_RECV_ERROR, "Recv failure: Connection reset by peer"}),
      R(UPSTREAM_RESET), 0, 1, "Recv failure: Connection reset by peer"},
 };
 
@@ -233,10 +285,11 @@ static void test_table(void)
                  got.partial == r->partial && got.detail != NULL &&
                  (!r->detail_has || strstr(got.detail, r->detail_has));
         if (!ok)
-            fprintf(stderr, "  row \"%s\": got %s expected=%d partial=%d detail=\"%s\"; want %s %d %d\n",
+            fprintf(stderr,
+                    "  row \"%s\": got %s expected=%d partial=%d detail=\"%s\"; want %s %d %d\n",
                     r->name, sl_term_reason_name(got.reason), got.expected, got.partial,
-                    got.detail ? got.detail : "(null)", sl_term_reason_name(r->reason),
-                    r->expected, r->partial);
+                    got.detail ? got.detail : "(null)", sl_term_reason_name(r->reason), r->expected,
+                    r->partial);
         if (ok)
             n_passed++;
         else
