@@ -68,6 +68,9 @@ struct sl_exchange_s {
     int paused;
 
     sl_term_t term;
+    int attempts;               /* upstream attempts started */
+    uint64_t attempt_start_ns;
+    sl_buf_t attempt_log;       /* JSON array text of finished attempts */
     int finalized;
     uint64_t start_ns, first_out_ns;
     char err[1024];     /* the first failure's text: the classifier borrows it */
@@ -75,6 +78,7 @@ struct sl_exchange_s {
 };
 
 static void finalize(sl_exchange_t *ex);
+static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f);
 
 sl_exchange_t *sl_exchange_next(sl_exchange_t *ex)
 {
@@ -209,6 +213,12 @@ static void fail(sl_exchange_t *ex, sl_term_cause_t cause, int code, const char 
 static void on_wait_timeout(uv_timer_t *t)
 {
     sl_exchange_t *ex = t->data;
+    if (!ex->got_first_byte) {
+        sl_lua_failure_t f = {"error", 0, NULL, 0, "UPSTREAM_TIMEOUT_FIRST_BYTE",
+                              "upstream sent nothing within first_byte"};
+        if (maybe_retry(ex, &f))
+            return;
+    }
     if (ex->got_first_byte)
         fail(ex, SL_TERM_CAUSE_TIMER_IDLE, 0, "no data from upstream within the idle timeout");
     else
@@ -243,6 +253,11 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
 static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
 {
     sl_exchange_t *ex = ud;
+    if (status >= 400) {
+        sl_lua_failure_t f = {"status", status, hv, n, NULL, NULL};
+        if (maybe_retry(ex, &f))
+            return;
+    }
     ex->upstream_status = status;
     ex->term.http_status = status;
     ex->got_first_byte = 1;
@@ -335,6 +350,12 @@ static void on_up_done(void *ud, int curl_code, const char *errbuf)
     ex->term.connected = 1;
     sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_DONE, curl_code,
                  errbuf && *errbuf ? errbuf : NULL);
+    if (curl_code != 0 && !(ex->conn && sl_conn_committed(ex->conn))) {
+        sl_term_result_t r = sl_term_classify(&ex->term);
+        sl_lua_failure_t f = {"error", 0, NULL, 0, sl_term_reason_name(r.reason), r.detail};
+        if (maybe_retry(ex, &f))
+            return;
+    }
     if (curl_code == 0 && ex->mode == MODE_BUFFER && ex->conn) {
         sl_lua_resp_t r;
         int rc = sl_lua_body(ex->h, ex->ctx, ex->upstream_status,
@@ -369,6 +390,77 @@ static void on_client_gone(void *data, int err)
 
 static const sl_conn_handler_t conn_handler = {on_client_gone, on_client_drain};
 
+/* ---- retries ---- */
+
+/* Appends {supplier, status, error, duration_ms} for the attempt that just
+ * ended to the attempt log the history record carries. */
+static void log_attempt(sl_exchange_t *ex, int status, const char *error)
+{
+    sl_buf_t *b = &ex->attempt_log;
+    sl_buf_append_c(b, b->len ? "," : "[");
+    sl_buf_append_c(b, "{\"supplier\":\"");
+    const char *sup = ex->plan.supplier ? ex->plan.supplier : "";
+    sl_buf_append_json_str(b, sup, strlen(sup));
+    sl_buf_printf(b, "\",\"status\":%d,\"error\":", status);
+    if (error) {
+        sl_buf_append_byte(b, '"');
+        sl_buf_append_json_str(b, error, strlen(error));
+        sl_buf_append_byte(b, '"');
+    } else {
+        sl_buf_append_c(b, "null");
+    }
+    sl_buf_printf(b, ",\"duration_ms\":%.1f}",
+                  (double)(uv_hrtime() - ex->attempt_start_ns) / 1e6);
+}
+
+static void on_plan(void *ud, int rc, sl_plan_t *plan, const char *err);
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    sl_exchange_t *ex = t->data;
+    int rc = sl_lua_request(ex->h, ex->ctx, on_plan, ex, &ex->task);
+    if (rc)
+        fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, sl_strerror(rc));
+}
+
+/* Called for a failure before anything reached the client. Returns 1 if a
+ * new attempt was scheduled (the current one is then abandoned), 0 if the
+ * failure stands. Only the Lua retry hook decides: it knows the supplier's
+ * policy, the fallback chain and Retry-After. */
+static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
+{
+    if (ex->finalized || !ex->conn || sl_conn_committed(ex->conn) || !ex->have_plan)
+        return 0;
+    double delay = -1;
+    char err[512];
+    if (sl_lua_retry(ex->h, ex->ctx, f, &delay, err, sizeof err) != 0 || delay < 0)
+        return 0;
+    log_attempt(ex, f->status, f->reason);
+    if (ex->xfer) {
+        sl_transfer_abort(ex->xfer);
+        ex->xfer = NULL;
+    }
+    uv_timer_stop(&ex->t_wait);
+    uv_timer_stop(&ex->t_total);
+    if (ex->sse_on) {
+        sl_sse_parser_free(&ex->sse);
+        ex->sse_on = 0;
+        sl_metrics_gauge_add(SL_GAUGE_STREAMS, -1);
+    }
+    sl_lua_resp_free(&ex->head);
+    ex->head_ready = 0;
+    ex->mode = MODE_NONE;
+    ex->upstream_status = 0;
+    ex->got_first_byte = 0;
+    ex->paused = 0;
+    sl_buf_reset(&ex->body);
+    sl_plan_free(&ex->plan);
+    ex->have_plan = 0;
+    sl_term_new_attempt(&ex->term);
+    uv_timer_start(&ex->t_wait, on_retry_timer, (uint64_t)(delay * 1000.0 + 0.5), 0);
+    return 1;
+}
+
 /* ---- the plan ---- */
 
 static void start_upstream(sl_exchange_t *ex, const sl_request_t *req)
@@ -384,7 +476,10 @@ static void start_upstream(sl_exchange_t *ex, const sl_request_t *req)
         .verify_tls = p->verify_tls,
     };
     static const sl_transfer_cbs_t cbs = {on_up_head, on_up_data, on_up_done};
+    sl_buf_free(&ex->body);
     sl_buf_init(&ex->body, sl_luahost_config(ex->h)->max_response);
+    ex->attempts++;
+    ex->attempt_start_ns = uv_hrtime();
     int rc = sl_transfer_start(ex->w->upstream, &tr, &cbs, ex, &ex->xfer);
     if (rc) {
         fail(ex, SL_TERM_CAUSE_UPSTREAM_DONE, 7 /* CURLE_COULDNT_CONNECT */, sl_strerror(rc));
@@ -490,6 +585,10 @@ static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int st
     sl_record_t *r = sl_record_new();
     if (!r)
         return;
+    if (ex->attempts > 0)
+        log_attempt(ex, ex->upstream_status, res->reason == SL_TERM_COMPLETE
+                                                 ? NULL
+                                                 : sl_term_reason_name(res->reason));
     const sl_plan_t *p = &ex->plan;
     r->id = strdup(ex->id);
     r->time = now_unix() - dur_ms / 1000.0;
@@ -523,7 +622,11 @@ static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int st
         r->error = strdup(sl_buf_cstr(&e));
         sl_buf_free(&e);
     }
-    r->attempts = ex->have_plan && !ex->plan.direct ? 1 : 0;
+    r->attempts = ex->attempts;
+    if (ex->attempt_log.len) {
+        sl_buf_append_byte(&ex->attempt_log, ']');
+        r->attempts_json = strdup(sl_buf_cstr(&ex->attempt_log));
+    }
     r->extra_json = dup_or_null(lf->extra_json);
     sl_records_submit(rs, r);
 }
@@ -610,6 +713,7 @@ static void finalize(sl_exchange_t *ex)
         sl_sse_parser_free(&ex->sse);
     sl_buf_free(&ex->body);
     sl_buf_free(&ex->out);
+    sl_buf_free(&ex->attempt_log);
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
         sl_plan_free(&ex->plan);
@@ -665,6 +769,7 @@ void sl_exchange_start(sl_request_t *req, void *worker)
     sl_term_init(&ex->term);
     sl_buf_init(&ex->out, 0);
     sl_buf_init(&ex->body, 0);
+    sl_buf_init(&ex->attempt_log, 0);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);
     ex->t_wait.data = ex->t_total.data = ex;

@@ -1056,6 +1056,38 @@ int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t 
     return rc;
 }
 
+int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *delay_s, char *err,
+                 size_t errlen)
+{
+    lua_State *L = h->L;
+    *delay_s = -1;
+    if (push_hook(h, "retry"))
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, f->kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, f->status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, f->headers, f->nheaders);
+    lua_setfield(L, -2, "headers");
+    if (f->reason) {
+        lua_pushstring(L, f->reason);
+        lua_setfield(L, -2, "reason");
+    }
+    if (f->detail) {
+        lua_pushstring(L, f->detail);
+        lua_setfield(L, -2, "detail");
+    }
+    int rc = call_hook(h, "retry", 2, 1, err, errlen);
+    if (rc)
+        return rc;
+    if (lua_isnumber(L, -1))
+        *delay_s = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return 0;
+}
+
 void sl_lua_logfields_free(sl_lua_logfields_t *f)
 {
     free(f->model_out);

@@ -150,6 +150,23 @@ typedef struct {
 int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t *bytes,
                   sl_lua_resp_t *resp, char *err, size_t errlen);
 
+/* A failure before anything reached the client: may the request be tried
+ * again? kind is "status" (the upstream answered `status`, headers given),
+ * or "error" (the transfer failed; reason is the termination reason name). */
+typedef struct {
+    const char *kind;
+    int status;
+    const sl_header_t *headers;
+    size_t nheaders;
+    const char *reason;
+    const char *detail;
+} sl_lua_failure_t;
+
+/* retry(ctx, failure): *delay_s >= 0 means "run the request hook again after
+ * that many seconds"; < 0 means give up (the failure goes to the client). */
+int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *delay_s, char *err,
+                 size_t errlen);
+
 /* What the log hook adds to the history record. */
 typedef struct {
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */

@@ -11,6 +11,8 @@
 -- config.core_view(cfg) -> the flat table the C core reads (core/luahost.c)
 -- config.redacted(cfg) -> a copy safe to show (secrets replaced)
 
+local retry = require("sluice.retry")
+
 local M = {}
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
@@ -36,7 +38,7 @@ local DEFAULTS = {
 local TOP_FIELDS = {
     listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
     on_request = true, log = true, admin = true, history = true, keys = true,
-    script_budget = true, shutdown_timeout = true, lua_path = true,
+    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true,
 }
 
 -- A failed check: error() with a table so load() can tell it from a bug.
@@ -129,9 +131,10 @@ local function check_auth(a, field)
 end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
-                          timeouts = true, adapter = true, verify_tls = true, headers = true }
+                          timeouts = true, adapter = true, verify_tls = true, headers = true,
+                          retry = true }
 
-local function check_supplier(id, s, defaults)
+local function check_supplier(id, s, defaults, retry_default)
     local field = "suppliers." .. id
     check_type(s, "table", field)
     only_fields(s, SUPPLIER_FIELDS, field)
@@ -158,6 +161,7 @@ local function check_supplier(id, s, defaults)
     end
     check_type(out.headers, "table", field .. ".headers")
     out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
+    out.retry = retry.normalize(s.retry, field .. ".retry", retry_default, bad)
     return out
 end
 
@@ -222,12 +226,14 @@ local function validate(raw)
           max_event = true, max_response = true })
     cfg.timeouts = numeric_section(raw.timeouts, DEFAULTS.timeouts, "timeouts")
 
+    cfg.retry = retry.normalize(raw.retry, "retry", retry.DEFAULT, bad)
+
     local suppliers = raw.suppliers or {}
     check_type(suppliers, "table", "suppliers")
     cfg.suppliers = {}
     for id, s in pairs(suppliers) do
         if type(id) ~= "string" then bad("suppliers", "supplier ids must be strings") end
-        cfg.suppliers[id] = check_supplier(id, s, cfg.timeouts)
+        cfg.suppliers[id] = check_supplier(id, s, cfg.timeouts, cfg.retry)
     end
     cfg.routes = check_routes(raw.routes or {}, cfg.suppliers)
 

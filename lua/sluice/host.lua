@@ -22,6 +22,7 @@ local upstream = require("sluice.upstream")
 local translate = require("sluice.translate")
 local clients = require("sluice.clients")
 local ir = require("sluice.ir")
+local retry = require("sluice.retry")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
 
@@ -79,7 +80,18 @@ local function direct(ctx, resp)
     return resp
 end
 
+-- The plan for the current attempt: the supplier at the current position of
+-- the route's fallback chain. Runs again for every retry (see H.retry).
+local function attempt(ctx)
+    local route, rs = ctx.route, ctx.retry_state
+    local supplier = cfg.suppliers[route.suppliers[rs.pos]]
+    local plan, perr = upstream.plan(cfg, ctx, ctx.info, route, supplier)
+    if not plan then return direct(ctx, error_response(ctx.protocol, perr.status, perr.message, perr.type)) end
+    return plan
+end
+
 function H.request(ctx)
+    if ctx.route then return attempt(ctx) end
     local info, status, message = router.classify(ctx.method, ctx.path)
     if not info then
         ctx.protocol = guess_protocol(ctx.path)
@@ -113,10 +125,16 @@ function H.request(ctx)
 
     local route, rerr = router.route(cfg, ctx.service, ctx.model)
     if not route then return direct(ctx, error_response(ctx.protocol, 404, rerr, "not_found")) end
-    local supplier = cfg.suppliers[route.suppliers[1]]
-    local plan, perr = upstream.plan(cfg, ctx, info, route, supplier)
-    if not plan then return direct(ctx, error_response(ctx.protocol, perr.status, perr.message, perr.type)) end
-    return plan
+    ctx.info, ctx.route = info, route
+    ctx.retry_state = { pos = 1, tries = 1, chain_len = #route.suppliers }
+    return attempt(ctx)
+end
+
+-- A failure before anything reached the client: seconds until the next
+-- attempt (same supplier, or the next one in the chain), or nil to give up.
+function H.retry(ctx, failure)
+    if not ctx.route or not ctx.supplier then return nil end
+    return retry.decide(cfg.suppliers[ctx.supplier].retry, ctx.retry_state, failure, os.time())
 end
 
 -- ------------------------------------------------------------------ translated answers

@@ -153,8 +153,18 @@ local function common(plan, ctx, route, supplier, upstream_model)
     return plan
 end
 
+-- The client's decoded body with another model, for re-encoding (the
+-- original table stays as the client sent it: a fallback may need it).
+local function with_model(body, model)
+    local copy = {}
+    for k, v in pairs(body) do copy[k] = v end
+    copy.model = model
+    return copy
+end
+
 function U.plan(cfg, ctx, info, route, supplier)
     local from, to = ctx.protocol, supplier.protocol
+    ctx.translation = nil
     local same = from == to
     local upstream_model = route.model or ctx.model
     local codec = translate.protocol(to)
@@ -173,10 +183,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         end
         local plan = { url = join_url(supplier.base_url, "/v1/messages/count_tokens", forwarded_query(ctx)),
                        headers = build_headers(ctx, supplier, true), stream = false, transform = false }
-        if upstream_model ~= ctx.model then
-            ctx.request.model = upstream_model
-            plan.body = json.encode(ctx.request)
-        end
+        if upstream_model ~= ctx.model then plan.body = json.encode(with_model(ctx.request, upstream_model)) end
         return common(plan, ctx, route, supplier, upstream_model)
     end
 
@@ -189,8 +196,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         plan.url = join_url(supplier.base_url, codec.path(upstream_model, ctx.stream), forwarded_query(ctx))
         plan.transform = false
         if upstream_model ~= ctx.model and to ~= "gemini" then
-            ctx.request.model = upstream_model
-            plan.body = json.encode(ctx.request)
+            plan.body = json.encode(with_model(ctx.request, upstream_model))
         end
     else
         local body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },

@@ -29,7 +29,7 @@ local json_encode, json_decode, json_array, json_null, is_array = json.encode, j
 local M = { name = "gemini" }
 
 -- No terminal event: the chunk that carries finishReason ends the stream (§4.4).
-M.terminal = { { data_has = "\"finishReason\"" } }
+M.terminal = { { data_has = "\"finishReason\":" } } -- with the colon: the key, not a text part saying it
 
 local function strip_model(model)
     if type(model) ~= "string" then return model end
