@@ -7,7 +7,7 @@ and only the things a gateway is for change — the upstream path, Host, hop-
 by-hop headers, and auth (the client's key replaced by the supplier's unless
 the supplier uses passthrough auth). Also here: model rewrite, prefixed
 paths, keep-alive reuse on both sides, a client abort reaching the upstream,
-and upstream error statuses passed through.
+upstream error statuses passed through, and a translation smoke test.
 
 The request bodies are deliberately written the way no JSON encoder would
 write them (odd spacing, \\u escapes, 0.70, empty arrays, 20-digit integers)
@@ -398,22 +398,27 @@ class PassthroughTest(harness.SluiceTestCase):
     # -- upstream errors ---------------------------------------------
 
     def test_upstream_error_status_and_body_pass_through(self):
+        # Scenes repeat because sluice may retry 5xx before answering
+        # (DESIGN §7); whatever it does, the client ends with the upstream's
+        # status and body.
         overloaded = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
-        self.mock.enqueue(json_scene(overloaded, status=529))
+        self.mock.enqueue(dict(json_scene(overloaded, status=529), repeat=10))
         r = self.post("/v1/messages", ANTHROPIC_REQ % "true", headers=self.anthropic_headers())
         self.assertEqual(r.status, 529, "%r%s" % (r, self.diag()))
         self.assertEqual(r.json(), json.loads(overloaded))
 
-        self.mock.enqueue(json_scene('{"error":{"message":"boom","type":"server_error","code":null}}',
-                                     status=500))
+        self.mock.reset()
+        self.mock.enqueue(dict(json_scene('{"error":{"message":"boom","type":"server_error","code":null}}',
+                                          status=500), repeat=10))
         r = self.post("/v1/chat/completions", CHAT_REQ % ("gpt-4.1", "false"))
-        self.assertEqual(r.status, 500)
+        self.assertEqual(r.status, 500, "%r%s" % (r, self.diag()))
         self.assertEqual(r.json()["error"]["message"], "boom")
 
-        self.mock.enqueue(json_scene('{"error":{"code":503,"message":"busy","status":"UNAVAILABLE"}}',
-                                     status=503))
+        self.mock.reset()
+        self.mock.enqueue(dict(json_scene('{"error":{"code":503,"message":"busy","status":"UNAVAILABLE"}}',
+                                          status=503), repeat=10))
         r = self.post("/v1beta/models/gemini-2.5-flash:generateContent", GEMINI_REQ)
-        self.assertEqual(r.status, 503)
+        self.assertEqual(r.status, 503, "%r%s" % (r, self.diag()))
         self.assertEqual(r.json()["error"]["status"], "UNAVAILABLE")
 
     # -- keep-alive --------------------------------------------------
@@ -467,20 +472,63 @@ class PassthroughTest(harness.SluiceTestCase):
         self.assertEqual(r.body, CHAT_JSON.encode())
 
 
-class TranslationPendingTest(harness.SluiceTestCase):
-    """DELETE THIS CLASS when protocol translation lands: until then a route to a
-    supplier of another protocol must answer 501 in the client's shape, not
-    forward a body the supplier cannot read."""
+class TranslationSmokeTest(harness.SluiceTestCase):
+    """A route to a supplier of another protocol translates both ways (the
+    detailed mapping is covered by the Lua specs; this proves the wiring)."""
 
-    def test_cross_protocol_route_is_501_in_client_shape(self):
+    def setUp(self):
+        super().setUp()
         self.start_sluice(routes='{ claude = { { match = "*", supplier = "xo" } } }')
+
+    def check_upstream(self, stream):
+        up = self.only_request()
+        self.assertEqual(up["path"], "/v1/chat/completions")
+        self.assertEqual(header_values(up, "authorization"), ["Bearer sk-upstream-secret-xo"])
+        self.assertEqual(header_values(up, "x-api-key"), [])
+        body = json.loads(up["body"])
+        self.assertEqual(body["model"], "claude-sonnet-4-5")
+        self.assertEqual(bool(body.get("stream")), stream)
+        self.assertIn("Weather in Paris", json.dumps(body["messages"], ensure_ascii=False))
+        self.assertEqual(body["tools"][0]["function"]["name"], "get_weather")
+        self.assertEqual(body["tools"][0]["function"]["parameters"]["required"], [])
+
+    def test_anthropic_client_openai_supplier_json(self):
+        self.mock.enqueue(json_scene(CHAT_JSON))
         r = self.post("/v1/messages", ANTHROPIC_REQ % "false",
-                      headers={"anthropic-version": "2023-06-01"})
-        self.assertEqual(r.status, 501, "%r%s" % (r, self.diag()))
-        body = r.json()
-        self.assertEqual(body["type"], "error")
-        self.assertIsInstance(body["error"]["message"], str)
-        self.assertEqual(self.mock.requests(), [])
+                      headers={"anthropic-version": "2023-06-01", "x-api-key": CLIENT_KEY})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        msg = r.json()
+        self.assertEqual(msg["type"], "message")
+        self.assertEqual(msg["model"], "claude-sonnet-4-5", "model reported back must be the one asked for")
+        self.assertEqual(msg["content"][0], {"type": "text", "text": "Sunny \u2600"})
+        self.assertEqual(msg["stop_reason"], "end_turn")
+        self.assertEqual(msg["usage"]["output_tokens"], 3)
+        self.check_upstream(False)
+
+    def test_anthropic_client_openai_supplier_stream(self):
+        self.mock.enqueue(stream_scene(CHAT_SSE))
+        r = self.post("/v1/messages", ANTHROPIC_REQ % "true",
+                      headers={"anthropic-version": "2023-06-01", "x-api-key": CLIENT_KEY})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertTrue((r.header("content-type") or "").startswith("text/event-stream"))
+        events = harness.parse_sse(r.body)
+        names = [e["event"] for e in events if e["event"] != "ping"]
+        self.assertEqual(names[0], "message_start")
+        self.assertEqual(names[-1], "message_stop")
+        datas = [json.loads(e["data"]) for e in events]
+        for e, d in zip(events, datas):
+            self.assertEqual(e["event"], d["type"], "event name and data type disagree")
+        text = "".join(d["delta"].get("text", "") for d in datas if d["type"] == "content_block_delta")
+        self.assertEqual(text, "Check \u2603")
+        tool = [d["content_block"] for d in datas if d["type"] == "content_block_start"
+                and d["content_block"]["type"] == "tool_use"]
+        self.assertEqual([(t["id"], t["name"], t["input"]) for t in tool], [("call_1", "get_weather", {})])
+        args = "".join(d["delta"].get("partial_json", "") for d in datas if d["type"] == "content_block_delta")
+        self.assertEqual(json.loads(args), {"city": "Paris"})
+        delta = [d for d in datas if d["type"] == "message_delta"]
+        self.assertEqual(delta[-1]["delta"]["stop_reason"], "tool_use")
+        self.assertEqual(delta[-1]["usage"]["output_tokens"], 40)
+        self.check_upstream(True)
 
 
 if __name__ == "__main__":
