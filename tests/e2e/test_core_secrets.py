@@ -56,7 +56,8 @@ class AccessLogSecretsTest(harness.SluiceTestCase):
               "chunks": [{"data": 'data: {"candidates":[]}\r\n\r\n'}]}),
             # rejected and failed requests are logged too
             ("/v1/chat/completions", chat, {"Authorization": "Bearer " + SECRETS["authorization"]},
-             {"status": 500, "body": '{"error":{"message":"upstream broke","type":"server_error"}}'}),
+             {"status": 500, "body": '{"error":{"message":"upstream broke","type":"server_error"}}',
+              "repeat": 10}),  # repeats: sluice may retry a 500
             ("/no/such/path", "{}", {"Authorization": "Bearer " + SECRETS["authorization"],
                                      "x-api-key": SECRETS["x-api-key"]}, None),
         ]
