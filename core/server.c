@@ -403,6 +403,17 @@ void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data)
 
 /* ---- connection lifecycle ---- */
 
+/* After sl_server_stop(): once the listener and the last connection are
+ * closed, report it and free the server (nobody may use it afterwards). */
+static void stop_maybe_done(sl_server_t *s)
+{
+    if (!s->stopping || s->nconns > 0 || !s->listener_closed)
+        return;
+    if (s->stop_done)
+        s->stop_done(s->stop_arg);
+    free(s);
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     sl_conn_t *c = h->data;
@@ -420,8 +431,7 @@ static void on_timer_closed(uv_handle_t *h)
     free(c->hoff);
     free(c->hviews);
     free(c);
-    if (s->stopping && s->nconns == 0 && s->listener_closed && s->stop_done)
-        s->stop_done(s->stop_arg);
+    stop_maybe_done(s);
 }
 
 static void on_tcp_closed(uv_handle_t *h)
@@ -705,8 +715,7 @@ static void on_listener_closed(uv_handle_t *h)
 {
     sl_server_t *s = h->data;
     s->listener_closed = 1;
-    if (s->nconns == 0 && s->stop_done)
-        s->stop_done(s->stop_arg);
+    stop_maybe_done(s);
 }
 
 void sl_server_stop(sl_server_t *s, void (*done)(void *), void *arg)

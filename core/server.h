@@ -70,7 +70,7 @@ int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int po
                     const sl_server_limits_t *limits, sl_request_cb cb, void *app);
 /* Stops accepting, closes idle connections; busy ones close after their
  * current response. `done` runs when the listener and all connections are
- * closed. */
+ * closed, and the server is freed right after it. */
 void sl_server_stop(sl_server_t *s, void (*done)(void *), void *arg);
 /* Connections currently open (busy or idle). */
 size_t sl_server_connections(const sl_server_t *s);
