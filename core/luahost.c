@@ -26,6 +26,7 @@
 #include "error.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 struct sl_luahost_s {
@@ -266,6 +267,7 @@ static int call_hook(sl_luahost_t *h, const char *name, int nargs, int nres, cha
     snprintf(err, errlen, "%s hook: %s", name, msg ? msg : "error");
     lua_pop(L, 1);
     h->script_errors++;
+    sl_metrics_script_error(name);
     sl_log_error("script error in %s: %s", name, msg ? msg : "?");
     return h->budget_hit ? SL_EBUDGET : SL_ESCRIPT;
 }
@@ -874,6 +876,7 @@ static void task_resume(sl_lua_task_t *t, int nargs)
         snprintf(err, sizeof err, "request hook: %s", lua_tostring(h->L, -1));
         lua_pop(h->L, 1);
         h->script_errors++;
+        sl_metrics_script_error("request");
         sl_log_error("script error in request: %s", err);
         task_fail(t, h->budget_hit ? SL_EBUDGET : SL_ESCRIPT, err);
         return;

@@ -25,6 +25,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 
 enum conn_state { CONN_READING, CONN_BUSY, CONN_CLOSING };
 
@@ -425,6 +426,7 @@ static void on_timer_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    sl_metrics_gauge_add(SL_GAUGE_CONNECTIONS, -1);
     sl_buf_free(&c->head);
     sl_buf_free(&c->body);
     sl_buf_free(&c->stash);
@@ -626,6 +628,7 @@ static void on_connection(uv_stream_t *ls, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    sl_metrics_gauge_add(SL_GAUGE_CONNECTIONS, 1);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0 ||
         (s->limits.max_connections && s->nconns > s->limits.max_connections)) {
         conn_close(c);
