@@ -628,6 +628,8 @@ static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int st
         r->attempts_json = strdup(sl_buf_cstr(&ex->attempt_log));
     }
     r->extra_json = dup_or_null(lf->extra_json);
+    r->request_body = dup_or_null(lf->request_body);
+    r->response_body = dup_or_null(lf->response_body);
     sl_records_submit(rs, r);
 }
 
@@ -689,7 +691,7 @@ static void finalize(sl_exchange_t *ex)
     double dur_ms = (double)(end - ex->start_ns) / 1e6;
     double ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1;
 
-    sl_lua_logfields_t lf = {-1, -1, -1, -1, NULL, NULL};
+    sl_lua_logfields_t lf = {-1, -1, -1, -1, NULL, NULL, NULL, NULL};
     if (ex->h)
         sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
     write_access_log(ex, &res, status, dur_ms, ttfb_ms, bytes_out);

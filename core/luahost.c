@@ -1095,7 +1095,9 @@ void sl_lua_logfields_free(sl_lua_logfields_t *f)
 {
     free(f->model_out);
     free(f->extra_json);
-    f->model_out = f->extra_json = NULL;
+    free(f->request_body);
+    free(f->response_body);
+    f->model_out = f->extra_json = f->request_body = f->response_body = NULL;
 }
 
 static int64_t field_int_or(lua_State *L, int idx, const char *key)
@@ -1111,7 +1113,7 @@ int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, siz
     lua_State *L = h->L;
     out->input_tokens = out->output_tokens = -1;
     out->cache_read_tokens = out->cache_write_tokens = -1;
-    out->model_out = out->extra_json = NULL;
+    out->model_out = out->extra_json = out->request_body = out->response_body = NULL;
     if (push_hook(h, "log"))
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ctx);
@@ -1126,6 +1128,8 @@ int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, siz
         out->cache_write_tokens = field_int_or(L, t, "cache_write_tokens");
         out->model_out = field_str(L, t, "model_out");
         out->extra_json = field_str(L, t, "extra_json");
+        out->request_body = field_str(L, t, "request_body");
+        out->response_body = field_str(L, t, "response_body");
     }
     lua_pop(L, 1);
     return 0;

@@ -172,6 +172,7 @@ typedef struct {
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */
     char *model_out;   /* may be NULL */
     char *extra_json;  /* JSON object text, or NULL */
+    char *request_body, *response_body; /* redacted, only when history.bodies is on */
 } sl_lua_logfields_t;
 
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);
