@@ -544,18 +544,27 @@ void sl_lua_resp_free(sl_lua_resp_t *r)
     memset(r, 0, sizeof *r);
 }
 
+/* Appends the string at idx (if it is one) to out; 1 in *has if it was. */
+static int append_string_at(lua_State *L, int idx, sl_buf_t *out, int *has)
+{
+    if (has)
+        *has = 0;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        return 0;
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (has)
+        *has = 1;
+    return sl_buf_append(out, s, n);
+}
+
 static int read_body_field(lua_State *L, int idx, sl_buf_t *out, int *has)
 {
     lua_getfield(L, idx, "body");
-    int rc = 0;
-    *has = 0;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        rc = sl_buf_append(out, s, n);
-        *has = 1;
-    }
+    int rc = append_string_at(L, -1, out, has);
     lua_pop(L, 1);
+    return rc;
+}    lua_pop(L, 1);
     return rc;
 }
 
@@ -989,11 +998,7 @@ int sl_lua_events_flush(sl_luahost_t *h, int ctx, sl_buf_t *out, char *err, size
     int rc = call_hook(h, "events", 2, 1, err, errlen);
     if (rc)
         return rc;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        rc = sl_buf_append(out, s, n);
-    }
+    rc = append_string_at(L, -1, out, NULL);
     lua_pop(L, 1);
     return rc;
 }
@@ -1049,9 +1054,7 @@ int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t 
     if (rc)
         return rc;
     if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        rc = sl_buf_append(bytes, s, n);
+        rc = append_string_at(L, -1, bytes, NULL);
     } else if (lua_istable(L, -1)) {
         rc = read_resp(L, lua_gettop(L), resp, err, errlen);
     }
