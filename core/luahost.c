@@ -564,8 +564,6 @@ static int read_body_field(lua_State *L, int idx, sl_buf_t *out, int *has)
     int rc = append_string_at(L, -1, out, has);
     lua_pop(L, 1);
     return rc;
-}    lua_pop(L, 1);
-    return rc;
 }
 
 /* A direct/error response table {status, headers, body} at idx. */
