@@ -129,6 +129,19 @@ class ReloadTest(harness.SluiceTestCase):
         self.assertEqual(models, {"model-B"}, "some worker still runs the old config")
 
 
+    def test_sighup_right_after_start_is_not_fatal(self):
+        # Ops (and systemd) may reload the moment sluice answers health; the
+        # signal handlers must be in place before any worker serves.
+        for i in range(8):
+            s = harness.start_sluice(routed_config(self.mock.port, "model-A"), workers=4)
+            self.addCleanup(s.cleanup)
+            s.reload()
+            time.sleep(0.3)
+            self.assertIsNone(s.proc.poll(), "round %d: SIGHUP just after start killed sluice (exit %r)"
+                              % (i, s.proc.poll()))
+            s.stop(signal.SIGKILL)
+
+
 class ShutdownTest(harness.SluiceTestCase):
     SLOW = [{"data": 'data: {"n":%d}\n\n' % i, "delay_ms": 300 if i else 0} for i in range(8)] + \
            [{"data": "data: [DONE]\n\n", "delay_ms": 300}]
