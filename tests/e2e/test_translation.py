@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -244,6 +245,7 @@ class Stream:
     def __init__(self):
         self.text = ""
         self.tools = []        # [{"id", "name", "args" (raw concatenated text)}]
+        self.thinking = []     # Anthropic thinking blocks: [{"text", "signature"}]
         self.stop = None
         self.usage = None
         self.model = None
@@ -274,10 +276,13 @@ class TranslationCase(harness.SluiceTestCase):
         self.assertTrue((r.header("content-type") or "").startswith("text/event-stream"),
                         "content-type %r" % r.header("content-type"))
 
-    def upstream(self):
+    def upstream(self, passthrough_auth=False):
+        """The one upstream request and its JSON body. The client's key may
+        appear only on a supplier with passthrough auth, and only once."""
         up = self.only_request()
-        for name, value in up["headers"]:
-            self.assertNotIn(CLIENT_KEY, value, "client key forwarded upstream in %s" % name)
+        leaks = [name for name, value in up["headers"] if CLIENT_KEY in value]
+        self.assertEqual(leaks, ["x-api-key"] if passthrough_auth else [],
+                         "headers carrying the client's key upstream")
         return up, json.loads(up["body"])
 
     # -- Anthropic ---------------------------------------------------------
@@ -317,6 +322,9 @@ class TranslationCase(harness.SluiceTestCase):
                     self.assertEqual(cb["input"], {}, "tool_use must start with input {}")
                     self.assertTrue(cb["id"] and cb["name"])
                     blocks.append({"type": "tool_use", "id": cb["id"], "name": cb["name"], "args": ""})
+                elif cb["type"] == "thinking":
+                    self.assertEqual(cb["thinking"], "")
+                    blocks.append({"type": "thinking", "text": "", "signature": ""})
                 else:
                     self.assertEqual(cb["type"], "text", cb)
                     self.assertEqual(cb["text"], "")
@@ -327,6 +335,13 @@ class TranslationCase(harness.SluiceTestCase):
                 if b["type"] == "text":
                     self.assertEqual(dl["type"], "text_delta")
                     b["text"] += dl["text"]
+                elif b["type"] == "thinking":
+                    self.assertIn(dl["type"], ("thinking_delta", "signature_delta"))
+                    if dl["type"] == "thinking_delta":
+                        self.assertEqual(b["signature"], "", "thinking text after its signature")
+                        b["text"] += dl["thinking"]
+                    else:
+                        b["signature"] += dl["signature"]
                 else:
                     self.assertEqual(dl["type"], "input_json_delta")
                     b["args"] += dl["partial_json"]
@@ -352,6 +367,8 @@ class TranslationCase(harness.SluiceTestCase):
         for b in blocks:
             if b["type"] == "text":
                 out.text += b["text"]
+            elif b["type"] == "thinking":
+                out.thinking.append(b)
             else:
                 out.tools.append(b)
         return out
@@ -593,6 +610,641 @@ class ClaudeOnOpenAIStreamTest(TranslationCase):
         rec = self.record(rid)
         self.assertEqual(rec["reason"], "UPSTREAM_EOF_EARLY")
         self.assertIs(rec["partial"], True)
+
+
+
+# ==================================================================== Codex on an Anthropic supplier
+
+
+class CodexOnAnthropicTest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start('{ codex = { { match = "*", supplier = "an", model = "claude-sonnet-4-5" } } }')
+
+    def test_responses_stream_from_anthropic_stream(self):
+        rid = "tr-codex-stream"
+        self.mock.enqueue(stream_scene(anthropic_tools_stream(text="I'll list the files \u2603.")))
+        r = self.post("/v1/responses", CODEX_REQ,
+                      headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid,
+                               "OpenAI-Beta": "responses=experimental", "originator": "codex_cli_rs"})
+        self.assert_ok_sse(r)
+        s = self.responses_stream(r.body)
+        self.assertEqual(s.stop, "completed")
+        self.assertEqual(s.names[-1], "response.completed")
+        self.assertEqual(s.model, "gpt-5-codex", "the model reported back is the one asked for")
+        self.assertEqual(s.text, "I'll list the files \u2603.")
+        self.assertEqual([(t["id"], t["name"]) for t in s.tools], [("toolu_01LsX", "shell")])
+        self.assertEqual(json.loads(s.tools[0]["args"]), {"command": ["ls", "-la"]})
+        self.assertEqual([it["type"] for it in s.final["output"]], ["message", "function_call"])
+        for it in s.final["output"]:
+            self.assertEqual(it["status"], "completed")
+        # Anthropic input_tokens exclude the cache; Responses input_tokens include it.
+        self.assertEqual(s.usage["input_tokens"], 120)
+        self.assertEqual(s.usage["input_tokens_details"]["cached_tokens"], 100)
+        self.assertEqual(s.usage["output_tokens"], 30)
+        self.assertEqual(s.usage["total_tokens"], 150)
+
+        up, body = self.upstream(passthrough_auth=True)
+        self.assertEqual(up["path"], "/v1/messages")
+        # passthrough auth across protocols: the client's key, in Anthropic's header.
+        self.assertEqual(header_values(up, "x-api-key"), [CLIENT_KEY])
+        self.assertEqual(header_values(up, "authorization"), [])
+        self.assertEqual(header_values(up, "anthropic-version"), ["2023-06-01"])
+        self.assertEqual(header_values(up, "openai-beta"), [], "client protocol headers stay behind")
+        self.assertEqual(body["model"], "claude-sonnet-4-5")
+        self.assertIs(body["stream"], True)
+        self.assertIsInstance(body["max_tokens"], int, "Anthropic requires max_tokens")
+        self.assertIn("You are Codex", json.dumps(body["system"]))
+        self.assertEqual([m["role"] for m in body["messages"]], ["user"])
+        self.assertIn("README \u00e9", json.dumps(body["messages"], ensure_ascii=False))
+        self.assertEqual(body["tools"][0]["name"], "shell")
+        self.assertEqual(body["tools"][0]["input_schema"]["required"], ["command"])
+        self.assertEqual(body["tool_choice"].get("type"), "auto")
+        self.assertIs(body["tool_choice"].get("disable_parallel_tool_use"), True)
+
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
+        self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (120, 30))
+
+    def test_cut_anthropic_stream_is_response_failed(self):
+        rid = "tr-codex-cut"
+        whole = anthropic_tools_stream()
+        cut = whole[:whole.index("event: content_block_stop\ndata: {\"type\": \"content_block_stop\", \"index\": 1")]
+        scene = stream_scene(cut, parts=4)
+        scene["close_after"] = True
+        self.mock.enqueue(scene)
+        r = self.post("/v1/responses", CODEX_REQ,
+                      headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid})
+        self.assert_ok_sse(r)
+        s = self.responses_stream(r.body)
+        self.assertEqual(s.names[-1], "response.failed")
+        self.assertEqual(s.stop, "failed")
+        self.assertIn("UPSTREAM_EOF_EARLY", s.error["message"])
+        self.assertNotIn("response.completed", s.names)
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("UPSTREAM_EOF_EARLY", True))
+
+
+# ==================================================================== Gemini CLI on an OpenAI chat supplier
+
+
+class GeminiOnOpenAITest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start('{ gemini = { { match = "*", supplier = "oa", model = "gpt-4.1" } } }')
+
+    def upstream_stream(self):
+        s = chat_chunk({"role": "assistant", "content": ""})
+        s += chat_chunk({"content": "Let me "})
+        s += chat_chunk({"content": "look \u2603."})
+        s += chat_chunk(tool_delta(0, "", "call_g1", "get_weather"))
+        for frag in ['{"ci', 'ty":', ' "Paris"}']:
+            s += chat_chunk(tool_delta(0, frag))
+        s += chat_chunk({}, finish="tool_calls")
+        s += chat_chunk(choices=False, usage={"prompt_tokens": 300, "completion_tokens": 21,
+                                              "total_tokens": 321,
+                                              "prompt_tokens_details": {"cached_tokens": 128}})
+        return s + "data: [DONE]\n\n"
+
+    def test_stream_generate_content(self):
+        rid = "tr-gemini-stream"
+        self.mock.enqueue(stream_scene(self.upstream_stream()))
+        r = self.post("/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", GEMINI_REQ,
+                      headers={"x-goog-api-key": CLIENT_KEY, "x-request-id": rid,
+                               "User-Agent": "GeminiCLI/0.1.0"})
+        self.assert_ok_sse(r)
+        s = self.gemini_stream(r.body)
+        self.assertIsNone(s.error)
+        self.assertEqual(s.text, "Let me look \u2603.")
+        self.assertEqual([(t["name"], t["args"]) for t in s.tools], [("get_weather", {"city": "Paris"})])
+        self.assertEqual(s.stop, "STOP")
+        self.assertEqual(s.usage["promptTokenCount"], 300)
+        self.assertEqual(s.usage["cachedContentTokenCount"], 128)
+        self.assertEqual(s.usage["candidatesTokenCount"], 21)
+        self.assertEqual(s.usage["totalTokenCount"], 321)
+        if s.model is not None:
+            self.assertEqual(s.model, "gemini-2.5-pro")
+
+        up, body = self.upstream()
+        self.assertEqual(up["path"], "/v1/chat/completions")
+        self.assertEqual(header_values(up, "authorization"), [SUPPLIER_BEARER])
+        self.assertEqual(header_values(up, "x-goog-api-key"), [])
+        self.assertEqual(body["model"], "gpt-4.1")
+        self.assertIs(body["stream"], True)
+        self.assertEqual(body["stream_options"], {"include_usage": True})
+        self.assertEqual([m["role"] for m in body["messages"]], ["system", "user"])
+        params = body["tools"][0]["function"]["parameters"]
+        self.assertEqual(params["type"].lower(), "object")
+        self.assertEqual(params["required"], ["city"])
+        self.assertEqual(body.get("max_tokens", body.get("max_completion_tokens")), 512)
+
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
+        self.assertEqual(rec["usage"]["input_tokens"], 300)
+        self.assertEqual(rec["usage"]["output_tokens"], 21)
+
+
+# ==================================================================== OpenAI chat clients on an Anthropic supplier
+
+
+class ChatOnAnthropicTest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start('{ chat = { { match = "*", supplier = "an", model = "claude-sonnet-4-5" } } }')
+
+    def check_upstream(self, stream):
+        up, body = self.upstream(passthrough_auth=True)
+        self.assertEqual(up["path"], "/v1/messages")
+        self.assertEqual(header_values(up, "x-api-key"), [CLIENT_KEY])
+        self.assertEqual(header_values(up, "anthropic-version"), ["2023-06-01"])
+        self.assertEqual(body["model"], "claude-sonnet-4-5")
+        self.assertEqual(bool(body.get("stream")), stream)
+        self.assertEqual(body["max_tokens"], 300)
+        self.assertIn("Be brief.", json.dumps(body["system"]))
+        self.assertEqual([m["role"] for m in body["messages"]], ["user"])
+        self.assertEqual(body["tools"][0]["input_schema"], WEATHER_SCHEMA)
+        self.assertIn('"required":[]', up["body"].replace(" ", ""))
+
+    def test_stream(self):
+        rid = "tr-chat-stream"
+        self.mock.enqueue(stream_scene(anthropic_tools_stream(
+            text="Let me check \u2603.", tool_id="toolu_01WeA", tool_name="get_weather",
+            args=('{"city"', ': "Paris"', ', "unit": "c"}'))))
+        req = dict(CHAT_REQ, stream=True, stream_options={"include_usage": True})
+        r = self.post("/v1/chat/completions", req,
+                      headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid})
+        self.assert_ok_sse(r)
+        s = self.chat_stream(r.body)
+        self.assertIsNone(s.error)
+        self.assertEqual(s.model, "gpt-4o", "the model reported back is the one asked for")
+        self.assertEqual(s.text, "Let me check \u2603.")
+        self.assertEqual([(t["id"], t["name"]) for t in s.tools], [("toolu_01WeA", "get_weather")])
+        self.assertEqual(json.loads(s.tools[0]["args"]), {"city": "Paris", "unit": "c"})
+        self.assertEqual(s.stop, "tool_calls")
+        self.assertEqual(s.usage["prompt_tokens"], 120)
+        self.assertEqual(s.usage["prompt_tokens_details"]["cached_tokens"], 100)
+        self.assertEqual(s.usage["completion_tokens"], 30)
+        self.assertEqual(s.usage["total_tokens"], 150)
+        self.check_upstream(True)
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
+        self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (120, 30))
+
+    def test_stream_without_include_usage_has_no_usage_chunk(self):
+        self.mock.enqueue(stream_scene(anthropic_tools_stream()))
+        r = self.post("/v1/chat/completions", dict(CHAT_REQ, stream=True),
+                      headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assert_ok_sse(r)
+        s = self.chat_stream(r.body)
+        self.assertEqual(s.stop, "tool_calls")
+        self.assertIsNone(s.usage, "usage chunks only when the client asked for them")
+
+    def test_json(self):
+        rid = "tr-chat-json"
+        self.mock.enqueue(json_scene(ANTHROPIC_MESSAGE))
+        r = self.post("/v1/chat/completions", CHAT_REQ,
+                      headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertTrue((r.header("content-type") or "").startswith("application/json"))
+        c = r.json()
+        self.assertEqual(c["object"], "chat.completion")
+        self.assertTrue(c["id"].startswith("chatcmpl-"), c["id"])
+        self.assertEqual(c["model"], "gpt-4o", "the model reported back is the one asked for")
+        ch = c["choices"][0]
+        self.assertEqual(ch["finish_reason"], "tool_calls")
+        msg = ch["message"]
+        self.assertEqual(msg["role"], "assistant")
+        self.assertEqual(msg["content"], "Let me check \u2603.")
+        self.assertEqual(len(msg["tool_calls"]), 1)
+        tc = msg["tool_calls"][0]
+        self.assertEqual((tc["id"], tc["type"], tc["function"]["name"]), ("toolu_01WeA", "function", "get_weather"))
+        self.assertIsInstance(tc["function"]["arguments"], str, "chat arguments are a JSON string")
+        self.assertEqual(json.loads(tc["function"]["arguments"]), {"city": "Paris", "unit": "c"})
+        u = c["usage"]
+        self.assertEqual(u["prompt_tokens"], 260)   # 50 + 10 written + 200 read
+        self.assertEqual(u["prompt_tokens_details"]["cached_tokens"], 200)
+        self.assertEqual(u["completion_tokens"], 25)
+        self.assertEqual(u["total_tokens"], 285)
+        self.check_upstream(False)
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"], rec["status"]), ("COMPLETE", False, 200))
+        self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (260, 25))
+
+
+# ==================================================================== errors
+
+
+class ErrorTranslationTest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start(CLAUDE_ON_OPENAI)
+
+    def check_error(self, status, upstream_error, want_status, want_type, headers=None):
+        self.mock.enqueue(json_scene({"error": upstream_error}, status=status, headers=headers))
+        r = self.post("/v1/messages", CLAUDE_REQ, headers=claude_headers())
+        self.assertEqual(r.status, want_status, "%r%s" % (r, self.diag()))
+        self.assertTrue((r.header("content-type") or "").startswith("application/json"))
+        e = r.json()
+        self.assertEqual(e["type"], "error")
+        self.assertEqual(e["error"]["type"], want_type)
+        self.assertIn(upstream_error["message"], e["error"]["message"])
+        self.assertEqual(len(self.mock.requests()), 1)
+        return r
+
+    def test_rate_limit_429(self):
+        self.check_error(429, {"message": "Rate limit reached for gpt-4.1 on tokens per min (TPM): "
+                                          "Limit 30000, Used 29000, Requested 2000.",
+                               "type": "tokens", "param": None, "code": "rate_limit_exceeded"},
+                         429, "rate_limit_error", headers={"retry-after": "20"})
+
+    def test_invalid_request_400(self):
+        self.check_error(400, {"message": "Invalid 'messages[3].tool_call_id': string too long.",
+                               "type": "invalid_request_error", "param": "messages[3].tool_call_id",
+                               "code": "string_above_max_length"},
+                         400, "invalid_request_error")
+
+    def test_auth_401(self):
+        self.check_error(401, {"message": "Incorrect API key provided: sk-upstr***-oa.",
+                               "type": "invalid_request_error", "param": None, "code": "invalid_api_key"},
+                         401, "authentication_error")
+
+    def test_in_stream_error(self):
+        rid = "tr-claude-instream"
+        s = chat_chunk({"role": "assistant", "content": ""})
+        s += chat_chunk({"content": "Partial answ"})
+        s += 'data: {"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}\n\n'
+        self.mock.enqueue(stream_scene(s, parts=2))
+        r = self.post("/v1/messages", CLAUDE_REQ, headers=claude_headers(rid))
+        self.assert_ok_sse(r)
+        st = self.anthropic_stream(r.body)
+        self.assertEqual(st.text, "Partial answ")
+        self.assertIsNotNone(st.error, "the upstream's in-stream error must reach the client")
+        self.assertIn("The server had an error while processing your request", st.error["message"])
+        self.assertIn(st.error["type"], ("api_error", "overloaded_error"))
+        self.assertIsNone(st.stop, "an errored stream claims no stop reason")
+        self.assertEqual(st.names[-2:], ["error", "message_stop"])
+        rec = self.record(rid)
+        self.assertNotEqual(rec["reason"], "COMPLETE", "an in-stream error is not a complete answer")
+
+    def test_in_stream_error_for_chat_client_on_anthropic(self):
+        self.sluice.cleanup()
+        self.start('{ chat = { { match = "*", supplier = "an", model = "claude-sonnet-4-5" } } }')
+        s = anthropic_event("message_start", {"type": "message_start", "message": {
+            "id": "msg_01E", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 1}}})
+        s += anthropic_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                     "content_block": {"type": "text", "text": ""}})
+        s += anthropic_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                     "delta": {"type": "text_delta", "text": "Hal"}})
+        s += anthropic_event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                  "message": "Overloaded"}})
+        self.mock.enqueue(stream_scene(s, parts=3))
+        r = self.post("/v1/chat/completions", dict(CHAT_REQ, stream=True),
+                      headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assert_ok_sse(r)
+        st = self.chat_stream(r.body)
+        self.assertEqual(st.text, "Hal")
+        self.assertIsNotNone(st.error)
+        self.assertIn("Overloaded", st.error["message"])
+        self.assertIsNone(st.stop, "no finish_reason on an errored stream")
+
+
+# ==================================================================== non-stream Claude, count_tokens
+
+
+class ClaudeOnOpenAIJsonTest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start(CLAUDE_ON_OPENAI)
+
+    def test_json_answer(self):
+        rid = "tr-claude-json"
+        self.mock.enqueue(json_scene(CHAT_COMPLETION))
+        r = self.post("/v1/messages", dict(CLAUDE_REQ, stream=False), headers=claude_headers(rid))
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertTrue((r.header("content-type") or "").startswith("application/json"))
+        m = r.json()
+        self.assertEqual((m["type"], m["role"]), ("message", "assistant"))
+        self.assertTrue(m["id"].startswith("msg_"), m["id"])
+        self.assertEqual(m["model"], "claude-sonnet-4-5")
+        self.assertEqual(m["stop_reason"], "tool_use")
+        self.assertEqual(m["content"][0], {"type": "text", "text": "Checking both."})
+        tools = [(b["type"], b["id"], b["name"], b["input"]) for b in m["content"][1:]]
+        self.assertEqual(tools, [("tool_use", "call_p1", "get_weather", {"city": "Paris"}),
+                                 ("tool_use", "call_t2", "get_weather", {"city": "Tokyo", "unit": "f"})])
+        self.assertEqual(m["usage"]["input_tokens"], 900 - 512)
+        self.assertEqual(m["usage"]["cache_read_input_tokens"], 512)
+        self.assertEqual(m["usage"]["output_tokens"], 40)
+
+        up, body = self.upstream()
+        self.assertEqual(up["path"], "/v1/chat/completions")
+        self.assertEqual(header_values(up, "authorization"), [SUPPLIER_BEARER])
+        self.assertFalse(body.get("stream"), "a JSON client gets a JSON upstream request")
+        self.assertNotIn("stream_options", body)
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"], rec["status"]), ("COMPLETE", False, 200))
+        self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (900, 40))
+
+    def test_count_tokens_is_estimated_locally(self):
+        def count(req):
+            r = self.post("/v1/messages/count_tokens", req, headers=claude_headers())
+            self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+            self.assertEqual(r.header("x-sluice-token-estimate"), "chars/4")
+            body = r.json()
+            self.assertEqual(list(body), ["input_tokens"], "exactly Anthropic's documented shape")
+            self.assertIsInstance(body["input_tokens"], int)
+            return body["input_tokens"]
+
+        small_req = {k: v for k, v in CLAUDE_REQ.items() if k not in ("stream", "max_tokens")}
+        small = count(small_req)
+        big_req = dict(small_req, messages=small_req["messages"] + [
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "word " * 4000}])
+        big = count(big_req)
+        self.assertGreater(small, 20)
+        # 20000 more characters is about 5000 more tokens at four characters a token.
+        self.assertTrue(4500 <= big - small <= 5500, (small, big))
+        self.assertEqual(self.mock.requests(), [], "count_tokens never reaches a non-Anthropic supplier")
+
+
+
+# ==================================================================== Claude clients on Gemini and Responses suppliers
+
+
+def gemini_chunk(parts, finish=None, usage=None):
+    c = {"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
+         "modelVersion": "gemini-2.5-flash", "responseId": "gRsp1"}
+    if finish:
+        c["candidates"][0]["finishReason"] = finish
+    if usage:
+        c["usageMetadata"] = usage
+    # Google separates records with CRLF.
+    return "data: " + json.dumps(c, ensure_ascii=False) + "\r\n\r\n"
+
+
+def gemini_tools_stream():
+    """Thought text, answer text, then text and two functionCalls in one chunk
+    (the first carrying a thoughtSignature), then the finish chunk."""
+    s = gemini_chunk([{"text": "**Planning**", "thought": True}],
+                     usage={"promptTokenCount": 40, "totalTokenCount": 40})
+    s += gemini_chunk([{"text": "Checking"}])
+    s += gemini_chunk([{"text": " both."},
+                       {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                        "thoughtSignature": "c2lnbmF0dXJlMQ=="},
+                       {"functionCall": {"name": "get_weather", "args": {"city": "Tokyo", "unit": "c"}}}])
+    s += gemini_chunk([{"text": ""}], finish="STOP",
+                      usage={"promptTokenCount": 40, "candidatesTokenCount": 12, "thoughtsTokenCount": 7,
+                             "totalTokenCount": 59, "cachedContentTokenCount": 8})
+    return s
+
+
+def responses_event(seq, t, **kw):
+    d = {"type": t, "sequence_number": seq}
+    d.update(kw)
+    return "event: %s\ndata: %s\n\n" % (t, json.dumps(d, ensure_ascii=False))
+
+
+def responses_reasoning_call_stream():
+    """A real Responses stream from a reasoning model: a reasoning item with a
+    summary and encrypted_content, then a function call."""
+    base = {"id": "resp_0a1", "object": "response", "status": "in_progress", "model": "gpt-5-2025-08-07",
+            "output": [], "usage": None}
+    rs = {"type": "reasoning", "id": "rs_0a1", "summary": [{"type": "summary_text", "text": "Need weather."}],
+          "encrypted_content": "gAAAAABoEnc=="}
+    fc = {"type": "function_call", "id": "fc_0a1", "call_id": "call_Wx1", "name": "get_weather",
+          "arguments": "", "status": "in_progress"}
+    fcd = dict(fc, arguments='{"city":"Paris"}', status="completed")
+    ev = [("response.created", {"response": base}), ("response.in_progress", {"response": base}),
+          ("response.output_item.added", {"output_index": 0, "item": {"type": "reasoning", "id": "rs_0a1",
+                                                                       "summary": []}}),
+          ("response.reasoning_summary_part.added", {"item_id": "rs_0a1", "output_index": 0, "summary_index": 0,
+                                                     "part": {"type": "summary_text", "text": ""}}),
+          ("response.reasoning_summary_text.delta", {"item_id": "rs_0a1", "output_index": 0, "summary_index": 0,
+                                                     "delta": "Need "}),
+          ("response.reasoning_summary_text.delta", {"item_id": "rs_0a1", "output_index": 0, "summary_index": 0,
+                                                     "delta": "weather."}),
+          ("response.reasoning_summary_text.done", {"item_id": "rs_0a1", "output_index": 0, "summary_index": 0,
+                                                    "text": "Need weather."}),
+          ("response.reasoning_summary_part.done", {"item_id": "rs_0a1", "output_index": 0, "summary_index": 0,
+                                                    "part": {"type": "summary_text", "text": "Need weather."}}),
+          ("response.output_item.done", {"output_index": 0, "item": rs}),
+          ("response.output_item.added", {"output_index": 1, "item": fc}),
+          ("response.function_call_arguments.delta", {"item_id": "fc_0a1", "output_index": 1, "delta": '{"city":'}),
+          ("response.function_call_arguments.delta", {"item_id": "fc_0a1", "output_index": 1, "delta": '"Paris"}'}),
+          ("response.function_call_arguments.done", {"item_id": "fc_0a1", "output_index": 1,
+                                                     "arguments": '{"city":"Paris"}'}),
+          ("response.output_item.done", {"output_index": 1, "item": fcd}),
+          ("response.completed", {"response": dict(base, status="completed", output=[rs, fcd], usage={
+              "input_tokens": 500, "input_tokens_details": {"cached_tokens": 300}, "output_tokens": 80,
+              "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 580})})]
+    return "".join(responses_event(i, t, **kw) for i, (t, kw) in enumerate(ev))
+
+
+def claude_next_turn(stream_body, req):
+    """The request Claude Code sends next: the assistant turn exactly as the
+    SDK accumulated it from the stream, then a tool_result per tool_use."""
+    blocks, results = [], []
+    for e in harness.parse_sse(stream_body):
+        d = json.loads(e["data"])
+        if d["type"] == "content_block_start":
+            b = dict(d["content_block"])
+            b["_args"] = ""
+            blocks.append(b)
+        elif d["type"] == "content_block_delta":
+            b, dl = blocks[-1], d["delta"]
+            if dl["type"] == "text_delta":
+                b["text"] += dl["text"]
+            elif dl["type"] == "thinking_delta":
+                b["thinking"] += dl["thinking"]
+            elif dl["type"] == "signature_delta":
+                b["signature"] = b.get("signature", "") + dl["signature"]
+            elif dl["type"] == "input_json_delta":
+                b["_args"] += dl["partial_json"]
+    for b in blocks:
+        args = b.pop("_args")
+        if b["type"] == "tool_use":
+            b["input"] = json.loads(args) if args else {}
+            results.append({"type": "tool_result", "tool_use_id": b["id"], "content": "18C"})
+    msgs = req["messages"] + [{"role": "assistant", "content": blocks}, {"role": "user", "content": results}]
+    return dict(req, messages=msgs)
+
+
+class ClaudeOnOtherSuppliersTest(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start('{ claude = { { match = "*gemini*", supplier = "gm", model = "gemini-2.5-flash" },'
+                   ' { match = "*gpt-5*", supplier = "rs", model = "gpt-5" },'
+                   ' { match = "*", supplier = "oa", model = "gpt-4.1" } } }')
+
+    def test_gemini_supplier(self):
+        rid = "tr-claude-gemini"
+        self.mock.enqueue(stream_scene(gemini_tools_stream()))
+        r = self.post("/v1/messages", dict(CLAUDE_REQ, model="claude-via-gemini"), headers=claude_headers(rid))
+        self.assert_ok_sse(r)
+        s = self.anthropic_stream(r.body)
+        self.assertEqual(s.model, "claude-via-gemini")
+        self.assertEqual(s.text, "Checking both.")
+        self.assertEqual(s.thinking[0]["text"], "**Planning**")
+        # The functionCall's thoughtSignature must come back to Gemini on the
+        # next turn, so it travels in a thinking block's signature.
+        self.assertIn("c2lnbmF0dXJlMQ==", "".join(b["signature"] for b in s.thinking))
+        self.assertEqual([(t["name"], json.loads(t["args"])) for t in s.tools],
+                         [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Tokyo", "unit": "c"})])
+        ids = [t["id"] for t in s.tools]
+        self.assertEqual(len(set(ids)), 2, "each tool call gets its own id: %r" % ids)
+        self.assertEqual(s.stop, "tool_use")
+        # Gemini output = candidates + thoughts; its prompt count includes the cache.
+        self.assertEqual(s.usage["output_tokens"], 19)
+        self.assertEqual(s.usage["input_tokens"], 32)
+        self.assertEqual(s.usage["cache_read_input_tokens"], 8)
+
+        up, body = self.upstream()
+        self.assertEqual(up["path"], "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+        self.assertEqual(header_values(up, "authorization"), [])
+        self.assertEqual(header_values(up, "x-goog-api-key"), [])
+        self.assertEqual([c["role"] for c in body["contents"]], ["user", "model", "user"])
+        self.assertEqual(body["contents"][1]["parts"][0]["functionCall"]["name"], "get_time")
+        fr = body["contents"][2]["parts"][0]["functionResponse"]
+        self.assertEqual(fr["name"], "get_time", "Gemini needs the tool's name on its result")
+        self.assertIn("12:00", json.dumps(fr["response"]))
+        self.assertIn("weather bot", json.dumps(body["systemInstruction"]))
+        self.assertEqual(body["generationConfig"]["maxOutputTokens"], 2048)
+        decl = {d["name"] for t in body["tools"] for d in t["functionDeclarations"]}
+        self.assertEqual(decl, {"get_weather", "get_time"})
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
+        self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (40, 19))
+
+        # Next turn: Gemini answers 400 when the functionCall of the turn lacks its
+        # thoughtSignature, so it must be back on the same part.
+        self.mock.reset()
+        self.mock.enqueue(stream_scene(gemini_chunk([{"text": "18C in both."}], finish="STOP")))
+        nxt = claude_next_turn(r.body, dict(CLAUDE_REQ, model="claude-via-gemini"))
+        r2 = self.post("/v1/messages", nxt, headers=claude_headers())
+        self.assertEqual(self.anthropic_stream(r2.body).text, "18C in both.")
+        _, body2 = self.upstream()
+        model_turn = body2["contents"][3]
+        self.assertEqual(model_turn["role"], "model")
+        calls = [p for p in model_turn["parts"] if "functionCall" in p]
+        self.assertEqual([c["functionCall"]["args"] for c in calls],
+                         [{"city": "Paris"}, {"city": "Tokyo", "unit": "c"}])
+        self.assertEqual(calls[0].get("thoughtSignature"), "c2lnbmF0dXJlMQ==")
+        self.assertNotIn("thoughtSignature", calls[1])
+        results = [p["functionResponse"] for p in body2["contents"][4]["parts"] if "functionResponse" in p]
+        self.assertEqual([fr["name"] for fr in results], ["get_weather", "get_weather"])
+        self.assertNotIn("sluice1:", json.dumps(body2), "the envelope never reaches the supplier")
+
+    def test_responses_supplier_with_reasoning(self):
+        rid = "tr-claude-responses"
+        self.mock.enqueue(stream_scene(responses_reasoning_call_stream()))
+        req = dict(CLAUDE_REQ, model="claude-gpt-5", thinking={"type": "enabled", "budget_tokens": 4096})
+        r = self.post("/v1/messages", req, headers=claude_headers(rid))
+        self.assert_ok_sse(r)
+        s = self.anthropic_stream(r.body)
+        self.assertEqual(s.model, "claude-gpt-5")
+        self.assertEqual(s.names.count("content_block_start"), 2)
+        self.assertEqual([b["text"] for b in s.thinking], ["Need weather."])
+        self.assertIn("gAAAAABoEnc==", s.thinking[0]["signature"],
+                      "the encrypted reasoning travels back as the thinking block's signature")
+        self.assertEqual([(t["id"], t["name"], json.loads(t["args"])) for t in s.tools],
+                         [("call_Wx1", "get_weather", {"city": "Paris"})])
+        self.assertEqual(s.stop, "tool_use")
+        self.assertEqual((s.usage["input_tokens"], s.usage["cache_read_input_tokens"], s.usage["output_tokens"]),
+                         (200, 300, 80))
+
+        up, body = self.upstream()
+        self.assertEqual(up["path"], "/v1/responses")
+        # supplier `rs` authenticates with its own x-api-key: the client's is replaced.
+        self.assertEqual(header_values(up, "x-api-key"), ["sk-upstream-secret-rs"])
+        self.assertEqual(body["model"], "gpt-5")
+        self.assertIs(body["stream"], True)
+        self.assertIs(body["store"], False)
+        self.assertIn("reasoning.encrypted_content", body["include"])
+        self.assertIn("weather bot", body["instructions"])
+        types = [it.get("type") for it in body["input"]]
+        self.assertEqual(types, ["message", "function_call", "function_call_output", "message"])
+        self.assertEqual(body["input"][1]["call_id"], "toolu_01PREV")
+        self.assertEqual(body["input"][2]["call_id"], "toolu_01PREV")
+        self.assertEqual({t["name"] for t in body["tools"]}, {"get_weather", "get_time"})
+        self.assertIn('"required":[]', up["body"].replace(" ", ""))
+
+        # Next turn (store:false): the reasoning item goes back with its encrypted_content.
+        self.mock.reset()
+        self.mock.enqueue(json_scene({"id": "resp_0a2", "object": "response", "status": "completed",
+                                      "model": "gpt-5", "output": [{"type": "message", "id": "msg_2",
+                                      "role": "assistant", "status": "completed", "content": [
+                                          {"type": "output_text", "text": "18C.", "annotations": []}]}],
+                                      "usage": {"input_tokens": 600, "output_tokens": 3, "total_tokens": 603}}))
+        nxt = claude_next_turn(r.body, req)
+        r2 = self.post("/v1/messages", dict(nxt, stream=False), headers=claude_headers())
+        self.assertEqual(r2.status, 200, "%r%s" % (r2, self.diag()))
+        self.assertEqual(r2.json()["content"], [{"type": "text", "text": "18C."}])
+        _, body2 = self.upstream()
+        items = body2["input"][4:]
+        self.assertEqual([it.get("type") for it in items],
+                         ["reasoning", "function_call", "function_call_output"])
+        self.assertEqual(items[0]["encrypted_content"], "gAAAAABoEnc==")
+        self.assertEqual((items[1]["call_id"], items[2]["call_id"]), ("call_Wx1", "call_Wx1"))
+        self.assertNotIn("sluice1:", json.dumps(body2), "the envelope never reaches the supplier")
+
+    def test_long_tool_names_are_shortened_and_restored(self):
+        long_name = "mcp__github.com/modelcontextprotocol/servers__create_pull_request_review_comment_thread"
+        req = json.loads(json.dumps(CLAUDE_REQ))
+        req["tools"].append({"name": long_name, "description": "Comment on a PR",
+                             "input_schema": {"type": "object", "properties": {"body": {"type": "string"}}}})
+        # Turn 1 (answered by the mock's default) shows the name the supplier sees.
+        r = self.post("/v1/messages", dict(req, stream=False), headers=claude_headers())
+        up, body = self.upstream()
+        short = [t["function"]["name"] for t in body["tools"]
+                 if t["function"]["description"] == "Comment on a PR"][0]
+        self.assertLessEqual(len(short), 64)
+        self.assertRegex(short, r"^[a-zA-Z0-9_-]+$", "OpenAI's tool name rule")
+        self.mock.reset()
+        # Turn 2: the supplier calls the tool by that name; the client must see its own.
+        s = chat_chunk({"role": "assistant", "content": None})
+        s += chat_chunk(tool_delta(0, "", "call_mcp1", short))
+        s += chat_chunk(tool_delta(0, '{"body":'))
+        s += chat_chunk(tool_delta(0, '"LGTM"}'))
+        s += chat_chunk({}, finish="tool_calls") + "data: [DONE]\n\n"
+        self.mock.enqueue(stream_scene(s, parts=4))
+        r = self.post("/v1/messages", req, headers=claude_headers())
+        self.assert_ok_sse(r)
+        st = self.anthropic_stream(r.body)
+        self.assertEqual([(t["id"], t["name"]) for t in st.tools], [("call_mcp1", long_name)])
+        self.assertEqual(json.loads(st.tools[0]["args"]), {"body": "LGTM"})
+        _, body2 = self.upstream()
+        self.assertIn(short, [t["function"]["name"] for t in body2["tools"]],
+                      "the same name maps the same way on every turn")
+
+    def test_streaming_client_on_a_json_answer(self):
+        # A supplier that ignores `stream` and answers one JSON body.
+        self.mock.enqueue(json_scene(CHAT_COMPLETION))
+        r = self.post("/v1/messages", CLAUDE_REQ, headers=claude_headers())
+        self.assert_ok_sse(r)
+        s = self.anthropic_stream(r.body)
+        self.assertEqual(s.text, "Checking both.")
+        self.assertEqual([(t["id"], json.loads(t["args"])) for t in s.tools],
+                         [("call_p1", {"city": "Paris"}), ("call_t2", {"city": "Tokyo", "unit": "f"})])
+        self.assertEqual(s.stop, "tool_use")
+        self.assertEqual(s.usage["output_tokens"], 40)
+
+
+class ResponseIdsTest(harness.SluiceTestCase):
+    """Response ids a gateway makes up must not repeat: clients and logs
+    correlate by them. Each worker VM's random generator needs its own seed."""
+
+    @unittest.expectedFailure  # sluice.host does not seed math.random yet (see the report of issue 4)
+    def test_message_ids_differ_across_restarts(self):
+        ids = []
+        for _ in range(2):
+            s = self.start_sluice(routes=CLAUDE_ON_OPENAI)
+            self.mock.enqueue(json_scene(CHAT_COMPLETION))
+            r = self.post("/v1/messages", dict(CLAUDE_REQ, stream=False), headers=claude_headers())
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json()["id"])
+            s.stop()
+        self.assertNotEqual(ids[0], ids[1], "the same message id after a restart")
 
 
 if __name__ == "__main__":
