@@ -343,6 +343,23 @@ class TranslatedCutTest(LifecycleCase):
         self.assertNotIn("message_delta", names, "a cut stream must not claim a stop reason")
         self.assert_cut_record(self.record("translated-cut"), "UPSTREAM_EOF_EARLY")
 
+    def test_translated_stream_reset_and_stall(self):
+        for reason in ("UPSTREAM_RESET", "UPSTREAM_TIMEOUT_IDLE"):
+            with self.subTest(reason=reason):
+                scene = {"headers": {"Content-Type": "text/event-stream"},
+                         "chunks": [{"data": e} for e in CHAT_TOOL_EVENTS[:2]]}
+                scene.update(CUTS[reason])
+                self.mock.enqueue(scene)
+                rid = "translated-" + reason.lower()
+                r = self.stream("anthropic", rid)
+                self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+                events = [e for e in parse_sse(r.body) if e["event"] != "ping"]
+                names = [e["event"] for e in events]
+                self.assertEqual(names[-2:], ["error", "message_stop"], names)
+                self.assertIn(reason, json.loads(events[-2]["data"])["error"]["message"])
+                self.assertEqual(names.count("content_block_start"), names.count("content_block_stop"), names)
+                self.assert_cut_record(self.record(rid), reason)
+
 
 # ---------------------------------------------------------------- before the first byte
 
@@ -433,6 +450,35 @@ class ClientAbortTest(LifecycleCase):
         self.assertIs(rec["expected"], True, rec)
         self.assertIs(rec["partial"], True, rec)
         self.assertIn("reason=CLIENT_ABORT", rec["error"] or "", rec)
+
+    def test_client_disconnect_before_first_byte(self):
+        # The client gives up while the upstream is still thinking: nothing
+        # was sent, so nothing is partial, and the upstream is dropped too.
+        self.mock.enqueue({"delay_ms": 4000, "headers": {"Content-Type": "text/event-stream"},
+                           "chunks": [{"data": e} for e in CHAT_EVENTS]})
+        c = self.open_stream("openai_chat", "abort-early")
+        self.assertTrue(harness.wait_for(lambda: len(self.mock.requests()) == 1, timeout=5))
+        c.close()
+        gone = harness.wait_for(lambda: self.mock.requests()[0]["client_gone"], timeout=3)
+        self.assertTrue(gone, "upstream request still pending after the client left" + self.diag())
+        rec = self.record("abort-early")
+        self.assertEqual(rec["reason"], "CLIENT_ABORT", rec)
+        self.assertIs(rec["expected"], True, rec)
+        self.assertIs(rec["partial"], False, rec)
+
+    def test_client_disconnect_mid_translated_stream(self):
+        tick = chat_chunk({"content": "."})
+        self.sluice.cleanup()
+        self.start(routes='{ claude = { { match = "*", supplier = "xo" } } }')
+        self.mock.enqueue({"headers": {"Content-Type": "text/event-stream"},
+                           "chunks": [{"data": CHAT_EVENTS[0]}] + [{"data": tick, "delay_ms": 100}] * 300})
+        c = self.open_stream("anthropic", "abort-translated")
+        c.read_until(b"event: content_block_delta", timeout=5)
+        c.close()
+        gone = harness.wait_for(lambda: self.mock.requests()[0]["client_gone"], timeout=3)
+        self.assertTrue(gone, "upstream still streaming after the client left" + self.diag())
+        rec = self.record("abort-translated")
+        self.assertEqual((rec["reason"], rec["expected"], rec["partial"]), ("CLIENT_ABORT", True, True), rec)
 
 
 if __name__ == "__main__":
