@@ -26,6 +26,7 @@
 #include "error.h"
 #include "json.h"
 #include "log.h"
+#include "shared.h"
 #include "metrics.h"
 #include "upstream.h"
 
@@ -414,6 +415,8 @@ int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, si
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_sluice_json);
     lua_setfield(L, -2, "sluice.json");
+    lua_pushcfunction(L, luaopen_sluice_shared);
+    lua_setfield(L, -2, "sluice.shared");
     lua_pushcfunction(L, luaopen_sluice_core);
     lua_setfield(L, -2, "sluice.core");
     lua_pop(L, 2);
