@@ -624,7 +624,11 @@ class SluiceTestCase(unittest.TestCase):
 
     def diag(self):
         """sluice's stderr, for failure messages."""
-        return "\n--- sluice stderr ---\n" + (self.sluice.stderr()[-4000:] if self.sluice else "")
+        if not self.sluice:
+            return ""
+        rc = self.sluice.proc.poll()
+        state = "running" if rc is None else ("killed by signal %d" % -rc if rc < 0 else "exited %d" % rc)
+        return "\n--- sluice (%s) stderr ---\n%s" % (state, self.sluice.stderr()[-4000:])
 
 
 class _CountingResult(unittest.TextTestResult):
