@@ -36,11 +36,11 @@
 
 #define NSHARDS 16
 #define SHARD_BITS 4
-#define LOAD 2              /* max entries per bucket before a shard's table doubles */
-#define MAX_PRESIZE 65536   /* buckets per shard allocated up front, at most */
-#define NUM_CAP 32          /* every value slot holds a formatted number, so incr never allocates */
+#define LOAD 2             /* max entries per bucket before a shard's table doubles */
+#define INITIAL_BUCKETS 64 /* per shard; tables grow on demand, so idle bounds cost nothing */
+#define NUM_CAP 32         /* every value slot holds a formatted number, so incr never allocates */
 #define NO_SLOT SIZE_MAX
-#define TTL_FOREVER 1e9     /* seconds; longer TTLs mean "never" */
+#define TTL_FOREVER 1e9 /* seconds; longer TTLs mean "never" */
 
 typedef struct entry {
     struct entry *hnext;       /* hash chain (reused as a free list once unlinked) */
@@ -166,8 +166,8 @@ static size_t entry_cost(size_t klen, size_t vlen)
     return sizeof(entry_t) + klen + (vlen > NUM_CAP ? vlen : NUM_CAP);
 }
 
-static entry_t *entry_new(uint64_t hash, const char *key, size_t klen, const char *val,
-                          size_t vlen, uint64_t expires)
+static entry_t *entry_new(uint64_t hash, const char *key, size_t klen, const char *val, size_t vlen,
+                          uint64_t expires)
 {
     size_t vcap = vlen > NUM_CAP ? vlen : NUM_CAP;
     entry_t *e = malloc(sizeof(entry_t) + klen + vcap);
@@ -441,14 +441,6 @@ static void evict_over(void)
 
 /* ---- life cycle ------------------------------------------------------------------ */
 
-static size_t pow2_at_least(size_t n)
-{
-    size_t p = 8;
-    while (p < n && p < MAX_PRESIZE)
-        p *= 2;
-    return p;
-}
-
 static void shard_free(shard_t *s)
 {
     entry_t *e = s->head;
@@ -479,7 +471,7 @@ int sl_shared_init(size_t max_entries, size_t max_bytes)
         g.seed[0] = now_ns() ^ (uint64_t)(uintptr_t)&g;
         g.seed[1] = g.seed[0] * 0x9E3779B97F4A7C15ULL;
     }
-    size_t nb = pow2_at_least(g.max_entries / NSHARDS);
+    size_t nb = INITIAL_BUCKETS;
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *s = &g.shards[i];
         memset(s, 0, sizeof *s);
@@ -579,8 +571,8 @@ static int put(const char *key, size_t klen, const char *val, size_t vlen, doubl
     uint64_t now = now_ns(), expires;
     if ((rc = ttl_to_expiry(ttl, now, &expires)) != 0)
         return rc;
-    entry_t *e = entry_new(siphash13((const unsigned char *)key, klen), key, klen, val, vlen,
-                           expires);
+    entry_t *e =
+        entry_new(siphash13((const unsigned char *)key, klen), key, klen, val, vlen, expires);
     if (!e)
         return SL_ENOMEM;
     return store(e, mode, now);
@@ -891,8 +883,8 @@ static int l_buf_gc(lua_State *L)
 
 int luaopen_sluice_shared(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"set", l_set},       {"add", l_add},     {"delete", l_delete},
-                                   {"incr", l_incr},     {"count", l_count}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"set", l_set},   {"add", l_add},     {"delete", l_delete},
+                                   {"incr", l_incr}, {"count", l_count}, {NULL, NULL}};
     int rc = ensure_init();
     if (rc)
         return luaL_error(L, "sluice.shared: %s", sl_strerror(rc));

@@ -136,6 +136,36 @@ static void test_binary(void)
     ASSERT(sl_shared_count() == 2);
 }
 
+/* Enough keys that every shard's table and expiry heap grow many times:
+ * all of them must still be found, with their own values and TTLs. */
+static void test_many_keys(void)
+{
+    reinit(0, 0);
+    enum { N = 20000 };
+    char key[32], val[32];
+    int errors = 0;
+    for (int i = 0; i < N; i++) {
+        int kl = snprintf(key, sizeof key, "sess:%d", i), vl = snprintf(val, sizeof val, "%d", i);
+        errors += sl_shared_set(key, (size_t)kl, val, (size_t)vl, i % 2 ? 0.05 : 0) != 0;
+    }
+    ASSERT(errors == 0);
+    ASSERT(sl_shared_count() == N);
+    int found = 0;
+    for (int i = 0; i < N; i++) {
+        int kl = snprintf(key, sizeof key, "sess:%d", i), vl = snprintf(val, sizeof val, "%d", i);
+        found += holds(key, (size_t)kl, val, (size_t)vl);
+    }
+    ASSERT(found == N);
+    sleep_ms(120);
+    ASSERT(sl_shared_count() == N / 2); /* the odd ones had a TTL */
+    found = 0;
+    for (int i = 0; i < N; i += 2) {
+        snprintf(key, sizeof key, "sess:%d", i);
+        found += present(key);
+    }
+    ASSERT(found == N / 2);
+}
+
 static void test_invalid(void)
 {
     reinit(0, 0);
@@ -369,6 +399,31 @@ static void test_lru(void)
     set_c("k5", "new", 0);
     ASSERT(sl_shared_count() == 8 && present("k3"));
 
+    /* With several keys per shard: read the even keys, then add as many new
+     * keys as there are odd ones; exactly the odd (unread) keys are gone. */
+    reinit(64, 1u << 20);
+    for (int i = 0; i < 64; i++) {
+        snprintf(key, sizeof key, "m%d", i);
+        set_c(key, "v", 0);
+    }
+    for (int i = 0; i < 64; i += 2) {
+        snprintf(key, sizeof key, "m%d", i);
+        ASSERT(present(key));
+    }
+    for (int i = 0; i < 32; i++) {
+        snprintf(key, sizeof key, "new%d", i);
+        set_c(key, "v", 0);
+    }
+    int even_kept = 0, odd_kept = 0;
+    for (int i = 0; i < 64; i++) {
+        snprintf(key, sizeof key, "m%d", i);
+        if (present(key))
+            *(i % 2 ? &odd_kept : &even_kept) += 1;
+    }
+    ASSERT(even_kept == 32);
+    ASSERT(odd_kept == 0);
+    ASSERT(sl_shared_count() == 64);
+
     /* Expired entries go before live ones, even recently used ones. */
     reinit(4, 1u << 20);
     set_c("a", "v", 0);
@@ -479,8 +534,8 @@ static int lua_true(lua_State *L, const char *body)
         lua_pop(L, 1);
         return 1;
     }
-    fprintf(stderr, "lua chunk failed (%s):\n%s\n", ok ? "did not return true" : lua_tostring(L, -1),
-            body);
+    fprintf(stderr, "lua chunk failed (%s):\n%s\n",
+            ok ? "did not return true" : lua_tostring(L, -1), body);
     lua_pop(L, 1);
     return 0;
 }
@@ -504,9 +559,10 @@ static void test_lua_api(void)
                "local ok, err = s.add('la', '2')\n"
                "return ok == false and err == 'exists' and s.get('la') == '1'");
     LUA_OK_(L, "return s.delete('la') == true and s.delete('la') == false and s.get('la') == nil");
-    LUA_OK_(L, "s.delete('li')\n"
-               "return s.incr('li') == 1 and s.incr('li', 41) == 42 and s.incr('li', -0.5) == 41.5\n"
-               "  and s.get('li') == '41.5'");
+    LUA_OK_(L,
+            "s.delete('li')\n"
+            "return s.incr('li') == 1 and s.incr('li', 41) == 42 and s.incr('li', -0.5) == 41.5\n"
+            "  and s.get('li') == '41.5'");
     LUA_OK_(L, "s.set('ls', 'x')\n"
                "local v, err = s.incr('ls', 1)\n"
                "return v == nil and err == 'not a number' and s.get('ls') == 'x'");
@@ -541,10 +597,11 @@ static void test_lua_types(void)
     reinit(0, 0);
     lua_State *L = new_vm();
     static const char *bad_calls[] = {
-        "s.set('k', {})",  "s.set('k', true)",      "s.set('k', nil)",   "s.set({}, 'v')",
-        "s.get(nil)",      "s.get(print)",          "s.add('k', {})",    "s.delete(false)",
-        "s.incr({}, 1)",   "s.incr('k', 'abc')",    "s.set('k', 'v', -1)",
-        "s.set('k', 'v', 'soon')", "s.add('k', 'v', 0/0)", "s.incr('k', 1/0)",
+        "s.set('k', {})",       "s.set('k', true)",    "s.set('k', nil)",
+        "s.set({}, 'v')",       "s.get(nil)",          "s.get(print)",
+        "s.add('k', {})",       "s.delete(false)",     "s.incr({}, 1)",
+        "s.incr('k', 'abc')",   "s.set('k', 'v', -1)", "s.set('k', 'v', 'soon')",
+        "s.add('k', 'v', 0/0)", "s.incr('k', 1/0)",
     };
     for (size_t i = 0; i < sizeof bad_calls / sizeof *bad_calls; i++) {
         char body[256];
@@ -600,6 +657,7 @@ int main(void)
 {
     test_set_get_delete();
     test_binary();
+    test_many_keys();
     test_invalid();
     test_size_limits();
     test_ttl();
