@@ -5,8 +5,8 @@
 -- back as decode_to -> IR -> encode_from. Every function takes (from, to) in
 -- that order: `from` is always the CLIENT's protocol, `to` the SUPPLIER's.
 -- The state returned by T.request carries what later phases need (client
--- model, tool-name map, whether the client wants usage chunks) and is plain
--- data owned by the request.
+-- model, tool-name map, whether the client wants usage chunks, which tools
+-- are Responses custom tools) and is plain data owned by the request.
 --
 --   T.protocol(name) -> module | nil, err
 --   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
@@ -85,6 +85,7 @@ function T.request(from, to, body, info, opts)
         client_model = req.model, upstream_model = upstream_model,
         client_stream = req.stream, upstream_stream = stream,
         include_usage = req.stream_usage == true,
+        custom_tools = req.custom_tools,
         names = names, id = opts.id,
     }
     return out, state
@@ -96,6 +97,7 @@ local function client_opts(state, to)
     return {
         model = state.client_model, id = state.id, origin = to,
         include_usage = state.include_usage, created = state.created,
+        custom_tools = state.custom_tools,
     }
 end
 

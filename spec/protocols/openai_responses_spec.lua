@@ -334,3 +334,132 @@ describe("openai-responses module", function()
         assert.is_not_nil(sse)
     end)
 end)
+
+-- Codex CLI sends apply_patch as a *custom* (freeform) tool: its input is
+-- free text following a grammar, not JSON arguments. Other suppliers only
+-- know JSON-schema tools, so a custom tool travels as a function tool with
+-- one string parameter `input`, and a call to it comes back to the client
+-- as a custom_tool_call item carrying that text. Found end to end: the tool
+-- (and its calls in the history) used to be dropped, leaving Codex on a
+-- Claude or Gemini supplier with no way to edit files.
+describe("openai-responses custom tools (Codex apply_patch)", function()
+    local T = require("sluice.translate")
+    local PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi \"there\"\n*** End Patch\n"
+    local BODY = {
+        model = "gpt-5-codex", stream = true,
+        input = {
+            { type = "message", role = "user", content = { { type = "input_text", text = "add a.txt" } } },
+            { type = "custom_tool_call", id = "ctc_1", call_id = "call_p1", name = "apply_patch", input = PATCH },
+            { type = "custom_tool_call_output", call_id = "call_p1", output = "Success. Updated: A a.txt" },
+        },
+        tools = {
+            { type = "custom", name = "apply_patch", description = "Use apply_patch to edit files.",
+              format = { type = "grammar", syntax = "lark", definition = "start: begin_patch hunk+ end_patch" } },
+            { type = "function", name = "shell", parameters = { type = "object", properties = {} } },
+        },
+        tool_choice = { type = "custom", name = "apply_patch" },
+    }
+
+    it("decodes the tool as a function with one string input, and its calls in the history", function()
+        local req = assert(R.decode_request(BODY, {}))
+        assert.are.equal(2, #req.tools)
+        local t = req.tools[1]
+        assert.are.equal("apply_patch", t.name)
+        assert.matches("Use apply_patch to edit files.", t.description, 1, true)
+        assert.matches("start: begin_patch hunk+ end_patch", t.description, 1, true)
+        assert.are.equal("string", t.parameters.properties.input.type)
+        assert.are.same({ "input" }, t.parameters.required)
+        assert.is_true(json.is_array(t.parameters.required))
+        assert.are.same({ apply_patch = true }, req.custom_tools)
+        assert.are.same({ type = "tool", name = "apply_patch" }, req.tool_choice)
+        assert.are.same({ type = "tool_call", id = "call_p1", name = "apply_patch", arguments = { input = PATCH } },
+            req.messages[2].content[1])
+        local res = req.messages[3].content[1]
+        assert.are.equal("tool_result", res.type)
+        assert.are.equal("call_p1", res.tool_call_id)
+        assert.are.same({ { type = "text", text = "Success. Updated: A a.txt" } }, res.content)
+    end)
+
+    it("answers a call to it as a custom_tool_call item (non-streamed)", function()
+        local resp = { id = "msg_1", content = {
+            { type = "text", text = "Adding it." },
+            { type = "tool_call", id = "toolu_9", name = "apply_patch", arguments = { input = PATCH } },
+            { type = "tool_call", id = "toolu_8", name = "shell", arguments = { command = { "ls" } } },
+        }, stop_reason = "tool_use", usage = { input_tokens = 5, output_tokens = 7 } }
+        local out = R.encode_response(resp, { model = "gpt-5-codex", id = "resp_c1",
+                                              custom_tools = { apply_patch = true } })
+        local items = out.output
+        assert.are.equal("message", items[1].type)
+        assert.are.same({ type = "custom_tool_call", id = "ctc_c1_2", call_id = "toolu_9", name = "apply_patch",
+                          input = PATCH, status = "completed" }, items[2])
+        assert.are.equal("function_call", items[3].type)
+        assert.are.equal('{"command":["ls"]}', items[3].arguments)
+    end)
+
+    local function stream_events(args_pieces)
+        local ev = { { type = "start", id = "msg_1", model = "claude" },
+                     { type = "block_start", index = 0, kind = "tool_call", id = "toolu_9", name = "apply_patch" } }
+        for _, p in ipairs(args_pieces) do ev[#ev + 1] = { type = "tool_args", index = 0, json = p } end
+        ev[#ev + 1] = { type = "block_stop", index = 0 }
+        ev[#ev + 1] = { type = "finish", stop_reason = "tool_use" }
+        return ev
+    end
+
+    it("streams a call to it as a custom_tool_call item with its input text", function()
+        local args = json.encode({ input = PATCH })
+        local pieces = { args:sub(1, 7), args:sub(8, 20), args:sub(21) }
+        local out = C.encode_events(R, stream_events(pieces),
+            { model = "gpt-5-codex", id = "resp_c2", custom_tools = { apply_patch = true } }, { complete = true })
+        local terminal, recs = check_stream(out)
+        assert.are.equal("response.completed", terminal.type)
+        local item = terminal.response.output[1]
+        assert.are.same({ type = "custom_tool_call", id = "ctc_c2_1", call_id = "toolu_9", name = "apply_patch",
+                          input = PATCH, status = "completed" }, F.wire(item))
+        local names, deltas = {}, {}
+        for _, r in ipairs(recs) do
+            names[#names + 1] = r.data.type
+            if r.data.type == "response.custom_tool_call_input.delta" then deltas[#deltas + 1] = r.data.delta end
+        end
+        assert.are.equal(PATCH, table.concat(deltas))
+        assert.is_nil(table.concat(names, " "):find("function_call", 1, true))
+        assert.matches("response.custom_tool_call_input.done", table.concat(names, " "), 1, true)
+    end)
+
+    it("keeps the raw text when the supplier's arguments are not {\"input\": string}", function()
+        local out = C.encode_events(R, stream_events({ '{"patch":"x"}' }),
+            { model = "m", id = "resp_c3", custom_tools = { apply_patch = true } }, { complete = true })
+        local terminal = check_stream(out)
+        assert.are.equal('{"patch":"x"}', terminal.response.output[1].input)
+    end)
+
+    it("round-trips through an Anthropic supplier", function()
+        local up, state = assert(T.request("openai-responses", "anthropic", BODY, nil, { model = "claude-sonnet-4-5" }))
+        local tool = up.tools[1]
+        assert.are.equal("apply_patch", tool.name)
+        assert.are.same({ "input" }, tool.input_schema.required)
+        assert.are.same({ type = "tool", name = "apply_patch" }, up.tool_choice)
+        local use = up.messages[2].content[1]
+        assert.are.same({ type = "tool_use", id = "call_p1", name = "apply_patch", input = { input = PATCH } }, use)
+        assert.are.equal("call_p1", up.messages[3].content[1].tool_use_id)
+        -- the answer: a tool_use of apply_patch becomes a custom_tool_call for Codex
+        local pipe = T.stream("openai-responses", "anthropic", state)
+        local b = {}
+        local function feed(name, obj) b[#b + 1] = pipe:feed({ event = name, data = json.encode(obj) }) end
+        feed("message_start", { type = "message_start", message = { id = "msg_2", type = "message",
+            role = "assistant", model = "claude-sonnet-4-5", content = json.array({}), usage = { input_tokens = 3,
+            output_tokens = 1 } } })
+        feed("content_block_start", { type = "content_block_start", index = 0, content_block = { type = "tool_use",
+            id = "toolu_7", name = "apply_patch", input = {} } })
+        feed("content_block_delta", { type = "content_block_delta", index = 0, delta = { type = "input_json_delta",
+            partial_json = json.encode({ input = PATCH }) } })
+        feed("content_block_stop", { type = "content_block_stop", index = 0 })
+        feed("message_delta", { type = "message_delta", delta = { stop_reason = "tool_use" },
+            usage = { output_tokens = 9 } })
+        feed("message_stop", { type = "message_stop" })
+        b[#b + 1] = pipe:close({ complete = true })
+        local terminal = check_stream(table.concat(b))
+        assert.are.same({ type = "custom_tool_call", call_id = "toolu_7", name = "apply_patch", input = PATCH },
+            { type = terminal.response.output[1].type, call_id = terminal.response.output[1].call_id,
+              name = terminal.response.output[1].name, input = terminal.response.output[1].input })
+    end)
+end)

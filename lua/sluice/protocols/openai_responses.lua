@@ -5,6 +5,13 @@
 -- `encrypted_content` back on every turn, so those paths are the ones that
 -- must be exact. Pure Lua over tables and strings; no C core needed.
 --
+-- Custom (freeform) tools, which Codex uses for apply_patch, take free text
+-- rather than JSON arguments. No other protocol has them, so toward another
+-- supplier one becomes a function tool with a single string parameter
+-- `input` (its grammar quoted in the description), the request's
+-- `custom_tools` set names them, and the encoders given that set (opts.
+-- custom_tools) turn calls to those names back into custom_tool_call items.
+--
 -- Responses-only request fields that have no IR meaning (`store`,
 -- `previous_response_id`, `conversation`, `include`) are kept on the IR
 -- request under the same names only when the caller says the upstream is
@@ -190,7 +197,10 @@ local function decode_input(input, req, msgs)
         elseif t == "function_call" then
             push(msgs, "assistant", { type = "tool_call", id = item.call_id, name = item.name,
                                       arguments = decode_args(item.arguments) })
-        elseif t == "function_call_output" then
+        elseif t == "custom_tool_call" then
+            push(msgs, "assistant", { type = "tool_call", id = item.call_id, name = item.name,
+                                      arguments = { input = is_str(item.input) and item.input or "" } })
+        elseif t == "function_call_output" or t == "custom_tool_call_output" then
             local content, err = decode_content(item.output)
             if not content then return nil, err end
             push(msgs, "user", { type = "tool_result", tool_call_id = item.call_id, content = content,
@@ -206,6 +216,21 @@ local function decode_input(input, req, msgs)
     return true
 end
 
+-- A custom tool -> an IR function tool taking its free text as `input`.
+local function custom_tool(t)
+    local desc = is_str(t.description) and t.description or ""
+    local f = t.format
+    if type(f) == "table" and f.type == "grammar" and is_str(f.definition) then
+        desc = desc .. (desc ~= "" and "\n\n" or "") .. "The input is free text (not JSON) that must match this "
+            .. (is_str(f.syntax) and f.syntax or "") .. " grammar:\n" .. f.definition
+    end
+    return { name = t.name, description = desc ~= "" and desc or nil,
+             parameters = { type = "object", additionalProperties = false,
+                            properties = { input = { type = "string",
+                                description = "The tool's whole input, as free text." } },
+                            required = json_array({ "input" }) } }
+end
+
 local EFFORT_IN = { minimal = "low", low = "low", medium = "medium", high = "high", xhigh = "high", max = "high" }
 
 local function decode_tool_choice(tc)
@@ -214,7 +239,9 @@ local function decode_tool_choice(tc)
         if tc == "auto" or tc == "none" or tc == "required" then return { type = tc } end
         return nil
     end
-    if tc.type == "function" and is_str(tc.name) then return { type = "tool", name = tc.name } end
+    if (tc.type == "function" or tc.type == "custom") and is_str(tc.name) then
+        return { type = "tool", name = tc.name }
+    end
     if tc.type == "allowed_tools" then return { type = tc.mode == "required" and "required" or "auto" } end
     return nil
 end
@@ -243,10 +270,14 @@ function M.decode_request(body, info)
     if type(body.tools) == "table" then
         local tools = {}
         for _, t in ipairs(body.tools) do
-            -- Built-in and custom tools cannot run elsewhere: only function tools translate.
+            -- Built-in tools (web_search...) run at OpenAI and cannot run elsewhere.
             if t.type == "function" then
                 tools[#tools + 1] = { name = t.name, description = is_str(t.description) and t.description or nil,
                                       parameters = type(t.parameters) == "table" and t.parameters or nil }
+            elseif t.type == "custom" and is_str(t.name) then
+                tools[#tools + 1] = custom_tool(t)
+                req.custom_tools = req.custom_tools or {}
+                req.custom_tools[t.name] = true
             end
         end
         if #tools > 0 then req.tools = tools end
@@ -554,6 +585,22 @@ local function call_item(id, call_id, name, args, status)
     return { type = "function_call", id = id, call_id = call_id, name = name, arguments = args, status = status }
 end
 
+-- The free text of a call to a custom tool: the `input` string the function
+-- form asks for, else the arguments as the model wrote them.
+local function custom_input(args)
+    if type(args) == "string" then
+        local v = json_decode(args)
+        if type(v) == "table" and is_str(v.input) then return v.input end
+        return args
+    end
+    if type(args) == "table" and is_str(args.input) then return args.input end
+    return encode_args(args)
+end
+
+local function custom_item(id, call_id, name, input, status)
+    return { type = "custom_tool_call", id = id, call_id = call_id, name = name, input = input, status = status }
+end
+
 local function response_obj(id, model, created, status, output, usage, incomplete, err)
     return { id = id, object = "response", created_at = created, status = status, model = model,
              output = output, usage = usage, error = err or json_null, incomplete_details = incomplete or json_null,
@@ -581,7 +628,10 @@ function M.encode_response(resp, opts)
         else
             flush_text()
             n = n + 1
-            if p.type == "tool_call" then
+            if p.type == "tool_call" and opts.custom_tools and opts.custom_tools[p.name] then
+                output[#output + 1] = custom_item(item_id("ctc_", base, n), p.id, p.name,
+                                                  custom_input(p.arguments), "completed")
+            elseif p.type == "tool_call" then
                 output[#output + 1] = call_item(item_id("fc_", base, n), p.id, p.name, encode_args(p.arguments),
                                                 "completed")
             elseif p.type == "thinking" then
@@ -894,6 +944,7 @@ Encoder.__index = Encoder
 function M.stream_encoder(opts)
     opts = opts or {}
     return setmetatable({ model = opts.model, id = opts.id, created = opts.created, origin = opts.origin, seq = 0,
+                          custom = opts.custom_tools,
                           blocks = {}, queue = {}, active = nil, output = json_array({}),
                           started = false, ended = false }, Encoder)
 end
@@ -939,7 +990,9 @@ local function enc_delta(self, buf, rec, piece)
             rec.qid, ",\"output_index\":", rec.oi, d[2], ",\"delta\":", json_encode(piece), "}\n\n")
 end
 
-local ITEM_PREFIX = { text = "msg_", thinking = "rs_", redacted_thinking = "rs_", tool_call = "fc_" }
+-- "custom" (a call to a custom tool) has no delta entry: its JSON arguments
+-- are not the client's text, so the input is sent whole when the call ends.
+local ITEM_PREFIX = { text = "msg_", thinking = "rs_", redacted_thinking = "rs_", tool_call = "fc_", custom = "ctc_" }
 
 local function activate(self, buf, rec)
     local oi = #self.output
@@ -956,6 +1009,9 @@ local function activate(self, buf, rec)
     elseif kind == "tool_call" then
         emit(self, buf, "response.output_item.added", { output_index = oi,
             item = call_item(rec.item_id, rec.call_id, rec.name, "", "in_progress") })
+    elseif kind == "custom" then
+        emit(self, buf, "response.output_item.added", { output_index = oi,
+            item = custom_item(rec.item_id, rec.call_id, rec.name, "", "in_progress") })
     else
         emit(self, buf, "response.output_item.added", { output_index = oi,
             item = { type = "reasoning", id = rec.item_id, summary = json_array({}) } })
@@ -976,6 +1032,14 @@ local function finish_item(self, buf, rec, status)
         emit(self, buf, "response.function_call_arguments.done", { item_id = id, output_index = oi,
             name = rec.name, arguments = text })
         item = call_item(id, rec.call_id, rec.name, text, status)
+    elseif kind == "custom" then
+        local input = text ~= "" and custom_input(text) or ""
+        if input ~= "" then
+            emit(self, buf, "response.custom_tool_call_input.delta", { item_id = id, output_index = oi,
+                delta = input })
+        end
+        emit(self, buf, "response.custom_tool_call_input.done", { item_id = id, output_index = oi, input = input })
+        item = custom_item(id, rec.call_id, rec.name, input, status)
     elseif kind == "thinking" then
         if rec.summary_open then
             emit(self, buf, "response.reasoning_summary_text.done", { item_id = id, output_index = oi,
@@ -1032,7 +1096,9 @@ function Encoder:feed(ev)
         if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
     elseif t == "block_start" then
         enc_start(self, buf)
-        local rec = { kind = ev.kind, call_id = ev.id, name = ev.name, data = ev.data, acc = {} }
+        local kind = ev.kind
+        if kind == "tool_call" and self.custom and self.custom[ev.name] then kind = "custom" end
+        local rec = { kind = kind, call_id = ev.id, name = ev.name, data = ev.data, acc = {} }
         self.blocks[ev.index] = rec
         if self.active == nil and #self.queue == 0 then
             activate(self, buf, rec)
