@@ -12,6 +12,8 @@
 -- config.redacted(cfg) -> a copy safe to show (secrets replaced)
 
 local retry = require("sluice.retry")
+local managed = require("sluice.auth.managed")
+local adapters = require("sluice.adapters")
 
 local M = {}
 
@@ -20,7 +22,7 @@ local fmt, concat = string.format, table.concat
 
 M.PROTOCOLS = { anthropic = true, ["openai-chat"] = true, ["openai-responses"] = true, gemini = true }
 M.SERVICES = { claude = "anthropic", chat = "openai-chat", codex = "openai-responses", gemini = "gemini" }
-M.AUTH_TYPES = { none = true, passthrough = true, bearer = true, header = true }
+M.AUTH_TYPES = { none = true, passthrough = true, bearer = true, header = true, managed = true }
 
 local DEFAULTS = {
     listen = { "127.0.0.1:7070" },
@@ -109,8 +111,9 @@ end
 local function check_auth(a, field)
     check_type(a, "table", field)
     if not M.AUTH_TYPES[a.type] then
-        bad(field .. ".type", "expected one of none, passthrough, bearer, header; got %s", tostring(a.type))
+        bad(field .. ".type", "expected one of none, passthrough, bearer, header, managed; got %s", tostring(a.type))
     end
+    if a.type == "managed" then return managed.check(a, field, bad) end
     if a.type == "bearer" then
         only_fields(a, { type = true, token = true }, field)
         if type(a.token) ~= "string" or a.token == "" then
@@ -160,6 +163,9 @@ local function check_supplier(id, s, defaults, retry_default)
         end
     end
     check_type(out.headers, "table", field .. ".headers")
+    if s.adapter ~= nil and type(s.adapter) ~= "string" and type(s.adapter) ~= "table" then
+        bad(field .. ".adapter", "expected an adapter name (config/adapters/<name>.lua) or a table")
+    end
     out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
     out.retry = retry.normalize(s.retry, field .. ".retry", retry_default, bad)
     return out
@@ -316,7 +322,65 @@ function M.load(path)
     end
     cfg.path = path
     cfg.dir = path:match("^(.*)/[^/]*$") or "."
+    local aerr = M.load_adapters(cfg)
+    if aerr then return nil, aerr end
     return cfg
+end
+
+-- Replaces each supplier's adapter name by the loaded adapter table
+-- (supplier.adapter_name keeps the name). Returns an error text or nil.
+function M.load_adapters(cfg)
+    for id, s in pairs(cfg.suppliers) do
+        local a = s.adapter
+        if a ~= nil then
+            local ad, err
+            if type(a) == "table" then
+                ad, err = adapters.check(a, "suppliers." .. id .. ".adapter")
+                s.adapter_name = "(inline)"
+            else
+                ad, err = adapters.load(a, cfg.dir)
+                s.adapter_name = a
+            end
+            if not ad then return "suppliers." .. id .. ".adapter: " .. err end
+            s.adapter = ad
+        end
+    end
+    return nil
+end
+
+-- What the config looks like with every secret replaced, for display.
+local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true }
+
+local function redact(v, depth)
+    if type(v) ~= "table" or depth > 6 then
+        if type(v) == "function" then return "(function)" end
+        return v
+    end
+    local out = {}
+    for k, x in pairs(v) do
+        if SECRET_FIELDS[k] and type(x) == "string" then
+            out[k] = "[redacted]"
+        elseif k == "request" and type(x) == "table" then
+            out[k] = { url = x.url, method = x.method,
+                       headers = x.headers and "[redacted]" or nil, body = x.body and "[redacted]" or nil }
+        else
+            out[k] = redact(x, depth + 1)
+        end
+    end
+    return out
+end
+
+function M.redacted(cfg)
+    local out = redact(cfg, 0)
+    if cfg.keys then
+        out.keys = {}
+        for i = 1, #cfg.keys do out.keys[i] = "[redacted]" end
+    end
+    if cfg.admin and cfg.admin.token then out.admin = { token = "[redacted]" } end
+    for id, s in pairs(cfg.suppliers or {}) do
+        if s.adapter then out.suppliers[id].adapter = s.adapter_name or "(adapter)" end
+    end
+    return out
 end
 
 function M.core_view(cfg)

@@ -23,6 +23,9 @@ local translate = require("sluice.translate")
 local clients = require("sluice.clients")
 local ir = require("sluice.ir")
 local retry = require("sluice.retry")
+local managed = require("sluice.auth.managed")
+local adapters = require("sluice.adapters")
+local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
 
@@ -80,17 +83,34 @@ local function direct(ctx, resp)
     return resp
 end
 
+-- A failure that names the supplier it happened with (in the record too).
+local function supplier_error(ctx, supplier, status, message, etype)
+    local resp = direct(ctx, error_response(ctx.protocol, status, message, etype))
+    resp.supplier, resp.route = supplier.id, ctx.route.name
+    resp.model_in = ctx.model
+    return resp
+end
+
 -- The plan for the current attempt: the supplier at the current position of
 -- the route's fallback chain. Runs again for every retry (see H.retry).
 local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
     local supplier = cfg.suppliers[route.suppliers[rs.pos]]
+    ctx.auth_token, ctx.pipe = nil, nil
+    if supplier.auth.type == "managed" then
+        local token, terr = managed.token(supplier)
+        if not token then
+            return supplier_error(ctx, supplier, 502, fmt("supplier %s: %s", supplier.id, terr), "api_error")
+        end
+        ctx.auth_token = token
+    end
     local plan, perr = upstream.plan(cfg, ctx, ctx.info, route, supplier)
-    if not plan then return direct(ctx, error_response(ctx.protocol, perr.status, perr.message, perr.type)) end
+    if not plan then return supplier_error(ctx, supplier, perr.status, perr.message, perr.type) end
     return plan
 end
 
 function H.request(ctx)
+    sluice.enter_request()
     if ctx.route then return attempt(ctx) end
     local info, status, message = router.classify(ctx.method, ctx.path)
     if not info then
@@ -132,9 +152,19 @@ end
 
 -- A failure before anything reached the client: seconds until the next
 -- attempt (same supplier, or the next one in the chain), or nil to give up.
+-- A managed token the supplier refuses (401/403) is dropped and the request
+-- tried once more, which fetches a fresh one.
 function H.retry(ctx, failure)
     if not ctx.route or not ctx.supplier then return nil end
-    return retry.decide(cfg.suppliers[ctx.supplier].retry, ctx.retry_state, failure, os.time())
+    local supplier = cfg.suppliers[ctx.supplier]
+    if supplier.auth.type == "managed" and failure.kind == "status"
+        and (failure.status == 401 or failure.status == 403) then
+        if ctx.auth_refreshed == supplier.id then return nil end
+        ctx.auth_refreshed = supplier.id
+        if ctx.auth_token then managed.invalidate(supplier, ctx.auth_token) end
+        return 0
+    end
+    return retry.decide(supplier.retry, ctx.retry_state, failure, os.time())
 end
 
 -- ------------------------------------------------------------------ translated answers
@@ -142,21 +172,82 @@ end
 local SSE_HEADERS = { { "content-type", "text/event-stream" }, { "cache-control", "no-cache" } }
 local JSON_HEADERS = { { "content-type", "application/json" } }
 
+local function adapter_of(ctx)
+    local s = ctx.supplier and cfg.suppliers[ctx.supplier]
+    return s and s.adapter
+end
+
+-- A same-protocol stream that only goes through Lua because the supplier's
+-- adapter wants its events: they go out again as SSE, and a cut stream is
+-- closed the way passthrough closes it.
+local Relay = {}
+Relay.__index = Relay
+
+function Relay:feed_batch(batch)
+    return adapters.encode_events(batch)
+end
+
+function Relay:close(outcome)
+    if outcome.complete or not self.ctx.stream then return nil end
+    return upstream.passthrough_tail(self.ctx.protocol, outcome.message)
+end
+
 function H.response(ctx, status, headers)
+    local ad = adapter_of(ctx)
+    if ad and ad.session_id then ctx.upstream_session_id = ad.session_id(ctx, headers, nil) end
     local tr = ctx.translation
-    if not tr then return nil end
+    if not tr then
+        ctx.pipe = setmetatable({ ctx = ctx }, Relay)
+        return nil
+    end
     ctx.pipe = translate.stream(tr.from, tr.to, tr.state)
     return { status = 200, headers = SSE_HEADERS }
 end
 
 function H.events(ctx, batch)
+    local ad = adapter_of(ctx)
+    if ad and ad.event then batch = adapters.map_events(ad, ctx, batch) end
     return ctx.pipe:feed_batch(batch)
+end
+
+-- A whole answer through the supplier's adapter: its session id, an error it
+-- hides, its own reshaping. Returns status, decoded body (or raw text), or
+-- a finished client response when the adapter says it is an error.
+local function adapt_answer(ctx, ad, status, raw)
+    local body = json.decode(raw)
+    if body == nil then body = raw end
+    if ad.session_id then ctx.upstream_session_id = ad.session_id(ctx, nil, body) end
+    if ad.classify_error then
+        local e = ad.classify_error(ctx, status, body)
+        if e then
+            local es = type(e.status) == "number" and e.status >= 400 and e.status <= 599 and e.status or 502
+            return nil, nil, error_response(ctx.protocol, es, tostring(e.message or "supplier error"), e.type)
+        end
+    end
+    if ad.response then
+        local s2, b2 = ad.response(ctx, status, nil, body)
+        if s2 ~= nil then status = s2 end
+        if b2 ~= nil then body = b2 end
+    end
+    return status, body
 end
 
 function H.body(ctx, status, raw)
     local tr = ctx.translation
-    if not tr then return { status = status, body = raw } end
-    local ub = json.decode(raw)
+    local ad = adapter_of(ctx)
+    local ub
+    if ad then
+        local direct_resp
+        status, ub, direct_resp = adapt_answer(ctx, ad, status, raw)
+        if direct_resp then return direct_resp end
+        if not tr then
+            if type(ub) == "table" then return { status = status, headers = JSON_HEADERS, body = json.encode(ub) } end
+            return { status = status, body = tostring(ub) }
+        end
+    else
+        if not tr then return { status = status, body = raw } end
+        ub = json.decode(raw)
+    end
     if status >= 400 then
         local cs, cb = translate.error(tr.from, tr.to, status, ub or raw)
         return { status = cs, headers = JSON_HEADERS, body = json.encode(cb) }
@@ -232,11 +323,14 @@ end
 
 function H.log(ctx)
     local u = ctx.usage or (ctx.pipe and ctx.pipe.usage)
-    if not u then return nil end
-    return {
+    local sid = ctx.upstream_session_id
+    if not u and not sid then return nil end
+    local out = u and {
         input_tokens = u.input_tokens, output_tokens = u.output_tokens,
         cache_read_tokens = u.cache_read_tokens, cache_write_tokens = u.cache_write_tokens,
-    }
+    } or {}
+    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    return out
 end
 
 return H

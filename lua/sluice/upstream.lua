@@ -12,6 +12,11 @@
 -- translated request only neutral ones are, since the rest belong to the
 -- client's protocol.
 --
+-- Managed auth: the host fetches the token (it may yield) and leaves it in
+-- ctx.auth_token before asking for a plan. A supplier's adapter (see
+-- sluice.adapters) shapes the plan last: path, query, headers, body; and if
+-- it wants to see answers, the plan asks the core for them (transform).
+--
 -- U.plan(cfg, ctx, info, route, supplier) -> plan | nil, { status, type, message }
 -- U.check_inbound_key(cfg, ctx) -> true | false, why
 -- U.passthrough_tail(protocol, message) -> closing bytes for a cut passthrough stream
@@ -80,6 +85,8 @@ local function apply_auth(headers, supplier, ctx, same_protocol)
         headers[#headers + 1] = { "authorization", "Bearer " .. a.token }
     elseif a.type == "header" then
         headers[#headers + 1] = { a.name, a.value }
+    elseif a.type == "managed" then
+        headers[#headers + 1] = { a.header, a.prefix .. ctx.auth_token }
     elseif a.type == "passthrough" then
         if same_protocol then
             for name in pairs(CREDENTIALS) do
@@ -162,6 +169,35 @@ local function with_model(body, model)
     return copy
 end
 
+local function wants_answers(ad)
+    return ad.response ~= nil or ad.event ~= nil or ad.classify_error ~= nil or ad.session_id ~= nil
+end
+
+-- Sets the plan's url and body: `body` is the table to send, or nil for the
+-- client's bytes unchanged. The supplier's adapter gets the last word.
+local function finish_plan(plan, ctx, supplier, path, query, body)
+    local ad = supplier.adapter
+    ctx.adapter_state = {}
+    if ad and wants_answers(ad) then plan.transform = true end
+    if not (ad and ad.request) then
+        plan.url = join_url(supplier.base_url, path, query)
+        if body then plan.body = json.encode(body) end
+        return plan
+    end
+    plan.path, plan.query = path, query
+    body = body or with_model(ctx.request, ctx.request.model)
+    local replaced, err = ad.request(ctx, plan, body)
+    if err ~= nil then
+        return nil, { status = 502, type = "api_error",
+                      message = fmt("supplier %s: adapter refused the request: %s", supplier.id, tostring(err)) }
+    end
+    if type(replaced) == "table" then body = replaced end
+    plan.url = join_url(supplier.base_url, plan.path, plan.query or "")
+    plan.path, plan.query = nil, nil
+    plan.body = json.encode(body)
+    return plan
+end
+
 function U.plan(cfg, ctx, info, route, supplier)
     local from, to = ctx.protocol, supplier.protocol
     ctx.translation = nil
@@ -181,10 +217,10 @@ function U.plan(cfg, ctx, info, route, supplier)
             return { status = status, headers = headers, body = json.encode(body),
                      service = ctx.service, client = ctx.client }
         end
-        local plan = { url = join_url(supplier.base_url, "/v1/messages/count_tokens", forwarded_query(ctx)),
-                       headers = build_headers(ctx, supplier, true), stream = false, transform = false }
-        if upstream_model ~= ctx.model then plan.body = json.encode(with_model(ctx.request, upstream_model)) end
-        return common(plan, ctx, route, supplier, upstream_model)
+        local plan = { headers = build_headers(ctx, supplier, true), stream = false, transform = false }
+        local body = upstream_model ~= ctx.model and with_model(ctx.request, upstream_model) or nil
+        common(plan, ctx, route, supplier, upstream_model)
+        return finish_plan(plan, ctx, supplier, "/v1/messages/count_tokens", forwarded_query(ctx), body)
     end
 
     local plan = {
@@ -192,25 +228,26 @@ function U.plan(cfg, ctx, info, route, supplier)
         stream = ctx.stream,
         terminal = codec.terminal,
     }
+    local path, query, body = codec.path(upstream_model, ctx.stream), "", nil
     if same then
-        plan.url = join_url(supplier.base_url, codec.path(upstream_model, ctx.stream), forwarded_query(ctx))
+        query = forwarded_query(ctx)
         plan.transform = false
         if upstream_model ~= ctx.model and to ~= "gemini" then
-            plan.body = json.encode(with_model(ctx.request, upstream_model))
+            body = with_model(ctx.request, upstream_model)
         end
     else
-        local body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
+        local state
+        body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
             { model = upstream_model, stream = ctx.stream })
         if not body then
             return nil, { status = 400, type = "invalid_request", message = tostring(state) }
         end
         state.client_model = state.client_model or ctx.model
         ctx.translation = { from = from, to = to, state = state }
-        plan.url = join_url(supplier.base_url, codec.path(upstream_model, ctx.stream), "")
-        plan.body = json.encode(body)
         plan.transform = true
     end
-    return common(plan, ctx, route, supplier, upstream_model)
+    common(plan, ctx, route, supplier, upstream_model)
+    return finish_plan(plan, ctx, supplier, path, query, body)
 end
 
 -- ------------------------------------------------------------------ cut passthrough streams
