@@ -454,6 +454,12 @@ class TranslationCase(harness.SluiceTestCase):
             elif t == "response.function_call_arguments.done":
                 self.assertEqual(d["arguments"], items[d["output_index"]]["args"],
                                  "arguments.done must equal the concatenated deltas")
+            elif t == "response.custom_tool_call_input.delta":
+                self.assertIn(d["output_index"], open_items)
+                items[d["output_index"]]["args"] += d["delta"]
+            elif t == "response.custom_tool_call_input.done":
+                self.assertEqual(d["input"], items[d["output_index"]]["args"],
+                                 "custom_tool_call_input.done must equal the concatenated deltas")
             elif t == "response.output_item.done":
                 oi = d["output_index"]
                 self.assertIn(oi, open_items, "output_item.done for an item not open")
@@ -476,6 +482,8 @@ class TranslationCase(harness.SluiceTestCase):
                 out.text += "".join(c.get("text", "") for c in it["content"])
             elif it["type"] == "function_call":
                 out.tools.append({"id": it["call_id"], "name": it["name"], "args": it["arguments"]})
+            elif it["type"] == "custom_tool_call":
+                out.tools.append({"id": it["call_id"], "name": it["name"], "input": it["input"]})
         return out
 
     # -- Gemini ----------------------------------------------------------------
@@ -665,6 +673,44 @@ class CodexOnAnthropicTest(TranslationCase):
         rec = self.record(rid)
         self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
         self.assertEqual((rec["usage"]["input_tokens"], rec["usage"]["output_tokens"]), (120, 30))
+
+    def test_custom_apply_patch_tool(self):
+        """Codex sends apply_patch as a custom (freeform) tool and its earlier
+        calls as custom_tool_call items; Claude must get it as a tool, and a
+        call to it must come back as a custom_tool_call Codex can run."""
+        patch = "*** Begin Patch\n*** Add File: hello.txt\n+Hello \"world\" \u2603\n*** End Patch\n"
+        req = json.loads(json.dumps(CODEX_REQ))
+        req["tools"].append({"type": "custom", "name": "apply_patch", "description": "Use apply_patch to edit files.",
+                             "format": {"type": "grammar", "syntax": "lark",
+                                        "definition": "start: begin_patch hunk+ end_patch"}})
+        req["input"] += [
+            {"type": "custom_tool_call", "id": "ctc_old", "call_id": "call_old", "name": "apply_patch",
+             "input": "*** Begin Patch\n*** Delete File: x\n*** End Patch\n"},
+            {"type": "custom_tool_call_output", "call_id": "call_old", "output": "Success. Updated: D x"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "now add hello.txt"}]}]
+        args = json.dumps({"input": patch}, ensure_ascii=False)
+        self.mock.enqueue(stream_scene(anthropic_tools_stream(
+            text="Adding it.", tool_id="toolu_01Pt", tool_name="apply_patch",
+            args=(args[:9], args[9:30], args[30:]))))
+        r = self.post("/v1/responses", req, headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assert_ok_sse(r)
+        s = self.responses_stream(r.body)
+        self.assertEqual(s.stop, "completed")
+        self.assertEqual(s.text, "Adding it.")
+        self.assertEqual(s.tools, [{"id": "toolu_01Pt", "name": "apply_patch", "input": patch}])
+        self.assertEqual([it["type"] for it in s.final["output"]], ["message", "custom_tool_call"])
+
+        _, body = self.upstream(passthrough_auth=True)
+        tools = {t["name"]: t for t in body["tools"]}
+        self.assertEqual(set(tools), {"shell", "apply_patch"})
+        schema = tools["apply_patch"]["input_schema"]
+        self.assertEqual((schema["properties"]["input"]["type"], schema["required"]), ("string", ["input"]))
+        self.assertIn("begin_patch hunk+", tools["apply_patch"]["description"])
+        uses = [(m["role"], b) for m in body["messages"] for b in m["content"] if b.get("type") == "tool_use"]
+        self.assertEqual(uses, [("assistant", {"type": "tool_use", "id": "call_old", "name": "apply_patch",
+                                               "input": {"input": "*** Begin Patch\n*** Delete File: x\n*** End Patch\n"}})])
+        results = [b for m in body["messages"] for b in m["content"] if b.get("type") == "tool_result"]
+        self.assertEqual([b["tool_use_id"] for b in results], ["call_old"])
 
     def test_cut_anthropic_stream_is_response_failed(self):
         rid = "tr-codex-cut"
