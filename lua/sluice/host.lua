@@ -113,19 +113,20 @@ function H.request(ctx)
     sluice.enter_request()
     if ctx.route then return attempt(ctx) end
     local info, status, message = router.classify(ctx.method, ctx.path)
-    if not info then
-        ctx.protocol = guess_protocol(ctx.path)
-        return error_response(ctx.protocol, status, message)
+    ctx.protocol = info and (info.protocol or (ctx.headers["anthropic-version"] and "anthropic") or "openai-chat")
+        or guess_protocol(ctx.path)
+    -- The key first: a client without one learns nothing, not even which paths exist.
+    local ok, why = upstream.check_inbound_key(cfg, ctx)
+    if not ok then
+        return direct(ctx, error_response(ctx.protocol, 401, why, "authentication"))
     end
-    ctx.protocol = info.protocol or (ctx.headers["anthropic-version"] and "anthropic") or "openai-chat"
+    if not info then return error_response(ctx.protocol, status, message) end
     ctx.service = info.service
     ctx.client = clients.identify(ctx)
     if ctx.reject_status then
         return direct(ctx, error_response(ctx.protocol, ctx.reject_status,
             "request body is larger than limits.max_body"))
     end
-    local ok, why = upstream.check_inbound_key(cfg, ctx)
-    if not ok then return direct(ctx, error_response(ctx.protocol, 401, why, "authentication")) end
     if info.kind == "models" then return direct(ctx, models_response(ctx, info)) end
 
     local body, err = json.decode(ctx.body)
