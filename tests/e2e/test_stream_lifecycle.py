@@ -343,6 +343,17 @@ class TranslatedCutTest(LifecycleCase):
         self.assertNotIn("message_delta", names, "a cut stream must not claim a stop reason")
         self.assert_cut_record(self.record("translated-cut"), "UPSTREAM_EOF_EARLY")
 
+    def test_upstream_5xx_before_the_stream_in_the_clients_shape(self):
+        self.mock.enqueue({"status": 500, "headers": {"Content-Type": "application/json"},
+                           "body": json.dumps({"error": {"message": "chat-busy-9313", "type": "server_error"}})})
+        r = self.stream("anthropic", "translated-500")
+        self.assertEqual(r.status, 500, "%r%s" % (r, self.diag()))
+        body = r.json()
+        self.assertEqual(body["type"], "error", body)
+        self.assertIn("chat-busy-9313", body["error"]["message"])
+        rec = self.record("translated-500")
+        self.assertEqual((rec["reason"], rec["partial"], rec["status"]), ("UPSTREAM_HTTP_ERROR", False, 500), rec)
+
     def test_translated_stream_reset_and_stall(self):
         for reason in ("UPSTREAM_RESET", "UPSTREAM_TIMEOUT_IDLE"):
             with self.subTest(reason=reason):
@@ -410,6 +421,16 @@ class BeforeFirstByteTest(LifecycleCase):
                 self.assertEqual(rec["reason"], "UPSTREAM_TIMEOUT_FIRST_BYTE", rec)
                 self.assertIs(rec["partial"], False, rec)
                 self.assertEqual(rec["status"], 504, rec)
+
+    def test_upstream_5xx_before_the_stream_keeps_status_and_message(self):
+        body = json.dumps({"type": "error", "error": {"type": "overloaded_error",
+                                                      "message": "upstream-busy-4471"}})
+        self.mock.enqueue({"status": 503, "headers": {"Content-Type": "application/json"}, "body": body})
+        r = self.stream("anthropic", "up-503")
+        self.assertEqual(r.status, 503, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.json()["error"]["message"], "upstream-busy-4471")
+        rec = self.record("up-503")
+        self.assertEqual((rec["reason"], rec["partial"], rec["status"]), ("UPSTREAM_HTTP_ERROR", False, 503), rec)
 
     def test_refused_connection_is_502_naming_the_supplier(self):
         body = dict(CHAT_REQ, model="refused-model")
