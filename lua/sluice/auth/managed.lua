@@ -285,6 +285,11 @@ function M.token(supplier, rt)
     while true do
         local token = shared.get(key)
         if token and shared.get(fresh) then return token end
+        if waited and not token and shared.get(lock) == nil then
+            -- The flight we waited for ended without a token: report its failure.
+            local err = shared.get(key .. ":error")
+            if err then return nil, err end
+        end
         if shared.add(lock, "1", lock_ttl) then
             local got, err = fetch(a, rt, key)
             if got then return got end
@@ -295,11 +300,6 @@ function M.token(supplier, rt)
         end
         -- Someone else is fetching; a token that has not expired will do meanwhile.
         if token then return token end
-        if waited and shared.get(lock) == nil then
-            -- The flight we waited for ended without a token: report its failure.
-            local err = shared.get(key .. ":error")
-            if err then return nil, err end
-        end
         if rt.monotonic() > deadline then
             return nil, "timed out waiting for the token endpoint"
         end
