@@ -46,6 +46,13 @@ static int passed, failed;
 
 #define K(lit) (lit), sizeof(lit) - 1
 
+/* TTLs that must outlive a read right after the write, even on a loaded
+ * machine, and a sleep that certainly outlasts them. */
+#define SHORT_TTL 0.2
+#define PAST_SHORT_TTL_MS 300
+#define XSTR(x) STR(x)
+#define STR(x) #x
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -146,7 +153,7 @@ static void test_many_keys(void)
     int errors = 0;
     for (int i = 0; i < N; i++) {
         int kl = snprintf(key, sizeof key, "sess:%d", i), vl = snprintf(val, sizeof val, "%d", i);
-        errors += sl_shared_set(key, (size_t)kl, val, (size_t)vl, i % 2 ? 0.05 : 0) != 0;
+        errors += sl_shared_set(key, (size_t)kl, val, (size_t)vl, i % 2 ? 1.0 : 0) != 0;
     }
     ASSERT(errors == 0);
     ASSERT(sl_shared_count() == N);
@@ -156,7 +163,7 @@ static void test_many_keys(void)
         found += holds(key, (size_t)kl, val, (size_t)vl);
     }
     ASSERT(found == N);
-    sleep_ms(120);
+    sleep_ms(1100);
     ASSERT(sl_shared_count() == N / 2); /* the odd ones had a TTL */
     found = 0;
     for (int i = 0; i < N; i += 2) {
@@ -219,14 +226,14 @@ static void test_ttl(void)
 {
     reinit(0, 0);
     double left = -1;
-    ASSERT_RC(sl_shared_set(K("t"), K("v"), 0.05), 0);
+    ASSERT_RC(sl_shared_set(K("t"), K("v"), SHORT_TTL), 0);
     ASSERT_RC(sl_shared_set(K("forever"), K("v"), 0), 0);
-    ASSERT_RC(sl_shared_set(K("was_short"), K("v"), 0.05), 0);
+    ASSERT_RC(sl_shared_set(K("was_short"), K("v"), SHORT_TTL), 0);
     ASSERT_RC(sl_shared_set(K("was_short"), K("v2"), 0), 0); /* set replaces the TTL too */
     ASSERT_RC(get_ttl(K("t"), &left), 0);
-    ASSERT(left > 0 && left <= 0.05);
+    ASSERT(left > 0 && left <= SHORT_TTL);
     ASSERT(sl_shared_count() == 3);
-    sleep_ms(120);
+    sleep_ms(PAST_SHORT_TTL_MS);
     ASSERT_RC(get_ttl(K("t"), NULL), SL_ENOTFOUND);
     ASSERT_RC(sl_shared_delete(K("t")), SL_ENOTFOUND);
     ASSERT(holds(K("was_short"), K("v2")));
@@ -237,10 +244,10 @@ static void test_ttl(void)
     char key[32];
     for (int i = 0; i < 100; i++) {
         int n = snprintf(key, sizeof key, "short:%d", i);
-        ASSERT_RC(sl_shared_set(key, (size_t)n, K("x"), 0.03 + i * 0.0001), 0);
+        ASSERT_RC(sl_shared_set(key, (size_t)n, K("x"), SHORT_TTL + i * 0.0001), 0);
     }
     ASSERT(sl_shared_count() == 102);
-    sleep_ms(100);
+    sleep_ms(PAST_SHORT_TTL_MS + 20);
     sl_shared_flush_expired();
     ASSERT(sl_shared_count() == 2);
 }
@@ -248,10 +255,10 @@ static void test_ttl(void)
 static void test_add(void)
 {
     reinit(0, 0);
-    ASSERT_RC(sl_shared_add(K("lock"), K("first"), 0.05), 0);
-    ASSERT_RC(sl_shared_add(K("lock"), K("second"), 0.05), SL_EBUSY);
+    ASSERT_RC(sl_shared_add(K("lock"), K("first"), SHORT_TTL), 0);
+    ASSERT_RC(sl_shared_add(K("lock"), K("second"), SHORT_TTL), SL_EBUSY);
     ASSERT(holds(K("lock"), K("first")));
-    sleep_ms(120);
+    sleep_ms(PAST_SHORT_TTL_MS);
     /* the holder died without deleting: the lock is free again after its TTL */
     ASSERT_RC(sl_shared_add(K("lock"), K("third"), 0), 0);
     ASSERT(holds(K("lock"), K("third")));
@@ -349,12 +356,12 @@ static void test_incr(void)
 
     /* the TTL applies when incr creates the key; later incrs keep it */
     double left = -1;
-    ASSERT_RC(sl_shared_incr(K("rate"), 1, 0.05, &v), 0);
+    ASSERT_RC(sl_shared_incr(K("rate"), 1, SHORT_TTL, &v), 0);
     ASSERT_RC(sl_shared_incr(K("rate"), 1, 10, &v), 0);
     ASSERT(v == 2);
     ASSERT_RC(get_ttl(K("rate"), &left), 0);
-    ASSERT(left > 0 && left <= 0.05);
-    sleep_ms(120);
+    ASSERT(left > 0 && left <= SHORT_TTL);
+    sleep_ms(PAST_SHORT_TTL_MS);
     ASSERT_RC(sl_shared_incr(K("rate"), 1, 0, &v), 0);
     ASSERT(v == 1); /* window expired: counting starts again */
 
@@ -583,10 +590,11 @@ static void test_lua_api(void)
                "assert(s.set('large', v))\n"
                "return s.get('large') == v and s.get('large') == v");
 
-    LUA_OK_(L, "assert(s.set('lt', 'v', 0.05))\n"
-               "local v, ttl = s.get('lt')\n"
-               "return v == 'v' and ttl > 0 and ttl <= 0.05");
-    sleep_ms(120);
+    LUA_OK_(L, "assert(s.set('lt', 'v', " XSTR(
+                   SHORT_TTL) "))\n"
+                              "local v, ttl = s.get('lt')\n"
+                              "return v == 'v' and ttl > 0 and ttl <= " XSTR(SHORT_TTL));
+    sleep_ms(PAST_SHORT_TTL_MS);
     LUA_OK_(L2, "return s.get('lt') == nil");
     lua_close(L);
     lua_close(L2);
