@@ -768,8 +768,7 @@ class GeminiOnOpenAITest(TranslationCase):
         self.assertEqual(s.usage["cachedContentTokenCount"], 128)
         self.assertEqual(s.usage["candidatesTokenCount"], 21)
         self.assertEqual(s.usage["totalTokenCount"], 321)
-        if s.model is not None:
-            self.assertEqual(s.model, "gemini-2.5-pro")
+        self.assertEqual(s.model, "gemini-2.5-pro", "modelVersion is the model the client asked for")
 
         up, body = self.upstream()
         self.assertEqual(up["path"], "/v1/chat/completions")
