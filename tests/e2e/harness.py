@@ -518,8 +518,24 @@ class Sluice:
         return out
 
     def cleanup(self):
-        self.stop(signal.SIGKILL)
+        """Stop (SIGTERM, then SIGKILL), remove the temp dir; returns the final stderr text."""
+        self.stop(signal.SIGTERM, timeout=5)
+        text = self.stderr()
         shutil.rmtree(self.dir, ignore_errors=True)
+        return text
+
+
+# What ASan/UBSan/LSan print; a sanitizer build must fail the test that triggered it.
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "ThreadSanitizer:")
+
+
+def sanitizer_report(stderr_text):
+    for mark in SANITIZER_MARKS:
+        i = stderr_text.find(mark)
+        if i >= 0:
+            return stderr_text[max(0, i - 200):i + 3000]
+    return None
 
 
 def start_sluice(config_text, workers=1, extra_env=None):
@@ -603,9 +619,15 @@ class SluiceTestCase(unittest.TestCase):
         if config_text is None:
             config_text = sluice_config(self.mock.port, **config_kw)
         s = start_sluice(config_text, workers=workers, extra_env=extra_env)
-        self.addCleanup(s.cleanup)
+        self.addCleanup(self._stop_and_check, s)
         self.sluice = s
         return s
+
+    def _stop_and_check(self, s):
+        # Runs as a cleanup: an exception here is reported as this test's error.
+        report = sanitizer_report(s.cleanup())
+        if report:
+            raise AssertionError("sanitizer report in sluice's stderr:\n" + report)
 
     def start_redis(self):
         r = start_redis()

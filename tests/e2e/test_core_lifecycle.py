@@ -134,7 +134,7 @@ class ReloadTest(harness.SluiceTestCase):
         # signal handlers must be in place before any worker serves.
         for i in range(8):
             s = harness.start_sluice(routed_config(self.mock.port, "model-A"), workers=4)
-            self.addCleanup(s.cleanup)
+            self.addCleanup(self._stop_and_check, s)
             s.reload()
             time.sleep(0.3)
             self.assertIsNone(s.proc.poll(), "round %d: SIGHUP just after start killed sluice (exit %r)"
