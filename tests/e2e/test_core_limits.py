@@ -188,7 +188,87 @@ class SizeLimitTest(harness.SluiceTestCase):
         self.assertTrue(c.is_closed_by_peer(3))
 
 
+class ConnectionTimeoutTest(harness.SluiceTestCase):
+    def setUp(self):
+        super().setUp()
+        self.start_sluice(limits="{ max_body = 1024 * 1024, max_header = 64 * 1024, "
+                                 "header_timeout = 1, keepalive_timeout = 1 }")
+
+    def test_slow_headers_are_cut_off(self):
+        # Slowloris: headers trickling in forever must not hold a connection.
+        c = RawConn(self.sluice.port)
+        self.addCleanup(c.close)
+        c.send(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 6:
+            try:
+                c.send(b"X-Slow: 1\r\n")
+            except OSError:
+                closed = True
+                break
+            if c.is_closed_by_peer(0.3):
+                closed = True
+                break
+        self.assertTrue(closed, "connection still open 6 s into its headers with header_timeout = 1")
+        self.assertEqual(self.mock.requests(), [])
+
+    def test_idle_keepalive_connection_is_closed(self):
+        c = RawConn(self.sluice.port)
+        self.addCleanup(c.close)
+        c.send(build_request("GET", "/_sluice/health", port=self.sluice.port))
+        self.assertEqual(c.read_response().status, 200)
+        self.assertTrue(c.is_closed_by_peer(5), "idle connection kept past keepalive_timeout = 1")
+
+    def test_active_connection_is_not_cut_by_keepalive_timeout(self):
+        # The keep-alive timer counts idle time only, not a slow response.
+        self.mock.enqueue({"delay_ms": 2500, "body": '{"slow":true}'})
+        r = request(self.sluice.port, "POST", "/v1/chat/completions", body=CHAT_MSG % "hi")
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.body, b'{"slow":true}')
+
+
+class PipelineTest(harness.SluiceTestCase):
+    def test_pipelined_requests_answered_in_order(self):
+        self.start_sluice()
+        self.mock.enqueue([{"delay_ms": 300, "body": '{"n":1}'}, {"body": '{"n":2}'}])
+        c = RawConn(self.sluice.port)
+        self.addCleanup(c.close)
+        req = lambda: build_request("POST", "/v1/chat/completions", CHAT_MSG % "hi",
+                                    {"Content-Type": "application/json"}, self.sluice.port)
+        c.send(req() + req() + build_request("GET", "/_sluice/health", port=self.sluice.port))
+        self.assertEqual(c.read_response().body, b'{"n":1}')
+        self.assertEqual(c.read_response().body, b'{"n":2}')
+        self.assertEqual(c.read_response().status, 200)
+
+    def test_chunked_client_body_forwarded_intact(self):
+        self.start_sluice()
+        body = (CHAT_MSG % ("caf\u00e9 " * 300)).encode()
+        c = RawConn(self.sluice.port)
+        self.addCleanup(c.close)
+        c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(body), 700):
+            part = body[i:i + 700]
+            c.send(b"%x\r\n%s\r\n" % (len(part), part))
+        c.send(b"0\r\n\r\n")
+        self.assertEqual(c.read_response().status, 200)
+        self.assertEqual(self.only_request()["body_bytes"], body)
+
+
 class TimeoutTest(harness.SluiceTestCase):
+    def test_client_leaving_before_first_byte_aborts_upstream(self):
+        self.start_sluice()
+        self.mock.enqueue({"delay_ms": 8000, "body": "{}"})
+        c = RawConn(self.sluice.port)
+        c.send(build_request("POST", "/v1/chat/completions", CHAT_MSG % "hi",
+                             {"Content-Type": "application/json"}, self.sluice.port))
+        harness.wait_for(lambda: len(self.mock.requests()) == 1, 5)
+        c.close()
+        gone = harness.wait_for(lambda: self.mock.requests()[0]["client_gone"], 3)
+        self.assertTrue(gone, "upstream request kept waiting after the client left" + self.diag())
+        self.assertEqual(len(self.mock.requests()), 1, "sluice retried for a client that had left")
+
     def test_first_byte_timeout_is_504_and_upstream_abandoned(self):
         self.start_sluice(timeouts="{ connect = 5, first_byte = 1, idle = 30, total = 60 }")
         # Every attempt stalls: sluice may retry first-byte timeouts (DESIGN §7),
