@@ -18,6 +18,7 @@
  * runs exactly once: classify, let Lua close the client's stream or build an
  * error response, write the access log and history record, free.
  */
+#define _GNU_SOURCE /* memmem */
 #include "exchange.h"
 
 #include <stdio.h>
@@ -59,6 +60,9 @@ struct sl_exchange_s {
     int head_ready;
     sl_buf_t body;              /* BUFFER mode */
     sl_buf_t out;               /* bytes produced by hooks */
+    sl_buf_t answer;            /* bounded copy of what the client got, for the log hook */
+    int capture_all;            /* history.bodies: capture streams too */
+    int observe;                /* passthrough SSE: usage-bearing events go to Lua */
     int upstream_status;
 
     uv_timer_t t_wait;          /* first byte, then idle */
@@ -192,9 +196,13 @@ static int commit_head(sl_exchange_t *ex)
     return send_head(ex, ex->head.status, ex->head.headers, ex->head.nheaders, -1);
 }
 
+static void capture(sl_exchange_t *ex, const char *p, size_t n);
+
 static int respond_full(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n,
                         sl_str_t body)
 {
+    if (ex->capture_all)
+        capture(ex, body.base, body.len);
     int rc = send_head(ex, status, hv, n, (int64_t)body.len);
     if (!rc)
         rc = sl_conn_send_body(ex->conn, body.base, body.len);
@@ -240,6 +248,13 @@ static void arm_wait(sl_exchange_t *ex, uint64_t ms)
 
 /* ---- upstream callbacks ---- */
 
+/* Keeps what fits of the client's answer; the rest is dropped, not fatal. */
+static void capture(sl_exchange_t *ex, const char *p, size_t n)
+{
+    size_t room = ex->answer.limit - ex->answer.len;
+    sl_buf_append(&ex->answer, p, n < room ? n : room);
+}
+
 static int on_sse_event(void *ud, const sl_sse_event_t *ev)
 {
     sl_exchange_t *ex = ud;
@@ -247,6 +262,8 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
         ex->term.terminal_seen = 1;
     if (ex->mode == MODE_EVENTS)
         sl_lua_events_add(ex->h, ev);
+    else if (ex->observe && memmem(ev->data.base, ev->data.len, "usage", 5))
+        sl_lua_events_add(ex->h, ev); /* a handful per stream: the rest never enters Lua */
     return 0;
 }
 
@@ -290,10 +307,13 @@ static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
         }
     } else {
         ex->mode = MODE_BUFFER;
+        head_from_upstream(ex, status, hv, n); /* the body hook sees these headers */
+        ex->head_ready = 0;                    /* but the hook's answer replaces them */
     }
     if (sse) {
         sl_sse_parser_init(&ex->sse, sl_luahost_config(ex->h)->max_event);
         ex->sse_on = 1;
+        ex->observe = ex->mode == MODE_PASS;
         sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
     }
 }
@@ -304,6 +324,7 @@ static int on_up_data(void *ud, const char *p, size_t n)
     if (ex->finalized || !ex->conn)
         return 0;
     arm_wait(ex, ex->plan.t_idle);
+    ex->term.upstream_bytes += n;
     if (ex->mode == MODE_BUFFER) {
         if (sl_buf_append(&ex->body, p, n)) {
             fail(ex, SL_TERM_CAUSE_LIMIT_RESPONSE, 0, "upstream answer exceeds max_response");
@@ -316,30 +337,31 @@ static int on_up_data(void *ud, const char *p, size_t n)
         return 1;
     }
     int rc = 0;
-    if (ex->mode == MODE_EVENTS)
+    const char *hook = ex->mode == MODE_EVENTS ? "events" : "observe";
+    int batch = ex->mode == MODE_EVENTS || ex->observe;
+    if (batch)
         sl_lua_events_begin(ex->h);
-    if (ex->sse_on) {
-        rc = sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex);
-        if (rc == SL_ELIMIT) {
-            if (ex->mode == MODE_EVENTS)
-                sl_lua_events_flush(ex->h, ex->ctx, &ex->out, ex->err, sizeof ex->err);
-            fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
-            return 0;
-        }
-    }
-    if (ex->mode == MODE_PASS) {
-        if (commit_head(ex) || sl_conn_send_body(ex->conn, p, n))
-            return 0;
+    if (ex->sse_on && sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex) == SL_ELIMIT) {
+        if (batch)
+            sl_lua_events_flush(ex->h, ex->ctx, hook, NULL, ex->err, sizeof ex->err);
+        fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
         return 0;
     }
     sl_buf_reset(&ex->out);
-    rc = sl_lua_events_flush(ex->h, ex->ctx, &ex->out, ex->err, sizeof ex->err);
-    if (rc) {
-        fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
-        return 0;
+    if (batch) {
+        rc = sl_lua_events_flush(ex->h, ex->ctx, hook, ex->mode == MODE_EVENTS ? &ex->out : NULL,
+                                 ex->err, sizeof ex->err);
+        if (rc) {
+            fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
+            return 0;
+        }
     }
-    if (ex->out.len && (commit_head(ex) == 0))
-        sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
+    const char *bytes = ex->mode == MODE_PASS ? p : ex->out.base;
+    size_t len = ex->mode == MODE_PASS ? n : ex->out.len;
+    if (ex->capture_all || (ex->mode == MODE_PASS && !ex->sse_on))
+        capture(ex, bytes, len);
+    if (len && commit_head(ex) == 0)
+        sl_conn_send_body(ex->conn, bytes, len);
     return 0;
 }
 
@@ -358,7 +380,8 @@ static void on_up_done(void *ud, int curl_code, const char *errbuf)
     }
     if (curl_code == 0 && ex->mode == MODE_BUFFER && ex->conn) {
         sl_lua_resp_t r;
-        int rc = sl_lua_body(ex->h, ex->ctx, ex->upstream_status,
+        int rc = sl_lua_body(ex->h, ex->ctx, ex->upstream_status, ex->head.headers,
+                             ex->head.nheaders,
                              sl_str(ex->body.base ? ex->body.base : "", ex->body.len), &r, ex->err,
                              sizeof ex->err);
         if (rc) {
@@ -454,6 +477,8 @@ static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
     ex->got_first_byte = 0;
     ex->paused = 0;
     sl_buf_reset(&ex->body);
+    sl_buf_reset(&ex->answer);
+    ex->observe = 0;
     sl_plan_free(&ex->plan);
     ex->have_plan = 0;
     sl_term_new_attempt(&ex->term);
@@ -692,8 +717,11 @@ static void finalize(sl_exchange_t *ex)
     double ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1;
 
     sl_lua_logfields_t lf = {-1, -1, -1, -1, NULL, NULL, NULL, NULL};
-    if (ex->h)
+    if (ex->h) {
+        if (ex->answer.len)
+            sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
         sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
+    }
     write_access_log(ex, &res, status, dur_ms, ttfb_ms, bytes_out);
     submit_record(ex, &res, status, dur_ms, ttfb_ms, bytes_out, &lf);
     sl_lua_logfields_free(&lf);
@@ -716,6 +744,7 @@ static void finalize(sl_exchange_t *ex)
     sl_buf_free(&ex->body);
     sl_buf_free(&ex->out);
     sl_buf_free(&ex->attempt_log);
+    sl_buf_free(&ex->answer);
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
         sl_plan_free(&ex->plan);
@@ -772,6 +801,10 @@ void sl_exchange_start(sl_request_t *req, void *worker)
     sl_buf_init(&ex->out, 0);
     sl_buf_init(&ex->body, 0);
     sl_buf_init(&ex->attempt_log, 0);
+    ex->capture_all = sl_luahost_config(w->host)->history_bodies;
+    /* Bodies for the history are kept up to 1 MiB; without them only a
+     * non-streamed passthrough answer is kept (256 KiB), for its usage. */
+    sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);
     ex->t_wait.data = ex->t_total.data = ex;

@@ -390,6 +390,20 @@ int sl_luahost_config_copy(const sl_luahost_t *h, sl_config_t *out)
 
 /* ---- host lifecycle ---- */
 
+/* Every VM starts math.random from the OS's entropy: ids made in Lua
+ * (msg_..., resp_..., call_...) must not repeat across workers or restarts. */
+static void seed_random(lua_State *L)
+{
+    uint32_t seed;
+    if (uv_random(NULL, NULL, &seed, sizeof seed, 0, NULL) != 0)
+        seed = (uint32_t)uv_hrtime();
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "randomseed");
+    lua_pushnumber(L, (double)seed);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+}
+
 int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, size_t errlen)
 {
     sl_luahost_t *h = calloc(1, sizeof *h);
@@ -407,6 +421,7 @@ int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, si
     }
     luaL_openlibs(L);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_STEP);
+    seed_random(L);
 
     /* package.path: the built-in library only; configs add their own dirs. */
     lua_getglobal(L, "package");
@@ -982,30 +997,31 @@ int sl_lua_events_add(sl_luahost_t *h, const sl_sse_event_t *ev)
     return 0;
 }
 
-int sl_lua_events_flush(sl_luahost_t *h, int ctx, sl_buf_t *out, char *err, size_t errlen)
+int sl_lua_events_flush(sl_luahost_t *h, int ctx, const char *hook, sl_buf_t *out, char *err,
+                        size_t errlen)
 {
     lua_State *L = h->L;
     if (h->batch_n == 0) {
         lua_pop(L, 1);
         return 0;
     }
-    if (push_hook(h, "events")) {
+    if (push_hook(h, hook)) {
         lua_pop(L, 1);
         return 0;
     }
     lua_insert(L, -2);                          /* fn, batch */
     lua_rawgeti(L, LUA_REGISTRYINDEX, ctx);
     lua_insert(L, -2);                          /* fn, ctx, batch */
-    int rc = call_hook(h, "events", 2, 1, err, errlen);
+    int rc = call_hook(h, hook, 2, 1, err, errlen);
     if (rc)
         return rc;
-    rc = append_string_at(L, -1, out, NULL);
+    rc = out ? append_string_at(L, -1, out, NULL) : 0;
     lua_pop(L, 1);
     return rc;
 }
 
-int sl_lua_body(sl_luahost_t *h, int ctx, int status, sl_str_t body, sl_lua_resp_t *out,
-                char *err, size_t errlen)
+int sl_lua_body(sl_luahost_t *h, int ctx, int status, const sl_header_t *hv, size_t n,
+                sl_str_t body, sl_lua_resp_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     sl_buf_init(&out->body, 0);
@@ -1016,7 +1032,8 @@ int sl_lua_body(sl_luahost_t *h, int ctx, int status, sl_str_t body, sl_lua_resp
     lua_rawgeti(h->L, LUA_REGISTRYINDEX, ctx);
     lua_pushinteger(h->L, status);
     lua_pushlstring(h->L, body.base, body.len);
-    int rc = call_hook(h, "body", 3, 1, err, errlen);
+    push_headers(h->L, hv, n);
+    int rc = call_hook(h, "body", 4, 1, err, errlen);
     if (rc)
         return rc;
     if (lua_istable(h->L, -1))

@@ -6,7 +6,7 @@
  *   request(ctx)                -> plan | direct response   (a coroutine: may yield)
  *   response(ctx, status, hdrs) -> { status, headers } | nil
  *   events(ctx, batch)          -> bytes for the client      (once per upstream read)
- *   body(ctx, status, body)     -> status, headers, body     (non-SSE transform)
+ *   body(ctx, status, body, hdrs) -> status, headers, body   (non-SSE transform)
  *   finish(ctx, outcome)        -> closing bytes | error response
  *   log(ctx, record)            -> fields for the history record
  * Every call runs under an instruction budget; errors and budget overruns are
@@ -128,15 +128,19 @@ void sl_lua_task_cancel(sl_lua_task_t *t);
 int sl_lua_response(sl_luahost_t *h, int ctx, int status, const sl_header_t *hv, size_t n,
                     sl_lua_resp_t *out, char *err, size_t errlen);
 
-/* Batching interface for the events hook: add events, then flush once per
- * upstream read; the bytes to write are appended to out. */
+/* Batching interface for the per-read stream hooks: begin, add events, then
+ * flush once per upstream read into `hook`: "events" (translation: the bytes
+ * to write are appended to out) or "observe" (passthrough: Lua only reads the
+ * events, e.g. for usage; out may be NULL). */
 int sl_lua_events_begin(sl_luahost_t *h);
 int sl_lua_events_add(sl_luahost_t *h, const sl_sse_event_t *ev);
-int sl_lua_events_flush(sl_luahost_t *h, int ctx, sl_buf_t *out, char *err, size_t errlen);
+int sl_lua_events_flush(sl_luahost_t *h, int ctx, const char *hook, sl_buf_t *out, char *err,
+                        size_t errlen);
 
-/* body(ctx, status, body) for non-streamed transformed answers. */
-int sl_lua_body(sl_luahost_t *h, int ctx, int status, sl_str_t body, sl_lua_resp_t *out,
-                char *err, size_t errlen);
+/* body(ctx, status, body, headers) for non-streamed transformed answers;
+ * headers are the upstream's (hop-by-hop fields removed). */
+int sl_lua_body(sl_luahost_t *h, int ctx, int status, const sl_header_t *hv, size_t n,
+                sl_str_t body, sl_lua_resp_t *out, char *err, size_t errlen);
 
 typedef struct {
     const char *reason;

@@ -23,6 +23,7 @@
 #include "luahost.h"
 #include "metrics.h"
 #include "records.h"
+#include "shared.h"
 #include "worker.h"
 
 static void usage(FILE *f)
@@ -160,6 +161,7 @@ int main(int argc, char **argv)
         return 1;
     }
     sl_metrics_init();
+    sl_shared_init(0, 0); /* the cross-worker dict: cached tokens, sessions */
 
     static sl_app_t app;
     app.config_path = config;
@@ -173,6 +175,16 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+
+    /* Handlers first: a SIGHUP that arrives while workers start is a reload
+     * (delivered once uv_run begins), never the default action (exit). */
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
 
     nworkers = workers_override ? workers_override : cfg.workers;
     if (nworkers <= 0)
@@ -192,19 +204,13 @@ int main(int argc, char **argv)
         sl_log_info("sluice %s listening on %s (%d workers)", SLUICE_VERSION, cfg.listen[i],
                     nworkers);
 
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_init(loop, &sig_term);
-    uv_signal_init(loop, &sig_int);
-    uv_signal_init(loop, &sig_hup);
-    uv_signal_start(&sig_term, on_signal, SIGTERM);
-    uv_signal_start(&sig_int, on_signal, SIGINT);
-    uv_signal_start(&sig_hup, on_signal, SIGHUP);
     uv_run(loop, UV_RUN_DEFAULT);
 
     for (int i = 0; i < nworkers; i++)
         sl_worker_join(&workers[i]);
     if (app.records)
         sl_records_close(app.records);
+    sl_shared_shutdown();
     sl_access_log_close();
     sl_config_free(&cfg);
     free(workers);

@@ -94,7 +94,8 @@ int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen)
     int rc = sl_luahost_new(&h, &o, err, errlen);
     if (rc) {
         atomic_fetch_add(&w->app->reloads_failed, 1);
-        sl_metrics_reload(0);
+        if (w->id == 1) /* every worker loads the same files: count a reload once */
+            sl_metrics_reload(0);
         sl_log_error("reload failed, keeping the running config: %s", err);
         return rc;
     }
@@ -105,7 +106,8 @@ int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen)
     for (size_t i = 0; i < w->nservers; i++)
         sl_server_set_limits(w->servers[i], &c->limits);
     atomic_fetch_add(&w->app->reloads_ok, 1);
-    sl_metrics_reload(1);
+    if (w->id == 1)
+        sl_metrics_reload(1);
     sl_log_info("reloaded %s", w->app->config_path);
     return 0;
 }

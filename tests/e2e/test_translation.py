@@ -1279,7 +1279,6 @@ class ResponseIdsTest(harness.SluiceTestCase):
     """Response ids a gateway makes up must not repeat: clients and logs
     correlate by them. Each worker VM's random generator needs its own seed."""
 
-    @unittest.expectedFailure  # sluice.host does not seed math.random yet (see the report of issue 4)
     def test_message_ids_differ_across_restarts(self):
         ids = []
         for _ in range(2):
