@@ -617,13 +617,13 @@ static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int st
     const sl_plan_t *p = &ex->plan;
     r->id = strdup(ex->id);
     r->time = now_unix() - dur_ms / 1000.0;
-    r->client = dup_or_null(p->client);
-    r->service = dup_or_null(p->service);
+    r->client = dup_or_null(p->client ? p->client : lf->client);
+    r->service = dup_or_null(p->service ? p->service : lf->service);
     r->method = dup_or_null(ex->method);
     r->path = dup_or_null(ex->path);
     r->route = dup_or_null(p->route);
     r->supplier = dup_or_null(p->supplier);
-    r->model_in = dup_or_null(p->model_in);
+    r->model_in = dup_or_null(p->model_in ? p->model_in : lf->model_in);
     r->model_out = dup_or_null(lf->model_out ? lf->model_out : p->model_out);
     r->status = status;
     r->duration_ms = dur_ms;
@@ -716,7 +716,9 @@ static void finalize(sl_exchange_t *ex)
     double dur_ms = (double)(end - ex->start_ns) / 1e6;
     double ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1;
 
-    sl_lua_logfields_t lf = {-1, -1, -1, -1, NULL, NULL, NULL, NULL};
+    sl_lua_logfields_t lf;
+    memset(&lf, 0, sizeof lf);
+    lf.input_tokens = lf.output_tokens = lf.cache_read_tokens = lf.cache_write_tokens = -1;
     if (ex->h) {
         if (ex->answer.len)
             sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
@@ -724,10 +726,10 @@ static void finalize(sl_exchange_t *ex)
     }
     write_access_log(ex, &res, status, dur_ms, ttfb_ms, bytes_out);
     submit_record(ex, &res, status, dur_ms, ttfb_ms, bytes_out, &lf);
-    sl_lua_logfields_free(&lf);
-
-    sl_metrics_request(ex->plan.service ? ex->plan.service : "none",
+    const char *service = ex->plan.service ? ex->plan.service : lf.service;
+    sl_metrics_request(service ? service : "none",
                        ex->plan.supplier ? ex->plan.supplier : "none", status);
+    sl_lua_logfields_free(&lf);
     sl_metrics_outcome(sl_term_reason_name(res.reason), res.partial);
     sl_metrics_observe_duration(dur_ms / 1000.0);
     if (ttfb_ms >= 0)

@@ -1118,7 +1118,10 @@ void sl_lua_logfields_free(sl_lua_logfields_t *f)
     free(f->extra_json);
     free(f->request_body);
     free(f->response_body);
-    f->model_out = f->extra_json = f->request_body = f->response_body = NULL;
+    free(f->service);
+    free(f->client);
+    free(f->model_in);
+    memset(f, 0, sizeof *f);
 }
 
 static int64_t field_int_or(lua_State *L, int idx, const char *key)
@@ -1132,9 +1135,9 @@ static int64_t field_int_or(lua_State *L, int idx, const char *key)
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen)
 {
     lua_State *L = h->L;
+    memset(out, 0, sizeof *out);
     out->input_tokens = out->output_tokens = -1;
     out->cache_read_tokens = out->cache_write_tokens = -1;
-    out->model_out = out->extra_json = out->request_body = out->response_body = NULL;
     if (push_hook(h, "log"))
         return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ctx);
@@ -1151,6 +1154,9 @@ int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, siz
         out->extra_json = field_str(L, t, "extra_json");
         out->request_body = field_str(L, t, "request_body");
         out->response_body = field_str(L, t, "response_body");
+        out->service = field_str(L, t, "service");
+        out->client = field_str(L, t, "client");
+        out->model_in = field_str(L, t, "model_in");
     }
     lua_pop(L, 1);
     return 0;
