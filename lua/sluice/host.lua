@@ -10,6 +10,14 @@
 --   finish(ctx, outcome)         -> closing bytes | error response | nil
 --   log(ctx)                     -> fields for the history record
 --
+-- Per attempt, the request phase also fetches a managed supplier token
+-- (sluice.auth.managed; it may yield) and a 401/403 from that supplier
+-- drops the token and retries once (H.retry). A supplier's adapter
+-- (sluice.adapters) shapes the plan in sluice.upstream, and sees answers
+-- here: whole ones in H.body, stream events in H.events, the stream head
+-- in H.response (same-protocol adapted streams go through a Relay pipe
+-- that writes the events back as SSE).
+--
 -- A plan is { url, method, headers, body?, stream, transform, terminal,
 -- timeouts, verify_tls, service, client, route, supplier, model_in,
 -- model_out }; omitting `body` sends the client's body unchanged (true

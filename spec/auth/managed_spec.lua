@@ -279,3 +279,37 @@ describe("sluice.auth.managed cache", function()
         for _, k in ipairs(seen) do assert.falsy(k:find("s3cret", 1, true), k) end
     end)
 end)
+
+describe("managed auth in the config", function()
+    local config = require("sluice.config")
+
+    local function load(auth_src)
+        local path = os.tmpname()
+        local f = assert(io.open(path, "w"))
+        f:write(([[return {
+          suppliers = { acme = { protocol = "openai-chat", base_url = "http://x/v1", auth = %s } },
+          routes = { chat = { { supplier = "acme" } } } }]]):format(auth_src))
+        f:close()
+        local c, err = config.load(path)
+        os.remove(path)
+        return c, err
+    end
+
+    it("is accepted, normalised, and redacted for display", function()
+        local c = assert(load([[{ type = "managed", token_url = "http://idp/t", client_id = "c",
+                                  client_secret = "TOPSECRET" }]]))
+        assert.equal("authorization", c.suppliers.acme.auth.header)
+        local shown = json.encode(config.redacted(c))
+        assert.falsy(shown:find("TOPSECRET", 1, true))
+        assert.truthy(shown:find("http://idp/t", 1, true))
+        c = assert(load([[{ type = "managed", request = { url = "http://idp/t", body = { k = "TOPSECRET" },
+                                                          headers = { ["x-key"] = "TOPSECRET" } } }]]))
+        assert.falsy(json.encode(config.redacted(c)):find("TOPSECRET", 1, true))
+    end)
+
+    it("names the field when it is wrong", function()
+        local c, err = load([[{ type = "managed", token_url = "http://idp/t", client_id = "c" }]])
+        assert.is_nil(c)
+        assert.equal("suppliers.acme.auth.client_secret: missing (if it comes from os.getenv, is the variable set?)", err)
+    end)
+end)
