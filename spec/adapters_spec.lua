@@ -280,3 +280,37 @@ describe("sluice.host with an adapter", function()
         assert.truthy(out:find('"text":"yo"', 1, true), out)
     end)
 end)
+
+describe("the sluice module adapters and hooks use", function()
+    local sluice = require("sluice")
+
+    it("refuses http and sleep outside the request phase, saying why", function()
+        local ok, err = pcall(sluice.http, { url = "http://127.0.0.1:1/" })
+        assert.is_false(ok)
+        assert.truthy(err:find("only be called during the request phase", 1, true), err)
+        -- a coroutine of the script's own is not the request phase either
+        local co = coroutine.create(function() return sluice.sleep(1) end)
+        local _, e2 = coroutine.resume(co)
+        assert.truthy(e2:find("request phase", 1, true), e2)
+        -- the request phase without the C core (plain busted) says that instead
+        co = coroutine.create(function() sluice.enter_request(); return sluice.sleep(1) end)
+        local _, e3 = coroutine.resume(co)
+        assert.truthy(e3:find("needs the sluice binary", 1, true), e3)
+    end)
+
+    it("has a stand-in shared store with the C store's API and TTLs", function()
+        local now = 100
+        local s = sluice.local_store(function() return now end)
+        assert.is_true(s.add("k", "v", 10))
+        assert.same({ false, "exists" }, { s.add("k", "w", 10) })
+        assert.same({ "v", 10 }, { s.get("k") })
+        now = 110
+        assert.is_nil(s.get("k"))
+        assert.is_true(s.add("k", "w"))
+        assert.same({ "w", 0 }, { s.get("k") })   -- 0: never expires
+        assert.equal(3, s.incr("n", 3))
+        assert.equal(2, s.count())
+        s.delete("k")
+        assert.equal(1, s.count())
+    end)
+end)
