@@ -300,14 +300,14 @@ static void test_budget_in_streaming_hook(void)
     char err[2048];
     sl_lua_events_begin(h);
     sl_lua_events_add(h, &ev);
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), SL_EBUDGET);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), SL_EBUDGET);
     CHECK_STR_HAS(err, "budget");
     CHECK_EQ_INT(out.len, 0);
 
     ev.data = SL_STR("ok");
     sl_lua_events_begin(h);
     sl_lua_events_add(h, &ev);
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), 0);
     CHECK_EQ_MEM(out.base, out.len, "#2:-=ok;");
     sl_buf_free(&out);
     sl_lua_ctx_free(h, ctx);
@@ -553,33 +553,42 @@ static void test_events_batch_returns_hook_bytes(void)
     add_event(h, "message_start", "{\"a\":1}");
     add_event(h, NULL, "2");
     add_event(h, "ping", "");
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), 0);
     const char *first = "#1:message_start={\"a\":1};-=2;ping=;";
     CHECK_EQ_MEM(out.base, out.len, first);
 
     /* A read that completed no event calls no hook and adds nothing. */
     sl_lua_events_begin(h);
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), 0);
     CHECK_EQ_INT(out.len, strlen(first));
 
     /* ctx state persists across batches; output is appended. */
     sl_lua_events_begin(h);
     add_event(h, "x", "y");
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), 0);
     CHECK_EQ_MEM(out.base + strlen(first), out.len - strlen(first), "#2:x=y;");
 
     /* A failing batch reports a traceback and leaves the host working. */
     sl_buf_reset(&out);
     sl_lua_events_begin(h);
     add_event(h, NULL, "error");
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), SL_ESCRIPT);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), SL_ESCRIPT);
     CHECK_STR_HAS(err, "events hook");
     CHECK_STR_HAS(err, "bad event 1");
     CHECK_STR_HAS(err, "stack traceback");
     sl_lua_events_begin(h);
     add_event(h, NULL, "z");
-    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, &out, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err), 0);
     CHECK_EQ_MEM(out.base, out.len, "#4:-=z;");
+
+    /* The observe hook (passthrough) reads the batch and writes nothing. */
+    sl_lua_events_begin(h);
+    add_event(h, "message_delta", "{\"usage\":{}}");
+    CHECK_EQ_INT(sl_lua_events_flush(h, ctx, "observe", NULL, err, sizeof err), 0);
+    sl_lua_logfields_t lf;
+    CHECK_EQ_INT(sl_lua_log(h, ctx, &lf, err, sizeof err), 0);
+    CHECK(lf.extra_json && strcmp(lf.extra_json, "{\"observed\":1}") == 0);
+    sl_lua_logfields_free(&lf);
     sl_buf_free(&out);
     sl_lua_ctx_free(h, ctx);
     sl_luahost_release(h);
@@ -604,10 +613,10 @@ static void test_many_calls_keep_the_stack_balanced(void)
         sl_buf_reset(&out);
         sl_lua_events_begin(h);
         add_event(h, NULL, (i & 1) ? "error" : "ok");
-        int rc = sl_lua_events_flush(h, ctx, &out, err, sizeof err);
+        int rc = sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err);
         bad |= rc != ((i & 1) ? SL_ESCRIPT : 0);
         sl_lua_events_begin(h);
-        bad |= sl_lua_events_flush(h, ctx, &out, err, sizeof err) != 0;
+        bad |= sl_lua_events_flush(h, ctx, "events", &out, err, sizeof err) != 0;
         bad |= sl_lua_response(h, ctx, 200, NULL, 0, &r, err, sizeof err) != 0 || r.status != 0;
         sl_lua_resp_free(&r);
         double delay;
@@ -639,10 +648,11 @@ static void test_response_body_finish_retry_log(void)
     CHECK(r.nheaders == 1 && sl_str_eq(r.headers[0].value, SL_STR("text/event-stream")));
     sl_lua_resp_free(&r);
 
-    CHECK_EQ_INT(sl_lua_body(h, ctx, 202, SL_STR("{\"x\":1}"), &r, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_body(h, ctx, 202, uh, 1, SL_STR("{\"x\":1}"), &r, err, sizeof err), 0);
     CHECK_EQ_INT(r.status, 202);
     CHECK_EQ_MEM(r.body.base, r.body.len, "{\"X\":1}");
-    CHECK(r.nheaders == 1 && sl_str_eq(r.headers[0].value, SL_STR("7")));
+    CHECK(r.nheaders == 2 && sl_str_eq(r.headers[0].value, SL_STR("7")) &&
+          sl_str_eq(r.headers[1].value, SL_STR("text/event-stream")));
     sl_lua_resp_free(&r);
 
     sl_buf_t bytes;

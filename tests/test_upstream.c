@@ -1,0 +1,551 @@
+/*
+ * test_upstream.c — outgoing HTTP on curl multi + libuv (core/upstream.h).
+ *
+ * The supplier is a tiny HTTP/1.1 server on a second thread (blocking
+ * sockets, canned responses, counts of connections and requests); the test
+ * thread drives the uv loop that runs curl. The cases are what the exchange
+ * relies on: the head and the body arrive through their callbacks and the
+ * request goes out as asked (framing headers are curl's, not the caller's);
+ * sequential transfers share one pooled connection; on_data can pause and
+ * the same bytes come again after resume; an abort closes the connection at
+ * once and silences every callback; a refused connection ends in on_done
+ * with CURLE_COULDNT_CONNECT; 1xx heads are not reported as the answer.
+ */
+#define _GNU_SOURCE
+#include <curl/curl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "error.h"
+#include "test_helpers.h"
+#include "upstream.h"
+
+static uv_loop_t loop;
+static uv_timer_t ticker;
+static sl_upstream_t *up;
+
+static void on_tick(uv_timer_t *t)
+{
+}
+
+/* Runs the loop until cond() holds or timeout_ms passes; returns cond(). */
+static int drive(int (*cond)(void), int timeout_ms)
+{
+    uint64_t end = uv_hrtime() + (uint64_t)timeout_ms * 1000000;
+    while (!cond() && uv_hrtime() < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    return cond();
+}
+
+/* ---- the mock supplier (its own thread) ---- */
+
+typedef struct {
+    int lfd, port;
+    const char *responses[4]; /* the answer to the n-th request (the last repeats) */
+    int hold;                 /* after answering, wait for the client to close */
+    atomic_int accepted, served, peer_closed, stop;
+    char last_req[8192];
+    pthread_mutex_t mu;
+    pthread_t th;
+} mock_t;
+
+/* Waits for fd to be readable, giving up when the test stops the mock. */
+static int wait_readable(mock_t *m, int fd)
+{
+    while (!atomic_load(&m->stop)) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 20) > 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Reads one request (head + Content-Length body) into buf; 0 on EOF/error. */
+static size_t read_request(mock_t *m, int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        buf[n] = '\0';
+        char *he = strstr(buf, "\r\n\r\n");
+        if (he) {
+            const char *cl = strcasestr(buf, "\r\ncontent-length:");
+            size_t body = cl && cl < he ? strtoul(cl + 17, NULL, 10) : 0;
+            if (n >= (size_t)(he + 4 - buf) + body)
+                return n;
+        }
+        if (n + 1 >= cap)
+            return n;
+        if (!wait_readable(m, fd))
+            return 0;
+        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
+        if (r <= 0)
+            return 0;
+        n += (size_t)r;
+    }
+}
+
+static void serve_connection(mock_t *m, int fd)
+{
+    char req[8192];
+    for (;;) {
+        size_t n = read_request(m, fd, req, sizeof req);
+        if (n == 0)
+            return;
+        int k = atomic_fetch_add(&m->served, 1);
+        pthread_mutex_lock(&m->mu);
+        memcpy(m->last_req, req, n + 1);
+        pthread_mutex_unlock(&m->mu);
+        const char *resp = NULL;
+        for (int i = 0; i <= k && i < 4; i++)
+            if (m->responses[i])
+                resp = m->responses[i];
+        if (resp)
+            th_send_all(fd, resp, strlen(resp));
+        if (m->hold) {
+            char b[256];
+            ssize_t r = -1;
+            while (wait_readable(m, fd) && (r = recv(fd, b, sizeof b, 0)) > 0)
+                ;
+            if (atomic_load(&m->stop))
+                return;
+            if (r == 0 || errno == ECONNRESET)
+                atomic_store(&m->peer_closed, 1);
+            return;
+        }
+    }
+}
+
+static void *mock_main(void *arg)
+{
+    mock_t *m = arg;
+    while (!atomic_load(&m->stop)) {
+        struct pollfd p = {m->lfd, POLLIN, 0};
+        if (poll(&p, 1, 20) <= 0)
+            continue;
+        int fd = accept(m->lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        atomic_fetch_add(&m->accepted, 1);
+        struct timeval tv = {5, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        serve_connection(m, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+static mock_t *mock_start(const char *resp0)
+{
+    mock_t *m = calloc(1, sizeof *m);
+    m->responses[0] = resp0;
+    pthread_mutex_init(&m->mu, NULL);
+    m->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    if (bind(m->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(m->lfd, 16) != 0 ||
+        getsockname(m->lfd, (struct sockaddr *)&sa, &len) != 0) {
+        close(m->lfd);
+        free(m);
+        return NULL;
+    }
+    m->port = ntohs(sa.sin_port);
+    pthread_create(&m->th, NULL, mock_main, m);
+    return m;
+}
+
+static void mock_stop(mock_t *m)
+{
+    atomic_store(&m->stop, 1);
+    pthread_join(m->th, NULL);
+    close(m->lfd);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+/* ---- the transfer's owner ---- */
+
+typedef struct {
+    sl_transfer_t *t;
+    int heads, dones, datas;
+    int status;
+    char headers[2048]; /* "name: value\n" */
+    sl_buf_t body;      /* bytes consumed */
+    sl_buf_t paused_bytes; /* bytes refused with a pause */
+    int pause_once;     /* on_data returns 1 the first time */
+    int abort_in_data;  /* on_data aborts the transfer */
+    int connected_at_head;
+    int code;
+    char errbuf[256];
+    int order_ok;       /* head before data before done */
+    int after_abort;    /* callbacks that came after an abort */
+    int aborted;
+} owner_t;
+
+static owner_t *cur;
+
+static void on_head(void *ud, int status, const sl_header_t *h, size_t n)
+{
+    owner_t *o = ud;
+    o->after_abort += o->aborted;
+    o->heads++;
+    o->status = status;
+    o->order_ok = o->datas == 0 && o->dones == 0;
+    size_t off = 0;
+    o->headers[0] = '\0';
+    for (size_t i = 0; i < n && off < sizeof o->headers; i++)
+        off += (size_t)snprintf(o->headers + off, sizeof o->headers - off, "%.*s: %.*s\n",
+                                (int)h[i].name.len, h[i].name.base, (int)h[i].value.len,
+                                h[i].value.base);
+    o->connected_at_head = o->t ? sl_transfer_connected(o->t) : -1;
+}
+
+static int on_data(void *ud, const char *p, size_t n)
+{
+    owner_t *o = ud;
+    o->after_abort += o->aborted;
+    o->datas++;
+    if (o->heads != 1)
+        o->order_ok = 0;
+    if (o->pause_once) {
+        o->pause_once = 0;
+        sl_buf_append(&o->paused_bytes, p, n);
+        return 1;
+    }
+    if (o->abort_in_data) {
+        o->aborted = 1;
+        sl_buf_append(&o->body, p, n);
+        sl_transfer_abort(o->t);
+        return 0;
+    }
+    sl_buf_append(&o->body, p, n);
+    return 0;
+}
+
+static void on_done(void *ud, int code, const char *errbuf)
+{
+    owner_t *o = ud;
+    o->after_abort += o->aborted;
+    o->dones++;
+    o->code = code;
+    snprintf(o->errbuf, sizeof o->errbuf, "%s", errbuf ? errbuf : "");
+}
+
+static const sl_transfer_cbs_t cbs = {on_head, on_data, on_done};
+
+static void owner_init(owner_t *o)
+{
+    memset(o, 0, sizeof *o);
+    sl_buf_init(&o->body, 0);
+    sl_buf_init(&o->paused_bytes, 0);
+}
+
+static void owner_free(owner_t *o)
+{
+    sl_buf_free(&o->body);
+    sl_buf_free(&o->paused_bytes);
+}
+
+static int cur_done(void)
+{
+    return cur->dones > 0;
+}
+
+static int start(owner_t *o, int port, const char *method, const char *path,
+                 const sl_header_t *h, size_t n, sl_str_t body)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    sl_transfer_req_t rq = {
+        .url = url, .method = method, .headers = h, .nheaders = n, .body = body,
+        .connect_timeout_ms = 2000, .verify_tls = 1,
+    };
+    return sl_transfer_start(up, &rq, &cbs, o, &o->t);
+}
+
+/* ---- cases ---- */
+
+static void test_head_and_body_delivered(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Up: a b \r\n"
+                           "Content-Length: 11\r\n\r\nhello world");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    /* Framing headers from the caller must not reach the wire: curl frames. */
+    sl_header_t h[] = {{SL_STR("X-Req"), SL_STR("1")},
+                       {SL_STR("Content-Length"), SL_STR("999")},
+                       {SL_STR("Host"), SL_STR("evil.example")},
+                       {SL_STR("X-Empty"), SL_STR("")}};
+    CHECK_EQ_INT(start(&o, m->port, "POST", "/v1/messages?beta=true", h, 4, SL_STR("ping")), 0);
+    CHECK_EQ_INT(sl_upstream_active(up), 1);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.heads, 1);
+    CHECK_EQ_INT(o.dones, 1);
+    CHECK(o.order_ok);
+    CHECK_EQ_INT(o.status, 200);
+    CHECK_STR_HAS(o.headers, "Content-Type: application/json\n");
+    CHECK_STR_HAS(o.headers, "X-Up: a b\n"); /* surrounding blanks trimmed */
+    CHECK_EQ_MEM(o.body.base, o.body.len, "hello world");
+    CHECK_EQ_INT(o.code, 0);
+    CHECK_EQ_INT(o.connected_at_head, 1);
+    CHECK_EQ_INT(sl_upstream_active(up), 0);
+
+    pthread_mutex_lock(&m->mu);
+    CHECK(strncmp(m->last_req, "POST /v1/messages?beta=true HTTP/1.1\r\n", 38) == 0);
+    CHECK_STR_HAS(m->last_req, "\r\nX-Req: 1\r\n");
+    CHECK_STR_HAS(m->last_req, "\r\nX-Empty:");
+    CHECK_STR_HAS(m->last_req, "\r\nContent-Length: 4\r\n");
+    CHECK(strstr(m->last_req, "999") == NULL);
+    CHECK(strstr(m->last_req, "evil.example") == NULL);
+    CHECK(strcasestr(m->last_req, "\r\nExpect:") == NULL);
+    CHECK_STR_HAS(m->last_req, "\r\n\r\nping");
+    pthread_mutex_unlock(&m->mu);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static void test_connection_reused(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    for (int i = 0; i < 2; i++) {
+        owner_t o;
+        owner_init(&o);
+        cur = &o;
+        CHECK_EQ_INT(start(&o, m->port, i ? "GET" : "POST", "/r", NULL, 0, SL_STR("{}")), 0);
+        CHECK(drive(cur_done, 5000));
+        CHECK_EQ_INT(o.code, 0);
+        CHECK_EQ_MEM(o.body.base, o.body.len, "ok");
+        owner_free(&o);
+    }
+    CHECK_EQ_INT(atomic_load(&m->served), 2);
+    CHECK_EQ_INT(atomic_load(&m->accepted), 1);
+    mock_stop(m);
+}
+
+static owner_t *to_resume;
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    sl_transfer_resume(to_resume->t);
+}
+
+static void test_pause_then_resume_redelivers(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                           "Content-Length: 20\r\n\r\ndata: 0123456789\n\n\n\n");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    owner_t o;
+    owner_init(&o);
+    o.pause_once = 1;
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "POST", "/s", NULL, 0, SL_STR("")), 0);
+    /* Wait for the pause, give curl time to (wrongly) push more, resume. */
+    uv_timer_t resume;
+    uv_timer_init(&loop, &resume);
+    to_resume = &o;
+    for (uint64_t end = uv_hrtime() + 5000000000ull; o.paused_bytes.len == 0 && uv_hrtime() < end;)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(o.paused_bytes.len > 0);
+    uint64_t t0 = uv_hrtime();
+    while ((uv_hrtime() - t0) < 100000000ull)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(o.body.len, 0); /* nothing consumed while paused */
+    CHECK_EQ_INT(o.dones, 0);
+    uv_timer_start(&resume, on_resume_timer, 1, 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.code, 0);
+    CHECK_EQ_MEM(o.body.base, o.body.len, "data: 0123456789\n\n\n\n");
+    CHECK(o.body.len >= o.paused_bytes.len &&
+          memcmp(o.body.base, o.paused_bytes.base, o.paused_bytes.len) == 0);
+    uv_close((uv_handle_t *)&resume, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static mock_t *cur_mock;
+
+static int mock_saw_close(void)
+{
+    return atomic_load(&cur_mock->peer_closed);
+}
+
+static int cur_has_data(void)
+{
+    return cur->datas > 0;
+}
+
+static void abort_case(int from_callback)
+{
+    /* A long answer: the head and a first piece, then the supplier waits. */
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    m->hold = 1;
+    owner_t o;
+    owner_init(&o);
+    o.abort_in_data = from_callback;
+    cur = &o;
+    cur_mock = m;
+    CHECK_EQ_INT(start(&o, m->port, "POST", "/long", NULL, 0, SL_STR("x")), 0);
+    CHECK(drive(cur_has_data, 5000));
+    if (!from_callback) {
+        o.aborted = 1;
+        sl_transfer_abort(o.t);
+    }
+    CHECK(drive(mock_saw_close, 3000)); /* the supplier sees the connection go */
+    /* Give curl every chance to call back; nothing may come. */
+    uint64_t t0 = uv_hrtime();
+    while ((uv_hrtime() - t0) < 200000000ull)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(o.after_abort, 0);
+    CHECK_EQ_INT(o.dones, 0);
+    CHECK_EQ_INT(sl_upstream_active(up), 0);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static void test_abort_mid_transfer(void)
+{
+    abort_case(0);
+}
+
+static void test_abort_from_on_data(void)
+{
+    abort_case(1);
+}
+
+static void test_connect_refused(void)
+{
+    int port = th_free_port(); /* nothing listens there */
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, port, "POST", "/", NULL, 0, SL_STR("x")), 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.dones, 1);
+    CHECK_EQ_INT(o.code, CURLE_COULDNT_CONNECT);
+    CHECK_EQ_INT(o.heads, 0);
+    CHECK_EQ_INT(o.datas, 0);
+    CHECK(o.errbuf[0] != '\0'); /* something to put in the log */
+    owner_free(&o);
+}
+
+static void test_no_body_and_interim_heads(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "DELETE", "/x", NULL, 0, SL_STR("")), 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.heads, 1);
+    CHECK_EQ_INT(o.status, 204);
+    CHECK_STR_HAS(o.headers, "X-A: 1\n");
+    CHECK_EQ_INT(o.datas, 0);
+    CHECK_EQ_INT(o.code, 0);
+    pthread_mutex_lock(&m->mu);
+    CHECK(strncmp(m->last_req, "DELETE /x HTTP/1.1\r\n", 20) == 0);
+    pthread_mutex_unlock(&m->mu);
+    owner_free(&o);
+    mock_stop(m);
+
+    /* A 100 Continue before the answer is not the answer. */
+    m = mock_start("HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+                   "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nslow");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "POST", "/x", NULL, 0, SL_STR("{}")), 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.heads, 1);
+    CHECK_EQ_INT(o.status, 429);
+    CHECK_STR_HAS(o.headers, "Retry-After: 3\n");
+    CHECK(strstr(o.headers, "X-Interim") == NULL);
+    CHECK_EQ_MEM(o.body.base, o.body.len, "slow");
+    CHECK_EQ_INT(o.code, 0);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static void count_open(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) {
+        (*(int *)arg)++;
+        fprintf(stderr, "  open handle: %s\n", uv_handle_type_name(uv_handle_get_type(h)));
+    }
+}
+
+static void test_free_leaves_no_handles(void)
+{
+    /* A pooled connection is open from the cases above; freeing the
+     * upstream must release its poll handle so the worker's loop can close. */
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "GET", "/", NULL, 0, SL_STR("")), 0);
+    CHECK(drive(cur_done, 5000));
+    owner_free(&o);
+    sl_upstream_free(up);
+    up = NULL;
+    uv_close((uv_handle_t *)&ticker, NULL);
+    for (int i = 0; i < 5; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    int open = 0;
+    uv_walk(&loop, count_open, &open);
+    CHECK_EQ_INT(open, 0);
+    mock_stop(m);
+}
+
+int main(void)
+{
+    th_watchdog(120);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    uv_loop_init(&loop);
+    uv_timer_init(&loop, &ticker);
+    uv_timer_start(&ticker, on_tick, 5, 5);
+    if (sl_upstream_new(&up, &loop) != 0) {
+        fprintf(stderr, "sl_upstream_new failed\n");
+        return 1;
+    }
+    RUN(test_head_and_body_delivered);
+    RUN(test_connection_reused);
+    RUN(test_pause_then_resume_redelivers);
+    RUN(test_abort_mid_transfer);
+    RUN(test_abort_from_on_data);
+    RUN(test_connect_refused);
+    RUN(test_no_body_and_interim_heads);
+    RUN(test_free_leaves_no_handles);
+    for (int i = 0; i < 5; i++) /* never DEFAULT: a leaked poll handle would block it */
+        uv_run(&loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&loop) != 0) {
+        fprintf(stderr, "FAIL: handles left open on the loop\n");
+        th_failed++;
+    }
+    curl_global_cleanup();
+    return TEST_SUMMARY();
+}
