@@ -19,6 +19,7 @@
  * hang (a budget that does not fire) into a failure instead of a stuck run.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -529,6 +530,72 @@ static void test_cancel_sleeping_task(void)
     sl_luahost_release(h);
 }
 
+/* A one-shot supplier for sluice.http: answers one request, keeps a copy. */
+typedef struct {
+    int lfd, port;
+    char req[4096];
+    pthread_t th;
+} oneshot_t;
+
+static void *oneshot_main(void *arg)
+{
+    oneshot_t *o = arg;
+    int fd = accept(o->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    th_recv_until(fd, o->req, sizeof o->req, "q=1", NULL);
+    static const char resp[] = "HTTP/1.1 201 Created\r\nX-Up: yes\r\nContent-Length: 5\r\n\r\nfresh";
+    th_send_all(fd, resp, sizeof resp - 1);
+    close(fd);
+    return NULL;
+}
+
+static void test_http_yield_resumes_with_answer(void)
+{
+    sl_luahost_t *h = fixture_host("'A'");
+    CHECK(h != NULL);
+    if (!h)
+        return;
+    oneshot_t o = {0};
+    o.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    CHECK(bind(o.lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(o.lfd, 4) == 0 &&
+          getsockname(o.lfd, (struct sockaddr *)&sa, &len) == 0);
+    o.port = ntohs(sa.sin_port);
+    pthread_create(&o.th, NULL, oneshot_main, &o);
+
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/token", o.port);
+    done_t d;
+    run_request(h, "POST", "/http", url, "", &d);
+    CHECK_EQ_INT(d.rc, 0);
+    if (d.rc == 0) {
+        CHECK_EQ_INT(d.plan.status, 200);
+        CHECK_EQ_MEM(d.plan.body.base, d.plan.body.len, "201|yes|fresh");
+    }
+    done_free(&d);
+    pthread_join(o.th, NULL);
+    close(o.lfd);
+    CHECK(strncmp(o.req, "POST /token HTTP/1.1\r\n", 22) == 0);
+    CHECK_STR_HAS(o.req, "\r\nx-from: lua\r\n");
+    CHECK_STR_HAS(o.req, "\r\n\r\nq=1");
+
+    /* A refused connection resumes the coroutine with nil, err. */
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/token", th_free_port());
+    run_request(h, "POST", "/http", url, "", &d);
+    CHECK_EQ_INT(d.rc, 0);
+    if (d.rc == 0) {
+        CHECK_EQ_INT(d.plan.status, 502);
+        sl_buf_cstr(&d.plan.body);
+        CHECK_STR_HAS(d.plan.body.base, "error: http request failed");
+    }
+    done_free(&d);
+    sl_luahost_release(h);
+}
+
 /* ---- streaming and closing hooks ---- */
 
 static void add_event(sl_luahost_t *h, const char *event, const char *data)
@@ -765,6 +832,7 @@ int main(void)
     RUN(test_crlf_header_values_rejected);
     RUN(test_sleep_yields_and_resumes);
     RUN(test_cancel_sleeping_task);
+    RUN(test_http_yield_resumes_with_answer);
     RUN(test_events_batch_returns_hook_bytes);
     RUN(test_many_calls_keep_the_stack_balanced);
     RUN(test_response_body_finish_retry_log);
