@@ -281,7 +281,10 @@ static void test_json_escapes_specials(void)
 static void test_json_escapes_control_bytes(void)
 {
     sl_buf_t b;
-    const char in[] = "a\x01" "b\x1f" "c\x00" "d\x7f";
+    const char in[] = "a\x01"
+                      "b\x1f"
+                      "c\x00"
+                      "d\x7f";
     escape(in, sizeof in - 1, &b);
     /* DEL (0x7f) is legal in JSON strings and stays as it is. */
     CHECK_EQ_MEM(b.base, b.len, "a\\u0001b\\u001fc\\u0000d\x7f");
@@ -304,13 +307,15 @@ static void test_json_replaces_invalid_utf8(void)
         size_t n;
         const char *want;
     } rows[] = {
-        {"a\x80" "b", 3, "a\\ufffdb"},                   /* lone continuation */
-        {"\xc0\xaf", 2, "\\ufffd\\ufffd"},               /* overlong '/' */
-        {"\xed\xa0\x80", 3, "\\ufffd\\ufffd\\ufffd"},    /* UTF-16 surrogate */
+        {"a\x80"
+         "b",
+         3, "a\\ufffdb"},                                        /* lone continuation */
+        {"\xc0\xaf", 2, "\\ufffd\\ufffd"},                       /* overlong '/' */
+        {"\xed\xa0\x80", 3, "\\ufffd\\ufffd\\ufffd"},            /* UTF-16 surrogate */
         {"\xf4\x90\x80\x80", 4, "\\ufffd\\ufffd\\ufffd\\ufffd"}, /* > U+10FFFF */
-        {"x\xe2\x82", 3, "x\\ufffd\\ufffd"},             /* cut at the end */
+        {"x\xe2\x82", 3, "x\\ufffd\\ufffd"},                     /* cut at the end */
         {"\xff", 1, "\\ufffd"},
-        {"\xe2\x28\xa1", 3, "\\ufffd(\\ufffd"},          /* bad second byte */
+        {"\xe2\x28\xa1", 3, "\\ufffd(\\ufffd"}, /* bad second byte */
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         sl_buf_t b;
@@ -334,9 +339,9 @@ static void test_json_appends_after_existing(void)
 static void test_json_random_bytes_always_valid(void)
 {
     /* Random byte strings, biased towards the interesting bytes. */
-    static const unsigned char pool[] = {'a', '"', '\\', '\n', 0x00, 0x1f, 0x7f, 0x80, 0xbf,
-                                         0xc2, 0xc0, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff,
-                                         0xa0, 0x9f, 0x90, 0x8f};
+    static const unsigned char pool[] = {'a',  '"',  '\\', '\n', 0x00, 0x1f, 0x7f, 0x80,
+                                         0xbf, 0xc2, 0xc0, 0xe0, 0xed, 0xef, 0xf0, 0xf4,
+                                         0xf5, 0xff, 0xa0, 0x9f, 0x90, 0x8f};
     uint32_t seed = 12345;
     int bad = 0;
     for (int iter = 0; iter < 20000 && !bad; iter++) {
@@ -344,7 +349,8 @@ static void test_json_random_bytes_always_valid(void)
         size_t n = (size_t)(iter % 24);
         for (size_t i = 0; i < n; i++) {
             seed = seed * 1103515245u + 12345u;
-            in[i] = (seed >> 16) & 1 ? pool[(seed >> 17) % sizeof pool] : (unsigned char)(seed >> 8);
+            in[i] =
+                (seed >> 16) & 1 ? pool[(seed >> 17) % sizeof pool] : (unsigned char)(seed >> 8);
         }
         sl_buf_t b;
         sl_buf_init(&b, 0);

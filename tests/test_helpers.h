@@ -55,7 +55,7 @@ static const char *volatile th_current = "(setup)";
         const char *th_s = (cstr);                                                                 \
         if (th_n != strlen(th_s) || (th_n && memcmp(th_p, th_s, th_n) != 0)) {                     \
             th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: \"%.*s\" != \"%s\"\n", __FILE__, __LINE__, \
+            fprintf(stderr, "  %s:%d: %s == %s failed: \"%.*s\" != \"%s\"\n", __FILE__, __LINE__,  \
                     #base, #cstr, (int)(th_n > 400 ? 400 : th_n), th_p ? th_p : "", th_s);         \
         }                                                                                          \
     } while (0)
@@ -83,8 +83,7 @@ static const char *volatile th_current = "(setup)";
         }                                                                                          \
     } while (0)
 
-#define TEST_SUMMARY()                                                                             \
-    (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed ? 1 : 0)
+#define TEST_SUMMARY() (printf("%d passed, %d failed\n", th_passed, th_failed), th_failed ? 1 : 0)
 
 /* A hang (a budget that never fires, a response that never comes) must
  * fail the run with the name of the case, not stall ctest. */
@@ -127,7 +126,8 @@ static inline int th_free_port(void)
 static inline int th_connect(int port, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (fd < 0)
         return -1;

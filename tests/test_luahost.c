@@ -158,7 +158,8 @@ static int body_has(const sl_plan_t *p, const char *needle, size_t n)
 static int plan_header(const sl_plan_t *p, const char *name, const char *value)
 {
     for (size_t i = 0; i < p->nheaders; i++)
-        if (sl_str_ieq_c(p->headers[i].name, name) && sl_str_eq(p->headers[i].value, sl_str_c(value)))
+        if (sl_str_ieq_c(p->headers[i].name, name) &&
+            sl_str_eq(p->headers[i].value, sl_str_c(value)))
             return 1;
     return 0;
 }
@@ -207,13 +208,14 @@ static void test_config_values_reach_c(void)
 {
     sl_luahost_t *h;
     char err[1024];
-    int rc = new_host(&h, "lua",
-                      "return { listen = { \"127.0.0.1:7171\", \"[::1]:7172\" }, workers = 3,\n"
-                      "  limits = { max_body = 1000, header_timeout = 2.5, max_headers = 7 },\n"
-                      "  timeouts = { connect = 3, first_byte = 4 }, script_budget = 123456,\n"
-                      "  log = { access = \"off\", level = \"warn\" }, admin = { token = \"t0psecret\" },\n"
-                      "  history = false }",
-                      err, sizeof err);
+    int rc = new_host(
+        &h, "lua",
+        "return { listen = { \"127.0.0.1:7171\", \"[::1]:7172\" }, workers = 3,\n"
+        "  limits = { max_body = 1000, header_timeout = 2.5, max_headers = 7 },\n"
+        "  timeouts = { connect = 3, first_byte = 4 }, script_budget = 123456,\n"
+        "  log = { access = \"off\", level = \"warn\" }, admin = { token = \"t0psecret\" },\n"
+        "  history = false }",
+        err, sizeof err);
     CHECK_EQ_INT(rc, 0);
     if (rc) {
         fprintf(stderr, "  %s\n", err);
@@ -374,10 +376,10 @@ static void test_ctx_fields_reach_lua(void)
         CHECK_EQ_INT(d.plan.status, 200);
         CHECK(plan_header(&d.plan, "content-type", "text/plain"));
         static const char *lines[] = {
-            "method=GET\n", "path=/echo\n", "query=a=1&b=2\n", "x-mixed-case=V1\n",
-            "X-Mixed-Case=nil\n", /* names are lower-cased */
-            "x-twice=1, 2\n",     /* repeats joined */
-            "bodylen=11\n",       /* binary-safe body */
+            "method=GET\n",          "path=/echo\n",       "query=a=1&b=2\n",
+            "x-mixed-case=V1\n",     "X-Mixed-Case=nil\n", /* names are lower-cased */
+            "x-twice=1, 2\n",                              /* repeats joined */
+            "bodylen=11\n",                                /* binary-safe body */
             "peer=127.0.0.1:5555\n", "id=req-42\n",
         };
         for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
@@ -546,7 +548,8 @@ static void *oneshot_main(void *arg)
     struct timeval tv = {3, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     th_recv_until(fd, o->req, sizeof o->req, "q=1", NULL);
-    static const char resp[] = "HTTP/1.1 201 Created\r\nX-Up: yes\r\nContent-Length: 5\r\n\r\nfresh";
+    static const char resp[] =
+        "HTTP/1.1 201 Created\r\nX-Up: yes\r\nContent-Length: 5\r\n\r\nfresh";
     th_send_all(fd, resp, sizeof resp - 1);
     close(fd);
     return NULL;

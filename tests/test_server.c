@@ -217,20 +217,19 @@ static void stop_server(sl_server_t *s)
 
 typedef struct {
     int port;
-    const char *parts[4];   /* sent in order; NULL ends */
-    int wait_between;       /* read a whole response between parts */
-    int wait_seen;          /* before closing: wait until the app saw this many requests */
-    int flood_after_seen;   /* send parts[1] only once the app has parts[0]'s request */
-    int close_early;        /* close right after sending (a client that leaves) */
-    const char *until;      /* stop reading once this appears */
-    int responses;          /* or once this many "HTTP/1.1 " lines arrived */
+    const char *parts[4]; /* sent in order; NULL ends */
+    int wait_between;     /* read a whole response between parts */
+    int wait_seen;        /* before closing: wait until the app saw this many requests */
+    int flood_after_seen; /* send parts[1] only once the app has parts[0]'s request */
+    int close_early;      /* close right after sending (a client that leaves) */
+    const char *until;    /* stop reading once this appears */
+    int responses;        /* or once this many "HTTP/1.1 " lines arrived */
     char resp[65536];
     size_t n;
     int eof;
     atomic_int done;
     pthread_t th;
 } client_t;
-
 
 /* How many complete responses (Content-Length or chunked) buf holds. */
 static int complete_responses(const char *buf, size_t n)
@@ -494,8 +493,9 @@ static void test_malformed_gets_400_and_close(void)
     sl_server_limits_t l = default_limits();
     expect_rejected(&l, "GET / HTTP/1.1\r\nHost h\r\n\r\n", "HTTP/1.1 400 ");
     expect_rejected(&l, "GARBAGE\r\n\r\n", "HTTP/1.1 400 ");
-    expect_rejected(&l, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                    "HTTP/1.1 400 ");
+    expect_rejected(
+        &l, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "HTTP/1.1 400 ");
 }
 
 static void test_oversized_head_gets_431(void)
@@ -511,9 +511,9 @@ static void test_oversized_head_gets_431(void)
 
     l = default_limits();
     l.max_headers_count = 5;
-    expect_rejected(&l,
-                    "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
-                    "HTTP/1.1 431 ");
+    expect_rejected(
+        &l, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
+        "HTTP/1.1 431 ");
 }
 
 static void test_body_over_max_delivered_as_413(void)

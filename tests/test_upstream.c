@@ -174,16 +174,16 @@ typedef struct {
     sl_transfer_t *t;
     int heads, dones, datas;
     int status;
-    char headers[2048]; /* "name: value\n" */
-    sl_buf_t body;      /* bytes consumed */
+    char headers[2048];    /* "name: value\n" */
+    sl_buf_t body;         /* bytes consumed */
     sl_buf_t paused_bytes; /* bytes refused with a pause */
-    int pause_once;     /* on_data returns 1 the first time */
-    int abort_in_data;  /* on_data aborts the transfer */
+    int pause_once;        /* on_data returns 1 the first time */
+    int abort_in_data;     /* on_data aborts the transfer */
     int connected_at_head;
     int code;
     char errbuf[256];
-    int order_ok;       /* head before data before done */
-    int after_abort;    /* callbacks that came after an abort */
+    int order_ok;    /* head before data before done */
+    int after_abort; /* callbacks that came after an abort */
     int aborted;
 } owner_t;
 
@@ -256,14 +256,19 @@ static int cur_done(void)
     return cur->dones > 0;
 }
 
-static int start(owner_t *o, int port, const char *method, const char *path,
-                 const sl_header_t *h, size_t n, sl_str_t body)
+static int start(owner_t *o, int port, const char *method, const char *path, const sl_header_t *h,
+                 size_t n, sl_str_t body)
 {
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     sl_transfer_req_t rq = {
-        .url = url, .method = method, .headers = h, .nheaders = n, .body = body,
-        .connect_timeout_ms = 2000, .verify_tls = 1,
+        .url = url,
+        .method = method,
+        .headers = h,
+        .nheaders = n,
+        .body = body,
+        .connect_timeout_ms = 2000,
+        .verify_tls = 1,
     };
     return sl_transfer_start(up, &rq, &cbs, o, &o->t);
 }
@@ -469,8 +474,9 @@ static void test_no_body_and_interim_heads(void)
     mock_stop(m);
 
     /* A 100 Continue before the answer is not the answer. */
-    m = mock_start("HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
-                   "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nslow");
+    m = mock_start(
+        "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nslow");
     CHECK(m != NULL);
     if (!m)
         return;
