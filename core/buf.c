@@ -175,9 +175,10 @@ int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
-    int rc = sl_buf_reserve(b, n + 8);
-    if (rc)
-        return rc;
+    size_t start = b->len; /* on failure the buffer is left as it was */
+    int rc;
+    if (!b->limit || b->len + n <= b->limit)
+        (void)sl_buf_reserve(b, n); /* a hint: escapes may need more */
     size_t run = 0; /* start of the current run of bytes that need no escape */
     for (size_t i = 0; i < n;) {
         unsigned char c = p[i];
@@ -211,10 +212,14 @@ int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n)
             ubuf[4] = hex[c >> 4], ubuf[5] = hex[c & 15];
             esc = ubuf, esclen = 6;
         }
-        if ((rc = sl_buf_append(b, s + run, i - run)) || (rc = sl_buf_append(b, esc, esclen)))
+        if ((rc = sl_buf_append(b, s + run, i - run)) || (rc = sl_buf_append(b, esc, esclen))) {
+            b->len = start;
             return rc;
+        }
         i++;
         run = i;
     }
-    return sl_buf_append(b, s + run, n - run);
+    if ((rc = sl_buf_append(b, s + run, n - run)) != 0)
+        b->len = start;
+    return rc;
 }

@@ -129,11 +129,38 @@ void sl_access_log_write(const char *line, size_t len)
     pthread_mutex_unlock(&log_mu);
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Compares the parameter name as the upstream will read it: percent-decoded
+ * (`k%65y` is `key`), case-insensitively. */
 static int is_secret_param(const char *name, size_t len)
 {
     static const char *names[] = {"key", "api_key", "apikey", "access_token", "token", "secret"};
+    char dec[16];
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (n == sizeof dec)
+            return 0; /* longer than any secret parameter name */
+        int hi, lo;
+        if (name[i] == '%' && i + 2 < len && (hi = hexval(name[i + 1])) >= 0 &&
+            (lo = hexval(name[i + 2])) >= 0) {
+            dec[n++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            dec[n++] = name[i];
+        }
+    }
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+        if (strlen(names[i]) == n && strncasecmp(names[i], dec, n) == 0)
             return 1;
     return 0;
 }

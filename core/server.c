@@ -92,6 +92,7 @@ typedef struct {
 } wreq_t;
 
 static void conn_close(sl_conn_t *c);
+static void conn_notify_gone(sl_conn_t *c, int err);
 static void conn_process(sl_conn_t *c, const char *data, size_t len);
 
 /* ---- llhttp callbacks: accumulate the request, bounded ---- */
@@ -202,11 +203,7 @@ static void on_write(uv_write_t *w, int status)
     c->write_queue -= wr->len;
     free(wr);
     if (status < 0) {
-        if (c->state == CONN_BUSY && c->h && c->h->on_gone) {
-            const sl_conn_handler_t *h = c->h;
-            c->h = NULL;
-            h->on_gone(c->hdata, status);
-        }
+        conn_notify_gone(c, status);
         conn_close(c);
         return;
     }
@@ -518,12 +515,25 @@ static void build_request(sl_conn_t *c)
         c->want_close = 1;
 }
 
+/* The client is gone while a response is in flight: tell the application
+ * (once), so it stops using the connection before it is freed. */
+static void conn_notify_gone(sl_conn_t *c, int err)
+{
+    if (c->state == CONN_BUSY && c->h && c->h->on_gone) {
+        const sl_conn_handler_t *h = c->h;
+        c->h = NULL;
+        h->on_gone(c->hdata, err);
+    }
+}
+
 /* Feeds bytes to llhttp; hands a complete request to the application. */
 static void conn_process(sl_conn_t *c, const char *data, size_t len)
 {
     if (c->state == CONN_BUSY) {
-        if (sl_buf_append(&c->stash, data, len) != 0)
-            conn_close(c); /* a client pipelining more than we bound */
+        if (sl_buf_append(&c->stash, data, len) != 0) {
+            conn_notify_gone(c, SL_ELIMIT); /* a client pipelining more than we bound */
+            conn_close(c);
+        }
         return;
     }
     if (c->state != CONN_READING)
@@ -584,11 +594,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     /* EOF or error: if a response is in flight, the client is gone. */
-    if (c->state == CONN_BUSY && c->h && c->h->on_gone) {
-        const sl_conn_handler_t *h = c->h;
-        c->h = NULL;
-        h->on_gone(c->hdata, (int)nread);
-    }
+    conn_notify_gone(c, (int)nread);
     conn_close(c);
 }
 

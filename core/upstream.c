@@ -156,9 +156,12 @@ static void check_done(sl_upstream_t *up)
                 long status = 0;
                 curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
                 t->head_sent = 1;
+                t->in_callback++; /* an abort from on_head must not free t under us */
                 t->cbs.on_head(t->ud, (int)status, NULL, 0);
+                t->in_callback--;
             }
-            t->cbs.on_done(t->ud, (int)code, t->errbuf);
+            if (!t->aborted)
+                t->cbs.on_done(t->ud, (int)code, t->errbuf);
         }
         transfer_free(t);
     }
