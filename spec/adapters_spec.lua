@@ -241,6 +241,17 @@ describe("sluice.host with an adapter", function()
         assert.equal("claude-x", b.model)
         assert.equal("S-42", ctx.upstream_session_id)
         assert.same({ upstream_session = "S-42" }, json.decode(H.log(ctx).extra_json))
+        -- the supplier's headers reach both hooks on a whole answer
+        local H2 = host_with([[
+            return {
+              response = function(ctx, status, headers, body) body.id = headers["x-id"]; return status, body end,
+              session_id = function(ctx, headers, body) return headers["x-sess"] end,
+            }]])
+        local ctx2 = chat_ctx()
+        H2.request(ctx2)
+        r = H2.body(ctx2, 200, json.encode(CHAT_OK), { ["x-sess"] = "S-h", ["x-id"] = "from-header" })
+        assert.equal("from-header", json.decode(r.body).id)
+        assert.equal("S-h", ctx2.upstream_session_id)
     end)
 
     it("maps stream events on a same-protocol stream and closes a cut one properly", function()

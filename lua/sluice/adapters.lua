@@ -16,15 +16,16 @@
 --       copy: change it in place or return a new table). `nil, "why"` fails
 --       the request with a 502 naming the supplier and why.
 --   response(ctx, status, headers, body) -> status?, body?
---       A whole (non-streamed) answer; body is the decoded JSON (the raw
---       text if it is not JSON). Return what replaces them (nil keeps).
+--       A whole (non-streamed) answer with the supplier's headers; body is
+--       the decoded JSON (the raw text if it is not JSON). Return what
+--       replaces them (nil keeps).
 --   event(ctx, ev) -> ev | { ev, ev... } | nil
 --       One SSE event of a streamed answer ({ event = name|nil, data = s });
 --       return it (changed or not), several, or nil to drop it.
 --   session_id(ctx, headers, body) -> string | nil
 --       The supplier's session id, kept as ctx.upstream_session_id and in
---       the history record. Called on a whole answer (headers may be nil
---       there) and on the head of a stream (body nil).
+--       the history record. Called on a whole answer and on the head of
+--       a stream (body nil). Header names are lower case.
 --   classify_error(ctx, status, body) -> { status, type, message } | nil
 --       Runs before `response` on every whole answer: an error the supplier
 --       hides (a 200 whose body is an error) or words oddly. The client gets

@@ -6,7 +6,7 @@
 --   request(ctx)                 -> plan | direct response   (runs in a coroutine)
 --   response(ctx, status, hdrs)  -> { status, headers } | nil   (translated streams)
 --   events(ctx, batch)           -> bytes                     (translated streams)
---   body(ctx, status, body)      -> { status, headers, body }  (translated bodies)
+--   body(ctx, status, body, hdrs) -> { status, headers, body } (translated/adapted bodies)
 --   finish(ctx, outcome)         -> closing bytes | error response | nil
 --   log(ctx)                     -> fields for the history record
 --
@@ -222,10 +222,10 @@ end
 -- A whole answer through the supplier's adapter: its session id, an error it
 -- hides, its own reshaping. Returns status, decoded body (or raw text), or
 -- a finished client response when the adapter says it is an error.
-local function adapt_answer(ctx, ad, status, raw)
+local function adapt_answer(ctx, ad, status, raw, headers)
     local body = json.decode(raw)
     if body == nil then body = raw end
-    if ad.session_id then ctx.upstream_session_id = ad.session_id(ctx, nil, body) end
+    if ad.session_id then ctx.upstream_session_id = ad.session_id(ctx, headers, body) end
     if ad.classify_error then
         local e = ad.classify_error(ctx, status, body)
         if e then
@@ -234,20 +234,20 @@ local function adapt_answer(ctx, ad, status, raw)
         end
     end
     if ad.response then
-        local s2, b2 = ad.response(ctx, status, nil, body)
+        local s2, b2 = ad.response(ctx, status, headers, body)
         if s2 ~= nil then status = s2 end
         if b2 ~= nil then body = b2 end
     end
     return status, body
 end
 
-function H.body(ctx, status, raw)
+function H.body(ctx, status, raw, headers)
     local tr = ctx.translation
     local ad = adapter_of(ctx)
     local ub
     if ad then
         local direct_resp
-        status, ub, direct_resp = adapt_answer(ctx, ad, status, raw)
+        status, ub, direct_resp = adapt_answer(ctx, ad, status, raw, headers)
         if direct_resp then return direct_resp end
         if not tr then
             if type(ub) == "table" then return { status = status, headers = JSON_HEADERS, body = json.encode(ub) } end
