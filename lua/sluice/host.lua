@@ -8,7 +8,8 @@
 --   events(ctx, batch)           -> bytes                     (translated streams)
 --   body(ctx, status, body, hdrs) -> { status, headers, body } (translated/adapted bodies)
 --   finish(ctx, outcome)         -> closing bytes | error response | nil
---   log(ctx)                     -> fields for the history record
+--   observe(ctx, batch)          -> nil (usage from a passthrough stream's events)
+--   log(ctx)                     -> fields for the history record (usage, bodies, session)
 --
 -- Per attempt, the request phase also fetches a managed supplier token
 -- (sluice.auth.managed; it may yield) and a 401/403 from that supplier
@@ -330,15 +331,76 @@ function H.finish(ctx, oc)
     return error_response(ctx.protocol, f[1], message, f[2])
 end
 
+-- Passthrough streams: the core hands over only the events that mention
+-- usage (a handful per stream); the protocol's own decoder reads them.
+-- Observability must never fail a request, hence the pcall.
+function H.observe(ctx, batch)
+    local dec = ctx.usage_decoder
+    if not dec then
+        dec = translate.protocol(ctx.protocol).stream_decoder({ model = ctx.model_out })
+        ctx.usage_decoder = dec
+    end
+    for i = 1, #batch do
+        local ok, evs = pcall(dec.feed, dec, batch[i])
+        if ok and type(evs) == "table" then
+            for k = 1, #evs do
+                local e = evs[k]
+                if e.usage and (e.type == "usage" or e.type == "start") then
+                    ctx.usage = ir.merge_usage(ctx.usage, e.usage)
+                end
+            end
+        end
+    end
+end
+
+-- The usage of a whole passthrough answer (the core captured it as ctx.answer).
+local function answer_usage(ctx)
+    local a = ctx.answer
+    if not a or ctx.translation or not a:find("^%s*{") then return nil end
+    local body = json.decode(a)
+    if type(body) ~= "table" then return nil end
+    local ok, resp = pcall(translate.protocol(ctx.protocol).decode_response, body)
+    return ok and type(resp) == "table" and resp.usage or nil
+end
+
+-- Bodies kept in the history (history.bodies) lose every secret sluice knows of.
+local function redact_secrets(ctx, text)
+    if type(text) ~= "string" then return nil end
+    local secrets = { ctx.auth_token }
+    for i = 1, #cfg.keys do secrets[#secrets + 1] = cfg.keys[i] end
+    local s = ctx.supplier and cfg.suppliers[ctx.supplier]
+    if s then
+        local a = s.auth
+        secrets[#secrets + 1] = a.token
+        secrets[#secrets + 1] = a.value
+        secrets[#secrets + 1] = a.client_secret
+    end
+    local h = ctx.headers or {}
+    local bearer = h.authorization and h.authorization:match("^%a+%s+(.+)$")
+    secrets[#secrets + 1] = bearer
+    secrets[#secrets + 1] = h["x-api-key"]
+    secrets[#secrets + 1] = h["x-goog-api-key"]
+    for _, v in pairs(secrets) do
+        if type(v) == "string" and #v >= 8 then
+            text = text:gsub(v:gsub("%W", "%%%0"), "[redacted]")
+        end
+    end
+    return text
+end
+
 function H.log(ctx)
-    local u = ctx.usage or (ctx.pipe and ctx.pipe.usage)
+    local out = { service = ctx.service, client = ctx.client, model_in = ctx.model }
+    local u = ctx.usage or (ctx.pipe and ctx.pipe.usage) or answer_usage(ctx)
+    if u then
+        out.input_tokens, out.output_tokens = u.input_tokens, u.output_tokens
+        out.cache_read_tokens, out.cache_write_tokens = u.cache_read_tokens, u.cache_write_tokens
+    end
     local sid = ctx.upstream_session_id
-    if not u and not sid then return nil end
-    local out = u and {
-        input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-        cache_read_tokens = u.cache_read_tokens, cache_write_tokens = u.cache_write_tokens,
-    } or {}
     if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    if cfg.history and cfg.history.bodies then
+        out.request_body = redact_secrets(ctx, ctx.body)
+        out.response_body = redact_secrets(ctx, ctx.answer)
+    end
     return out
 end
 

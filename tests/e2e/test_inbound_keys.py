@@ -33,7 +33,7 @@ GEM_PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
 def keyed_config(mock_port, history_dir, keys=(KEY_A, KEY_B)):
     # `an` is passthrough in the standard config, which cannot go with keys.
     cfg = harness.sluice_config(
-        mock_port, extra='  keys = { %s },\n  history = { path = "%s/history.db" },\n  log = { access = "@ACCESS_LOG@", level = "debug" },\n'
+        mock_port, extra='  keys = { %s },\n  history = { path = "%s/history.db", bodies = true },\n  log = { access = "@ACCESS_LOG@", level = "debug" },\n'
         % (", ".join(harness.lua_str(k) for k in keys), history_dir))
     cfg = cfg.replace('  log      = { access = "@ACCESS_LOG@" },\n', "")
     return cfg.replace('auth = { type = "passthrough" }',
@@ -141,6 +141,9 @@ class InboundKeysTest(harness.SluiceTestCase):
             ("/v1/messages", ANTH, {"x-api-key": KEY_B, "anthropic-version": "2023-06-01"}),
             (GEM_PATH + "?alt=json&key=" + KEY_A, GEM, {}),
             (GEM_PATH + "?key=" + WRONG, GEM, {}),
+            # a user pasting the key into a prompt: the stored body is redacted too
+            ("/v1/chat/completions", CHAT.replace('"hi"', '"my key is %s"' % KEY_B),
+             {"Authorization": "Bearer " + KEY_B}),
         ]
         for path, body, headers in sent:
             request(port, "POST", path, body=body, headers=headers)
@@ -160,7 +163,8 @@ class InboundKeysTest(harness.SluiceTestCase):
                 self.assertNotIn(secret, text, "%s leaked into %s" % (secret, where))
         # The record of the refused one still says what happened.
         statuses = sorted(it["status"] for it in items)
-        self.assertEqual(statuses, [200, 200, 200, 401, 401])
+        self.assertEqual(statuses, [200, 200, 200, 200, 401, 401])
+        self.assertIn("my key is [redacted]", details, "history.bodies keeps the body, minus the key")
 
 
 class PublicListenTest(harness.SluiceTestCase):
