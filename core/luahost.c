@@ -1080,6 +1080,18 @@ int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t 
     return rc;
 }
 
+int sl_lua_call_string(sl_luahost_t *h, const char *hook, sl_buf_t *out, char *err, size_t errlen)
+{
+    if (push_hook(h, hook))
+        return SL_ENOTFOUND;
+    int rc = call_hook(h, hook, 0, 1, err, errlen);
+    if (rc)
+        return rc;
+    rc = append_string_at(h->L, -1, out, NULL);
+    lua_pop(h->L, 1);
+    return rc;
+}
+
 int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *delay_s, char *err,
                  size_t errlen)
 {

@@ -183,6 +183,10 @@ typedef struct {
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);
 void sl_lua_logfields_free(sl_lua_logfields_t *f);
 
+/* Calls a no-argument hook that returns a string (e.g. "config": the running
+ * config as redacted JSON) and appends it to out. SL_ENOTFOUND if absent. */
+int sl_lua_call_string(sl_luahost_t *h, const char *hook, sl_buf_t *out, char *err, size_t errlen);
+
 /* Budget/script errors since the host was created (for metrics). */
 uint64_t sl_luahost_script_errors(const sl_luahost_t *h);
 

@@ -388,6 +388,11 @@ local function redact_secrets(ctx, text)
     return text
 end
 
+-- GET /_sluice/config: the running config, secrets replaced.
+function H.config()
+    return json.encode(config.redacted(cfg))
+end
+
 function H.log(ctx)
     local out = { service = ctx.service, client = ctx.client, model_in = ctx.model }
     local u = ctx.usage or (ctx.pipe and ctx.pipe.usage) or answer_usage(ctx)

@@ -84,6 +84,16 @@ class AccessLogSecretsTest(harness.SluiceTestCase):
             self.assertNotIn(secret, log, "%s leaked into the access log" % what)
             self.assertNotIn(secret, err, "%s leaked onto stderr" % what)
 
+    def test_admin_config_shows_the_config_but_no_secret(self):
+        self.start_sluice()
+        r = harness.request(self.sluice.port, "GET", "/_sluice/config")
+        self.assertEqual(r.status, 200, r)
+        cfg = r.json()
+        self.assertEqual(cfg["suppliers"]["oa"]["protocol"], "openai-chat")
+        self.assertEqual(cfg["suppliers"]["rs"]["auth"]["name"], "x-api-key")
+        for what in ("supplier oa", "supplier rs"):
+            self.assertNotIn(SECRETS[what], r.body.decode(), "%s shown by /_sluice/config" % what)
+
     def test_stderr_access_log_has_no_secrets(self):
         cfg = harness.sluice_config(self.mock.port).replace('access = "@ACCESS_LOG@"', 'access = "stderr"')
         s = self.start_sluice(cfg)
