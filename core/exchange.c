@@ -358,7 +358,7 @@ static int on_up_data(void *ud, const char *p, size_t n)
     }
     const char *bytes = ex->mode == MODE_PASS ? p : ex->out.base;
     size_t len = ex->mode == MODE_PASS ? n : ex->out.len;
-    if (ex->capture_all || (ex->mode == MODE_PASS && !ex->sse_on))
+    if (ex->capture_all || (ex->mode == MODE_PASS && !ex->sse_on && ex->w->app->records))
         capture(ex, bytes, len);
     if (len && commit_head(ex) == 0)
         sl_conn_send_body(ex->conn, bytes, len);
@@ -804,8 +804,9 @@ void sl_exchange_start(sl_request_t *req, void *worker)
     sl_buf_init(&ex->body, 0);
     sl_buf_init(&ex->attempt_log, 0);
     ex->capture_all = sl_luahost_config(w->host)->history_bodies;
-    /* Bodies for the history are kept up to 1 MiB; without them only a
-     * non-streamed passthrough answer is kept (256 KiB), for its usage. */
+    /* Bodies for the history are kept up to 1 MiB; without them, and only
+     * when there is a history, a non-streamed passthrough answer is kept
+     * (256 KiB) for the usage its record reports. */
     sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);

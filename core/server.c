@@ -58,7 +58,10 @@ struct sl_conn_s {
 
     int chunked;
     int committed;
-    size_t write_queue;
+    sl_buf_t outq;          /* bytes queued this loop iteration, flushed as one write */
+    sl_conn_t *flush_next;  /* in the server's list of connections to flush */
+    int flush_queued;
+    size_t write_queue;     /* queued + in flight to the kernel */
     int above_high;
     uint64_t bytes_out;
     uint64_t bytes_in;
@@ -77,6 +80,10 @@ struct sl_server_s {
     llhttp_settings_t settings;
     sl_conn_t *conns;
     size_t nconns;
+    uv_check_t flush;       /* after each loop iteration's I/O: write what was queued */
+    uv_idle_t flush_nudge;  /* active while bytes are queued: keeps poll from blocking
+                             * (bytes queued from a timer would otherwise wait) */
+    sl_conn_t *flush_list;
     int stopping;
     int listener_closed;
     void (*stop_done)(void *);
@@ -88,7 +95,7 @@ typedef struct {
     uv_write_t req;
     sl_conn_t *conn;
     size_t len;
-    char data[];
+    sl_buf_t data;          /* owned: the connection's queue, moved here */
 } wreq_t;
 
 static void conn_close(sl_conn_t *c);
@@ -201,6 +208,7 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     sl_conn_t *c = wr->conn;
     c->write_queue -= wr->len;
+    sl_buf_free(&wr->data);
     free(wr);
     if (status < 0) {
         conn_notify_gone(c, status);
@@ -214,33 +222,110 @@ static void on_write(uv_write_t *w, int status)
     }
 }
 
-/* Queues up to three pieces as one write (chunk size line, data, CRLF). */
+static void flush_unlink(sl_conn_t *c)
+{
+    if (!c->flush_queued)
+        return;
+    for (sl_conn_t **pp = &c->srv->flush_list; *pp; pp = &(*pp)->flush_next) {
+        if (*pp == c) {
+            *pp = c->flush_next;
+            break;
+        }
+    }
+    c->flush_queued = 0;
+}
+
+/* Hands the queued bytes to the kernel: directly when the socket takes them
+ * (the common case: no allocation, no completion callback), else as one
+ * uv_write that owns the queue's memory. Returns 0 or a negative error. */
+static int flush_conn(sl_conn_t *c)
+{
+    size_t len = c->outq.len;
+    if (len == 0 || uv_is_closing((uv_handle_t *)&c->tcp))
+        return 0;
+    uv_buf_t buf = uv_buf_init(c->outq.base, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+    if (n < 0 && n != UV_EAGAIN)
+        return n;
+    size_t done = n > 0 ? (size_t)n : 0;
+    c->write_queue -= done;
+    if (done == len) {
+        sl_buf_reset(&c->outq);
+        if (c->above_high && c->write_queue < SL_CONN_LOW_WATER) {
+            c->above_high = 0;
+            if (c->h && c->h->on_drain)
+                c->h->on_drain(c->hdata);
+        }
+        return 0;
+    }
+    wreq_t *wr = malloc(sizeof *wr);
+    if (!wr)
+        return SL_ENOMEM;
+    wr->conn = c;
+    wr->len = len - done;
+    wr->data = c->outq; /* move: the request frees it */
+    sl_buf_init(&c->outq, 0);
+    buf = uv_buf_init(wr->data.base + done, (unsigned)wr->len);
+    int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rc < 0) {
+        c->write_queue -= wr->len;
+        sl_buf_free(&wr->data);
+        free(wr);
+        return rc;
+    }
+    return 0;
+}
+
+static void on_flush(uv_check_t *h)
+{
+    sl_server_t *s = h->data;
+    sl_conn_t *list = s->flush_list;
+    s->flush_list = NULL;
+    uv_check_stop(h);
+    uv_idle_stop(&s->flush_nudge);
+    while (list) {
+        sl_conn_t *c = list;
+        list = c->flush_next;
+        c->flush_queued = 0;
+        int rc = flush_conn(c);
+        if (rc) {
+            conn_notify_gone(c, rc);
+            conn_close(c);
+        }
+    }
+}
+
+static void on_nudge(uv_idle_t *h)
+{
+}
+
+/* Queues up to three pieces (chunk size line, data, CRLF) for this
+ * iteration's single write. */
 static int conn_write3(sl_conn_t *c, const char *a, size_t na, const char *b, size_t nb,
                        const char *d, size_t nd)
 {
     if (c->state == CONN_CLOSING || uv_is_closing((uv_handle_t *)&c->tcp))
         return SL_ECLOSED;
     size_t len = na + nb + nd;
-    wreq_t *wr = malloc(sizeof *wr + len);
-    if (!wr)
-        return SL_ENOMEM;
-    wr->conn = c;
-    wr->len = len;
-    memcpy(wr->data, a, na);
-    if (nb)
-        memcpy(wr->data + na, b, nb);
-    if (nd)
-        memcpy(wr->data + na + nb, d, nd);
-    uv_buf_t buf = uv_buf_init(wr->data, (unsigned)len);
-    int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
-    if (rc < 0) {
-        free(wr);
+    int rc = sl_buf_reserve(&c->outq, len);
+    if (rc)
         return rc;
-    }
+    sl_buf_append(&c->outq, a, na);
+    sl_buf_append(&c->outq, b, nb);
+    sl_buf_append(&c->outq, d, nd);
     c->write_queue += len;
     c->bytes_out += len;
     if (c->write_queue >= SL_CONN_HIGH_WATER)
         c->above_high = 1;
+    if (!c->flush_queued) {
+        c->flush_queued = 1;
+        c->flush_next = c->srv->flush_list;
+        if (!c->srv->flush_list) {
+            uv_check_start(&c->srv->flush, on_flush);
+            uv_idle_start(&c->srv->flush_nudge, on_nudge);
+        }
+        c->srv->flush_list = c;
+    }
     return 0;
 }
 
@@ -313,6 +398,11 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void conn_close_graceful(sl_conn_t *c)
 {
+    flush_unlink(c);
+    if (flush_conn(c) != 0) {
+        conn_close(c);
+        return;
+    }
     uv_shutdown_t *req = malloc(sizeof *req);
     c->state = CONN_CLOSING;
     uv_read_stop((uv_stream_t *)&c->tcp);
@@ -403,13 +493,24 @@ void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data)
 
 /* After sl_server_stop(): once the listener and the last connection are
  * closed, report it and free the server (nobody may use it afterwards). */
+static void on_flush_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_nudge_closed(uv_handle_t *h)
+{
+    sl_server_t *s = h->data;
+    uv_close((uv_handle_t *)&s->flush, on_flush_closed);
+}
+
 static void stop_maybe_done(sl_server_t *s)
 {
-    if (!s->stopping || s->nconns > 0 || !s->listener_closed)
+    if (!s->stopping || s->nconns > 0 || !s->listener_closed || uv_is_closing((uv_handle_t *)&s->flush_nudge))
         return;
     if (s->stop_done)
         s->stop_done(s->stop_arg);
-    free(s);
+    uv_close((uv_handle_t *)&s->flush_nudge, on_nudge_closed);
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -427,6 +528,7 @@ static void on_timer_closed(uv_handle_t *h)
     sl_buf_free(&c->head);
     sl_buf_free(&c->body);
     sl_buf_free(&c->stash);
+    sl_buf_free(&c->outq);
     free(c->hoff);
     free(c->hviews);
     free(c);
@@ -444,6 +546,9 @@ static void conn_close(sl_conn_t *c)
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     c->state = CONN_CLOSING;
+    flush_unlink(c);
+    c->write_queue -= c->outq.len;
+    sl_buf_reset(&c->outq);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
 }
@@ -645,6 +750,7 @@ static void on_connection(uv_stream_t *ls, int status)
     sl_buf_init(&c->head, s->limits.max_header);
     sl_buf_init(&c->body, 0);
     sl_buf_init(&c->stash, s->limits.max_header + s->limits.max_body);
+    sl_buf_init(&c->outq, 0);
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->state = CONN_READING;
@@ -716,6 +822,9 @@ int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int po
         uv_close((uv_handle_t *)&s->listener, (uv_close_cb)free);
         return rc;
     }
+    uv_check_init(loop, &s->flush);
+    uv_idle_init(loop, &s->flush_nudge);
+    s->flush.data = s->flush_nudge.data = s;
     *out = s;
     return 0;
 }

@@ -395,6 +395,7 @@ end
 
 function H.log(ctx)
     local out = { service = ctx.service, client = ctx.client, model_in = ctx.model }
+    if not cfg.history then return out end -- usage and bodies only feed the history
     local u = ctx.usage or (ctx.pipe and ctx.pipe.usage) or answer_usage(ctx)
     if u then
         out.input_tokens, out.output_tokens = u.input_tokens, u.output_tokens
