@@ -62,7 +62,8 @@ struct sl_exchange_s {
     sl_buf_t out;               /* bytes produced by hooks */
     sl_buf_t answer;            /* bounded copy of what the client got, for the log hook */
     int capture_all;            /* history.bodies: capture streams too */
-    int observe;                /* passthrough SSE: usage-bearing events go to Lua */
+    int observe;                /* passthrough SSE: watch for usage-bearing events */
+    sl_buf_t usage_ev[2];       /* the first and the latest of them: "event\0data" */
     int upstream_status;
 
     uv_timer_t t_wait;          /* first byte, then idle */
@@ -255,6 +256,38 @@ static void capture(sl_exchange_t *ex, const char *p, size_t n)
     sl_buf_append(&ex->answer, p, n < room ? n : room);
 }
 
+/* Passthrough streams report usage in events Lua never sees. Keeping the
+ * first and the latest usage-bearing event is enough for every protocol
+ * (Anthropic: input in message_start, output in the last message_delta;
+ * OpenAI and Gemini: cumulative), and costs one Lua call per stream, at the
+ * end, instead of one per event. */
+static void keep_usage_event(sl_exchange_t *ex, const sl_sse_event_t *ev)
+{
+    sl_buf_t *b = &ex->usage_ev[ex->usage_ev[0].len ? 1 : 0];
+    sl_buf_reset(b);
+    if (sl_buf_append_str(b, ev->event) || sl_buf_append_byte(b, '\0') ||
+        sl_buf_append_str(b, ev->data))
+        sl_buf_reset(b); /* over the bound: that usage stays unknown */
+}
+
+/* Hands the kept usage events to the "observe" hook. */
+static void observe_usage(sl_exchange_t *ex)
+{
+    if (!ex->usage_ev[0].len)
+        return;
+    sl_lua_events_begin(ex->h);
+    for (int i = 0; i < 2; i++) {
+        sl_buf_t *b = &ex->usage_ev[i];
+        if (!b->len)
+            continue;
+        size_t nl = strlen(b->base); /* the event name ends at the NUL */
+        sl_sse_event_t ev = {sl_str(b->base, nl), sl_str(b->base + nl + 1, b->len - nl - 1),
+                             SL_STR_NULL, -1};
+        sl_lua_events_add(ex->h, &ev);
+    }
+    sl_lua_events_flush(ex->h, ex->ctx, "observe", NULL, ex->err2, sizeof ex->err2);
+}
+
 static int on_sse_event(void *ud, const sl_sse_event_t *ev)
 {
     sl_exchange_t *ex = ud;
@@ -263,7 +296,7 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
     if (ex->mode == MODE_EVENTS)
         sl_lua_events_add(ex->h, ev);
     else if (ex->observe && memmem(ev->data.base, ev->data.len, "usage", 5))
-        sl_lua_events_add(ex->h, ev); /* a handful per stream: the rest never enters Lua */
+        keep_usage_event(ex, ev);
     return 0;
 }
 
@@ -313,7 +346,7 @@ static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
     if (sse) {
         sl_sse_parser_init(&ex->sse, sl_luahost_config(ex->h)->max_event);
         ex->sse_on = 1;
-        ex->observe = ex->mode == MODE_PASS;
+        ex->observe = ex->mode == MODE_PASS && ex->w->app->records;
         sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
     }
 }
@@ -337,20 +370,18 @@ static int on_up_data(void *ud, const char *p, size_t n)
         return 1;
     }
     int rc = 0;
-    const char *hook = ex->mode == MODE_EVENTS ? "events" : "observe";
-    int batch = ex->mode == MODE_EVENTS || ex->observe;
+    int batch = ex->mode == MODE_EVENTS;
     if (batch)
         sl_lua_events_begin(ex->h);
     if (ex->sse_on && sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex) == SL_ELIMIT) {
         if (batch)
-            sl_lua_events_flush(ex->h, ex->ctx, hook, NULL, ex->err, sizeof ex->err);
+            sl_lua_events_flush(ex->h, ex->ctx, "events", NULL, ex->err, sizeof ex->err);
         fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
         return 0;
     }
     sl_buf_reset(&ex->out);
     if (batch) {
-        rc = sl_lua_events_flush(ex->h, ex->ctx, hook, ex->mode == MODE_EVENTS ? &ex->out : NULL,
-                                 ex->err, sizeof ex->err);
+        rc = sl_lua_events_flush(ex->h, ex->ctx, "events", &ex->out, ex->err, sizeof ex->err);
         if (rc) {
             fail(ex, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
             return 0;
@@ -478,6 +509,8 @@ static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
     ex->paused = 0;
     sl_buf_reset(&ex->body);
     sl_buf_reset(&ex->answer);
+    sl_buf_reset(&ex->usage_ev[0]);
+    sl_buf_reset(&ex->usage_ev[1]);
     ex->observe = 0;
     sl_plan_free(&ex->plan);
     ex->have_plan = 0;
@@ -720,6 +753,8 @@ static void finalize(sl_exchange_t *ex)
     memset(&lf, 0, sizeof lf);
     lf.input_tokens = lf.output_tokens = lf.cache_read_tokens = lf.cache_write_tokens = -1;
     if (ex->h) {
+        if (ex->observe && ex->w->app->records)
+            observe_usage(ex);
         if (ex->answer.len)
             sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
         sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
@@ -747,6 +782,8 @@ static void finalize(sl_exchange_t *ex)
     sl_buf_free(&ex->out);
     sl_buf_free(&ex->attempt_log);
     sl_buf_free(&ex->answer);
+    sl_buf_free(&ex->usage_ev[0]);
+    sl_buf_free(&ex->usage_ev[1]);
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
         sl_plan_free(&ex->plan);
@@ -808,6 +845,8 @@ void sl_exchange_start(sl_request_t *req, void *worker)
      * when there is a history, a non-streamed passthrough answer is kept
      * (256 KiB) for the usage its record reports. */
     sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
+    sl_buf_init(&ex->usage_ev[0], 64 << 10);
+    sl_buf_init(&ex->usage_ev[1], 64 << 10);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);
     ex->t_wait.data = ex->t_total.data = ex;
