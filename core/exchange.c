@@ -21,6 +21,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "exchange.h"
 
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,19 @@ static int valid_request_id(sl_str_t v)
     return 1;
 }
 
+/* Request ids need to be unique, not secret: a per-thread splitmix64 seeded
+ * once from the OS, instead of a getrandom(2) call per request. */
+static uint64_t next_random(void)
+{
+    static __thread uint64_t state;
+    if (state == 0 && uv_random(NULL, NULL, &state, sizeof state, 0, NULL) != 0)
+        state = uv_hrtime() ^ (uint64_t)(uintptr_t)&state;
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
 {
     for (size_t i = 0; i < req->nheaders; i++) {
@@ -121,11 +135,9 @@ static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
     }
     unsigned char rnd[16];
     static const char hex[] = "0123456789abcdef";
-    if (uv_random(NULL, NULL, rnd, sizeof rnd, 0, NULL) != 0) {
-        uint64_t t = uv_hrtime();
-        memcpy(rnd, &t, sizeof t);
-        memcpy(rnd + 8, &ex, sizeof ex);
-    }
+    uint64_t a = next_random(), b = next_random();
+    memcpy(rnd, &a, 8);
+    memcpy(rnd + 8, &b, 8);
     memcpy(ex->id, "req_", 4);
     for (size_t i = 0; i < sizeof rnd; i++) {
         ex->id[4 + 2 * i] = hex[rnd[i] >> 4];
@@ -540,7 +552,7 @@ static void start_upstream(sl_exchange_t *ex, const sl_request_t *req)
     ex->attempt_start_ns = uv_hrtime();
     int rc = sl_transfer_start(ex->w->upstream, &tr, &cbs, ex, &ex->xfer);
     if (rc) {
-        fail(ex, SL_TERM_CAUSE_UPSTREAM_DONE, 7 /* CURLE_COULDNT_CONNECT */, sl_strerror(rc));
+        fail(ex, SL_TERM_CAUSE_UPSTREAM_DONE, CURLE_COULDNT_CONNECT, sl_strerror(rc));
         return;
     }
     if (p->t_first_byte)

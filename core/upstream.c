@@ -286,9 +286,7 @@ void sl_upstream_free(sl_upstream_t *up)
 {
     if (!up)
         return;
-    /* Transfers still registered belong to owners that are going away too. */
-    CURL **easies = NULL;
-    (void)easies;
+    /* Called once every exchange has ended, so no transfer is registered. */
     curl_multi_cleanup(up->multi);
     uv_timer_stop(&up->timer);
     uv_close((uv_handle_t *)&up->timer, on_upstream_timer_closed);
