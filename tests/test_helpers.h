@@ -1,6 +1,6 @@
 /*
- * test_helpers.h — the tiny harness shared by the unit tests of buf, log,
- * luahost, server and upstream (in the manner of libuv's test/task.h).
+ * test_helpers.h — the tiny harness shared by the C unit tests (buf, log,
+ * luahost, server, upstream, sse, term; in the manner of libuv's test/task.h).
  *
  * A test file defines one function per case and runs them with RUN(); a
  * failed CHECK prints the file, line and expression (and for the _EQ forms

@@ -19,27 +19,7 @@
 #include "error.h"
 #include "sse.h"
 
-static int n_passed, n_failed, cur_failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            cur_failed = 1;                                                                        \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);             \
-        }                                                                                          \
-    } while (0)
-
-#define RUN(fn)                                                                                    \
-    do {                                                                                           \
-        cur_failed = 0;                                                                            \
-        fn();                                                                                      \
-        if (cur_failed) {                                                                          \
-            n_failed++;                                                                            \
-            fprintf(stderr, "FAIL %s\n", #fn);                                                     \
-        } else {                                                                                   \
-            n_passed++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "test_helpers.h"
 
 #define FIXTURES "tests/fixtures/sse/"
 
@@ -811,6 +791,5 @@ int main(void)
     RUN(test_encode_round_trip);
     RUN(test_capture_reencode);
     RUN(test_markers);
-    printf("%d passed, %d failed\n", n_passed, n_failed);
-    return n_failed ? 1 : 0;
+    return TEST_SUMMARY();
 }

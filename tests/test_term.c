@@ -14,27 +14,7 @@
 #include "error.h"
 #include "term.h"
 
-static int n_passed, n_failed, cur_failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            cur_failed = 1;                                                                        \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);             \
-        }                                                                                          \
-    } while (0)
-
-#define RUN(fn)                                                                                    \
-    do {                                                                                           \
-        cur_failed = 0;                                                                            \
-        fn();                                                                                      \
-        if (cur_failed) {                                                                          \
-            n_failed++;                                                                            \
-            fprintf(stderr, "FAIL %s\n", #fn);                                                     \
-        } else {                                                                                   \
-            n_passed++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "test_helpers.h"
 
 typedef struct {
     sl_term_cause_t cause;
@@ -291,9 +271,9 @@ static void test_table(void)
                     got.detail ? got.detail : "(null)", sl_term_reason_name(r->reason), r->expected,
                     r->partial);
         if (ok)
-            n_passed++;
+            th_passed++;
         else
-            n_failed++;
+            th_failed++;
     }
 }
 
@@ -397,6 +377,5 @@ int main(void)
     RUN(test_pure);
     RUN(test_note_storage);
     RUN(test_new_attempt);
-    printf("%d passed, %d failed\n", n_passed, n_failed);
-    return n_failed ? 1 : 0;
+    return TEST_SUMMARY();
 }
