@@ -1,8 +1,9 @@
 /*
- * admin.c — the /_sluice/... endpoints (see admin.h). Everything here answers
- * synchronously on the worker's loop; history queries hit SQLite through the
- * records module's own read connections after a short flush, so a request
- * that just finished is visible to the next admin call.
+ * admin.c — the /_sluice/... endpoints (see admin.h). Everything answers on
+ * the worker's loop except the history calls, which run on libuv's thread
+ * pool: SQLite (through the records module's own read connections, after a
+ * flush so a request that just finished is visible) must not stall the
+ * worker's streams.
  */
 #include "admin.h"
 
@@ -88,6 +89,62 @@ static int query_param(sl_str_t q, const char *name, char *out, size_t outlen)
     return 0;
 }
 
+/* A history call runs on libuv's thread pool: SQLite (the flush that makes
+ * a just-finished request visible, a LIKE search over many rows) must not
+ * stall the streams of the worker that received the admin request. */
+typedef struct {
+    uv_work_t work;
+    sl_records_t *rs;
+    sl_request_t *req;     /* NULL once the client has gone */
+    enum { JOB_LIST, JOB_GET, JOB_DELETE } kind;
+    char id[160];
+    char client[128], search[256];
+    sl_records_filter_t f; /* its strings point into client/search above */
+    sl_buf_t out;
+    int rc;
+} history_job_t;
+
+static void on_history_client_gone(void *data, int err)
+{
+    ((history_job_t *)data)->req = NULL;
+}
+
+static const sl_conn_handler_t history_conn_handler = {on_history_client_gone, NULL};
+
+static void history_work(uv_work_t *w)
+{
+    history_job_t *j = (history_job_t *)w;
+    sl_records_flush(j->rs, 1000);
+    if (j->kind == JOB_LIST) {
+        j->rc = sl_records_query(j->rs, &j->f, &j->out);
+    } else if (j->kind == JOB_DELETE) {
+        j->rc = sl_records_delete(j->rs, j->id);
+        if (!j->rc)
+            sl_buf_append_c(&j->out, "{\"deleted\":true}");
+    } else {
+        j->rc = sl_records_get(j->rs, j->id, &j->out);
+    }
+}
+
+static void history_done(uv_work_t *w, int status)
+{
+    history_job_t *j = (history_job_t *)w;
+    sl_request_t *req = j->req;
+    if (req) {
+        sl_conn_set_handler(req->conn, NULL, NULL);
+        if (status < 0)
+            reply_error(req, 500, uv_strerror(status));
+        else if (j->rc == SL_ENOTFOUND)
+            reply_error(req, 404, "no such request");
+        else if (j->rc)
+            reply_error(req, 500, sl_strerror(j->rc));
+        else
+            reply(req, 200, sl_str(j->out.base, j->out.len));
+    }
+    sl_buf_free(&j->out);
+    free(j);
+}
+
 static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
 {
     sl_records_t *rs = w->app->records;
@@ -95,50 +152,45 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
         reply_error(req, 404, "request history is disabled (history.path is not set)");
         return;
     }
-    sl_records_flush(rs, 1000);
-    sl_buf_t out;
-    sl_buf_init(&out, 0);
-    int rc;
-    if (rest.len == 0) {
-        if (strcmp(req->method, "GET") != 0) {
-            reply_error(req, 405, "use GET");
-            sl_buf_free(&out);
-            return;
-        }
-        char limit[16] = "", offset[16] = "", client[128] = "", status[16] = "", since[32] = "",
-             search[256] = "";
-        sl_records_filter_t f = {0};
-        if (query_param(req->query, "limit", limit, sizeof limit))
-            f.limit = atoi(limit);
-        if (query_param(req->query, "offset", offset, sizeof offset))
-            f.offset = atoi(offset);
-        if (query_param(req->query, "client", client, sizeof client))
-            f.client = client;
-        if (query_param(req->query, "status", status, sizeof status))
-            f.status = atoi(status);
-        if (query_param(req->query, "since", since, sizeof since))
-            f.since = atof(since);
-        if (query_param(req->query, "search", search, sizeof search))
-            f.search = search;
-        rc = sl_records_query(rs, &f, &out);
-    } else {
-        char id[160];
-        snprintf(id, sizeof id, "%.*s", (int)rest.len, rest.base);
-        if (strcmp(req->method, "DELETE") == 0) {
-            rc = sl_records_delete(rs, id);
-            if (!rc)
-                sl_buf_append_c(&out, "{\"deleted\":true}");
-        } else {
-            rc = sl_records_get(rs, id, &out);
-        }
+    if (rest.len == 0 && strcmp(req->method, "GET") != 0) {
+        reply_error(req, 405, "use GET");
+        return;
     }
-    if (rc == SL_ENOTFOUND)
-        reply_error(req, 404, "no such request");
-    else if (rc)
-        reply_error(req, 500, sl_strerror(rc));
-    else
-        reply(req, 200, sl_str(out.base, out.len));
-    sl_buf_free(&out);
+    history_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+        return;
+    }
+    j->rs = rs;
+    j->req = req;
+    sl_buf_init(&j->out, 0);
+    if (rest.len == 0) {
+        char num[32];
+        j->kind = JOB_LIST;
+        if (query_param(req->query, "limit", num, sizeof num))
+            j->f.limit = atoi(num);
+        if (query_param(req->query, "offset", num, sizeof num))
+            j->f.offset = atoi(num);
+        if (query_param(req->query, "status", num, sizeof num))
+            j->f.status = atoi(num);
+        if (query_param(req->query, "since", num, sizeof num))
+            j->f.since = atof(num);
+        if (query_param(req->query, "client", j->client, sizeof j->client))
+            j->f.client = j->client;
+        if (query_param(req->query, "search", j->search, sizeof j->search))
+            j->f.search = j->search;
+    } else {
+        j->kind = strcmp(req->method, "DELETE") == 0 ? JOB_DELETE : JOB_GET;
+        snprintf(j->id, sizeof j->id, "%.*s", (int)rest.len, rest.base);
+    }
+    sl_conn_set_handler(req->conn, &history_conn_handler, j);
+    int rc = uv_queue_work(&w->loop, &j->work, history_work, history_done);
+    if (rc) {
+        sl_conn_set_handler(req->conn, NULL, NULL);
+        reply_error(req, 500, uv_strerror(rc));
+        sl_buf_free(&j->out);
+        free(j);
+    }
 }
 
 static void handle_reload(sl_worker_t *w, sl_request_t *req)
