@@ -79,6 +79,7 @@ struct sl_exchange_s {
     sl_buf_t attempt_log;       /* JSON array text of finished attempts */
     int finalized;
     uint64_t start_ns, first_out_ns;
+    int sent_status;            /* the status the client got (0: none sent) */
     char err[1024];     /* the first failure's text: the classifier borrows it */
     char err2[1024];    /* errors of the closing hooks, which must not clobber err */
 };
@@ -197,8 +198,10 @@ static int send_head(sl_exchange_t *ex, int status, const sl_header_t *hv, size_
     int rc = sl_conn_send_head(ex->conn, status, all, k, content_length);
     if (all != stack)
         free(all);
-    if (!rc)
+    if (!rc) {
         ex->first_out_ns = uv_hrtime();
+        ex->sent_status = status;
+    }
     return rc;
 }
 
@@ -368,30 +371,38 @@ static int on_up_data(void *ud, const char *p, size_t n)
     sl_exchange_t *ex = ud;
     if (ex->finalized || !ex->conn)
         return 0;
+    /* Backpressure: leave the bytes with curl until the client catches up.
+     * Curl hands them over again on resume, so nothing is counted yet, and
+     * the idle timer stops: a slow client is not a silent upstream. */
+    if (ex->mode != MODE_BUFFER && sl_conn_write_queue(ex->conn) >= SL_CONN_HIGH_WATER) {
+        ex->paused = 1;
+        uv_timer_stop(&ex->t_wait);
+        return SL_TRANSFER_PAUSE;
+    }
     arm_wait(ex, ex->plan.t_idle);
     ex->term.upstream_bytes += n;
     if (ex->mode == MODE_BUFFER) {
-        if (sl_buf_append(&ex->body, p, n)) {
-            fail(ex, SL_TERM_CAUSE_LIMIT_RESPONSE, 0, "upstream answer exceeds max_response");
-        }
-        return 0;
-    }
-    /* Backpressure: leave the bytes with curl until the client catches up. */
-    if (sl_conn_write_queue(ex->conn) >= SL_CONN_HIGH_WATER) {
-        ex->paused = 1;
-        return 1;
+        if (sl_buf_append(&ex->body, p, n) == 0)
+            return 0;
+        sl_term_note(&ex->term, SL_TERM_CAUSE_LIMIT_RESPONSE, 0,
+                     "upstream answer exceeds max_response");
+        return SL_TRANSFER_FAIL; /* curl ends the transfer; on_done finalizes */
     }
     int rc = 0;
     int batch = ex->mode == MODE_EVENTS;
+    sl_buf_reset(&ex->out);
     if (batch)
         sl_lua_events_begin(ex->h);
     if (ex->sse_on && sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex) == SL_ELIMIT) {
-        if (batch)
-            sl_lua_events_flush(ex->h, ex->ctx, "events", NULL, ex->err, sizeof ex->err);
+        /* The events framed before the oversized one are translated and
+         * sent, so the encoder's state matches what the client saw. */
+        if (batch && sl_lua_events_flush(ex->h, ex->ctx, "events", &ex->out, ex->err,
+                                         sizeof ex->err) == 0 &&
+            ex->out.len && commit_head(ex) == 0)
+            sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
         fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
         return 0;
     }
-    sl_buf_reset(&ex->out);
     if (batch) {
         rc = sl_lua_events_flush(ex->h, ex->ctx, "events", &ex->out, ex->err, sizeof ex->err);
         if (rc) {
@@ -411,8 +422,10 @@ static int on_up_data(void *ud, const char *p, size_t n)
 static void on_up_done(void *ud, int curl_code, const char *errbuf)
 {
     sl_exchange_t *ex = ud;
+    /* The transfer is still alive during on_done: ask whether it connected,
+     * or a connect timeout would be classified as a total timeout. */
+    ex->term.connected = sl_transfer_connected(ex->xfer);
     ex->xfer = NULL;
-    ex->term.connected = 1;
     sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_DONE, curl_code,
                  errbuf && *errbuf ? errbuf : NULL);
     if (curl_code != 0 && !(ex->conn && sl_conn_committed(ex->conn))) {
@@ -443,6 +456,7 @@ static void on_client_drain(void *data)
     sl_exchange_t *ex = data;
     if (ex->paused && ex->xfer) {
         ex->paused = 0;
+        arm_wait(ex, ex->plan.t_idle);
         sl_transfer_resume(ex->xfer);
     }
 }
@@ -723,7 +737,6 @@ static void finalize(sl_exchange_t *ex)
     int committed = ex->conn ? sl_conn_committed(ex->conn) : ex->first_out_ns != 0;
     ex->term.committed = committed;
     sl_term_result_t res = sl_term_classify(&ex->term);
-    int status = ex->term.http_status;
 
     /* Let the protocol close the client's stream, or shape the error. */
     sl_lua_outcome_t oc = {sl_term_reason_name(res.reason), res.expected, res.partial, committed,
@@ -738,23 +751,20 @@ static void finalize(sl_exchange_t *ex)
             if (!frc && ex->out.len)
                 sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
         } else if (!frc && er.status) {
-            status = er.status;
             respond_full(ex, er.status, er.headers, er.nheaders,
                          sl_str(er.body.base ? er.body.base : "", er.body.len));
         } else if (res.reason == SL_TERM_COMPLETE && ex->head_ready) {
-            status = ex->head.status; /* an empty body */
             respond_full(ex, ex->head.status, ex->head.headers, ex->head.nheaders, SL_STR(""));
         } else {
             static const sl_header_t ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
-            status = res.reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502;
-            respond_full(ex, status, ct, 1,
+            respond_full(ex, res.reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502, ct, 1,
                          SL_STR("{\"error\":{\"type\":\"api_error\",\"message\":"
                                 "\"gateway error (see sluice log)\"}}"));
         }
-        if (committed && ex->head_ready)
-            status = ex->head.status;
     }
     sl_lua_resp_free(&er);
+    /* What the client got; for a client already gone, what the upstream said. */
+    int status = ex->sent_status ? ex->sent_status : ex->term.http_status;
 
     uint64_t bytes_out = ex->conn ? sl_conn_bytes_out(ex->conn) : 0;
     uint64_t end = uv_hrtime();

@@ -783,11 +783,10 @@ static void on_http_head(void *ud, int status, const sl_header_t *hv, size_t n)
 static int on_http_data(void *ud, const char *p, size_t n)
 {
     sl_lua_task_t *t = ud;
-    if (sl_buf_append(&t->xbody, p, n)) {
-        t->xstatus = -1; /* too large: reported after the abort below */
+    if (sl_buf_append(&t->xbody, p, n) == 0)
         return 0;
-    }
-    return 0;
+    t->xstatus = -1; /* too large: on_http_done reports it */
+    return SL_TRANSFER_FAIL;
 }
 
 static void on_http_done(void *ud, int curl_code, const char *errbuf)
@@ -837,6 +836,7 @@ static int task_handle_yield(sl_lua_task_t *t, char *err, size_t errlen)
         return 0;
     }
     if (tok == &token_http && lua_istable(co, 2)) {
+        task_free_http(t); /* what an earlier failed call left behind */
         if (!t->h->upstream) {
             snprintf(err, errlen, "sluice.http is not available here");
             return SL_ESCRIPT;

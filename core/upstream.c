@@ -235,9 +235,9 @@ static size_t write_cb(char *buf, size_t size, size_t nitems, void *userp)
     t->in_callback++;
     int pause = t->cbs.on_data(t->ud, buf, n);
     t->in_callback--;
-    if (t->aborted)
-        return 0;
-    if (pause) {
+    if (t->aborted || pause == SL_TRANSFER_FAIL)
+        return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+    if (pause == SL_TRANSFER_PAUSE) {
         t->paused = 1;
         return CURL_WRITEFUNC_PAUSE;
     }

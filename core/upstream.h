@@ -25,12 +25,15 @@
 typedef struct sl_upstream_s sl_upstream_t;
 typedef struct sl_transfer_s sl_transfer_t;
 
+enum { SL_TRANSFER_PAUSE = 1, SL_TRANSFER_FAIL = -1 };
+
 typedef struct {
     /* The response head arrived. Header views are valid during the call. */
     void (*on_head)(void *ud, int status, const sl_header_t *h, size_t n);
-    /* Body bytes, valid during the call. Return 1 to pause the transfer
-     * (the same bytes are delivered again after sl_transfer_resume), 0 to
-     * consume them. */
+    /* Body bytes, valid during the call. Return 0 to consume them,
+     * SL_TRANSFER_PAUSE to pause the transfer (the same bytes are delivered
+     * again after sl_transfer_resume), or SL_TRANSFER_FAIL to end it: on_done
+     * then follows with a non-zero curl code. */
     int (*on_data)(void *ud, const char *p, size_t n);
     /* The transfer ended: curl_code is a CURLcode (0 = complete). */
     void (*on_done)(void *ud, int curl_code, const char *errbuf);

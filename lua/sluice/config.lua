@@ -352,14 +352,17 @@ end
 local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true }
 
 local function redact(v, depth)
-    if type(v) ~= "table" or depth > 6 then
-        if type(v) == "function" then return "(function)" end
-        return v
-    end
+    if type(v) == "function" then return "(function)" end
+    if type(v) ~= "table" then return v end
+    if depth > 6 then return "[...]" end -- never show what was not looked at
     local out = {}
     for k, x in pairs(v) do
         if SECRET_FIELDS[k] and type(x) == "string" then
             out[k] = "[redacted]"
+        elseif k == "headers" and type(x) == "table" then
+            -- Extra supplier headers often carry keys: show the names only.
+            out[k] = {}
+            for name in pairs(x) do out[k][name] = "[redacted]" end
         elseif k == "request" and type(x) == "table" then
             out[k] = { url = x.url, method = x.method,
                        headers = x.headers and "[redacted]" or nil, body = x.body and "[redacted]" or nil }

@@ -374,6 +374,7 @@ local function redact_secrets(ctx, text)
         secrets[#secrets + 1] = a.token
         secrets[#secrets + 1] = a.value
         secrets[#secrets + 1] = a.client_secret
+        for _, v in pairs(s.headers) do secrets[#secrets + 1] = v end
     end
     local h = ctx.headers or {}
     local bearer = h.authorization and h.authorization:match("^%a+%s+(.+)$")

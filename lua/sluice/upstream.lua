@@ -42,6 +42,13 @@ local NEUTRAL = { ["user-agent"] = true, accept = true }
 
 -- ------------------------------------------------------------------ credentials
 
+-- The value of the `key` query parameter (Gemini's way to send a key), and
+-- only that one: `monkey=` or `cache_key=` are not keys.
+local function query_key(ctx)
+    local k = ("&" .. (ctx.query or "")):match("&key=([^&]*)")
+    return k ~= "" and k or nil
+end
+
 local function client_key(ctx)
     local h = ctx.headers
     local auth = h.authorization
@@ -49,7 +56,7 @@ local function client_key(ctx)
         local tok = auth:match("^[Bb]earer%s+(.+)$")
         if tok then return tok end
     end
-    return h["x-api-key"] or h["x-goog-api-key"] or (ctx.query or ""):match("[?&]?key=([^&]+)")
+    return h["x-api-key"] or h["x-goog-api-key"] or query_key(ctx)
 end
 
 -- Constant time in the length of the presented key: compares against every
@@ -94,7 +101,7 @@ local function apply_auth(headers, supplier, ctx, same_protocol)
                 if v then headers[#headers + 1] = { name, v } end
             end
             if supplier.protocol == "gemini" and not ctx.headers["x-goog-api-key"] then
-                local k = (ctx.query or ""):match("[?&]?key=([^&]+)")
+                local k = query_key(ctx)
                 if k then headers[#headers + 1] = { "x-goog-api-key", k } end
             end
         else

@@ -5,7 +5,9 @@ must stay far below the size of the answer; then the client reads it all and
 gets every byte, in order."""
 import hashlib
 import json
+import os
 import socket
+import tempfile
 import time
 
 import harness
@@ -57,6 +59,36 @@ class BackpressureTest(SluiceTestCase):
         got = harness.decode_chunked(rest)
         self.assertEqual(len(got), CHUNK * CHUNKS)
         self.assertEqual(hashlib.sha256(got).hexdigest(), expected)
+
+
+    def test_a_slow_reader_is_not_an_idle_upstream(self):
+        # The client stops reading for longer than the idle timeout while the
+        # upstream has already sent everything: the transfer is paused for the
+        # client's sake, so the stream completes and is recorded COMPLETE.
+        db = os.path.join(tempfile.mkdtemp(), "history.db")
+        s = self.start_sluice(timeouts="{ connect = 5, first_byte = 10, idle = 1, total = 60 }",
+                              extra='history = { path = "%s" },\n' % db)
+        self.mock.enqueue([{"status": 200, "headers": {"content-type": "application/octet-stream"},
+                            "chunks": [{"data": "x" * CHUNK} for _ in range(8)]}])
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        body = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "big"}]}).encode()
+        sock.sendall(harness.build_request("POST", "/v1/chat/completions", body,
+                                           {"content-type": "application/json", "x-request-id": "slow-reader"},
+                                           port=s.port))
+        time.sleep(2.5)  # longer than idle = 1
+        data = bytearray()
+        sock.settimeout(10)
+        while not data.endswith(b"0\r\n\r\n"):
+            b = sock.recv(1 << 20)
+            if not b:
+                break
+            data += b
+        sock.close()
+        got = harness.decode_chunked(bytes(data).partition(b"\r\n\r\n")[2])
+        self.assertEqual(len(got), 8 * CHUNK)
+        rec = harness.request(s.port, "GET", "/_sluice/requests/slow-reader").json()
+        self.assertEqual(rec["reason"], "COMPLETE", rec)
 
 
 if __name__ == "__main__":

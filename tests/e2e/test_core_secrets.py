@@ -85,14 +85,17 @@ class AccessLogSecretsTest(harness.SluiceTestCase):
             self.assertNotIn(secret, err, "%s leaked onto stderr" % what)
 
     def test_admin_config_shows_the_config_but_no_secret(self):
-        self.start_sluice()
+        extra = ('    hx = { protocol = "openai-chat", base_url = "http://127.0.0.1:9/v1", '
+                 'headers = { ["x-extra-key"] = "sk-extra-header-secret-77" } },\n')
+        self.start_sluice(suppliers_extra=extra)
         r = harness.request(self.sluice.port, "GET", "/_sluice/config")
         self.assertEqual(r.status, 200, r)
         cfg = r.json()
         self.assertEqual(cfg["suppliers"]["oa"]["protocol"], "openai-chat")
         self.assertEqual(cfg["suppliers"]["rs"]["auth"]["name"], "x-api-key")
-        for what in ("supplier oa", "supplier rs"):
-            self.assertNotIn(SECRETS[what], r.body.decode(), "%s shown by /_sluice/config" % what)
+        self.assertIn("x-extra-key", cfg["suppliers"]["hx"]["headers"])
+        for secret in (SECRETS["supplier oa"], SECRETS["supplier rs"], "sk-extra-header-secret-77"):
+            self.assertNotIn(secret, r.body.decode(), "a secret shown by /_sluice/config")
 
     def test_stderr_access_log_has_no_secrets(self):
         cfg = harness.sluice_config(self.mock.port).replace('access = "@ACCESS_LOG@"', 'access = "stderr"')

@@ -225,6 +225,21 @@ class FilterTest(HistoryCase):
         self.assertEqual(ok["attempts"], 1)
 
 
+class StatusTest(HistoryCase):
+    def test_record_has_the_status_the_client_got(self):
+        # An Anthropic client on an openai-chat supplier that answers 200 with
+        # a body that is not JSON: the client gets a 502, and so does the record.
+        self.start(routes='{ claude = { { match = "*", supplier = "xo" } } }')
+        self.mock.enqueue([{"status": 200, "headers": {"content-type": "application/json"},
+                            "body": "<html>maintenance</html>"}])
+        r = self.post("/v1/messages", json.dumps({"model": "claude-x", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+                      headers={"x-request-id": "status-of-client", "anthropic-version": "2023-06-01"})
+        self.assertEqual(r.status, 502, repr(r))
+        rec = admin(self.sluice.port, "GET", "/_sluice/requests/status-of-client").json()
+        self.assertEqual(rec["status"], 502)
+
+
 class UsageTest(HistoryCase):
     """DESIGN §10: every record carries the usage tokens the supplier reported."""
 

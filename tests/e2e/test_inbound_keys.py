@@ -95,6 +95,12 @@ class InboundKeysTest(harness.SluiceTestCase):
                 self.assertNotIn(WRONG.encode(), r.body, "the presented key must not be echoed")
         self.assertEqual(self.upstream_count(), 0)
 
+    def test_parameters_that_merely_end_in_key_are_not_keys(self):
+        for param in ("cache_key", "monkey", "api_key"):
+            r = request(self.sluice.port, "POST", "%s?%s=%s" % (GEM_PATH, param, KEY_A), body=GEM)
+            self.assertEqual(r.status, 401, "?%s= was taken as the gateway key: %r" % (param, r))
+        self.assertEqual(self.upstream_count(), 0)
+
     def test_unknown_path_without_a_key_is_401_not_404(self):
         r = request(self.sluice.port, "POST", "/v1/nothing/here", body="{}")
         self.assertEqual(r.status, 401, "an unauthenticated client learns nothing about routes: %r" % r)

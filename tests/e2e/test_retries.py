@@ -23,6 +23,26 @@ CLAUDE_REQ = {"model": "claude-sonnet-4-5", "max_tokens": 64,
               "messages": [{"role": "user", "content": "hi"}]}
 
 
+def blackhole_port():
+    """A loopback port whose accept queue is full: connecting to it hangs
+    (the kernel drops the SYNs) until the client's connect timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    held = [srv]
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        held.append(c)
+    time.sleep(0.2)
+    return port, held
+
+
 def closed_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -114,6 +134,22 @@ class RetryTest(SluiceTestCase):
         rec = self.record("fallback-1")
         self.assertEqual([a["supplier"] for a in rec["attempt_log"]], ["dead", "dead", "dead", "oa"])
         self.assertEqual(rec["supplier"], "oa")
+
+    def test_connect_timeout_is_retried_then_falls_back(self):
+        port, held = blackhole_port()
+        self.addCleanup(lambda: [h.close() for h in held])
+        extra = ('    slow = { protocol = "openai-chat", base_url = "http://127.0.0.1:%d/v1", '
+                 'auth = { type = "none" }, timeouts = { connect = 0.5 }, retry = { attempts = 2, base = 0 } },\n' % port)
+        routes = '{ chat = { { match = "*", supplier = { "slow", "oa" } } } }'
+        self.start(routes=routes, suppliers_extra=extra)
+        self.mock.enqueue([{"status": 200, "headers": {"content-type": "application/json"},
+                            "body": json.dumps(OPENAI_OK)}])
+        r = self.chat("connect-timeout")
+        self.assertEqual(r.status, 200, r)
+        rec = self.record("connect-timeout")
+        self.assertEqual([(a["supplier"], a["error"]) for a in rec["attempt_log"]],
+                         [("slow", "UPSTREAM_TIMEOUT_CONNECT"), ("slow", "UPSTREAM_TIMEOUT_CONNECT"),
+                          ("oa", None)])
 
     def test_no_retry_after_the_first_streamed_byte(self):
         self.start()
