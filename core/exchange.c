@@ -47,7 +47,6 @@ struct sl_exchange_s {
     char id[130];
     char *method, *path;        /* copies: the request views die with the response */
     uint64_t bytes_in;
-    const char *peer;
     char peer_copy[64];
 
     sl_lua_task_t *task;
@@ -166,15 +165,14 @@ static int is_event_stream(const sl_header_t *hv, size_t n)
     return 0;
 }
 
-/* Copies the upstream head into ex->head without hop-by-hop fields. */
+/* Copies the upstream head into ex->head (send_head drops the hop-by-hop
+ * fields of every head it sends, this one included). */
 static void head_from_upstream(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n)
 {
     sl_lua_resp_free(&ex->head);
     ex->head.status = status;
     ex->head.headers = calloc(n ? n : 1, sizeof *ex->head.headers);
     for (size_t i = 0; i < n && ex->head.headers; i++) {
-        if (is_hop_by_hop(hv[i].name) || sl_str_ieq_c(hv[i].name, "x-request-id"))
-            continue;
         sl_header_t *d = &ex->head.headers[ex->head.nheaders++];
         d->name = sl_str(strndup(hv[i].name.base, hv[i].name.len), hv[i].name.len);
         d->value = sl_str(strndup(hv[i].value.base, hv[i].value.len), hv[i].value.len);
@@ -285,6 +283,25 @@ static void keep_usage_event(sl_exchange_t *ex, const sl_sse_event_t *ev)
         sl_buf_reset(b); /* over the bound: that usage stays unknown */
 }
 
+/* True if the event has a usage object: `"usage": {` or `"usageMetadata": {`
+ * (OpenAI sends `"usage":null` in every chunk but the last; those are skipped). */
+static int carries_usage(sl_str_t d)
+{
+    const char *p = d.base, *end = d.base + d.len;
+    while ((p = memmem(p, (size_t)(end - p), "\"usage", 6)) != NULL) {
+        p += 6;
+        while (p < end && ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+            p++;
+        if (p < end && *p == '"')
+            p++;
+        while (p < end && (*p == ' ' || *p == ':'))
+            p++;
+        if (p < end && *p == '{')
+            return 1;
+    }
+    return 0;
+}
+
 /* Hands the kept usage events to the "observe" hook. */
 static void observe_usage(sl_exchange_t *ex)
 {
@@ -310,7 +327,7 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
         ex->term.terminal_seen = 1;
     if (ex->mode == MODE_EVENTS)
         sl_lua_events_add(ex->h, ev);
-    else if (ex->observe && memmem(ev->data.base, ev->data.len, "usage", 5))
+    else if (ex->observe && carries_usage(ev->data))
         keep_usage_event(ex, ev);
     return 0;
 }
@@ -533,7 +550,6 @@ static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
     ex->upstream_status = 0;
     ex->got_first_byte = 0;
     ex->paused = 0;
-    sl_buf_reset(&ex->body);
     sl_buf_reset(&ex->answer);
     sl_buf_reset(&ex->usage_ev[0]);
     sl_buf_reset(&ex->usage_ev[1]);
@@ -744,8 +760,7 @@ static void finalize(sl_exchange_t *ex)
     sl_buf_reset(&ex->out);
     sl_lua_resp_t er;
     memset(&er, 0, sizeof er);
-    int frc = ex->h ? sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, &er, ex->err2, sizeof ex->err2)
-                    : SL_ESCRIPT;
+    int frc = sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, &er, ex->err2, sizeof ex->err2);
     if (ex->conn) {
         if (committed) {
             if (!frc && ex->out.len)
@@ -774,13 +789,11 @@ static void finalize(sl_exchange_t *ex)
     sl_lua_logfields_t lf;
     memset(&lf, 0, sizeof lf);
     lf.input_tokens = lf.output_tokens = lf.cache_read_tokens = lf.cache_write_tokens = -1;
-    if (ex->h) {
-        if (ex->observe && ex->w->app->records)
-            observe_usage(ex);
-        if (ex->answer.len)
-            sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
-        sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
-    }
+    if (ex->observe) /* only set when there is a history */
+        observe_usage(ex);
+    if (ex->answer.len)
+        sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
+    sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
     write_access_log(ex, &res, status, dur_ms, ttfb_ms, bytes_out);
     submit_record(ex, &res, status, dur_ms, ttfb_ms, bytes_out, &lf);
     const char *service = ex->plan.service ? ex->plan.service : lf.service;
@@ -809,11 +822,9 @@ static void finalize(sl_exchange_t *ex)
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
         sl_plan_free(&ex->plan);
-    if (ex->h) {
-        sl_lua_ctx_free(ex->h, ex->ctx);
-        sl_luahost_release(ex->h);
-        ex->h = NULL;
-    }
+    sl_lua_ctx_free(ex->h, ex->ctx);
+    sl_luahost_release(ex->h);
+    ex->h = NULL;
     sl_worker_t *w = ex->w;
     if (ex->prev)
         ex->prev->next = ex->next;

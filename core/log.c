@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -123,9 +124,17 @@ void sl_access_log_write(const char *line, size_t len)
 {
     if (access_fd < 0)
         return;
+    /* One writev: the line and its newline in a single syscall. */
+    struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
     pthread_mutex_lock(&log_mu);
-    write_all(access_fd, line, len);
-    write_all(access_fd, "\n", 1);
+    ssize_t w;
+    do {
+        w = writev(access_fd, iov, 2);
+    } while (w < 0 && errno == EINTR);
+    if (w >= 0 && (size_t)w <= len) { /* short write: finish the line, then the newline */
+        write_all(access_fd, line + w, len - (size_t)w);
+        write_all(access_fd, "\n", 1);
+    }
     pthread_mutex_unlock(&log_mu);
 }
 

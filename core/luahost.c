@@ -551,7 +551,6 @@ void sl_plan_free(sl_plan_t *p)
     free(p->supplier);
     free(p->model_in);
     free(p->model_out);
-    free(p->protocol);
     memset(p, 0, sizeof *p);
 }
 
@@ -598,7 +597,7 @@ static int read_resp(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t 
     int rc = read_headers(L, -1, &r->headers, &r->nheaders, err, errlen);
     lua_pop(L, 1);
     if (!rc)
-        rc = read_body_field(L, idx, &r->body, &r->has_body);
+        rc = read_body_field(L, idx, &r->body, NULL);
     return rc;
 }
 
@@ -647,7 +646,6 @@ static int read_plan(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg
     p->supplier = field_str(L, idx, "supplier");
     p->model_in = field_str(L, idx, "model_in");
     p->model_out = field_str(L, idx, "model_out");
-    p->protocol = field_str(L, idx, "protocol");
     p->status = (int)field_num(L, idx, "status", 0);
     lua_getfield(L, idx, "headers");
     int rc = read_headers(L, -1, &p->headers, &p->nheaders, err, errlen);

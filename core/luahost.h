@@ -98,7 +98,7 @@ typedef struct {
     uint64_t t_connect, t_first_byte, t_idle, t_total;
     int verify_tls;
     /* For the record and the access log. */
-    char *service, *client, *route, *supplier, *model_in, *model_out, *protocol;
+    char *service, *client, *route, *supplier, *model_in, *model_out;
 } sl_plan_t;
 
 void sl_plan_free(sl_plan_t *p);
@@ -109,7 +109,6 @@ typedef struct {
     sl_header_t *headers;
     size_t nheaders;
     sl_buf_t body;
-    int has_body;
 } sl_lua_resp_t;
 
 void sl_lua_resp_free(sl_lua_resp_t *r);

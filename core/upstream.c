@@ -41,7 +41,6 @@ struct sl_transfer_s {
     int aborted;        /* the owner gave it up: reap without callbacks */
     int in_callback;
     int connected;
-    uint64_t bytes_in;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -241,7 +240,6 @@ static size_t write_cb(char *buf, size_t size, size_t nitems, void *userp)
         t->paused = 1;
         return CURL_WRITEFUNC_PAUSE;
     }
-    t->bytes_in += n;
     return n;
 }
 
@@ -380,14 +378,6 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
     return 0;
 }
 
-void sl_transfer_pause(sl_transfer_t *t)
-{
-    if (!t->paused && !t->in_callback) {
-        t->paused = 1;
-        curl_easy_pause(t->easy, CURLPAUSE_RECV);
-    }
-}
-
 void sl_transfer_resume(sl_transfer_t *t)
 {
     if (!t->paused || t->aborted)
@@ -412,9 +402,4 @@ void sl_transfer_abort(sl_transfer_t *t)
 int sl_transfer_connected(const sl_transfer_t *t)
 {
     return t->connected;
-}
-
-uint64_t sl_transfer_bytes_in(const sl_transfer_t *t)
-{
-    return t->bytes_in;
 }

@@ -64,6 +64,5 @@ void sl_transfer_resume(sl_transfer_t *t);
 void sl_transfer_abort(sl_transfer_t *t);
 /* 1 once the TCP/TLS connection to the upstream was established. */
 int sl_transfer_connected(const sl_transfer_t *t);
-uint64_t sl_transfer_bytes_in(const sl_transfer_t *t);
 
 #endif

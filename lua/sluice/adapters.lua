@@ -75,13 +75,7 @@ local function exists(path)
 end
 
 local function builtin_path(name)
-    local search = package.searchpath
-    if search then return search("sluice.adapters." .. name, package.path) end
-    for tpl in package.path:gmatch("[^;]+") do
-        local p = tpl:gsub("%?", "sluice/adapters/" .. name)
-        if exists(p) then return p end
-    end
-    return nil
+    return package.searchpath("sluice.adapters." .. name, package.path)
 end
 
 function A.load(name, config_dir)

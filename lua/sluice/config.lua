@@ -188,11 +188,10 @@ local function check_routes(routes, suppliers)
             local match = r.match or "*"
             check_type(match, "string", rf .. ".match")
             local chain = type(r.supplier) == "table" and r.supplier or { r.supplier }
-            for k, sid in ipairs(chain) do
+            for _, sid in ipairs(chain) do
                 if type(sid) ~= "string" or not suppliers[sid] then
                     bad(rf .. ".supplier", "no supplier named %s", tostring(sid))
                 end
-                chain[k] = sid
             end
             if #chain == 0 then bad(rf .. ".supplier", "missing") end
             if r.model ~= nil then check_type(r.model, "string", rf .. ".model") end
@@ -219,7 +218,7 @@ local function validate(raw)
         if not is_loopback(host) then cfg.public = true end
     end
 
-    local workers = raw.workers == nil and "auto" or raw.workers
+    local workers = raw.workers == nil and DEFAULTS.workers or raw.workers
     if workers == "auto" then
         cfg.workers = 0
     else

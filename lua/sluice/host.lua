@@ -297,7 +297,7 @@ local FAILURE = {
     SHUTDOWN = { 503, "overloaded", "sluice is shutting down" },
 }
 
-local function describe(ctx, oc)
+local function describe(oc)
     local msg = fmt("stream ended early: %s", oc.reason)
     if oc.detail and oc.detail ~= "" then msg = msg .. " (" .. oc.detail .. ")" end
     return msg
@@ -308,10 +308,10 @@ function H.finish(ctx, oc)
     if oc.committed then
         if ctx.pipe then
             return ctx.pipe:close(complete and { complete = true }
-                or { complete = false, reason = oc.reason, message = describe(ctx, oc) })
+                or { complete = false, reason = oc.reason, message = describe(oc) })
         end
         if not complete and not oc.expected and ctx.stream and oc.status >= 200 and oc.status < 300 then
-            return upstream.passthrough_tail(ctx.protocol, describe(ctx, oc))
+            return upstream.passthrough_tail(ctx.protocol, describe(oc))
         end
         return nil
     end
@@ -404,7 +404,7 @@ function H.log(ctx)
     end
     local sid = ctx.upstream_session_id
     if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
-    if cfg.history and cfg.history.bodies then
+    if cfg.history.bodies then
         out.request_body = redact_secrets(ctx, ctx.body)
         out.response_body = redact_secrets(ctx, ctx.answer)
     end

@@ -20,7 +20,12 @@ local config = require("sluice.config")
 
 local R = {}
 
-local PREFIXES = { claude = true, chat = true, codex = true, gemini = true }
+-- Service prefixes and each protocol's own service, from config.SERVICES.
+local PREFIXES, DEFAULT_SERVICE = {}, {}
+for service, protocol in pairs(config.SERVICES) do
+    PREFIXES[service] = true
+    DEFAULT_SERVICE[protocol] = service
+end
 
 local ENDPOINTS = {
     ["/v1/messages"] = { protocol = "anthropic", kind = "generate" },
@@ -29,9 +34,6 @@ local ENDPOINTS = {
     ["/v1/responses"] = { protocol = "openai-responses", kind = "generate" },
     ["/responses"] = { protocol = "openai-responses", kind = "generate", codex_only = true },
 }
-
-local DEFAULT_SERVICE = { anthropic = "claude", ["openai-chat"] = "chat",
-                          ["openai-responses"] = "codex", gemini = "gemini" }
 
 function R.classify(method, path)
     local service, rest = path:match("^/(%a+)(/.*)$")

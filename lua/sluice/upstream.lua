@@ -24,6 +24,7 @@
 local json = require("sluice.json")
 local translate = require("sluice.translate")
 local estimate = require("sluice.estimate")
+local managed = require("sluice.auth.managed")
 
 local bit = require("bit")
 local bxor, bor, byte = bit.bxor, bit.bor, string.byte
@@ -93,7 +94,8 @@ local function apply_auth(headers, supplier, ctx, same_protocol)
     elseif a.type == "header" then
         headers[#headers + 1] = { a.name, a.value }
     elseif a.type == "managed" then
-        headers[#headers + 1] = { a.header, a.prefix .. ctx.auth_token }
+        local name, value = managed.header(a, ctx.auth_token)
+        headers[#headers + 1] = { name, value }
     elseif a.type == "passthrough" then
         if same_protocol then
             for name in pairs(CREDENTIALS) do
