@@ -698,6 +698,7 @@ struct sl_lua_task_s {
     sl_luahost_t *h;
     lua_State *co;
     int co_ref;
+    int ctx;
     sl_lua_task_cb done;
     void *ud;
     uv_timer_t timer;
@@ -926,6 +927,7 @@ int sl_lua_request(sl_luahost_t *h, int ctx, sl_lua_task_cb done, void *ud, sl_l
     if (!t)
         return SL_ENOMEM;
     t->h = h;
+    t->ctx = ctx;
     t->done = done;
     t->ud = ud;
     sl_buf_init(&t->xbody, 0);
@@ -950,6 +952,15 @@ void sl_lua_task_cancel(sl_lua_task_t *t)
     if (t->finished)
         return;
     uv_timer_stop(&t->timer);
+    /* cancel(ctx, coroutine): let Lua give up what the abandoned coroutine
+     * held (a token-fetch lock), since it will never run again. */
+    sl_luahost_t *h = t->h;
+    if (push_hook(h, "cancel") == 0) {
+        char err[256];
+        lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->ctx);
+        lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->co_ref);
+        call_hook(h, "cancel", 2, 0, err, sizeof err);
+    }
     task_end(t);
 }
 

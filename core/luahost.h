@@ -9,6 +9,7 @@
  *   body(ctx, status, body, hdrs) -> status, headers, body   (non-SSE transform)
  *   finish(ctx, outcome)        -> closing bytes | error response
  *   log(ctx, record)            -> fields for the history record
+ *   cancel(ctx, coroutine)      -> (the request coroutine was abandoned: client gone)
  * Every call runs under an instruction budget; errors and budget overruns are
  * returned as SL_ESCRIPT / SL_EBUDGET with the traceback in `err` — they
  * never unwind into C.

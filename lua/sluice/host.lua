@@ -10,6 +10,7 @@
 --   finish(ctx, outcome)         -> closing bytes | error response | nil
 --   observe(ctx, batch)          -> nil (usage from a passthrough stream's events)
 --   log(ctx)                     -> fields for the history record (usage, bodies, session)
+--   cancel(ctx, co)              -> releases what an abandoned request held (token-fetch lock)
 --
 -- Per attempt, the request phase also fetches a managed supplier token
 -- (sluice.auth.managed; it may yield) and a 401/403 from that supplier
@@ -387,6 +388,12 @@ local function redact_secrets(ctx, text)
         end
     end
     return text
+end
+
+-- The request coroutine was abandoned (its client left while it waited):
+-- release what it held, so other requests need not wait for a timeout.
+function H.cancel(ctx, co)
+    managed.abandon(co)
 end
 
 -- GET /_sluice/config: the running config, secrets replaced.

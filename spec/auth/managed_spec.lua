@@ -214,6 +214,32 @@ describe("sluice.auth.managed cache", function()
         assert.same({ nil, "token endpoint unreachable: http request failed: Connection refused" }, res[1])
     end)
 
+    it("releases the fetch lock when the fetch raises", function()
+        local w = world()
+        local sup = supplier()
+        local http = w.rt.http
+        w.rt.http = function() error("script exceeded its instruction budget", 0) end
+        local co = coroutine.create(function() return managed.token(sup, w.rt) end)
+        local ok, err = coroutine.resume(co)
+        assert.is_false(ok)
+        assert.equal("script exceeded its instruction budget", err)
+        w.rt.http = http
+        local t0 = w.now
+        assert.same({ "tok-1" }, w.run(sup, 1)[1])
+        assert.is_true(w.now - t0 < 1, "the next request waited for a lock nobody held")
+    end)
+
+    it("releases the fetch lock of a request cancelled while it fetches", function()
+        local w = world()
+        local sup = supplier()
+        local co = coroutine.create(function() return managed.token(sup, w.rt) end)
+        assert.is_true(coroutine.resume(co))         -- now waiting on the endpoint, lock held
+        managed.abandon(co)                           -- its client left
+        local t0 = w.now
+        assert.same({ "tok-2" }, w.run(sup, 1)[1])
+        assert.is_true(w.now - t0 < 1, "the next request waited for an abandoned lock")
+    end)
+
     it("tries again on the next request after a failure", function()
         local w = world({ replies = { { 500, "{}" } } })
         local sup = supplier()

@@ -81,6 +81,23 @@ class ManagedAuthTest(harness.SluiceTestCase):
         for c in calls:
             self.assertEqual(self.bearer(c), ["Bearer tok-first"])
 
+    def test_client_leaving_during_a_fetch_frees_the_others(self):
+        # The first request's client leaves while its token fetch hangs; the
+        # next request must fetch at once, not wait out the abandoned lock.
+        s = self.start_sluice(self.config())
+        self.mock.enqueue([token_scene("tok-slow", delay_ms=8000), token_scene("tok-b"), OK_CHAT])
+        a = harness.RawConn(s.port)
+        a.send(harness.build_request("POST", "/v1/chat/completions", CHAT.encode(),
+                                     {"content-type": "application/json"}, port=s.port))
+        self.assertTrue(harness.wait_for(lambda: len(self.by_path("/oauth/token")) == 1, timeout=5))
+        a.close()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        r = request(s.port, "POST", "/v1/chat/completions", body=CHAT)
+        self.assertEqual(r.status, 200, repr(r) + self.diag())
+        self.assertLess(time.monotonic() - t0, 4.0, "waited for a lock its holder abandoned")
+        self.assertEqual(self.bearer(self.by_path("/v1/chat")[0]), ["Bearer tok-b"])
+
     def test_fifty_concurrent_requests_fetch_the_token_once(self):
         # Two workers: the single flight must hold across threads, not just coroutines.
         s = self.start_sluice(self.config(), workers=2)

@@ -273,6 +273,20 @@ local function fetch(a, rt, key)
     return token, life
 end
 
+-- The token-fetch lock each request coroutine holds, if any (weak keys:
+-- a finished coroutine takes its entry with it).
+local holding = setmetatable({}, { __mode = "k" })
+
+-- The request running as coroutine `co` was cancelled (its client left):
+-- give up the fetch lock it held so the waiters need not wait for its TTL.
+function M.abandon(co)
+    local h = holding[co]
+    if h then
+        holding[co] = nil
+        h.shared.delete(h.lock)
+    end
+end
+
 function M.token(supplier, rt)
     rt = runtime(rt)
     local a = supplier.auth
@@ -291,7 +305,17 @@ function M.token(supplier, rt)
             if err then return nil, err end
         end
         if shared.add(lock, "1", lock_ttl) then
-            local got, err = fetch(a, rt, key)
+            -- The lock must not outlive this flight: released if the fetch
+            -- raises (a budget overrun) and, through M.abandon, if the
+            -- request is cancelled while it waits on the endpoint.
+            local co = coroutine.running()
+            if co then holding[co] = { shared = shared, lock = lock } end
+            local ok, got, err = pcall(fetch, a, rt, key)
+            if co then holding[co] = nil end
+            if not ok then
+                shared.delete(lock)
+                error(got, 0)
+            end
             if got then return got end
             -- A refresh failed but the old token has not expired yet: use it.
             local old = shared.get(key)
