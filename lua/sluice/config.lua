@@ -102,10 +102,63 @@ local function is_loopback(host)
     return host == "localhost" or host == "::1" or host:match("^127%.") ~= nil
 end
 
--- "claude-*haiku*" -> a case-insensitive anchored Lua pattern.
+-- Route globs. `match = "claude-*haiku*"` is kept lower-cased (M.glob) and
+-- matched by M.glob_match, never turned into a Lua pattern: "^.*a.*b$"
+-- backtracks polynomially in the number of stars, and the subject is a
+-- model name a client chose (a 40 KB one stalled a worker for seconds, in
+-- C code the script budget cannot interrupt). The matcher below is the
+-- classic greedy two-pointer walk that, on a mismatch, resumes just after
+-- the last `*` one byte further on: no recursion, at most #glob * #s steps
+-- (linear in the name for a given route), and the name is capped at
+-- MODEL_MAX bytes before routing anyway.
 function M.glob(pattern)
-    local p = pattern:lower():gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".")
-    return "^" .. p .. "$"
+    return pattern:lower()
+end
+
+local byte = string.byte
+local STAR, QMARK = 42, 63
+
+-- Does `s` match glob `g` (`*` any run, `?` any one byte)? Both are taken
+-- as given: lower-case them first for a case-insensitive match.
+function M.glob_match(g, s)
+    local gi, si, ng, ns = 1, 1, #g, #s
+    local star, mark = 0, 0 -- position of the last `*` in g, and where in s it began
+    while si <= ns do
+        local c = byte(g, gi)
+        if c == STAR then
+            star, mark, gi = gi, si, gi + 1
+        elseif c ~= nil and (c == QMARK or c == byte(s, si)) then
+            gi, si = gi + 1, si + 1
+        elseif star > 0 then
+            mark = mark + 1 -- let the last star swallow one more byte
+            gi, si = star + 1, mark
+        else
+            return false
+        end
+    end
+    while byte(g, gi) == STAR do gi = gi + 1 end
+    return gi > ng
+end
+
+-- Model names, from clients (body or Gemini path) and from routes (`model`).
+-- They end up in upstream URLs (Gemini puts the model in the path), so they
+-- are held to what real model ids use: letters, digits and . _ - : @ /
+-- ("meta-llama/Llama-3.1-8B", "anthropic.claude-v2:1", "claude@20240620"),
+-- with `/` only between segments that are neither empty nor "." / "..".
+M.MODEL_MAX = 256
+
+function M.check_model(m)
+    if type(m) ~= "string" or m == "" then return nil, "expected a non-empty string" end
+    if #m > M.MODEL_MAX then return nil, fmt("longer than %d bytes", M.MODEL_MAX) end
+    if m:find("[^%w%.%-_:@/]") then
+        return nil, "only letters, digits and . _ - : @ / may appear in a model name"
+    end
+    for seg in (m .. "/"):gmatch("([^/]*)/") do
+        if seg == "" or seg == "." or seg == ".." then
+            return nil, "a model name may not have empty, \".\" or \"..\" /-separated parts"
+        end
+    end
+    return true
 end
 
 local function check_auth(a, field)
@@ -194,7 +247,11 @@ local function check_routes(routes, suppliers)
                 end
             end
             if #chain == 0 then bad(rf .. ".supplier", "missing") end
-            if r.model ~= nil then check_type(r.model, "string", rf .. ".model") end
+            if r.model ~= nil then
+                check_type(r.model, "string", rf .. ".model")
+                local ok, why = M.check_model(r.model)
+                if not ok then bad(rf .. ".model", "%s (got %q)", why, r.model:sub(1, 80)) end
+            end
             entries[i] = { match = match, pattern = M.glob(match), suppliers = chain, model = r.model,
                            name = fmt("%s[%d]", service, i) }
         end

@@ -149,6 +149,13 @@ function H.request(ctx)
     if type(ctx.model) ~= "string" or ctx.model == "" then
         return direct(ctx, error_response(ctx.protocol, 400, "request has no model"))
     end
+    -- Model names reach upstream URLs and route globs: a strict charset and
+    -- a length cap (router.check_model). The bad name is not echoed or kept.
+    local model_ok, model_why = router.check_model(ctx.model)
+    if not model_ok then
+        ctx.model = nil
+        return direct(ctx, error_response(ctx.protocol, 400, "invalid model name: " .. model_why))
+    end
     if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = body.stream == true end
 
     -- The ops hook: may inspect or change ctx (headers, model, body table).

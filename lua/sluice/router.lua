@@ -15,8 +15,12 @@
 -- R.classify(method, path) -> info | nil, status, message
 --   info = { service, protocol, kind = "generate"|"count_tokens"|"models", model?, stream? }
 -- R.route(cfg, service, model) -> entry | nil, message
+--   `match` globs are matched in time linear in the model name (see
+--   config.glob_match), never as Lua patterns.
 
 local config = require("sluice.config")
+
+local glob_match = config.glob_match
 
 local R = {}
 
@@ -71,9 +75,12 @@ function R.route(cfg, service, model)
         return nil, "no routes are configured for service '" .. service .. "'"
     end
     local m = (model or ""):lower()
+    if #m > config.MODEL_MAX then -- the host answers 400 before this; never match unbounded input
+        return nil, "model name longer than " .. config.MODEL_MAX .. " bytes"
+    end
     for i = 1, #list do
         local e = list[i]
-        if m:match(e.pattern) then return e end
+        if glob_match(e.pattern, m) then return e end
     end
     return nil, "no route for model '" .. tostring(model) .. "' in service '" .. service .. "'"
 end
@@ -99,5 +106,9 @@ function R.models(cfg, service)
 end
 
 R.glob = config.glob
+R.glob_match = config.glob_match
+-- R.check_model(name) -> true | nil, why: the model names sluice accepts.
+R.check_model = config.check_model
+R.MODEL_MAX = config.MODEL_MAX
 
 return R

@@ -36,8 +36,13 @@ local function strip_model(model)
     return (model:gsub("^models/", ""))
 end
 
+-- The model is one path segment: everything but unreserved bytes (and `@`,
+-- as in "claude@20240620") is percent-encoded, so no model name can add a
+-- segment, a query or a fragment to the upstream URL.
 function M.path(model, stream)
-    model = strip_model(model)
+    model = tostring(strip_model(model)):gsub("[^%w%-%._~@]", function(c)
+        return string.format("%%%02X", c:byte())
+    end)
     if stream then return "/v1beta/models/" .. model .. ":streamGenerateContent?alt=sse" end
     return "/v1beta/models/" .. model .. ":generateContent"
 end
