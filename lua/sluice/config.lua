@@ -22,6 +22,9 @@ local fmt, concat = string.format, table.concat
 
 M.PROTOCOLS = { anthropic = true, ["openai-chat"] = true, ["openai-responses"] = true, gemini = true }
 M.SERVICES = { claude = "anthropic", chat = "openai-chat", codex = "openai-responses", gemini = "gemini" }
+-- Off loopback the admin token guards reload, the history and the config:
+-- long enough not to be guessed online (gateway keys need 8).
+M.ADMIN_TOKEN_MIN = 16
 M.AUTH_TYPES = { none = true, passthrough = true, bearer = true, header = true, managed = true }
 
 local DEFAULTS = {
@@ -341,6 +344,10 @@ local function validate(raw)
         end
         if not cfg.admin.token then
             bad("admin.token", "required when listening on a non-loopback address")
+        end
+        if #cfg.admin.token < M.ADMIN_TOKEN_MIN then
+            bad("admin.token", "must be at least %d characters when listening on a non-loopback address",
+                M.ADMIN_TOKEN_MIN)
         end
     end
 

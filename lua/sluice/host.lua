@@ -371,28 +371,42 @@ local function answer_usage(ctx)
     return ok and type(resp) == "table" and resp.usage or nil
 end
 
--- Bodies kept in the history (history.bodies) lose every secret sluice knows of.
+-- Bodies kept in the history (history.bodies) lose every secret sluice knows
+-- of, whatever its length: a short secret is still a secret. The price of a
+-- very short one (a 3-character supplier token) is that every occurrence of
+-- those characters in the stored text is redacted too; sluice cannot tell the
+-- secret from a coincidence. Longest first, so a secret that contains another
+-- is never left half-redacted.
+local function by_length_desc(a, b) return #a > #b end
+
 local function redact_secrets(ctx, text)
     if type(text) ~= "string" then return nil end
-    local secrets = { ctx.auth_token }
-    for i = 1, #cfg.keys do secrets[#secrets + 1] = cfg.keys[i] end
+    local secrets, seen = {}, {}
+    local function add(v)
+        if type(v) == "string" and v ~= "" and not seen[v] then
+            seen[v] = true
+            secrets[#secrets + 1] = v
+        end
+    end
+    add(ctx.auth_token)
+    for i = 1, #cfg.keys do add(cfg.keys[i]) end
+    add(cfg.admin.token)
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     if s then
         local a = s.auth
-        secrets[#secrets + 1] = a.token
-        secrets[#secrets + 1] = a.value
-        secrets[#secrets + 1] = a.client_secret
-        for _, v in pairs(s.headers) do secrets[#secrets + 1] = v end
+        add(a.token)
+        add(a.value)
+        add(a.client_secret)
+        for _, v in pairs(s.headers) do add(v) end
     end
     local h = ctx.headers or {}
-    local bearer = h.authorization and h.authorization:match("^%a+%s+(.+)$")
-    secrets[#secrets + 1] = bearer
-    secrets[#secrets + 1] = h["x-api-key"]
-    secrets[#secrets + 1] = h["x-goog-api-key"]
-    for _, v in pairs(secrets) do
-        if type(v) == "string" and #v >= 8 then
-            text = text:gsub(v:gsub("%W", "%%%0"), "[redacted]")
-        end
+    add(h.authorization and h.authorization:match("^%a+%s+(.+)$"))
+    add(h["x-api-key"])
+    add(h["x-goog-api-key"])
+    add(("&" .. (ctx.query or "")):match("&key=([^&]*)"))
+    table.sort(secrets, by_length_desc)
+    for i = 1, #secrets do
+        text = text:gsub(secrets[i]:gsub("%W", "%%%0"), "[redacted]")
     end
     return text
 end

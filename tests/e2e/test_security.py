@@ -134,5 +134,22 @@ class ModelNameTest(harness.SluiceTestCase):
         self.assertEqual(rc, 0, out)
 
 
+# ---------------------------------------------------------------- secrets (item 21)
+
+class AdminTokenTest(harness.SluiceTestCase):
+    def public_config(self, token):
+        return sluice_config(self.mock.port, extra='  keys = { "gateway-key-0001" },\n  admin = { token = %s },\n'
+                             % harness.lua_str(token)).replace(
+            '"127.0.0.1:@PORT@"', '"0.0.0.0:@PORT@"').replace(
+            'auth = { type = "passthrough" }', 'auth = { type = "none" }')
+
+    def test_short_admin_token_off_loopback_is_a_config_error(self):
+        rc, out = harness.run_check(self.public_config("short-token-15c"))
+        self.assertEqual(rc, 1, out)
+        self.assertIn("admin.token: must be at least 16 characters", out)
+        rc, out = harness.run_check(self.public_config("long-enough-token-16"))
+        self.assertEqual(rc, 0, out)
+
+
 if __name__ == "__main__":
     harness.main()
