@@ -37,6 +37,10 @@
 
 enum body_mode { MODE_NONE, MODE_PASS, MODE_EVENTS, MODE_BUFFER };
 
+/* What a passthrough stream keeps for Lua: the first event always (a
+ * failure tail repeats its id), usage events only for the history. */
+enum { OBSERVE_OFF, OBSERVE_START, OBSERVE_USAGE };
+
 struct sl_exchange_s {
     sl_worker_t *w;
     sl_exchange_t *prev, *next;
@@ -62,8 +66,14 @@ struct sl_exchange_s {
     sl_buf_t out;               /* bytes produced by hooks */
     sl_buf_t answer;            /* bounded copy of what the client got, for the log hook */
     int capture_all;            /* history.bodies: capture streams too */
-    int observe;                /* passthrough SSE: watch for usage-bearing events */
-    sl_buf_t usage_ev[2];       /* the first and the latest of them: "event\0data" */
+    int observe;                /* passthrough SSE: OBSERVE_* — which events below to keep */
+    sl_buf_t seen_ev[3];        /* the first event, the first and the latest usage-bearing
+                                 * ones: "event\0data" (see keep_event) */
+    sl_buf_t held;              /* passthrough SSE: bytes of an event not yet whole */
+    uint64_t events_framed;     /* whole upstream SSE events framed so far */
+    uint64_t events_sent;       /* ... of which the client was sent (passthrough) */
+    uint64_t bytes_base;        /* the connection's byte count when this request began */
+    uint64_t bytes_out;         /* what this request sent, kept when the client leaves */
     int upstream_status;
 
     uv_timer_t t_wait;          /* first byte, then idle */
@@ -81,6 +91,7 @@ struct sl_exchange_s {
     int sent_status;            /* the status the client got (0: none sent) */
     char err[1024];     /* the first failure's text: the classifier borrows it */
     char err2[1024];    /* errors of the closing hooks, which must not clobber err */
+    char err3[1024];    /* a failed finish hook's text, once it is a cause of its own */
 };
 
 static void finalize(sl_exchange_t *ex);
@@ -269,18 +280,19 @@ static void capture(sl_exchange_t *ex, const char *p, size_t n)
     sl_buf_append(&ex->answer, p, n < room ? n : room);
 }
 
-/* Passthrough streams report usage in events Lua never sees. Keeping the
- * first and the latest usage-bearing event is enough for every protocol
+/* Passthrough streams carry facts in events Lua never sees: the first event
+ * names the answer (its id and model, which a failure tail must repeat),
+ * and usage comes in the first and the latest usage-bearing events
  * (Anthropic: input in message_start, output in the last message_delta;
- * OpenAI and Gemini: cumulative), and costs one Lua call per stream, at the
- * end, instead of one per event. */
-static void keep_usage_event(sl_exchange_t *ex, const sl_sse_event_t *ev)
+ * OpenAI and Gemini: cumulative). Keeping those three is enough for every
+ * protocol and costs one Lua call per stream, at the end, instead of one
+ * per event. */
+static void keep_event(sl_buf_t *b, const sl_sse_event_t *ev)
 {
-    sl_buf_t *b = &ex->usage_ev[ex->usage_ev[0].len ? 1 : 0];
     sl_buf_reset(b);
     if (sl_buf_append_str(b, ev->event) || sl_buf_append_byte(b, '\0') ||
         sl_buf_append_str(b, ev->data))
-        sl_buf_reset(b); /* over the bound: that usage stays unknown */
+        sl_buf_reset(b); /* over the bound: that fact stays unknown */
 }
 
 /* True if the event has a usage object: `"usage": {` or `"usageMetadata": {`
@@ -302,14 +314,14 @@ static int carries_usage(sl_str_t d)
     return 0;
 }
 
-/* Hands the kept usage events to the "observe" hook. */
-static void observe_usage(sl_exchange_t *ex)
+/* Hands the kept events to the "observe" hook. */
+static void observe_events(sl_exchange_t *ex)
 {
-    if (!ex->usage_ev[0].len)
+    if (!ex->seen_ev[0].len)
         return;
     sl_lua_events_begin(ex->h);
-    for (int i = 0; i < 2; i++) {
-        sl_buf_t *b = &ex->usage_ev[i];
+    for (int i = 0; i < 3; i++) {
+        sl_buf_t *b = &ex->seen_ev[i];
         if (!b->len)
             continue;
         size_t nl = strlen(b->base); /* the event name ends at the NUL */
@@ -325,16 +337,45 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
     sl_exchange_t *ex = ud;
     if (ex->plan.nmarkers && sl_sse_marker_match(ex->plan.markers, ex->plan.nmarkers, ev))
         ex->term.terminal_seen = 1;
+    ex->events_framed++;
     if (ex->mode == MODE_EVENTS)
         sl_lua_events_add(ex->h, ev);
-    else if (ex->observe && carries_usage(ev->data))
-        keep_usage_event(ex, ev);
+    else if (ex->observe) {
+        if (ex->events_framed == 1)
+            keep_event(&ex->seen_ev[0], ev);
+        if (ex->observe == OBSERVE_USAGE && carries_usage(ev->data))
+            keep_event(&ex->seen_ev[ex->seen_ev[1].len ? 2 : 1], ev);
+    }
     return 0;
+}
+
+/* A field with CR, LF or NUL cannot be relayed (it would split the client's
+ * head): such an answer is the upstream's protocol error, not ours. */
+static int has_ctl(sl_str_t s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        if (s.base[i] == '\r' || s.base[i] == '\n' || s.base[i] == '\0')
+            return 1;
+    return 0;
+}
+
+static int head_is_relayable(const sl_header_t *hv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (has_ctl(hv[i].name) || has_ctl(hv[i].value))
+            return 0;
+    return 1;
 }
 
 static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
 {
     sl_exchange_t *ex = ud;
+    if (!head_is_relayable(hv, n)) {
+        ex->upstream_status = status;
+        fail(ex, SL_TERM_CAUSE_UPSTREAM_INVALID, 0,
+             "upstream sent a header field containing CR, LF or NUL");
+        return;
+    }
     if (status >= 400) {
         sl_lua_failure_t f = {"status", status, hv, n, NULL, NULL};
         if (maybe_retry(ex, &f))
@@ -378,9 +419,39 @@ static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
     if (sse) {
         sl_sse_parser_init(&ex->sse, sl_luahost_config(ex->h)->max_event);
         ex->sse_on = 1;
-        ex->observe = ex->mode == MODE_PASS && ex->w->app->records;
+        if (ex->mode == MODE_PASS)
+            ex->observe = ex->w->app->records ? OBSERVE_USAGE : OBSERVE_START;
+        /* An event's lines are bounded by max_event; its line ends are not. */
+        size_t max_event = sl_luahost_config(ex->h)->max_event;
+        sl_buf_init(&ex->held, max_event ? 2 * max_event + 4096 : 0);
         sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
     }
+}
+
+/* Passthrough SSE forwards whole events only: the bytes of an event still
+ * arriving are held back until the blank line that ends it. So a stream cut
+ * mid-event ends on an event boundary, and the failure tail that follows is
+ * never glued onto half an event (which no SDK could parse). Returns
+ * SL_ELIMIT when what is held outgrows its bound. */
+static int pass_whole_events(sl_exchange_t *ex, const char *p, size_t n)
+{
+    size_t at = sl_sse_parser_boundary(&ex->sse);
+    if (at == SL_SSE_NO_BOUNDARY)
+        return sl_buf_append(&ex->held, p, n);
+    if ((ex->held.len || at) && commit_head(ex) == 0) {
+        if (ex->capture_all) {
+            capture(ex, ex->held.base, ex->held.len);
+            capture(ex, p, at);
+        }
+        if (ex->held.len)
+            sl_conn_send_body(ex->conn, ex->held.base, ex->held.len);
+        if (at)
+            sl_conn_send_body(ex->conn, p, at);
+        ex->events_sent = ex->events_framed;
+        ex->term.terminal_delivered = ex->term.terminal_seen;
+    }
+    sl_buf_reset(&ex->held);
+    return sl_buf_append(&ex->held, p + at, n - at);
 }
 
 static int on_up_data(void *ud, const char *p, size_t n)
@@ -410,9 +481,14 @@ static int on_up_data(void *ud, const char *p, size_t n)
     sl_buf_reset(&ex->out);
     if (batch)
         sl_lua_events_begin(ex->h);
-    if (ex->sse_on && sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex) == SL_ELIMIT) {
-        /* The events framed before the oversized one are translated and
-         * sent, so the encoder's state matches what the client saw. */
+    int frc = ex->sse_on ? sl_sse_parser_feed(&ex->sse, p, n, on_sse_event, ex) : 0;
+    /* Passthrough: forward what is whole, also before an oversized event. */
+    if (ex->mode == MODE_PASS && ex->sse_on && pass_whole_events(ex, p, n) == SL_ELIMIT)
+        frc = SL_ELIMIT;
+    if (frc == SL_ELIMIT) {
+        /* The events framed before the oversized one are sent (translated
+         * or passed), so what the client saw ends on an event boundary and
+         * the encoder's state matches it. */
         if (batch && sl_lua_events_flush(ex->h, ex->ctx, "events", &ex->out, ex->err,
                                          sizeof ex->err) == 0 &&
             ex->out.len && commit_head(ex) == 0)
@@ -420,6 +496,8 @@ static int on_up_data(void *ud, const char *p, size_t n)
         fail(ex, SL_TERM_CAUSE_LIMIT_EVENT, 0, "an SSE event exceeds max_event");
         return 0;
     }
+    if (ex->mode == MODE_PASS && ex->sse_on)
+        return 0; /* sent (or held) by pass_whole_events */
     if (batch) {
         rc = sl_lua_events_flush(ex->h, ex->ctx, "events", &ex->out, ex->err, sizeof ex->err);
         if (rc) {
@@ -429,7 +507,7 @@ static int on_up_data(void *ud, const char *p, size_t n)
     }
     const char *bytes = ex->mode == MODE_PASS ? p : ex->out.base;
     size_t len = ex->mode == MODE_PASS ? n : ex->out.len;
-    if (ex->capture_all || (ex->mode == MODE_PASS && !ex->sse_on && ex->w->app->records))
+    if (ex->capture_all || (ex->mode == MODE_PASS && ex->w->app->records))
         capture(ex, bytes, len);
     if (len && commit_head(ex) == 0)
         sl_conn_send_body(ex->conn, bytes, len);
@@ -481,6 +559,7 @@ static void on_client_drain(void *data)
 static void on_client_gone(void *data, int err)
 {
     sl_exchange_t *ex = data;
+    ex->bytes_out = sl_conn_bytes_out(ex->conn) - ex->bytes_base;
     ex->conn = NULL;
     fail(ex, SL_TERM_CAUSE_CLIENT_CLOSED, err, "client closed the connection");
 }
@@ -551,9 +630,11 @@ static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
     ex->got_first_byte = 0;
     ex->paused = 0;
     sl_buf_reset(&ex->answer);
-    sl_buf_reset(&ex->usage_ev[0]);
-    sl_buf_reset(&ex->usage_ev[1]);
-    ex->observe = 0;
+    for (int i = 0; i < 3; i++)
+        sl_buf_reset(&ex->seen_ev[i]);
+    sl_buf_free(&ex->held);
+    ex->events_framed = ex->events_sent = 0;
+    ex->observe = OBSERVE_OFF;
     sl_plan_free(&ex->plan);
     ex->have_plan = 0;
     sl_term_new_attempt(&ex->term);
@@ -606,7 +687,7 @@ static void on_plan(void *ud, int rc, sl_plan_t *plan, const char *err)
         if (ex->conn)
             respond_full(ex, plan->status, plan->headers, plan->nheaders,
                          sl_str(plan->body.base ? plan->body.base : "", plan->body.len));
-        ex->term.http_status = plan->status;
+        sl_term_note(&ex->term, SL_TERM_CAUSE_LOCAL_ANSWER, plan->status, plan->error);
         finalize(ex);
         return;
     }
@@ -733,6 +814,59 @@ static void submit_record(sl_exchange_t *ex, const sl_term_result_t *res, int st
     sl_records_submit(rs, r);
 }
 
+/* Asks Lua how the answer ends: closing bytes for a committed one (into
+ * ex->out), else an error response (er). A finish hook that fails on a
+ * committed answer is a script error of its own (after an answer that was
+ * otherwise whole, SCRIPT_ERROR is then the reason): it is asked once more
+ * with that outcome, and the host answers with the protocol's plain failure
+ * tail, so the client still gets a well-formed end. */
+static int run_finish(sl_exchange_t *ex, int committed, sl_term_result_t *res, int *ended,
+                      sl_lua_resp_t *er)
+{
+    for (int round = 0;; round++) {
+        sl_lua_outcome_t oc = {sl_term_reason_name(res->reason),
+                               res->expected,
+                               res->partial,
+                               committed,
+                               ex->upstream_status,
+                               res->detail,
+                               ex->sse_on,
+                               ex->events_sent};
+        sl_buf_reset(&ex->out);
+        int frc =
+            sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, ended, er, ex->err2, sizeof ex->err2);
+        if (frc == 0 || !committed || round == 1)
+            return frc;
+        sl_lua_resp_free(er);
+        snprintf(ex->err3, sizeof ex->err3, "finish hook failed: %.900s", ex->err2);
+        sl_term_note(&ex->term, SL_TERM_CAUSE_SCRIPT_ERROR, frc, ex->err3);
+        *res = sl_term_classify(&ex->term);
+    }
+}
+
+/* The last resort when no proper answer can be sent: a plain JSON 502/504,
+ * or, if even that fails, closing the connection (never a client that
+ * waits for an answer that will not come). */
+static void respond_fallback(sl_exchange_t *ex, const sl_term_result_t *res)
+{
+    static const sl_header_t ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
+    if (respond_full(ex, res->reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502, ct, 1,
+                     SL_STR("{\"error\":{\"type\":\"api_error\",\"message\":"
+                            "\"gateway error (see sluice log)\"}}")) != 0) {
+        sl_conn_close(ex->conn, 0);
+        ex->conn = NULL;
+    }
+}
+
+/* An answer whose head cannot be sent (a header value with CR/LF from a
+ * script) becomes the fallback answer instead of no answer. */
+static void respond_or_fallback(sl_exchange_t *ex, const sl_term_result_t *res, int status,
+                                const sl_header_t *hv, size_t n, sl_str_t body)
+{
+    if (respond_full(ex, status, hv, n, body) != 0 && !sl_conn_committed(ex->conn))
+        respond_fallback(ex, res);
+}
+
 static void finalize(sl_exchange_t *ex)
 {
     if (ex->finalized)
@@ -753,35 +887,45 @@ static void finalize(sl_exchange_t *ex)
     int committed = ex->conn ? sl_conn_committed(ex->conn) : ex->first_out_ns != 0;
     ex->term.committed = committed;
     sl_term_result_t res = sl_term_classify(&ex->term);
+    /* A finished passthrough stream may end in bytes no blank line closed
+     * (after its terminal event, or a protocol without one): they belong to
+     * the answer. A cut stream drops them: they are half an event. */
+    if (res.reason == SL_TERM_COMPLETE && ex->held.len && ex->conn && commit_head(ex) == 0) {
+        sl_conn_send_body(ex->conn, ex->held.base, ex->held.len);
+        committed = ex->term.committed = 1;
+    }
+    /* The tail of a cut passthrough stream repeats the answer's id. */
+    if (ex->observe && (ex->observe == OBSERVE_USAGE || (committed && ex->conn && res.partial)))
+        observe_events(ex);
 
-    /* Let the protocol close the client's stream, or shape the error. */
-    sl_lua_outcome_t oc = {sl_term_reason_name(res.reason), res.expected, res.partial, committed,
-                           ex->upstream_status, res.detail};
-    sl_buf_reset(&ex->out);
     sl_lua_resp_t er;
-    memset(&er, 0, sizeof er);
-    int frc = sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, &er, ex->err2, sizeof ex->err2);
+    int ended = 0;
+    int frc = run_finish(ex, committed, &res, &ended, &er);
+    int abort_conn = 0;
     if (ex->conn) {
         if (committed) {
             if (!frc && ex->out.len)
                 sl_conn_send_body(ex->conn, ex->out.base, ex->out.len);
+            /* A cut answer that no protocol tail can mark (a plain body, or
+             * a tail that failed) must not end like a whole one: close the
+             * connection without the last chunk, so every HTTP client sees
+             * a transport error instead of a truncated "success". */
+            abort_conn = res.partial && (frc || !ended);
         } else if (!frc && er.status) {
-            respond_full(ex, er.status, er.headers, er.nheaders,
-                         sl_str(er.body.base ? er.body.base : "", er.body.len));
+            respond_or_fallback(ex, &res, er.status, er.headers, er.nheaders,
+                                sl_str(er.body.base ? er.body.base : "", er.body.len));
         } else if (res.reason == SL_TERM_COMPLETE && ex->head_ready) {
-            respond_full(ex, ex->head.status, ex->head.headers, ex->head.nheaders, SL_STR(""));
+            respond_or_fallback(ex, &res, ex->head.status, ex->head.headers, ex->head.nheaders,
+                                SL_STR(""));
         } else {
-            static const sl_header_t ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
-            respond_full(ex, res.reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502, ct, 1,
-                         SL_STR("{\"error\":{\"type\":\"api_error\",\"message\":"
-                                "\"gateway error (see sluice log)\"}}"));
+            respond_fallback(ex, &res);
         }
     }
     sl_lua_resp_free(&er);
     /* What the client got; for a client already gone, what the upstream said. */
     int status = ex->sent_status ? ex->sent_status : ex->term.http_status;
 
-    uint64_t bytes_out = ex->conn ? sl_conn_bytes_out(ex->conn) : 0;
+    uint64_t bytes_out = ex->conn ? sl_conn_bytes_out(ex->conn) - ex->bytes_base : ex->bytes_out;
     uint64_t end = uv_hrtime();
     double dur_ms = (double)(end - ex->start_ns) / 1e6;
     double ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1;
@@ -789,8 +933,6 @@ static void finalize(sl_exchange_t *ex)
     sl_lua_logfields_t lf;
     memset(&lf, 0, sizeof lf);
     lf.input_tokens = lf.output_tokens = lf.cache_read_tokens = lf.cache_write_tokens = -1;
-    if (ex->observe) /* only set when there is a history */
-        observe_usage(ex);
     if (ex->answer.len)
         sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
     sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
@@ -808,7 +950,10 @@ static void finalize(sl_exchange_t *ex)
         sl_metrics_gauge_add(SL_GAUGE_STREAMS, -1);
 
     if (ex->conn) {
-        sl_conn_finish(ex->conn);
+        if (abort_conn)
+            sl_conn_close(ex->conn, 1); /* flush what was sent, then EOF: no final chunk */
+        else
+            sl_conn_finish(ex->conn);
         ex->conn = NULL;
     }
     if (ex->sse_on)
@@ -817,8 +962,9 @@ static void finalize(sl_exchange_t *ex)
     sl_buf_free(&ex->out);
     sl_buf_free(&ex->attempt_log);
     sl_buf_free(&ex->answer);
-    sl_buf_free(&ex->usage_ev[0]);
-    sl_buf_free(&ex->usage_ev[1]);
+    for (int i = 0; i < 3; i++)
+        sl_buf_free(&ex->seen_ev[i]);
+    sl_buf_free(&ex->held);
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
         sl_plan_free(&ex->plan);
@@ -858,6 +1004,7 @@ void sl_exchange_start(sl_request_t *req, void *worker)
     }
     ex->w = w;
     ex->conn = req->conn;
+    ex->bytes_base = sl_conn_bytes_out(req->conn);
     ex->req = req;
     ex->start_ns = req->start_ns ? req->start_ns : uv_hrtime();
     ex->bytes_in = req->bytes_in;
@@ -878,8 +1025,9 @@ void sl_exchange_start(sl_request_t *req, void *worker)
      * when there is a history, a non-streamed passthrough answer is kept
      * (256 KiB) for the usage its record reports. */
     sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
-    sl_buf_init(&ex->usage_ev[0], 64 << 10);
-    sl_buf_init(&ex->usage_ev[1], 64 << 10);
+    for (int i = 0; i < 3; i++)
+        sl_buf_init(&ex->seen_ev[i], 64 << 10);
+    sl_buf_init(&ex->held, 0);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);
     ex->t_wait.data = ex->t_total.data = ex;

@@ -551,6 +551,7 @@ void sl_plan_free(sl_plan_t *p)
     free(p->supplier);
     free(p->model_in);
     free(p->model_out);
+    free(p->error);
     memset(p, 0, sizeof *p);
 }
 
@@ -558,6 +559,7 @@ void sl_lua_resp_free(sl_lua_resp_t *r)
 {
     free_headers(r->headers, r->nheaders);
     sl_buf_free(&r->body);
+    free(r->error);
     memset(r, 0, sizeof *r);
 }
 
@@ -593,6 +595,8 @@ static int read_resp(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t 
         snprintf(err, errlen, "invalid status %d", r->status);
         return SL_ESCRIPT;
     }
+    r->error = field_str(L, idx, "error");
+    r->upstream_invalid = field_bool(L, idx, "upstream_invalid", 0);
     lua_getfield(L, idx, "headers");
     int rc = read_headers(L, -1, &r->headers, &r->nheaders, err, errlen);
     lua_pop(L, 1);
@@ -661,6 +665,7 @@ static int read_plan(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg
             return SL_ESCRIPT;
         }
         p->direct = 1;
+        p->error = field_str(L, idx, "error");
         return 0;
     }
     p->url = field_str(L, idx, "url");
@@ -1056,9 +1061,10 @@ int sl_lua_body(sl_luahost_t *h, int ctx, int status, const sl_header_t *hv, siz
 }
 
 int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t *bytes,
-                  sl_lua_resp_t *resp, char *err, size_t errlen)
+                  int *ended, sl_lua_resp_t *resp, char *err, size_t errlen)
 {
     lua_State *L = h->L;
+    *ended = 0;
     memset(resp, 0, sizeof *resp);
     sl_buf_init(&resp->body, 0);
     if (push_hook(h, "finish"))
@@ -1077,11 +1083,15 @@ int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t 
     lua_setfield(L, -2, "status");
     lua_pushstring(L, o->detail ? o->detail : "");
     lua_setfield(L, -2, "detail");
+    lua_pushboolean(L, o->sse);
+    lua_setfield(L, -2, "sse");
+    lua_pushnumber(L, (lua_Number)o->events);
+    lua_setfield(L, -2, "events");
     int rc = call_hook(h, "finish", 2, 1, err, errlen);
     if (rc)
         return rc;
     if (lua_type(L, -1) == LUA_TSTRING) {
-        rc = append_string_at(L, -1, bytes, NULL);
+        rc = append_string_at(L, -1, bytes, ended);
     } else if (lua_istable(L, -1)) {
         rc = read_resp(L, lua_gettop(L), resp, err, errlen);
     }

@@ -100,6 +100,7 @@ typedef struct {
     int verify_tls;
     /* For the record and the access log. */
     char *service, *client, *route, *supplier, *model_in, *model_out;
+    char *error;              /* a direct error answer: what went wrong, for the record */
 } sl_plan_t;
 
 void sl_plan_free(sl_plan_t *p);
@@ -110,6 +111,8 @@ typedef struct {
     sl_header_t *headers;
     size_t nheaders;
     sl_buf_t body;
+    char *error;          /* an error answer: what went wrong, for the record (owned) */
+    int upstream_invalid; /* the upstream's answer was unusable: an UPSTREAM_PROTOCOL end */
 } sl_lua_resp_t;
 
 void sl_lua_resp_free(sl_lua_resp_t *r);
@@ -147,12 +150,17 @@ typedef struct {
     int expected, partial, committed;
     int upstream_status;
     const char *detail;
+    int sse;              /* the upstream's answer was an SSE stream (decides the tail) */
+    uint64_t events;      /* whole SSE events the client was sent on passthrough */
 } sl_lua_outcome_t;
 
-/* finish(ctx, outcome): when committed, closing bytes go to `bytes`; when not
- * committed, an error response goes to `resp` (resp->status 0 if none). */
+/* finish(ctx, outcome): when committed, closing bytes go to `bytes` and
+ * *ended says whether the hook ended the client's answer (it returned a
+ * string, maybe empty: the stream was already closed its protocol's way);
+ * when not committed, an error response goes to `resp` (resp->status 0 if
+ * none). */
 int sl_lua_finish(sl_luahost_t *h, int ctx, const sl_lua_outcome_t *o, sl_buf_t *bytes,
-                  sl_lua_resp_t *resp, char *err, size_t errlen);
+                  int *ended, sl_lua_resp_t *resp, char *err, size_t errlen);
 
 /* A failure before anything reached the client: may the request be tried
  * again? kind is "status" (the upstream answered `status`, headers given),

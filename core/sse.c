@@ -38,6 +38,7 @@ void sl_sse_parser_init(sl_sse_parser_t *p, size_t max_event_bytes)
     sl_buf_init(&p->id, 0);
     p->max = max_event_bytes;
     p->retry = -1;
+    p->boundary = SL_SSE_NO_BOUNDARY;
 }
 
 void sl_sse_parser_free(sl_sse_parser_t *p)
@@ -231,14 +232,23 @@ static int skip_bom(sl_sse_parser_t *p, const char **s, const char *end)
     return 0;
 }
 
-static int feed_lines(sl_sse_parser_t *p, const char *s, const char *end, sl_sse_event_cb cb,
-                      void *ud)
+/* After a whole line: may the stream be cut here without halving an event? */
+static void note_boundary(sl_sse_parser_t *p, const char *base, const char *s)
+{
+    if (p->data_lines == 0 && pending_event(p).len == 0)
+        p->boundary = (size_t)(s - base);
+}
+
+static int feed_lines(sl_sse_parser_t *p, const char *base, const char *s, const char *end,
+                      sl_sse_event_cb cb, void *ud)
 {
     int rc;
     if (p->skip_lf && s < end) {
         p->skip_lf = 0;
-        if (*s == '\n')
+        if (*s == '\n') {
             s++;
+            note_boundary(p, base, s);
+        }
     }
     while (s < end) {
         const char *eol = find_eol(s, end);
@@ -268,6 +278,7 @@ static int feed_lines(sl_sse_parser_t *p, const char *s, const char *end, sl_sse
             else if (*s == '\n')
                 s++;
         }
+        note_boundary(p, base, s);
     }
     return 0;
 }
@@ -275,16 +286,22 @@ static int feed_lines(sl_sse_parser_t *p, const char *s, const char *end, sl_sse
 int sl_sse_parser_feed(sl_sse_parser_t *p, const char *buf, size_t len, sl_sse_event_cb cb,
                        void *ud)
 {
+    p->boundary = SL_SSE_NO_BOUNDARY;
     if (p->err || len == 0)
         return p->err;
     const char *s = buf, *end = buf + len;
     int rc = skip_bom(p, &s, end);
     if (rc == 0)
-        rc = feed_lines(p, s, end, cb, ud);
+        rc = feed_lines(p, buf, s, end, cb, ud);
     if (rc == 0)
         rc = materialise(p);
     p->err = rc;
     return rc;
+}
+
+size_t sl_sse_parser_boundary(const sl_sse_parser_t *p)
+{
+    return p->boundary;
 }
 
 int sl_sse_parser_has_partial(const sl_sse_parser_t *p)

@@ -72,6 +72,7 @@ typedef struct sl_sse_parser_s {
     int err;               /* sticky: SL_ELIMIT, SL_ENOMEM or a cb's return */
     unsigned char bom;     /* BOM bytes matched so far; 3 = past the start */
     unsigned char skip_lf; /* the previous feed ended with CR */
+    size_t boundary;       /* see sl_sse_parser_boundary() */
 } sl_sse_parser_t;
 
 /* Prepares p. max_event_bytes bounds one event's size on the wire: the sum
@@ -96,6 +97,15 @@ void sl_sse_parser_free(sl_sse_parser_t *p);
  */
 int sl_sse_parser_feed(sl_sse_parser_t *p, const char *buf, size_t len, sl_sse_event_cb cb,
                        void *ud);
+
+/* Where the last feed can be cut so that the bytes before the cut hold
+ * only whole events: the offset just past the last line end in that feed
+ * at which no event was pending (after a dispatching blank line, or after a
+ * comment between events), or SL_SSE_NO_BOUNDARY if the whole feed belongs
+ * to an unfinished event. A passthrough forwards up to here and holds the
+ * rest, so anything it must append later starts on an event boundary. */
+#define SL_SSE_NO_BOUNDARY ((size_t)-1)
+size_t sl_sse_parser_boundary(const sl_sse_parser_t *p);
 
 /* 1 if the parser holds the start of an event that no blank line has ended
  * yet (at end of stream that event is lost: a truncated stream). Comments

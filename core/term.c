@@ -97,6 +97,7 @@ void sl_term_new_attempt(sl_term_t *t)
     t->n_notes = kept;
     t->http_status = 0;
     t->terminal_seen = false;
+    t->terminal_delivered = false;
     t->connected = false;
     t->upstream_bytes = 0;
 }
@@ -115,11 +116,12 @@ typedef struct {
     bool transport; /* upstream transport trouble: moot once the terminal was seen */
     bool whole;     /* the answer was delivered whole (an upstream error, as an error) */
     const char *detail;
+    int status;     /* LOCAL_ERROR: the status sluice answered with */
 } verdict_t;
 
 static verdict_t v(vkind_t kind, sl_term_reason_t reason, bool transport, const char *detail)
 {
-    return (verdict_t){kind, reason, transport, false, detail};
+    return (verdict_t){kind, reason, transport, false, detail, 0};
 }
 
 /* curl finished OK: whether that was a complete answer depends on facts. */
@@ -247,6 +249,14 @@ static verdict_t judge(const sl_term_t *t, const sl_term_note_t *n)
         return v(V_SPECIFIC, SL_TERM_UPSTREAM_PROTOCOL, true, "malformed answer from upstream");
     case SL_TERM_CAUSE_INTERNAL:
         return v(V_SPECIFIC, SL_TERM_INTERNAL, false, uv ? uv : "internal error");
+    case SL_TERM_CAUSE_LOCAL_ANSWER: {
+        if (n->code < 400)
+            return v(V_NONE, SL_TERM_COMPLETE, false, NULL);
+        verdict_t r = v(V_SPECIFIC, SL_TERM_LOCAL_ERROR, false, "sluice answered with an error");
+        r.whole = true;
+        r.status = n->code;
+        return r;
+    }
     case SL_TERM_CAUSE_UPSTREAM_DONE:
         return judge_curl(t, n->code);
     default:
@@ -260,7 +270,8 @@ static sl_term_result_t result(const sl_term_t *t, verdict_t vd, const char *not
 {
     sl_term_result_t r;
     r.reason = vd.reason;
-    r.expected = vd.reason == SL_TERM_CLIENT_ABORT || vd.reason == SL_TERM_CLIENT_WRITE_ERROR;
+    r.expected = vd.reason == SL_TERM_CLIENT_ABORT || vd.reason == SL_TERM_CLIENT_WRITE_ERROR ||
+                 (vd.reason == SL_TERM_LOCAL_ERROR && vd.status < 500);
     r.partial = t->committed && vd.reason != SL_TERM_COMPLETE && !vd.whole;
     r.detail = note_detail ? note_detail : vd.detail ? vd.detail : "";
     return r;
@@ -278,6 +289,8 @@ sl_term_result_t sl_term_classify(const sl_term_t *t)
         upstream_done |= n->cause == SL_TERM_CAUSE_UPSTREAM_DONE;
         if (vd.kind == V_NONE || (vd.transport && t->terminal_seen))
             continue;
+        if (n->cause == SL_TERM_CAUSE_CLIENT_CLOSED && t->terminal_delivered)
+            continue; /* rule 6: it left with the whole answer */
         if (vd.kind == V_SPECIFIC)
             return result(t, vd, n->detail);
         if (!fallback) {

@@ -36,6 +36,12 @@
  *     error answer passed on whole, which was delivered as an error, not cut
  *     short. Before commit nothing is partial: the client gets a proper
  *     error status instead.
+ *  6. Once the terminal event has been handed to the client
+ *     (terminal_delivered), the client leaving is no longer a cause: it had
+ *     the whole answer (Codex closes as soon as it reads
+ *     response.completed, before the chunked terminator arrives).
+ *  7. A direct answer from sluice itself (LOCAL_ANSWER) with a status >= 400
+ *     is LOCAL_ERROR; expected when the status is 4xx (the client's to fix).
  */
 #ifndef SL_TERM_H
 #define SL_TERM_H
@@ -95,6 +101,11 @@
     XX(SCRIPT_ERROR,                                                                               \
        "A Lua hook (router, codec, adapter) raised an error or ran out of its instruction "        \
        "budget while handling this request. The traceback is in the log.")                         \
+    XX(LOCAL_ERROR,                                                                                \
+       "sluice answered the request itself with an error and sent nothing upstream: malformed "    \
+       "JSON, a missing or wrong gateway key, an unknown path or model, a body over the limit, "   \
+       "or a supplier whose token endpoint failed. The record's error names the cause; a 4xx "     \
+       "is the client's to fix (expected), a 5xx is not.")                                         \
     XX(SHUTDOWN, "sluice was shutting down and the request was still running when the shutdown "   \
                  "timeout expired.")                                                               \
     XX(INTERNAL,                                                                                   \
@@ -134,6 +145,7 @@ int sl_term_reason_from_name(const char *name);
     XX(SCRIPT_ERROR)       /* a hook failed or exceeded its budget */                              \
     XX(SHUTDOWN)           /* the shutdown timeout cut the request */                              \
     XX(UPSTREAM_INVALID)   /* we found the upstream's answer malformed */                          \
+    XX(LOCAL_ANSWER)       /* sluice answered itself; code = the status it sent */                 \
     XX(INTERNAL)           /* our own failure (ENOMEM, bug) */                                     \
     XX(UPSTREAM_DONE)      /* curl finished the transfer; code = CURLcode */
 
@@ -168,6 +180,7 @@ typedef struct {
     int http_status;         /* upstream status, 0 if none yet */
     bool terminal_required;  /* a stream whose protocol has a terminal event */
     bool terminal_seen;      /* that event was framed */
+    bool terminal_delivered; /* ... and handed to the client: the answer is whole */
     bool committed;          /* status/headers/bytes already sent to the client */
     bool connected;          /* upstream TCP (+TLS) connect completed */
     uint64_t upstream_bytes; /* response body bytes received from upstream */

@@ -727,15 +727,17 @@ static void test_response_body_finish_retry_log(void)
 
     sl_buf_t bytes;
     sl_buf_init(&bytes, 0);
-    sl_lua_outcome_t oc = {"UPSTREAM_EOF_EARLY", 0, 1, 1, 200, "cut"};
-    CHECK_EQ_INT(sl_lua_finish(h, ctx, &oc, &bytes, &r, err, sizeof err), 0);
+    sl_lua_outcome_t oc = {"UPSTREAM_EOF_EARLY", 0, 1, 1, 200, "cut", 1, 7};
+    int ended = 0;
+    CHECK_EQ_INT(sl_lua_finish(h, ctx, &oc, &bytes, &ended, &r, err, sizeof err), 0);
     CHECK_EQ_MEM(bytes.base, bytes.len, "closing UPSTREAM_EOF_EARLY");
+    CHECK(ended);
     CHECK_EQ_INT(r.status, 0);
     sl_lua_resp_free(&r);
     sl_buf_reset(&bytes);
     oc.committed = 0;
     oc.upstream_status = 503;
-    CHECK_EQ_INT(sl_lua_finish(h, ctx, &oc, &bytes, &r, err, sizeof err), 0);
+    CHECK_EQ_INT(sl_lua_finish(h, ctx, &oc, &bytes, &ended, &r, err, sizeof err), 0);
     CHECK_EQ_INT(bytes.len, 0);
     CHECK_EQ_INT(r.status, 502);
     CHECK_EQ_MEM(r.body.base, r.body.len, "failed: UPSTREAM_EOF_EARLY cut 503");

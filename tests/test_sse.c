@@ -526,6 +526,62 @@ static void test_has_partial(void)
     }
 }
 
+/* Passthrough forwards each feed up to sl_sse_parser_boundary() and holds
+ * the rest. Whatever the split, what was forwarded must end on an event
+ * boundary (so a tail appended after it is never glued onto half an event)
+ * and, once the stream ends cleanly, everything was forwarded. */
+static int noop_cb(void *ud, const sl_sse_event_t *ev)
+{
+    (void)ud;
+    (void)ev;
+    return 0;
+}
+
+static void forward_split(const char *in, size_t len, size_t cut, sl_buf_t *sent)
+{
+    sl_sse_parser_t p;
+    sl_sse_parser_init(&p, 0);
+    sl_buf_t held;
+    sl_buf_init(&held, 0);
+    sl_buf_reset(sent);
+    size_t pieces[2][2] = {{0, cut}, {cut, len}};
+    for (int k = 0; k < 2; k++) {
+        const char *b = in + pieces[k][0];
+        size_t n = pieces[k][1] - pieces[k][0];
+        sl_sse_parser_feed(&p, b, n, noop_cb, NULL);
+        size_t at = sl_sse_parser_boundary(&p);
+        if (at == SL_SSE_NO_BOUNDARY) {
+            sl_buf_append(&held, b, n);
+            continue;
+        }
+        sl_buf_append(sent, held.base, held.len);
+        sl_buf_append(sent, b, at);
+        sl_buf_reset(&held);
+        sl_buf_append(&held, b + at, n - at);
+    }
+    sl_buf_free(&held);
+    sl_sse_parser_free(&p);
+}
+
+static void test_boundary(void)
+{
+    const char *whole = "event: a\ndata: {\"x\":1}\n\n: ping\n\nevent: b\r\ndata: 2\r\n\r\n";
+    const char *cut = "event: a\ndata: {\"x\":1}\n\n: ping\n\nevent: b\r\ndata: {\"index\": ";
+    sl_buf_t sent;
+    sl_buf_init(&sent, 0);
+    for (size_t at = 0; at <= strlen(whole); at++) {
+        forward_split(whole, strlen(whole), at, &sent);
+        CHECK_EQ_MEM(sent.base, sent.len, whole);
+    }
+    const char *expect_cut = "event: a\ndata: {\"x\":1}\n\n: ping\n\n";
+    for (size_t at = 0; at <= strlen(cut); at++) {
+        forward_split(cut, strlen(cut), at, &sent);
+        /* Everything up to the half event, and never a byte of it. */
+        CHECK_EQ_MEM(sent.base, sent.len, expect_cut);
+    }
+    sl_buf_free(&sent);
+}
+
 /* ---- limits, stopping, zero copy ----------------------------------------- */
 
 static void fill(sl_buf_t *b, const char *prefix, size_t n, const char *suffix)
@@ -784,6 +840,7 @@ int main(void)
     RUN(test_bom);
     RUN(test_id_and_retry);
     RUN(test_has_partial);
+    RUN(test_boundary);
     RUN(test_limit);
     RUN(test_callback_stops_feed);
     RUN(test_zero_copy);

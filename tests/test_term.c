@@ -16,17 +16,22 @@
 
 #include "test_helpers.h"
 
+/* Rows leave the facts they do not care about (delivered) zero. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 typedef struct {
     sl_term_cause_t cause;
     int code;
     const char *detail;
 } note_t;
 
-/* Facts: status, terminal required, terminal seen, committed, connected, upstream bytes. */
+/* Facts: status, terminal required, terminal seen, committed, connected, upstream bytes,
+ * terminal delivered to the client. */
 typedef struct {
     int status;
     bool req, seen, committed, connected;
     uint64_t bytes;
+    bool delivered;
 } facts_t;
 
 typedef struct {
@@ -232,6 +237,34 @@ static const row_t rows[] = {
      0,
      NULL},
 
+    /* Rule 6: a client that leaves once it has the terminal event had it all
+     * (Codex closes on response.completed); before that it is an abort, and
+     * a write error still counts (the terminal may never have arrived). */
+    {"client closes after the terminal was delivered",
+     {200, true, true, true, true, 5000, true},
+     NOTES(NC(CLIENT_CLOSED, UV_EOF), CURL(CURLE_WRITE_ERROR)),
+     R(COMPLETE),
+     0,
+     0,
+     NULL},
+    {"client closes after the terminal was seen, not delivered", STREAM_DONE,
+     NOTES(NC(CLIENT_CLOSED, UV_EOF)), R(CLIENT_ABORT), 1, 1, NULL},
+    {"write error after the terminal was delivered",
+     {200, true, true, true, true, 5000, true},
+     NOTES(NC(CLIENT_WRITE_ERROR, UV_EPIPE)),
+     R(CLIENT_WRITE_ERROR),
+     1,
+     1,
+     NULL},
+
+    /* Rule 7: sluice's own answers. */
+    {"local 404", {0, false, false, true, false, 0}, NOTES(NC(LOCAL_ANSWER, 404)), R(LOCAL_ERROR),
+     1, 0, NULL},
+    {"local 502 (token endpoint down)", {0, false, false, true, false, 0},
+     NOTES(NC(LOCAL_ANSWER, 502)), R(LOCAL_ERROR), 0, 0, NULL},
+    {"local 200 (model list)", {0, false, false, true, false, 0}, NOTES(NC(LOCAL_ANSWER, 200)),
+     R(COMPLETE), 0, 0, NULL},
+
     /* The deciding note's own detail wins over the generic text. */
     {"curl error buffer as detail", STREAM_MID,
      NOTES(
@@ -249,6 +282,7 @@ static sl_term_t build(const row_t *r)
     t.committed = r->f.committed;
     t.connected = r->f.connected;
     t.upstream_bytes = r->f.bytes;
+    t.terminal_delivered = r->f.delivered;
     for (unsigned i = 0; i < r->nn; i++)
         sl_term_note(&t, r->notes[i].cause, r->notes[i].code, r->notes[i].detail);
     return t;

@@ -56,10 +56,20 @@ local function codec(protocol)
     return translate.protocol(protocol or "openai-chat")
 end
 
--- A direct error response in the client's protocol shape.
+-- A direct error response in the client's protocol shape; `error` is what
+-- the history record says went wrong.
 local function error_response(protocol, status, message, etype)
     local s, body = codec(protocol).encode_error(ir.error(status, message, etype))
-    return { status = s, headers = { { "content-type", "application/json" } }, body = json.encode(body) }
+    return { status = s, headers = { { "content-type", "application/json" } }, body = json.encode(body),
+             error = message }
+end
+
+-- The upstream's answer was unusable (not JSON, not the protocol's shape):
+-- a 502 in the client's shape, recorded as UPSTREAM_PROTOCOL.
+local function unusable_answer(protocol, supplier, why)
+    local resp = error_response(protocol, 502, fmt("supplier %s: %s", tostring(supplier), why))
+    resp.upstream_invalid = true
+    return resp
 end
 
 -- The protocol of a path we could not classify, for the shape of its error.
@@ -206,8 +216,8 @@ function Relay:feed_batch(batch)
 end
 
 function Relay:close(outcome)
-    if outcome.complete or not self.ctx.stream then return nil end
-    return upstream.passthrough_tail(self.ctx.protocol, outcome.message)
+    if outcome.complete then return nil end
+    return upstream.passthrough_tail(self.ctx.protocol, outcome, self.ctx.stream_seen)
 end
 
 function H.response(ctx, status, headers)
@@ -270,11 +280,18 @@ function H.body(ctx, status, raw, headers)
         local cs, cb = translate.error(tr.from, tr.to, status, ub or raw)
         return { status = cs, headers = JSON_HEADERS, body = json.encode(cb) }
     end
-    if type(ub) ~= "table" then
-        return error_response(tr.from, 502, "supplier answered with a body that is not JSON")
+    if type(ub) ~= "table" or json.is_array(ub) then
+        return unusable_answer(tr.from, ctx.supplier, "answered with a body that is not a JSON object")
     end
-    local resp = translate.protocol(tr.to).decode_response(ub)
-    ctx.usage = resp and resp.usage
+    local U = translate.protocol(tr.to)
+    local resp, derr = U.decode_response(ub)
+    if type(resp) ~= "table" then -- an error object in a 2xx, or not the protocol's shape
+        local why = type(derr) == "table" and derr.message or tostring(derr)
+        if ub.error ~= nil then why = U.decode_error(status, ub).message end
+        return unusable_answer(tr.from, ctx.supplier, fmt("answered %d without a usable %s answer: %s",
+            status, tr.to, tostring(why)))
+    end
+    ctx.usage = resp.usage
     if ctx.stream then
         -- A streaming client on an answer that came back whole: synthesize the stream.
         local bytes, err = translate.response_stream(tr.from, tr.to, ub, tr.state)
@@ -311,17 +328,28 @@ local function describe(oc)
     return msg
 end
 
+-- How the client's answer ends. Committed: the closing bytes of a stream
+-- (the pipe closes a translated one; a cut passthrough stream gets the
+-- protocol's failure tail), or nil — for a cut plain body the core then
+-- closes the connection without the final chunk, so no client mistakes it
+-- for a whole answer. The tail follows what the upstream sent (oc.sse), not
+-- what the client asked for. If closing the pipe raises, the core calls
+-- again with reason SCRIPT_ERROR and the plain failure tail is used.
+-- Not committed: an error response in the client's shape.
 function H.finish(ctx, oc)
     local complete = oc.reason == "COMPLETE"
     if oc.committed then
-        if ctx.pipe then
-            return ctx.pipe:close(complete and { complete = true }
-                or { complete = false, reason = oc.reason, message = describe(oc) })
+        local outcome = complete and { complete = true }
+            or { complete = false, reason = oc.reason, message = describe(oc) }
+        local pipe = ctx.pipe
+        if pipe and not ctx.pipe_closing then
+            ctx.pipe_closing = true
+            return pipe:close(outcome)
         end
-        if not complete and not oc.expected and ctx.stream and oc.status >= 200 and oc.status < 300 then
-            return upstream.passthrough_tail(ctx.protocol, describe(oc))
-        end
-        return nil
+        if complete or oc.expected or not oc.sse then return nil end
+        local seen = ctx.stream_seen or {}
+        seen.events = oc.events
+        return upstream.passthrough_tail(ctx.protocol, outcome, seen)
     end
     if oc.expected or complete then return nil end
     local f = FAILURE[oc.reason]
@@ -339,9 +367,11 @@ function H.finish(ctx, oc)
     return error_response(ctx.protocol, f[1], message, f[2])
 end
 
--- Passthrough streams: the core hands over only the events that mention
--- usage (a handful per stream); the protocol's own decoder reads them.
--- Observability must never fail a request, hence the pcall.
+-- Passthrough streams: the core hands over only the stream's first event
+-- and the events that mention usage (a handful per stream); the protocol's
+-- own decoder reads them: the answer's id and model (a failure tail repeats
+-- them) and its usage. Observability must never fail a request, hence the
+-- pcall.
 function H.observe(ctx, batch)
     local dec = ctx.usage_decoder
     if not dec then
@@ -353,6 +383,9 @@ function H.observe(ctx, batch)
         if ok and type(evs) == "table" then
             for k = 1, #evs do
                 local e = evs[k]
+                if e.type == "start" and not ctx.stream_seen then
+                    ctx.stream_seen = { id = e.id, model = e.model }
+                end
                 if e.usage and (e.type == "usage" or e.type == "start") then
                     ctx.usage = ir.merge_usage(ctx.usage, e.usage)
                 end

@@ -130,6 +130,15 @@ function M.error(status, message, etype)
     return { status = status, type = etype or M.error_type_for_status(status), message = message }
 end
 
+-- A token count from an upstream, or nil when it is not one: only plain
+-- non-negative numbers up to 2^53 (the lossless JSON decoder keeps larger
+-- integers as opaque boxed values, which arithmetic would choke on — such a
+-- number is unknown, not a reason to break the answer).
+function M.tokens(v)
+    if type(v) == "number" and v >= 0 and v <= 9007199254740992 then return v end
+    return nil
+end
+
 -- Anthropic-style usage (input exclusive of cache) -> IR usage.
 function M.usage_from_exclusive(input, output, cache_read, cache_write)
     local total = nil

@@ -262,21 +262,17 @@ end
 -- ------------------------------------------------------------------ cut passthrough streams
 
 -- A passthrough stream that the upstream cut short still has to end the way
--- its protocol expects, with an error the client's SDK will raise.
-function U.passthrough_tail(protocol, message)
-    local codec = translate.protocol(protocol)
-    local _, err = codec.encode_error({ status = 502, type = "api_error", message = message })
-    if protocol == "anthropic" then
-        return "event: error\ndata: " .. json.encode(err) ..
-            "\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
-    elseif protocol == "openai-chat" then
-        return "data: " .. json.encode(err) .. "\n\ndata: [DONE]\n\n"
-    elseif protocol == "openai-responses" then
-        local failed = { type = "response.failed",
-                         response = { status = "failed", error = { code = "server_error", message = message } } }
-        return "event: response.failed\ndata: " .. json.encode(failed) .. "\n\n"
-    end
-    return "data: " .. json.encode(err) .. "\n\n"
+-- its protocol expects, with an error the client's SDK will raise. The
+-- bytes come from the protocol's own stream encoder — the one translated
+-- streams end with — taking up where the client's stream stands: `seen` is
+-- { id, model, events } of what the client already got (the answer's id and
+-- model from its first event, the number of whole events sent), when known.
+-- outcome = { complete = false, reason, message } as for Encoder:close.
+function U.passthrough_tail(protocol, outcome, seen)
+    seen = seen or {}
+    local enc = translate.protocol(protocol).stream_encoder({ model = seen.model, id = seen.id })
+    enc:resume(seen)
+    return enc:close(outcome)
 end
 
 return U

@@ -205,10 +205,15 @@ class LifecycleCase(harness.SluiceTestCase):
             self.assertIn(reason, json.loads(evs[0]["data"])["error"]["message"])
             self.assertEqual(evs[1]["data"], "[DONE]")
         elif proto == "openai_responses":
-            self.assertEqual([e["event"] for e in evs], ["response.failed"], tail)
-            failed = json.loads(evs[0]["data"])
+            # The translated streams' tail: an error event, then a whole
+            # failed response (id, output, numbered after the upstream's).
+            self.assertEqual([e["event"] for e in evs], ["error", "response.failed"], tail)
+            failed = json.loads(evs[1]["data"])
             self.assertEqual(failed["type"], "response.failed")
             self.assertEqual(failed["response"]["status"], "failed")
+            self.assertEqual(failed["response"]["id"], "resp_1")
+            self.assertIsInstance(failed["response"]["output"], list)
+            self.assertIsInstance(failed["sequence_number"], int)
             self.assertIn(reason, failed["response"]["error"]["message"])
         else:
             self.assertEqual(len(evs), 1, tail)

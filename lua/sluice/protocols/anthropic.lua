@@ -186,10 +186,11 @@ local STOP_OUT = {
 
 local function usage_in(u)
     if type(u) ~= "table" then return nil end
-    local r = ir.usage_from_exclusive(nonnull(u.input_tokens), nonnull(u.output_tokens),
-        nonnull(u.cache_read_input_tokens), nonnull(u.cache_creation_input_tokens))
+    local n = ir.tokens
+    local r = ir.usage_from_exclusive(n(u.input_tokens), n(u.output_tokens),
+        n(u.cache_read_input_tokens), n(u.cache_creation_input_tokens))
     local d = nonnull(u.output_tokens_details)
-    if type(d) == "table" then r.reasoning_tokens = nonnull(d.thinking_tokens) end
+    if type(d) == "table" then r.reasoning_tokens = n(d.thinking_tokens) end
     return r
 end
 
@@ -453,6 +454,7 @@ end
 function M.decode_response(body)
     if type(body) ~= "table" then return nil, "response body must be a JSON object" end
     if body.type == "error" then return nil, "upstream returned an error object" end
+    if type(body.content) ~= "table" then return nil, "the answer has no content array" end
     local content = {}
     for _, b in ipairs(type(body.content) == "table" and body.content or {}) do
         local p = decode_block(b, "assistant")
@@ -663,6 +665,13 @@ function M.stream_encoder(opts)
         next_out = 0,
         usage = nil, stop_reason = nil, stop_sequence = nil,
     }, Encoder)
+end
+
+-- The client already has this stream's opening (a passthrough stream, sent
+-- by the upstream itself): carry on from there, e.g. to close it on failure.
+function Encoder:resume(seen)
+    self.started = true
+    self.id = self.id or seen.id
 end
 
 local function sse(b, name, obj)

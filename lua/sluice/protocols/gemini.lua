@@ -710,7 +710,7 @@ end
 
 local function usage_in(u)
     if not is_obj(u) then return nil end
-    local function num(k) local v = u[k]; return type(v) == "number" and v or nil end
+    local function num(k) return ir.tokens(u[k]) end
     local prompt, tool_prompt = num("promptTokenCount"), num("toolUsePromptTokenCount")
     local cand, thoughts = num("candidatesTokenCount"), num("thoughtsTokenCount")
     local input = prompt
@@ -738,6 +738,9 @@ function M.decode_response(body)
     if not is_obj(body) then return nil, "response body must be a JSON object" end
     if is_obj(body.error) then return nil, "upstream returned an error object" end
     local cand = type(body.candidates) == "table" and body.candidates[1] or nil
+    if not is_obj(cand) and not is_obj(body.promptFeedback) then
+        return nil, "the answer has neither candidates nor promptFeedback"
+    end
     local st = { calls = {}, n = 0, base = id_base(body.responseId) }
     local content = {}
     if is_obj(cand) and is_obj(cand.content) and type(cand.content.parts) == "table" then
@@ -1006,6 +1009,12 @@ function M.stream_encoder(opts)
     opts = opts or {}
     return setmetatable({ model = opts.model, id = opts.id, origin = opts.origin, blocks = {}, pending = nil,
                           usage = nil, stop = nil, ended = false }, Encoder)
+end
+
+-- The client already has this stream's opening (a passthrough stream, sent
+-- by the upstream itself). Gemini chunks stand alone: nothing to carry on.
+function Encoder:resume(seen)
+    self.id = self.id or seen.id
 end
 
 local function e_chunk(self, buf, parts, finish)

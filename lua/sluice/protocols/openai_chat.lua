@@ -109,14 +109,15 @@ local STOP_OUT = { end_turn = "stop", stop_sequence = "stop", max_tokens = "leng
 
 local function usage_in(u)
     if type(u) ~= "table" then return nil end
-    local r = { input_tokens = nonnull(u.prompt_tokens), output_tokens = nonnull(u.completion_tokens) }
+    local n = ir.tokens
+    local r = { input_tokens = n(u.prompt_tokens), output_tokens = n(u.completion_tokens) }
     local pd = nonnull(u.prompt_tokens_details)
     if type(pd) == "table" then
-        r.cache_read_tokens = nonnull(pd.cached_tokens)
-        r.cache_write_tokens = nonnull(pd.cache_write_tokens)
+        r.cache_read_tokens = n(pd.cached_tokens)
+        r.cache_write_tokens = n(pd.cache_write_tokens)
     end
     local cd = nonnull(u.completion_tokens_details)
-    if type(cd) == "table" then r.reasoning_tokens = nonnull(cd.reasoning_tokens) end
+    if type(cd) == "table" then r.reasoning_tokens = n(cd.reasoning_tokens) end
     return r
 end
 
@@ -395,7 +396,10 @@ end
 function M.decode_response(body)
     if type(body) ~= "table" then return nil, "response body must be a JSON object" end
     if type(body.error) == "table" then return nil, "upstream returned an error object" end
-    local choice = type(body.choices) == "table" and body.choices[1] or nil
+    if type(body.choices) ~= "table" or type(body.choices[1]) ~= "table" then
+        return nil, "the answer has no choices"
+    end
+    local choice = body.choices[1]
     local content = {}
     local fr
     if type(choice) == "table" then
@@ -682,6 +686,13 @@ function M.stream_encoder(opts)
         tools = {},      -- IR index -> chat tool_calls index
         ntools = 0, usage = nil,
     }, Encoder)
+end
+
+-- The client already has this stream's opening (a passthrough stream, sent
+-- by the upstream itself): carry on from there, e.g. to close it on failure.
+function Encoder:resume(seen)
+    self.started = true
+    self.id = self.id or seen.id or ir.new_id("chatcmpl-")
 end
 
 -- Chunk skeleton: field order does not matter on the wire.

@@ -478,7 +478,7 @@ local function usage_in(u)
     if type(u) ~= "table" then return nil end
     local itd = type(u.input_tokens_details) == "table" and u.input_tokens_details or {}
     local otd = type(u.output_tokens_details) == "table" and u.output_tokens_details or {}
-    local function num(v) return type(v) == "number" and v or nil end
+    local num = ir.tokens
     return { input_tokens = num(u.input_tokens), output_tokens = num(u.output_tokens),
              cache_read_tokens = num(itd.cached_tokens), cache_write_tokens = num(itd.cache_write_tokens),
              reasoning_tokens = num(otd.reasoning_tokens) }
@@ -515,6 +515,10 @@ function M.decode_response(body)
     if type(body) ~= "table" then return nil, ir.error(502, "upstream response is not a JSON object", "api_error") end
     if body.status == "failed" or body.status == "cancelled" then
         return nil, error_in(body.error, "upstream response " .. body.status)
+    end
+    -- An incomplete response may stop before any output; any other needs it.
+    if type(body.output) ~= "table" and not (body.output == nil and body.status == "incomplete") then
+        return nil, ir.error(502, "the answer has no output array", "api_error")
     end
     local content, saw_call, saw_refusal = {}, false, false
     for _, item in ipairs(type(body.output) == "table" and body.output or {}) do
@@ -947,6 +951,18 @@ function M.stream_encoder(opts)
                           custom = opts.custom_tools,
                           blocks = {}, queue = {}, active = nil, output = json_array({}),
                           started = false, ended = false }, Encoder)
+end
+
+-- The client already has this stream's opening (a passthrough stream, sent
+-- by the upstream itself): carry on from there, e.g. to close it on failure.
+-- Its events were numbered from 0, so ours continue after them.
+function Encoder:resume(seen)
+    self.started = true
+    self.id = self.id or seen.id or ir.new_id("resp_")
+    self.base = base_of(self.id)
+    self.model = self.model or seen.model
+    self.created = self.created or os_time()
+    self.seq = seen.events or 0
 end
 
 local function emit(self, buf, name, obj)
