@@ -538,6 +538,10 @@ static void on_up_done(void *ud, int curl_code, const char *errbuf)
         if (rc) {
             sl_term_note(&ex->term, SL_TERM_CAUSE_SCRIPT_ERROR, rc, ex->err);
         } else {
+            if (r.upstream_invalid) { /* the answer said nothing usable: a 502, recorded so */
+                snprintf(ex->err, sizeof ex->err, "%s", r.error ? r.error : "unusable answer");
+                sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_INVALID, 0, ex->err);
+            }
             respond_full(ex, r.status ? r.status : ex->upstream_status, r.headers, r.nheaders,
                          sl_str(r.body.base ? r.body.base : "", r.body.len));
         }

@@ -185,6 +185,7 @@ static verdict_t judge_curl(const sl_term_t *t, int code)
                  t->connected ? SL_TERM_UPSTREAM_TIMEOUT_TOTAL : SL_TERM_UPSTREAM_TIMEOUT_CONNECT,
                  true, msg);
     case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL: /* "Received HTTP/0.9": our URLs are http(s) by config */
     case CURLE_BAD_CONTENT_ENCODING:
     case CURLE_TOO_MANY_REDIRECTS:
         return v(V_SPECIFIC, SL_TERM_UPSTREAM_PROTOCOL, true, msg);
@@ -195,7 +196,6 @@ static verdict_t judge_curl(const sl_term_t *t, int code)
     case CURLE_OUT_OF_MEMORY:
     case CURLE_FAILED_INIT:
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
     case CURLE_UNKNOWN_OPTION:
     case CURLE_RECURSIVE_API_CALL:
