@@ -4,10 +4,12 @@
  * Why an instruction budget needs help from the JIT: LuaJIT's count hook is
  * only checked by the interpreter, so a runaway loop that gets compiled
  * never hits it. host.lua therefore loads ops-written code (the config file
- * and its functions, adapters) with jit.off(chunk, true), so that code always
- * runs interpreted and stays under the budget, while the built-in library is
- * compiled as usual. The hook itself is VM-wide in LuaJIT, so it also covers
- * the request coroutines.
+ * and its functions, adapters) with jit.off(chunk, true), and the loaders
+ * installed here do the same for modules `require`d from outside the
+ * library (lua_path) and for chunks from load/loadstring/loadfile/dofile, so
+ * that code always runs interpreted and stays under the budget, while the
+ * built-in library is compiled as usual. The hook itself is VM-wide in
+ * LuaJIT, so it also covers the request coroutines.
  *
  * Yields: only the request hook runs in a coroutine. The Lua side of
  * sluice.sleep / sluice.http yields a token (a light userdata) plus
@@ -404,6 +406,118 @@ static void seed_random(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* ---- ops code runs interpreted ----
+ *
+ * The budget's count hook only fires in the interpreter, so every chunk ops
+ * wrote must run with the JIT off (jit.off(chunk, true): the chunk and every
+ * function defined in it), or a loop in it compiles, never sees the budget,
+ * wedges the worker and keeps SIGTERM from draining it. The config and
+ * adapters are loaded that way by their Lua loaders; what else ops code can
+ * load is covered here, before any Lua runs:
+ *   - `require` of a module outside the built-in library (lua_path, or any
+ *     directory a config adds to package.path): package.loaders[2] is
+ *     replaced by the same search over package.path that marks what it
+ *     loads unless the file is under the library's own directory;
+ *   - chunks made at run time: load, loadstring, loadfile and dofile are
+ *     replaced by versions that mark the chunk before handing it over.
+ * The built-in library stays compiled: it is ours, bounded and hot. */
+
+static char key_jit_off; /* registry key of jit.off (absent without a JIT) */
+
+static void mark_interpreted(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TFUNCTION || lua_iscfunction(L, idx))
+        return;
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    lua_pushlightuserdata(L, &key_jit_off);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_call(L, 2, 0);
+}
+
+/* load / loadstring / loadfile: the original (upvalue 1), then the chunk
+ * it returns is marked. */
+static int ops_load(lua_State *L)
+{
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    mark_interpreted(L, 1);
+    return lua_gettop(L);
+}
+
+static int ops_dofile(lua_State *L)
+{
+    const char *path = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfile(L, path) != 0)
+        return lua_error(L);
+    mark_interpreted(L, 2);
+    lua_call(L, 0, LUA_MULTRET);
+    return lua_gettop(L) - 1;
+}
+
+/* Under the library directory (upvalue 1) and not climbing out of it. */
+static int is_builtin(const char *dir, const char *path)
+{
+    size_t n = strlen(dir);
+    return strncmp(path, dir, n) == 0 && path[n] == '/' && !strstr(path + n, "..");
+}
+
+/* package.loaders[2]: what the stock Lua-file searcher does, plus the mark. */
+static int ops_searcher(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchpath");
+    lua_pushstring(L, name);
+    lua_getfield(L, -3, "path");
+    lua_call(L, 2, 2);
+    if (lua_isnil(L, -2))
+        return 1; /* where it looked, for require's message */
+    const char *path = lua_tostring(L, -2);
+    if (luaL_loadfile(L, path) != 0)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path,
+                          lua_tostring(L, -1));
+    if (!is_builtin(lua_tostring(L, lua_upvalueindex(1)), path))
+        mark_interpreted(L, -1);
+    return 1;
+}
+
+static void install_ops_loaders(lua_State *L, const char *lua_dir)
+{
+    lua_pushlightuserdata(L, &key_jit_off);
+    lua_getglobal(L, "jit");
+    if (lua_istable(L, -1))
+        lua_getfield(L, -1, "off");
+    else
+        lua_pushnil(L);
+    lua_remove(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaders");
+    lua_pushstring(L, lua_dir);
+    lua_pushcclosure(L, ops_searcher, 1);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+
+    static const char *const loaders[] = {"load", "loadstring", "loadfile"};
+    for (size_t i = 0; i < sizeof loaders / sizeof *loaders; i++) {
+        lua_getglobal(L, loaders[i]);
+        lua_pushcclosure(L, ops_load, 1);
+        lua_setglobal(L, loaders[i]);
+    }
+    lua_pushcfunction(L, ops_dofile);
+    lua_setglobal(L, "dofile");
+}
+
 int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, size_t errlen)
 {
     sl_luahost_t *h = calloc(1, sizeof *h);
@@ -435,6 +549,7 @@ int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, si
     lua_pushcfunction(L, luaopen_sluice_core);
     lua_setfield(L, -2, "sluice.core");
     lua_pop(L, 2);
+    install_ops_loaders(L, o->lua_dir);
 
     budget_start(h);
     lua_pushcfunction(L, traceback);

@@ -1,6 +1,7 @@
 /*
  * main.c — the sluice binary: arguments, config check, the worker threads,
- * and signals (TERM/INT drain and exit 0; HUP reloads every worker).
+ * and signals (TERM/INT drain and exit 0 — or 1 when a worker cannot be
+ * stopped in time, see the watchdog; HUP reloads every worker).
  *
  * The main thread owns nothing a request touches. It validates the config
  * once (so `--check` and a bad start-up fail the same way, naming the
@@ -80,6 +81,67 @@ static sl_worker_t *workers;
 static int nworkers;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static int stopping;
+static sl_app_t app;
+
+/* The shutdown watchdog. Workers drain cooperatively: each stops accepting,
+ * lets requests finish for shutdown_timeout, then cuts the rest. A worker
+ * stuck where neither its loop nor the script budget gets control (ops code
+ * spinning inside a C function such as a pathological string.find) would
+ * keep main joining it forever, and SIGTERM would never end the process.
+ * So once SIGTERM arrives a thread waits shutdown_timeout plus a grace for
+ * the joins; if they have not all returned by then it logs, flushes what
+ * the history writer has been given, and _exits 1 — not 0: a forced exit is
+ * not a clean drain, and the requests on the stuck worker are lost. */
+#define SHUTDOWN_GRACE_MS 2000
+
+static uv_thread_t watchdog_thread;
+static uv_mutex_t watchdog_lock;
+static uv_cond_t watchdog_cond;
+static int watchdog_started, workers_joined;
+
+static void watchdog(void *arg)
+{
+    uint64_t limit_ms = atomic_load(&app.shutdown_timeout_ms) + SHUTDOWN_GRACE_MS;
+    uint64_t deadline = uv_hrtime() + limit_ms * 1000000u;
+    uv_mutex_lock(&watchdog_lock);
+    while (!workers_joined) {
+        uint64_t now = uv_hrtime();
+        if (now >= deadline)
+            break;
+        uv_cond_timedwait(&watchdog_cond, &watchdog_lock, deadline - now);
+    }
+    int joined = workers_joined;
+    uv_mutex_unlock(&watchdog_lock);
+    if (joined)
+        return;
+    sl_log_error("shutdown: worker(s) did not stop within shutdown_timeout + %d ms (stuck outside "
+                 "the script budget?); exiting without them",
+                 SHUTDOWN_GRACE_MS);
+    if (app.records && sl_records_flush(app.records, 1000) != 0)
+        sl_log_error("shutdown: the history could not be flushed in time");
+    _exit(1);
+}
+
+static void start_watchdog(void)
+{
+    uv_mutex_init(&watchdog_lock);
+    uv_cond_init(&watchdog_cond);
+    if (uv_thread_create(&watchdog_thread, watchdog, NULL) == 0)
+        watchdog_started = 1;
+}
+
+static void stop_watchdog(void)
+{
+    if (!watchdog_started)
+        return;
+    uv_mutex_lock(&watchdog_lock);
+    workers_joined = 1;
+    uv_cond_signal(&watchdog_cond);
+    uv_mutex_unlock(&watchdog_lock);
+    uv_thread_join(&watchdog_thread);
+    uv_cond_destroy(&watchdog_cond);
+    uv_mutex_destroy(&watchdog_lock);
+}
 
 static void on_signal(uv_signal_t *s, int signum)
 {
@@ -93,6 +155,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     stopping = 1;
     sl_log_info("%s: draining in-flight requests", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    start_watchdog();
     for (int i = 0; i < nworkers; i++)
         sl_worker_post(&workers[i], SL_WORKER_CMD_STOP);
     uv_close((uv_handle_t *)&sig_term, NULL);
@@ -163,10 +226,10 @@ int main(int argc, char **argv)
     sl_metrics_init();
     sl_shared_init(0, 0); /* the cross-worker dict: cached tokens, sessions */
 
-    static sl_app_t app;
     app.config_path = config;
     app.lua_dir = lua_dir;
     app.started = (double)time(NULL);
+    atomic_store(&app.shutdown_timeout_ms, cfg.shutdown_timeout_ms);
     if (cfg.history_path) {
         mkdirs_for(cfg.history_path);
         rc = sl_records_open(&app.records, cfg.history_path, cfg.history_max, cfg.history_bodies);
@@ -208,6 +271,7 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < nworkers; i++)
         sl_worker_join(&workers[i]);
+    stop_watchdog();
     if (app.records)
         sl_records_close(app.records);
     sl_shared_shutdown();

@@ -105,6 +105,7 @@ int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen)
     const sl_config_t *c = sl_luahost_config(h);
     for (size_t i = 0; i < w->nservers; i++)
         sl_server_set_limits(w->servers[i], &c->limits);
+    atomic_store(&w->app->shutdown_timeout_ms, c->shutdown_timeout_ms);
     atomic_fetch_add(&w->app->reloads_ok, 1);
     if (w->id == 1)
         sl_metrics_reload(1);

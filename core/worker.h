@@ -31,6 +31,7 @@ typedef struct {
     int nworkers;
     double started;             /* unix time the process started */
     atomic_int reloads_ok, reloads_failed;
+    _Atomic uint64_t shutdown_timeout_ms; /* of the running config: main's shutdown watchdog */
 } sl_app_t;
 
 enum { SL_WORKER_CMD_RELOAD = 1, SL_WORKER_CMD_STOP = 2 };

@@ -134,6 +134,93 @@ class ModelNameTest(harness.SluiceTestCase):
         self.assertEqual(rc, 0, out)
 
 
+# ---------------------------------------------------------------- ops code and the budget (item 19)
+
+# A module on lua_path and a file for loadfile/dofile, each looping forever
+# when asked; on_request picks the way in by the x-spin header.
+SPIN_MODULE = """local M = {}
+function M.spin() while true do end end
+function M.spin_for(n) local x = 0; for i = 1, n do x = x + i end; return x end
+return M
+"""
+SPIN_HOOK = """function(ctx)
+    local how = ctx.headers["x-spin"]
+    if how == "require" then require("spinmod").spin()
+    elseif how == "require-for" then require("spinmod").spin_for(1e12)
+    elseif how == "loadstring" then loadstring("while true do end")()
+    elseif how == "load" then load("local n = 0; repeat n = n + 1 until false")()
+    elseif how == "loadfile" then loadfile(SPIN_DIR .. "/spinfile.lua")()
+    elseif how == "dofile" then dofile(SPIN_DIR .. "/spinfile.lua")
+    elseif how == "wedge" then string.find(string.rep("a", 5000), ".-.-.-.-.-.-.-.-b")
+    end
+  end"""
+
+
+class OpsCodeBudgetTest(harness.SluiceTestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="sluice-spin-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        with open(os.path.join(self.dir, "spinmod.lua"), "w") as f:
+            f.write(SPIN_MODULE)
+        with open(os.path.join(self.dir, "spinfile.lua"), "w") as f:
+            f.write("local t = {}\nwhile true do t[1] = 1 end\n")
+
+    def start(self, workers=1, shutdown_timeout=30):
+        return self.start_sluice(
+            workers=workers, prelude="local SPIN_DIR = %s\n" % harness.lua_str(self.dir),
+            on_request=SPIN_HOOK,
+            extra='  lua_path = %s,\n  script_budget = 2000000,\n  shutdown_timeout = %s,\n'
+                  % (harness.lua_str(self.dir + "/?.lua"), shutdown_timeout))
+
+    def spin(self, how, timeout=20):
+        return request(self.sluice.port, "POST", "/v1/chat/completions", body=chat("gpt-4.1"),
+                       headers={"x-spin": how}, timeout=timeout)
+
+    def test_runaway_ops_code_costs_one_request_not_the_worker(self):
+        self.start()
+        for how in ["require", "require-for", "loadstring", "load", "loadfile", "dofile"]:
+            t0 = time.monotonic()
+            try:
+                r = self.spin(how)
+            except OSError as e:
+                self.fail("%s: no answer (%s): the loop ran compiled, past the budget%s"
+                          % (how, e, self.diag()))
+            self.assertEqual(r.status, 500, "%s: %r%s" % (how, r, self.diag()))
+            self.assertIn("request id", r.json()["error"]["message"])
+            self.assertLess(time.monotonic() - t0, 15, how)
+            # The same (only) worker answers the next request.
+            self.mock.enqueue(json_scene(CHAT_JSON))
+            r = self.post("/v1/chat/completions", chat("gpt-4.1"))
+            self.assertEqual(r.status, 200, "%s: %r%s" % (how, r, self.diag()))
+        self.assertIn("instruction budget", self.sluice.stderr())
+
+    def test_sigterm_ends_a_wedged_process_after_shutdown_timeout(self):
+        # Pattern matching is C: no budget reaches it, and this one would run
+        # for ages. SIGTERM must still end the process, a little after
+        # shutdown_timeout, with a non-zero exit and a log line saying why.
+        s = self.start(workers=2, shutdown_timeout=1)
+        conns = []
+        for _ in range(2):   # two connections: with SO_REUSEPORT one may land on each worker
+            c = harness.RawConn(s.port, timeout=30)
+            self.addCleanup(c.close)
+            c.send(harness.build_request("POST", "/v1/chat/completions", chat("gpt-4.1"),
+                                         {"Content-Type": "application/json", "x-spin": "wedge"}, s.port))
+            conns.append(c)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = s.proc.wait(15)
+        except Exception:
+            self.fail("SIGTERM did not end a process with a wedged worker within 15 s" + self.diag())
+        took = time.monotonic() - t0
+        self.assertGreaterEqual(took, 0.9, "exited before shutdown_timeout")
+        self.assertLess(took, 1 + 5, "took %.1f s" % took)
+        self.assertNotEqual(rc, 0, "a forced exit must not look like a clean drain")
+        self.assertIn("did not stop", s.stderr())
+
+
 # ---------------------------------------------------------------- secrets (item 21)
 
 class AdminTokenTest(harness.SluiceTestCase):
