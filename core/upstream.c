@@ -11,22 +11,34 @@
  * left, a limit was hit). So an abort during a callback only marks the
  * transfer; the write callback then fails it, and it is reaped silently when
  * curl reports it done.
+ *
+ * Requests to one supplier must never wait on each other, so a transfer asks
+ * curl to wait for multiplexing (CURLOPT_PIPEWAIT) only when its origin is
+ * known to speak HTTP/2 — see "which origins speak HTTP/2" below.
  */
 #include "upstream.h"
 
 #include <curl/curl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/types.h>
 
 #include "error.h"
 #include "log.h"
+
+/* How many TLS origins a worker remembers as speaking HTTP/2; beyond that
+ * the oldest is forgotten (a forgotten origin only loses PIPEWAIT). */
+#define H2_ORIGINS 64
 
 struct sl_upstream_s {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
     size_t active;
+    char *h2[H2_ORIGINS]; /* "host:port" of TLS origins known to speak h2, oldest first */
+    size_t nh2;
 };
 
 struct sl_transfer_s {
@@ -35,12 +47,15 @@ struct sl_transfer_s {
     struct curl_slist *headers;
     sl_transfer_cbs_t cbs;
     void *ud;
-    sl_buf_t head;      /* raw header lines of the current response block */
+    sl_buf_t head; /* raw header lines of the current response block */
     int head_sent;
     int paused;
-    int aborted;        /* the owner gave it up: reap without callbacks */
+    int aborted; /* the owner gave it up: reap without callbacks */
     int in_callback;
     int connected;
+    char *origin; /* "host:port" for https:// URLs, else NULL */
+    int pipewait; /* started with CURLOPT_PIPEWAIT (origin known to speak h2) */
+    int learnt;   /* the answer's HTTP version was noted for origin */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -58,8 +73,121 @@ static void transfer_free(sl_transfer_t *t)
     curl_easy_cleanup(t->easy);
     curl_slist_free_all(t->headers);
     sl_buf_free(&t->head);
+    free(t->origin);
     t->up->active--;
     free(t);
+}
+
+/* ---- which origins speak HTTP/2 ----
+ *
+ * With CURLOPT_PIPEWAIT a new transfer, rather than open its own connection,
+ * waits while a connection to the same host has not yet shown whether it can
+ * multiplex. Over TLS curl knows at the end of the handshake (ALPN) and
+ * wakes the waiters then. Over plain HTTP it only knows from the first
+ * response, and (curl 7.88) a waiter parked behind an HTTP/1.1 connection is
+ * woken only when some transfer *ends*: with PIPEWAIT on every transfer, a
+ * request waited seconds behind another's slow first byte, and a burst on a
+ * fresh process waited for the whole first stream.
+ *
+ * So a transfer waits only when its origin is known to speak h2 here: this
+ * worker got an answer from it over HTTP/2 (CURLINFO_HTTP_VERSION), and
+ * since then no HTTP/1.x answer and no failure to connect. Then the waiting
+ * lasts one TLS handshake and buys one shared connection instead of one per
+ * request — what matters when a burst starts after the supplier closed the
+ * idle connection.
+ *
+ * - Plain http:// never waits (curl speaks h2 only over TLS here).
+ * - The first requests to a TLS origin not yet known do not wait either: a
+ *   cold burst opens one connection per request (some handshakes more, once).
+ *   A request that starts after a connection to the origin is up still joins
+ *   it when ALPN chose h2: curl reuses an established multiplexed connection
+ *   without being asked to wait.
+ * - A transfer that never got a connection (refused, timed out, TLS failed)
+ *   makes its origin unknown again, so while a supplier is down new requests
+ *   do not queue behind one another's connect attempts. Transfers already
+ *   waiting then still try one after another; the exchange's first-byte
+ *   timer bounds that.
+ *
+ * CURLMOPT_MAX_HOST_CONNECTIONS stays unset (unlimited) for the same reason:
+ * a cap would make HTTP/1.1 requests queue for a free connection.
+ *
+ * The table is per worker (like the connection pool it describes), small and
+ * searched linearly. */
+
+/* "host:port" (lower case, default port filled in) for an https:// URL,
+ * NULL for anything else or on error. The caller frees it. */
+static char *tls_origin(const char *url)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        strcasecmp(scheme, "https") == 0 &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+        size_t n = strlen(host) + 1 + strlen(port) + 1;
+        out = malloc(n);
+        if (out) {
+            snprintf(out, n, "%s:%s", host, port);
+            for (char *c = out; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c - 'A' + 'a');
+        }
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return out;
+}
+
+static ssize_t h2_find(const sl_upstream_t *up, const char *origin)
+{
+    for (size_t i = 0; i < up->nh2; i++)
+        if (strcmp(up->h2[i], origin) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+static int h2_known(const sl_upstream_t *up, const char *origin)
+{
+    return origin && h2_find(up, origin) >= 0;
+}
+
+static void h2_forget(sl_upstream_t *up, const char *origin)
+{
+    ssize_t i = h2_find(up, origin);
+    if (i < 0)
+        return;
+    free(up->h2[i]);
+    memmove(&up->h2[i], &up->h2[i + 1], (up->nh2 - (size_t)i - 1) * sizeof up->h2[0]);
+    up->nh2--;
+}
+
+static void h2_remember(sl_upstream_t *up, const char *origin)
+{
+    if (h2_find(up, origin) >= 0)
+        return;
+    char *copy = strdup(origin);
+    if (!copy)
+        return; /* only loses the wait */
+    if (up->nh2 == H2_ORIGINS)
+        h2_forget(up, up->h2[0]);
+    up->h2[up->nh2++] = copy;
+}
+
+/* Notes the HTTP version of t's answer for its origin, once per transfer. */
+static void learn_version(sl_transfer_t *t)
+{
+    long v = 0;
+    if (!t->origin || t->learnt ||
+        curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &v) != CURLE_OK || v == 0)
+        return;
+    t->learnt = 1;
+    if (v == CURL_HTTP_VERSION_2_0)
+        h2_remember(t->up, t->origin);
+    else
+        h2_forget(t->up, t->origin);
 }
 
 /* ---- curl → libuv ---- */
@@ -149,6 +277,10 @@ static void check_done(sl_upstream_t *up)
         if (!t)
             continue;
         curl_multi_remove_handle(up->multi, t->easy);
+        if (code == CURLE_OK)
+            learn_version(t);
+        else if (!t->connected && t->origin)
+            h2_forget(up, t->origin); /* down or changed: let nobody wait on it */
         if (!t->aborted) {
             if (!t->head_sent && code == CURLE_OK && t->cbs.on_head) {
                 /* A response with no body: the head has not been reported yet. */
@@ -172,6 +304,7 @@ static void report_head(sl_transfer_t *t)
 {
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    learn_version(t); /* as early as possible: later transfers may wait on it */
     /* Split the collected lines into name/value views. */
     size_t cap = 64, n = 0;
     sl_header_t hv[64];
@@ -286,6 +419,8 @@ void sl_upstream_free(sl_upstream_t *up)
         return;
     /* Called once every exchange has ended, so no transfer is registered. */
     curl_multi_cleanup(up->multi);
+    for (size_t i = 0; i < up->nh2; i++)
+        free(up->h2[i]);
     uv_timer_stop(&up->timer);
     uv_close((uv_handle_t *)&up->timer, on_upstream_timer_closed);
 }
@@ -302,8 +437,8 @@ static int is_framing_header(sl_str_t name)
            sl_str_ieq_c(name, "expect");
 }
 
-int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
-                      const sl_transfer_cbs_t *cbs, void *ud, sl_transfer_t **out)
+int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_transfer_cbs_t *cbs,
+                      void *ud, sl_transfer_t **out)
 {
     sl_transfer_t *t = calloc(1, sizeof *t);
     if (!t)
@@ -343,7 +478,10 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* Wait for a connection that is coming up only where it will multiplex. */
+    t->origin = tls_origin(req->url);
+    t->pipewait = h2_known(up, t->origin);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)t->pipewait);
     curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
@@ -370,6 +508,7 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
         curl_easy_cleanup(e);
         curl_slist_free_all(t->headers);
         sl_buf_free(&t->head);
+        free(t->origin);
         free(t);
         return SL_EUPSTREAM;
     }

@@ -8,6 +8,10 @@
  * a slow client); sl_transfer_resume() continues it. Connections are pooled
  * by curl inside the multi handle, so sequential requests to the same
  * supplier reuse one connection; HTTP/2 is used over TLS when offered.
+ * Transfers never queue behind one another: one that finds no free
+ * connection opens its own, except that it waits for a connection still
+ * being set up when its https origin is known (from an earlier answer on
+ * this upstream) to speak HTTP/2 — that wait is one TLS handshake.
  *
  * Ownership: the caller owns a transfer until on_done has been called, or
  * until it calls sl_transfer_abort(), after which no callback fires and the
@@ -41,8 +45,8 @@ typedef struct {
 
 typedef struct {
     const char *url;
-    const char *method;          /* "POST", "GET"... */
-    const sl_header_t *headers;  /* copied by sl_transfer_start */
+    const char *method;         /* "POST", "GET"... */
+    const sl_header_t *headers; /* copied by sl_transfer_start */
     size_t nheaders;
     sl_str_t body;               /* must stay valid until on_done / abort */
     uint64_t connect_timeout_ms; /* 0 = curl default */
@@ -54,8 +58,8 @@ int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop);
 void sl_upstream_free(sl_upstream_t *up);
 size_t sl_upstream_active(const sl_upstream_t *up);
 
-int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req,
-                      const sl_transfer_cbs_t *cbs, void *ud, sl_transfer_t **out);
+int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_transfer_cbs_t *cbs,
+                      void *ud, sl_transfer_t **out);
 /* Pauses receiving. Inside on_data, return 1 instead: this call is a no-op
  * there (curl takes the pause from the callback's return value). */
 void sl_transfer_pause(sl_transfer_t *t);

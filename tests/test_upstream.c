@@ -10,6 +10,14 @@
  * the same bytes come again after resume; an abort closes the connection at
  * once and silences every callback; a refused connection ends in on_done
  * with CURLE_COULDNT_CONNECT; 1xx heads are not reported as the answer.
+ *
+ * It includes upstream.c to reach the table of origins known to speak
+ * HTTP/2, which decides whether a transfer waits for multiplexing
+ * (CURLOPT_PIPEWAIT): only https origins count, the table is bounded, an
+ * HTTP/1.x answer or a failure to connect makes an origin unknown again, and
+ * plain http:// never waits. That h2 answers teach the table is shown end to
+ * end against nginx (tests/e2e/test_upstream_concurrency.py): this supplier
+ * speaks HTTP/1.1 only.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
@@ -24,7 +32,7 @@
 #include "buf.h"
 #include "error.h"
 #include "test_helpers.h"
-#include "upstream.h"
+#include "upstream.c" /* the statics: tls_origin, h2_* */
 
 static uv_loop_t loop;
 static uv_timer_t ticker;
@@ -451,6 +459,152 @@ static void test_connect_refused(void)
     owner_free(&o);
 }
 
+static void check_origin(const char *url, const char *want)
+{
+    char *got = tls_origin(url);
+    if (!want) {
+        CHECK(got == NULL);
+        if (got)
+            fprintf(stderr, "  %s -> %s, want NULL\n", url, got);
+    } else {
+        CHECK(got != NULL);
+        if (got && strcmp(got, want) != 0) {
+            th_cur_failed = 1;
+            fprintf(stderr, "  %s -> %s, want %s\n", url, got, want);
+        }
+    }
+    free(got);
+}
+
+static void test_tls_origin(void)
+{
+    check_origin("https://API.Example.com/v1/chat/completions", "api.example.com:443");
+    check_origin("HTTPS://api.example.com:8443/v1?x=1", "api.example.com:8443");
+    check_origin("https://127.0.0.1:9/", "127.0.0.1:9");
+    check_origin("https://[::1]:4443/v1", "[::1]:4443");
+    check_origin("https://user:pw@h.example/x", "h.example:443");
+    /* Plain HTTP never waits, so it has no origin in this sense. */
+    check_origin("http://api.example.com/v1", NULL);
+    check_origin("http://127.0.0.1:443/v1", NULL);
+    check_origin("api.example.com/v1", NULL);
+    check_origin("https://", NULL);
+    check_origin("", NULL);
+}
+
+static void test_h2_table(void)
+{
+    sl_upstream_t *u;
+    CHECK_EQ_INT(sl_upstream_new(&u, &loop), 0);
+    CHECK(!h2_known(u, "a.example:443"));
+    CHECK(!h2_known(u, NULL));
+    h2_remember(u, "a.example:443");
+    h2_remember(u, "a.example:443"); /* once only */
+    h2_remember(u, "b.example:443");
+    CHECK_EQ_INT(u->nh2, 2);
+    CHECK(h2_known(u, "a.example:443"));
+    CHECK(!h2_known(u, "a.example:8443"));
+    h2_forget(u, "a.example:443");
+    h2_forget(u, "never.example:443"); /* no-op */
+    CHECK(!h2_known(u, "a.example:443"));
+    CHECK(h2_known(u, "b.example:443"));
+    CHECK_EQ_INT(u->nh2, 1);
+    /* Bounded: past H2_ORIGINS the oldest is forgotten. */
+    char name[64];
+    for (int i = 0; i < H2_ORIGINS; i++) {
+        snprintf(name, sizeof name, "h%d.example:443", i);
+        h2_remember(u, name);
+    }
+    CHECK_EQ_INT(u->nh2, H2_ORIGINS);
+    CHECK(!h2_known(u, "b.example:443"));
+    CHECK(h2_known(u, "h0.example:443"));
+    snprintf(name, sizeof name, "h%d.example:443", H2_ORIGINS - 1);
+    CHECK(h2_known(u, name));
+    sl_upstream_free(u); /* frees the table (ASan would tell) */
+    for (int i = 0; i < 3; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static void test_plain_http_never_waits(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    /* Even with the same host:port in the table, http:// does not wait. */
+    char name[64];
+    snprintf(name, sizeof name, "127.0.0.1:%d", m->port);
+    h2_remember(up, name);
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "GET", "/", NULL, 0, SL_STR("")), 0);
+    CHECK(o.t->origin == NULL);
+    CHECK_EQ_INT(o.t->pipewait, 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.code, 0);
+    h2_forget(up, name);
+    CHECK_EQ_INT(up->nh2, 0);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static void test_http1_answer_makes_origin_unknown(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    /* As if an https origin known for h2 now answered over HTTP/1.1 (this
+     * mock has no TLS: the transfer is given the origin by hand). */
+    char name[64];
+    snprintf(name, sizeof name, "127.0.0.1:%d", m->port);
+    h2_remember(up, name);
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "GET", "/", NULL, 0, SL_STR("")), 0);
+    o.t->origin = strdup(name);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.code, 0);
+    CHECK(!h2_known(up, name));
+    CHECK_EQ_INT(up->nh2, 0);
+    owner_free(&o);
+    mock_stop(m);
+}
+
+static void test_known_h2_waits_and_connect_failure_forgets(void)
+{
+    int port = th_free_port(); /* nothing listens there */
+    char name[64], url[96];
+    snprintf(name, sizeof name, "127.0.0.1:%d", port);
+    snprintf(url, sizeof url, "https://127.0.0.1:%d/v1", port);
+    h2_remember(up, name);
+    owner_t o;
+    owner_init(&o);
+    cur = &o;
+    sl_transfer_req_t rq = {.url = url,
+                            .method = "POST",
+                            .body = SL_STR("x"),
+                            .connect_timeout_ms = 2000,
+                            .verify_tls = 1};
+    CHECK_EQ_INT(sl_transfer_start(up, &rq, &cbs, &o, &o.t), 0);
+    CHECK(o.t->origin && strcmp(o.t->origin, name) == 0);
+    CHECK_EQ_INT(o.t->pipewait, 1);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.code, CURLE_COULDNT_CONNECT);
+    /* Down (or moved): later requests must not wait on its connections. */
+    CHECK(!h2_known(up, name));
+    owner_free(&o);
+
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(sl_transfer_start(up, &rq, &cbs, &o, &o.t), 0);
+    CHECK_EQ_INT(o.t->pipewait, 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(up->nh2, 0);
+    owner_free(&o);
+}
+
 static void test_no_body_and_interim_heads(void)
 {
     mock_t *m = mock_start("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
@@ -545,6 +699,11 @@ int main(void)
     RUN(test_abort_from_on_data);
     RUN(test_connect_refused);
     RUN(test_no_body_and_interim_heads);
+    RUN(test_tls_origin);
+    RUN(test_h2_table);
+    RUN(test_plain_http_never_waits);
+    RUN(test_http1_answer_makes_origin_unknown);
+    RUN(test_known_h2_waits_and_connect_failure_forgets);
     RUN(test_free_leaves_no_handles);
     for (int i = 0; i < 5; i++) /* never DEFAULT: a leaked poll handle would block it */
         uv_run(&loop, UV_RUN_NOWAIT);
