@@ -69,6 +69,8 @@ struct sl_exchange_s {
     int observe;                /* passthrough SSE: OBSERVE_* — which events below to keep */
     sl_buf_t seen_ev[3];        /* the first event, the first and the latest usage-bearing
                                  * ones: "event\0data" (see keep_event) */
+    sl_buf_t last_ev;           /* the latest of them, "event\ndata" cut to 512 bytes of data:
+                                 * which block a failure tail must close */
     sl_buf_t held;              /* passthrough SSE: bytes of an event not yet whole */
     uint64_t events_framed;     /* whole upstream SSE events framed so far */
     uint64_t events_sent;       /* ... of which the client was sent (passthrough) */
@@ -343,6 +345,10 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
     else if (ex->observe) {
         if (ex->events_framed == 1)
             keep_event(&ex->seen_ev[0], ev);
+        sl_buf_reset(&ex->last_ev);
+        sl_buf_append_str(&ex->last_ev, ev->event);
+        sl_buf_append_byte(&ex->last_ev, '\n');
+        sl_buf_append(&ex->last_ev, ev->data.base, ev->data.len < 512 ? ev->data.len : 512);
         if (ex->observe == OBSERVE_USAGE && carries_usage(ev->data))
             keep_event(&ex->seen_ev[ex->seen_ev[1].len ? 2 : 1], ev);
     }
@@ -637,6 +643,7 @@ static int maybe_retry(sl_exchange_t *ex, const sl_lua_failure_t *f)
     for (int i = 0; i < 3; i++)
         sl_buf_reset(&ex->seen_ev[i]);
     sl_buf_free(&ex->held);
+    sl_buf_reset(&ex->last_ev);
     ex->events_framed = ex->events_sent = 0;
     ex->observe = OBSERVE_OFF;
     sl_plan_free(&ex->plan);
@@ -898,9 +905,13 @@ static void finalize(sl_exchange_t *ex)
         sl_conn_send_body(ex->conn, ex->held.base, ex->held.len);
         committed = ex->term.committed = 1;
     }
-    /* The tail of a cut passthrough stream repeats the answer's id. */
-    if (ex->observe && (ex->observe == OBSERVE_USAGE || (committed && ex->conn && res.partial)))
+    /* The tail of a cut passthrough stream repeats the answer's id and
+     * closes what its latest event left open. */
+    int cut_stream = ex->observe && committed && ex->conn && res.partial;
+    if (ex->observe == OBSERVE_USAGE || cut_stream)
         observe_events(ex);
+    if (cut_stream && ex->last_ev.len)
+        sl_lua_ctx_set(ex->h, ex->ctx, "stream_last_event", sl_str(ex->last_ev.base, ex->last_ev.len));
 
     sl_lua_resp_t er;
     int ended = 0;
@@ -968,6 +979,7 @@ static void finalize(sl_exchange_t *ex)
     sl_buf_free(&ex->answer);
     for (int i = 0; i < 3; i++)
         sl_buf_free(&ex->seen_ev[i]);
+    sl_buf_free(&ex->last_ev);
     sl_buf_free(&ex->held);
     sl_lua_resp_free(&ex->head);
     if (ex->have_plan)
@@ -1031,6 +1043,7 @@ void sl_exchange_start(sl_request_t *req, void *worker)
     sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
     for (int i = 0; i < 3; i++)
         sl_buf_init(&ex->seen_ev[i], 64 << 10);
+    sl_buf_init(&ex->last_ev, 1024);
     sl_buf_init(&ex->held, 0);
     uv_timer_init(&w->loop, &ex->t_wait);
     uv_timer_init(&w->loop, &ex->t_total);

@@ -49,6 +49,7 @@ struct sl_transfer_s {
     void *ud;
     sl_buf_t head; /* raw header lines of the current response block */
     int head_sent;
+    const char *bad_head; /* why the upstream's head was unusable (static text), or NULL */
     int paused;
     int aborted; /* the owner gave it up: reap without callbacks */
     int in_callback;
@@ -282,6 +283,15 @@ static void check_done(sl_upstream_t *up)
         else if (!t->connected && t->origin)
             h2_forget(up, t->origin); /* down or changed: let nobody wait on it */
         if (!t->aborted) {
+            /* curl 7.88 ends an exchange cut inside the response head with
+             * CURLE_OK, and fails an oversized head as our write error:
+             * both are the upstream's protocol errors. */
+            if (code == CURLE_OK && !t->head_sent && t->head.len)
+                t->bad_head = "upstream closed the connection inside its response head";
+            if (t->bad_head) {
+                code = CURLE_WEIRD_SERVER_REPLY;
+                snprintf(t->errbuf, sizeof t->errbuf, "%s", t->bad_head);
+            }
             if (!t->head_sent && code == CURLE_OK && t->cbs.on_head) {
                 /* A response with no body: the head has not been reported yet. */
                 long status = 0;
@@ -349,8 +359,10 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
             report_head(t);
         return t->aborted ? 0 : n;
     }
-    if (sl_buf_append(&t->head, buf, n))
-        return 0; /* header block over the limit: fail the transfer */
+    if (sl_buf_append(&t->head, buf, n)) {
+        t->bad_head = "upstream response head exceeds 256 KiB";
+        return 0; /* fail the transfer */
+    }
     return n;
 }
 

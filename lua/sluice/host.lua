@@ -348,7 +348,7 @@ function H.finish(ctx, oc)
         end
         if complete or oc.expected or not oc.sse then return nil end
         local seen = ctx.stream_seen or {}
-        seen.events = oc.events
+        seen.events, seen.last = oc.events, ctx.stream_last_event
         return upstream.passthrough_tail(ctx.protocol, outcome, seen)
     end
     if oc.expected or complete then return nil end

@@ -265,8 +265,9 @@ end
 -- its protocol expects, with an error the client's SDK will raise. The
 -- bytes come from the protocol's own stream encoder — the one translated
 -- streams end with — taking up where the client's stream stands: `seen` is
--- { id, model, events } of what the client already got (the answer's id and
--- model from its first event, the number of whole events sent), when known.
+-- { id, model, events, last } of what the client already got (the answer's
+-- id and model from its first event, the number of whole events sent, and
+-- the latest event as "name\ndata", its data cut short), when known.
 -- outcome = { complete = false, reason, message } as for Encoder:close.
 function U.passthrough_tail(protocol, outcome, seen)
     seen = seen or {}

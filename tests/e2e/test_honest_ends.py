@@ -108,6 +108,9 @@ def sdk_read(proto, body):
         names = [e["event"] for e in evs]
         datas = [json.loads(e["data"]) for e in evs]   # every event is parsed
         assert names[-2:] == ["error", "message_stop"], names
+        opened = [d["index"] for d in datas if d["type"] == "content_block_start"]
+        stopped = [d["index"] for d in datas if d["type"] == "content_block_stop"]
+        assert opened == stopped, "blocks left open at the error: %r vs %r" % (opened, stopped)
         return datas[-2]["error"]["message"]
     if proto == "openai_chat":
         assert evs[-1]["data"] == "[DONE]", evs[-1]
@@ -223,7 +226,7 @@ class CutPassthroughTest(HonestEndsCase):
         whole = "".join(events[:-1]).encode()
         self.assertTrue(body.startswith(whole), body[:300])
         tail = body[len(whole):]
-        self.assertTrue(tail.startswith(b"event: error\n") or tail.startswith(b'data: {"error"'),
+        self.assertTrue(tail.startswith(b"event: ") or tail.startswith(b'data: {"error"'),
                         "the tail must start on an event boundary, got %r" % tail[:200])
         message = sdk_read(proto, body)
         self.assertIn("UPSTREAM_EOF_EARLY", message)

@@ -195,7 +195,11 @@ class LifecycleCase(harness.SluiceTestCase):
         self.assertTrue(tail.endswith(b"\n\n"), "tail does not end an SSE record: %r" % tail)
         evs = parse_sse(tail)
         if proto == "anthropic":
-            self.assertEqual([e["event"] for e in evs], ["error", "message_stop"], tail)
+            # The block the upstream left open (all cuts here are inside
+            # block 0) is stopped first, as a translated stream's would be.
+            self.assertEqual([e["event"] for e in evs], ["content_block_stop", "error", "message_stop"], tail)
+            self.assertEqual(json.loads(evs[0]["data"])["index"], 0)
+            evs = evs[1:]
             err = json.loads(evs[0]["data"])
             self.assertEqual(err["type"], "error")
             self.assertIn(reason, err["error"]["message"])

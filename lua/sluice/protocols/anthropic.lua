@@ -669,9 +669,15 @@ end
 
 -- The client already has this stream's opening (a passthrough stream, sent
 -- by the upstream itself): carry on from there, e.g. to close it on failure.
+-- Blocks open one at a time, so the latest event says which one is open: a
+-- start or delta of block i (its data may be cut short: only "index" is read).
 function Encoder:resume(seen)
     self.started = true
     self.id = self.id or seen.id
+    local name, data = (seen.last or ""):match("^([^\n]*)\n(.*)$")
+    if name == "content_block_start" or name == "content_block_delta" then
+        self.resumed_open = tonumber(data:match('"index"%s*:%s*(%d+)'))
+    end
 end
 
 local function sse(b, name, obj)
@@ -801,6 +807,10 @@ end
 
 function Encoder:fail(b, message, err)
     self:close_blocks(b)
+    if self.resumed_open then
+        sse(b, "content_block_stop", { type = "content_block_stop", index = self.resumed_open })
+        self.resumed_open = nil
+    end
     local etype = "api_error"
     if err and ERR_OUT[err.type] then etype = ERR_OUT[err.type] end
     sse(b, "error", { type = "error", error = { type = etype, message = message } })
