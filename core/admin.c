@@ -3,7 +3,8 @@
  * the worker's loop except the history calls, which run on libuv's thread
  * pool: SQLite (through the records module's own read connections, after a
  * flush so a request that just finished is visible) must not stall the
- * worker's streams.
+ * worker's streams; and reload, which is answered when the main thread's
+ * round over every worker is over (reload.h).
  */
 #include "admin.h"
 
@@ -14,6 +15,7 @@
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
+#include "reload.h"
 
 static const sl_header_t json_ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
 
@@ -193,22 +195,67 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
     }
 }
 
+/* POST /_sluice/reload asks the main thread for a reload round (reload.h)
+ * and answers when the round is over: every worker runs the new config, or
+ * none does and the body says why. */
+typedef struct {
+    sl_request_t *req; /* NULL once the client has gone */
+    int nworkers;
+} reload_job_t;
+
+static void on_reload_client_gone(void *data, int err)
+{
+    ((reload_job_t *)data)->req = NULL;
+}
+
+static const sl_conn_handler_t reload_conn_handler = {on_reload_client_gone, NULL};
+
+static void reload_done(void *data, int rc, const char *err)
+{
+    reload_job_t *j = data;
+    sl_request_t *req = j->req;
+    if (req && !(rc == SL_ECLOSED && !err)) {
+        sl_conn_set_handler(req->conn, NULL, NULL);
+        sl_buf_t b;
+        sl_buf_init(&b, 0);
+        if (rc == 0) {
+            char n[64];
+            snprintf(n, sizeof n, "{\"reloaded\":true,\"workers\":%d}", j->nworkers);
+            sl_buf_append_c(&b, n);
+        } else {
+            sl_buf_append_c(&b, "{\"reloaded\":false,\"error\":{\"type\":\"reload_failed\","
+                                "\"message\":\"");
+            const char *msg = err ? err : sl_strerror(rc);
+            sl_buf_append_json_str(&b, msg, strlen(msg));
+            sl_buf_append_c(&b, "\"}}");
+        }
+        reply(req, rc == 0 ? 200 : rc == SL_ECLOSED ? 503 : 500, sl_str(b.base, b.len));
+        sl_buf_free(&b);
+    }
+    free(j);
+}
+
 static void handle_reload(sl_worker_t *w, sl_request_t *req)
 {
-    char err[1024];
     if (strcmp(req->method, "POST") != 0) {
         reply_error(req, 405, "use POST");
         return;
     }
-    int rc = sl_worker_reload(w, err, sizeof err);
-    if (rc) {
-        reply_error(req, 500, err);
+    reload_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_error(req, 500, sl_strerror(SL_ENOMEM));
         return;
     }
-    for (int i = 0; i < w->app->nworkers; i++)
-        if (w->app->workers[i] != w)
-            sl_worker_post(w->app->workers[i], SL_WORKER_CMD_RELOAD);
-    reply(req, 200, SL_STR("{\"reloaded\":true}"));
+    j->req = req;
+    j->nworkers = w->app->nworkers;
+    sl_conn_set_handler(req->conn, &reload_conn_handler, j);
+    int rc = sl_reload_request(w->app->reload, w, reload_done, j);
+    if (rc) {
+        sl_conn_set_handler(req->conn, NULL, NULL);
+        free(j);
+        reply_error(req, rc == SL_ECLOSED ? 503 : 500,
+                    rc == SL_ECLOSED ? "sluice is shutting down" : sl_strerror(rc));
+    }
 }
 
 void sl_admin_handle(sl_worker_t *w, sl_request_t *req)

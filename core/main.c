@@ -24,6 +24,7 @@
 #include "luahost.h"
 #include "metrics.h"
 #include "records.h"
+#include "reload.h"
 #include "shared.h"
 #include "worker.h"
 
@@ -147,8 +148,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     if (signum == SIGHUP) {
         sl_log_info("SIGHUP: reloading %d worker(s)", nworkers);
-        for (int i = 0; i < nworkers; i++)
-            sl_worker_post(&workers[i], SL_WORKER_CMD_RELOAD);
+        sl_reload_request(app.reload, NULL, NULL, NULL);
         return;
     }
     if (stopping)
@@ -156,6 +156,7 @@ static void on_signal(uv_signal_t *s, int signum)
     stopping = 1;
     sl_log_info("%s: draining in-flight requests", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     start_watchdog();
+    sl_reload_close(app.reload);
     for (int i = 0; i < nworkers; i++)
         sl_worker_post(&workers[i], SL_WORKER_CMD_STOP);
     uv_close((uv_handle_t *)&sig_term, NULL);
@@ -242,6 +243,10 @@ int main(int argc, char **argv)
     /* Handlers first: a SIGHUP that arrives while workers start is a reload
      * (delivered once uv_run begins), never the default action (exit). */
     uv_loop_t *loop = uv_default_loop();
+    if (sl_reload_new(&app.reload, loop, &app) != 0) {
+        fprintf(stderr, "sluice: %s\n", sl_strerror(SL_ENOMEM));
+        return 1;
+    }
     uv_signal_init(loop, &sig_term);
     uv_signal_init(loop, &sig_int);
     uv_signal_init(loop, &sig_hup);
@@ -272,6 +277,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nworkers; i++)
         sl_worker_join(&workers[i]);
     stop_watchdog();
+    sl_reload_free(app.reload);
     if (app.records)
         sl_records_close(app.records);
     sl_shared_shutdown();

@@ -6,6 +6,8 @@
  * moves to the new thread. Shutdown is cooperative: stop accepting, let the
  * exchanges in flight finish, cut the stragglers with a SHUTDOWN outcome
  * after shutdown_timeout, then close every handle so uv_run returns.
+ * Reloads are rounds over all workers run by the main thread (reload.h);
+ * here is a worker's part: prepare a new host, then commit or drop it.
  */
 #include "worker.h"
 
@@ -16,7 +18,7 @@
 #include "error.h"
 #include "exchange.h"
 #include "log.h"
-#include "metrics.h"
+#include "reload.h"
 
 static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
 {
@@ -59,6 +61,9 @@ static void on_shutdown_tick(uv_timer_t *t)
     uv_timer_stop(t);
     sl_upstream_free(w->upstream);
     w->upstream = NULL;
+    uv_mutex_lock(&w->post_lock); /* nobody may wake `async` once it is closing */
+    w->async_closed = 1;
+    uv_mutex_unlock(&w->post_lock);
     uv_walk(&w->loop, close_walk, NULL);
 }
 
@@ -87,40 +92,53 @@ static void begin_stop(sl_worker_t *w)
     uv_timer_start(&w->shutdown_timer, on_shutdown_tick, 20, 20);
 }
 
-int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen)
+/* ---- reload rounds (reload.h): this worker's part ---- */
+
+static void reload_prepare(sl_worker_t *w)
 {
+    char err[1024];
     sl_luahost_opts_t o = {w->app->config_path, w->app->lua_dir, w->id, &w->loop, w->upstream};
     sl_luahost_t *h;
-    int rc = sl_luahost_new(&h, &o, err, errlen);
-    if (rc) {
-        atomic_fetch_add(&w->app->reloads_failed, 1);
-        if (w->id == 1) /* every worker loads the same files: count a reload once */
-            sl_metrics_reload(0);
-        sl_log_error("reload failed, keeping the running config: %s", err);
-        return rc;
+    int rc = sl_luahost_new(&h, &o, err, sizeof err);
+    if (!rc) {
+        sl_luahost_release(w->next_host);
+        w->next_host = h;
+    } else {
+        sl_log_debug("reload: this worker cannot load the config: %s", err);
     }
-    sl_luahost_t *old = w->host;
-    w->host = h;
-    sl_luahost_release(old); /* exchanges in flight keep their own reference */
-    const sl_config_t *c = sl_luahost_config(h);
-    for (size_t i = 0; i < w->nservers; i++)
-        sl_server_set_limits(w->servers[i], &c->limits);
-    atomic_store(&w->app->shutdown_timeout_ms, c->shutdown_timeout_ms);
-    atomic_fetch_add(&w->app->reloads_ok, 1);
-    if (w->id == 1)
-        sl_metrics_reload(1);
-    sl_log_info("reloaded %s", w->app->config_path);
-    return 0;
+    sl_reload_worker_done(w->app->reload, rc, err);
+}
+
+static void reload_finish(sl_worker_t *w, int commit)
+{
+    sl_luahost_t *h = w->next_host;
+    w->next_host = NULL;
+    if (h && commit) {
+        sl_luahost_t *old = w->host;
+        w->host = h;
+        sl_luahost_release(old); /* exchanges in flight keep their own reference */
+        const sl_config_t *c = sl_luahost_config(h);
+        for (size_t i = 0; i < w->nservers; i++)
+            sl_server_set_limits(w->servers[i], &c->limits);
+        atomic_store(&w->app->shutdown_timeout_ms, c->shutdown_timeout_ms);
+    } else {
+        sl_luahost_release(h);
+    }
+    sl_reload_worker_done(w->app->reload, 0, NULL);
 }
 
 static void on_async(uv_async_t *a)
 {
     sl_worker_t *w = a->data;
     int cmds = atomic_exchange(&w->cmds, 0);
-    if (cmds & SL_WORKER_CMD_RELOAD) {
-        char err[1024];
-        sl_worker_reload(w, err, sizeof err);
-    }
+    /* A round's phases never overlap, but a finish and the next prepare
+     * may arrive in one wake-up: finish first. */
+    if (cmds & (SL_WORKER_CMD_RELOAD_COMMIT | SL_WORKER_CMD_RELOAD_ABORT))
+        reload_finish(w, (cmds & SL_WORKER_CMD_RELOAD_COMMIT) != 0);
+    if (cmds & SL_WORKER_CMD_RELOAD_PREPARE)
+        reload_prepare(w);
+    if (cmds & SL_WORKER_CMD_RELOAD_REPLY)
+        sl_reload_deliver(w->app->reload, w);
     if (cmds & SL_WORKER_CMD_STOP)
         begin_stop(w);
 }
@@ -137,6 +155,7 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
     int rc;
     w->id = id;
     w->app = app;
+    uv_mutex_init(&w->post_lock);
     if ((rc = uv_loop_init(&w->loop)) < 0) {
         snprintf(err, errlen, "event loop: %s", uv_strerror(rc));
         return rc;
@@ -179,8 +198,12 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
 
 void sl_worker_post(sl_worker_t *w, int cmd)
 {
-    atomic_fetch_or(&w->cmds, cmd);
-    uv_async_send(&w->async);
+    uv_mutex_lock(&w->post_lock);
+    if (!w->async_closed) {
+        atomic_fetch_or(&w->cmds, cmd);
+        uv_async_send(&w->async);
+    }
+    uv_mutex_unlock(&w->post_lock);
 }
 
 void sl_worker_join(sl_worker_t *w)
@@ -189,6 +212,9 @@ void sl_worker_join(sl_worker_t *w)
     if (w->host)
         sl_luahost_release(w->host);
     w->host = NULL;
+    sl_luahost_release(w->next_host); /* prepared by a round that shutdown overtook */
+    w->next_host = NULL;
+    uv_mutex_destroy(&w->post_lock);
     uv_loop_close(&w->loop);
     free(w->servers);
 }

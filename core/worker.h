@@ -6,7 +6,7 @@
  * their state.
  *
  * sl_app_t is what all workers share: read-only paths, the history store
- * (itself thread-safe) and the list of workers (to broadcast a reload).
+ * (itself thread-safe), the list of workers and the reload rounds.
  */
 #ifndef SL_WORKER_H
 #define SL_WORKER_H
@@ -22,6 +22,7 @@
 
 typedef struct sl_worker_s sl_worker_t;
 typedef struct sl_exchange_s sl_exchange_t;
+typedef struct sl_reload_s sl_reload_t;
 
 typedef struct {
     const char *config_path;
@@ -30,11 +31,18 @@ typedef struct {
     sl_worker_t **workers;
     int nworkers;
     double started;             /* unix time the process started */
+    sl_reload_t *reload;        /* reload rounds (reload.h), run by the main thread */
     atomic_int reloads_ok, reloads_failed;
     _Atomic uint64_t shutdown_timeout_ms; /* of the running config: main's shutdown watchdog */
 } sl_app_t;
 
-enum { SL_WORKER_CMD_RELOAD = 1, SL_WORKER_CMD_STOP = 2 };
+enum {
+    SL_WORKER_CMD_RELOAD_PREPARE = 1, /* build and check a new host, keep it aside (reload.h) */
+    SL_WORKER_CMD_STOP = 2,
+    SL_WORKER_CMD_RELOAD_COMMIT = 4, /* swap the prepared host in */
+    SL_WORKER_CMD_RELOAD_ABORT = 8,  /* drop it */
+    SL_WORKER_CMD_RELOAD_REPLY = 16, /* answer this worker's reload callers */
+};
 
 struct sl_worker_s {
     int id;
@@ -43,7 +51,10 @@ struct sl_worker_s {
     uv_thread_t thread;
     uv_async_t async;
     atomic_int cmds;            /* SL_WORKER_CMD_* bits posted by other threads */
+    uv_mutex_t post_lock;       /* sl_worker_post vs. closing `async` at the end */
+    int async_closed;           /* under post_lock */
     sl_luahost_t *host;         /* current host; exchanges retain the one they use */
+    sl_luahost_t *next_host;    /* prepared by a reload round, not yet committed */
     sl_upstream_t *upstream;
     sl_server_t **servers;
     size_t nservers;
@@ -59,10 +70,8 @@ struct sl_worker_s {
 /* Creates the worker's loop, host and listeners on the calling thread (so
  * bind errors surface at start-up), then runs the loop on a new thread. */
 int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t errlen);
+/* Any thread. A no-op once the worker's loop has closed (it is stopping). */
 void sl_worker_post(sl_worker_t *w, int cmd);
 void sl_worker_join(sl_worker_t *w);
-/* Reloads this worker's host now (worker thread only). 0, or an error with
- * a message; on failure the old host keeps serving. */
-int sl_worker_reload(sl_worker_t *w, char *err, size_t errlen);
 
 #endif

@@ -238,5 +238,120 @@ class AdminTokenTest(harness.SluiceTestCase):
         self.assertEqual(rc, 0, out)
 
 
+# ---------------------------------------------------------------- reloads (items 17, 22)
+
+KEY = "gateway-key-ALPHA-7781"
+ADMIN = "admin-token-0123456789abcdef"
+AUTH = {"Authorization": "Bearer " + ADMIN}
+
+
+def routed(mock_port, model, extra="", listen="127.0.0.1"):
+    """Every chat request goes to `oa` with its model rewritten to `model`."""
+    cfg = sluice_config(mock_port, extra=extra, routes="""{
+    chat = { { match = "*", supplier = "oa", model = "%s" } },
+  }""" % model)
+    return cfg.replace('"127.0.0.1:@PORT@"', '"%s:@PORT@"' % listen).replace(
+        'auth = { type = "passthrough" }', 'auth = { type = "none" }')
+
+
+def public(mock_port, model):
+    """Bound to every address, with gateway keys and an admin token."""
+    return routed(mock_port, model, listen="0.0.0.0",
+                  extra='  keys = { "%s" },\n  admin = { token = "%s" },\n' % (KEY, ADMIN))
+
+
+class ReloadCase(harness.SluiceTestCase):
+    def start_authed(self, config_text, workers=2):
+        # harness.Sluice waits on an unauthenticated health check: wait here instead.
+        s = harness.Sluice(config_text, workers=workers, wait=False)
+        self.addCleanup(self._stop_and_check, s)
+        self.sluice = s
+
+        def healthy():
+            try:
+                return request(s.port, "GET", "/_sluice/health", headers=AUTH, timeout=2).status == 200
+            except OSError:
+                return s.proc.poll() is not None and "exited"
+        self.assertIs(harness.wait_for(healthy, 10), True, "sluice did not start" + self.diag())
+        return s
+
+    def scrape(self, headers=None):
+        import test_metrics
+        r = request(self.sluice.port, "GET", "/_sluice/metrics", headers=headers)
+        self.assertEqual(r.status, 200, r)
+        return test_metrics.parse_prometheus(r.body.decode())[1]
+
+    def reloads(self, result, headers=None):
+        return self.scrape(headers).get(("sluice_reloads_total", frozenset({("result", result)})), 0.0)
+
+    def upstream_model(self, headers=None):
+        self.mock.reset()
+        self.mock.enqueue(json_scene(CHAT_JSON))
+        r = self.post("/v1/chat/completions", chat("whatever"), headers=headers)
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        return json.loads(self.only_request()["body"])["model"]
+
+    def post_reload(self, headers=None):
+        return request(self.sluice.port, "POST", "/_sluice/reload", headers=headers, timeout=30)
+
+
+# Fails to load only in worker 2: one worker's failure must fail the round
+# for every worker (nobody switches) and count as one failed reload.
+ONLY_WORKER_2_FAILS = """if require("sluice.core").worker_id == 2 then error("worker 2 refuses this config") end
+"""
+
+
+class ReloadCountTest(ReloadCase):
+    def test_each_reload_is_counted_once_with_its_result(self):
+        s = self.start_sluice(routed(self.mock.port, "model-A"), workers=2)
+        ok0, failed0 = self.reloads("ok"), self.reloads("failed")
+
+        s.write_config("return { this is not lua")
+        n_failed = 0
+        for i in range(12):
+            if i % 3 == 2:   # SIGHUP: wait for it to be counted before the next one
+                want = failed0 + n_failed + 1
+                s.reload()
+                self.assertTrue(harness.wait_for(lambda: self.reloads("failed") >= want, 10),
+                                "failed reloads under-counted: %d of %d"
+                                % (self.reloads("failed") - failed0, n_failed + 1))
+            else:            # POST: answered after the round; lands on either worker
+                r = self.post_reload()
+                self.assertEqual(r.status, 500, "%r%s" % (r, self.diag()))
+            n_failed += 1
+        time.sleep(0.3)   # any stray extra count would land by now
+        self.assertEqual(self.reloads("failed") - failed0, n_failed, "failed reloads miscounted")
+        self.assertEqual(self.reloads("ok") - ok0, 0)
+
+        s.write_config(routed(self.mock.port, "model-B"))
+        for i in range(6):
+            if i % 3 == 2:
+                want = ok0 + i + 1
+                s.reload()
+                self.assertTrue(harness.wait_for(lambda: self.reloads("ok") >= want, 10),
+                                "ok reloads under-counted: %d of %d" % (self.reloads("ok") - ok0, i + 1))
+            else:
+                r = self.post_reload()
+                self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        time.sleep(0.3)
+        self.assertEqual(self.reloads("ok") - ok0, 6, "ok reloads miscounted")
+        self.assertEqual(self.reloads("failed") - failed0, n_failed)
+        self.assertEqual({self.upstream_model() for _ in range(10)}, {"model-B"})
+
+    def test_a_reload_one_worker_fails_is_one_failed_reload_and_changes_nothing(self):
+        s = self.start_sluice(routed(self.mock.port, "model-A"), workers=2)
+        ok0, failed0 = self.reloads("ok"), self.reloads("failed")
+        s.write_config(ONLY_WORKER_2_FAILS + routed(self.mock.port, "model-B"))
+        s.reload()
+        self.assertTrue(harness.wait_for(lambda: self.reloads("failed") > failed0, 10),
+                        "a reload that failed in one worker was not counted failed" + self.diag())
+        time.sleep(0.3)
+        self.assertEqual(self.reloads("failed") - failed0, 1)
+        self.assertEqual(self.reloads("ok") - ok0, 0)
+        self.assertIn("worker 2 refuses this config", s.stderr())
+        self.assertEqual({self.upstream_model() for _ in range(12)}, {"model-A"},
+                         "a worker took a config the round refused")
+
+
 if __name__ == "__main__":
     harness.main()
