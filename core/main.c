@@ -260,6 +260,7 @@ int main(int argc, char **argv)
     workers = calloc((size_t)nworkers, sizeof *workers);
     app.workers = calloc((size_t)nworkers, sizeof *app.workers);
     app.nworkers = nworkers;
+    app.workers_override = workers_override != 0;
     for (int i = 0; i < nworkers; i++)
         app.workers[i] = &workers[i];
     for (int i = 0; i < nworkers; i++) {

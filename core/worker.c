@@ -94,12 +94,60 @@ static void begin_stop(sl_worker_t *w)
 
 /* ---- reload rounds (reload.h): this worker's part ---- */
 
+static int same_listen(const sl_config_t *a, const sl_config_t *b)
+{
+    if (a->nlisten != b->nlisten)
+        return 0;
+    for (size_t i = 0; i < a->nlisten; i++)
+        if (strcmp(a->listen[i], b->listen[i]) != 0)
+            return 0;
+    return 1;
+}
+
+static void join_listen(const sl_config_t *c, char *out, size_t outlen)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < c->nlisten && n < outlen; i++)
+        n += (size_t)snprintf(out + n, outlen - n, "%s%s", i ? ", " : "", c->listen[i]);
+}
+
+/* What only a restart can change. The listeners stay bound to the addresses
+ * of the config sluice started with, and the new config's safety checks
+ * (keys and admin token off loopback) were made against the addresses it
+ * names: a config that names others would run unchecked on these sockets
+ * (a public one losing its keys). */
+static int check_restart_fields(const sl_worker_t *w, const sl_config_t *c, char *err,
+                                size_t errlen)
+{
+    if (!same_listen(&w->bound, c)) {
+        char was[256], now[256];
+        join_listen(&w->bound, was, sizeof was);
+        join_listen(c, now, sizeof now);
+        snprintf(err, errlen,
+                 "listen: sluice is bound to %s and the new config says %s; listen addresses "
+                 "change only with a restart",
+                 was, now);
+        return SL_ECONFIG;
+    }
+    if (!w->app->workers_override && c->workers != w->bound.workers) {
+        snprintf(err, errlen,
+                 "workers: sluice runs %d worker(s) (configured %d) and the new config says %d; "
+                 "the number of workers changes only with a restart",
+                 w->app->nworkers, w->bound.workers, c->workers);
+        return SL_ECONFIG;
+    }
+    return 0;
+}
+
 static void reload_prepare(sl_worker_t *w)
 {
     char err[1024];
     sl_luahost_opts_t o = {w->app->config_path, w->app->lua_dir, w->id, &w->loop, w->upstream};
     sl_luahost_t *h;
     int rc = sl_luahost_new(&h, &o, err, sizeof err);
+    if (!rc && (rc = check_restart_fields(w, sl_luahost_config(h), err, sizeof err)) != 0)
+        sl_luahost_release(h);
     if (!rc) {
         sl_luahost_release(w->next_host);
         w->next_host = h;
@@ -173,6 +221,10 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
     if ((rc = sl_luahost_new(&w->host, &o, err, errlen)) != 0)
         return rc;
     const sl_config_t *c = sl_luahost_config(w->host);
+    if ((rc = sl_luahost_config_copy(w->host, &w->bound)) != 0) {
+        snprintf(err, errlen, "config: %s", sl_strerror(rc));
+        return rc;
+    }
     w->servers = calloc(c->nlisten ? c->nlisten : 1, sizeof *w->servers);
     for (size_t i = 0; i < c->nlisten; i++) {
         char host[128];
@@ -214,6 +266,7 @@ void sl_worker_join(sl_worker_t *w)
     w->host = NULL;
     sl_luahost_release(w->next_host); /* prepared by a round that shutdown overtook */
     w->next_host = NULL;
+    sl_config_free(&w->bound);
     uv_mutex_destroy(&w->post_lock);
     uv_loop_close(&w->loop);
     free(w->servers);

@@ -32,6 +32,7 @@ typedef struct {
     int nworkers;
     double started;             /* unix time the process started */
     sl_reload_t *reload;        /* reload rounds (reload.h), run by the main thread */
+    int workers_override;       /* --workers given: the config's `workers` is not used */
     atomic_int reloads_ok, reloads_failed;
     _Atomic uint64_t shutdown_timeout_ms; /* of the running config: main's shutdown watchdog */
 } sl_app_t;
@@ -55,6 +56,7 @@ struct sl_worker_s {
     int async_closed;           /* under post_lock */
     sl_luahost_t *host;         /* current host; exchanges retain the one they use */
     sl_luahost_t *next_host;    /* prepared by a reload round, not yet committed */
+    sl_config_t bound;          /* the config the listeners were bound with */
     sl_upstream_t *upstream;
     sl_server_t **servers;
     size_t nservers;

@@ -295,6 +295,54 @@ class ReloadCase(harness.SluiceTestCase):
         return request(self.sluice.port, "POST", "/_sluice/reload", headers=headers, timeout=30)
 
 
+class ReloadBindTest(ReloadCase):
+    def test_reload_cannot_drop_auth_from_a_bound_public_socket(self):
+        s = self.start_authed(public(self.mock.port, "model-A"))
+        keyed = {"Authorization": "Bearer " + KEY}
+        self.assertEqual(self.post("/v1/chat/completions", chat("gpt-4.1")).status, 401)
+        self.assertEqual(self.upstream_model(keyed), "model-A")
+        failed = self.reloads("failed", AUTH)
+
+        # A config that is fine for loopback, without keys or admin token.
+        s.write_config(routed(self.mock.port, "model-B"))
+        s.reload()
+        self.assertTrue(harness.wait_for(lambda: self.reloads("failed", AUTH) >= failed + 1, 10),
+                        "SIGHUP reload not refused" + self.diag())
+        self.assertIn("listen: sluice is bound to 0.0.0.0:%d" % s.port, s.stderr())
+        for _ in range(10):   # fresh connections: both workers
+            r = self.post("/v1/chat/completions", chat("gpt-4.1"))
+            self.assertEqual(r.status, 401, "the public socket answers without a key: %r%s" % (r, self.diag()))
+        self.assertEqual(request(s.port, "GET", "/_sluice/health").status, 401)
+        self.assertEqual(self.upstream_model(keyed), "model-A", "the refused config took effect")
+
+        # POST /_sluice/reload still needs the running admin token, and says why it refuses.
+        self.assertEqual(self.post_reload().status, 401)
+        r = self.post_reload(AUTH)
+        self.assertEqual(r.status, 500, "%r%s" % (r, self.diag()))
+        body = r.json()
+        self.assertIs(body["reloaded"], False)
+        self.assertIn("listen: sluice is bound to 0.0.0.0", body["error"]["message"])
+        self.assertIn("restart", body["error"]["message"])
+        self.assertEqual(self.reloads("failed", AUTH), failed + 2)
+        self.assertEqual(self.post("/v1/chat/completions", chat("gpt-4.1")).status, 401)
+
+        # The same listen address with keys and token reloads fine.
+        s.write_config(public(self.mock.port, "model-C"))
+        r = self.post_reload(AUTH)
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.json(), {"reloaded": True, "workers": 2})
+        self.assertEqual({self.upstream_model(keyed) for _ in range(10)}, {"model-C"})
+
+    def test_listen_change_on_loopback_is_refused_too(self):
+        s = self.start_sluice(routed(self.mock.port, "model-A"), workers=2)
+        other = harness.free_port()
+        s.write_config(routed(self.mock.port, "model-B").replace("@PORT@", str(other)))
+        r = self.post_reload()
+        self.assertEqual(r.status, 500, "%r%s" % (r, self.diag()))
+        self.assertIn("listen", r.json()["error"]["message"])
+        self.assertEqual(self.upstream_model(), "model-A")
+
+
 # Fails to load only in worker 2: one worker's failure must fail the round
 # for every worker (nobody switches) and count as one failed reload.
 ONLY_WORKER_2_FAILS = """if require("sluice.core").worker_id == 2 then error("worker 2 refuses this config") end
