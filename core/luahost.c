@@ -351,6 +351,8 @@ static void read_config(lua_State *L, int idx, sl_config_t *c)
     c->limits.max_header = (size_t)field_num(L, idx, "max_header", 64 << 10);
     c->limits.max_headers_count = (size_t)field_num(L, idx, "max_headers", 100);
     c->limits.header_timeout_ms = secs_to_ms(field_num(L, idx, "header_timeout", 10));
+    c->limits.body_timeout_ms = secs_to_ms(field_num(L, idx, "body_timeout", 60));
+    c->limits.body_total_timeout_ms = secs_to_ms(field_num(L, idx, "body_total_timeout", 300));
     c->limits.keepalive_timeout_ms = secs_to_ms(field_num(L, idx, "keepalive_timeout", 60));
     c->limits.max_connections = (size_t)field_num(L, idx, "max_connections", 4096);
     c->t_connect = secs_to_ms(field_num(L, idx, "connect_timeout", 10));

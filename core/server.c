@@ -8,9 +8,20 @@
  * the upstream transfer at once — and any pipelined bytes are stashed
  * (bounded) and parsed after the response ends.
  *
+ * Input order: bytes are parsed straight from the read buffer only when
+ * nothing is stashed; otherwise they join the stash's tail, and conn_drive()
+ * parses the stash front to back, one request at a time. The stash is
+ * consumed in place (an offset; compacted only once half of it is spent), so
+ * a long pipeline costs linear work. A response given from inside the request
+ * callback lets conn_drive's loop go on; one given later schedules the loop
+ * for the next iteration — never a re-entrant parse from the application.
+ *
  * Every byte the server buffers is bounded: the request head by max_header,
- * the body by max_body, the stash by both. Timers close connections that are
- * slow to send a head (slowloris) or idle between requests.
+ * the body by max_body, the stash by both, and responses to pipelined
+ * requests by the write-queue high-water mark (above it the connection stops
+ * parsing and reading until the client has read). One timer per connection
+ * guards whatever it is waiting for: a head (slowloris), body bytes, the next
+ * request, or a client that does not read its answers.
  */
 #include "server.h"
 
@@ -45,23 +56,30 @@ struct sl_conn_s {
     size_t url_len;
     header_off_t *hoff;
     size_t nh, hcap;
-    int in_value;  /* last header callback was a value (a new field starts a header) */
+    int in_value; /* last header callback was a value (a new field starts a header) */
     sl_header_t *hviews;
     sl_buf_t body;
-    sl_buf_t stash;
-    int started;   /* first byte of the current request head arrived */
+    sl_buf_t stash; /* received, not yet parsed: bytes from stash_off on */
+    size_t stash_off;
+    int started; /* first byte of the current request head arrived */
     int head_done;
     int body_too_large;
     int want_close;
-    int pending_stash; /* stash must be parsed once the current response ends */
+    int dispatching;  /* inside the request callback: conn_drive's loop goes on after it */
+    int input_paused; /* write queue above high water: not parsing, not reading */
+    unsigned served;  /* responses finished on this connection */
+    uint64_t start_ms, body_start_ms; /* loop time the head / the body began */
+    sl_conn_t *idle_prev, *idle_next; /* in the server's idle list (oldest first) */
+    int in_idle;
     sl_request_t req;
 
+    int head_only; /* answering HEAD: the head goes out, body bytes never do */
     int chunked;
     int committed;
-    sl_buf_t outq;          /* bytes queued this loop iteration, flushed as one write */
-    sl_conn_t *flush_next;  /* in the server's list of connections to flush */
+    sl_buf_t outq;         /* bytes queued this loop iteration, flushed as one write */
+    sl_conn_t *flush_next; /* in the server's list of connections to flush */
     int flush_queued;
-    size_t write_queue;     /* queued + in flight to the kernel */
+    size_t write_queue; /* queued + in flight to the kernel */
     int above_high;
     uint64_t bytes_out;
     uint64_t bytes_in;
@@ -80,9 +98,11 @@ struct sl_server_s {
     llhttp_settings_t settings;
     sl_conn_t *conns;
     size_t nconns;
-    uv_check_t flush;       /* after each loop iteration's I/O: write what was queued */
-    uv_idle_t flush_nudge;  /* active while bytes are queued: keeps poll from blocking
-                             * (bytes queued from a timer would otherwise wait) */
+    size_t nclosing;                  /* of nconns, those already closing (no longer a slot) */
+    sl_conn_t *idle_head, *idle_tail; /* READING, no request begun: eviction candidates */
+    uv_check_t flush;                 /* after each loop iteration's I/O: write what was queued */
+    uv_idle_t flush_nudge;            /* active while bytes are queued: keeps poll from blocking
+                                       * (bytes queued from a timer would otherwise wait) */
     sl_conn_t *flush_list;
     int stopping;
     int listener_closed;
@@ -95,12 +115,21 @@ typedef struct {
     uv_write_t req;
     sl_conn_t *conn;
     size_t len;
-    sl_buf_t data;          /* owned: the connection's queue, moved here */
+    sl_buf_t data; /* owned: the connection's queue, moved here */
 } wreq_t;
 
 static void conn_close(sl_conn_t *c);
 static void conn_notify_gone(sl_conn_t *c, int err);
-static void conn_process(sl_conn_t *c, const char *data, size_t len);
+static void conn_rearm(sl_conn_t *c);
+static void idle_add(sl_conn_t *c);
+static void idle_remove(sl_conn_t *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static int stash_pending(const sl_conn_t *c)
+{
+    return c->stash_off < c->stash.len;
+}
 
 /* ---- llhttp callbacks: accumulate the request, bounded ---- */
 
@@ -179,6 +208,7 @@ static int on_headers_complete(llhttp_t *p)
 {
     sl_conn_t *c = conn_of(p);
     c->head_done = 1;
+    c->body_start_ms = uv_now(c->srv->loop);
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->limits.max_body) {
         c->body_too_large = 1;
         return HPE_PAUSED; /* deliver a 413 now; the body is never read */
@@ -203,6 +233,29 @@ static int on_message_complete(llhttp_t *p)
 
 /* ---- writes ---- */
 
+/* Bytes left the write queue. Below low water, producers resume: the
+ * application's stream (on_drain) or, for a connection paused on pipelined
+ * answers, parsing and reading. Above it, a paused connection's timer starts
+ * over: the client is reading, only slowly. */
+static void conn_wrote(sl_conn_t *c)
+{
+    if (c->write_queue >= SL_CONN_LOW_WATER) {
+        if (c->input_paused)
+            conn_rearm(c);
+        return;
+    }
+    if (c->above_high) {
+        c->above_high = 0;
+        if (c->h && c->h->on_drain)
+            c->h->on_drain(c->hdata);
+    }
+    if (c->input_paused && c->state == CONN_READING) {
+        c->input_paused = 0;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        conn_rearm(c); /* schedules conn_drive for what is stashed */
+    }
+}
+
 static void on_write(uv_write_t *w, int status)
 {
     wreq_t *wr = (wreq_t *)w;
@@ -215,11 +268,7 @@ static void on_write(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
-    if (c->above_high && c->write_queue < SL_CONN_LOW_WATER) {
-        c->above_high = 0;
-        if (c->h && c->h->on_drain)
-            c->h->on_drain(c->hdata);
-    }
+    conn_wrote(c);
 }
 
 static void flush_unlink(sl_conn_t *c)
@@ -251,11 +300,7 @@ static int flush_conn(sl_conn_t *c)
     c->write_queue -= done;
     if (done == len) {
         sl_buf_reset(&c->outq);
-        if (c->above_high && c->write_queue < SL_CONN_LOW_WATER) {
-            c->above_high = 0;
-            if (c->h && c->h->on_drain)
-                c->h->on_drain(c->hdata);
-        }
+        conn_wrote(c);
         return 0;
     }
     wreq_t *wr = malloc(sizeof *wr);
@@ -363,7 +408,8 @@ int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
             rc = sl_buf_append_c(&b, "Transfer-Encoding: chunked\r\n");
     }
     if (!rc)
-        rc = sl_buf_append_c(&b, keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+        rc = sl_buf_append_c(&b,
+                             keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     if (!rc)
         rc = conn_write3(c, b.base, b.len, NULL, 0, NULL, 0);
     sl_buf_free(&b);
@@ -380,7 +426,8 @@ int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n)
 {
     if (!c->committed)
         return SL_EINVAL;
-    if (n == 0)
+    /* A HEAD answer has no body: bytes sent would be read as the next response. */
+    if (n == 0 || c->head_only)
         return 0;
     if (!c->chunked)
         return conn_write3(c, p, n, NULL, 0, NULL, 0);
@@ -396,15 +443,26 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     conn_close(c);
 }
 
+/* The connection stops counting against max_connections and can no longer
+ * be evicted; its memory goes in the close callback. */
+static void conn_mark_closing(sl_conn_t *c)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    c->state = CONN_CLOSING;
+    c->srv->nclosing++;
+    idle_remove(c);
+}
+
 static void conn_close_graceful(sl_conn_t *c)
 {
+    conn_mark_closing(c);
     flush_unlink(c);
     if (flush_conn(c) != 0) {
         conn_close(c);
         return;
     }
     uv_shutdown_t *req = malloc(sizeof *req);
-    c->state = CONN_CLOSING;
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         free(req);
@@ -414,48 +472,31 @@ static void conn_close_graceful(sl_conn_t *c)
     req->data = c;
 }
 
-static void arm_timer(sl_conn_t *c, uint64_t ms);
-
-static void on_stash_timer(uv_timer_t *t)
-{
-    sl_conn_t *c = t->data;
-    arm_timer(c, c->srv->limits.keepalive_timeout_ms);
-    if (c->pending_stash && c->stash.len) {
-        c->pending_stash = 0;
-        sl_buf_t s = c->stash;
-        sl_buf_init(&c->stash, c->stash.limit);
-        conn_process(c, s.base, s.len);
-        sl_buf_free(&s);
-    }
-}
-
 int sl_conn_finish(sl_conn_t *c)
 {
     if (c->state != CONN_BUSY)
         return SL_EINVAL;
     int rc = 0;
-    if (c->committed && c->chunked)
+    if (c->committed && c->chunked && !c->head_only)
         rc = conn_write3(c, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
     c->h = NULL;
     c->hdata = NULL;
     c->committed = 0;
     c->chunked = 0;
+    c->head_only = 0;
     c->started = 0;
+    c->served++;
     c->state = CONN_READING;
     if (rc || c->want_close || c->body_too_large || c->srv->stopping) {
         conn_close_graceful(c);
         return rc;
     }
     llhttp_resume(&c->parser);
-    /* Parse pipelined bytes from a fresh loop iteration, never re-entrantly
-     * from inside the application's call. */
-    if (c->stash.len) {
-        c->pending_stash = 1;
-        uv_timer_stop(&c->timer);
-        uv_timer_start(&c->timer, on_stash_timer, 0, 0);
-    } else {
-        arm_timer(c, c->srv->limits.keepalive_timeout_ms);
-    }
+    idle_add(c);
+    /* From inside the request callback conn_drive's loop goes on with the
+     * stash; otherwise conn_rearm schedules it for the next iteration. */
+    if (!c->dispatching)
+        conn_rearm(c);
     return 0;
 }
 
@@ -506,7 +547,8 @@ static void on_nudge_closed(uv_handle_t *h)
 
 static void stop_maybe_done(sl_server_t *s)
 {
-    if (!s->stopping || s->nconns > 0 || !s->listener_closed || uv_is_closing((uv_handle_t *)&s->flush_nudge))
+    if (!s->stopping || s->nconns > 0 || !s->listener_closed ||
+        uv_is_closing((uv_handle_t *)&s->flush_nudge))
         return;
     if (s->stop_done)
         s->stop_done(s->stop_arg);
@@ -524,6 +566,7 @@ static void on_timer_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    s->nclosing--; /* conn_close marked it */
     sl_metrics_gauge_add(SL_GAUGE_CONNECTIONS, -1);
     sl_buf_free(&c->head);
     sl_buf_free(&c->body);
@@ -545,7 +588,7 @@ static void conn_close(sl_conn_t *c)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return;
-    c->state = CONN_CLOSING;
+    conn_mark_closing(c);
     flush_unlink(c);
     c->write_queue -= c->outq.len;
     sl_buf_reset(&c->outq);
@@ -560,20 +603,6 @@ void sl_conn_close(sl_conn_t *c, int graceful)
         conn_close_graceful(c);
     else
         conn_close(c);
-}
-
-static void on_conn_timeout(uv_timer_t *t)
-{
-    sl_conn_t *c = t->data;
-    if (c->state == CONN_READING) /* slow head, slow body, or idle keep-alive */
-        conn_close(c);
-}
-
-static void arm_timer(sl_conn_t *c, uint64_t ms)
-{
-    uv_timer_stop(&c->timer);
-    if (ms)
-        uv_timer_start(&c->timer, on_conn_timeout, ms, 0);
 }
 
 /* A small fixed error response for requests that never reached the app. */
@@ -611,7 +640,8 @@ static void build_request(sl_conn_t *c)
     r->query = q ? sl_str(q + 1, r->url.len - r->path.len - 1) : sl_str("", 0);
     r->headers = c->hviews;
     r->nheaders = c->hviews ? c->nh : 0;
-    r->body = c->body_too_large ? sl_str("", 0) : sl_str(c->body.base ? c->body.base : "", c->body.len);
+    r->body =
+        c->body_too_large ? sl_str("", 0) : sl_str(c->body.base ? c->body.base : "", c->body.len);
     r->keep_alive = llhttp_should_keep_alive(&c->parser);
     r->error_status = c->body_too_large ? 413 : 0;
     r->peer = c->peer;
@@ -631,49 +661,162 @@ static void conn_notify_gone(sl_conn_t *c, int err)
     }
 }
 
-/* Feeds bytes to llhttp; hands a complete request to the application. */
-static void conn_process(sl_conn_t *c, const char *data, size_t len)
+/* ---- the one timer: what it guards depends on what the connection awaits ---- */
+
+static void on_conn_timeout(uv_timer_t *t)
 {
-    if (c->state == CONN_BUSY) {
-        if (sl_buf_append(&c->stash, data, len) != 0) {
-            conn_notify_gone(c, SL_ELIMIT); /* a client pipelining more than we bound */
-            conn_close(c);
-        }
-        return;
-    }
+    sl_conn_t *c = t->data;
     if (c->state != CONN_READING)
         return;
+    if (c->started && c->head_done && !c->input_paused) {
+        /* A request is under way: say why it ends rather than vanish. */
+        sl_log_debug("request body from %s not received in time", c->peer);
+        respond_raw_error(c, 408, "request body not received in time");
+        return;
+    }
+    conn_close(c); /* slow head, idle keep-alive, or answers left unread */
+}
+
+static void on_drive_timer(uv_timer_t *t);
+
+static void arm_timer(sl_conn_t *c, uv_timer_cb cb, uint64_t ms)
+{
+    uv_timer_stop(&c->timer);
+    if (ms)
+        uv_timer_start(&c->timer, cb, ms, 0);
+}
+
+/* Time left until start + limit, at least 1 ms (0 stays "no timer"). */
+static uint64_t time_left(uint64_t now, uint64_t start, uint64_t limit)
+{
+    if (!limit)
+        return 0;
+    return start + limit > now ? start + limit - now : 1;
+}
+
+/* Sets the timer for the connection's current state. Called after anything
+ * that changes what the connection awaits; deadlines (head, whole body) are
+ * kept from when they began, so re-arming never extends them. */
+static void conn_rearm(sl_conn_t *c)
+{
+    const sl_server_limits_t *l = &c->srv->limits;
+    uint64_t now = uv_now(c->srv->loop), ms;
+    if (c->state != CONN_READING) {
+        ms = 0; /* BUSY: the application's timeouts rule; CLOSING: nothing left */
+    } else if (c->input_paused) {
+        ms = l->keepalive_timeout_ms; /* restarted by each write the client lets finish */
+    } else if (stash_pending(c)) {
+        uv_timer_stop(&c->timer); /* parse the pipeline on the next iteration */
+        uv_timer_start(&c->timer, on_drive_timer, 0, 0);
+        return;
+    } else if (!c->started) {
+        ms = c->served ? l->keepalive_timeout_ms : l->header_timeout_ms;
+    } else if (!c->head_done) {
+        ms = time_left(now, c->start_ms, l->header_timeout_ms);
+    } else {
+        ms = l->body_timeout_ms;
+        uint64_t total = time_left(now, c->body_start_ms, l->body_total_timeout_ms);
+        if (total && (!ms || total < ms))
+            ms = total;
+    }
+    arm_timer(c, on_conn_timeout, ms);
+}
+
+/* ---- idle connections: the ones max_connections may reclaim ---- */
+
+/* A connection joins the tail when it starts waiting for a request (accept,
+ * a finished response) and leaves when one begins or it closes, so the head
+ * is the one that has waited longest. */
+static void idle_add(sl_conn_t *c)
+{
+    sl_server_t *s = c->srv;
+    idle_remove(c);
+    c->idle_prev = s->idle_tail;
+    c->idle_next = NULL;
+    if (s->idle_tail)
+        s->idle_tail->idle_next = c;
+    else
+        s->idle_head = c;
+    s->idle_tail = c;
+    c->in_idle = 1;
+}
+
+static void idle_remove(sl_conn_t *c)
+{
+    sl_server_t *s = c->srv;
+    if (!c->in_idle)
+        return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        s->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        s->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->in_idle = 0;
+}
+
+/* Closes the longest-idle connection that owes its client nothing (no
+ * pipelined request waiting, no answer still being written). Returns 1 if it
+ * found one. Idle connections that do owe something stay in the list, so the
+ * walk passes them; there are few. */
+static int evict_idle(sl_server_t *s)
+{
+    for (sl_conn_t *c = s->idle_head; c; c = c->idle_next) {
+        if (c->state == CONN_READING && !c->started && !stash_pending(c) && !c->input_paused &&
+            c->write_queue == 0) {
+            sl_log_debug("max_connections reached: closing idle connection from %s", c->peer);
+            conn_close(c);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- input: bytes → requests, in order ---- */
+
+/* Keeps unparsed bytes for later. The spent front is dropped only once it is
+ * at least half the buffer (or room is needed), so each byte is moved at most
+ * once on average however long the pipeline. */
+static int stash_add(sl_conn_t *c, const char *p, size_t n)
+{
+    sl_buf_t *st = &c->stash;
+    if (c->stash_off == st->len) {
+        st->len = c->stash_off = 0;
+    } else if (c->stash_off &&
+               (c->stash_off >= st->len / 2 || (st->limit && st->len + n > st->limit))) {
+        sl_buf_consume(st, c->stash_off);
+        c->stash_off = 0;
+    }
+    return sl_buf_append(st, p, n);
+}
+
+/* Runs llhttp over bytes and sets *used to how many it took. Returns 1 when
+ * they complete a request (or a 413 is due), 0 when more bytes are needed
+ * or the request was malformed (then it is answered and the connection is
+ * closing). */
+static int conn_parse(sl_conn_t *c, const char *data, size_t len, size_t *used)
+{
     if (!c->started) {
         c->started = 1;
         c->req.start_ns = uv_hrtime();
+        c->start_ms = uv_now(c->srv->loop);
         c->bytes_in = 0;
-        arm_timer(c, c->srv->limits.header_timeout_ms);
+        idle_remove(c);
     }
-    c->bytes_in += len;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    if (err == HPE_OK) {
-        if (c->head_done) /* body still arriving: the timeout is per read */
-            arm_timer(c, c->srv->limits.header_timeout_ms);
-        return;
-    }
+    *used = len;
     if (err == HPE_PAUSED) {
         const char *pos = llhttp_get_error_pos(&c->parser);
-        size_t used = pos ? (size_t)(pos - data) : len;
-        if (used < len && !c->body_too_large && sl_buf_append(&c->stash, data + used, len - used)) {
-            conn_close(c);
-            return;
-        }
-        c->bytes_in -= (len - used);
-        uv_timer_stop(&c->timer);
-        build_request(c);
-        if (!c->hviews && c->nh) {
-            conn_close(c);
-            return;
-        }
-        c->state = CONN_BUSY;
-        c->srv->cb(&c->req, c->srv->app);
-        return;
+        *used = pos ? (size_t)(pos - data) : len;
     }
+    c->bytes_in += *used;
+    if (err == HPE_OK)
+        return 0;
+    if (err == HPE_PAUSED)
+        return 1;
     const char *reason = llhttp_get_error_reason(&c->parser);
     int status = 400;
     if (err == HPE_USER && reason && strstr(reason, "too"))
@@ -681,6 +824,75 @@ static void conn_process(sl_conn_t *c, const char *data, size_t len)
     sl_log_debug("malformed request from %s: %s (%s)", c->peer, llhttp_errno_name(err),
                  reason ? reason : "");
     respond_raw_error(c, status, reason ? reason : "malformed HTTP request");
+    return 0;
+}
+
+/* Hands the parsed request to the application. */
+static void conn_dispatch(sl_conn_t *c)
+{
+    build_request(c);
+    if (!c->hviews && c->nh) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_BUSY;
+    c->head_only = c->parser.method == HTTP_HEAD;
+    uv_timer_stop(&c->timer);
+    c->dispatching = 1;
+    c->srv->cb(&c->req, c->srv->app);
+    c->dispatching = 0;
+}
+
+/* Parses stashed requests front to back while the connection may take one:
+ * it is READING (the previous response ended) and its client has read its
+ * earlier answers (write queue under high water). Otherwise stops reading
+ * too, so nothing more piles up until the client catches up. */
+static void conn_drive(sl_conn_t *c)
+{
+    while (c->state == CONN_READING && !c->input_paused && stash_pending(c)) {
+        if (c->write_queue >= SL_CONN_HIGH_WATER) {
+            c->input_paused = 1;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            break;
+        }
+        size_t used;
+        int complete =
+            conn_parse(c, c->stash.base + c->stash_off, c->stash.len - c->stash_off, &used);
+        c->stash_off += used;
+        if (complete)
+            conn_dispatch(c); /* the views it gets are copies: the stash may move */
+    }
+    conn_rearm(c);
+}
+
+static void on_drive_timer(uv_timer_t *t)
+{
+    conn_drive(t->data);
+}
+
+/* Bytes from the socket. */
+static void conn_input(sl_conn_t *c, const char *data, size_t len)
+{
+    if (c->state == CONN_CLOSING || c->body_too_large)
+        return; /* a 413 is due and the connection closes after it: drop the rest */
+    if (c->state == CONN_READING && !c->input_paused && !stash_pending(c) &&
+        c->write_queue < SL_CONN_HIGH_WATER) {
+        /* The common case: parse from the read buffer, keep only what
+         * follows a complete request. */
+        size_t used;
+        if (conn_parse(c, data, len, &used)) {
+            if (used < len && !c->body_too_large && stash_add(c, data + used, len - used)) {
+                conn_close(c);
+                return;
+            }
+            conn_dispatch(c);
+        }
+    } else if (stash_add(c, data, len) != 0) {
+        conn_notify_gone(c, SL_ELIMIT); /* a client pipelining more than we bound */
+        conn_close(c);
+        return;
+    }
+    conn_drive(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -693,7 +905,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     sl_conn_t *c = stream->data;
     if (nread > 0) {
-        conn_process(c, buf->base, (size_t)nread);
+        conn_input(c, buf->base, (size_t)nread);
         return;
     }
     if (nread == 0)
@@ -740,13 +952,20 @@ static void on_connection(uv_stream_t *ls, int status)
     s->conns = c;
     s->nconns++;
     sl_metrics_gauge_add(SL_GAUGE_CONNECTIONS, 1);
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0 ||
-        (s->limits.max_connections && s->nconns > s->limits.max_connections)) {
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    peer_name(&c->tcp, c->peer, sizeof c->peer);
+    /* Full: an idle keep-alive connection gives way (its client reconnects
+     * when it needs to), so idle sockets cannot lock everyone out. */
+    size_t max = s->limits.max_connections;
+    if (max && s->nconns - s->nclosing > max && !evict_idle(s)) {
+        sl_log_debug("connection from %s refused: max_connections (%zu) all busy", c->peer, max);
         conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    peer_name(&c->tcp, c->peer, sizeof c->peer);
     sl_buf_init(&c->head, s->limits.max_header);
     sl_buf_init(&c->body, 0);
     sl_buf_init(&c->stash, s->limits.max_header + s->limits.max_body);
@@ -754,7 +973,8 @@ static void on_connection(uv_stream_t *ls, int status)
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->state = CONN_READING;
-    arm_timer(c, s->limits.header_timeout_ms);
+    idle_add(c);
+    conn_rearm(c);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
@@ -861,6 +1081,8 @@ void sl_server_set_limits(sl_server_t *s, const sl_server_limits_t *limits)
 
 const char *sl_http_reason(int status)
 {
+    /* One status per line reads as the table it is. */
+    // clang-format off
     switch (status) {
     case 200: return "OK";
     case 201: return "Created";
@@ -883,4 +1105,5 @@ const char *sl_http_reason(int status)
     case 529: return "Overloaded";
     default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
     }
+    // clang-format on
 }

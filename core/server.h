@@ -6,8 +6,13 @@
  * The server knows nothing about LLM protocols. It hands each complete
  * request (headers and whole body, bounded by max_body) to the application
  * callback and then waits for that request's response to end before parsing
- * the next one on the connection. It keeps reading while a response is in
- * flight so that a client that goes away is noticed at once (on_gone).
+ * the next one on the connection, so pipelined requests are answered in
+ * order. It keeps reading while a response is in flight so that a client
+ * that goes away is noticed at once (on_gone). It stops parsing, and reading,
+ * while the connection's write queue is above SL_CONN_HIGH_WATER (a client
+ * that pipelines but does not read its answers) and resumes below
+ * SL_CONN_LOW_WATER. A response to HEAD gets its head only: body bytes the
+ * application sends for it are dropped.
  *
  * Ownership: the server owns connections; a connection is freed only in its
  * close callback. The application keeps a sl_conn_t pointer only until it
@@ -29,30 +34,35 @@ typedef struct {
     sl_str_t value;
 } sl_header_t;
 
+/* Every timeout is in ms; 0 means none. */
 typedef struct {
-    size_t max_header;         /* bytes of request line + headers */
-    size_t max_headers_count;  /* number of header fields */
-    size_t max_body;           /* request body bytes */
-    uint64_t header_timeout_ms;    /* time to receive a complete request head (slowloris) */
-    uint64_t keepalive_timeout_ms; /* idle time between requests */
-    size_t max_connections;    /* per worker; 0 = unlimited */
+    size_t max_header;              /* bytes of request line + headers */
+    size_t max_headers_count;       /* number of header fields */
+    size_t max_body;                /* request body bytes */
+    uint64_t header_timeout_ms;     /* time to receive a complete request head (slowloris) */
+    uint64_t body_timeout_ms;       /* longest gap between two reads of a request body */
+    uint64_t body_total_timeout_ms; /* time to receive a whole request body */
+    uint64_t keepalive_timeout_ms;  /* idle time between requests; also the longest a client
+                                     * may leave pipelined answers unread */
+    size_t max_connections;         /* per worker; 0 = unlimited. When full, the connection that has
+                                     * waited longest for a next request is closed to make room */
 } sl_server_limits_t;
 
 /* A parsed request. Views are valid until the response to it ends. */
 typedef struct {
     sl_conn_t *conn;
-    const char *method;    /* static, upper case */
-    sl_str_t url;          /* origin-form target: path plus optional ?query */
-    sl_str_t path;         /* url without the query */
-    sl_str_t query;        /* after '?', empty if none */
+    const char *method; /* static, upper case */
+    sl_str_t url;       /* origin-form target: path plus optional ?query */
+    sl_str_t path;      /* url without the query */
+    sl_str_t query;     /* after '?', empty if none */
     sl_header_t *headers;
     size_t nheaders;
     sl_str_t body;
     int keep_alive;
-    int error_status;      /* 0, or 413 when the body exceeded max_body (body is then empty) */
-    const char *peer;      /* "ip:port" of the client */
-    uint64_t start_ns;     /* uv_hrtime() when the request head began */
-    uint64_t bytes_in;     /* bytes of this request as received */
+    int error_status;  /* 0, or 413 when the body exceeded max_body (body is then empty) */
+    const char *peer;  /* "ip:port" of the client */
+    uint64_t start_ns; /* uv_hrtime() when the request head began */
+    uint64_t bytes_in; /* bytes of this request as received */
 } sl_request_t;
 
 /* Callbacks into the application for one connection's current request. */

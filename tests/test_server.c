@@ -9,7 +9,12 @@
  * requests get 400/431/413 and a close, a silent connection is dropped by
  * the header timeout, a client that leaves mid-response is reported through
  * on_gone, chunked responses are framed correctly, and a header value with
- * CR/LF is refused before it can split a response.
+ * CR/LF is refused before it can split a response. Also the edges a real
+ * client population reaches: HEAD answered without a body, thousands of
+ * pipelined requests answered in order (also behind a slow one, in linear
+ * time), a client that pipelines without reading is not answered into
+ * memory without bound, a dripping body is cut, and a full server makes room
+ * by closing an idle keep-alive connection.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -39,7 +44,11 @@ enum app_mode {
     APP_HOLD,          /* keep the request; watch for on_gone */
     APP_CHUNKED,       /* answer with a chunked body in two pieces */
     APP_CRLF,          /* try a header with CR/LF, then answer properly */
+    APP_BIG,           /* answer at once, the echo padded to BIG_BODY bytes */
+    APP_FIRST_LATER,   /* hold the first request (app.held), answer the rest at once */
 };
+
+#define BIG_BODY (16 * 1024)
 
 typedef struct {
     char method[16];
@@ -82,6 +91,8 @@ static void echo_respond(sl_conn_t *c, const seen_t *s)
     sl_buf_init(&b, 0);
     sl_buf_printf(&b, "%s %s ?%s body=", s->method, s->path, s->query);
     sl_buf_append(&b, s->body.base, s->body.len);
+    while (app.mode == APP_BIG && b.len < BIG_BODY)
+        sl_buf_append_byte(&b, '.');
     sl_header_t h[] = {{SL_STR("Content-Type"), SL_STR("text/plain")}};
     sl_conn_respond(c, s->error_status ? s->error_status : 200, h, 1,
                     sl_str(b.base ? b.base : "", b.len));
@@ -117,7 +128,16 @@ static void on_request(sl_request_t *req, void *arg)
 
     switch (app.mode) {
     case APP_RESPOND:
+    case APP_BIG:
         echo_respond(req->conn, s);
+        break;
+    case APP_FIRST_LATER:
+        if (i == 0) {
+            app.held = req->conn;
+            sl_conn_set_handler(req->conn, &handler, NULL);
+        } else {
+            echo_respond(req->conn, s);
+        }
         break;
     case APP_RESPOND_LATER:
         app.later_seen[app.nlater] = i;
@@ -221,6 +241,8 @@ typedef struct {
     int wait_between;     /* read a whole response between parts */
     int wait_seen;        /* before closing: wait until the app saw this many requests */
     int flood_after_seen; /* send parts[1] only once the app has parts[0]'s request */
+    const char *drip;     /* after the parts, these bytes one at a time... */
+    int drip_ms;          /* ...this far apart */
     int close_early;      /* close right after sending (a client that leaves) */
     const char *until;    /* stop reading once this appears */
     int responses;        /* or once this many "HTTP/1.1 " lines arrived */
@@ -299,6 +321,11 @@ static void *client_main(void *arg)
         th_send_all(fd, c->parts[i], strlen(c->parts[i]));
         if (c->wait_between && i + 1 < 4 && c->parts[i + 1])
             client_read(c, fd, i + 1);
+    }
+    for (const char *d = c->drip; d && *d; d++) {
+        usleep((useconds_t)c->drip_ms * 1000);
+        if (send(fd, d, 1, MSG_NOSIGNAL) != 1)
+            break; /* cut off */
     }
     for (int ms = 0; c->wait_seen && atomic_load(&app.nseen) < c->wait_seen && ms < 3000; ms++)
         usleep(1000);
@@ -714,6 +741,429 @@ static void test_stop_closes_idle_connections(void)
     close(fd);
 }
 
+static void test_head_response_has_no_body(void)
+{
+    /* Claude Code opens with HEAD /: a body after that head would be read
+     * as the start of the next response on the keep-alive connection. */
+    static const char *reqs =
+        "HEAD /h HTTP/1.1\r\nHost: h\r\n\r\nGET /g HTTP/1.1\r\nHost: h\r\n\r\n";
+    enum app_mode modes[] = {APP_RESPOND, APP_CHUNKED};
+    const char *second[] = {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n",
+                            "HTTP/1.1 200 OK\r\n"};
+    const char *until[] = {"GET /g ? body=", "world\r\n0\r\n\r\n"};
+    for (int m = 0; m < 2; m++) {
+        app_reset(modes[m]);
+        sl_server_limits_t l = default_limits();
+        int port;
+        sl_server_t *s = start_server(&l, &port);
+        CHECK(s != NULL);
+        if (!s)
+            return;
+        client_t *c = client_new(port);
+        c->parts[0] = reqs;
+        c->until = until[m];
+        run_client(c);
+        CHECK_EQ_INT(atomic_load(&app.nseen), 2);
+        CHECK(strcmp(app.seen[0].method, "HEAD") == 0);
+        const char *end = strstr(c->resp, "\r\n\r\n");
+        CHECK(strncmp(c->resp, "HTTP/1.1 200 OK\r\n", 17) == 0);
+        if (m == 0) { /* the head still states the length a GET would get */
+            char cl[64];
+            snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", strlen("HEAD /h ? body="));
+            CHECK(end && memmem(c->resp, (size_t)(end - c->resp), cl, strlen(cl)));
+        }
+        CHECK(end && strncmp(end + 4, second[m], strlen(second[m])) == 0);
+        CHECK(!c->eof);
+        if (th_cur_failed)
+            fprintf(stderr, "  got: %s\n", c->resp);
+        free(c);
+        stop_server(s);
+    }
+}
+
+/* ---- many pipelined requests: a client thread that writes from a second
+ * thread while it reads, and checks each response as it arrives ---- */
+
+typedef struct {
+    int port;
+    const char *payload; /* requests GET /p/0, /p/1, ... back to back */
+    size_t payload_len;
+    size_t first_len;     /* sent alone first, the rest once the app has it */
+    int rcvbuf;           /* 0, or a small receive buffer: a client that reads little */
+    atomic_int read_gate; /* reads start only once this is set */
+    int want;             /* responses expected */
+    int got;              /* in order so far */
+    int bad;              /* a response out of order or not 200 */
+    int eof;
+    char buf[1 << 20];
+    size_t n;
+    int fd;
+    atomic_int sent, done;
+    pthread_t th, wth;
+} bulk_t;
+
+static char *pipeline_of(int count, size_t *len)
+{
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    for (int k = 0; k < count; k++)
+        sl_buf_printf(&b, "GET /p/%d HTTP/1.1\r\nHost: h\r\n\r\n", k);
+    *len = b.len;
+    return b.base;
+}
+
+static void *bulk_writer(void *arg)
+{
+    bulk_t *b = arg;
+    th_send_all(b->fd, b->payload + b->first_len, b->payload_len - b->first_len);
+    atomic_store(&b->sent, 1);
+    return NULL;
+}
+
+/* Checks the complete responses in b->buf: response k must be a 200 whose
+ * echo body starts "GET /p/k ". Keeps the incomplete tail. */
+static void bulk_check(bulk_t *b)
+{
+    size_t off = 0;
+    for (;;) {
+        const char *p = b->buf + off, *he = memmem(p, b->n - off, "\r\n\r\n", 4);
+        if (!he)
+            break;
+        const char *cl = memmem(p, (size_t)(he - p), "Content-Length: ", 16);
+        size_t len = cl ? strtoul(cl + 16, NULL, 10) : 0;
+        const char *body = he + 4;
+        if ((size_t)(b->buf + b->n - body) < len)
+            break;
+        char expect[64];
+        int m = snprintf(expect, sizeof expect, "GET /p/%d ", b->got);
+        if (strncmp(p, "HTTP/1.1 200 ", 13) != 0 || len < (size_t)m ||
+            memcmp(body, expect, (size_t)m)) {
+            fprintf(stderr, "  response %d: %.120s\n", b->got, p);
+            b->bad = 1;
+            return;
+        }
+        b->got++;
+        off = (size_t)(body + len - b->buf);
+    }
+    memmove(b->buf, b->buf + off, b->n - off);
+    b->n -= off;
+}
+
+static void *bulk_main(void *arg)
+{
+    bulk_t *b = arg;
+    b->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (b->rcvbuf)
+        setsockopt(b->fd, SOL_SOCKET, SO_RCVBUF, &b->rcvbuf, sizeof b->rcvbuf);
+    struct timeval tv = {10, 0};
+    setsockopt(b->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)b->port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(b->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        b->eof = 1;
+        atomic_store(&b->done, 1);
+        return NULL;
+    }
+    if (b->first_len) {
+        th_send_all(b->fd, b->payload, b->first_len);
+        for (int ms = 0; atomic_load(&app.nseen) < 1 && ms < 3000; ms++)
+            usleep(1000);
+    }
+    pthread_create(&b->wth, NULL, bulk_writer, b);
+    while (!atomic_load(&b->read_gate))
+        usleep(1000);
+    while (b->got < b->want && !b->bad) {
+        ssize_t r = recv(b->fd, b->buf + b->n, sizeof b->buf - b->n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            b->eof = 1;
+            break;
+        }
+        b->n += (size_t)r;
+        bulk_check(b);
+    }
+    shutdown(b->fd, SHUT_RDWR); /* unblocks the writer if it is still stuck */
+    pthread_join(b->wth, NULL);
+    close(b->fd);
+    atomic_store(&b->done, 1);
+    return NULL;
+}
+
+static bulk_t *cur_bulk;
+
+static int bulk_done(void)
+{
+    return atomic_load(&cur_bulk->done);
+}
+
+static int bulk_sent(void)
+{
+    return atomic_load(&cur_bulk->sent);
+}
+
+static bulk_t *bulk_start(int port, int count, size_t first_len)
+{
+    bulk_t *b = calloc(1, sizeof *b);
+    b->port = port;
+    b->want = count;
+    b->payload = pipeline_of(count, &b->payload_len);
+    b->first_len = first_len;
+    atomic_store(&b->read_gate, 1);
+    cur_bulk = b;
+    return b;
+}
+
+static void bulk_finish(bulk_t *b)
+{
+    cur_bulk = b;
+    CHECK(drive(bulk_done, 60000));
+    pthread_join(b->th, NULL);
+    free((char *)b->payload);
+    free(b);
+}
+
+static void test_3000_pipelined_in_one_write_answered_in_order(void)
+{
+    /* Answered inside the request callback, as the admin API does: the
+     * bytes read after the first request must not be parsed before the
+     * ones stashed with it. */
+    app_reset(APP_RESPOND);
+    sl_server_limits_t l = default_limits();
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    bulk_t *b = bulk_start(port, 3000, 0);
+    pthread_create(&b->th, NULL, bulk_main, b);
+    cur_bulk = b;
+    CHECK(drive(bulk_done, 60000));
+    CHECK_EQ_INT(b->got, 3000);
+    CHECK(!b->bad);
+    bulk_finish(b);
+    stop_server(s);
+}
+
+static int never(void)
+{
+    return 0;
+}
+
+static void test_long_pipeline_behind_a_slow_response(void)
+{
+    /* ~18 MB of pipelined requests wait in the stash behind one held
+     * response; consuming them must not re-copy the stash per request.
+     * Linear work takes a few seconds; re-copying is ~8 TB of memmove,
+     * which the 60 s bound (or the watchdog) fails. */
+    app_reset(APP_FIRST_LATER);
+    sl_server_limits_t l = default_limits();
+    l.max_body = 32 << 20;
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    const int count = 500000;
+    bulk_t *b = bulk_start(port, count, strlen("GET /p/0 HTTP/1.1\r\nHost: h\r\n\r\n"));
+    pthread_create(&b->th, NULL, bulk_main, b);
+    CHECK(drive(bulk_sent, 20000));
+    drive(never, 1000); /* the server reads what the kernel still holds: all of it stashed */
+    CHECK_EQ_INT(atomic_load(&app.nseen), 1);
+    if (app.held)
+        echo_respond(app.held, &app.seen[0]);
+    cur_bulk = b;
+    CHECK(drive(bulk_done, 60000));
+    CHECK_EQ_INT(b->got, count);
+    CHECK(!b->bad);
+    bulk_finish(b);
+    stop_server(s);
+}
+
+static int stable_polls;
+static int last_seen_count;
+
+/* True once the app's request count stopped moving for ~0.5 s. */
+static int seen_stable(void)
+{
+    int n = atomic_load(&app.nseen);
+    stable_polls = n == last_seen_count ? stable_polls + 1 : 0;
+    last_seen_count = n;
+    usleep(20000);
+    return stable_polls >= 25;
+}
+
+static void test_pipelining_client_that_does_not_read_is_paused(void)
+{
+    /* 2000 pipelined requests whose 16 KB answers the client does not read:
+     * the server must stop producing them (and stop reading) once the
+     * write queue is high, not queue 32 MB, and carry on once it reads. */
+    app_reset(APP_BIG);
+    sl_server_limits_t l = default_limits();
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    const int count = 2000;
+    bulk_t *b = bulk_start(port, count, 0);
+    b->rcvbuf = 4096;
+    atomic_store(&b->read_gate, 0);
+    pthread_create(&b->th, NULL, bulk_main, b);
+    stable_polls = last_seen_count = 0;
+    CHECK(drive(seen_stable, 20000));
+    int answered = atomic_load(&app.nseen);
+    /* What fits in the high-water mark plus the kernel's socket buffers. */
+    CHECK(answered > 0 && answered < count / 2);
+    if (th_cur_failed)
+        fprintf(stderr, "  answered %d of %d while the client read nothing\n", answered, count);
+    atomic_store(&b->read_gate, 1);
+    cur_bulk = b;
+    CHECK(drive(bulk_done, 60000));
+    CHECK_EQ_INT(b->got, count);
+    CHECK(!b->bad);
+    bulk_finish(b);
+    stop_server(s);
+}
+
+static void test_dripping_body_is_cut(void)
+{
+    /* A body that stalls longer than body_timeout: 408, and it never
+     * reaches the application. */
+    app_reset(APP_RESPOND);
+    sl_server_limits_t l = default_limits();
+    l.body_timeout_ms = 100;
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    client_t *c = client_new(port);
+    c->parts[0] = "POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab";
+    c->until = "\x01never";
+    run_client(c);
+    CHECK(strncmp(c->resp, "HTTP/1.1 408 ", 13) == 0);
+    CHECK(c->eof);
+    CHECK_EQ_INT(atomic_load(&app.nseen), 0);
+    free(c);
+    stop_server(s);
+
+    /* Bytes that keep coming, each well within body_timeout, but the whole
+     * body would take 2 s: body_total_timeout (300 ms) cuts it. */
+    app_reset(APP_RESPOND);
+    l.body_timeout_ms = 1000;
+    l.body_total_timeout_ms = 300;
+    s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    c = client_new(port);
+    c->parts[0] = "POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 40\r\n\r\n";
+    c->drip = "0123456789012345678901234567890123456789";
+    c->drip_ms = 50;
+    c->responses = 1;
+    run_client(c);
+    CHECK_EQ_INT(atomic_load(&app.nseen), 0);
+    CHECK(strncmp(c->resp, "HTTP/1.1 200", 12) != 0);
+    free(c);
+    stop_server(s);
+}
+
+/* ---- single-threaded peers: the test thread drives the loop and polls ---- */
+
+typedef struct {
+    int fd;
+    char buf[4096];
+    size_t n;
+    int eof;
+} peer_t;
+
+static peer_t *cur_peer;
+static const char *cur_marker;
+
+static int peer_ready(void)
+{
+    peer_t *p = cur_peer;
+    for (;;) {
+        if (p->eof || (cur_marker && strstr(p->buf, cur_marker)))
+            return 1;
+        ssize_t r = recv(p->fd, p->buf + p->n, sizeof p->buf - 1 - p->n, MSG_DONTWAIT);
+        if (r > 0) {
+            p->n += (size_t)r;
+            p->buf[p->n] = '\0';
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            p->eof = 1;
+        return p->eof;
+    }
+}
+
+/* Drives the server until p has received marker (or, marker NULL, EOF). */
+static int peer_wait(peer_t *p, const char *marker, int ms)
+{
+    cur_peer = p;
+    cur_marker = marker;
+    return drive(peer_ready, ms) && (!marker || strstr(p->buf, marker));
+}
+
+static void peer_open(peer_t *p, int port, const char *send_now)
+{
+    memset(p, 0, sizeof *p);
+    p->fd = th_connect(port, 2000);
+    CHECK(p->fd >= 0);
+    if (send_now)
+        th_send_all(p->fd, send_now, strlen(send_now));
+}
+
+static void test_full_server_closes_an_idle_connection_for_a_new_one(void)
+{
+    app_reset(APP_RESPOND);
+    sl_server_limits_t l = default_limits();
+    l.max_connections = 2;
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    peer_t a, b, c;
+    peer_open(&a, port, NULL); /* connected, silent */
+    peer_open(&b, port, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    CHECK(peer_wait(&b, "GET /b ? body=", 3000)); /* answered, now idle */
+    peer_open(&c, port, "GET /c HTTP/1.1\r\nHost: h\r\n\r\n");
+    CHECK(peer_wait(&c, "GET /c ? body=", 3000)); /* served although the server was full */
+    CHECK(peer_wait(&a, NULL, 3000));             /* the longest idle gave way */
+    CHECK(a.eof && a.n == 0);
+    th_send_all(b.fd, "GET /b2 HTTP/1.1\r\nHost: h\r\n\r\n", 30);
+    CHECK(peer_wait(&b, "GET /b2 ? body=", 3000)); /* the other one was left alone */
+    CHECK(!b.eof);
+    close(a.fd);
+    close(b.fd);
+    close(c.fd);
+    stop_server(s);
+
+    /* Nobody idle (both connections are mid-request): the newcomer is
+     * refused and the requests under way are not harmed. */
+    app_reset(APP_RESPOND);
+    s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    peer_open(&a, port, "GET /a HT");
+    peer_open(&b, port, "GET /b HT");
+    drive(never, 300);
+    peer_open(&c, port, "GET /c HTTP/1.1\r\nHost: h\r\n\r\n");
+    CHECK(peer_wait(&c, NULL, 3000));
+    CHECK(c.eof && c.n == 0);
+    th_send_all(a.fd, "TP/1.1\r\nHost: h\r\n\r\n", 19);
+    CHECK(peer_wait(&a, "GET /a ? body=", 3000));
+    close(a.fd);
+    close(b.fd);
+    close(c.fd);
+    stop_server(s);
+}
+
 int main(void)
 {
     th_watchdog(120);
@@ -735,6 +1185,12 @@ int main(void)
     RUN(test_chunked_response_framing);
     RUN(test_crlf_header_refused);
     RUN(test_stop_closes_idle_connections);
+    RUN(test_head_response_has_no_body);
+    RUN(test_3000_pipelined_in_one_write_answered_in_order);
+    RUN(test_long_pipeline_behind_a_slow_response);
+    RUN(test_pipelining_client_that_does_not_read_is_paused);
+    RUN(test_dripping_body_is_cut);
+    RUN(test_full_server_closes_an_idle_connection_for_a_new_one);
     app_reset(APP_RESPOND);
     uv_close((uv_handle_t *)&ticker, NULL);
     uv_close((uv_handle_t *)&app.later, NULL);
