@@ -263,8 +263,15 @@ int main(int argc, char **argv)
     app.workers_override = workers_override != 0;
     for (int i = 0; i < nworkers; i++)
         app.workers[i] = &workers[i];
+    /* Every worker is built before any loop runs (see worker.c). */
     for (int i = 0; i < nworkers; i++) {
         if (sl_worker_start(&workers[i], &app, i + 1, err, sizeof err) != 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            return 1;
+        }
+    }
+    for (int i = 0; i < nworkers; i++) {
+        if (sl_worker_run(&workers[i], err, sizeof err) != 0) {
             fprintf(stderr, "sluice: %s\n", err);
             return 1;
         }

@@ -3,9 +3,14 @@
  *
  * Start-up happens on the calling (main) thread so a port already in use or
  * a broken config is reported before sluice claims to be up; only uv_run
- * moves to the new thread. Shutdown is cooperative: stop accepting, let the
- * exchanges in flight finish, cut the stragglers with a SHUTDOWN outcome
- * after shutdown_timeout, then close every handle so uv_run returns.
+ * moves to the new thread, and main starts no loop before every worker is
+ * built: until then connections wait in the listen backlog, so nothing is
+ * answered (not even health) while a later worker still reads the config
+ * file — which ops may be rewriting the moment sluice looks up.
+ *
+ * Shutdown is cooperative: stop accepting, let the exchanges in flight
+ * finish, cut the stragglers with a SHUTDOWN outcome after
+ * shutdown_timeout, then close every handle so uv_run returns.
  * Reloads are rounds over all workers run by the main thread (reload.h);
  * here is a worker's part: prepare a new host, then commit or drop it.
  */
@@ -241,11 +246,15 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
         }
         w->nservers++;
     }
-    if ((rc = uv_thread_create(&w->thread, run, w)) < 0) {
-        snprintf(err, errlen, "thread: %s", uv_strerror(rc));
-        return rc;
-    }
     return 0;
+}
+
+int sl_worker_run(sl_worker_t *w, char *err, size_t errlen)
+{
+    int rc = uv_thread_create(&w->thread, run, w);
+    if (rc < 0)
+        snprintf(err, errlen, "thread: %s", uv_strerror(rc));
+    return rc < 0 ? rc : 0;
 }
 
 void sl_worker_post(sl_worker_t *w, int cmd)

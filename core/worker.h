@@ -70,8 +70,10 @@ struct sl_worker_s {
 };
 
 /* Creates the worker's loop, host and listeners on the calling thread (so
- * bind errors surface at start-up), then runs the loop on a new thread. */
+ * bind errors surface at start-up); sl_worker_run then runs the loop on a
+ * new thread. */
 int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t errlen);
+int sl_worker_run(sl_worker_t *w, char *err, size_t errlen);
 /* Any thread. A no-op once the worker's loop has closed (it is stopping). */
 void sl_worker_post(sl_worker_t *w, int cmd);
 void sl_worker_join(sl_worker_t *w);

@@ -401,5 +401,18 @@ class ReloadCountTest(ReloadCase):
                          "a worker took a config the round refused")
 
 
+class StartupTest(ReloadCase):
+    def test_nothing_is_answered_until_every_worker_has_read_the_config(self):
+        # Worker 2 takes a second to load. If worker 1 answered meanwhile, a
+        # deploy script that saw health and rewrote the config would have
+        # worker 2 start on the new file (or die on a broken one).
+        slow = 'if require("sluice.core").worker_id == 2 then os.execute("sleep 1") end\n'
+        s = self.start_sluice(slow + routed(self.mock.port, "model-A"), workers=2)
+        s.write_config("return { this is not lua")
+        time.sleep(1.5)
+        self.assertIsNone(s.proc.poll(), "a worker read the config after sluice answered" + self.diag())
+        self.assertEqual({self.upstream_model() for _ in range(10)}, {"model-A"})
+
+
 if __name__ == "__main__":
     harness.main()
