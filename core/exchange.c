@@ -18,7 +18,6 @@
  * runs exactly once: classify, let Lua close the client's stream or build an
  * error response, write the access log and history record, free.
  */
-#define _GNU_SOURCE /* memmem */
 #include "exchange.h"
 
 #include <curl/curl.h>
@@ -297,25 +296,6 @@ static void keep_event(sl_buf_t *b, const sl_sse_event_t *ev)
         sl_buf_reset(b); /* over the bound: that fact stays unknown */
 }
 
-/* True if the event has a usage object: `"usage": {` or `"usageMetadata": {`
- * (OpenAI sends `"usage":null` in every chunk but the last; those are skipped). */
-static int carries_usage(sl_str_t d)
-{
-    const char *p = d.base, *end = d.base + d.len;
-    while ((p = memmem(p, (size_t)(end - p), "\"usage", 6)) != NULL) {
-        p += 6;
-        while (p < end && ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
-            p++;
-        if (p < end && *p == '"')
-            p++;
-        while (p < end && (*p == ' ' || *p == ':'))
-            p++;
-        if (p < end && *p == '{')
-            return 1;
-    }
-    return 0;
-}
-
 /* Hands the kept events to the "observe" hook. */
 static void observe_events(sl_exchange_t *ex)
 {
@@ -349,7 +329,8 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
         sl_buf_append_str(&ex->last_ev, ev->event);
         sl_buf_append_byte(&ex->last_ev, '\n');
         sl_buf_append(&ex->last_ev, ev->data.base, ev->data.len < 512 ? ev->data.len : 512);
-        if (ex->observe == OBSERVE_USAGE && carries_usage(ev->data))
+        if (ex->observe == OBSERVE_USAGE &&
+            sl_sse_marker_match(ex->plan.usage_markers, ex->plan.nusage_markers, ev))
             keep_event(&ex->seen_ev[ex->seen_ev[1].len ? 2 : 1], ev);
     }
     return 0;

@@ -662,6 +662,8 @@ void sl_plan_free(sl_plan_t *p)
     free(p->method);
     for (size_t i = 0; i < p->nmarkers; i++)
         free((char *)p->markers[i].value.base);
+    for (size_t i = 0; i < p->nusage_markers; i++)
+        free((char *)p->usage_markers[i].value.base);
     free(p->service);
     free(p->client);
     free(p->route);
@@ -722,12 +724,14 @@ static int read_resp(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t 
     return rc;
 }
 
-static int read_markers(lua_State *L, int idx, sl_plan_t *p)
+/* plan[field] = { { event = s } | { data = s } | { data_has = s }... } */
+static void read_markers(lua_State *L, int idx, const char *field, sl_sse_marker_t *markers,
+                         size_t *count)
 {
-    lua_getfield(L, idx, "terminal");
+    lua_getfield(L, idx, field);
     if (lua_istable(L, -1)) {
         size_t n = lua_objlen(L, -1);
-        for (size_t i = 1; i <= n && p->nmarkers < SL_PLAN_MAX_MARKERS; i++) {
+        for (size_t i = 1; i <= n && *count < SL_PLAN_MAX_MARKERS; i++) {
             lua_rawgeti(L, -1, (int)i);
             static const struct {
                 const char *key;
@@ -738,9 +742,9 @@ static int read_markers(lua_State *L, int idx, sl_plan_t *p)
             for (size_t k = 0; k < 3 && lua_istable(L, -1); k++) {
                 char *v = field_str(L, -1, kinds[k].key);
                 if (v) {
-                    p->markers[p->nmarkers].kind = kinds[k].kind;
-                    p->markers[p->nmarkers].value = sl_str_c(v);
-                    p->nmarkers++;
+                    markers[*count].kind = kinds[k].kind;
+                    markers[*count].value = sl_str_c(v);
+                    (*count)++;
                     break;
                 }
             }
@@ -748,7 +752,6 @@ static int read_markers(lua_State *L, int idx, sl_plan_t *p)
         }
     }
     lua_pop(L, 1);
-    return 0;
 }
 
 static int read_plan(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, char *err,
@@ -797,7 +800,8 @@ static int read_plan(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg
     p->stream = field_bool(L, idx, "stream", 0);
     p->transform = field_bool(L, idx, "transform", 0);
     p->verify_tls = field_bool(L, idx, "verify_tls", 1);
-    read_markers(L, idx, p);
+    read_markers(L, idx, "terminal", p->markers, &p->nmarkers);
+    read_markers(L, idx, "usage_events", p->usage_markers, &p->nusage_markers);
     p->t_connect = cfg->t_connect;
     p->t_first_byte = cfg->t_first_byte;
     p->t_idle = cfg->t_idle;

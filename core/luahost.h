@@ -94,8 +94,10 @@ typedef struct {
     char *url, *method;
     int stream;               /* upstream answers SSE: frame it */
     int transform;            /* run events/body hooks; else pass bytes through */
-    sl_sse_marker_t markers[SL_PLAN_MAX_MARKERS];
+    sl_sse_marker_t markers[SL_PLAN_MAX_MARKERS];       /* the protocol's terminal event */
     size_t nmarkers;
+    sl_sse_marker_t usage_markers[SL_PLAN_MAX_MARKERS]; /* events that carry usage */
+    size_t nusage_markers;
     uint64_t t_connect, t_first_byte, t_idle, t_total;
     int verify_tls;
     /* For the record and the access log. */

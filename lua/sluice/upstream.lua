@@ -236,6 +236,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         headers = build_headers(ctx, supplier, same),
         stream = ctx.stream,
         terminal = codec.terminal,
+        usage_events = codec.usage_events,
     }
     local path, query, body = codec.path(upstream_model, ctx.stream), "", nil
     if same then

@@ -34,6 +34,10 @@ local null = json.null
 local M = { name = "anthropic" }
 
 M.terminal = { { event = "message_stop" } }
+-- The events that carry a usage object (input in message_start, output in
+-- message_delta): the core keeps the first and the latest of them on a
+-- passthrough stream, for the record, without reading the rest.
+M.usage_events = { { event = "message_start" }, { event = "message_delta" } }
 
 function M.path(model, stream)
     return "/v1/messages"

@@ -30,6 +30,9 @@ local M = { name = "gemini" }
 
 -- No terminal event: the chunk that carries finishReason ends the stream (§4.4).
 M.terminal = { { data_has = "\"finishReason\":" } } -- with the colon: the key, not a text part saying it
+-- Chunks that carry usage (cumulative): the core keeps the first and the
+-- latest on a passthrough stream.
+M.usage_events = { { data_has = "\"usageMetadata\":{" }, { data_has = "\"usageMetadata\": {" } }
 
 local function strip_model(model)
     if type(model) ~= "string" then return model end

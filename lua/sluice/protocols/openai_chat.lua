@@ -27,6 +27,9 @@ local time = os.time
 local M = { name = "openai-chat" }
 
 M.terminal = { { data = "[DONE]" } }
+-- Chunks that carry a usage object (every other chunk says "usage":null):
+-- the core keeps the first and the latest on a passthrough stream.
+M.usage_events = { { data_has = "\"usage\":{" }, { data_has = "\"usage\": {" } }
 
 function M.path(model, stream)
     return "/chat/completions"

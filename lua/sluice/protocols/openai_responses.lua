@@ -35,6 +35,9 @@ M.terminal = {
     { event = "response.incomplete" },
     { event = "response.failed" },
 }
+-- Usage comes only in the final response object; the core keeps that event
+-- of a passthrough stream for the record.
+M.usage_events = M.terminal
 
 function M.path(model, stream)
     return "/responses"
