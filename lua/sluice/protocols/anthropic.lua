@@ -33,6 +33,43 @@ local null = json.null
 
 local M = { name = "anthropic" }
 
+-- ================================================================= facts
+-- What sluice knows about this protocol outside its codec: the registry
+-- (protocols/init.lua) checks these and config, router, upstream,
+-- toolnames and host read them. Their meaning: protocols/README.md.
+
+M.title = "Anthropic"
+
+M.endpoints = {
+    { path = "/v1/messages", kind = "generate" },
+    { path = "/v1/messages/count_tokens", kind = "count_tokens" },
+}
+-- Upstream path for count_tokens: the only protocol sluice counts tokens
+-- for (other suppliers get sluice.estimate's answer, in this shape).
+M.count_tokens = "/v1/messages/count_tokens"
+
+-- GET /v1/models is shared with OpenAI: a client that sends
+-- anthropic-version is an Anthropic client and gets this list.
+M.models = {
+    path = "/v1/models",
+    header = "anthropic-version",
+    list = function(ids)
+        local data = {}
+        for i, id in ipairs(ids) do
+            data[i] = { type = "model", id = id, display_name = id, created_at = "1970-01-01T00:00:00Z" }
+        end
+        return { data = array(data), has_more = false, first_id = ids[1] or null,
+                 last_id = ids[#ids] or null }
+    end,
+}
+-- A path sluice cannot classify that contains this answers in this shape.
+M.guess = { contains = "/messages", rank = 1 }
+
+M.credential = { header = "x-api-key" }
+-- Sent upstream unless a same-protocol client sent its own value.
+M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
+M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
+
 M.terminal = { { event = "message_stop" } }
 -- The events that carry a usage object (input in message_start, output in
 -- message_delta): the core keeps the first and the latest of them on a
@@ -42,6 +79,7 @@ M.usage_events = { { event = "message_start" }, { event = "message_delta" } }
 function M.path(model, stream)
     return "/v1/messages"
 end
+-- ============================================================ end of facts
 
 local DEFAULT_MAX_TOKENS = 8192
 

@@ -28,6 +28,36 @@ local json_encode, json_decode, json_array, json_null, is_array = json.encode, j
 
 local M = { name = "gemini" }
 
+-- ================================================================= facts
+-- What sluice knows about this protocol outside its codec: the registry
+-- (protocols/init.lua) checks these and config, router, upstream,
+-- toolnames and host read them. Their meaning: protocols/README.md.
+
+M.title = "Gemini"
+
+-- The model and streaming live in the path.
+M.endpoints = {
+    { match = "^/v1beta/models/([^/:]+):generateContent$", kind = "generate", stream = false },
+    { match = "^/v1beta/models/([^/:]+):streamGenerateContent$", kind = "generate", stream = true },
+    -- Recognised on any method so its answer has Gemini's shape; sluice
+    -- does not count tokens for Gemini clients (501, see M.count_tokens).
+    { match = "^/v1beta/models/([^/:]+):countTokens$", kind = "count_tokens", any_method = true },
+}
+-- GET /v1beta/models: no list shape of its own; answered in the default
+-- protocol's (or the one the client's header claims).
+M.models = { path = "/v1beta/models" }
+M.guess = { contains = "/v1beta/", rank = 2 }
+
+-- A key may also come as ?key=; on passthrough it moves to the header.
+M.credential = { header = "x-goog-api-key", query = "key" }
+-- Query parameters path() sets itself: never forwarded from the client.
+M.path_query = { "alt" }
+-- The upstream model is in the path: a same-protocol body is sent as is.
+M.model_in_path = true
+-- A letter or _ first, then [A-Za-z0-9_.:-]; kept to 64 for older models.
+M.tool_names = { max = 64, pattern = "^[a-zA-Z_][a-zA-Z0-9_.:-]*$", bad = "[^a-zA-Z0-9_.:-]",
+                 first = "^[a-zA-Z_]" }
+
 -- No terminal event: the chunk that carries finishReason ends the stream (§4.4).
 M.terminal = { { data_has = "\"finishReason\":" } } -- with the colon: the key, not a text part saying it
 -- Chunks that carry usage (cumulative): the core keeps the first and the
@@ -49,6 +79,7 @@ function M.path(model, stream)
     if stream then return "/v1beta/models/" .. model .. ":streamGenerateContent?alt=sse" end
     return "/v1beta/models/" .. model .. ":generateContent"
 end
+-- ============================================================ end of facts
 
 ---------------------------------------------------------------------------
 -- helpers

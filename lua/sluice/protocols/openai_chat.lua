@@ -26,6 +26,28 @@ local time = os.time
 
 local M = { name = "openai-chat" }
 
+-- ================================================================= facts
+-- What sluice knows about this protocol outside its codec: the registry
+-- (protocols/init.lua) checks these and config, router, upstream,
+-- toolnames and host read them. Their meaning: protocols/README.md.
+
+M.title = "OpenAI Chat"
+
+M.endpoints = { { path = "/v1/chat/completions", kind = "generate" } }
+-- GET /v1/models (shared with Anthropic). As the default protocol, this is
+-- also the list shape for a models path whose protocol has none.
+M.models = {
+    path = "/v1/models",
+    list = function(ids)
+        local data = {}
+        for i, id in ipairs(ids) do data[i] = { id = id, object = "model", created = 0, owned_by = "sluice" } end
+        return { object = "list", data = array(data) }
+    end,
+}
+
+M.credential = { header = "authorization", scheme = "Bearer" }
+M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
+
 M.terminal = { { data = "[DONE]" } }
 -- Chunks that carry a usage object (every other chunk says "usage":null):
 -- the core keeps the first and the latest on a passthrough stream.
@@ -34,6 +56,7 @@ M.usage_events = { { data_has = "\"usage\":{" }, { data_has = "\"usage\": {" } }
 function M.path(model, stream)
     return "/chat/completions"
 end
+-- ============================================================ end of facts
 
 -- ---------------------------------------------------------------- helpers
 

@@ -29,6 +29,23 @@ local json_encode, json_decode, json_array, json_null = json.encode, json.decode
 
 local M = { name = "openai-responses" }
 
+-- ================================================================= facts
+-- What sluice knows about this protocol outside its codec: the registry
+-- (protocols/init.lua) checks these and config, router, upstream,
+-- toolnames and host read them. Their meaning: protocols/README.md.
+
+M.title = "OpenAI Responses"
+
+M.endpoints = {
+    { path = "/v1/responses", kind = "generate" },
+    -- Codex CLI's base URL ends in /codex: /codex/responses, and only there.
+    { path = "/responses", kind = "generate", prefixed = true },
+}
+M.guess = { contains = "/responses", rank = 3 }
+
+M.credential = { header = "authorization", scheme = "Bearer" }
+M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
+
 -- A stream is complete when one of these terminal events arrives (§3.4).
 M.terminal = {
     { event = "response.completed" },
@@ -42,6 +59,7 @@ M.usage_events = M.terminal
 function M.path(model, stream)
     return "/responses"
 end
+-- ============================================================ end of facts
 
 ---------------------------------------------------------------------------
 -- small shared helpers
