@@ -199,7 +199,7 @@ describe("sluice.host with an adapter", function()
         assert.equal(429, r.status)
         local e = json.decode(r.body).error
         assert.equal("slow down", e.message)
-        assert.equal("rate_limit_error", e.type)
+        assert.equal("requests", e.type) -- OpenAI's rate-limit type (PROTOCOLS §2.5)
         -- a normal answer passes
         r = H.body(ctx, 200, json.encode(CHAT_OK))
         assert.equal(200, r.status)

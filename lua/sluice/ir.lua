@@ -166,6 +166,22 @@ function M.merge_usage(into, from)
     return into
 end
 
+-- The envelope of opaque reasoning state crossing protocols (see
+-- part.origin above): "sluice1:<origin>:<kind>:<value>", kind "sig" for a
+-- thinking signature, "data" for redacted thinking / encrypted content.
+-- Codecs use it through sluice.protocols.common (wrap only what is foreign).
+M.OPAQUE_PREFIX = "sluice1:"
+
+function M.wrap_opaque(origin, kind, value)
+    return M.OPAQUE_PREFIX .. origin .. ":" .. kind .. ":" .. value
+end
+
+-- -> origin, kind, value; nil when s is not an envelope.
+function M.unwrap_opaque(s)
+    if type(s) ~= "string" then return nil end
+    return s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+end
+
 local random, floor = math.random, math.floor
 local ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

@@ -97,18 +97,6 @@ describe("gemini request", function()
         assert.are.same({ thinkingBudget = 0 }, up.generationConfig.thinkingConfig)
     end)
 
-    it("keeps a schema whose only content is a union, and survives recursive $refs", function()
-        local s = G.schema_to_gemini({ anyOf = { { type = "object", properties = { a = { type = "string" } } },
-                                                 { type = "object", properties = { b = { type = "integer" } } } } })
-        assert.are.equal(2, #s.anyOf)
-        local rec = G.schema_to_gemini({ type = "object", ["$defs"] = { Node = { type = "object",
-            properties = { child = { ["$ref"] = "#/$defs/Node" }, v = { type = "string" } } } },
-            properties = { root = { ["$ref"] = "#/$defs/Node" } } })
-        assert.are.equal("OBJECT", rec.properties.root.type)
-        assert.are.equal("STRING", rec.properties.root.properties.v.type)
-        assert.are.same({ type = "OBJECT" }, rec.properties.root.properties.child)
-    end)
-
     it("needs the model from the URL and builds URL paths", function()
         local req, err = G.decode_request({ contents = {} }, {})
         assert.is_nil(req)

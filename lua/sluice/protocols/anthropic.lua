@@ -23,6 +23,8 @@
 
 local json = require("sluice.json")
 local ir = require("sluice.ir")
+local S = require("sluice.ir_stream")
+local common = require("sluice.protocols.common")
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -90,25 +92,11 @@ local function nonnull(v)
     return v
 end
 
--- An object that must stay an object on the wire (never `[]`).
-local function as_object(t)
-    if type(t) ~= "table" then return {} end
-    if getmetatable(t) == json.array_mt then
-        if #t == 0 then return {} end
-        return t
-    end
-    return t
-end
+local as_object, unwrap = common.as_object, common.unwrap
 
--- The cross-provider envelope for opaque reasoning state (see top).
+-- Opaque state towards a client: another provider's in the envelope (see top).
 local function wrap(origin, kind, value)
-    if origin == nil or origin == "anthropic" then return value end
-    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
-end
-
-local function unwrap(s)
-    if type(s) ~= "string" then return nil end
-    return s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+    return common.wrap(M.name, origin, kind, value)
 end
 
 -- A thinking or redacted_thinking block from a client -> IR part.
@@ -589,8 +577,9 @@ Decoder.__index = Decoder
 function M.stream_decoder(opts)
     return setmetatable({
         map = {},       -- anthropic block index -> IR index (false: untranslatable block)
-        next_index = 0,
+        blocks = S.blocks(),
         u = {},         -- exclusive counts as last reported
+        errored = false,
     }, Decoder)
 end
 
@@ -601,23 +590,25 @@ function Decoder:usage_event()
     return r
 end
 
+-- Later reports replace earlier ones per field (message_delta repeats them).
 function Decoder:take_usage(x)
     if type(x) ~= "table" then return end
-    local u = self.u
-    local v = nonnull(x.input_tokens); if v then u.input = v end
-    v = nonnull(x.output_tokens); if v then u.output = v end
-    v = nonnull(x.cache_read_input_tokens); if v then u.cache_read = v end
-    v = nonnull(x.cache_creation_input_tokens); if v then u.cache_write = v end
+    local u, n = self.u, ir.tokens
+    local v = n(x.input_tokens); if v then u.input = v end
+    v = n(x.output_tokens); if v then u.output = v end
+    v = n(x.cache_read_input_tokens); if v then u.cache_read = v end
+    v = n(x.cache_creation_input_tokens); if v then u.cache_write = v end
     local d = nonnull(x.output_tokens_details)
-    if type(d) == "table" and nonnull(d.thinking_tokens) then u.reasoning = d.thinking_tokens end
+    if type(d) == "table" and n(d.thinking_tokens) then u.reasoning = d.thinking_tokens end
 end
+
+local BLOCK_KIND = { text = "text", thinking = "thinking", redacted_thinking = "redacted_thinking",
+                     tool_use = "tool_call" }
 
 function Decoder:feed(ev)
     local out = {}
-    local d = ev.data
-    if d == nil or d == "" then return out end
-    local obj = json.decode(d)
-    if type(obj) ~= "table" then return out end
+    local obj = S.json(self, ev, out)
+    if obj == nil then return out end
     local t = obj.type or ev.event
     if t == "content_block_delta" then
         local idx = self.map[obj.index]
@@ -637,22 +628,13 @@ function Decoder:feed(ev)
         end
     elseif t == "content_block_start" then
         local b = obj.content_block
-        local kind
-        if type(b) == "table" then
-            if b.type == "text" then kind = "text"
-            elseif b.type == "thinking" then kind = "thinking"
-            elseif b.type == "redacted_thinking" then kind = "redacted_thinking"
-            elseif b.type == "tool_use" then kind = "tool_call" end
-        end
+        local kind = type(b) == "table" and BLOCK_KIND[b.type]
         if not kind then
             self.map[obj.index] = false
             return out
         end
-        local idx = self.next_index
-        self.next_index = idx + 1
+        local idx = self.blocks:start(out, kind, { id = b.id, name = b.name, data = b.data })
         self.map[obj.index] = idx
-        out[1] = { type = "block_start", index = idx, kind = kind,
-                   id = b.id, name = b.name, data = b.data }
         if kind == "text" and type(b.text) == "string" and b.text ~= "" then
             out[2] = { type = "text", index = idx, text = b.text }
         elseif kind == "thinking" and type(b.thinking) == "string" and b.thinking ~= "" then
@@ -660,7 +642,7 @@ function Decoder:feed(ev)
         end
     elseif t == "content_block_stop" then
         local idx = self.map[obj.index]
-        if idx then out[1] = { type = "block_stop", index = idx } end
+        if idx then self.blocks:stop(out, idx) end
     elseif t == "message_start" then
         local m = obj.message or {}
         self:take_usage(m.usage)
@@ -677,6 +659,7 @@ function Decoder:feed(ev)
         end
     elseif t == "error" then
         local e = type(obj.error) == "table" and obj.error or {}
+        self.errored = true
         out[1] = { type = "error", error = error_from_object(nil, e) }
     end
     -- message_stop, ping and unknown events carry nothing for the IR.
@@ -691,22 +674,22 @@ end
 --
 -- Anthropic clients accept one open content block at a time, numbered from 0
 -- in start order. IR blocks may overlap (parallel OpenAI tool calls), so the
--- encoder keeps a queue: the head block streams live, later blocks buffer
--- their events until every block before them has stopped.
+-- encoder serialises them (ir_stream's one-open-block queue): the head block
+-- streams live, later blocks keep their events until every block before
+-- them has stopped.
 
-local Encoder = {}
-Encoder.__index = Encoder
+local Encoder = S.encoder()
 
 function M.stream_encoder(opts)
     opts = opts or {}
-    return setmetatable({
+    local enc = setmetatable({
         model = opts.model, id = opts.id, origin = opts.origin,
-        started = false, done = false,
-        queue = {},          -- IR blocks in start order not yet fully emitted
-        blocks = {},         -- IR index -> block state { out = n, events = {...}, stopped }
-        next_out = 0,
+        started = false, ended = false,
+        next_out = 0,        -- the next client block index
         usage = nil, stop_reason = nil, stop_sequence = nil,
     }, Encoder)
+    enc.serial = S.serializer(enc)
+    return enc
 end
 
 -- The client already has this stream's opening (a passthrough stream, sent
@@ -726,8 +709,15 @@ local function sse(b, name, obj)
     b:put("event: ", name, "\ndata: ", encode(obj), "\n\n")
 end
 
-function Encoder:emit_start(b, usage)
+-- message_start; the upstream's id is kept only when it is an Anthropic one.
+function Encoder:begin(b, ev)
     self.started = true
+    local usage
+    if ev then
+        self.id = self.id or ev.id
+        if self.id and self.id:sub(1, 4) ~= "msg_" then self.id = nil end
+        usage = ev.usage
+    end
     sse(b, "message_start", {
         type = "message_start",
         message = {
@@ -738,18 +728,10 @@ function Encoder:emit_start(b, usage)
     })
 end
 
--- Write one IR event of the block at the head of the queue.
+-- Write one IR event of the live block.
 function Encoder:write(b, blk, ev)
     local t = ev.type
-    if t == "block_start" then
-        local cb
-        if ev.kind == "text" then cb = { type = "text", text = "" }
-        elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
-        elseif ev.kind == "redacted_thinking" then
-            cb = { type = "redacted_thinking", data = wrap(self.origin, "data", ev.data or "") }
-        else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
-        sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
-    elseif t == "text" then
+    if t == "text" then
         -- The hot path: deltas are written without building a table.
         b:put('event: content_block_delta\ndata: {"type":"content_block_delta","index":', blk.out,
               ',"delta":{"type":"text_delta","text":', encode(ev.text or ""), '}}\n\n')
@@ -762,93 +744,51 @@ function Encoder:write(b, blk, ev)
     elseif t == "signature" then
         sse(b, "content_block_delta", { type = "content_block_delta", index = blk.out,
             delta = { type = "signature_delta", signature = wrap(self.origin, "sig", ev.signature) } })
-    elseif t == "block_stop" then
-        sse(b, "content_block_stop", { type = "content_block_stop", index = blk.out })
     end
 end
 
--- Emit whatever the queue head allows: buffered events of the head block;
--- when it has stopped, move on to the next.
-function Encoder:drain(b)
-    local q = self.queue
-    while q[1] do
-        local blk = q[1]
-        if blk.out == nil then
-            blk.out = self.next_out
-            self.next_out = blk.out + 1
-        end
-        local evs = blk.events
-        for i = 1, #evs do self:write(b, blk, evs[i]) end
-        blk.events = {}
-        blk.live = true
-        if not blk.stopped then return end
-        table.remove(q, 1)
-    end
+-- The serializer's callbacks: a block's start (and what it kept while it
+-- waited) once it is live; its stop.
+function Encoder:open_block(b, blk)
+    blk.out = self.next_out
+    self.next_out = blk.out + 1
+    local ev = blk.start
+    local cb
+    if ev.kind == "text" then cb = { type = "text", text = "" }
+    elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
+    elseif ev.kind == "redacted_thinking" then
+        cb = { type = "redacted_thinking", data = wrap(self.origin, "data", ev.data or "") }
+    else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
+    sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
+    local kept = blk.kept
+    for i = 1, #kept do self:write(b, blk, kept[i]) end
+    blk.kept = nil
 end
 
-function Encoder:block_event(b, ev)
-    local blk = self.blocks[ev.index]
+function Encoder:stop_block(b, blk)
+    sse(b, "content_block_stop", { type = "content_block_stop", index = blk.out })
+end
+
+function Encoder:on_block_start(b, ev)
+    self.serial:start(b, ev.index, { start = ev, kept = {} })
+end
+
+function Encoder:on_delta(b, ev)
+    local blk = self.serial:get(ev.index)
     if not blk then return end
-    if ev.type == "block_stop" then blk.stopped = true end
-    if blk.live then
-        self:write(b, blk, ev)
-        if blk.stopped then
-            table.remove(self.queue, 1)
-            self:drain(b)
-        end
-    else
-        blk.events[#blk.events + 1] = ev
-    end
+    if blk.live then self:write(b, blk, ev) else blk.kept[#blk.kept + 1] = ev end
 end
+Encoder.on_text, Encoder.on_tool_args = Encoder.on_delta, Encoder.on_delta
+Encoder.on_thinking, Encoder.on_signature = Encoder.on_delta, Encoder.on_delta
 
-function Encoder:feed(ev)
-    if self.done then return "" end
-    local b = buffer.new()
-    local t = ev.type
-    if t == "start" then
-        if not self.started then
-            self.id = self.id or ev.id
-            if self.id and self.id:sub(1, 4) ~= "msg_" then self.id = nil end
-            if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
-            self:emit_start(b, ev.usage)
-        end
-        return b:tostring()
-    end
-    if not self.started then self:emit_start(b, nil) end
-    if t == "block_start" then
-        local blk = { events = { ev }, stopped = false }
-        self.blocks[ev.index] = blk
-        self.queue[#self.queue + 1] = blk
-        if #self.queue == 1 then self:drain(b) end
-    elseif t == "text" or t == "tool_args" or t == "thinking" or t == "signature"
-        or t == "block_stop" then
-        self:block_event(b, ev)
-    elseif t == "usage" then
-        self.usage = ir.merge_usage(self.usage, ev.usage)
-    elseif t == "finish" then
-        self.stop_reason = ev.stop_reason
-        self.stop_sequence = ev.stop_sequence
-    elseif t == "error" then
-        self:fail(b, ev.error and ev.error.message or "upstream error", ev.error)
-    end
-    return b:tostring()
-end
-
--- Close every block still queued or open, in order.
-function Encoder:close_blocks(b)
-    local q = self.queue
-    for _, blk in ipairs(q) do
-        if not blk.stopped then
-            blk.events[#blk.events + 1] = { type = "block_stop" }
-            blk.stopped = true
-        end
-        -- A live head already wrote its start; its buffered tail is empty.
-    end
-    self:drain(b)
+function Encoder:on_block_stop(b, ev)
+    local blk = self.serial:get(ev.index)
+    if blk then self.serial:stop(b, blk) end
 end
 
 function Encoder:fail(b, message, err)
-    self:close_blocks(b)
+    if not self.started then self:begin(b, nil) end
+    self.serial:stop_all(b)
     if self.resumed_open then
         sse(b, "content_block_stop", { type = "content_block_stop", index = self.resumed_open })
         self.resumed_open = nil
@@ -857,38 +797,17 @@ function Encoder:fail(b, message, err)
     if err and ERR_OUT[err.type] then etype = ERR_OUT[err.type] end
     sse(b, "error", { type = "error", error = { type = etype, message = message } })
     sse(b, "message_stop", { type = "message_stop" })
-    self.done = true
 end
 
-function Encoder:close(outcome)
-    if self.done then return "" end
-    local b = buffer.new()
-    if not self.started then self:emit_start(b, nil) end
-    local complete = outcome == nil or outcome.complete ~= false
-    if complete and not self.stop_reason then
-        complete = false
-        outcome = { message = "upstream stream ended without a stop reason" }
-    end
-    if not complete then
-        local msg = outcome and outcome.message
-        if not msg then
-            msg = "upstream stream ended prematurely" ..
-                (outcome and outcome.reason and (" (" .. outcome.reason .. ")") or "")
-        end
-        self:fail(b, msg)
-        return b:tostring()
-    end
-    self:close_blocks(b)
-    local u = usage_out(self.usage)
+function Encoder:finish(b)
+    self.serial:stop_all(b)
     sse(b, "message_delta", {
         type = "message_delta",
         delta = { stop_reason = STOP_OUT[self.stop_reason] or "end_turn",
                   stop_sequence = self.stop_reason == "stop_sequence" and self.stop_sequence or null },
-        usage = u,
+        usage = usage_out(self.usage),
     })
     sse(b, "message_stop", { type = "message_stop" })
-    self.done = true
-    return b:tostring()
 end
 
 return M

@@ -19,7 +19,9 @@
 
 local ir = require("sluice.ir")
 local json = require("sluice.json")
-local buffer = require("string.buffer")
+local S = require("sluice.ir_stream")
+local common = require("sluice.protocols.common")
+local schema = require("sluice.protocols.gemini_schema")
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local concat, upper, lower = table.concat, string.upper, string.lower
@@ -89,29 +91,17 @@ local function is_str(v) return type(v) == "string" end
 local function is_obj(v) return type(v) == "table" and not is_array(v) end
 local function nonempty(s) return is_str(s) and s ~= "" end
 
+local as_object, decode_args = common.as_object, common.decode_args
+
 local function wrap_opaque(origin, kind, value)
-    if origin == nil or origin == M.name then return value end
-    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
+    return common.wrap(M.name, origin, kind, value)
 end
 
 -- A thoughtSignature -> origin, kind ("sig" | "data"), value.
 local function unwrap_opaque(s)
-    local o, k, v = s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
+    local o, k, v = common.unwrap(s)
     if o then return o, k, v end
     return M.name, "sig", s
-end
-
-local function as_object(v)
-    if type(v) ~= "table" or (is_array(v) and #v == 0) then return {} end
-    return v
-end
-
-local function decode_args(s)
-    if type(s) == "table" then return s end
-    if not is_str(s) or s == "" then return {} end
-    local v = json_decode(s)
-    if not is_obj(v) then return {} end
-    return v
 end
 
 -- Ids synthesised for calls Gemini left without one: call_<response id>_<n>,
@@ -125,182 +115,6 @@ local function id_base(rid)
     local b = rid:gsub("[^%w_-]", "")
     if b == "" then return ir.new_id("", 16) end
     return b:sub(1, 24)
-end
-
----------------------------------------------------------------------------
--- tool schemas
----------------------------------------------------------------------------
-
--- Gemini `parameters` take an OpenAPI subset; anything else is a 400
--- ("Unknown name ..."). These keywords survive; $ref is inlined, const
--- becomes a one-value enum, type arrays become nullable / anyOf, oneOf
--- becomes anyOf, allOf is merged. Everything else ($schema,
--- additionalProperties, exclusiveMinimum, patternProperties, default, ...)
--- is dropped, never the schema around it.
-local COPY_NUM = { "minItems", "maxItems", "minimum", "maximum" }
-local FORMATS = {
-    STRING = { ["date-time"] = true, enum = true },
-    INTEGER = { int32 = true, int64 = true }, NUMBER = { float = true, double = true },
-}
-local MAX_DEPTH = 24
-
-local to_gemini
-
-local function merge_into(out, other)
-    for k, v in pairs(other) do
-        if k == "properties" and out.properties then
-            for pk, pv in pairs(v) do
-                if out.properties[pk] == nil then out.properties[pk] = pv end
-            end
-        elseif k == "required" and out.required then
-            for _, r in ipairs(v) do out.required[#out.required + 1] = r end
-        elseif out[k] == nil then
-            out[k] = v
-        end
-    end
-end
-
-local function resolve_ref(ref, ctx)
-    local name = ref:match("^#/%$defs/(.+)$") or ref:match("^#/definitions/(.+)$")
-    return name, name and ctx.defs and ctx.defs[name]
-end
-
-local function convert_anyof(list, out, ctx, depth)
-    local alts = json_array({})
-    for _, alt in ipairs(list) do
-        if is_obj(alt) and alt.type == "null" then
-            out.nullable = true
-        else
-            alts[#alts + 1] = to_gemini(alt, ctx, depth + 1)
-        end
-    end
-    if #alts == 1 then merge_into(out, alts[1]) elseif #alts > 1 then out.anyOf = alts end
-end
-
-local function convert_enum(s, out)
-    local vals, all_str = json_array({}), true
-    local src = s.enum
-    if s.const ~= nil and s.const ~= json_null then src = { s.const } end
-    if type(src) ~= "table" then return end
-    for _, v in ipairs(src) do
-        if is_str(v) then vals[#vals + 1] = v elseif v ~= json_null then all_str = false end
-    end
-    if all_str and #vals > 0 and (out.type == nil or out.type == "STRING") then
-        out.enum = vals
-        out.type = "STRING"
-    else
-        -- Gemini enums are strings only: keep the allowed values as a hint.
-        local t = {}
-        for _, v in ipairs(src) do t[#t + 1] = json_encode(v) end
-        local hint = "Allowed values: " .. concat(t, ", ")
-        out.description = out.description and (out.description .. " (" .. hint .. ")") or hint
-    end
-end
-
-function to_gemini(s, ctx, depth)
-    if not is_obj(s) then return {} end
-    if depth > MAX_DEPTH then return { type = "OBJECT" } end
-    local out = {}
-    if is_str(s["$ref"]) then
-        local name, target = resolve_ref(s["$ref"], ctx)
-        if target and not ctx.seen[name] then
-            ctx.seen[name] = true
-            out = to_gemini(target, ctx, depth + 1)
-            ctx.seen[name] = nil
-        else
-            out = { type = "OBJECT" } -- recursive or external: a free-form object
-        end
-        if is_str(s.description) then out.description = s.description end
-        return out
-    end
-    local t = s.type
-    if type(t) == "table" then
-        local kinds = {}
-        for _, k in ipairs(t) do
-            if k == "null" then out.nullable = true elseif is_str(k) then kinds[#kinds + 1] = k end
-        end
-        if #kinds == 1 then
-            t = kinds[1]
-        else
-            t = nil
-            if #kinds > 1 then
-                out.anyOf = json_array({})
-                for _, k in ipairs(kinds) do out.anyOf[#out.anyOf + 1] = { type = upper(k) } end
-            end
-        end
-    end
-    if t == "null" then out.nullable = true; t = nil end
-    if is_str(t) then out.type = upper(t) end
-    if s.nullable == true then out.nullable = true end
-    if is_str(s.description) then out.description = s.description end
-    if s.enum ~= nil or s.const ~= nil then convert_enum(s, out) end
-    if is_str(s.format) and out.type and FORMATS[out.type] and FORMATS[out.type][s.format] then
-        out.format = s.format
-    end
-    for _, k in ipairs(COPY_NUM) do
-        if type(s[k]) == "number" then out[k] = s[k] end
-    end
-    if is_obj(s.properties) and next(s.properties) ~= nil then
-        out.properties = {}
-        for k, v in pairs(s.properties) do out.properties[k] = to_gemini(v, ctx, depth + 1) end
-        if type(s.required) == "table" then
-            local req = json_array({})
-            for _, r in ipairs(s.required) do
-                if out.properties[r] then req[#req + 1] = r end
-            end
-            if #req > 0 then out.required = req end
-        end
-    end
-    if type(s.items) == "table" then
-        local it = is_array(s.items) and s.items[1] or s.items
-        out.items = to_gemini(it, ctx, depth + 1)
-    end
-    local alts = s.anyOf or s.oneOf
-    if type(alts) == "table" then convert_anyof(alts, out, ctx, depth) end
-    if type(s.allOf) == "table" then
-        for _, sub in ipairs(s.allOf) do merge_into(out, to_gemini(sub, ctx, depth + 1)) end
-    end
-    if out.type == nil and out.anyOf == nil then
-        if out.properties then out.type = "OBJECT" elseif out.items then out.type = "ARRAY" end
-    end
-    -- An ARRAY without items is rejected ("items: missing field").
-    if out.type == "ARRAY" and out.items == nil then out.items = { type = "STRING" } end
-    return out
-end
-
--- JSON Schema -> Gemini parameters; nil for a function without parameters
--- (Gemini rejects an OBJECT with empty properties).
-function M.schema_to_gemini(schema)
-    if not is_obj(schema) then return nil end
-    local defs = schema["$defs"] or schema.definitions
-    local out = to_gemini(schema, { defs = is_obj(defs) and defs or nil, seen = {} }, 0)
-    out.type = out.type or "OBJECT"
-    if out.type == "OBJECT" and out.properties == nil and out.anyOf == nil then return nil end
-    return out
-end
-
--- Gemini Schema (upper-case types, nullable) -> JSON Schema for other
--- protocols. A parametersJsonSchema is already JSON Schema and passes as is.
-local function from_gemini(s, depth)
-    if type(s) ~= "table" or depth > MAX_DEPTH then return s end
-    if is_array(s) then
-        local a = json_array({})
-        for i, v in ipairs(s) do a[i] = from_gemini(v, depth + 1) end
-        return a
-    end
-    local out = {}
-    for k, v in pairs(s) do
-        if k == "type" and is_str(v) then
-            out.type = lower(v)
-        elseif k == "properties" and type(v) == "table" then
-            out.properties = {}
-            for pk, pv in pairs(v) do out.properties[pk] = from_gemini(pv, depth + 1) end
-        elseif k ~= "nullable" and k ~= "propertyOrdering" then
-            out[k] = from_gemini(v, depth + 1)
-        end
-    end
-    if s.nullable == true and is_str(out.type) then out.type = json_array({ out.type, "null" }) end
-    return out
 end
 
 ---------------------------------------------------------------------------
@@ -500,7 +314,7 @@ local function decode_generation(g, req)
         if is_obj(js) then
             req.response_format = { type = "json_schema", name = "response", schema = js }
         elseif is_obj(gs) then
-            req.response_format = { type = "json_schema", name = "response", schema = from_gemini(gs, 0) }
+            req.response_format = { type = "json_schema", name = "response", schema = schema.from_gemini(gs) }
         else
             req.response_format = { type = "json_object" }
         end
@@ -516,7 +330,7 @@ local function decode_tools(tools)
             for _, d in ipairs(decls) do
                 local params = d.parametersJsonSchema or d.parameters_json_schema
                 if not is_obj(params) then
-                    params = is_obj(d.parameters) and from_gemini(d.parameters, 0) or nil
+                    params = is_obj(d.parameters) and schema.from_gemini(d.parameters) or nil
                 end
                 out[#out + 1] = { name = d.name, description = is_str(d.description) and d.description or nil,
                                   parameters = params or { type = "object", properties = {} } }
@@ -685,7 +499,7 @@ local function generation_out(req)
     if rf then
         g.responseMimeType = "application/json"
         if rf.type == "json_schema" and is_obj(rf.schema) then
-            local s = M.schema_to_gemini(rf.schema)
+            local s = schema.to_gemini(rf.schema)
             if s then g.responseSchema = s end
         end
     end
@@ -729,7 +543,7 @@ function M.encode_request(req, opts)
         local decls = json_array({})
         for _, t in ipairs(req.tools) do
             decls[#decls + 1] = { name = t.name, description = t.description,
-                                  parameters = M.schema_to_gemini(t.parameters) }
+                                  parameters = schema.to_gemini(t.parameters) }
         end
         body.tools = json_array({ { functionDeclarations = decls } })
         body.toolConfig = tool_config_out(req.tool_choice)
@@ -906,61 +720,59 @@ local Decoder = {}
 Decoder.__index = Decoder
 
 function M.stream_decoder(opts)
-    return setmetatable({ next_index = 0, cur = nil, cur_kind = nil, started = false, done = false,
+    return setmetatable({ blocks = S.blocks(), cur = nil, cur_kind = nil, started = false, ended = false,
                           errored = false, saw_call = false, n = 0, base = nil }, Decoder)
 end
 
-local function d_close(self, out)
+-- One block is open at a time (cur, of kind cur_kind).
+function Decoder:close_block(out)
     if self.cur ~= nil then
-        out[#out + 1] = { type = "block_stop", index = self.cur }
+        self.blocks:stop(out, self.cur)
         self.cur, self.cur_kind = nil, nil
     end
 end
 
-local function d_open(self, out, kind, ev)
-    d_close(self, out)
-    local i = self.next_index
-    self.next_index = i + 1
-    ev = ev or {}
-    ev.type, ev.index, ev.kind = "block_start", i, kind
-    out[#out + 1] = ev
+function Decoder:open_block(out, kind, ev)
+    self:close_block(out)
+    local i = self.blocks:start(out, kind, ev)
     self.cur, self.cur_kind = i, kind
     return i
 end
 
-local function d_signature(self, out, sig)
-    local i = d_open(self, out, "thinking")
+-- A signature-only thinking block (the signature of the part after it).
+function Decoder:signature(out, sig)
+    local i = self:open_block(out, "thinking")
     out[#out + 1] = { type = "signature", index = i, signature = sig }
-    d_close(self, out)
+    self:close_block(out)
 end
 
-local function d_part(self, out, p)
+function Decoder:part(out, p)
     local sig = nonempty(p.thoughtSignature) and p.thoughtSignature or nil
     local text = p.text
     if p.thought == true and is_str(text) then
-        if self.cur_kind ~= "thinking" then d_open(self, out, "thinking") end
+        if self.cur_kind ~= "thinking" then self:open_block(out, "thinking") end
         if text ~= "" then out[#out + 1] = { type = "thinking", index = self.cur, text = text } end
         if sig then
             out[#out + 1] = { type = "signature", index = self.cur, signature = sig }
-            d_close(self, out)
+            self:close_block(out)
         end
         return
     end
     local fc = p.functionCall
     if is_obj(fc) then
-        if sig then d_signature(self, out, sig) end
+        if sig then self:signature(out, sig) end
         self.saw_call = true
         self.n = self.n + 1
-        local i = d_open(self, out, "tool_call", { id = nonempty(fc.id) and fc.id or call_id(self.base, self.n),
-                                                   name = fc.name })
+        local i = self:open_block(out, "tool_call", { id = nonempty(fc.id) and fc.id or call_id(self.base, self.n),
+                                                      name = fc.name })
         out[#out + 1] = { type = "tool_args", index = i, json = json_encode(as_object(fc.args)) }
-        d_close(self, out)
+        self:close_block(out)
         return
     end
     if is_str(text) then
-        if sig then d_signature(self, out, sig) end
+        if sig then self:signature(out, sig) end
         if text ~= "" then
-            if self.cur_kind ~= "text" then d_open(self, out, "text") end
+            if self.cur_kind ~= "text" then self:open_block(out, "text") end
             out[#out + 1] = { type = "text", index = self.cur, text = text }
         end
     end
@@ -968,15 +780,11 @@ end
 
 function Decoder:feed(ev)
     local out = {}
-    local data = ev.data
-    if data == nil or data == "" or data == "[DONE]" then return out end
-    local obj = json_decode(data)
-    if is_array(obj) then obj = obj[1] end
+    local obj = S.json(self, ev, out)
+    if obj == nil then return out end
+    if is_array(obj) then obj = obj[1] end -- the JSON-array form of streamGenerateContent
     if not is_obj(obj) then
-        if not self.errored then
-            self.errored = true
-            out[1] = { type = "error", error = ir.error(502, "malformed chunk from upstream: not JSON", "api_error") }
-        end
+        S.malformed(self, out)
         return out
     end
     if is_obj(obj.error) then
@@ -988,7 +796,7 @@ function Decoder:feed(ev)
         end
         return out
     end
-    if self.done then
+    if self.ended then
         -- Usage reported after the finish chunk still counts.
         local u = usage_in(obj.usageMetadata)
         if u then out[#out + 1] = { type = "usage", usage = u } end
@@ -1001,25 +809,26 @@ function Decoder:feed(ev)
                           usage = usage_in(obj.usageMetadata) }
     end
     local cand = type(obj.candidates) == "table" and obj.candidates[1] or nil
+    local stop
     if is_obj(cand) then
         local parts = is_obj(cand.content) and cand.content.parts
         if type(parts) == "table" then
             for _, p in ipairs(parts) do
-                if is_obj(p) then d_part(self, out, p) end
+                if is_obj(p) then self:part(out, p) end
             end
         end
         if is_str(cand.finishReason) then
-            d_close(self, out)
-            local u = usage_in(obj.usageMetadata)
-            if u then out[#out + 1] = { type = "usage", usage = u } end
-            out[#out + 1] = { type = "finish", stop_reason = stop_in(cand.finishReason, self.saw_call) }
-            self.done = true
+            self:close_block(out)
+            stop = stop_in(cand.finishReason, self.saw_call)
         end
     elseif is_obj(obj.promptFeedback) and obj.promptFeedback.blockReason then
+        stop = "content_filter"
+    end
+    if stop then
         local u = usage_in(obj.usageMetadata)
         if u then out[#out + 1] = { type = "usage", usage = u } end
-        out[#out + 1] = { type = "finish", stop_reason = "content_filter" }
-        self.done = true
+        out[#out + 1] = { type = "finish", stop_reason = stop }
+        self.ended = true
     end
     return out
 end
@@ -1035,14 +844,13 @@ end
 
 -- Text and thought deltas go out as they come; tool calls are buffered
 -- until their block stops (Gemini sends whole functionCall parts); the last
--- chunk carries finishReason and usageMetadata.
-local Encoder = {}
-Encoder.__index = Encoder
+-- chunk carries finishReason and usageMetadata. Gemini has no opening.
+local Encoder = S.encoder()
 
 function M.stream_encoder(opts)
     opts = opts or {}
     return setmetatable({ model = opts.model, id = opts.id, origin = opts.origin, blocks = {}, pending = nil,
-                          usage = nil, stop = nil, ended = false }, Encoder)
+                          usage = nil, stop_reason = nil, started = false, ended = false }, Encoder)
 end
 
 -- The client already has this stream's opening (a passthrough stream, sent
@@ -1051,7 +859,15 @@ function Encoder:resume(seen)
     self.id = self.id or seen.id
 end
 
-local function e_chunk(self, buf, parts, finish)
+function Encoder:begin(buf, ev)
+    self.started = true
+    if ev then
+        self.id = self.id or ev.id
+        self.model = self.model or ev.model
+    end
+end
+
+function Encoder:chunk(buf, parts, finish)
     local cand = { content = { role = "model", parts = parts }, index = 0 }
     local obj = { candidates = json_array({ cand }), modelVersion = self.model, responseId = self.id }
     if finish then
@@ -1063,7 +879,7 @@ end
 
 -- Text and thought deltas are the per-event hot path: written straight
 -- into the buffer (the chunk tail with model and id is built once).
-local function e_text(self, buf, text, thought)
+function Encoder:delta(buf, text, thought)
     local tail = self.tail
     if not tail then
         tail = "},\"index\":0}]" .. (self.model and (",\"modelVersion\":" .. json_encode(self.model)) or "")
@@ -1074,103 +890,86 @@ local function e_text(self, buf, text, thought)
             thought and ",\"thought\":true}]" or "}]", tail)
 end
 
-local function e_part(self, buf, gp)
+-- A part that takes the signature a signature-only thinking block left.
+function Encoder:part(buf, gp)
     if self.pending then
         gp.thoughtSignature = self.pending
         self.pending = nil
     end
-    e_chunk(self, buf, json_array({ gp }))
+    self:chunk(buf, json_array({ gp }))
 end
 
-local function e_error(self, buf, status, message, status_name)
-    buf:put("data: ", json_encode({ error = { code = status, message = message, status = status_name } }), "\n\n")
-    self.ended = true
+function Encoder:on_block_start(buf, ev)
+    self.id = self.id or ir.new_id("", 22)
+    self.blocks[ev.index] = { kind = ev.kind, id = ev.id, name = ev.name, data = ev.data, acc = {} }
 end
 
-local function e_block_stop(self, buf, rec)
+function Encoder:on_text(buf, ev)
+    if self.blocks[ev.index] and nonempty(ev.text) then
+        if self.pending then self:part(buf, { text = ev.text }) else self:delta(buf, ev.text, false) end
+    end
+end
+
+function Encoder:on_thinking(buf, ev)
+    local rec = self.blocks[ev.index]
+    if rec and nonempty(ev.text) then
+        rec.had_text = true
+        self:delta(buf, ev.text, true)
+    end
+end
+
+function Encoder:on_tool_args(buf, ev)
+    local rec = self.blocks[ev.index]
+    if rec then rec.acc[#rec.acc + 1] = ev.json end
+end
+
+function Encoder:on_signature(buf, ev)
+    local rec = self.blocks[ev.index]
+    if rec then rec.sig = ev.signature end
+end
+
+function Encoder:on_block_stop(buf, ev)
+    local rec = self.blocks[ev.index]
+    if not rec then return end
+    self.blocks[ev.index] = nil
     local kind = rec.kind
     if kind == "tool_call" then
         local args = as_object(decode_args(concat(rec.acc)))
-        e_part(self, buf, { functionCall = { id = rec.id, name = rec.name, args = args } })
+        self:part(buf, { functionCall = { id = rec.id, name = rec.name, args = args } })
     elseif kind == "thinking" and rec.sig then
         local sig = wrap_opaque(self.origin, "sig", rec.sig)
         if rec.had_text then
-            e_chunk(self, buf, json_array({ { text = "", thought = true, thoughtSignature = sig } }))
+            self:chunk(buf, json_array({ { text = "", thought = true, thoughtSignature = sig } }))
         else
             self.pending = sig -- belongs to the next part, as Gemini places them
         end
     elseif kind == "redacted_thinking" and self.origin and self.origin ~= M.name and nonempty(rec.data) then
-        e_chunk(self, buf, json_array({ { text = "", thought = true,
-                                          thoughtSignature = wrap_opaque(self.origin, "data", rec.data) } }))
+        self:chunk(buf, json_array({ { text = "", thought = true,
+                                       thoughtSignature = wrap_opaque(self.origin, "data", rec.data) } }))
     end
 end
 
-function Encoder:feed(ev)
-    if self.ended then return "" end
-    local buf = buffer.new()
-    local t = ev.type
-    if t == "start" then
-        self.id = self.id or ev.id
-        self.model = self.model or ev.model
-        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
-    elseif t == "block_start" then
-        self.id = self.id or ir.new_id("", 22)
-        self.blocks[ev.index] = { kind = ev.kind, id = ev.id, name = ev.name, data = ev.data, acc = {} }
-    elseif t == "text" or t == "thinking" then
-        local rec = self.blocks[ev.index]
-        if rec and nonempty(ev.text) then
-            if t == "text" then
-                if self.pending then e_part(self, buf, { text = ev.text }) else e_text(self, buf, ev.text, false) end
-            else
-                rec.had_text = true
-                e_text(self, buf, ev.text, true)
-            end
-        end
-    elseif t == "tool_args" then
-        local rec = self.blocks[ev.index]
-        if rec then rec.acc[#rec.acc + 1] = ev.json end
-    elseif t == "signature" then
-        local rec = self.blocks[ev.index]
-        if rec then rec.sig = ev.signature end
-    elseif t == "block_stop" then
-        local rec = self.blocks[ev.index]
-        if rec then
-            self.blocks[ev.index] = nil
-            e_block_stop(self, buf, rec)
-        end
-    elseif t == "usage" then
-        self.usage = ir.merge_usage(self.usage, ev.usage)
-    elseif t == "finish" then
-        self.stop = ev.stop_reason
-    elseif t == "error" then
-        local status, body = M.encode_error(ev.error or ir.error(500, "upstream error"))
-        e_error(self, buf, status, body.error.message, body.error.status)
-    end
-    return buf:tostring()
+function Encoder:finish(buf)
+    self.id = self.id or ir.new_id("", 22)
+    local gp = { text = "" }
+    if self.pending then gp.thoughtSignature = self.pending; self.pending = nil end
+    self:chunk(buf, json_array({ gp }), finish_out(self.stop_reason))
 end
 
-function Encoder:close(outcome)
-    if self.ended then return "" end
-    self.ended = true
-    local buf = buffer.new()
-    local clean = outcome == nil or outcome.complete ~= false
-    if clean and self.stop and self.stop ~= "error" then
-        self.id = self.id or ir.new_id("", 22)
-        local gp = { text = "" }
-        if self.pending then gp.thoughtSignature = self.pending; self.pending = nil end
-        e_chunk(self, buf, json_array({ gp }), finish_out(self.stop))
+-- An error object and no finishReason: never a fake end (§6.12). An IR
+-- error keeps its status; a cut stream is 504 after a timeout, else 502.
+function Encoder:fail(buf, message, err, outcome)
+    local status, name
+    if err then
+        local body
+        status, body = M.encode_error(err)
+        message, name = body.error.message, body.error.status
+    elseif (outcome and outcome.reason or ""):find("TIMEOUT") then
+        status, name = 504, "DEADLINE_EXCEEDED"
     else
-        -- No finishReason: the client sees an error object, never a fake end (§6.12).
-        local msg = outcome and outcome.message
-        local reason = outcome and outcome.reason or "UPSTREAM_EOF_EARLY"
-        if not msg then msg = "upstream stream ended before the response was complete (" .. reason .. ")" end
-        if reason:find("TIMEOUT") then
-            e_error(self, buf, 504, msg, "DEADLINE_EXCEEDED")
-        else
-            e_error(self, buf, 502, msg, "UNAVAILABLE")
-        end
+        status, name = 502, "UNAVAILABLE"
     end
-    return buf:tostring()
+    buf:put("data: ", json_encode({ error = { code = status, message = message, status = name } }), "\n\n")
 end
 
 return M

@@ -15,6 +15,8 @@
 
 local json = require("sluice.json")
 local ir = require("sluice.ir")
+local S = require("sluice.ir_stream")
+local common = require("sluice.protocols.common")
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -65,30 +67,8 @@ local function nonnull(v)
     return v
 end
 
--- "data:<mime>;base64,<payload>" -> mime, payload
-local function parse_data_url(url)
-    if type(url) ~= "string" or url:sub(1, 5) ~= "data:" then return nil end
-    local mime, payload = url:match("^data:([^;,]*);base64,(.*)$")
-    if not mime then return nil end
-    return mime, payload
-end
-
--- Tool arguments text -> table; "" and invalid JSON become {} (an object).
-local function decode_args(s)
-    if type(s) == "table" then return s end
-    if type(s) ~= "string" or s == "" then return {} end
-    local v = decode(s)
-    if type(v) ~= "table" or getmetatable(v) == json.array_mt then return {} end
-    return v
-end
-
-local function encode_args(args)
-    if type(args) == "string" then return args end
-    if type(args) ~= "table" or (getmetatable(args) == json.array_mt and #args == 0) then
-        return "{}"
-    end
-    return encode(args) or "{}"
-end
+local parse_data_url, data_url = common.parse_data_url, common.data_url
+local decode_args, encode_args = common.decode_args, common.encode_args
 
 -- Chat content (string or parts) -> IR parts.
 local function decode_content(c)
@@ -106,11 +86,8 @@ local function decode_content(c)
             parts[#parts + 1] = { type = "text", text = p.refusal or "" }
         elseif t == "image_url" then
             local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
-            local mime, data = parse_data_url(url)
-            if mime then
-                parts[#parts + 1] = { type = "image", source = { kind = "base64", media_type = mime, data = data } }
-            elseif type(url) == "string" then
-                parts[#parts + 1] = { type = "image", source = { kind = "url", url = url } }
+            if type(url) == "string" then
+                parts[#parts + 1] = { type = "image", source = common.source_from_url(url) }
             end
         elseif t == "file" and type(p.file) == "table" then
             local mime, data = parse_data_url(p.file.file_data)
@@ -259,10 +236,6 @@ function M.decode_request(body, info)
         end
     end
     return req
-end
-
-local function data_url(src)
-    return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. (src.data or "")
 end
 
 -- IR user part -> Chat content part (nil when Chat cannot carry it).
@@ -486,62 +459,10 @@ end
 
 -- ---------------------------------------------------------------- errors
 
-local ERR_OUT = {
-    invalid_request = { "invalid_request_error", null },
-    authentication = { "invalid_request_error", "invalid_api_key" },
-    permission = { "permission_error", null },
-    not_found = { "invalid_request_error", "not_found" },
-    request_too_large = { "invalid_request_error", "request_too_large" },
-    rate_limit = { "rate_limit_error", "rate_limit_exceeded" },
-    api_error = { "server_error", null },
-    overloaded = { "server_error", "overloaded" },
-    timeout = { "server_error", "timeout" },
-}
-
-local function error_from_object(status, e)
-    local msg = type(e.message) == "string" and e.message or "upstream error"
-    local etype
-    if status then
-        etype = ir.error_type_for_status(status)
-    elseif e.code == "rate_limit_exceeded" or e.type == "rate_limit_error" then
-        etype = "rate_limit"
-    elseif e.type == "invalid_request_error" then
-        etype = "invalid_request"
-    else
-        etype = "api_error"
-    end
-    return ir.error(status or ir.ERROR_STATUS[etype], msg, etype)
-end
-
-function M.decode_error(status, body)
-    if type(body) == "string" then
-        local v = decode(body)
-        if type(v) == "table" then
-            body = v
-        else
-            local msg = body ~= "" and body:sub(1, 2000) or ("upstream returned HTTP " .. tostring(status))
-            return ir.error(status or 502, msg)
-        end
-    end
-    if type(body) == "table" and type(body.error) == "table" then
-        return error_from_object(status, body.error)
-    end
-    if type(body) == "table" and type(body.error) == "string" then
-        return ir.error(status or 502, body.error)
-    end
-    return ir.error(status or 502, "upstream returned HTTP " .. tostring(status))
-end
-
-local function error_body(err)
-    local m = ERR_OUT[err.type] or ERR_OUT.api_error
-    return { error = { message = err.message or "", type = m[1], param = null, code = m[2] } }
-end
-
-function M.encode_error(err)
-    local status = err.status or ir.ERROR_STATUS[err.type] or 500
-    if status == 529 then status = 503 end -- Anthropic's overload status means nothing here
-    return status, error_body(err)
-end
+-- The OpenAI error envelope and its type map are shared with Responses
+-- (sluice.protocols.common).
+M.decode_error = common.openai_decode_error
+M.encode_error = common.openai_encode_error
 
 -- ---------------------------------------------------------------- stream decoder
 --
@@ -556,35 +477,23 @@ Decoder.__index = Decoder
 
 function M.stream_decoder(opts)
     return setmetatable({
-        started = false, next_index = 0,
+        started = false, blocks = S.blocks(),
         text = nil, thinking = nil,  -- IR index of the open text / reasoning block
         calls = {},                  -- chat index -> { ir = idx|nil, id, name, pending = buffer }
         order = {},                  -- chat indices in first-seen order
-        any_call = false, finished = false,
+        any_call = false, stop_reason = nil, errored = false,
     }, Decoder)
 end
 
-function Decoder:open(out, kind, id, name)
-    local idx = self.next_index
-    self.next_index = idx + 1
-    out[#out + 1] = { type = "block_start", index = idx, kind = kind, id = id, name = name }
-    return idx
-end
-
 function Decoder:close_text(out)
-    if self.text then
-        out[#out + 1] = { type = "block_stop", index = self.text }
-        self.text = nil
-    end
-    if self.thinking then
-        out[#out + 1] = { type = "block_stop", index = self.thinking }
-        self.thinking = nil
-    end
+    self.blocks:stop(out, self.text)
+    self.blocks:stop(out, self.thinking)
+    self.text, self.thinking = nil, nil
 end
 
 function Decoder:start_call(out, c)
     self:close_text(out)
-    c.ir = self:open(out, "tool_call", c.id, c.name)
+    c.ir = self.blocks:start(out, "tool_call", { id = c.id, name = c.name })
     self.any_call = true
     if #c.pending > 0 then
         out[#out + 1] = { type = "tool_args", index = c.ir, json = c.pending:tostring() }
@@ -620,7 +529,7 @@ function Decoder:tool_delta(out, tc)
 end
 
 -- Start calls that never got an id (some compatible servers omit it) and
--- close everything open.
+-- close everything open, calls in the order the upstream numbered them.
 function Decoder:close_all(out)
     self:close_text(out)
     for _, k in ipairs(self.order) do
@@ -629,22 +538,18 @@ function Decoder:close_all(out)
             c.id = c.id or ir.new_id("call_")
             self:start_call(out, c)
         end
-        if c.ir and not c.closed then
-            out[#out + 1] = { type = "block_stop", index = c.ir }
-            c.closed = true
-        end
+        self.blocks:stop(out, c.ir)
     end
 end
 
 function Decoder:feed(ev)
     local out = {}
-    local d = ev.data
-    if d == nil or d == "" or d == "[DONE]" then return out end
-    local obj = decode(d)
-    if type(obj) ~= "table" then return out end
+    local obj = S.json(self, ev, out)
+    if obj == nil then return out end
     if ev.event == "error" or type(obj.error) == "table" then
         local e = type(obj.error) == "table" and obj.error or obj
-        out[1] = { type = "error", error = error_from_object(nil, e) }
+        self.errored = true
+        out[1] = { type = "error", error = common.openai_error_from_object(nil, e) }
         return out
     end
     if not self.started then
@@ -657,17 +562,15 @@ function Decoder:feed(ev)
         if type(delta) == "table" then
             local r = nonnull(delta.reasoning_content) or nonnull(delta.reasoning)
             if type(r) == "string" and r ~= "" then
-                if not self.thinking then self.thinking = self:open(out, "thinking") end
+                if not self.thinking then self.thinking = self.blocks:start(out, "thinking") end
                 out[#out + 1] = { type = "thinking", index = self.thinking, text = r }
             end
             local c = nonnull(delta.content)
             if type(c) ~= "string" or c == "" then c = nonnull(delta.refusal) end
             if type(c) == "string" and c ~= "" then
-                if self.thinking then
-                    out[#out + 1] = { type = "block_stop", index = self.thinking }
-                    self.thinking = nil
-                end
-                if not self.text then self.text = self:open(out, "text") end
+                self.blocks:stop(out, self.thinking)
+                self.thinking = nil
+                if not self.text then self.text = self.blocks:start(out, "text") end
                 out[#out + 1] = { type = "text", index = self.text, text = c }
             end
             local tcs = nonnull(delta.tool_calls)
@@ -678,11 +581,11 @@ function Decoder:feed(ev)
             end
         end
         local fr = nonnull(choice.finish_reason)
-        if fr and not self.finished then
-            self.finished = true
+        if fr and not self.stop_reason then
             self:close_all(out)
             local sr = STOP_IN[fr] or "end_turn"
             if sr == "end_turn" and self.any_call then sr = "tool_use" end
+            self.stop_reason = sr
             out[#out + 1] = { type = "finish", stop_reason = sr }
         end
     end
@@ -698,17 +601,19 @@ function Decoder:finish()
 end
 
 -- ---------------------------------------------------------------- stream encoder
+--
+-- Chat has no blocks: text, tool-call starts and argument fragments are
+-- chunks; the finish chunk goes out when the IR finish comes, the usage
+-- chunk (if the client asked for one) and [DONE] at the clean end.
 
-local Encoder = {}
-Encoder.__index = Encoder
+local Encoder = S.encoder()
 
 function M.stream_encoder(opts)
     opts = opts or {}
-    local id = opts.id
     return setmetatable({
-        model = opts.model, id = id, created = opts.created or time(),
+        model = opts.model, id = opts.id, created = opts.created or time(),
         include_usage = opts.include_usage == true,
-        started = false, done = false, finished = false,
+        started = false, ended = false, stop_reason = nil,
         tools = {},      -- IR index -> chat tool_calls index
         ntools = 0, usage = nil,
     }, Encoder)
@@ -729,8 +634,8 @@ function Encoder:chunk(b, delta, finish_reason)
     }), "\n\n")
 end
 
-function Encoder:ensure_start(b, ev)
-    if self.started then return end
+-- The first chunk; the upstream's id is kept only when it is a Chat one.
+function Encoder:begin(b, ev)
     self.started = true
     if not self.id then
         local up = ev and ev.id
@@ -739,79 +644,51 @@ function Encoder:ensure_start(b, ev)
     self:chunk(b, { role = "assistant", content = "" })
 end
 
+function Encoder:on_text(b, ev)
+    if ev.text and ev.text ~= "" then
+        -- The hot path: a text chunk is written from a cached prefix.
+        local pre = self.text_prefix
+        if not pre then
+            pre = 'data: {"id":' .. encode(self.id) .. ',"object":"chat.completion.chunk","created":'
+                .. encode(self.created) .. (self.model and (',"model":' .. encode(self.model)) or "")
+                .. ',"choices":[{"index":0,"delta":{"content":'
+            self.text_prefix = pre
+        end
+        b:put(pre, encode(ev.text), '},"logprobs":null,"finish_reason":null}]}\n\n')
+    end
+end
+
+function Encoder:on_block_start(b, ev)
+    if ev.kind ~= "tool_call" then return end
+    local k = self.ntools
+    self.ntools = k + 1
+    self.tools[ev.index] = k
+    self:chunk(b, { tool_calls = array({ { index = k, id = ev.id or ir.new_id("call_"), type = "function",
+                                            ["function"] = { name = ev.name, arguments = "" } } }) })
+end
+
+function Encoder:on_tool_args(b, ev)
+    local k = self.tools[ev.index]
+    if k and ev.json ~= "" then
+        self:chunk(b, { tool_calls = array({ { index = k, ["function"] = { arguments = ev.json } } }) })
+    end
+end
+
+-- The first finish only (stop_reason is kept after this call).
+function Encoder:on_finish(b, ev)
+    if self.stop_reason then return end
+    local fr = STOP_OUT[ev.stop_reason] or "stop"
+    if fr == "stop" and self.ntools > 0 then fr = "tool_calls" end
+    self:chunk(b, {}, fr)
+end
+-- thinking, signatures and block stops have no Chat representation.
+
 function Encoder:fail(b, message, err)
-    local body = error_body(err or { type = "api_error", message = message })
-    body.error.message = message
-    b:put("data: ", encode(body), "\n\ndata: [DONE]\n\n")
-    self.done = true
+    b:put("data: ", encode(common.openai_error_body(err or { type = "api_error" }, message)),
+          "\n\ndata: [DONE]\n\n")
 end
 
-function Encoder:feed(ev)
-    if self.done then return "" end
-    local b = buffer.new()
-    local t = ev.type
-    if t == "start" then
-        self:ensure_start(b, ev)
-        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
-        return b:tostring()
-    end
-    self:ensure_start(b)
-    if t == "text" then
-        if ev.text and ev.text ~= "" then
-            -- The hot path: a text chunk is written from a cached prefix.
-            local pre = self.text_prefix
-            if not pre then
-                pre = 'data: {"id":' .. encode(self.id) .. ',"object":"chat.completion.chunk","created":'
-                    .. encode(self.created) .. (self.model and (',"model":' .. encode(self.model)) or "")
-                    .. ',"choices":[{"index":0,"delta":{"content":'
-                self.text_prefix = pre
-            end
-            b:put(pre, encode(ev.text), '},"logprobs":null,"finish_reason":null}]}\n\n')
-        end
-    elseif t == "block_start" and ev.kind == "tool_call" then
-        local k = self.ntools
-        self.ntools = k + 1
-        self.tools[ev.index] = k
-        self:chunk(b, { tool_calls = array({ { index = k, id = ev.id or ir.new_id("call_"), type = "function",
-                                                ["function"] = { name = ev.name, arguments = "" } } }) })
-    elseif t == "tool_args" then
-        local k = self.tools[ev.index]
-        if k and ev.json ~= "" then
-            self:chunk(b, { tool_calls = array({ { index = k, ["function"] = { arguments = ev.json } } }) })
-        end
-    elseif t == "usage" then
-        self.usage = ir.merge_usage(self.usage, ev.usage)
-    elseif t == "finish" then
-        if not self.finished then
-            self.finished = true
-            local fr = STOP_OUT[ev.stop_reason] or "stop"
-            if fr == "stop" and self.ntools > 0 then fr = "tool_calls" end
-            self:chunk(b, {}, fr)
-        end
-    elseif t == "error" then
-        self:fail(b, ev.error and ev.error.message or "upstream error", ev.error)
-    end
-    -- thinking, signatures and block boundaries have no Chat representation.
-    return b:tostring()
-end
-
-function Encoder:close(outcome)
-    if self.done then return "" end
-    local b = buffer.new()
-    local complete = outcome == nil or outcome.complete ~= false
-    if complete and not self.finished then
-        complete = false
-        outcome = { message = "upstream stream ended without a finish reason" }
-    end
-    if not complete then
-        local msg = outcome and outcome.message
-        if not msg then
-            msg = "upstream stream ended prematurely" ..
-                (outcome and outcome.reason and (" (" .. outcome.reason .. ")") or "")
-        end
-        self:fail(b, msg)
-        return b:tostring()
-    end
+function Encoder:finish(b)
     if self.include_usage and self.usage then
         b:put("data: ", encode({
             id = self.id, object = "chat.completion.chunk", created = self.created, model = self.model,
@@ -819,8 +696,6 @@ function Encoder:close(outcome)
         }), "\n\n")
     end
     b:put("data: [DONE]\n\n")
-    self.done = true
-    return b:tostring()
 end
 
 return M

@@ -21,7 +21,8 @@
 
 local ir = require("sluice.ir")
 local json = require("sluice.json")
-local buffer = require("string.buffer")
+local S = require("sluice.ir_stream")
+local common = require("sluice.protocols.common")
 
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local concat, os_time = table.concat, os.time
@@ -67,54 +68,26 @@ end
 
 local function is_str(v) return type(v) == "string" end
 
--- "data:<mime>;base64,<payload>" -> mime, payload (nil when not a data URL).
-local function parse_data_url(url)
-    if not is_str(url) then return nil end
-    local mime, data = url:match("^data:([^;,]*);base64,(.*)$")
-    return mime, data
-end
+local source_from_url = common.source_from_url
+local decode_args, encode_args = common.decode_args, common.encode_args
 
-local function source_from_url(url)
-    local mime, data = parse_data_url(url)
-    if mime then return { kind = "base64", media_type = mime, data = data } end
-    return { kind = "url", url = url }
-end
-
+-- An image or file source as a URL (data URL for inline bytes).
 local function data_url(src)
-    if src.kind == "base64" then return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. src.data end
+    if src.kind == "base64" then return common.data_url(src) end
     return src.url
-end
-
--- Tool arguments arrive as a JSON string; the IR holds the decoded object.
--- "" and invalid JSON become {} (never a string; PROTOCOLS §6.4).
-local function decode_args(s)
-    if type(s) == "table" then return s end
-    if not is_str(s) or s == "" then return {} end
-    local v = json_decode(s)
-    if type(v) ~= "table" then return {} end
-    return v
-end
-
-local function encode_args(t)
-    if t == nil then return "{}" end
-    return json_encode(t)
 end
 
 local function invalid(msg) return nil, msg end
 
 -- Opaque reasoning state of another provider (an Anthropic signature, a
 -- Gemini thoughtSignature) rides to a Responses client inside
--- encrypted_content wrapped in a tagged envelope, so it comes back on the
--- next turn and can be returned to its origin (PROTOCOLS §6.6). It is never
--- sent to an OpenAI upstream: only parts whose origin is Responses are.
+-- encrypted_content wrapped in the envelope, so it comes back on the next
+-- turn and can be returned to its origin (PROTOCOLS §6.6). It is never sent
+-- to an OpenAI upstream: only parts whose origin is Responses are.
 local function wrap_opaque(origin, kind, value)
-    if origin == nil or origin == M.name then return value end
-    return "sluice1:" .. origin .. ":" .. kind .. ":" .. value
+    return common.wrap(M.name, origin, kind, value)
 end
-
-local function unwrap_opaque(s)
-    return s:match("^sluice1:([%w%-]+):(%a+):(.*)$")
-end
+local unwrap_opaque = common.unwrap
 
 ---------------------------------------------------------------------------
 -- request: Responses -> IR
@@ -678,40 +651,10 @@ end
 -- errors
 ---------------------------------------------------------------------------
 
-function M.decode_error(status, body)
-    status = tonumber(status) or 500
-    local msg
-    if type(body) == "table" then
-        local e = body.error
-        if type(e) == "table" and is_str(e.message) then msg = e.message
-        elseif is_str(e) then msg = e
-        elseif is_str(body.message) then msg = body.message end
-    elseif is_str(body) and body ~= "" then
-        msg = body
-    end
-    return ir.error(status, msg or ("upstream returned HTTP " .. status))
-end
-
--- IR error type -> OpenAI error type and code (§2.5, §6.11).
-local ERR_OUT = {
-    invalid_request = { "invalid_request_error", json_null },
-    authentication = { "invalid_request_error", "invalid_api_key" },
-    permission = { "invalid_request_error", "permission_denied" },
-    not_found = { "invalid_request_error", "not_found" },
-    request_too_large = { "invalid_request_error", "request_too_large" },
-    rate_limit = { "requests", "rate_limit_exceeded" },
-    api_error = { "server_error", json_null },
-    overloaded = { "server_error", "overloaded" },
-    timeout = { "server_error", "timeout" },
-}
-
-function M.encode_error(err)
-    local etype = err.type or ir.error_type_for_status(err.status)
-    local status = err.status or ir.ERROR_STATUS[etype] or 500
-    if status == 529 then status = 503 end -- OpenAI clients know no 529 (§6.11)
-    local m = ERR_OUT[etype] or ERR_OUT.api_error
-    return status, { error = { message = err.message or "error", type = m[1], param = json_null, code = m[2] } }
-end
+-- The OpenAI error envelope and its type map are shared with Chat
+-- (sluice.protocols.common).
+M.decode_error = common.openai_decode_error
+M.encode_error = common.openai_encode_error
 
 ---------------------------------------------------------------------------
 -- stream: Responses events -> IR events
@@ -723,31 +666,11 @@ local Decoder = {}
 Decoder.__index = Decoder
 
 function M.stream_decoder(opts)
-    return setmetatable({ next_index = 0, items = {}, parts = {}, open = {}, started = false,
-                          saw_call = false, saw_refusal = false, errored = false, done = false }, Decoder)
+    return setmetatable({ blocks = S.blocks(), items = {}, parts = {}, started = false,
+                          saw_call = false, saw_refusal = false, errored = false, ended = false }, Decoder)
 end
 
-local function new_block(self, out, ev)
-    local i = self.next_index
-    self.next_index = i + 1
-    ev.type, ev.index = "block_start", i
-    out[#out + 1] = ev
-    self.open[i] = true
-    return i
-end
-
-local function stop_block(self, out, i)
-    if i ~= nil and self.open[i] then
-        self.open[i] = nil
-        out[#out + 1] = { type = "block_stop", index = i }
-    end
-end
-
-local function stop_all(self, out)
-    for i = 0, self.next_index - 1 do stop_block(self, out, i) end
-end
-
-local function ensure_started(self, out, r)
+function Decoder:ensure_started(out, r)
     if not self.started then
         self.started = true
         r = type(r) == "table" and r or {}
@@ -759,11 +682,11 @@ local function nonempty(s) return is_str(s) and s ~= "" end
 
 -- A reasoning item's summary text (delta families: summary or raw reasoning
 -- text; whichever comes first wins so the two are never mixed).
-local function reasoning_delta(self, out, it, family, text)
+function Decoder:reasoning_delta(out, it, family, text)
     it.family = it.family or family
     if it.family ~= family then return end
     if it.ir == nil then
-        it.ir = new_block(self, out, { kind = "thinking" })
+        it.ir = self.blocks:start(out, "thinking")
     elseif it.need_sep then
         out[#out + 1] = { type = "thinking", index = it.ir, text = "\n\n" }
     end
@@ -771,13 +694,13 @@ local function reasoning_delta(self, out, it, family, text)
     out[#out + 1] = { type = "thinking", index = it.ir, text = text }
 end
 
-local function item_added(self, out, oi, item)
+function Decoder:item_added(out, oi, item)
     local t = item.type
     if t == "function_call" then
         self.saw_call = true
         local it = { kind = "call" }
         self.items[oi] = it
-        it.ir = new_block(self, out, { kind = "tool_call", id = item.call_id, name = item.name })
+        it.ir = self.blocks:start(out, "tool_call", { id = item.call_id, name = item.name })
         if nonempty(item.arguments) then
             it.args = true
             out[#out + 1] = { type = "tool_args", index = it.ir, json = item.arguments }
@@ -789,16 +712,16 @@ local function item_added(self, out, oi, item)
     end
 end
 
-local function item_done(self, out, oi, item)
+function Decoder:item_done(out, oi, item)
     local it = self.items[oi]
     local t = item.type
     if t == "function_call" then
-        if not it then item_added(self, out, oi, item); it = self.items[oi] end
+        if not it then self:item_added(out, oi, item); it = self.items[oi] end
         if not it.args and nonempty(item.arguments) then
             it.args = true
             out[#out + 1] = { type = "tool_args", index = it.ir, json = item.arguments }
         end
-        stop_block(self, out, it.ir)
+        self.blocks:stop(out, it.ir)
     elseif t == "reasoning" then
         it = it or { kind = "reasoning" }
         local enc = nonempty(item.encrypted_content) and item.encrypted_content or nil
@@ -806,26 +729,26 @@ local function item_done(self, out, oi, item)
             -- Nothing streamed: take the summary from the finished item.
             local part = decode_reasoning_item(item)
             if part and part.type == "thinking" then
-                reasoning_delta(self, out, it, "summary", part.text)
+                self:reasoning_delta(out, it, "summary", part.text)
             elseif part then
-                it.ir = new_block(self, out, { kind = "redacted_thinking", data = part.data })
+                it.ir = self.blocks:start(out, "redacted_thinking", { data = part.data })
                 enc = nil
             end
         end
         if it.ir ~= nil then
             if enc then out[#out + 1] = { type = "signature", index = it.ir, signature = enc } end
-            stop_block(self, out, it.ir)
+            self.blocks:stop(out, it.ir)
         end
     elseif it and it.parts then
-        for _, i in ipairs(it.parts) do stop_block(self, out, i) end
+        for _, i in ipairs(it.parts) do self.blocks:stop(out, i) end
     end
 end
 
-local function text_part(self, out, obj, create)
+function Decoder:text_part(out, obj, create)
     local key = tostring(obj.output_index) .. ":" .. tostring(obj.content_index)
     local p = self.parts[key]
     if not p and create then
-        p = { ir = new_block(self, out, { kind = "text" }) }
+        p = { ir = self.blocks:start(out, "text") }
         self.parts[key] = p
         local it = self.items[obj.output_index]
         if it and it.parts then it.parts[#it.parts + 1] = p.ir end
@@ -833,19 +756,19 @@ local function text_part(self, out, obj, create)
     return p
 end
 
-local function on_text_delta(self, out, obj, refusal)
+function Decoder:text_delta(out, obj, refusal)
     if refusal then self.saw_refusal = true end
-    local p = text_part(self, out, obj, true)
+    local p = self:text_part(out, obj, true)
     if nonempty(obj.delta) then
         p.seen = true
         out[#out + 1] = { type = "text", index = p.ir, text = obj.delta }
     end
 end
 
-local function on_terminal(self, out, r)
+function Decoder:terminal(out, r)
     r = type(r) == "table" and r or {}
-    ensure_started(self, out, r)
-    self.done = true
+    self:ensure_started(out, r)
+    self.ended = true
     if r.status == "failed" or r.status == "cancelled" then
         -- Open blocks stay open: closing them would pass a cut tool call off as whole.
         if not self.errored then
@@ -854,7 +777,7 @@ local function on_terminal(self, out, r)
         end
         return
     end
-    stop_all(self, out)
+    self.blocks:stop_all(out)
     local u = usage_in(r.usage)
     if u then out[#out + 1] = { type = "usage", usage = u } end
     if not self.saw_call and type(r.output) == "table" then
@@ -867,21 +790,21 @@ local function on_terminal(self, out, r)
 end
 
 local HANDLERS = {
-    ["response.created"] = function(self, out, obj) ensure_started(self, out, obj.response) end,
-    ["response.in_progress"] = function(self, out, obj) ensure_started(self, out, obj.response) end,
+    ["response.created"] = function(self, out, obj) self:ensure_started(out, obj.response) end,
+    ["response.in_progress"] = function(self, out, obj) self:ensure_started(out, obj.response) end,
     ["response.output_item.added"] = function(self, out, obj)
-        ensure_started(self, out)
-        if type(obj.item) == "table" then item_added(self, out, obj.output_index, obj.item) end
+        self:ensure_started(out)
+        if type(obj.item) == "table" then self:item_added(out, obj.output_index, obj.item) end
     end,
     ["response.output_item.done"] = function(self, out, obj)
-        ensure_started(self, out)
-        if type(obj.item) == "table" then item_done(self, out, obj.output_index, obj.item) end
+        self:ensure_started(out)
+        if type(obj.item) == "table" then self:item_done(out, obj.output_index, obj.item) end
     end,
     ["response.content_part.added"] = function(self, out, obj)
         local part = obj.part
         if type(part) == "table" and (part.type == "output_text" or part.type == "refusal") then
             if part.type == "refusal" then self.saw_refusal = true end
-            local p = text_part(self, out, obj, true)
+            local p = self:text_part(out, obj, true)
             local txt = part.text or part.refusal
             if nonempty(txt) then
                 p.seen = true
@@ -889,11 +812,11 @@ local HANDLERS = {
             end
         end
     end,
-    ["response.output_text.delta"] = function(self, out, obj) on_text_delta(self, out, obj, false) end,
-    ["response.refusal.delta"] = function(self, out, obj) on_text_delta(self, out, obj, true) end,
+    ["response.output_text.delta"] = function(self, out, obj) self:text_delta(out, obj, false) end,
+    ["response.refusal.delta"] = function(self, out, obj) self:text_delta(out, obj, true) end,
     ["response.content_part.done"] = function(self, out, obj)
-        local p = text_part(self, out, obj, false)
-        if p then stop_block(self, out, p.ir) end
+        local p = self:text_part(out, obj, false)
+        if p then self.blocks:stop(out, p.ir) end
     end,
     ["response.reasoning_summary_part.added"] = function(self, out, obj)
         local it = self.items[obj.output_index]
@@ -901,11 +824,11 @@ local HANDLERS = {
     end,
     ["response.reasoning_summary_text.delta"] = function(self, out, obj)
         local it = self.items[obj.output_index]
-        if it and nonempty(obj.delta) then reasoning_delta(self, out, it, "summary", obj.delta) end
+        if it and nonempty(obj.delta) then self:reasoning_delta(out, it, "summary", obj.delta) end
     end,
     ["response.reasoning_text.delta"] = function(self, out, obj)
         local it = self.items[obj.output_index]
-        if it and nonempty(obj.delta) then reasoning_delta(self, out, it, "text", obj.delta) end
+        if it and nonempty(obj.delta) then self:reasoning_delta(out, it, "text", obj.delta) end
     end,
     ["response.function_call_arguments.delta"] = function(self, out, obj)
         local it = self.items[obj.output_index]
@@ -921,9 +844,9 @@ local HANDLERS = {
             out[#out + 1] = { type = "tool_args", index = it.ir, json = obj.arguments }
         end
     end,
-    ["response.completed"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
-    ["response.incomplete"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
-    ["response.failed"] = function(self, out, obj) on_terminal(self, out, obj.response) end,
+    ["response.completed"] = function(self, out, obj) self:terminal(out, obj.response) end,
+    ["response.incomplete"] = function(self, out, obj) self:terminal(out, obj.response) end,
+    ["response.failed"] = function(self, out, obj) self:terminal(out, obj.response) end,
     ["error"] = function(self, out, obj)
         if not self.errored then
             self.errored = true
@@ -934,16 +857,9 @@ local HANDLERS = {
 
 function Decoder:feed(ev)
     local out = {}
-    local data = ev.data
-    if self.done or data == nil or data == "" or data == "[DONE]" then return out end
-    local obj = json_decode(data)
-    if type(obj) ~= "table" then
-        if not self.errored then
-            self.errored = true
-            out[1] = { type = "error", error = ir.error(502, "malformed event from upstream: not JSON", "api_error") }
-        end
-        return out
-    end
+    if self.ended then return out end
+    local obj = S.json(self, ev, out)
+    if obj == nil then return out end
     local h = HANDLERS[obj.type or ev.event]
     if h then h(self, out, obj) end
     return out
@@ -959,19 +875,20 @@ end
 -- stream: IR events -> Responses events
 ---------------------------------------------------------------------------
 
--- Output items are emitted one at a time, in IR block start order: a block
--- that starts while another item is open (parallel calls from a Chat
--- upstream) is buffered and replayed when the open one is done. The whole
--- output is kept because the terminal event must carry it (§3.4).
-local Encoder = {}
-Encoder.__index = Encoder
+-- Output items are emitted one at a time, in IR block start order (the
+-- one-open-block queue of ir_stream): a block that starts while another
+-- item is open (parallel calls from a Chat upstream) waits and is replayed
+-- when the open one is done. The whole output is kept because the terminal
+-- event must carry it (§3.4).
+local Encoder = S.encoder()
 
 function M.stream_encoder(opts)
     opts = opts or {}
-    return setmetatable({ model = opts.model, id = opts.id, created = opts.created, origin = opts.origin, seq = 0,
-                          custom = opts.custom_tools,
-                          blocks = {}, queue = {}, active = nil, output = json_array({}),
-                          started = false, ended = false }, Encoder)
+    local enc = setmetatable({ model = opts.model, id = opts.id, created = opts.created, origin = opts.origin,
+                               seq = 0, custom = opts.custom_tools, output = json_array({}),
+                               usage = nil, stop_reason = nil, started = false, ended = false }, Encoder)
+    enc.serial = S.serializer(enc)
+    return enc
 end
 
 -- The client already has this stream's opening (a passthrough stream, sent
@@ -986,23 +903,22 @@ function Encoder:resume(seen)
     self.seq = seen.events or 0
 end
 
-local function emit(self, buf, name, obj)
+function Encoder:emit(buf, name, obj)
     obj.type = name
     obj.sequence_number = self.seq
     self.seq = self.seq + 1
     buf:put("event: ", name, "\ndata: ", json_encode(obj), "\n\n")
 end
 
-local function enc_start(self, buf, model)
-    if self.started then return end
+function Encoder:begin(buf, ev)
     self.started = true
     self.id = self.id or ir.new_id("resp_")
     self.base = base_of(self.id)
-    self.model = self.model or model
+    self.model = self.model or (ev and ev.model)
     self.created = self.created or os_time()
     local function r() return response_obj(self.id, self.model, self.created, "in_progress", json_array({}), json_null) end
-    emit(self, buf, "response.created", { response = r() })
-    emit(self, buf, "response.in_progress", { response = r() })
+    self:emit(buf, "response.created", { response = r() })
+    self:emit(buf, "response.in_progress", { response = r() })
 end
 
 -- Deltas are the per-event hot path: written straight into the buffer,
@@ -1013,12 +929,12 @@ local DELTA = {
     tool_call = { "response.function_call_arguments.delta", "" },
 }
 
-local function enc_delta(self, buf, rec, piece)
+function Encoder:delta(buf, rec, piece)
     local d = DELTA[rec.kind]
     if not d then return end
     if rec.kind == "thinking" and not rec.summary_open then
         rec.summary_open = true
-        emit(self, buf, "response.reasoning_summary_part.added", { item_id = rec.item_id, output_index = rec.oi,
+        self:emit(buf, "response.reasoning_summary_part.added", { item_id = rec.item_id, output_index = rec.oi,
             summary_index = 0, part = { type = "summary_text", text = "" } })
     end
     local seq = self.seq
@@ -1031,7 +947,9 @@ end
 -- are not the client's text, so the input is sent whole when the call ends.
 local ITEM_PREFIX = { text = "msg_", thinking = "rs_", redacted_thinking = "rs_", tool_call = "fc_", custom = "ctc_" }
 
-local function activate(self, buf, rec)
+-- The serializer's callbacks: an item becomes live (added, and what it
+-- accumulated while it waited as one delta); the live item is done.
+function Encoder:open_block(buf, rec)
     local oi = #self.output
     rec.oi = oi
     rec.item_id = item_id(ITEM_PREFIX[rec.kind], self.base, oi + 1)
@@ -1039,49 +957,49 @@ local function activate(self, buf, rec)
     self.output[oi + 1] = json_null -- placeholder until the item is done
     local kind = rec.kind
     if kind == "text" then
-        emit(self, buf, "response.output_item.added", { output_index = oi, item = { type = "message",
+        self:emit(buf, "response.output_item.added", { output_index = oi, item = { type = "message",
             id = rec.item_id, status = "in_progress", role = "assistant", content = json_array({}) } })
-        emit(self, buf, "response.content_part.added", { item_id = rec.item_id, output_index = oi, content_index = 0,
+        self:emit(buf, "response.content_part.added", { item_id = rec.item_id, output_index = oi, content_index = 0,
             part = { type = "output_text", text = "", annotations = json_array({}) } })
     elseif kind == "tool_call" then
-        emit(self, buf, "response.output_item.added", { output_index = oi,
+        self:emit(buf, "response.output_item.added", { output_index = oi,
             item = call_item(rec.item_id, rec.call_id, rec.name, "", "in_progress") })
     elseif kind == "custom" then
-        emit(self, buf, "response.output_item.added", { output_index = oi,
+        self:emit(buf, "response.output_item.added", { output_index = oi,
             item = custom_item(rec.item_id, rec.call_id, rec.name, "", "in_progress") })
     else
-        emit(self, buf, "response.output_item.added", { output_index = oi,
+        self:emit(buf, "response.output_item.added", { output_index = oi,
             item = { type = "reasoning", id = rec.item_id, summary = json_array({}) } })
     end
-    if #rec.acc > 0 then enc_delta(self, buf, rec, concat(rec.acc)) end
+    if #rec.acc > 0 then self:delta(buf, rec, concat(rec.acc)) end
 end
 
-local function finish_item(self, buf, rec, status)
+function Encoder:stop_block(buf, rec, status)
     local text, oi, id = concat(rec.acc), rec.oi, rec.item_id
     local kind, item = rec.kind, nil
     if kind == "text" then
-        emit(self, buf, "response.output_text.done", { item_id = id, output_index = oi, content_index = 0,
+        self:emit(buf, "response.output_text.done", { item_id = id, output_index = oi, content_index = 0,
             text = text, logprobs = json_array({}) })
-        emit(self, buf, "response.content_part.done", { item_id = id, output_index = oi, content_index = 0,
+        self:emit(buf, "response.content_part.done", { item_id = id, output_index = oi, content_index = 0,
             part = { type = "output_text", text = text, annotations = json_array({}) } })
         item = message_item(id, text, status)
     elseif kind == "tool_call" then
-        emit(self, buf, "response.function_call_arguments.done", { item_id = id, output_index = oi,
+        self:emit(buf, "response.function_call_arguments.done", { item_id = id, output_index = oi,
             name = rec.name, arguments = text })
         item = call_item(id, rec.call_id, rec.name, text, status)
     elseif kind == "custom" then
         local input = text ~= "" and custom_input(text) or ""
         if input ~= "" then
-            emit(self, buf, "response.custom_tool_call_input.delta", { item_id = id, output_index = oi,
+            self:emit(buf, "response.custom_tool_call_input.delta", { item_id = id, output_index = oi,
                 delta = input })
         end
-        emit(self, buf, "response.custom_tool_call_input.done", { item_id = id, output_index = oi, input = input })
+        self:emit(buf, "response.custom_tool_call_input.done", { item_id = id, output_index = oi, input = input })
         item = custom_item(id, rec.call_id, rec.name, input, status)
     elseif kind == "thinking" then
         if rec.summary_open then
-            emit(self, buf, "response.reasoning_summary_text.done", { item_id = id, output_index = oi,
+            self:emit(buf, "response.reasoning_summary_text.done", { item_id = id, output_index = oi,
                 summary_index = 0, text = text })
-            emit(self, buf, "response.reasoning_summary_part.done", { item_id = id, output_index = oi,
+            self:emit(buf, "response.reasoning_summary_part.done", { item_id = id, output_index = oi,
                 summary_index = 0, part = { type = "summary_text", text = text } })
         end
         item = reasoning_item(id, text, rec.enc and wrap_opaque(self.origin, "sig", rec.enc))
@@ -1089,113 +1007,60 @@ local function finish_item(self, buf, rec, status)
         item = reasoning_item(id, nil, rec.data and wrap_opaque(self.origin, "data", rec.data))
     end
     self.output[oi + 1] = item
-    emit(self, buf, "response.output_item.done", { output_index = oi, item = item })
+    self:emit(buf, "response.output_item.done", { output_index = oi, item = item })
 end
 
-local function drain(self, buf, status)
-    local q = self.queue
-    while self.active == nil and #q > 0 do
-        local rec = table.remove(q, 1)
-        activate(self, buf, rec)
-        if rec.closed then finish_item(self, buf, rec, status) else self.active = rec end
+function Encoder:on_block_start(buf, ev)
+    local kind = ev.kind
+    if kind == "tool_call" and self.custom and self.custom[ev.name] then kind = "custom" end
+    self.serial:start(buf, ev.index, { kind = kind, call_id = ev.id, name = ev.name, data = ev.data, acc = {} })
+end
+
+-- Every piece is kept (the done events carry the whole text); a live item
+-- also streams it.
+function Encoder:on_delta(buf, ev)
+    local rec = self.serial:get(ev.index)
+    local piece = ev.text or ev.json
+    if rec and piece and piece ~= "" then
+        rec.acc[#rec.acc + 1] = piece
+        if rec.live then self:delta(buf, rec, piece) end
     end
 end
+Encoder.on_text, Encoder.on_thinking, Encoder.on_tool_args = Encoder.on_delta, Encoder.on_delta, Encoder.on_delta
 
--- Close every item still open or waiting, in order.
-local function close_items(self, buf, status)
-    if self.active then
-        finish_item(self, buf, self.active, status)
-        self.active = nil
-    end
-    for _, rec in ipairs(self.queue) do rec.closed = true end
-    drain(self, buf, status)
+function Encoder:on_signature(buf, ev)
+    local rec = self.serial:get(ev.index)
+    if rec then rec.enc = ev.signature end
 end
 
+function Encoder:on_block_stop(buf, ev)
+    local rec = self.serial:get(ev.index)
+    if rec then self.serial:stop(buf, rec, "completed") end
+end
+
+-- The code of a failed response (§3.3), by IR error type.
 local FAIL_CODE = { rate_limit = "rate_limit_exceeded", invalid_request = "invalid_prompt" }
 
-local function enc_fail(self, buf, message, etype)
+-- error (the OpenAI error envelope's type) + response.failed with the
+-- partial output.
+function Encoder:fail(buf, message, err)
+    if not self.started then self:begin(buf, nil) end
+    local etype = err and err.type or "api_error"
     local code = FAIL_CODE[etype] or "server_error"
-    close_items(self, buf, "incomplete")
-    emit(self, buf, "error", { error = { type = etype == "rate_limit" and "rate_limit_error" or "server_error",
-        code = code, message = message, param = json_null } })
-    emit(self, buf, "response.failed", { response = response_obj(self.id, self.model, self.created, "failed",
+    self.serial:stop_all(buf, "incomplete")
+    local e = common.openai_error_body({ type = etype }, message).error
+    self:emit(buf, "error", { error = { type = e.type, code = code, message = message, param = json_null } })
+    self:emit(buf, "response.failed", { response = response_obj(self.id, self.model, self.created, "failed",
         self.output, self.usage and usage_out(self.usage) or json_null, json_null,
         { code = code, message = message }) })
-    self.ended = true
 end
 
-function Encoder:feed(ev)
-    if self.ended then return "" end
-    local buf = buffer.new()
-    local t = ev.type
-    if t == "start" then
-        enc_start(self, buf, ev.model)
-        if ev.usage then self.usage = ir.merge_usage(self.usage, ev.usage) end
-    elseif t == "block_start" then
-        enc_start(self, buf)
-        local kind = ev.kind
-        if kind == "tool_call" and self.custom and self.custom[ev.name] then kind = "custom" end
-        local rec = { kind = kind, call_id = ev.id, name = ev.name, data = ev.data, acc = {} }
-        self.blocks[ev.index] = rec
-        if self.active == nil and #self.queue == 0 then
-            activate(self, buf, rec)
-            self.active = rec
-        else
-            self.queue[#self.queue + 1] = rec
-        end
-    elseif t == "text" or t == "thinking" or t == "tool_args" then
-        local rec = self.blocks[ev.index]
-        local piece = ev.text or ev.json
-        if rec and piece and piece ~= "" then
-            rec.acc[#rec.acc + 1] = piece
-            if rec == self.active then enc_delta(self, buf, rec, piece) end
-        end
-    elseif t == "signature" then
-        local rec = self.blocks[ev.index]
-        if rec then rec.enc = ev.signature end
-    elseif t == "block_stop" then
-        local rec = self.blocks[ev.index]
-        if rec then
-            rec.closed = true
-            if rec == self.active then
-                finish_item(self, buf, rec, "completed")
-                self.active = nil
-                drain(self, buf, "completed")
-            end
-        end
-    elseif t == "usage" then
-        self.usage = ir.merge_usage(self.usage, ev.usage)
-    elseif t == "finish" then
-        self.stop = ev.stop_reason
-    elseif t == "error" then
-        enc_start(self, buf)
-        local e = ev.error or {}
-        enc_fail(self, buf, e.message or "upstream error", e.type)
-    end
-    return buf:tostring()
-end
-
-function Encoder:close(outcome)
-    if self.ended then return "" end
-    local buf = buffer.new()
-    enc_start(self, buf)
-    local clean = outcome == nil or outcome.complete ~= false
-    if clean and self.stop and self.stop ~= "error" then
-        close_items(self, buf, "completed")
-        local status, incomplete = status_out(self.stop)
-        emit(self, buf, status == "completed" and "response.completed" or "response.incomplete",
-            { response = response_obj(self.id, self.model, self.created, status, self.output,
-                                      usage_out(self.usage), incomplete) })
-        self.ended = true
-    else
-        local msg = outcome and outcome.message
-        if not msg then
-            local reason = outcome and outcome.reason or "UPSTREAM_EOF_EARLY"
-            msg = "upstream stream ended before the response was complete (" .. reason .. ")"
-        end
-        enc_fail(self, buf, msg, "api_error")
-    end
-    return buf:tostring()
+function Encoder:finish(buf)
+    self.serial:stop_all(buf, "completed")
+    local status, incomplete = status_out(self.stop_reason)
+    self:emit(buf, status == "completed" and "response.completed" or "response.incomplete",
+        { response = response_obj(self.id, self.model, self.created, status, self.output,
+                                  usage_out(self.usage), incomplete) })
 end
 
 return M
