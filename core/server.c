@@ -121,6 +121,7 @@ typedef struct {
 static void conn_close(sl_conn_t *c);
 static void conn_notify_gone(sl_conn_t *c, int err);
 static void conn_rearm(sl_conn_t *c);
+static void arm_timer(sl_conn_t *c, uv_timer_cb cb, uint64_t ms);
 static void idle_add(sl_conn_t *c);
 static void idle_remove(sl_conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -454,6 +455,14 @@ static void conn_mark_closing(sl_conn_t *c)
     idle_remove(c);
 }
 
+/* A graceful close waits for the client to take what is queued; a client
+ * that never reads must not hold its socket (and up to the high-water mark
+ * of memory) for ever: after keepalive_timeout it is closed outright. */
+static void on_close_deadline(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
 static void conn_close_graceful(sl_conn_t *c)
 {
     conn_mark_closing(c);
@@ -470,6 +479,8 @@ static void conn_close_graceful(sl_conn_t *c)
         return;
     }
     req->data = c;
+    uint64_t ms = c->srv->limits.keepalive_timeout_ms;
+    arm_timer(c, on_close_deadline, ms ? ms : 60000);
 }
 
 int sl_conn_finish(sl_conn_t *c)
@@ -701,8 +712,10 @@ static void conn_rearm(sl_conn_t *c)
 {
     const sl_server_limits_t *l = &c->srv->limits;
     uint64_t now = uv_now(c->srv->loop), ms;
+    if (c->state == CONN_CLOSING)
+        return; /* its close deadline stands */
     if (c->state != CONN_READING) {
-        ms = 0; /* BUSY: the application's timeouts rule; CLOSING: nothing left */
+        ms = 0; /* BUSY: the application's timeouts rule */
     } else if (c->input_paused) {
         ms = l->keepalive_timeout_ms; /* restarted by each write the client lets finish */
     } else if (stash_pending(c)) {
@@ -960,7 +973,9 @@ static void on_connection(uv_stream_t *ls, int status)
     /* Full: an idle keep-alive connection gives way (its client reconnects
      * when it needs to), so idle sockets cannot lock everyone out. */
     size_t max = s->limits.max_connections;
-    if (max && s->nconns - s->nclosing > max && !evict_idle(s)) {
+    /* Closing sockets give up their slot but still hold an fd until their
+     * close deadline: they may take at most as many again. */
+    if (max && ((s->nconns - s->nclosing > max && !evict_idle(s)) || s->nconns > 2 * max)) {
         sl_log_debug("connection from %s refused: max_connections (%zu) all busy", c->peer, max);
         conn_close(c);
         return;

@@ -581,6 +581,44 @@ static int server_idle(void)
     return sl_server_connections(cur_server) == 0;
 }
 
+static int app_holding(void)
+{
+    return app.held != NULL;
+}
+
+static void test_graceful_close_to_a_client_that_never_reads_ends(void)
+{
+    /* An answer cut short ends with a graceful close (flush, then FIN). A
+     * client that never reads must not keep that socket, and megabytes of
+     * queued answer, for ever: keepalive_timeout bounds the wait. */
+    app_reset(APP_HOLD);
+    sl_server_limits_t l = default_limits();
+    l.keepalive_timeout_ms = 200;
+    int port;
+    sl_server_t *s = start_server(&l, &port);
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    cur_server = s;
+    int fd = th_connect(port, 1000);
+    CHECK(fd >= 0);
+    const char *req = "GET /cut HTTP/1.1\r\nHost: h\r\n\r\n";
+    CHECK(th_send_all(fd, req, strlen(req)) == 0);
+    CHECK(drive(app_holding, 3000));
+    if (app.held) {
+        size_t n = 16 << 20;
+        char *big = calloc(1, n);
+        sl_conn_send_head(app.held, 200, NULL, 0, -1);
+        sl_conn_send_body(app.held, big, n);
+        sl_conn_close(app.held, 1);
+        app.held = NULL;
+        free(big);
+    }
+    CHECK(drive(server_idle, 5000));
+    close(fd);
+    stop_server(s);
+}
+
 static void test_header_timeout_closes_silent_connection(void)
 {
     static const char *starts[] = {NULL, "GET / HT"}; /* silent; a head that stalls */
@@ -1180,6 +1218,7 @@ int main(void)
     RUN(test_oversized_head_gets_431);
     RUN(test_body_over_max_delivered_as_413);
     RUN(test_header_timeout_closes_silent_connection);
+    RUN(test_graceful_close_to_a_client_that_never_reads_ends);
     RUN(test_client_close_while_busy_calls_on_gone);
     RUN(test_pipelining_past_the_bound_calls_on_gone);
     RUN(test_chunked_response_framing);
