@@ -116,7 +116,7 @@ typedef struct {
     bool transport; /* upstream transport trouble: moot once the terminal was seen */
     bool whole;     /* the answer was delivered whole (an upstream error, as an error) */
     const char *detail;
-    int status;     /* LOCAL_ERROR: the status sluice answered with */
+    int status; /* LOCAL_ERROR: the status sluice answered with */
 } verdict_t;
 
 static verdict_t v(vkind_t kind, sl_term_reason_t reason, bool transport, const char *detail)
@@ -247,6 +247,13 @@ static verdict_t judge(const sl_term_t *t, const sl_term_note_t *n)
         return v(V_SPECIFIC, SL_TERM_SHUTDOWN, false, "cut by shutdown");
     case SL_TERM_CAUSE_UPSTREAM_INVALID:
         return v(V_SPECIFIC, SL_TERM_UPSTREAM_PROTOCOL, true, "malformed answer from upstream");
+    case SL_TERM_CAUSE_UPSTREAM_UNUSABLE: {
+        /* Not transport, and delivered whole: the client got a proper error. */
+        verdict_t r =
+            v(V_SPECIFIC, SL_TERM_UPSTREAM_PROTOCOL, false, "unusable answer from upstream");
+        r.whole = true;
+        return r;
+    }
     case SL_TERM_CAUSE_INTERNAL:
         return v(V_SPECIFIC, SL_TERM_INTERNAL, false, uv ? uv : "internal error");
     case SL_TERM_CAUSE_LOCAL_ANSWER: {

@@ -145,6 +145,7 @@ int sl_term_reason_from_name(const char *name);
     XX(SCRIPT_ERROR)       /* a hook failed or exceeded its budget */                              \
     XX(SHUTDOWN)           /* the shutdown timeout cut the request */                              \
     XX(UPSTREAM_INVALID)   /* we found the upstream's answer malformed */                          \
+    XX(UPSTREAM_UNUSABLE)  /* its whole answer said nothing usable; the client got a whole error */ \
     XX(LOCAL_ANSWER)       /* sluice answered itself; code = the status it sent */                 \
     XX(INTERNAL)           /* our own failure (ENOMEM, bug) */                                     \
     XX(UPSTREAM_DONE)      /* curl finished the transfer; code = CURLcode */

@@ -257,6 +257,11 @@ static const row_t rows[] = {
      1,
      NULL},
 
+    /* A whole answer that said nothing usable (HTML in a 200) reached the
+     * client as a whole 502: not partial. */
+    {"unusable whole answer", PLAIN_DONE, NOTES(N(UPSTREAM_UNUSABLE), CURL(CURLE_OK)),
+     R(UPSTREAM_PROTOCOL), 0, 0, NULL},
+
     /* Rule 7: sluice's own answers. */
     {"local 404", {0, false, false, true, false, 0}, NOTES(NC(LOCAL_ANSWER, 404)), R(LOCAL_ERROR),
      1, 0, NULL},
