@@ -456,7 +456,8 @@ function H.config()
 end
 
 function H.log(ctx)
-    local out = { service = ctx.service, client = ctx.client, model_in = ctx.model }
+    local out = { service = ctx.service, client = ctx.client, model_in = ctx.model,
+                  model_out = ctx.model_out }
     if not cfg.history then return out end -- usage and bodies only feed the history
     local u = ctx.usage or (ctx.pipe and ctx.pipe.usage) or answer_usage(ctx)
     if u then
