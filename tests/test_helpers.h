@@ -1,6 +1,6 @@
 /*
- * test_helpers.h — the tiny harness shared by the C unit tests (buf, log,
- * luahost, server, upstream, sse, term; in the manner of libuv's test/task.h).
+ * test_helpers.h — the tiny harness shared by the C unit tests (every
+ * tests/test_<module>.c; in the manner of libuv's test/task.h).
  *
  * A test file defines one function per case and runs them with RUN(); a
  * failed CHECK prints the file, line and expression (and for the _EQ forms
@@ -57,6 +57,40 @@ static const char *volatile th_current = "(setup)";
             th_cur_failed = 1;                                                                     \
             fprintf(stderr, "  %s:%d: %s == %s failed: \"%.*s\" != \"%s\"\n", __FILE__, __LINE__,  \
                     #base, #cstr, (int)(th_n > 400 ? 400 : th_n), th_p ? th_p : "", th_s);         \
+        }                                                                                          \
+    } while (0)
+
+/* Compares two C strings (NULL is never equal). */
+#define CHECK_EQ_STR(a, b)                                                                         \
+    do {                                                                                           \
+        const char *th_a = (a), *th_b = (b);                                                       \
+        if (!th_a || !th_b || strcmp(th_a, th_b) != 0) {                                           \
+            th_cur_failed = 1;                                                                     \
+            fprintf(stderr, "  %s:%d: %s == %s failed: \"%.400s\" != \"%.400s\"\n", __FILE__,      \
+                    __LINE__, #a, #b, th_a ? th_a : "(null)", th_b ? th_b : "(null)");             \
+        }                                                                                          \
+    } while (0)
+
+/* Exact equality of two doubles (counts read back from text, sums of
+ * exactly representable values). */
+#define CHECK_EQ_DBL(a, b)                                                                         \
+    do {                                                                                           \
+        double th_a = (a), th_b = (b);                                                             \
+        if (th_a != th_b) {                                                                        \
+            th_cur_failed = 1;                                                                     \
+            fprintf(stderr, "  %s:%d: %s == %s failed: %.17g != %.17g\n", __FILE__, __LINE__, #a,  \
+                    #b, th_a, th_b);                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* Compares two SL_E* codes and prints their names (the test includes error.h). */
+#define CHECK_RC(expr, want)                                                                       \
+    do {                                                                                           \
+        int th_rc = (expr), th_want = (want);                                                      \
+        if (th_rc != th_want) {                                                                    \
+            th_cur_failed = 1;                                                                     \
+            fprintf(stderr, "  %s:%d: %s == %s failed: %s != %s\n", __FILE__, __LINE__, #expr,     \
+                    #want, sl_err_name(th_rc), sl_err_name(th_want));                              \
         }                                                                                          \
     } while (0)
 

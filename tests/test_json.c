@@ -20,27 +20,7 @@
 #include "buf.h"
 #include "error.h"
 #include "json.h"
-
-static int failures, passes;
-
-#define ASSERT(cond)                                                                       \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond);   \
-            failures++;                                                                    \
-            return;                                                                        \
-        }                                                                                  \
-    } while (0)
-#define ASSERT_STREQ(a, b)                                                                 \
-    do {                                                                                   \
-        const char *a_ = (a), *b_ = (b);                                                   \
-        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                           \
-            fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,               \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                               \
-            failures++;                                                                    \
-            return;                                                                        \
-        }                                                                                  \
-    } while (0)
+#include "test_helpers.h"
 
 static lua_State *new_state(void)
 {
@@ -104,9 +84,8 @@ static void test_c_api_roundtrip(void)
                       "\"n\":null,\"big\":-9007199254740993,\"f\":-2.5e-07,\"s\":\"\\u00e9\\n\"}";
     const char *want = "{\"big\":-9007199254740993,\"f\":-2.5e-07,\"n\":null,\"s\":\"\xc3\xa9\\n\","
                        "\"tools\":[{\"input_schema\":{\"required\":[],\"type\":\"object\"}}]}";
-    ASSERT_STREQ(c_roundtrip(L, doc, strlen(doc)), want);
+    CHECK_EQ_STR(c_roundtrip(L, doc, strlen(doc)), want);
     lua_close(L);
-    passes++;
 }
 
 static void test_c_api_errors_leave_stack_alone(void)
@@ -115,9 +94,9 @@ static void test_c_api_errors_leave_stack_alone(void)
     char err[160];
     lua_pushinteger(L, 7);
     int rc = sl_json_decode(L, "[1,2,{\"a\":x}]", 13, err, sizeof err);
-    ASSERT(rc == SL_EPARSE);
-    ASSERT_STREQ(err, "json: unexpected character 'x' at byte 11");
-    ASSERT(lua_gettop(L) == 1 && lua_tointeger(L, 1) == 7);
+    CHECK(rc == SL_EPARSE);
+    CHECK_EQ_STR(err, "json: unexpected character 'x' at byte 11");
+    CHECK(lua_gettop(L) == 1 && lua_tointeger(L, 1) == 7);
 
     sl_buf_t out;
     sl_buf_init(&out, 0);
@@ -125,12 +104,11 @@ static void test_c_api_errors_leave_stack_alone(void)
     lua_pushcfunction(L, luaopen_sluice_json);
     lua_setfield(L, -2, "f");
     rc = sl_json_encode_value(L, -1, &out, err, sizeof err);
-    ASSERT(rc == SL_EINVAL);
-    ASSERT_STREQ(err, "json: cannot encode function");
-    ASSERT(lua_gettop(L) == 2);
+    CHECK(rc == SL_EINVAL);
+    CHECK_EQ_STR(err, "json: cannot encode function");
+    CHECK(lua_gettop(L) == 2);
     sl_buf_free(&out);
     lua_close(L);
-    passes++;
 }
 
 /* The C API and the Lua module share one array metatable per VM, so arrays
@@ -139,13 +117,12 @@ static void test_shared_metatables(void)
 {
     lua_State *L = new_state();
     char err[160];
-    ASSERT(sl_json_decode(L, "[]", 2, err, sizeof err) == 0);
+    CHECK(sl_json_decode(L, "[]", 2, err, sizeof err) == 0);
     lua_setglobal(L, "from_c");
-    ASSERT_STREQ(run(L, "local j = require 'sluice.json' return tostring(j.is_array(from_c)) .."
+    CHECK_EQ_STR(run(L, "local j = require 'sluice.json' return tostring(j.is_array(from_c)) .."
                         " j.encode({ x = from_c, y = j.array() })"),
                  "true{\"x\":[],\"y\":[]}");
     lua_close(L);
-    passes++;
 }
 
 static void test_buffer_limit(void)
@@ -155,21 +132,20 @@ static void test_buffer_limit(void)
     sl_buf_t out;
     sl_buf_init(&out, 64);
     lua_pushstring(L, "this string is long enough to blow a sixty-four byte output limit.");
-    ASSERT(sl_json_encode_value(L, -1, &out, err, sizeof err) == SL_ELIMIT);
-    ASSERT(out.len <= 64);
+    CHECK(sl_json_encode_value(L, -1, &out, err, sizeof err) == SL_ELIMIT);
+    CHECK(out.len <= 64);
     out.len = 0;
     lua_pushstring(L, "short");
-    ASSERT(sl_json_encode_value(L, -1, &out, err, sizeof err) == 0);
-    ASSERT(out.len == 7 && memcmp(out.base, "\"short\"", 7) == 0);
+    CHECK(sl_json_encode_value(L, -1, &out, err, sizeof err) == 0);
+    CHECK(out.len == 7 && memcmp(out.base, "\"short\"", 7) == 0);
     /* fits exactly, although its worst case (6 bytes per input byte) would not */
     out.len = 0;
     lua_pushstring(L, "tab\there, quote \" and caf\xc3\xa9 \xff end");
-    ASSERT(sl_json_encode_value(L, -1, &out, err, sizeof err) == 0);
+    CHECK(sl_json_encode_value(L, -1, &out, err, sizeof err) == 0);
     const char *want = "\"tab\\there, quote \\\" and caf\xc3\xa9 \\ufffd end\"";
-    ASSERT(out.len == strlen(want) && memcmp(out.base, want, out.len) == 0);
+    CHECK(out.len == strlen(want) && memcmp(out.base, want, out.len) == 0);
     sl_buf_free(&out);
     lua_close(L);
-    passes++;
 }
 
 /* Borrowed input need not be NUL-terminated: every number form at the very
@@ -188,10 +164,9 @@ static void test_unterminated_input(void)
         memcpy(p, docs[i], n);
         const char *got = c_roundtrip(L, p, n);
         free(p);
-        ASSERT_STREQ(got, want[i]);
+        CHECK_EQ_STR(got, want[i]);
     }
     lua_close(L);
-    passes++;
 }
 
 /* Objects past the stack budget take the look-values-up-again path; the
@@ -216,9 +191,8 @@ static void test_huge_object_and_array(void)
                            "if #ba ~= 50000 or ba[7] ~= j.null or ba[50000] ~= 50000 then"
                            " return 'array' end\n"
                            "return assert(j.encode(ba)) == sa and 'ok' or 'array text'");
-    ASSERT_STREQ(r, "ok");
+    CHECK_EQ_STR(r, "ok");
     lua_close(L);
-    passes++;
 }
 
 /* 1000 levels of wide containers: the pending/stack strategies must fall back
@@ -238,15 +212,14 @@ static void test_deep_and_wide(void)
                            "local back, err = j.decode(s)\n"
                            "if not back then return err end\n"
                            "return assert(j.encode(back)) == s and 'ok' or 'differs'");
-    ASSERT_STREQ(r, "ok");
+    CHECK_EQ_STR(r, "ok");
     /* one more level than allowed: the innermost {} is level 1001 */
     r = run(L, "local j = require 'sluice.json'\n"
                "local root = {} local t = root\n"
                "for d = 1, 1000 do t.z = {} t = t.z end\n"
                "local s, err = j.encode(root) return s or err");
-    ASSERT_STREQ(r, "json: nesting deeper than 1000 (or a cycle)");
+    CHECK_EQ_STR(r, "json: nesting deeper than 1000 (or a cycle)");
     lua_close(L);
-    passes++;
 }
 
 /* Every strict prefix of a document is an error (never a crash, never a
@@ -264,8 +237,8 @@ static void test_truncations_and_mutations(void)
         memcpy(p, doc, i);
         int rc = sl_json_decode(L, p, i, err, sizeof err);
         free(p);
-        ASSERT(rc == SL_EPARSE);
-        ASSERT(lua_gettop(L) == 0);
+        CHECK(rc == SL_EPARSE);
+        CHECK(lua_gettop(L) == 0);
     }
     srand(12345);
     char *m = malloc(n);
@@ -274,35 +247,33 @@ static void test_truncations_and_mutations(void)
         for (int k = 1 + rand() % 3; k > 0; k--)
             m[rand() % n] = (char)(rand() % 256);
         const char *got = c_roundtrip(L, m, n);
-        ASSERT(strncmp(got, "stack", 5) != 0);
+        CHECK(strncmp(got, "stack", 5) != 0);
         if (strncmp(got, "json:", 5) != 0) {
             char again[4096];
             snprintf(again, sizeof again, "%s", got);
-            ASSERT_STREQ(c_roundtrip(L, again, strlen(again)), again);
+            CHECK_EQ_STR(c_roundtrip(L, again, strlen(again)), again);
         }
     }
     free(m);
     lua_close(L);
-    passes++;
 }
 
 static void test_lua_api_from_c(void)
 {
     lua_State *L = new_state();
-    ASSERT_STREQ(run(L, "local j = require 'sluice.json'\n"
+    CHECK_EQ_STR(run(L, "local j = require 'sluice.json'\n"
                         "local v = assert(j.decode('[12345678901234567890]'))\n"
                         "return getmetatable(v[1]) == j.number_mt and tostring(v[1])"),
                  "12345678901234567890");
-    ASSERT_STREQ(run(L, "local j = require 'sluice.json'\n"
+    CHECK_EQ_STR(run(L, "local j = require 'sluice.json'\n"
                         "return j.encode({ s = '\\226\\128\\168</script>\\127' })"),
                  "{\"s\":\"\xe2\x80\xa8</script>\x7f\"}");
-    ASSERT_STREQ(run(L, "local j = require 'sluice.json'\n"
+    CHECK_EQ_STR(run(L, "local j = require 'sluice.json'\n"
                         "return select(2, j.encode({ [1] = 'a', ['1'] = 'b' }))"),
                  "json: duplicate key \"1\" (number and string keys)");
-    ASSERT_STREQ(run(L, "local j = require 'sluice.json' return select(2, j.decode(42))"),
+    CHECK_EQ_STR(run(L, "local j = require 'sluice.json' return select(2, j.decode(42))"),
                  "json: cannot decode a number (expected a string)");
     lua_close(L);
-    passes++;
 }
 
 /* ---- benchmark (not a test) ---------------------------------------------------------------- */
@@ -388,15 +359,14 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
         return bench(argc > 2 ? (size_t)atol(argv[2]) : 300000);
-    test_c_api_roundtrip();
-    test_c_api_errors_leave_stack_alone();
-    test_shared_metatables();
-    test_buffer_limit();
-    test_unterminated_input();
-    test_huge_object_and_array();
-    test_deep_and_wide();
-    test_truncations_and_mutations();
-    test_lua_api_from_c();
-    printf("%d passed, %d failed\n", passes, failures);
-    return failures ? 1 : 0;
+    RUN(test_c_api_roundtrip);
+    RUN(test_c_api_errors_leave_stack_alone);
+    RUN(test_shared_metatables);
+    RUN(test_buffer_limit);
+    RUN(test_unterminated_input);
+    RUN(test_huge_object_and_array);
+    RUN(test_deep_and_wide);
+    RUN(test_truncations_and_mutations);
+    RUN(test_lua_api_from_c);
+    return TEST_SUMMARY();
 }

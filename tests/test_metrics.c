@@ -14,29 +14,7 @@
 
 #include "buf.h"
 #include "metrics.h"
-
-static int passed, failed;
-
-#define ASSERT(cond)                                                                               \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, #cond);                     \
-        }                                                                                          \
-    } while (0)
-#define ASSERT_EQ_NUM(a, b)                                                                        \
-    do {                                                                                           \
-        double a_ = (a), b_ = (b);                                                                 \
-        if (a_ == b_) {                                                                            \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s == %s (%.17g != %.17g)\n", __FILE__, __LINE__, #a,  \
-                    #b, a_, b_);                                                                   \
-        }                                                                                          \
-    } while (0)
+#include "test_helpers.h"
 
 /* ---- a tiny exposition-format checker ------------------------------------ */
 
@@ -297,11 +275,11 @@ static char *render_checked(void)
 {
     checker_t c;
     char *text = render();
-    ASSERT(text != NULL);
+    CHECK(text != NULL);
     int ok = text && check_exposition(&c, text);
     if (!ok)
         fprintf(stderr, "exposition rejected: %s\n", c.err);
-    ASSERT(ok);
+    CHECK(ok);
     return text;
 }
 
@@ -311,17 +289,17 @@ static void test_checker_rejects(void)
 {
     /* The checker must be able to fail, or every other test proves nothing. */
     checker_t c;
-    ASSERT(check_exposition(&c, "# TYPE a counter\na{x=\"1\"} 3\n"));
-    ASSERT(!check_exposition(&c, "a 1\n"));                              /* no TYPE */
-    ASSERT(!check_exposition(&c, "# TYPE a counter\na{x=\"\\q\"} 1\n")); /* bad escape */
-    ASSERT(!check_exposition(&c, "# TYPE a counter\na{x=\"1\"} 1\na{x=\"1\"} 2\n"));
-    ASSERT(!check_exposition(&c, "# TYPE a counter\na{x=\"1} 1\n"));      /* unterminated */
-    ASSERT(!check_exposition(&c, "# TYPE a counter\na 1x\n"));            /* bad value */
-    ASSERT(!check_exposition(&c, "# TYPE a counter\na{x=\"\xff\"} 1\n")); /* not UTF-8 */
-    ASSERT(!check_exposition(&c, "# TYPE h histogram\nh_bucket{le=\"1\"} 5\n"
-                                 "h_bucket{le=\"2\"} 4\nh_bucket{le=\"+Inf\"} 5\nh_count 5\n"));
-    ASSERT(!check_exposition(&c, "# TYPE h histogram\nh_bucket{le=\"1\"} 5\n"
-                                 "h_bucket{le=\"+Inf\"} 6\nh_count 5\n"));
+    CHECK(check_exposition(&c, "# TYPE a counter\na{x=\"1\"} 3\n"));
+    CHECK(!check_exposition(&c, "a 1\n"));                              /* no TYPE */
+    CHECK(!check_exposition(&c, "# TYPE a counter\na{x=\"\\q\"} 1\n")); /* bad escape */
+    CHECK(!check_exposition(&c, "# TYPE a counter\na{x=\"1\"} 1\na{x=\"1\"} 2\n"));
+    CHECK(!check_exposition(&c, "# TYPE a counter\na{x=\"1} 1\n"));      /* unterminated */
+    CHECK(!check_exposition(&c, "# TYPE a counter\na 1x\n"));            /* bad value */
+    CHECK(!check_exposition(&c, "# TYPE a counter\na{x=\"\xff\"} 1\n")); /* not UTF-8 */
+    CHECK(!check_exposition(&c, "# TYPE h histogram\nh_bucket{le=\"1\"} 5\n"
+                                "h_bucket{le=\"2\"} 4\nh_bucket{le=\"+Inf\"} 5\nh_count 5\n"));
+    CHECK(!check_exposition(&c, "# TYPE h histogram\nh_bucket{le=\"1\"} 5\n"
+                                "h_bucket{le=\"+Inf\"} 6\nh_count 5\n"));
 }
 
 static void test_empty_render(void)
@@ -329,11 +307,11 @@ static void test_empty_render(void)
     sl_metrics_reset();
     char *text = render_checked();
     /* every family is declared even before anything happened */
-    ASSERT(strstr(text, "# TYPE sluice_requests_total counter\n") != NULL);
-    ASSERT(strstr(text, "# TYPE sluice_request_duration_seconds histogram\n") != NULL);
-    ASSERT(strstr(text, "# TYPE sluice_active_streams gauge\n") != NULL);
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_connections"), 0);
-    ASSERT_EQ_NUM(value_of(text, "sluice_first_byte_seconds_count"), 0);
+    CHECK(strstr(text, "# TYPE sluice_requests_total counter\n") != NULL);
+    CHECK(strstr(text, "# TYPE sluice_request_duration_seconds histogram\n") != NULL);
+    CHECK(strstr(text, "# TYPE sluice_active_streams gauge\n") != NULL);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_connections"), 0);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_count"), 0);
     free(text);
 }
 
@@ -354,31 +332,30 @@ static void test_counters(void)
     sl_metrics_gauge_add(SL_GAUGE_CONNECTIONS, -1);
     sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
     char *text = render_checked();
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(
         value_of(text,
                  "sluice_requests_total{service=\"anthropic\",supplier=\"acme\",status=\"200\"}"),
         2);
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(
         value_of(text,
                  "sluice_requests_total{service=\"anthropic\",supplier=\"acme\",status=\"502\"}"),
         1);
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(
         value_of(text, "sluice_requests_total{service=\"openai\",supplier=\"\",status=\"0\"}"), 1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_outcomes_total{reason=\"COMPLETE\",partial=\"false\"}"),
-                  1);
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(value_of(text, "sluice_outcomes_total{reason=\"COMPLETE\",partial=\"false\"}"), 1);
+    CHECK_EQ_DBL(
         value_of(text, "sluice_outcomes_total{reason=\"UPSTREAM_EOF_EARLY\",partial=\"true\"}"), 1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_reloads_total{result=\"ok\"}"), 1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_reloads_total{result=\"failed\"}"), 2);
-    ASSERT_EQ_NUM(value_of(text, "sluice_script_errors_total{hook=\"access\"}"), 1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_connections"), 2);
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_streams"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_reloads_total{result=\"ok\"}"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_reloads_total{result=\"failed\"}"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_script_errors_total{hook=\"access\"}"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_connections"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_streams"), 1);
     free(text);
 
     sl_metrics_reset();
     text = render_checked();
-    ASSERT_EQ_NUM(count_lines_with(text, "sluice_requests_total{"), 0);
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_connections"), 0);
+    CHECK_EQ_DBL(count_lines_with(text, "sluice_requests_total{"), 0);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_connections"), 0);
     free(text);
 }
 
@@ -397,18 +374,18 @@ static void test_histograms(void)
     const char *d = "sluice_request_duration_seconds";
     char s[128];
 #define D(le) (snprintf(s, sizeof s, "%s_bucket{le=\"%s\"}", d, le), value_of(text, s))
-    ASSERT_EQ_NUM(D("0.05"), 1);
-    ASSERT_EQ_NUM(D("0.1"), 2);
-    ASSERT_EQ_NUM(D("2.5"), 2);
-    ASSERT_EQ_NUM(D("5"), 3);
-    ASSERT_EQ_NUM(D("600"), 3);
-    ASSERT_EQ_NUM(D("+Inf"), 4);
+    CHECK_EQ_DBL(D("0.05"), 1);
+    CHECK_EQ_DBL(D("0.1"), 2);
+    CHECK_EQ_DBL(D("2.5"), 2);
+    CHECK_EQ_DBL(D("5"), 3);
+    CHECK_EQ_DBL(D("600"), 3);
+    CHECK_EQ_DBL(D("+Inf"), 4);
 #undef D
-    ASSERT_EQ_NUM(value_of(text, "sluice_request_duration_seconds_count"), 4);
-    ASSERT(fabs(value_of(text, "sluice_request_duration_seconds_sum") - 5003.12) < 1e-9);
-    ASSERT_EQ_NUM(value_of(text, "sluice_first_byte_seconds_bucket{le=\"0.25\"}"), 0);
-    ASSERT_EQ_NUM(value_of(text, "sluice_first_byte_seconds_bucket{le=\"0.5\"}"), 1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_first_byte_seconds_count"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_count"), 4);
+    CHECK(fabs(value_of(text, "sluice_request_duration_seconds_sum") - 5003.12) < 1e-9);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_bucket{le=\"0.25\"}"), 0);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_bucket{le=\"0.5\"}"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_count"), 1);
     free(text);
 }
 
@@ -422,17 +399,17 @@ static void test_escaping(void)
                        0);
     sl_metrics_outcome("caf\xc3\xa9 \xf0\x9f\x98\x80", 0); /* valid UTF-8 passes through */
     char *text = render_checked();
-    ASSERT_EQ_NUM(value_of(text,
-                           "sluice_requests_total{service=\"quo\\\"te\",supplier=\"back\\\\slash"
-                           "\",status=\"200\"}"),
-                  1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_script_errors_total{hook=\"new\\nline\"}"), 1);
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(value_of(text,
+                          "sluice_requests_total{service=\"quo\\\"te\",supplier=\"back\\\\slash"
+                          "\",status=\"200\"}"),
+                 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_script_errors_total{hook=\"new\\nline\"}"), 1);
+    CHECK_EQ_DBL(
         value_of(text, "sluice_outcomes_total{reason=\"bad\xef\xbf\xbdutf8\",partial=\"false\"}"),
         1);
-    ASSERT_EQ_NUM(value_of(text, "sluice_outcomes_total{reason=\"caf\xc3\xa9 \xf0\x9f\x98\x80\","
-                                 "partial=\"false\"}"),
-                  1);
+    CHECK_EQ_DBL(value_of(text, "sluice_outcomes_total{reason=\"caf\xc3\xa9 \xf0\x9f\x98\x80\","
+                                "partial=\"false\"}"),
+                 1);
     free(text);
 }
 
@@ -452,13 +429,13 @@ static void test_dynamic(void)
     sl_metrics_count("sluice_requests_total", NULL, NULL);         /* built-in: ignored */
     sl_metrics_count("sluice_first_byte_seconds_sum", NULL, NULL); /* collides: ignored */
     char *text = render_checked(); /* the checker also rejects a second TYPE line */
-    ASSERT_EQ_NUM(value_of(text, "sluice_session_fallbacks_total{store=\"memory\"}"), 2);
-    ASSERT_EQ_NUM(value_of(text, "sluice_session_fallbacks_total{store=\"redis\"}"), 1);
-    ASSERT_EQ_NUM(count_lines_with(text, "sluice_session_fallbacks_total"), 2);
-    ASSERT_EQ_NUM(value_of(text, "sluice_token_refreshes_total"), 2);
-    ASSERT(strstr(text, "bad-name") == NULL && strstr(text, "9lives") == NULL);
-    ASSERT(strstr(text, "ok_name") == NULL);
-    ASSERT(strstr(text, "# TYPE sluice_token_refreshes_total counter\n") != NULL);
+    CHECK_EQ_DBL(value_of(text, "sluice_session_fallbacks_total{store=\"memory\"}"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_session_fallbacks_total{store=\"redis\"}"), 1);
+    CHECK_EQ_DBL(count_lines_with(text, "sluice_session_fallbacks_total"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_token_refreshes_total"), 2);
+    CHECK(strstr(text, "bad-name") == NULL && strstr(text, "9lives") == NULL);
+    CHECK(strstr(text, "ok_name") == NULL);
+    CHECK(strstr(text, "# TYPE sluice_token_refreshes_total counter\n") != NULL);
     free(text);
 }
 
@@ -473,12 +450,12 @@ static void test_series_cap(void)
     sl_metrics_request("svc", "s5", 200); /* an existing series still counts as itself */
     char *text = render_checked();
     int lines = count_lines_with(text, "sluice_requests_total{");
-    ASSERT_EQ_NUM(lines, 1001); /* 1000 series + the fold-over */
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(lines, 1001); /* 1000 series + the fold-over */
+    CHECK_EQ_DBL(
         value_of(text,
                  "sluice_requests_total{service=\"_other\",supplier=\"_other\",status=\"_other\"}"),
         100);
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(
         value_of(text, "sluice_requests_total{service=\"svc\",supplier=\"s5\",status=\"200\"}"), 2);
     free(text);
 }
@@ -530,10 +507,10 @@ static void test_threads(void)
     for (int t = 0; t < THREADS; t++)
         pthread_join(th[t], NULL);
     pthread_join(rth, NULL);
-    ASSERT_EQ_NUM(bad, 0); /* renders during the storm were valid too */
+    CHECK_EQ_DBL(bad, 0); /* renders during the storm were valid too */
 
     char *text = render_checked();
-    ASSERT_EQ_NUM(
+    CHECK_EQ_DBL(
         value_of(text,
                  "sluice_requests_total{service=\"anthropic\",supplier=\"shared\",status=\"200\"}"),
         THREADS * ITER);
@@ -542,33 +519,32 @@ static void test_threads(void)
         snprintf(s, sizeof s,
                  "sluice_requests_total{service=\"anthropic\",supplier=\"sup%d\",status=\"500\"}",
                  t);
-        ASSERT_EQ_NUM(value_of(text, s), ITER);
+        CHECK_EQ_DBL(value_of(text, s), ITER);
         snprintf(s, sizeof s, "sluice_test_dyn_total{t=\"sup%d\"}", t);
-        ASSERT_EQ_NUM(value_of(text, s), ITER / 100);
+        CHECK_EQ_DBL(value_of(text, s), ITER / 100);
     }
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_streams"), 0);
-    ASSERT_EQ_NUM(value_of(text, "sluice_active_connections"), THREADS);
-    ASSERT_EQ_NUM(value_of(text, "sluice_request_duration_seconds_count"), THREADS * ITER);
-    ASSERT_EQ_NUM(value_of(text, "sluice_request_duration_seconds_bucket{le=\"0.5\"}"),
-                  THREADS * ITER / 2);
-    ASSERT_EQ_NUM(value_of(text, "sluice_request_duration_seconds_bucket{le=\"1\"}"),
-                  THREADS * ITER * 3 / 4);
-    ASSERT_EQ_NUM(value_of(text, "sluice_request_duration_seconds_sum"), THREADS * ITER / 4 * 3.0);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_streams"), 0);
+    CHECK_EQ_DBL(value_of(text, "sluice_active_connections"), THREADS);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_count"), THREADS * ITER);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_bucket{le=\"0.5\"}"),
+                 THREADS * ITER / 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_bucket{le=\"1\"}"),
+                 THREADS * ITER * 3 / 4);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_sum"), THREADS * ITER / 4 * 3.0);
     free(text);
 }
 
 int main(void)
 {
     sl_metrics_init();
-    test_checker_rejects();
-    test_empty_render();
-    test_counters();
-    test_histograms();
-    test_escaping();
-    test_dynamic();
-    test_series_cap();
-    test_threads();
+    RUN(test_checker_rejects);
+    RUN(test_empty_render);
+    RUN(test_counters);
+    RUN(test_histograms);
+    RUN(test_escaping);
+    RUN(test_dynamic);
+    RUN(test_series_cap);
+    RUN(test_threads);
     sl_metrics_reset();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return TEST_SUMMARY();
 }

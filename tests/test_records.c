@@ -15,40 +15,7 @@
 #include "buf.h"
 #include "error.h"
 #include "records.h"
-
-static int passed, failed;
-
-#define ASSERT(cond)                                                                               \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, #cond);                     \
-        }                                                                                          \
-    } while (0)
-#define ASSERT_EQ_INT(a, b)                                                                        \
-    do {                                                                                           \
-        long long a_ = (a), b_ = (b);                                                              \
-        if (a_ == b_) {                                                                            \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, #a,    \
-                    #b, a_, b_);                                                                   \
-        }                                                                                          \
-    } while (0)
-#define ASSERT_EQ_STR(a, b)                                                                        \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        if (a_ && b_ && strcmp(a_, b_) == 0) {                                                     \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s == %s (\"%s\" != \"%s\")\n", __FILE__, __LINE__,    \
-                    #a, #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)");                               \
-        }                                                                                          \
-    } while (0)
+#include "test_helpers.h"
 
 static char tmpdir[] = "/tmp/sluice-test-records-XXXXXX";
 static sqlite3 *jdb; /* in-memory, for JSON checks */
@@ -179,7 +146,7 @@ static void test_roundtrip(void)
 {
     sl_records_t *rs;
     int rc;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 100, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 100, 0), 0);
 
     sl_record_t *r = make("req-1", 1700000000.25, "claude-code", 200, "/v1/messages");
     r->ttfb_ms = 87.5;
@@ -196,64 +163,64 @@ static void test_roundtrip(void)
              "{\"supplier\":\"acme\",\"status\":200,\"error\":null,\"duration_ms\":40}]");
     r->extra_json = sdup("{\"tenant\":\"t1\",\"n\":3}");
     r->request_body = sdup("{\"secret\":\"should not be kept\"}");
-    ASSERT_EQ_INT(sl_records_submit(rs, r), 0);
-    ASSERT_EQ_INT(sl_records_submit(rs, make("req-2", 1700000001, "codex", 429, "/v1/responses")),
-                  0);
-    ASSERT_EQ_INT(sl_records_submit(rs, make("req-0", 1699999999, "codex", 200, "/v1/chat")), 0);
-    ASSERT_EQ_INT(sl_records_flush(rs, 5000), 0);
+    CHECK_EQ_INT(sl_records_submit(rs, r), 0);
+    CHECK_EQ_INT(sl_records_submit(rs, make("req-2", 1700000001, "codex", 429, "/v1/responses")),
+                 0);
+    CHECK_EQ_INT(sl_records_submit(rs, make("req-0", 1699999999, "codex", 200, "/v1/chat")), 0);
+    CHECK_EQ_INT(sl_records_flush(rs, 5000), 0);
 
     char *doc = query(rs, NULL, &rc);
-    ASSERT_EQ_INT(rc, 0);
-    ASSERT(json_valid(doc));
-    ASSERT_EQ_INT(jint(doc, "$.total"), 3);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json_valid(doc));
+    CHECK_EQ_INT(jint(doc, "$.total"), 3);
     /* newest first, by request start time (not by submission order) */
-    ASSERT_EQ_STR(jget(doc, "$.items[0].id"), "req-2");
-    ASSERT_EQ_STR(jget(doc, "$.items[1].id"), "req-1");
-    ASSERT_EQ_STR(jget(doc, "$.items[2].id"), "req-0");
-    ASSERT_EQ_STR(jtype(doc, "$.items[1].request_body"), ""); /* never in lists */
+    CHECK_EQ_STR(jget(doc, "$.items[0].id"), "req-2");
+    CHECK_EQ_STR(jget(doc, "$.items[1].id"), "req-1");
+    CHECK_EQ_STR(jget(doc, "$.items[2].id"), "req-0");
+    CHECK_EQ_STR(jtype(doc, "$.items[1].request_body"), ""); /* never in lists */
     free(doc);
 
     doc = get(rs, "req-1", &rc);
-    ASSERT_EQ_INT(rc, 0);
-    ASSERT(json_valid(doc));
-    ASSERT_EQ_STR(jget(doc, "$.client"), "claude-code");
-    ASSERT_EQ_STR(jget(doc, "$.time"), "1700000000.25");
-    ASSERT_EQ_STR(jtype(doc, "$.status"), "integer");
-    ASSERT_EQ_INT(jint(doc, "$.status"), 200);
-    ASSERT_EQ_STR(jget(doc, "$.duration_ms"), "1234.5");
-    ASSERT_EQ_STR(jget(doc, "$.ttfb_ms"), "87.5");
-    ASSERT_EQ_INT(jint(doc, "$.bytes_out"), 2000);
-    ASSERT_EQ_INT(jint(doc, "$.usage.input_tokens"), 1200);
-    ASSERT_EQ_INT(jint(doc, "$.usage.output_tokens"), 340);
-    ASSERT_EQ_INT(jint(doc, "$.usage.cache_read_tokens"), 1000);
-    ASSERT_EQ_STR(jtype(doc, "$.usage.cache_write_tokens"), "null");
-    ASSERT_EQ_STR(jget(doc, "$.reason"), "UPSTREAM_EOF_EARLY");
-    ASSERT_EQ_STR(jtype(doc, "$.partial"), "true");
-    ASSERT_EQ_STR(jtype(doc, "$.expected"), "false");
-    ASSERT_EQ_STR(jget(doc, "$.error"),
-                  "partial=true; reason=UPSTREAM_EOF_EARLY; upstream closed after 2 events");
-    ASSERT_EQ_INT(jint(doc, "$.attempts"), 2);
-    ASSERT_EQ_STR(jget(doc, "$.attempt_log[0].supplier"), "a");
-    ASSERT_EQ_INT(jint(doc, "$.attempt_log[0].status"), 503);
-    ASSERT_EQ_STR(jget(doc, "$.extra.tenant"), "t1");
-    ASSERT_EQ_STR(jtype(doc, "$.request_body"), ""); /* bodies disabled: not stored */
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json_valid(doc));
+    CHECK_EQ_STR(jget(doc, "$.client"), "claude-code");
+    CHECK_EQ_STR(jget(doc, "$.time"), "1700000000.25");
+    CHECK_EQ_STR(jtype(doc, "$.status"), "integer");
+    CHECK_EQ_INT(jint(doc, "$.status"), 200);
+    CHECK_EQ_STR(jget(doc, "$.duration_ms"), "1234.5");
+    CHECK_EQ_STR(jget(doc, "$.ttfb_ms"), "87.5");
+    CHECK_EQ_INT(jint(doc, "$.bytes_out"), 2000);
+    CHECK_EQ_INT(jint(doc, "$.usage.input_tokens"), 1200);
+    CHECK_EQ_INT(jint(doc, "$.usage.output_tokens"), 340);
+    CHECK_EQ_INT(jint(doc, "$.usage.cache_read_tokens"), 1000);
+    CHECK_EQ_STR(jtype(doc, "$.usage.cache_write_tokens"), "null");
+    CHECK_EQ_STR(jget(doc, "$.reason"), "UPSTREAM_EOF_EARLY");
+    CHECK_EQ_STR(jtype(doc, "$.partial"), "true");
+    CHECK_EQ_STR(jtype(doc, "$.expected"), "false");
+    CHECK_EQ_STR(jget(doc, "$.error"),
+                 "partial=true; reason=UPSTREAM_EOF_EARLY; upstream closed after 2 events");
+    CHECK_EQ_INT(jint(doc, "$.attempts"), 2);
+    CHECK_EQ_STR(jget(doc, "$.attempt_log[0].supplier"), "a");
+    CHECK_EQ_INT(jint(doc, "$.attempt_log[0].status"), 503);
+    CHECK_EQ_STR(jget(doc, "$.extra.tenant"), "t1");
+    CHECK_EQ_STR(jtype(doc, "$.request_body"), ""); /* bodies disabled: not stored */
     free(doc);
 
     /* defaults of sl_record_new(): unknowns are null, not 0 or -1 */
     doc = get(rs, "req-2", &rc);
-    ASSERT_EQ_STR(jtype(doc, "$.ttfb_ms"), "null");
-    ASSERT_EQ_STR(jtype(doc, "$.usage.input_tokens"), "null");
-    ASSERT_EQ_STR(jtype(doc, "$.error"), "null");
-    ASSERT_EQ_STR(jtype(doc, "$.attempt_log"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.ttfb_ms"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.usage.input_tokens"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.error"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.attempt_log"), "null");
     free(doc);
 
-    ASSERT_EQ_INT(sl_records_delete(rs, "req-1"), 0);
+    CHECK_EQ_INT(sl_records_delete(rs, "req-1"), 0);
     doc = get(rs, "req-1", &rc);
-    ASSERT_EQ_INT(rc, SL_ENOTFOUND);
-    ASSERT_EQ_INT(strlen(doc ? doc : ""), 0); /* nothing appended on failure */
+    CHECK_EQ_INT(rc, SL_ENOTFOUND);
+    CHECK_EQ_INT(strlen(doc ? doc : ""), 0); /* nothing appended on failure */
     free(doc);
-    ASSERT_EQ_INT(sl_records_delete(rs, "req-1"), SL_ENOTFOUND);
-    ASSERT_EQ_INT(total(rs, NULL), 2);
+    CHECK_EQ_INT(sl_records_delete(rs, "req-1"), SL_ENOTFOUND);
+    CHECK_EQ_INT(total(rs, NULL), 2);
     sl_records_close(rs);
 }
 
@@ -261,7 +228,7 @@ static void test_bodies(void)
 {
     sl_records_t *rs;
     int rc;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 1), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 1), 0);
     sl_record_t *r = make("b1", 1, "c", 200, "/v1/messages");
     r->request_body = sdup("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
     r->response_body = sdup("event: message_stop\ndata: {}\n\n");
@@ -269,17 +236,17 @@ static void test_bodies(void)
     sl_records_submit(rs, make("b2", 2, "c", 200, "/v1/messages"));
     sl_records_flush(rs, 5000);
     char *doc = get(rs, "b1", &rc);
-    ASSERT(json_valid(doc));
-    ASSERT_EQ_STR(jget(doc, "$.request_body"),
-                  "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
-    ASSERT_EQ_STR(jget(doc, "$.response_body"), "event: message_stop\ndata: {}\n\n");
+    CHECK(json_valid(doc));
+    CHECK_EQ_STR(jget(doc, "$.request_body"),
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+    CHECK_EQ_STR(jget(doc, "$.response_body"), "event: message_stop\ndata: {}\n\n");
     free(doc);
     doc = get(rs, "b2", &rc); /* a record without bodies has no body fields */
-    ASSERT_EQ_STR(jtype(doc, "$.request_body"), "");
+    CHECK_EQ_STR(jtype(doc, "$.request_body"), "");
     free(doc);
     doc = query(rs, NULL, &rc);
-    ASSERT_EQ_STR(jtype(doc, "$.items[1].id"), "text");
-    ASSERT_EQ_STR(jtype(doc, "$.items[1].request_body"), "");
+    CHECK_EQ_STR(jtype(doc, "$.items[1].id"), "text");
+    CHECK_EQ_STR(jtype(doc, "$.items[1].request_body"), "");
     free(doc);
     sl_records_close(rs);
 }
@@ -288,7 +255,7 @@ static void test_filters(void)
 {
     sl_records_t *rs;
     int rc;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
     for (int i = 0; i < 30; i++) {
         char id[32];
         snprintf(id, sizeof id, "f-%02d", i);
@@ -304,43 +271,43 @@ static void test_filters(void)
 
     sl_records_filter_t f = {0};
     f.client = "codex";
-    ASSERT_EQ_INT(total(rs, &f), 10);
+    CHECK_EQ_INT(total(rs, &f), 10);
     f = (sl_records_filter_t){0};
     f.status = 502;
-    ASSERT_EQ_INT(total(rs, &f), 6);
+    CHECK_EQ_INT(total(rs, &f), 6);
     f.client = "codex"; /* filters combine: i % 15 == 0 */
-    ASSERT_EQ_INT(total(rs, &f), 2);
+    CHECK_EQ_INT(total(rs, &f), 2);
     f = (sl_records_filter_t){0};
     f.status = 5; /* the 5xx class */
-    ASSERT_EQ_INT(total(rs, &f), 6);
+    CHECK_EQ_INT(total(rs, &f), 6);
     f.status = 2;
-    ASSERT_EQ_INT(total(rs, &f), 24);
+    CHECK_EQ_INT(total(rs, &f), 24);
     f.status = 4;
-    ASSERT_EQ_INT(total(rs, &f), 0);
+    CHECK_EQ_INT(total(rs, &f), 0);
     f = (sl_records_filter_t){0};
     f.since = 1025;
-    ASSERT_EQ_INT(total(rs, &f), 5);
+    CHECK_EQ_INT(total(rs, &f), 5);
     f = (sl_records_filter_t){0};
     f.search = "CODEX"; /* model_in, case-insensitive; client is not searched */
-    ASSERT_EQ_INT(total(rs, &f), 1);
+    CHECK_EQ_INT(total(rs, &f), 1);
     f.search = "overloaded"; /* error text */
-    ASSERT_EQ_INT(total(rs, &f), 1);
+    CHECK_EQ_INT(total(rs, &f), 1);
     f.search = "f-1"; /* id substring: f-10..f-19 */
-    ASSERT_EQ_INT(total(rs, &f), 10);
+    CHECK_EQ_INT(total(rs, &f), 10);
     f.search = "no such thing";
-    ASSERT_EQ_INT(total(rs, &f), 0);
+    CHECK_EQ_INT(total(rs, &f), 0);
 
     /* paging: total is the full count, items the page, newest first */
     f = (sl_records_filter_t){.limit = 4, .offset = 3};
     char *doc = query(rs, &f, &rc);
-    ASSERT_EQ_INT(jint(doc, "$.total"), 30);
-    ASSERT_EQ_STR(jget(doc, "$.items[0].id"), "f-26");
-    ASSERT_EQ_STR(jget(doc, "$.items[3].id"), "f-23");
-    ASSERT_EQ_STR(jtype(doc, "$.items[4]"), "");
+    CHECK_EQ_INT(jint(doc, "$.total"), 30);
+    CHECK_EQ_STR(jget(doc, "$.items[0].id"), "f-26");
+    CHECK_EQ_STR(jget(doc, "$.items[3].id"), "f-23");
+    CHECK_EQ_STR(jtype(doc, "$.items[4]"), "");
     free(doc);
     f = (sl_records_filter_t){0}; /* default limit is 50: all 30 */
     doc = query(rs, &f, &rc);
-    ASSERT_EQ_STR(jget(doc, "$.items[29].id"), "f-00");
+    CHECK_EQ_STR(jget(doc, "$.items[29].id"), "f-00");
     free(doc);
     sl_records_close(rs);
 }
@@ -349,7 +316,7 @@ static void test_eviction(void)
 {
     sl_records_t *rs;
     int rc;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 10, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 10, 0), 0);
     for (int i = 0; i < 25; i++) {
         char id[32];
         snprintf(id, sizeof id, "e-%02d", i);
@@ -358,33 +325,33 @@ static void test_eviction(void)
             sl_records_flush(rs, 5000);
     }
     sl_records_flush(rs, 5000);
-    ASSERT_EQ_INT(total(rs, NULL), 10);
+    CHECK_EQ_INT(total(rs, NULL), 10);
     char *doc = query(rs, NULL, &rc);
-    ASSERT_EQ_STR(jget(doc, "$.items[0].id"), "e-24");
-    ASSERT_EQ_STR(jget(doc, "$.items[9].id"), "e-15"); /* the oldest went */
+    CHECK_EQ_STR(jget(doc, "$.items[0].id"), "e-24");
+    CHECK_EQ_STR(jget(doc, "$.items[9].id"), "e-15"); /* the oldest went */
     free(doc);
 
     /* after an admin delete, eviction still keeps exactly max */
-    ASSERT_EQ_INT(sl_records_delete(rs, "e-20"), 0);
+    CHECK_EQ_INT(sl_records_delete(rs, "e-20"), 0);
     for (int i = 25; i < 28; i++) {
         char id[32];
         snprintf(id, sizeof id, "e-%02d", i);
         sl_records_submit(rs, make(id, 5000 + i, "c", 200, "/p"));
     }
     sl_records_flush(rs, 5000);
-    ASSERT_EQ_INT(total(rs, NULL), 10);
+    CHECK_EQ_INT(total(rs, NULL), 10);
     sl_records_close(rs);
 
     /* the limit survives a restart: the row count is read back on open */
     const char *path = db_path();
-    ASSERT_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
     for (int i = 0; i < 20; i++)
         sl_records_submit(rs, make("x", i, "c", 200, "/p"));
     sl_records_close(rs);
-    ASSERT_EQ_INT(sl_records_open(&rs, path, 5, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, path, 5, 0), 0);
     sl_records_submit(rs, make("y", 100, "c", 200, "/p"));
     sl_records_flush(rs, 5000);
-    ASSERT_EQ_INT(total(rs, NULL), 5);
+    CHECK_EQ_INT(total(rs, NULL), 5);
     sl_records_close(rs);
 }
 
@@ -432,18 +399,18 @@ static void test_threads(void)
     pthread_t th[THREADS + 2];
     worker_t w[THREADS + 2];
     uint64_t dropped = sl_records_dropped();
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
     for (int i = 0; i < THREADS + 2; i++) {
         w[i] = (worker_t){rs, i, 0};
         pthread_create(&th[i], NULL, i < THREADS ? submitter : reader, &w[i]);
     }
     for (int i = 0; i < THREADS + 2; i++) {
         pthread_join(th[i], NULL);
-        ASSERT_EQ_INT(w[i].errors, 0);
+        CHECK_EQ_INT(w[i].errors, 0);
     }
-    ASSERT_EQ_INT(sl_records_flush(rs, 10000), 0);
-    ASSERT_EQ_INT(total(rs, NULL), THREADS * PER_THREAD);
-    ASSERT_EQ_INT(sl_records_dropped(), dropped);
+    CHECK_EQ_INT(sl_records_flush(rs, 10000), 0);
+    CHECK_EQ_INT(total(rs, NULL), THREADS * PER_THREAD);
+    CHECK_EQ_INT(sl_records_dropped(), dropped);
     /* every thread's every record is there, by id */
     int missing = 0;
     for (int t = 0; t < THREADS; t++)
@@ -454,17 +421,17 @@ static void test_threads(void)
             missing += rc != 0 || strcmp(jget(doc, "$.id"), id) != 0;
             free(doc);
         }
-    ASSERT_EQ_INT(missing, 0);
+    CHECK_EQ_INT(missing, 0);
     /* the page size is capped at 1000 */
     sl_records_filter_t f = {.limit = 5000};
     char *doc = query(rs, &f, &rc);
-    ASSERT_EQ_STR(jtype(doc, "$.items[999]"), "object");
-    ASSERT_EQ_STR(jtype(doc, "$.items[1000]"), "");
+    CHECK_EQ_STR(jtype(doc, "$.items[999]"), "object");
+    CHECK_EQ_STR(jtype(doc, "$.items[1000]"), "");
     free(doc);
     sl_records_close(rs);
 
     /* the same with eviction racing the submitters: exactly max remain */
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 300, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 300, 0), 0);
     for (int i = 0; i < THREADS; i++) {
         w[i] = (worker_t){rs, i, 0};
         pthread_create(&th[i], NULL, submitter, &w[i]);
@@ -472,7 +439,7 @@ static void test_threads(void)
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
     sl_records_flush(rs, 10000);
-    ASSERT_EQ_INT(total(rs, NULL), 300);
+    CHECK_EQ_INT(total(rs, NULL), 300);
     sl_records_close(rs);
 }
 
@@ -480,15 +447,15 @@ static void test_close_flushes(void)
 {
     sl_records_t *rs;
     const char *path = db_path();
-    ASSERT_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
     for (int i = 0; i < 700; i++) {
         char id[32];
         snprintf(id, sizeof id, "c-%d", i);
         sl_records_submit(rs, make(id, i, "c", 200, "/p"));
     }
     sl_records_close(rs); /* no flush: close must write them */
-    ASSERT_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
-    ASSERT_EQ_INT(total(rs, NULL), 700);
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    CHECK_EQ_INT(total(rs, NULL), 700);
     sl_records_close(rs);
 }
 
@@ -498,7 +465,7 @@ static void test_special_chars(void)
 {
     sl_records_t *rs;
     int rc;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 1), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 1), 0);
     static const char *nasty =
         "quote\" back\\slash\nnew\ttab\x01\x1f ctl </script> \xc3\xa9 \xf0\x9f\x98\x80";
     sl_record_t *r = make("id\"with'quotes", 1, nasty, 200, nasty);
@@ -511,18 +478,18 @@ static void test_special_chars(void)
     sl_records_flush(rs, 5000);
 
     char *doc = get(rs, "id\"with'quotes", &rc);
-    ASSERT_EQ_INT(rc, 0);
-    ASSERT(json_valid(doc));
-    ASSERT_EQ_STR(jget(doc, "$.client"), nasty);
-    ASSERT_EQ_STR(jget(doc, "$.path"), nasty);
-    ASSERT_EQ_STR(jget(doc, "$.error"), nasty);
-    ASSERT_EQ_STR(jget(doc, "$.model_in"), "bad utf8 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
-    ASSERT_EQ_STR(jtype(doc, "$.attempt_log"), "null");
-    ASSERT_EQ_STR(jtype(doc, "$.extra"), "null");
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json_valid(doc));
+    CHECK_EQ_STR(jget(doc, "$.client"), nasty);
+    CHECK_EQ_STR(jget(doc, "$.path"), nasty);
+    CHECK_EQ_STR(jget(doc, "$.error"), nasty);
+    CHECK_EQ_STR(jget(doc, "$.model_in"), "bad utf8 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
+    CHECK_EQ_STR(jtype(doc, "$.attempt_log"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.extra"), "null");
     free(doc);
     doc = query(rs, NULL, &rc);
-    ASSERT(json_valid(doc));
-    ASSERT_EQ_STR(jget(doc, "$.items[0].id"), "id\"with'quotes");
+    CHECK(json_valid(doc));
+    CHECK_EQ_STR(jget(doc, "$.items[0].id"), "id\"with'quotes");
     free(doc);
     sl_records_close(rs);
 }
@@ -530,7 +497,7 @@ static void test_special_chars(void)
 static void test_search_escaping(void)
 {
     sl_records_t *rs;
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
     sl_records_submit(rs, make("s1", 1, "c", 200, "/v1/100%/x"));
     sl_records_submit(rs, make("s2", 2, "c", 200, "/v1/a_b"));
     sl_records_submit(rs, make("s3", 3, "c", 200, "/v1/axb"));
@@ -538,18 +505,18 @@ static void test_search_escaping(void)
     sl_records_flush(rs, 5000);
     sl_records_filter_t f = {0};
     f.search = "%";
-    ASSERT_EQ_INT(total(rs, &f), 1);
+    CHECK_EQ_INT(total(rs, &f), 1);
     f.search = "a_b";
-    ASSERT_EQ_INT(total(rs, &f), 1); /* not "axb" */
+    CHECK_EQ_INT(total(rs, &f), 1); /* not "axb" */
     f.search = "_";
-    ASSERT_EQ_INT(total(rs, &f), 1);
+    CHECK_EQ_INT(total(rs, &f), 1);
     f.search = "\\";
-    ASSERT_EQ_INT(total(rs, &f), 1);
+    CHECK_EQ_INT(total(rs, &f), 1);
     f.search = "/v1/";
-    ASSERT_EQ_INT(total(rs, &f), 4);
+    CHECK_EQ_INT(total(rs, &f), 4);
     f.search = "'; DROP TABLE requests; --";
-    ASSERT_EQ_INT(total(rs, &f), 0);
-    ASSERT_EQ_INT(total(rs, NULL), 4);
+    CHECK_EQ_INT(total(rs, &f), 0);
+    CHECK_EQ_INT(total(rs, NULL), 4);
     sl_records_close(rs);
 }
 
@@ -559,33 +526,33 @@ static void test_locked_and_missing(void)
 {
     sl_records_t *rs;
     const char *path = db_path();
-    ASSERT_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
     sqlite3 *other;
-    ASSERT_EQ_INT(sqlite3_open(path, &other), SQLITE_OK);
-    ASSERT_EQ_INT(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_open(path, &other), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
 
     uint64_t dropped = sl_records_dropped();
-    ASSERT_EQ_INT(sl_records_submit(rs, make("l1", 1, "c", 200, "/p")), 0);
-    ASSERT_EQ_INT(sl_records_submit(rs, make("l2", 2, "c", 200, "/p")), 0);
-    ASSERT_EQ_INT(sl_records_flush(rs, 10000), 0); /* gives up, does not hang */
-    ASSERT_EQ_INT(sl_records_dropped() - dropped, 2);
+    CHECK_EQ_INT(sl_records_submit(rs, make("l1", 1, "c", 200, "/p")), 0);
+    CHECK_EQ_INT(sl_records_submit(rs, make("l2", 2, "c", 200, "/p")), 0);
+    CHECK_EQ_INT(sl_records_flush(rs, 10000), 0); /* gives up, does not hang */
+    CHECK_EQ_INT(sl_records_dropped() - dropped, 2);
 
     sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_close(other);
-    ASSERT_EQ_INT(sl_records_submit(rs, make("l3", 3, "c", 200, "/p")), 0);
+    CHECK_EQ_INT(sl_records_submit(rs, make("l3", 3, "c", 200, "/p")), 0);
     sl_records_flush(rs, 5000);
-    ASSERT_EQ_INT(total(rs, NULL), 1); /* recovered once the lock went away */
+    CHECK_EQ_INT(total(rs, NULL), 1); /* recovered once the lock went away */
     sl_records_close(rs);
 
     char bad[300];
     snprintf(bad, sizeof bad, "%s/no/such/dir/h.db", tmpdir);
     rs = NULL;
-    ASSERT_EQ_INT(sl_records_open(&rs, bad, 0, 0), SL_EIO);
-    ASSERT(rs == NULL);
-    ASSERT_EQ_INT(sl_records_submit(NULL, make("z", 1, "c", 200, "/p")), SL_EINVAL);
+    CHECK_EQ_INT(sl_records_open(&rs, bad, 0, 0), SL_EIO);
+    CHECK(rs == NULL);
+    CHECK_EQ_INT(sl_records_submit(NULL, make("z", 1, "c", 200, "/p")), SL_EINVAL);
     sl_record_t *noid = sl_record_new();
-    ASSERT_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
-    ASSERT_EQ_INT(sl_records_submit(rs, noid), SL_EINVAL);
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    CHECK_EQ_INT(sl_records_submit(rs, noid), SL_EINVAL);
     sl_records_close(rs);
 }
 
@@ -596,20 +563,19 @@ int main(void)
         return 1;
     }
     sqlite3_open(":memory:", &jdb);
-    test_roundtrip();
-    test_bodies();
-    test_filters();
-    test_eviction();
-    test_threads();
-    test_close_flushes();
-    test_special_chars();
-    test_search_escaping();
-    test_locked_and_missing();
+    RUN(test_roundtrip);
+    RUN(test_bodies);
+    RUN(test_filters);
+    RUN(test_eviction);
+    RUN(test_threads);
+    RUN(test_close_flushes);
+    RUN(test_special_chars);
+    RUN(test_search_escaping);
+    RUN(test_locked_and_missing);
     sqlite3_close(jdb);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", tmpdir);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return TEST_SUMMARY();
 }

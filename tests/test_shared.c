@@ -20,29 +20,7 @@
 #include "buf.h"
 #include "error.h"
 #include "shared.h"
-
-static int passed, failed;
-
-#define ASSERT(cond)                                                                               \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, #cond);                     \
-        }                                                                                          \
-    } while (0)
-#define ASSERT_RC(expr, want)                                                                      \
-    do {                                                                                           \
-        int rc_ = (expr), want_ = (want);                                                          \
-        if (rc_ == want_) {                                                                        \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: FAILED: %s == %s (%s != %s)\n", __FILE__, __LINE__, #expr,     \
-                    #want, sl_err_name(rc_), sl_err_name(want_));                                  \
-        }                                                                                          \
-    } while (0)
+#include "test_helpers.h"
 
 #define K(lit) (lit), sizeof(lit) - 1
 
@@ -92,7 +70,7 @@ static int present(const char *cstr)
 static void reinit(size_t max_entries, size_t max_bytes)
 {
     sl_shared_shutdown();
-    ASSERT_RC(sl_shared_init(max_entries, max_bytes), 0);
+    CHECK_RC(sl_shared_init(max_entries, max_bytes), 0);
 }
 
 /* ---- basics ------------------------------------------------------------------ */
@@ -100,32 +78,32 @@ static void reinit(size_t max_entries, size_t max_bytes)
 static void test_set_get_delete(void)
 {
     reinit(0, 0);
-    ASSERT_RC(sl_shared_init(1, 1), 0); /* idempotent: the first bounds stay */
+    CHECK_RC(sl_shared_init(1, 1), 0); /* idempotent: the first bounds stay */
     sl_buf_t b;
     sl_buf_init(&b, 0);
     double ttl = -1;
-    ASSERT_RC(sl_shared_get(K("alpha"), &b, &ttl), SL_ENOTFOUND);
-    ASSERT_RC(sl_shared_set(K("alpha"), K("one"), 0), 0);
-    ASSERT_RC(sl_shared_get(K("alpha"), &b, &ttl), 0);
-    ASSERT(b.len == 3 && memcmp(b.base, "one", 3) == 0);
-    ASSERT(ttl == 0); /* no expiry */
+    CHECK_RC(sl_shared_get(K("alpha"), &b, &ttl), SL_ENOTFOUND);
+    CHECK_RC(sl_shared_set(K("alpha"), K("one"), 0), 0);
+    CHECK_RC(sl_shared_get(K("alpha"), &b, &ttl), 0);
+    CHECK(b.len == 3 && memcmp(b.base, "one", 3) == 0);
+    CHECK(ttl == 0); /* no expiry */
 
     /* get appends to what the caller already has */
-    ASSERT_RC(sl_shared_set(K("alpha"), K("two"), 0), 0);
+    CHECK_RC(sl_shared_set(K("alpha"), K("two"), 0), 0);
     sl_buf_reset(&b);
     sl_buf_append_c(&b, "x:");
-    ASSERT_RC(sl_shared_get(K("alpha"), &b, NULL), 0);
-    ASSERT(b.len == 5 && memcmp(b.base, "x:two", 5) == 0);
-    ASSERT(sl_shared_count() == 1);
+    CHECK_RC(sl_shared_get(K("alpha"), &b, NULL), 0);
+    CHECK(b.len == 5 && memcmp(b.base, "x:two", 5) == 0);
+    CHECK(sl_shared_count() == 1);
 
-    ASSERT_RC(sl_shared_set(K("empty"), "", 0, 0), 0);
-    ASSERT(holds(K("empty"), "", 0));
-    ASSERT(sl_shared_count() == 2);
+    CHECK_RC(sl_shared_set(K("empty"), "", 0, 0), 0);
+    CHECK(holds(K("empty"), "", 0));
+    CHECK(sl_shared_count() == 2);
 
-    ASSERT_RC(sl_shared_delete(K("alpha")), 0);
-    ASSERT_RC(sl_shared_delete(K("alpha")), SL_ENOTFOUND);
-    ASSERT(!present("alpha"));
-    ASSERT(sl_shared_count() == 1);
+    CHECK_RC(sl_shared_delete(K("alpha")), 0);
+    CHECK_RC(sl_shared_delete(K("alpha")), SL_ENOTFOUND);
+    CHECK(!present("alpha"));
+    CHECK(sl_shared_count() == 1);
     sl_buf_free(&b);
 }
 
@@ -135,12 +113,12 @@ static void test_binary(void)
     char val[1000];
     for (size_t i = 0; i < sizeof val; i++)
         val[i] = (char)(i * 7 % 256); /* includes NULs and 0xFF */
-    ASSERT_RC(sl_shared_set(K("k\0a"), val, sizeof val, 0), 0);
-    ASSERT_RC(sl_shared_set(K("k\0b"), K("other\0value"), 0), 0);
-    ASSERT(holds(K("k\0a"), val, sizeof val));
-    ASSERT(holds(K("k\0b"), K("other\0value")));
-    ASSERT(!present("k")); /* "k" is a prefix of both keys, not equal to them */
-    ASSERT(sl_shared_count() == 2);
+    CHECK_RC(sl_shared_set(K("k\0a"), val, sizeof val, 0), 0);
+    CHECK_RC(sl_shared_set(K("k\0b"), K("other\0value"), 0), 0);
+    CHECK(holds(K("k\0a"), val, sizeof val));
+    CHECK(holds(K("k\0b"), K("other\0value")));
+    CHECK(!present("k")); /* "k" is a prefix of both keys, not equal to them */
+    CHECK(sl_shared_count() == 2);
 }
 
 /* Enough keys that every shard's table and expiry heap grow many times:
@@ -155,22 +133,22 @@ static void test_many_keys(void)
         int kl = snprintf(key, sizeof key, "sess:%d", i), vl = snprintf(val, sizeof val, "%d", i);
         errors += sl_shared_set(key, (size_t)kl, val, (size_t)vl, i % 2 ? 1.0 : 0) != 0;
     }
-    ASSERT(errors == 0);
-    ASSERT(sl_shared_count() == N);
+    CHECK(errors == 0);
+    CHECK(sl_shared_count() == N);
     int found = 0;
     for (int i = 0; i < N; i++) {
         int kl = snprintf(key, sizeof key, "sess:%d", i), vl = snprintf(val, sizeof val, "%d", i);
         found += holds(key, (size_t)kl, val, (size_t)vl);
     }
-    ASSERT(found == N);
+    CHECK(found == N);
     sleep_ms(1100);
-    ASSERT(sl_shared_count() == N / 2); /* the odd ones had a TTL */
+    CHECK(sl_shared_count() == N / 2); /* the odd ones had a TTL */
     found = 0;
     for (int i = 0; i < N; i += 2) {
         snprintf(key, sizeof key, "sess:%d", i);
         found += present(key);
     }
-    ASSERT(found == N / 2);
+    CHECK(found == N / 2);
 }
 
 static void test_invalid(void)
@@ -178,16 +156,16 @@ static void test_invalid(void)
     reinit(0, 0);
     sl_buf_t b;
     sl_buf_init(&b, 0);
-    ASSERT_RC(sl_shared_set(K("k"), K("v"), -1), SL_EINVAL);
-    ASSERT_RC(sl_shared_set(K("k"), K("v"), NAN), SL_EINVAL);
-    ASSERT_RC(sl_shared_add(K("k"), K("v"), -0.5), SL_EINVAL);
-    ASSERT_RC(sl_shared_incr(K("k"), 1, -1, NULL), SL_EINVAL);
-    ASSERT_RC(sl_shared_incr(K("k"), INFINITY, 0, NULL), SL_EINVAL);
-    ASSERT_RC(sl_shared_incr(K("k"), NAN, 0, NULL), SL_EINVAL);
-    ASSERT_RC(sl_shared_set(NULL, 3, K("v"), 0), SL_EINVAL);
-    ASSERT_RC(sl_shared_set(K("k"), NULL, 3, 0), SL_EINVAL);
-    ASSERT_RC(sl_shared_get(K("k"), NULL, NULL), SL_EINVAL);
-    ASSERT(sl_shared_count() == 0); /* none of the above stored anything */
+    CHECK_RC(sl_shared_set(K("k"), K("v"), -1), SL_EINVAL);
+    CHECK_RC(sl_shared_set(K("k"), K("v"), NAN), SL_EINVAL);
+    CHECK_RC(sl_shared_add(K("k"), K("v"), -0.5), SL_EINVAL);
+    CHECK_RC(sl_shared_incr(K("k"), 1, -1, NULL), SL_EINVAL);
+    CHECK_RC(sl_shared_incr(K("k"), INFINITY, 0, NULL), SL_EINVAL);
+    CHECK_RC(sl_shared_incr(K("k"), NAN, 0, NULL), SL_EINVAL);
+    CHECK_RC(sl_shared_set(NULL, 3, K("v"), 0), SL_EINVAL);
+    CHECK_RC(sl_shared_set(K("k"), NULL, 3, 0), SL_EINVAL);
+    CHECK_RC(sl_shared_get(K("k"), NULL, NULL), SL_EINVAL);
+    CHECK(sl_shared_count() == 0); /* none of the above stored anything */
     sl_buf_free(&b);
 }
 
@@ -197,26 +175,26 @@ static void test_size_limits(void)
     size_t n = SL_SHARED_MAX_VALUE + 1;
     char *big = malloc(n);
     memset(big, 'k', n);
-    ASSERT_RC(sl_shared_set(big, SL_SHARED_MAX_KEY, K("v"), 0), 0);
-    ASSERT_RC(sl_shared_set(big, SL_SHARED_MAX_KEY + 1, K("v"), 0), SL_ELIMIT);
-    ASSERT_RC(get_ttl(big, SL_SHARED_MAX_KEY + 1, NULL), SL_ELIMIT);
-    ASSERT_RC(sl_shared_set(K("v"), big, SL_SHARED_MAX_VALUE, 0), 0);
-    ASSERT_RC(sl_shared_set(K("v2"), big, SL_SHARED_MAX_VALUE + 1, 0), SL_ELIMIT);
-    ASSERT(!present("v2"));
-    ASSERT(holds(K("v"), big, SL_SHARED_MAX_VALUE));
+    CHECK_RC(sl_shared_set(big, SL_SHARED_MAX_KEY, K("v"), 0), 0);
+    CHECK_RC(sl_shared_set(big, SL_SHARED_MAX_KEY + 1, K("v"), 0), SL_ELIMIT);
+    CHECK_RC(get_ttl(big, SL_SHARED_MAX_KEY + 1, NULL), SL_ELIMIT);
+    CHECK_RC(sl_shared_set(K("v"), big, SL_SHARED_MAX_VALUE, 0), 0);
+    CHECK_RC(sl_shared_set(K("v2"), big, SL_SHARED_MAX_VALUE + 1, 0), SL_ELIMIT);
+    CHECK(!present("v2"));
+    CHECK(holds(K("v"), big, SL_SHARED_MAX_VALUE));
 
     /* A reader whose buffer is capped gets SL_ELIMIT, not a truncated value. */
     sl_buf_t capped;
     sl_buf_init(&capped, 1000);
-    ASSERT_RC(sl_shared_get(K("v"), &capped, NULL), SL_ELIMIT);
-    ASSERT(capped.len == 0);
+    CHECK_RC(sl_shared_get(K("v"), &capped, NULL), SL_ELIMIT);
+    CHECK(capped.len == 0);
     sl_buf_free(&capped);
 
     /* An entry larger than the whole byte bound is refused, evicting nothing. */
     reinit(0, 64 * 1024);
-    ASSERT_RC(sl_shared_set(K("small"), K("s"), 0), 0);
-    ASSERT_RC(sl_shared_set(K("huge"), big, 70 * 1024, 0), SL_ELIMIT);
-    ASSERT(present("small") && !present("huge"));
+    CHECK_RC(sl_shared_set(K("small"), K("s"), 0), 0);
+    CHECK_RC(sl_shared_set(K("huge"), big, 70 * 1024, 0), SL_ELIMIT);
+    CHECK(present("small") && !present("huge"));
     free(big);
 }
 
@@ -226,44 +204,44 @@ static void test_ttl(void)
 {
     reinit(0, 0);
     double left = -1;
-    ASSERT_RC(sl_shared_set(K("t"), K("v"), SHORT_TTL), 0);
-    ASSERT_RC(sl_shared_set(K("forever"), K("v"), 0), 0);
-    ASSERT_RC(sl_shared_set(K("was_short"), K("v"), SHORT_TTL), 0);
-    ASSERT_RC(sl_shared_set(K("was_short"), K("v2"), 0), 0); /* set replaces the TTL too */
-    ASSERT_RC(get_ttl(K("t"), &left), 0);
-    ASSERT(left > 0 && left <= SHORT_TTL);
-    ASSERT(sl_shared_count() == 3);
+    CHECK_RC(sl_shared_set(K("t"), K("v"), SHORT_TTL), 0);
+    CHECK_RC(sl_shared_set(K("forever"), K("v"), 0), 0);
+    CHECK_RC(sl_shared_set(K("was_short"), K("v"), SHORT_TTL), 0);
+    CHECK_RC(sl_shared_set(K("was_short"), K("v2"), 0), 0); /* set replaces the TTL too */
+    CHECK_RC(get_ttl(K("t"), &left), 0);
+    CHECK(left > 0 && left <= SHORT_TTL);
+    CHECK(sl_shared_count() == 3);
     sleep_ms(PAST_SHORT_TTL_MS);
-    ASSERT_RC(get_ttl(K("t"), NULL), SL_ENOTFOUND);
-    ASSERT_RC(sl_shared_delete(K("t")), SL_ENOTFOUND);
-    ASSERT(holds(K("was_short"), K("v2")));
-    ASSERT(present("forever"));
-    ASSERT(sl_shared_count() == 2);
+    CHECK_RC(get_ttl(K("t"), NULL), SL_ENOTFOUND);
+    CHECK_RC(sl_shared_delete(K("t")), SL_ENOTFOUND);
+    CHECK(holds(K("was_short"), K("v2")));
+    CHECK(present("forever"));
+    CHECK(sl_shared_count() == 2);
 
     /* Many expired entries disappear from the count without being read. */
     char key[32];
     for (int i = 0; i < 100; i++) {
         int n = snprintf(key, sizeof key, "short:%d", i);
-        ASSERT_RC(sl_shared_set(key, (size_t)n, K("x"), SHORT_TTL + i * 0.0001), 0);
+        CHECK_RC(sl_shared_set(key, (size_t)n, K("x"), SHORT_TTL + i * 0.0001), 0);
     }
-    ASSERT(sl_shared_count() == 102);
+    CHECK(sl_shared_count() == 102);
     sleep_ms(PAST_SHORT_TTL_MS + 20);
     sl_shared_flush_expired();
-    ASSERT(sl_shared_count() == 2);
+    CHECK(sl_shared_count() == 2);
 }
 
 static void test_add(void)
 {
     reinit(0, 0);
-    ASSERT_RC(sl_shared_add(K("lock"), K("first"), SHORT_TTL), 0);
-    ASSERT_RC(sl_shared_add(K("lock"), K("second"), SHORT_TTL), SL_EBUSY);
-    ASSERT(holds(K("lock"), K("first")));
+    CHECK_RC(sl_shared_add(K("lock"), K("first"), SHORT_TTL), 0);
+    CHECK_RC(sl_shared_add(K("lock"), K("second"), SHORT_TTL), SL_EBUSY);
+    CHECK(holds(K("lock"), K("first")));
     sleep_ms(PAST_SHORT_TTL_MS);
     /* the holder died without deleting: the lock is free again after its TTL */
-    ASSERT_RC(sl_shared_add(K("lock"), K("third"), 0), 0);
-    ASSERT(holds(K("lock"), K("third")));
-    ASSERT_RC(sl_shared_delete(K("lock")), 0);
-    ASSERT_RC(sl_shared_add(K("lock"), K("fourth"), 0), 0);
+    CHECK_RC(sl_shared_add(K("lock"), K("third"), 0), 0);
+    CHECK(holds(K("lock"), K("third")));
+    CHECK_RC(sl_shared_delete(K("lock")), 0);
+    CHECK_RC(sl_shared_add(K("lock"), K("fourth"), 0), 0);
 }
 
 /* ---- single flight: racing add() -------------------------------------------- */
@@ -312,8 +290,8 @@ static void test_single_flight(void)
         int vlen = snprintf(val, sizeof val, "%d", winner_id[r]);
         stored += holds(key, (size_t)klen, val, (size_t)vlen);
     }
-    ASSERT(exact == ROUNDS);  /* one winner per round */
-    ASSERT(stored == ROUNDS); /* and it is the winner's value that stuck */
+    CHECK(exact == ROUNDS);  /* one winner per round */
+    CHECK(stored == ROUNDS); /* and it is the winner's value that stuck */
 }
 
 /* ---- incr ---------------------------------------------------------------------- */
@@ -334,36 +312,36 @@ static void test_incr(void)
 {
     reinit(0, 0);
     double v = 0;
-    ASSERT_RC(sl_shared_incr(K("n"), 5, 0, &v), 0);
-    ASSERT(v == 5 && holds(K("n"), K("5")));
-    ASSERT_RC(sl_shared_incr(K("n"), 2.5, 0, &v), 0);
-    ASSERT(v == 7.5 && holds(K("n"), K("7.5")));
-    ASSERT_RC(sl_shared_incr(K("n"), -10, 0, &v), 0);
-    ASSERT(v == -2.5 && holds(K("n"), K("-2.5")));
-    ASSERT_RC(sl_shared_incr(K("n"), 0.1, 0, &v), 0);
-    ASSERT(v == -2.5 + 0.1 && holds(K("n"), K("-2.4")));
+    CHECK_RC(sl_shared_incr(K("n"), 5, 0, &v), 0);
+    CHECK(v == 5 && holds(K("n"), K("5")));
+    CHECK_RC(sl_shared_incr(K("n"), 2.5, 0, &v), 0);
+    CHECK(v == 7.5 && holds(K("n"), K("7.5")));
+    CHECK_RC(sl_shared_incr(K("n"), -10, 0, &v), 0);
+    CHECK(v == -2.5 && holds(K("n"), K("-2.5")));
+    CHECK_RC(sl_shared_incr(K("n"), 0.1, 0, &v), 0);
+    CHECK(v == -2.5 + 0.1 && holds(K("n"), K("-2.4")));
 
-    ASSERT_RC(sl_shared_set(K("num"), K("41"), 0), 0);
-    ASSERT_RC(sl_shared_incr(K("num"), 1, 0, &v), 0);
-    ASSERT(v == 42 && holds(K("num"), K("42")));
+    CHECK_RC(sl_shared_set(K("num"), K("41"), 0), 0);
+    CHECK_RC(sl_shared_incr(K("num"), 1, 0, &v), 0);
+    CHECK(v == 42 && holds(K("num"), K("42")));
 
-    ASSERT_RC(sl_shared_set(K("word"), K("hello"), 0), 0);
-    ASSERT_RC(sl_shared_incr(K("word"), 1, 0, &v), SL_EINVAL);
-    ASSERT(holds(K("word"), K("hello")));
-    ASSERT_RC(sl_shared_set(K("huge"), K("1e308"), 0), 0);
-    ASSERT_RC(sl_shared_incr(K("huge"), 1e308, 0, &v), SL_EINVAL); /* would be inf */
-    ASSERT(holds(K("huge"), K("1e308")));
+    CHECK_RC(sl_shared_set(K("word"), K("hello"), 0), 0);
+    CHECK_RC(sl_shared_incr(K("word"), 1, 0, &v), SL_EINVAL);
+    CHECK(holds(K("word"), K("hello")));
+    CHECK_RC(sl_shared_set(K("huge"), K("1e308"), 0), 0);
+    CHECK_RC(sl_shared_incr(K("huge"), 1e308, 0, &v), SL_EINVAL); /* would be inf */
+    CHECK(holds(K("huge"), K("1e308")));
 
     /* the TTL applies when incr creates the key; later incrs keep it */
     double left = -1;
-    ASSERT_RC(sl_shared_incr(K("rate"), 1, SHORT_TTL, &v), 0);
-    ASSERT_RC(sl_shared_incr(K("rate"), 1, 10, &v), 0);
-    ASSERT(v == 2);
-    ASSERT_RC(get_ttl(K("rate"), &left), 0);
-    ASSERT(left > 0 && left <= SHORT_TTL);
+    CHECK_RC(sl_shared_incr(K("rate"), 1, SHORT_TTL, &v), 0);
+    CHECK_RC(sl_shared_incr(K("rate"), 1, 10, &v), 0);
+    CHECK(v == 2);
+    CHECK_RC(get_ttl(K("rate"), &left), 0);
+    CHECK(left > 0 && left <= SHORT_TTL);
     sleep_ms(PAST_SHORT_TTL_MS);
-    ASSERT_RC(sl_shared_incr(K("rate"), 1, 0, &v), 0);
-    ASSERT(v == 1); /* window expired: counting starts again */
+    CHECK_RC(sl_shared_incr(K("rate"), 1, 0, &v), 0);
+    CHECK(v == 1); /* window expired: counting starts again */
 
     pthread_t t[INCR_THREADS];
     for (int i = 0; i < INCR_THREADS; i++)
@@ -374,16 +352,16 @@ static void test_incr(void)
         pthread_join(t[i], &r);
         errors += r != NULL;
     }
-    ASSERT(errors == 0);
-    ASSERT_RC(sl_shared_incr(K("ctr"), 0, 0, &v), 0);
-    ASSERT(v == (double)INCR_EACH * (INCR_THREADS / 2) * 3); /* half add 1, half add 2 */
+    CHECK(errors == 0);
+    CHECK_RC(sl_shared_incr(K("ctr"), 0, 0, &v), 0);
+    CHECK(v == (double)INCR_EACH * (INCR_THREADS / 2) * 3); /* half add 1, half add 2 */
 }
 
 /* ---- eviction ------------------------------------------------------------------ */
 
 static void set_c(const char *k, const char *v, double ttl)
 {
-    ASSERT_RC(sl_shared_set(k, strlen(k), v, strlen(v), ttl), 0);
+    CHECK_RC(sl_shared_set(k, strlen(k), v, strlen(v), ttl), 0);
 }
 
 static void test_lru(void)
@@ -394,17 +372,17 @@ static void test_lru(void)
         snprintf(key, sizeof key, "k%d", i);
         set_c(key, "v", 0);
     }
-    ASSERT(present("k0")); /* k0 is now the most recently used */
+    CHECK(present("k0"));  /* k0 is now the most recently used */
     set_c("k8", "v", 0);   /* full: the LRU entry, k1, goes */
     set_c("k9", "v", 0);   /* then k2 */
-    ASSERT(sl_shared_count() == 8);
-    ASSERT(!present("k1"));
-    ASSERT(!present("k2"));
-    ASSERT(present("k0") && present("k3") && present("k7") && present("k8") && present("k9"));
+    CHECK(sl_shared_count() == 8);
+    CHECK(!present("k1"));
+    CHECK(!present("k2"));
+    CHECK(present("k0") && present("k3") && present("k7") && present("k8") && present("k9"));
 
     /* Replacing an existing key in a full dictionary evicts nothing. */
     set_c("k5", "new", 0);
-    ASSERT(sl_shared_count() == 8 && present("k3"));
+    CHECK(sl_shared_count() == 8 && present("k3"));
 
     /* With several keys per shard: read the even keys, then add as many new
      * keys as there are odd ones; exactly the odd (unread) keys are gone. */
@@ -415,7 +393,7 @@ static void test_lru(void)
     }
     for (int i = 0; i < 64; i += 2) {
         snprintf(key, sizeof key, "m%d", i);
-        ASSERT(present(key));
+        CHECK(present(key));
     }
     for (int i = 0; i < 32; i++) {
         snprintf(key, sizeof key, "new%d", i);
@@ -427,9 +405,9 @@ static void test_lru(void)
         if (present(key))
             *(i % 2 ? &odd_kept : &even_kept) += 1;
     }
-    ASSERT(even_kept == 32);
-    ASSERT(odd_kept == 0);
-    ASSERT(sl_shared_count() == 64);
+    CHECK(even_kept == 32);
+    CHECK(odd_kept == 0);
+    CHECK(sl_shared_count() == 64);
 
     /* Expired entries go before live ones, even recently used ones. */
     reinit(4, 1u << 20);
@@ -439,8 +417,8 @@ static void test_lru(void)
     set_c("d", "v", 0.03); /* most recent, but short-lived */
     sleep_ms(80);
     set_c("e", "v", 0);
-    ASSERT(present("a") && present("b") && present("c") && present("e"));
-    ASSERT(!present("d"));
+    CHECK(present("a") && present("b") && present("c") && present("e"));
+    CHECK(!present("d"));
 
     /* The byte bound evicts the oldest entries too. */
     reinit(1000, 64 * 1024);
@@ -448,12 +426,12 @@ static void test_lru(void)
     memset(val, 'x', sizeof val);
     for (int i = 0; i < 10; i++) {
         snprintf(key, sizeof key, "b%d", i);
-        ASSERT_RC(sl_shared_set(key, strlen(key), val, sizeof val, 0), 0);
+        CHECK_RC(sl_shared_set(key, strlen(key), val, sizeof val, 0), 0);
     }
     size_t n = sl_shared_count();
-    ASSERT(n >= 5 && n <= 6); /* 6 x 10 KiB + overhead fit in 64 KiB */
-    ASSERT(present("b9") && present("b5"));
-    ASSERT(!present("b0") && !present("b3"));
+    CHECK(n >= 5 && n <= 6); /* 6 x 10 KiB + overhead fit in 64 KiB */
+    CHECK(present("b9") && present("b5"));
+    CHECK(!present("b0") && !present("b3"));
 }
 
 /* Writers, readers and deleters at once on a small dictionary, so eviction
@@ -512,9 +490,9 @@ static void test_concurrent_eviction(void)
         pthread_join(t[i], &r);
         bad += (intptr_t)r;
     }
-    ASSERT(bad == 0);
+    CHECK(bad == 0);
     size_t n = sl_shared_count();
-    ASSERT(n > 0 && n <= STRESS_MAX);
+    CHECK(n > 0 && n <= STRESS_MAX);
 }
 
 /* ---- the Lua module ------------------------------------------------------------ */
@@ -547,7 +525,7 @@ static int lua_true(lua_State *L, const char *body)
     return 0;
 }
 
-#define LUA_OK_(L, body) ASSERT(lua_true(L, body))
+#define LUA_OK_(L, body) CHECK(lua_true(L, body))
 
 static void test_lua_api(void)
 {
@@ -580,9 +558,9 @@ static void test_lua_api(void)
                "return s.count() == n + 1");
 
     /* A VM sees what another VM and C wrote, and C sees what Lua wrote. */
-    ASSERT(holds(K("lk"), K("lv")));
-    ASSERT(holds(K("bin"), K("a\0b\xff")));
-    ASSERT_RC(sl_shared_set(K("from_c"), K("c\0v"), 0), 0);
+    CHECK(holds(K("lk"), K("lv")));
+    CHECK(holds(K("bin"), K("a\0b\xff")));
+    CHECK_RC(sl_shared_set(K("from_c"), K("c\0v"), 0), 0);
     LUA_OK_(L2, "return s.get('lk') == 'lv' and s.get('from_c') == 'c\\0v'");
 
     /* a value bigger than the VM's kept read buffer, read twice */
@@ -620,11 +598,11 @@ static void test_lua_types(void)
         int ok = lua_true(L, body);
         if (!ok)
             fprintf(stderr, "  (call: %s)\n", bad_calls[i]);
-        ASSERT(ok);
+        CHECK(ok);
     }
     LUA_OK_(L, "local ok, err = pcall(s.set, 'k', {})\n"
                "return err:find('string expected, got table') ~= nil");
-    ASSERT(sl_shared_count() == 0); /* nothing half-stored */
+    CHECK(sl_shared_count() == 0); /* nothing half-stored */
     lua_close(L);
 }
 
@@ -655,29 +633,28 @@ static void test_lua_threads(void)
         pthread_join(t[i], &r);
         ok += r != NULL;
     }
-    ASSERT(ok == LUA_THREADS);
+    CHECK(ok == LUA_THREADS);
     char want[32];
     int n = snprintf(want, sizeof want, "%d", LUA_THREADS * LUA_EACH);
-    ASSERT(holds(K("lua_ctr"), want, (size_t)n));
+    CHECK(holds(K("lua_ctr"), want, (size_t)n));
 }
 
 int main(void)
 {
-    test_set_get_delete();
-    test_binary();
-    test_many_keys();
-    test_invalid();
-    test_size_limits();
-    test_ttl();
-    test_add();
-    test_single_flight();
-    test_incr();
-    test_lru();
-    test_concurrent_eviction();
-    test_lua_api();
-    test_lua_types();
-    test_lua_threads();
+    RUN(test_set_get_delete);
+    RUN(test_binary);
+    RUN(test_many_keys);
+    RUN(test_invalid);
+    RUN(test_size_limits);
+    RUN(test_ttl);
+    RUN(test_add);
+    RUN(test_single_flight);
+    RUN(test_incr);
+    RUN(test_lru);
+    RUN(test_concurrent_eviction);
+    RUN(test_lua_api);
+    RUN(test_lua_types);
+    RUN(test_lua_threads);
     sl_shared_shutdown();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return TEST_SUMMARY();
 }
