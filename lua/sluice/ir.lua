@@ -81,6 +81,10 @@
 --            protocol does, and end the stream validly (DESIGN §6). close()
 --            after a "finish" event with complete = true just ends the stream.
 --          opts for both: { model = client-facing model, id = response id }.
+--          The machinery every codec shares (block allocation, one open block
+--          at a time, this close policy with its one wording, usage/stop
+--          bookkeeping, the non-JSON policy: an event that is not JSON is one
+--          IR error) is sluice.ir_stream; usage per request is sluice.accounting.
 --   IR stream events (`index` is the IR block index, 0-based, in start order):
 --     { type = "start", id = s|nil, model = s|nil, usage = USAGE|nil }
 --     { type = "block_start", index = i, kind = "text"|"thinking"|"redacted_thinking"|"tool_call",

@@ -2,8 +2,9 @@
 -- (lua/sluice/ir.lua documents the events). Codecs keep only what their
 -- wire format needs; what is the same in all four lives here once:
 --
---   decoders   S.blocks() allocates IR block indices in start order and
---              knows which blocks are open (start/stop/stop_all);
+--   decoders   S.decoder() makes a decoder class (finish() at EOF invents
+--              nothing); S.blocks() allocates IR block indices in start
+--              order and knows which blocks are open (start/stop/stop_all);
 --              S.json(dec, ev, out) reads one event's JSON under the one
 --              non-JSON policy (below).
 --   bookkeeping S.note(t, ev) keeps usage (later values win per field),
@@ -88,6 +89,22 @@ end
 
 function Blocks:stop_all(out)
     for i = 0, self.next - 1 do self:stop(out, i) end
+end
+
+-- A new decoder class (instances: setmetatable(state, Class)). Its
+-- finish() at upstream EOF returns nothing unless the class says otherwise:
+-- a stream without its end is reported cut by the host, never completed
+-- by an invented finish.
+local Decoder = {}
+
+function Decoder:finish()
+    return {}
+end
+
+function S.decoder()
+    local C = setmetatable({}, { __index = Decoder })
+    C.__index = C
+    return C
 end
 
 local NOT_JSON = "malformed event from upstream: not a JSON object"

@@ -571,8 +571,7 @@ end
 
 -- ---------------------------------------------------------------- stream decoder
 
-local Decoder = {}
-Decoder.__index = Decoder
+local Decoder = S.decoder()
 
 function M.stream_decoder(opts)
     return setmetatable({
@@ -664,10 +663,6 @@ function Decoder:feed(ev)
     end
     -- message_stop, ping and unknown events carry nothing for the IR.
     return out
-end
-
-function Decoder:finish()
-    return {}
 end
 
 -- ---------------------------------------------------------------- stream encoder

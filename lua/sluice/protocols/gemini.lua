@@ -716,8 +716,7 @@ end
 -- block of their kind, a functionCall arrives complete (one args delta), a
 -- signature on a non-thought part becomes a signature-only thinking block
 -- right before that part.
-local Decoder = {}
-Decoder.__index = Decoder
+local Decoder = S.decoder()
 
 function M.stream_decoder(opts)
     return setmetatable({ blocks = S.blocks(), cur = nil, cur_kind = nil, started = false, ended = false,
@@ -831,11 +830,6 @@ function Decoder:feed(ev)
         self.ended = true
     end
     return out
-end
-
--- EOF without a finishReason is a cut stream: nothing is invented here.
-function Decoder:finish()
-    return {}
 end
 
 ---------------------------------------------------------------------------

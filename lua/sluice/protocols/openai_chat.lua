@@ -304,10 +304,12 @@ local function encode_user(m, out)
     end
 end
 
-local function encode_assistant(m, out)
+-- Assistant content -> its text (a buffer) and tool_calls (Chat carries
+-- neither thinking nor signatures).
+local function text_and_calls(content)
     local text = buffer.new()
     local calls = array()
-    for _, p in ipairs(m.content or {}) do
+    for _, p in ipairs(content or {}) do
         if p.type == "text" and p.text then
             text:put(p.text)
         elseif p.type == "tool_call" then
@@ -315,6 +317,11 @@ local function encode_assistant(m, out)
                                   ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
         end
     end
+    return text, calls
+end
+
+local function encode_assistant(m, out)
+    local text, calls = text_and_calls(m.content)
     if #text == 0 and #calls == 0 then return end
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null }
     if #calls > 0 then msg.tool_calls = calls end
@@ -435,16 +442,7 @@ end
 
 function M.encode_response(resp, opts)
     opts = opts or {}
-    local text = buffer.new()
-    local calls = array()
-    for _, p in ipairs(resp.content or {}) do
-        if p.type == "text" and p.text then
-            text:put(p.text)
-        elseif p.type == "tool_call" then
-            calls[#calls + 1] = { id = p.id, type = "function",
-                                  ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
-        end
-    end
+    local text, calls = text_and_calls(resp.content)
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null, refusal = null }
     if #calls > 0 then msg.tool_calls = calls end
     local fr = STOP_OUT[resp.stop_reason or "end_turn"] or "stop"
@@ -472,8 +470,7 @@ M.encode_error = common.openai_encode_error
 -- An open text block is closed when a tool call starts, so Anthropic clients
 -- see the text finished instead of waiting for the end of the stream.
 
-local Decoder = {}
-Decoder.__index = Decoder
+local Decoder = S.decoder()
 
 function M.stream_decoder(opts)
     return setmetatable({
@@ -594,10 +591,6 @@ function Decoder:feed(ev)
         out[#out + 1] = { type = "usage", usage = usage_in(u) }
     end
     return out
-end
-
-function Decoder:finish()
-    return {}
 end
 
 -- ---------------------------------------------------------------- stream encoder

@@ -662,8 +662,7 @@ M.encode_error = common.openai_encode_error
 
 -- State per upstream stream: output items by output_index, the text parts of
 -- message items by "output_index:content_index", and the IR blocks still open.
-local Decoder = {}
-Decoder.__index = Decoder
+local Decoder = S.decoder()
 
 function M.stream_decoder(opts)
     return setmetatable({ blocks = S.blocks(), items = {}, parts = {}, started = false,
@@ -863,12 +862,6 @@ function Decoder:feed(ev)
     local h = HANDLERS[obj.type or ev.event]
     if h then h(self, out, obj) end
     return out
-end
-
--- At upstream EOF nothing is invented: a stream without its terminal event is
--- reported by the host as cut short (enc:close with complete=false).
-function Decoder:finish()
-    return {}
 end
 
 ---------------------------------------------------------------------------
