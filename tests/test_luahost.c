@@ -246,6 +246,90 @@ static void test_config_values_reach_c(void)
     sl_config_free(&copy);
 }
 
+/* Every default lives in lua/sluice/config.lua: an empty config reaches C
+ * whole, with settings that are off (admin token, history) as NULL. */
+static void test_config_defaults_come_from_lua(void)
+{
+    sl_luahost_t *h;
+    char err[1024];
+    int rc = new_host(&h, "lua", "return {}", err, sizeof err);
+    CHECK_EQ_INT(rc, 0);
+    if (rc) {
+        fprintf(stderr, "  %s\n", err);
+        return;
+    }
+    const sl_config_t *c = sl_luahost_config(h);
+    CHECK(c->nlisten == 1 && strcmp(c->listen[0], "127.0.0.1:7070") == 0);
+    CHECK_EQ_INT(c->workers, 0);
+    CHECK_EQ_INT(c->limits.max_body, 32 << 20);
+    CHECK_EQ_INT(c->limits.max_header, 64 << 10);
+    CHECK_EQ_INT(c->limits.max_headers_count, 100);
+    CHECK_EQ_INT(c->limits.header_timeout_ms, 10000);
+    CHECK_EQ_INT(c->limits.body_timeout_ms, 60000);
+    CHECK_EQ_INT(c->limits.body_total_timeout_ms, 300000);
+    CHECK_EQ_INT(c->limits.keepalive_timeout_ms, 60000);
+    CHECK_EQ_INT(c->limits.max_connections, 4096);
+    CHECK_EQ_INT(c->t_connect, 10000);
+    CHECK_EQ_INT(c->t_first_byte, 120000);
+    CHECK_EQ_INT(c->t_idle, 300000);
+    CHECK_EQ_INT(c->t_total, 3600000);
+    CHECK_EQ_INT(c->max_event, 4 << 20);
+    CHECK_EQ_INT(c->max_response, 64 << 20);
+    CHECK_EQ_INT(c->script_budget, 50000000);
+    CHECK_EQ_INT(c->shutdown_timeout_ms, 30000);
+    CHECK(c->access_log && strcmp(c->access_log, "stderr") == 0);
+    CHECK(c->log_level && strcmp(c->log_level, "info") == 0);
+    CHECK(c->admin_token == NULL);
+    CHECK(c->history_path && strcmp(c->history_path, "var/history.db") == 0);
+    CHECK_EQ_INT(c->history_max, 1000);
+    CHECK_EQ_INT(c->history_bodies, 0);
+    sl_luahost_release(h);
+}
+
+/* C keeps no default of its own: a view that lacks a setting, or has one of
+ * the wrong type, is refused with the setting's name (the fixture glue can
+ * drop or replace entries of its otherwise complete view). */
+static void test_config_view_must_be_complete(void)
+{
+    static const struct {
+        const char *config, *needle;
+    } rows[] = {
+        {"return { name = 'A', drop = { 'max_event' } }", "max_event is missing"},
+        {"return { name = 'A', drop = { 'listen' } }", "listen is missing"},
+        {"return { name = 'A', drop = { 'history_bodies' } }", "history_bodies is missing"},
+        {"return { name = 'A', drop = { 'admin_token' } }", "admin_token is missing"},
+        {"return { name = 'A', set = { workers = 'auto' } }",
+         "workers is string, expected a number"},
+        {"return { name = 'A', set = { listen = { 7070 } } }", "listen[1]"},
+        {"return { name = 'A', set = { admin_token = true } }", "admin_token is boolean"},
+        {"return { name = 'A', set = { log_level = false } }", "log_level is boolean"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        sl_luahost_t *h;
+        char err[1024];
+        int rc = new_host(&h, FIXTURE_LUA, rows[i].config, err, sizeof err);
+        CHECK_EQ_INT(rc, SL_ECONFIG);
+        CHECK(h == NULL);
+        CHECK_STR_HAS(err, "config.core_view");
+        CHECK_STR_HAS(err, rows[i].needle);
+        if (rc == 0)
+            sl_luahost_release(h);
+    }
+    /* false is how a view says "none" for the settings that may be off. */
+    sl_luahost_t *h;
+    char err[1024];
+    int rc = new_host(&h, FIXTURE_LUA,
+                      "return { name = 'A', set = { admin_token = 'tok', history_path = false } }",
+                      err, sizeof err);
+    CHECK_EQ_INT(rc, 0);
+    if (rc == 0) {
+        const sl_config_t *c = sl_luahost_config(h);
+        CHECK(c->admin_token && strcmp(c->admin_token, "tok") == 0);
+        CHECK(c->history_path == NULL);
+        sl_luahost_release(h);
+    }
+}
+
 /* ---- the budget ---- */
 
 static void test_budget_stops_runaway_on_request(void)
@@ -769,6 +853,56 @@ static void test_response_body_finish_retry_log(void)
     sl_luahost_release(h);
 }
 
+/* The real glue: the log hook reports the model asked of the supplier (the
+ * record's model_out), and the config hook answers by name. */
+static void test_real_log_and_config_hooks(void)
+{
+    sl_luahost_t *h;
+    char err[2048];
+    int rc =
+        new_host(&h, "lua",
+                 "return { history = false,\n"
+                 "  suppliers = { up = { protocol = 'openai-chat',\n"
+                 "                       base_url = 'http://127.0.0.1:9' } },\n"
+                 "  routes = { chat = { { match = '*', supplier = 'up', model = 'up-m' } } } }",
+                 err, sizeof err);
+    CHECK_EQ_INT(rc, 0);
+    if (rc) {
+        fprintf(stderr, "  %s\n", err);
+        return;
+    }
+    static const char body[] = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                               "\"content\":\"hi\"}]}";
+    sl_request_t req = make_req("POST", "/v1/chat/completions", "", NULL, 0, SL_STR(body));
+    int ctx = sl_lua_ctx_new(h, &req, "r-log");
+    done_t d;
+    memset(&d, 0, sizeof d);
+    sl_lua_task_t *task;
+    CHECK_EQ_INT(sl_lua_request(h, ctx, on_done, &d, &task), 0);
+    wait_done(&d);
+    CHECK_EQ_INT(d.rc, 0);
+    if (d.rc == 0) {
+        CHECK(!d.plan.direct);
+        CHECK(d.plan.model_out && strcmp(d.plan.model_out, "up-m") == 0);
+    }
+    sl_lua_logfields_t lf;
+    CHECK_EQ_INT(sl_lua_log(h, ctx, &lf, err, sizeof err), 0);
+    CHECK(lf.model_out && strcmp(lf.model_out, "up-m") == 0);
+    CHECK(lf.model_in && strcmp(lf.model_in, "m") == 0);
+    CHECK(lf.service && strcmp(lf.service, "chat") == 0);
+    sl_lua_logfields_free(&lf);
+    done_free(&d);
+    sl_lua_ctx_free(h, ctx);
+
+    sl_buf_t out;
+    sl_buf_init(&out, 0);
+    CHECK_EQ_INT(sl_lua_call_string(h, "config", &out, err, sizeof err), 0);
+    CHECK(out.len && sl_buf_cstr(&out) && strstr(out.base, "\"up\"") != NULL);
+    CHECK_EQ_INT(sl_lua_call_string(h, "no-such-hook", &out, err, sizeof err), SL_ENOTFOUND);
+    sl_buf_free(&out);
+    sl_luahost_release(h);
+}
+
 /* ---- reload ---- */
 
 static void test_retained_host_outlives_reload(void)
@@ -828,6 +962,8 @@ int main(void)
     RUN(test_config_errors_name_the_field);
     RUN(test_config_missing_file);
     RUN(test_config_values_reach_c);
+    RUN(test_config_defaults_come_from_lua);
+    RUN(test_config_view_must_be_complete);
     RUN(test_budget_stops_runaway_on_request);
     RUN(test_budget_stops_runaway_at_config_load);
     RUN(test_budget_in_streaming_hook);
@@ -841,6 +977,7 @@ int main(void)
     RUN(test_events_batch_returns_hook_bytes);
     RUN(test_many_calls_keep_the_stack_balanced);
     RUN(test_response_body_finish_retry_log);
+    RUN(test_real_log_and_config_hooks);
     RUN(test_retained_host_outlives_reload);
 
     sl_upstream_free(up);

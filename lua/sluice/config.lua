@@ -450,8 +450,11 @@ function M.redacted(cfg)
     return out
 end
 
+-- The flat table the C core reads (core/luahost_config.c): every setting it
+-- needs, defaults included — C has no default of its own and refuses a view
+-- that lacks one, naming it. A setting that can be off is `false`, never nil.
 function M.core_view(cfg)
-    local l, t = cfg.limits, cfg.timeouts
+    local l, t, h = cfg.limits, cfg.timeouts, cfg.history
     return {
         listen = cfg.listen, workers = cfg.workers,
         max_body = l.max_body, max_header = l.max_header, max_headers = l.max_headers,
@@ -461,10 +464,10 @@ function M.core_view(cfg)
         connect_timeout = t.connect, first_byte_timeout = t.first_byte, idle_timeout = t.idle,
         total_timeout = t.total, script_budget = cfg.script_budget,
         shutdown_timeout = cfg.shutdown_timeout,
-        access_log = cfg.log.access, log_level = cfg.log.level, admin_token = cfg.admin.token,
-        history_path = cfg.history and cfg.history.path or nil,
-        history_max = cfg.history and cfg.history.max or nil,
-        history_bodies = cfg.history and cfg.history.bodies or false,
+        access_log = cfg.log.access, log_level = cfg.log.level, admin_token = cfg.admin.token or false,
+        history_path = h and h.path or false,
+        history_max = (h or DEFAULTS.history).max, -- unused while the history is off
+        history_bodies = h and h.bodies or false,
     }
 end
 

@@ -1,0 +1,503 @@
+/*
+ * luahost_marshal.c — C values into Lua tables and Lua tables back into C.
+ *
+ * Everything a hook receives is built here (the request's ctx, header maps,
+ * event batches, the outcome of finish, the failure of retry) and everything
+ * a hook returns is read here (plans, responses, log fields). What Lua
+ * returns is copied into C-owned memory before the call's stack is popped:
+ * a string taken from the VM is only valid while the VM still holds it, and
+ * the next hook call may collect it.
+ *
+ * Header values from Lua are checked for CR, LF and NUL here, the one place
+ * every header from a script passes through, so no script can split a
+ * request or a response.
+ */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "luahost_int.h"
+
+/* ---- scalars ---- */
+
+char *sl__lua_dup(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+char *sl__lua_field_str(lua_State *L, int idx, const char *key)
+{
+    char *out = NULL;
+    lua_getfield(L, idx, key);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        out = sl__lua_dup(s, n);
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
+double sl__lua_field_num(lua_State *L, int idx, const char *key, double dflt)
+{
+    lua_getfield(L, idx, key);
+    double v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
+    lua_pop(L, 1);
+    return v;
+}
+
+int sl__lua_field_bool(lua_State *L, int idx, const char *key, int dflt)
+{
+    lua_getfield(L, idx, key);
+    int v = lua_isnil(L, -1) ? dflt : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+uint64_t sl__secs_to_ms(double s)
+{
+    return s <= 0 ? 0 : (uint64_t)(s * 1000.0 + 0.5);
+}
+
+int sl__lua_append_string(lua_State *L, int idx, sl_buf_t *out, int *has)
+{
+    if (has)
+        *has = 0;
+    if (lua_type(L, idx) != LUA_TSTRING)
+        return 0;
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (has)
+        *has = 1;
+    return sl_buf_append(out, s, n);
+}
+
+int sl__lua_read_body(lua_State *L, int idx, sl_buf_t *out, int *has)
+{
+    lua_getfield(L, idx, "body");
+    int rc = sl__lua_append_string(L, -1, out, has);
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* ---- headers ---- */
+
+void sl__headers_free(sl_header_t *hv, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free((char *)hv[i].name.base);
+        free((char *)hv[i].value.base);
+    }
+    free(hv);
+}
+
+sl_header_t *sl__headers_copy(const sl_header_t *hv, size_t n, size_t *nout)
+{
+    sl_header_t *out = calloc(n ? n : 1, sizeof *out);
+    *nout = 0;
+    for (size_t i = 0; i < n && out; i++) {
+        out[i].name = sl_str(sl__lua_dup(hv[i].name.base, hv[i].name.len), hv[i].name.len);
+        out[i].value = sl_str(sl__lua_dup(hv[i].value.base, hv[i].value.len), hv[i].value.len);
+        (*nout)++;
+    }
+    return out;
+}
+
+static int has_ctl(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 1;
+    return 0;
+}
+
+int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, char *err,
+                     size_t errlen)
+{
+    *out = NULL;
+    *nout = 0;
+    if (lua_isnil(L, idx))
+        return 0;
+    if (!lua_istable(L, idx)) {
+        snprintf(err, errlen, "headers must be a table");
+        return SL_ESCRIPT;
+    }
+    size_t cap = 16, n = 0;
+    sl_header_t *hv = malloc(cap * sizeof *hv);
+    if (!hv)
+        return SL_ENOMEM;
+    int array = lua_objlen(L, idx) > 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx < 0 ? idx - 1 : idx)) {
+        const char *name, *value;
+        size_t nl, vl;
+        if (array) {
+            if (!lua_istable(L, -1)) {
+                lua_pop(L, 1);
+                continue;
+            }
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+        } else {
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -2);
+        }
+        /* Either way: key, value, name, value — four slots to pop. */
+        name = lua_tolstring(L, -2, &nl);
+        value = lua_tolstring(L, -1, &vl);
+        if (!name || !value || nl == 0 || has_ctl(name, nl) || has_ctl(value, vl)) {
+            snprintf(err, errlen, "invalid header %s (empty, or contains CR/LF/NUL)",
+                     name ? name : "(non-string)");
+            lua_pop(L, 4);
+            sl__headers_free(hv, n);
+            return SL_ESCRIPT;
+        }
+        if (n == cap) {
+            sl_header_t *nh = realloc(hv, cap * 2 * sizeof *hv);
+            if (!nh) {
+                lua_pop(L, 4);
+                sl__headers_free(hv, n);
+                return SL_ENOMEM;
+            }
+            hv = nh;
+            cap *= 2;
+        }
+        hv[n].name = sl_str(sl__lua_dup(name, nl), nl);
+        hv[n].value = sl_str(sl__lua_dup(value, vl), vl);
+        n++;
+        lua_pop(L, 3);
+    }
+    *out = hv;
+    *nout = n;
+    return 0;
+}
+
+void sl__headers_push(lua_State *L, const sl_header_t *hv, size_t n)
+{
+    lua_createtable(L, 0, (int)n);
+    char lower[256];
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = hv[i].name.len < sizeof lower ? hv[i].name.len : sizeof lower - 1;
+        for (size_t k = 0; k < nl; k++) {
+            char ch = hv[i].name.base[k];
+            lower[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        lua_pushlstring(L, lower, nl);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isstring(L, -1)) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, hv[i].value.base, hv[i].value.len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, hv[i].value.base, hv[i].value.len);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+/* ---- ctx ---- */
+
+int sl_lua_ctx_new(sl_luahost_t *h, const sl_request_t *req, const char *request_id)
+{
+    lua_State *L = h->L;
+    lua_createtable(L, 0, 12);
+    lua_pushstring(L, request_id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, req->method);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, req->path.base, req->path.len);
+    lua_setfield(L, -2, "path");
+    lua_pushlstring(L, req->query.base, req->query.len);
+    lua_setfield(L, -2, "query");
+    sl__headers_push(L, req->headers, req->nheaders);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, req->body.base, req->body.len);
+    lua_setfield(L, -2, "body");
+    lua_pushstring(L, req->peer);
+    lua_setfield(L, -2, "peer");
+    if (req->error_status) {
+        lua_pushinteger(L, req->error_status);
+        lua_setfield(L, -2, "reject_status");
+    }
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void sl_lua_ctx_free(sl_luahost_t *h, int ctx)
+{
+    luaL_unref(h->L, LUA_REGISTRYINDEX, ctx);
+}
+
+void sl_lua_ctx_set(sl_luahost_t *h, int ctx, const char *key, sl_str_t value)
+{
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, ctx);
+    lua_pushlstring(h->L, value.base, value.len);
+    lua_setfield(h->L, -2, key);
+    lua_pop(h->L, 1);
+}
+
+/* ---- event batches ---- */
+
+/* The batch is built on the VM's stack: begin pushes it, add fills it, and
+ * sl_lua_events_flush (luahost.c) hands it to the hook and pops it. */
+void sl_lua_events_begin(sl_luahost_t *h)
+{
+    lua_createtable(h->L, 8, 0);
+    h->batch_n = 0;
+}
+
+void sl_lua_events_add(sl_luahost_t *h, const sl_sse_event_t *ev)
+{
+    lua_State *L = h->L;
+    lua_createtable(L, 0, 2);
+    if (ev->event.len) {
+        lua_pushlstring(L, ev->event.base, ev->event.len);
+        lua_setfield(L, -2, "event");
+    }
+    lua_pushlstring(L, ev->data.base, ev->data.len);
+    lua_setfield(L, -2, "data");
+    lua_rawseti(L, -2, ++h->batch_n);
+}
+
+/* ---- plans and responses ---- */
+
+void sl_plan_free(sl_plan_t *p)
+{
+    sl__headers_free(p->headers, p->nheaders);
+    sl_buf_free(&p->body);
+    free(p->url);
+    free(p->method);
+    for (size_t i = 0; i < p->nmarkers; i++)
+        free((char *)p->markers[i].value.base);
+    for (size_t i = 0; i < p->nusage_markers; i++)
+        free((char *)p->usage_markers[i].value.base);
+    free(p->service);
+    free(p->client);
+    free(p->route);
+    free(p->supplier);
+    free(p->model_in);
+    free(p->model_out);
+    free(p->error);
+    memset(p, 0, sizeof *p);
+}
+
+void sl_lua_resp_free(sl_lua_resp_t *r)
+{
+    sl__headers_free(r->headers, r->nheaders);
+    sl_buf_free(&r->body);
+    free(r->error);
+    memset(r, 0, sizeof *r);
+}
+
+int sl__resp_read(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    sl_buf_init(&r->body, 0);
+    r->status = (int)sl__lua_field_num(L, idx, "status", 0);
+    if (r->status && (r->status < 100 || r->status > 599)) {
+        snprintf(err, errlen, "invalid status %d", r->status);
+        return SL_ESCRIPT;
+    }
+    r->error = sl__lua_field_str(L, idx, "error");
+    r->upstream_invalid = sl__lua_field_bool(L, idx, "upstream_invalid", 0);
+    lua_getfield(L, idx, "headers");
+    int rc = sl__headers_read(L, -1, &r->headers, &r->nheaders, err, errlen);
+    lua_pop(L, 1);
+    if (!rc)
+        rc = sl__lua_read_body(L, idx, &r->body, NULL);
+    return rc;
+}
+
+/* plan[field] = { { event = s } | { data = s } | { data_has = s }... } */
+static void read_markers(lua_State *L, int idx, const char *field, sl_sse_marker_t *markers,
+                         size_t *count)
+{
+    static const struct {
+        const char *key;
+        sl_sse_mark_kind_t kind;
+    } kinds[] = {{"event", SL_SSE_MARK_EVENT},
+                 {"data", SL_SSE_MARK_DATA},
+                 {"data_has", SL_SSE_MARK_DATA_HAS}};
+    lua_getfield(L, idx, field);
+    if (lua_istable(L, -1)) {
+        size_t n = lua_objlen(L, -1);
+        for (size_t i = 1; i <= n && *count < SL_PLAN_MAX_MARKERS; i++) {
+            lua_rawgeti(L, -1, (int)i);
+            for (size_t k = 0; k < 3 && lua_istable(L, -1); k++) {
+                char *v = sl__lua_field_str(L, -1, kinds[k].key);
+                if (v) {
+                    markers[*count].kind = kinds[k].kind;
+                    markers[*count].value = sl_str_c(v);
+                    (*count)++;
+                    break;
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+/* plan.timeouts = { connect?, first_byte?, idle?, total? } (seconds) over
+ * the config's; what the plan leaves out stays the config's. */
+static void read_timeouts(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg)
+{
+    p->t_connect = cfg->t_connect;
+    p->t_first_byte = cfg->t_first_byte;
+    p->t_idle = cfg->t_idle;
+    p->t_total = cfg->t_total;
+    lua_getfield(L, idx, "timeouts");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        p->t_connect = sl__secs_to_ms(sl__lua_field_num(L, t, "connect", p->t_connect / 1000.0));
+        p->t_first_byte =
+            sl__secs_to_ms(sl__lua_field_num(L, t, "first_byte", p->t_first_byte / 1000.0));
+        p->t_idle = sl__secs_to_ms(sl__lua_field_num(L, t, "idle", p->t_idle / 1000.0));
+        p->t_total = sl__secs_to_ms(sl__lua_field_num(L, t, "total", p->t_total / 1000.0));
+    }
+    lua_pop(L, 1);
+}
+
+int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, char *err,
+                  size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    sl_buf_init(&p->body, 0);
+    if (!lua_istable(L, idx)) {
+        snprintf(err, errlen, "request hook returned %s, expected a table", luaL_typename(L, idx));
+        return SL_ESCRIPT;
+    }
+    p->service = sl__lua_field_str(L, idx, "service");
+    p->client = sl__lua_field_str(L, idx, "client");
+    p->route = sl__lua_field_str(L, idx, "route");
+    p->supplier = sl__lua_field_str(L, idx, "supplier");
+    p->model_in = sl__lua_field_str(L, idx, "model_in");
+    p->model_out = sl__lua_field_str(L, idx, "model_out");
+    p->status = (int)sl__lua_field_num(L, idx, "status", 0);
+    lua_getfield(L, idx, "headers");
+    int rc = sl__headers_read(L, -1, &p->headers, &p->nheaders, err, errlen);
+    lua_pop(L, 1);
+    if (rc)
+        return rc;
+    int has_body;
+    if ((rc = sl__lua_read_body(L, idx, &p->body, &has_body)))
+        return rc;
+    if (p->status) { /* a direct response */
+        if (p->status < 100 || p->status > 599) {
+            snprintf(err, errlen, "invalid status %d", p->status);
+            return SL_ESCRIPT;
+        }
+        p->direct = 1;
+        p->error = sl__lua_field_str(L, idx, "error");
+        return 0;
+    }
+    p->url = sl__lua_field_str(L, idx, "url");
+    if (!p->url) {
+        snprintf(err, errlen, "plan has neither `status` nor `url`");
+        return SL_ESCRIPT;
+    }
+    p->method = sl__lua_field_str(L, idx, "method");
+    if (!p->method)
+        p->method = strdup("POST");
+    p->body_original = !has_body;
+    p->stream = sl__lua_field_bool(L, idx, "stream", 0);
+    p->transform = sl__lua_field_bool(L, idx, "transform", 0);
+    p->verify_tls = sl__lua_field_bool(L, idx, "verify_tls", 1);
+    read_markers(L, idx, "terminal", p->markers, &p->nmarkers);
+    read_markers(L, idx, "usage_events", p->usage_markers, &p->nusage_markers);
+    read_timeouts(L, idx, p, cfg);
+    return 0;
+}
+
+/* ---- what finish and retry are told ---- */
+
+void sl__outcome_push(lua_State *L, const sl_lua_outcome_t *o)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, o->reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushboolean(L, o->expected);
+    lua_setfield(L, -2, "expected");
+    lua_pushboolean(L, o->partial);
+    lua_setfield(L, -2, "partial");
+    lua_pushboolean(L, o->committed);
+    lua_setfield(L, -2, "committed");
+    lua_pushinteger(L, o->upstream_status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, o->detail ? o->detail : "");
+    lua_setfield(L, -2, "detail");
+    lua_pushboolean(L, o->sse);
+    lua_setfield(L, -2, "sse");
+    lua_pushnumber(L, (lua_Number)o->events);
+    lua_setfield(L, -2, "events");
+}
+
+void sl__failure_push(lua_State *L, const sl_lua_failure_t *f)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, f->kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, f->status);
+    lua_setfield(L, -2, "status");
+    sl__headers_push(L, f->headers, f->nheaders);
+    lua_setfield(L, -2, "headers");
+    if (f->reason) {
+        lua_pushstring(L, f->reason);
+        lua_setfield(L, -2, "reason");
+    }
+    if (f->detail) {
+        lua_pushstring(L, f->detail);
+        lua_setfield(L, -2, "detail");
+    }
+}
+
+/* ---- log fields ---- */
+
+void sl__logfields_init(sl_lua_logfields_t *f)
+{
+    memset(f, 0, sizeof *f);
+    f->input_tokens = f->output_tokens = -1;
+    f->cache_read_tokens = f->cache_write_tokens = -1;
+}
+
+void sl_lua_logfields_free(sl_lua_logfields_t *f)
+{
+    free(f->model_out);
+    free(f->extra_json);
+    free(f->request_body);
+    free(f->response_body);
+    free(f->service);
+    free(f->client);
+    free(f->model_in);
+    memset(f, 0, sizeof *f);
+}
+
+static int64_t field_count(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    int64_t v = lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : -1;
+    lua_pop(L, 1);
+    return v;
+}
+
+void sl__logfields_read(lua_State *L, int idx, sl_lua_logfields_t *f)
+{
+    f->input_tokens = field_count(L, idx, "input_tokens");
+    f->output_tokens = field_count(L, idx, "output_tokens");
+    f->cache_read_tokens = field_count(L, idx, "cache_read_tokens");
+    f->cache_write_tokens = field_count(L, idx, "cache_write_tokens");
+    f->model_out = sl__lua_field_str(L, idx, "model_out");
+    f->extra_json = sl__lua_field_str(L, idx, "extra_json");
+    f->request_body = sl__lua_field_str(L, idx, "request_body");
+    f->response_body = sl__lua_field_str(L, idx, "response_body");
+    f->service = sl__lua_field_str(L, idx, "service");
+    f->client = sl__lua_field_str(L, idx, "client");
+    f->model_in = sl__lua_field_str(L, idx, "model_in");
+}
