@@ -29,6 +29,7 @@
 
 #include "admin.h"
 #include "error.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "sse.h"
@@ -158,17 +159,6 @@ static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
     ex->id[4 + 2 * sizeof rnd] = '\0';
 }
 
-static int is_hop_by_hop(sl_str_t name)
-{
-    static const char *names[] = {"connection", "keep-alive", "proxy-connection",
-                                  "transfer-encoding", "te", "trailer", "upgrade",
-                                  "content-length", "proxy-authenticate", "proxy-authorization"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (sl_str_ieq_c(name, names[i]))
-            return 1;
-    return 0;
-}
-
 static int is_event_stream(const sl_header_t *hv, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -202,7 +192,7 @@ static int send_head(sl_exchange_t *ex, int status, const sl_header_t *hv, size_
         return SL_ENOMEM;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (!sl_str_ieq_c(hv[i].name, "x-request-id") && !is_hop_by_hop(hv[i].name))
+        if (!sl_str_ieq_c(hv[i].name, "x-request-id") && !sl_http_is_hop_by_hop(hv[i].name))
             all[k++] = hv[i];
     all[k++] = (sl_header_t){SL_STR("x-request-id"), sl_str_c(ex->id)};
     int rc = sl_conn_send_head(ex->conn, status, all, k, content_length);
@@ -336,28 +326,12 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
     return 0;
 }
 
-/* A field with CR, LF or NUL cannot be relayed (it would split the client's
- * head): such an answer is the upstream's protocol error, not ours. */
-static int has_ctl(sl_str_t s)
-{
-    for (size_t i = 0; i < s.len; i++)
-        if (s.base[i] == '\r' || s.base[i] == '\n' || s.base[i] == '\0')
-            return 1;
-    return 0;
-}
-
-static int head_is_relayable(const sl_header_t *hv, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (has_ctl(hv[i].name) || has_ctl(hv[i].value))
-            return 0;
-    return 1;
-}
-
 static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
 {
     sl_exchange_t *ex = ud;
-    if (!head_is_relayable(hv, n)) {
+    /* A field with CR, LF or NUL cannot be relayed (it would split the
+     * client's head): such an answer is the upstream's protocol error. */
+    if (!sl_http_fields_relayable(hv, n)) {
         ex->upstream_status = status;
         fail(ex, SL_TERM_CAUSE_UPSTREAM_INVALID, 0,
              "upstream sent a header field containing CR, LF or NUL");

@@ -25,14 +25,10 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "http.h"
 
 typedef struct sl_conn_s sl_conn_t;
 typedef struct sl_server_s sl_server_t;
-
-typedef struct {
-    sl_str_t name;
-    sl_str_t value;
-} sl_header_t;
 
 /* Every timeout is in ms; 0 means none. */
 typedef struct {

@@ -24,7 +24,7 @@
 #include <uv.h>
 
 #include "buf.h"
-#include "server.h"
+#include "http.h"
 
 typedef struct sl_upstream_s sl_upstream_t;
 typedef struct sl_transfer_s sl_transfer_t;
@@ -60,9 +60,6 @@ size_t sl_upstream_active(const sl_upstream_t *up);
 
 int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_transfer_cbs_t *cbs,
                       void *ud, sl_transfer_t **out);
-/* Pauses receiving. Inside on_data, return 1 instead: this call is a no-op
- * there (curl takes the pause from the callback's return value). */
-void sl_transfer_pause(sl_transfer_t *t);
 void sl_transfer_resume(sl_transfer_t *t);
 /* Stops the transfer now and closes its connection; no callback follows. */
 void sl_transfer_abort(sl_transfer_t *t);
