@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
+#include "worker.h"
 
 static const sl_header_t json_ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
 

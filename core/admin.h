@@ -9,8 +9,10 @@
 #define SL_ADMIN_H
 
 #include "server.h"
-#include "worker.h"
 
+typedef struct sl_worker_s sl_worker_t;
+
+/* Answers `req` (its path starts with /_sluice/) for worker w (worker.h). */
 void sl_admin_handle(sl_worker_t *w, sl_request_t *req);
 
 #endif

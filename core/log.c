@@ -1,7 +1,9 @@
 /*
  * log.c — error log and access log (see log.h). Lines are built in a stack
  * or heap buffer and emitted with one write(2) under a mutex so concurrent
- * workers never interleave partial lines.
+ * workers never interleave partial lines. A request's access-log line is
+ * built here from its outcome (outcome.h), so the exchange that produced it
+ * never formats a log line.
  */
 #include "log.h"
 
@@ -136,6 +138,50 @@ void sl_access_log_write(const char *line, size_t len)
         write_all(access_fd, "\n", 1);
     }
     pthread_mutex_unlock(&log_mu);
+}
+
+/* ,"key":"value" (escaped), or ,"key":null. */
+static void json_field(sl_buf_t *b, const char *key, const char *val)
+{
+    sl_buf_printf(b, ",\"%s\":", key);
+    if (!val) {
+        sl_buf_append_c(b, "null");
+        return;
+    }
+    sl_buf_append_byte(b, '"');
+    sl_buf_append_json_str(b, val, strlen(val));
+    sl_buf_append_byte(b, '"');
+}
+
+void sl_access_log_outcome(const sl_outcome_t *o)
+{
+    if (access_fd < 0)
+        return;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    /* The planned names, not the log hook's: the line says what was routed. */
+    const sl_outcome_names_t *n = &o->planned;
+    sl_buf_printf(&b, "{\"time\":%.3f", o->end_time);
+    json_field(&b, "id", o->id);
+    json_field(&b, "peer", o->peer);
+    json_field(&b, "method", o->method);
+    json_field(&b, "path", o->path);
+    json_field(&b, "service", n->service);
+    json_field(&b, "client", n->client);
+    json_field(&b, "supplier", n->supplier);
+    json_field(&b, "model_in", n->model_in);
+    json_field(&b, "model_out", n->model_out);
+    sl_buf_printf(&b, ",\"status\":%d,\"upstream_status\":%d,\"duration_ms\":%.1f", o->status,
+                  o->upstream_status, o->duration_ms);
+    if (o->ttfb_ms >= 0)
+        sl_buf_printf(&b, ",\"ttfb_ms\":%.1f", o->ttfb_ms);
+    sl_buf_printf(&b, ",\"bytes_in\":%lld,\"bytes_out\":%lld", (long long)o->bytes_in,
+                  (long long)o->bytes_out);
+    json_field(&b, "reason", sl_term_reason_name(o->end.reason));
+    sl_buf_printf(&b, ",\"partial\":%s,\"expected\":%s}", o->end.partial ? "true" : "false",
+                  o->end.expected ? "true" : "false");
+    sl_access_log_write(b.base, b.len);
+    sl_buf_free(&b);
 }
 
 static int hexval(char c)

@@ -16,6 +16,7 @@
 #include <stddef.h>
 
 #include "buf.h"
+#include "outcome.h"
 
 typedef enum { SL_LOG_DEBUG, SL_LOG_INFO, SL_LOG_WARN, SL_LOG_ERROR } sl_log_level_t;
 
@@ -37,6 +38,12 @@ void sl_access_log_close(void);
 int sl_access_log_enabled(void);
 /* Writes one line (a newline is appended). */
 void sl_access_log_write(const char *line, size_t len);
+/* Writes a request's line, when the access log is on: a JSON object with
+ * time, id, peer, method, path, the planned names (service, client,
+ * supplier, model_in, model_out), status, upstream_status, duration_ms,
+ * ttfb_ms (only when a byte was sent), bytes_in, bytes_out, reason, partial
+ * and expected. */
+void sl_access_log_outcome(const sl_outcome_t *o);
 
 /* Appends `url` to `out` with the values of credential-bearing query
  * parameters (key, api_key, access_token, token) replaced by "REDACTED". */

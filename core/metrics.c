@@ -255,6 +255,16 @@ void sl_metrics_observe_ttfb(double seconds)
     histogram_observe(&ttfb_hist, seconds);
 }
 
+void sl_metrics_request_outcome(const sl_outcome_t *o)
+{
+    const char *service = o->names.service, *supplier = o->names.supplier;
+    sl_metrics_request(service ? service : "none", supplier ? supplier : "none", o->status);
+    sl_metrics_outcome(sl_term_reason_name(o->end.reason), o->end.partial);
+    sl_metrics_observe_duration(o->duration_ms / 1000.0);
+    if (o->ttfb_ms >= 0)
+        sl_metrics_observe_ttfb(o->ttfb_ms / 1000.0);
+}
+
 void sl_metrics_gauge_add(sl_metric_gauge_t g, int delta)
 {
     if ((unsigned)g < SL_GAUGE__COUNT)

@@ -18,6 +18,7 @@
 #define SL_METRICS_H
 
 #include "buf.h"
+#include "outcome.h"
 
 typedef enum {
     SL_GAUGE_CONNECTIONS, /* sluice_active_connections: open downstream connections */
@@ -39,6 +40,10 @@ void sl_metrics_observe_duration(double seconds);
 /* sluice_first_byte_seconds: start to the first byte sent to the client.
  * Negative (no byte sent) or non-finite values are ignored. */
 void sl_metrics_observe_ttfb(double seconds);
+/* A proxied request ended: requests_total (its names' service, or "none";
+ * supplier, or "none"; status), outcomes_total, and the duration and
+ * first-byte histograms. */
+void sl_metrics_request_outcome(const sl_outcome_t *o);
 /* Moves sluice_active_connections / sluice_active_streams by delta. */
 void sl_metrics_gauge_add(sl_metric_gauge_t g, int delta);
 /* sluice_reloads_total{result="ok"|"failed"}. */

@@ -3,9 +3,11 @@
  *
  * One table, `requests`, whose columns are described once by the `columns`
  * table below: the schema, the INSERT statement, the SELECT list and the JSON
- * writer are all generated from it, so a field added there is stored, read
- * and rendered consistently. Rows are keyed by `seq` (the rowid, i.e.
- * insertion order), which makes "evict the oldest" a cheap rowid range.
+ * writer are all generated from it, and so is the record of a finished
+ * request, built from its outcome (outcome.h): a field added there is
+ * filled, stored, read and rendered consistently. Rows are keyed by `seq`
+ * (the rowid, i.e. insertion order), which makes "evict the oldest" a cheap
+ * rowid range.
  *
  * Writes go through one writer thread with its own connection: submit() only
  * appends to a mutex-protected queue, the writer drains it in transactions.
@@ -59,41 +61,60 @@ typedef struct {
     size_t off;      /* offset in sl_record_t */
     int usage;       /* member of the nested "usage" object */
     const char *fmt; /* printf format for K_REAL* */
+    size_t from;     /* offset in sl_outcome_t of the field it is copied from, which has
+                      * the record field's type (strings are copied); DERIVED: computed
+                      * by sl_record_from_outcome */
 } column_t;
 
+#define DERIVED ((size_t)-1)
 #define F(field) offsetof(sl_record_t, field)
+#define O(field) offsetof(sl_outcome_t, field)
 static const column_t columns[] = {
-    {"id", "id", K_TEXT, F(id), 0, NULL},
-    {"time", "time", K_REAL, F(time), 0, "%.6f"},
-    {"client", "client", K_TEXT, F(client), 0, NULL},
-    {"service", "service", K_TEXT, F(service), 0, NULL},
-    {"method", "method", K_TEXT, F(method), 0, NULL},
-    {"path", "path", K_TEXT, F(path), 0, NULL},
-    {"route", "route", K_TEXT, F(route), 0, NULL},
-    {"supplier", "supplier", K_TEXT, F(supplier), 0, NULL},
-    {"model_in", "model_in", K_TEXT, F(model_in), 0, NULL},
-    {"model_out", "model_out", K_TEXT, F(model_out), 0, NULL},
-    {"status", "status", K_INT, F(status), 0, NULL},
-    {"duration_ms", "duration_ms", K_REAL, F(duration_ms), 0, "%.3f"},
-    {"ttfb_ms", "ttfb_ms", K_REAL_OPT, F(ttfb_ms), 0, "%.3f"},
-    {"bytes_in", "bytes_in", K_INT64, F(bytes_in), 0, NULL},
-    {"bytes_out", "bytes_out", K_INT64, F(bytes_out), 0, NULL},
-    {"input_tokens", "input_tokens", K_INT64_OPT, F(input_tokens), 1, NULL},
-    {"output_tokens", "output_tokens", K_INT64_OPT, F(output_tokens), 1, NULL},
-    {"cache_read_tokens", "cache_read_tokens", K_INT64_OPT, F(cache_read_tokens), 1, NULL},
-    {"cache_write_tokens", "cache_write_tokens", K_INT64_OPT, F(cache_write_tokens), 1, NULL},
-    {"reason", "reason", K_TEXT, F(reason), 0, NULL},
-    {"partial", "partial", K_BOOL, F(partial), 0, NULL},
-    {"expected", "expected", K_BOOL, F(expected), 0, NULL},
-    {"error", "error", K_TEXT, F(error), 0, NULL},
-    {"attempts", "attempts", K_INT, F(attempts), 0, NULL},
-    {"attempts_json", "attempt_log", K_JSON_ARRAY, F(attempts_json), 0, NULL},
-    {"extra_json", "extra", K_JSON_OBJ, F(extra_json), 0, NULL},
+    {"id", "id", K_TEXT, F(id), 0, NULL, O(id)},
+    {"time", "time", K_REAL, F(time), 0, "%.6f", DERIVED},
+    {"client", "client", K_TEXT, F(client), 0, NULL, O(names.client)},
+    {"service", "service", K_TEXT, F(service), 0, NULL, O(names.service)},
+    {"method", "method", K_TEXT, F(method), 0, NULL, O(method)},
+    {"path", "path", K_TEXT, F(path), 0, NULL, O(path)},
+    {"route", "route", K_TEXT, F(route), 0, NULL, O(names.route)},
+    {"supplier", "supplier", K_TEXT, F(supplier), 0, NULL, O(names.supplier)},
+    {"model_in", "model_in", K_TEXT, F(model_in), 0, NULL, O(names.model_in)},
+    {"model_out", "model_out", K_TEXT, F(model_out), 0, NULL, O(names.model_out)},
+    {"status", "status", K_INT, F(status), 0, NULL, O(status)},
+    {"duration_ms", "duration_ms", K_REAL, F(duration_ms), 0, "%.3f", O(duration_ms)},
+    {"ttfb_ms", "ttfb_ms", K_REAL_OPT, F(ttfb_ms), 0, "%.3f", O(ttfb_ms)},
+    {"bytes_in", "bytes_in", K_INT64, F(bytes_in), 0, NULL, O(bytes_in)},
+    {"bytes_out", "bytes_out", K_INT64, F(bytes_out), 0, NULL, O(bytes_out)},
+    {"input_tokens", "input_tokens", K_INT64_OPT, F(input_tokens), 1, NULL, O(input_tokens)},
+    {"output_tokens", "output_tokens", K_INT64_OPT, F(output_tokens), 1, NULL, O(output_tokens)},
+    {"cache_read_tokens", "cache_read_tokens", K_INT64_OPT, F(cache_read_tokens), 1, NULL,
+     O(cache_read_tokens)},
+    {"cache_write_tokens", "cache_write_tokens", K_INT64_OPT, F(cache_write_tokens), 1, NULL,
+     O(cache_write_tokens)},
+    {"reason", "reason", K_TEXT, F(reason), 0, NULL, DERIVED},
+    {"partial", "partial", K_BOOL, F(partial), 0, NULL, DERIVED},
+    {"expected", "expected", K_BOOL, F(expected), 0, NULL, DERIVED},
+    {"error", "error", K_TEXT, F(error), 0, NULL, DERIVED},
+    {"attempts", "attempts", K_INT, F(attempts), 0, NULL, O(attempts)},
+    {"attempts_json", "attempt_log", K_JSON_ARRAY, F(attempts_json), 0, NULL, DERIVED},
+    {"extra_json", "extra", K_JSON_OBJ, F(extra_json), 0, NULL, O(extra_json)},
     /* bodies last: list queries select every column but these two */
-    {"request_body", "request_body", K_BODY, F(request_body), 0, NULL},
-    {"response_body", "response_body", K_BODY, F(response_body), 0, NULL},
+    {"request_body", "request_body", K_BODY, F(request_body), 0, NULL, O(request_body)},
+    {"response_body", "response_body", K_BODY, F(response_body), 0, NULL, O(response_body)},
 };
 #undef F
+#undef O
+
+/* The outcome fields the table copies without a cast have the record's types. */
+#define SAME_TYPE(field, type) _Generic(((sl_outcome_t *)0)->field, type: 1, default: 0)
+_Static_assert(SAME_TYPE(status, int) && SAME_TYPE(attempts, int), "int columns");
+_Static_assert(SAME_TYPE(duration_ms, double) && SAME_TYPE(ttfb_ms, double), "real columns");
+_Static_assert(SAME_TYPE(bytes_in, int64_t) && SAME_TYPE(bytes_out, int64_t) &&
+                   SAME_TYPE(input_tokens, int64_t) && SAME_TYPE(output_tokens, int64_t) &&
+                   SAME_TYPE(cache_read_tokens, int64_t) && SAME_TYPE(cache_write_tokens, int64_t),
+               "int64 columns");
+#undef SAME_TYPE
+
 #define NCOLS ((int)(sizeof columns / sizeof columns[0]))
 #define NCOLS_LIST (NCOLS - 2)
 
@@ -187,6 +208,95 @@ void sl_record_free(sl_record_t *r)
         if (is_string_kind(columns[i].kind))
             free(FIELD(r, &columns[i], char *));
     free(r);
+}
+
+/* ---- a record from an outcome ------------------------------------------- */
+
+#define FROM(o, c, type) (*(const type *)((const char *)(o) + (c)->from))
+
+/* The JSON array text of the attempt log, or NULL when it is empty. */
+static char *attempts_json(const sl_outcome_t *o)
+{
+    if (!o->nattempt_log)
+        return NULL;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    for (size_t i = 0; i < o->nattempt_log; i++) {
+        const sl_attempt_t *a = &o->attempt_log[i];
+        const char *sup = a->supplier ? a->supplier : "";
+        sl_buf_append_c(&b, i ? ",{\"supplier\":\"" : "[{\"supplier\":\"");
+        sl_buf_append_json_str(&b, sup, strlen(sup));
+        sl_buf_printf(&b, "\",\"status\":%d,\"error\":", a->status);
+        if (a->error) {
+            sl_buf_append_byte(&b, '"');
+            sl_buf_append_json_str(&b, a->error, strlen(a->error));
+            sl_buf_append_byte(&b, '"');
+        } else {
+            sl_buf_append_c(&b, "null");
+        }
+        sl_buf_printf(&b, ",\"duration_ms\":%.1f}", a->duration_ms);
+    }
+    sl_buf_append_byte(&b, ']');
+    char *text = sl_buf_cstr(&b) ? strdup(b.base) : NULL;
+    sl_buf_free(&b);
+    return text;
+}
+
+/* "partial=...; reason=...[; detail]" for an answer that was not COMPLETE. */
+static char *error_text(const sl_term_result_t *end)
+{
+    if (end->reason == SL_TERM_COMPLETE)
+        return NULL;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    sl_buf_printf(&b, "partial=%s; reason=%s", end->partial ? "true" : "false",
+                  sl_term_reason_name(end->reason));
+    if (end->detail && *end->detail)
+        sl_buf_printf(&b, "; %s", end->detail);
+    char *text = sl_buf_cstr(&b) ? strdup(b.base) : NULL;
+    sl_buf_free(&b);
+    return text;
+}
+
+sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
+{
+    sl_record_t *r = sl_record_new();
+    if (!r)
+        return NULL;
+    for (int i = 0; i < NCOLS; i++) {
+        const column_t *c = &columns[i];
+        if (c->from == DERIVED)
+            continue;
+        switch (c->kind) {
+        case K_TEXT:
+        case K_JSON_ARRAY:
+        case K_JSON_OBJ:
+        case K_BODY: {
+            const char *s = FROM(o, c, char *);
+            FIELD(r, c, char *) = s ? strdup(s) : NULL;
+            break;
+        }
+        case K_REAL:
+        case K_REAL_OPT:
+            FIELD(r, c, double) = FROM(o, c, double);
+            break;
+        case K_INT:
+        case K_BOOL:
+            FIELD(r, c, int) = FROM(o, c, int);
+            break;
+        case K_INT64:
+        case K_INT64_OPT:
+            FIELD(r, c, int64_t) = FROM(o, c, int64_t);
+            break;
+        }
+    }
+    r->time = o->end_time - o->duration_ms / 1000.0;
+    r->reason = strdup(sl_term_reason_name(o->end.reason));
+    r->partial = o->end.partial;
+    r->expected = o->end.expected;
+    r->error = error_text(&o->end);
+    r->attempts_json = attempts_json(o);
+    return r;
 }
 
 /* ---- connections and schema ---------------------------------------------- */

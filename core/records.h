@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "outcome.h"
 
 /* Every string is malloc'd and owned by the record (NULL = absent). */
 typedef struct sl_record_s {
@@ -51,6 +52,12 @@ typedef struct sl_record_s {
 /* A zeroed record with the token counts and ttfb_ms set to "unknown" (-1),
  * or NULL on ENOMEM. */
 sl_record_t *sl_record_new(void);
+/* The record of a request that ended so (every string copied), or NULL on
+ * ENOMEM. Filled from the column table: each column names the outcome field
+ * it copies, and the rest (time, reason, partial, expected, the error text
+ * "partial=...; reason=...; detail" and the attempt log's JSON) are derived
+ * from the outcome here. */
+sl_record_t *sl_record_from_outcome(const sl_outcome_t *o);
 /* Frees the record and every string it holds. NULL is a no-op. */
 void sl_record_free(sl_record_t *r);
 

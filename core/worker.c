@@ -8,6 +8,11 @@
  * answered (not even health) while a later worker still reads the config
  * file — which ops may be rewriting the moment sluice looks up.
  *
+ * Requests: /_sluice/... goes to the admin API, anything else becomes an
+ * exchange, which the worker keeps in its list (to cut it at shutdown)
+ * until the exchange hands back its outcome; the worker then reports it
+ * to the access log, the history and the metrics.
+ *
  * Shutdown is cooperative: stop accepting, let the exchanges in flight
  * finish, cut the stragglers with a SHUTDOWN outcome after
  * shutdown_timeout, then close every handle so uv_run returns.
@@ -20,10 +25,73 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "error.h"
 #include "exchange.h"
 #include "log.h"
+#include "metrics.h"
 #include "reload.h"
+
+/* ---- requests: admin or exchange ---- */
+
+/* An exchange in flight, in the worker's list. */
+struct sl_live_s {
+    sl_worker_t *w;
+    sl_exchange_t *ex;
+    sl_live_t *prev, *next;
+};
+
+/* The exchange is over: report how, and forget it. */
+static void on_exchange_end(void *owner, sl_exchange_t *ex, const sl_outcome_t *o)
+{
+    sl_live_t *l = owner;
+    sl_worker_t *w = l->w;
+    sl_access_log_outcome(o);
+    if (w->app->records)
+        sl_records_submit(w->app->records, sl_record_from_outcome(o));
+    sl_metrics_request_outcome(o);
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        w->exchanges = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    w->nexchanges--;
+    free(l);
+}
+
+static void on_request(sl_request_t *req, void *arg)
+{
+    sl_worker_t *w = arg;
+    if (sl_str_has_prefix(req->path, "/_sluice/")) {
+        sl_admin_handle(w, req);
+        return;
+    }
+    sl_live_t *l = calloc(1, sizeof *l);
+    sl_exchange_env_t env = {
+        .loop = &w->loop,
+        .host = w->host,
+        .upstream = w->upstream,
+        .history = w->app->records != NULL,
+        .on_end = on_exchange_end,
+        .owner = l,
+    };
+    if (!l || !(l->ex = sl_exchange_new(&env, req))) {
+        free(l);
+        sl_conn_close(req->conn, 0);
+        return;
+    }
+    /* In the list before it runs: it may end before sl_exchange_run returns. */
+    l->w = w;
+    l->next = w->exchanges;
+    if (w->exchanges)
+        w->exchanges->prev = l;
+    w->exchanges = l;
+    w->nexchanges++;
+    sl_exchange_run(l->ex);
+}
+
+/* ---- start, stop ---- */
 
 static int parse_listen(const char *s, char *host, size_t hostlen, int *port)
 {
@@ -75,13 +143,13 @@ static void on_shutdown_tick(uv_timer_t *t)
 static void on_shutdown_deadline(uv_timer_t *t)
 {
     sl_worker_t *w = t->data;
-    sl_exchange_t *ex = w->exchanges;
-    if (ex)
+    sl_live_t *l = w->exchanges;
+    if (l)
         sl_log_warn("shutdown timeout: cutting %zu request(s) still in flight", w->nexchanges);
-    while (ex) {
-        sl_exchange_t *next = sl_exchange_next(ex);
-        sl_exchange_shutdown(ex);
-        ex = next;
+    while (l) {
+        sl_live_t *next = l->next; /* l is freed as its exchange ends */
+        sl_exchange_shutdown(l->ex);
+        l = next;
     }
 }
 
@@ -238,8 +306,8 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
             snprintf(err, errlen, "listen: bad address '%s' (want host:port)", c->listen[i]);
             return SL_ECONFIG;
         }
-        rc = sl_server_start(&w->servers[w->nservers], &w->loop, host, port, &c->limits,
-                             sl_exchange_start, w);
+        rc = sl_server_start(&w->servers[w->nservers], &w->loop, host, port, &c->limits, on_request,
+                             w);
         if (rc) {
             snprintf(err, errlen, "listen %s: %s", c->listen[i], sl_strerror(rc));
             return rc;

@@ -1,7 +1,10 @@
 /*
  * worker.h — one event-loop thread: its libuv loop, its listening sockets
  * (SO_REUSEPORT), its LuaJIT host, its curl multi handle, and the requests
- * in flight on it. The main thread creates the workers and talks to them
+ * in flight on it. It is the one that tells requests apart: /_sluice/...
+ * goes to the admin API (admin.h), everything else becomes an exchange
+ * (exchange.h) whose outcome it reports to the access log, the history and
+ * the metrics. The main thread creates the workers and talks to them
  * only through sl_worker_post() (a uv_async wake-up), never by touching
  * their state.
  *
@@ -21,7 +24,7 @@
 #include "upstream.h"
 
 typedef struct sl_worker_s sl_worker_t;
-typedef struct sl_exchange_s sl_exchange_t;
+typedef struct sl_live_s sl_live_t; /* an exchange in flight (worker.c) */
 typedef struct sl_reload_s sl_reload_t;
 
 typedef struct {
@@ -60,7 +63,7 @@ struct sl_worker_s {
     sl_upstream_t *upstream;
     sl_server_t **servers;
     size_t nservers;
-    sl_exchange_t *exchanges;   /* in flight, doubly linked */
+    sl_live_t *exchanges; /* in flight, doubly linked */
     size_t nexchanges;
     int stopping;
     uv_timer_t shutdown_timer;  /* polls for "everything drained" while stopping */

@@ -7,7 +7,8 @@
  * when every worker thread writes at once, reopening the file appends
  * instead of truncating, and the error log keeps to one line per call with
  * its level and worker id. The log files are temporary files read back
- * after the writes.
+ * after the writes. A request's line is built from its outcome
+ * (outcome.h) and checked whole.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -139,6 +140,57 @@ static void test_access_log_lines(void)
     sl_access_log_close();
     s = slurp(path, NULL);
     CHECK(s && strcmp(s, "{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n") == 0);
+    free(s);
+}
+
+/* A request's line, from its outcome: the planned names (not what the log
+ * hook learned), escaped strings, null for what is absent, ttfb_ms only
+ * when a byte was sent. */
+static void test_access_log_outcome_line(void)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/access-outcome.log", tmpdir);
+    sl_outcome_t o = {
+        .id = "req-\"1",
+        .end_time = 1700000000.25,
+        .peer = "127.0.0.1:4000",
+        .method = "POST",
+        .path = "/v1/messages?key=REDACTED",
+        .names = {"logged-client", "logged-service", NULL, "acme", "m-in", "logged-out"},
+        .planned = {"claude-code", "claude", "r", "acme", "claude-x", NULL},
+        .status = 200,
+        .upstream_status = 200,
+        .duration_ms = 12.34,
+        .ttfb_ms = 5.06,
+        .bytes_in = 10,
+        .bytes_out = 20,
+        .end = {SL_TERM_UPSTREAM_EOF_EARLY, false, true, "cut"},
+    };
+    sl_outcome_t none = {.id = "req-2",
+                         .method = "GET",
+                         .path = "/x",
+                         .status = 404,
+                         .duration_ms = 1,
+                         .ttfb_ms = -1,
+                         .end = {SL_TERM_LOCAL_ERROR, true, false, ""}};
+    sl_access_log_outcome(&o); /* off: nothing, and no crash */
+    CHECK_EQ_INT(sl_access_log_open(path), 0);
+    sl_access_log_outcome(&o);
+    sl_access_log_outcome(&none);
+    sl_access_log_close();
+    char *s = slurp(path, NULL);
+    CHECK_EQ_STR(s, "{\"time\":1700000000.250,\"id\":\"req-\\\"1\",\"peer\":\"127.0.0.1:4000\","
+                    "\"method\":\"POST\",\"path\":\"/v1/messages?key=REDACTED\","
+                    "\"service\":\"claude\",\"client\":\"claude-code\",\"supplier\":\"acme\","
+                    "\"model_in\":\"claude-x\",\"model_out\":null,\"status\":200,"
+                    "\"upstream_status\":200,\"duration_ms\":12.3,\"ttfb_ms\":5.1,\"bytes_in\":10,"
+                    "\"bytes_out\":20,\"reason\":\"UPSTREAM_EOF_EARLY\",\"partial\":true,"
+                    "\"expected\":false}\n"
+                    "{\"time\":0.000,\"id\":\"req-2\",\"peer\":null,\"method\":\"GET\","
+                    "\"path\":\"/x\",\"service\":null,\"client\":null,\"supplier\":null,"
+                    "\"model_in\":null,\"model_out\":null,\"status\":404,\"upstream_status\":0,"
+                    "\"duration_ms\":1.0,\"bytes_in\":0,\"bytes_out\":0,\"reason\":\"LOCAL_ERROR\","
+                    "\"partial\":false,\"expected\":true}\n");
     free(s);
 }
 
@@ -293,6 +345,7 @@ int main(void)
     RUN(test_redact_appends);
     RUN(test_redact_percent_encoded_name);
     RUN(test_access_log_lines);
+    RUN(test_access_log_outcome_line);
     RUN(test_access_log_off_and_bad_path);
     RUN(test_access_log_concurrent_writers_never_interleave);
     RUN(test_log_level_parse);

@@ -389,6 +389,44 @@ static void test_histograms(void)
     free(text);
 }
 
+/* A finished request, from its outcome: one request, one outcome, one
+ * duration, a first byte only when one was sent; a request without a
+ * service or supplier counts as "none". */
+static void test_request_outcome(void)
+{
+    sl_metrics_reset();
+    sl_outcome_t o = {.names = {.service = "claude", .supplier = "acme"},
+                      .planned = {.service = "ignored"},
+                      .status = 200,
+                      .duration_ms = 1500,
+                      .ttfb_ms = 300,
+                      .end = {SL_TERM_UPSTREAM_EOF_EARLY, false, true, ""}};
+    sl_metrics_request_outcome(&o);
+    sl_outcome_t local = {.status = 404,
+                          .duration_ms = 2,
+                          .ttfb_ms = -1,
+                          .end = {SL_TERM_LOCAL_ERROR, true, false, ""}};
+    sl_metrics_request_outcome(&local);
+    char *text = render_checked();
+    CHECK_EQ_DBL(
+        value_of(text,
+                 "sluice_requests_total{service=\"claude\",supplier=\"acme\",status=\"200\"}"),
+        1);
+    CHECK_EQ_DBL(
+        value_of(text, "sluice_requests_total{service=\"none\",supplier=\"none\",status=\"404\"}"),
+        1);
+    CHECK_EQ_DBL(count_lines_with(text, "service=\"ignored\""), 0);
+    CHECK_EQ_DBL(
+        value_of(text, "sluice_outcomes_total{reason=\"UPSTREAM_EOF_EARLY\",partial=\"true\"}"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_outcomes_total{reason=\"LOCAL_ERROR\",partial=\"false\"}"),
+                 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_count"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_request_duration_seconds_bucket{le=\"2.5\"}"), 2);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_count"), 1);
+    CHECK_EQ_DBL(value_of(text, "sluice_first_byte_seconds_bucket{le=\"0.5\"}"), 1);
+    free(text);
+}
+
 static void test_escaping(void)
 {
     sl_metrics_reset();
@@ -541,6 +579,7 @@ int main(void)
     RUN(test_empty_render);
     RUN(test_counters);
     RUN(test_histograms);
+    RUN(test_request_outcome);
     RUN(test_escaping);
     RUN(test_dynamic);
     RUN(test_series_cap);

@@ -224,6 +224,97 @@ static void test_roundtrip(void)
     sl_records_close(rs);
 }
 
+/* The record of a finished request, filled from its outcome through the
+ * column table: every copied field, every derived one. */
+static void test_record_from_outcome(void)
+{
+    static const sl_attempt_t log[] = {{"a", 503, NULL, 12.5},
+                                       {"acme\"q", 0, "UPSTREAM_RESET", 40}};
+    sl_outcome_t o = {
+        .id = "req-o",
+        .end_time = 1700000010.5,
+        .peer = "127.0.0.1:5555",
+        .method = "POST",
+        .path = "/v1/messages?key=REDACTED",
+        .names = {"claude-code", "claude", "default", "acme", "claude-x", "acme-large"},
+        .planned = {"p-client", "p-service", "p-route", "p-supplier", "p-in", "p-out"},
+        .status = 200,
+        .upstream_status = 200,
+        .duration_ms = 2500,
+        .ttfb_ms = 87.5,
+        .bytes_in = 100,
+        .bytes_out = 2000,
+        .end = {SL_TERM_UPSTREAM_EOF_EARLY, false, true, "upstream closed early"},
+        .input_tokens = 1200,
+        .output_tokens = -1,
+        .cache_read_tokens = 5,
+        .cache_write_tokens = -1,
+        .extra_json = "{\"tenant\":\"t1\"}",
+        .request_body = "{\"a\":1}",
+        .response_body = NULL,
+        .attempts = 2,
+        .attempt_log = log,
+        .nattempt_log = 2,
+    };
+    sl_record_t *r = sl_record_from_outcome(&o);
+    CHECK(r != NULL);
+    if (!r)
+        return;
+    CHECK_EQ_STR(r->id, "req-o");
+    CHECK_EQ_DBL(r->time, 1700000008.0);    /* the start: end - duration */
+    CHECK_EQ_STR(r->client, "claude-code"); /* the names, not the planned ones */
+    CHECK_EQ_STR(r->service, "claude");
+    CHECK_EQ_STR(r->route, "default");
+    CHECK_EQ_STR(r->supplier, "acme");
+    CHECK_EQ_STR(r->model_in, "claude-x");
+    CHECK_EQ_STR(r->model_out, "acme-large");
+    CHECK_EQ_STR(r->method, "POST");
+    CHECK_EQ_STR(r->path, "/v1/messages?key=REDACTED");
+    CHECK_EQ_INT(r->status, 200);
+    CHECK_EQ_DBL(r->duration_ms, 2500);
+    CHECK_EQ_DBL(r->ttfb_ms, 87.5);
+    CHECK_EQ_INT(r->bytes_in, 100);
+    CHECK_EQ_INT(r->bytes_out, 2000);
+    CHECK_EQ_INT(r->input_tokens, 1200);
+    CHECK_EQ_INT(r->output_tokens, -1);
+    CHECK_EQ_INT(r->cache_read_tokens, 5);
+    CHECK_EQ_INT(r->cache_write_tokens, -1);
+    CHECK_EQ_STR(r->reason, "UPSTREAM_EOF_EARLY");
+    CHECK_EQ_INT(r->partial, 1);
+    CHECK_EQ_INT(r->expected, 0);
+    CHECK_EQ_STR(r->error, "partial=true; reason=UPSTREAM_EOF_EARLY; upstream closed early");
+    CHECK_EQ_INT(r->attempts, 2);
+    CHECK_EQ_STR(r->attempts_json,
+                 "[{\"supplier\":\"a\",\"status\":503,\"error\":null,\"duration_ms\":12.5},"
+                 "{\"supplier\":\"acme\\\"q\",\"status\":0,\"error\":\"UPSTREAM_RESET\","
+                 "\"duration_ms\":40.0}]");
+    CHECK(json_valid(r->attempts_json));
+    CHECK_EQ_STR(r->extra_json, "{\"tenant\":\"t1\"}");
+    CHECK_EQ_STR(r->request_body, "{\"a\":1}");
+    CHECK(r->response_body == NULL);
+    CHECK(r->id != o.id); /* copies, not views */
+    sl_record_free(r);
+
+    /* A whole answer: no error text; no attempts, no attempt log; unknowns stay unknown. */
+    sl_outcome_t c = {.id = "req-c",
+                      .end = {SL_TERM_COMPLETE, false, false, "complete"},
+                      .ttfb_ms = -1,
+                      .input_tokens = -1,
+                      .output_tokens = -1,
+                      .cache_read_tokens = -1,
+                      .cache_write_tokens = -1};
+    r = sl_record_from_outcome(&c);
+    CHECK(r != NULL);
+    if (!r)
+        return;
+    CHECK_EQ_STR(r->reason, "COMPLETE");
+    CHECK(r->error == NULL);
+    CHECK(r->attempts_json == NULL);
+    CHECK(r->client == NULL);
+    CHECK_EQ_DBL(r->ttfb_ms, -1);
+    sl_record_free(r);
+}
+
 static void test_bodies(void)
 {
     sl_records_t *rs;
@@ -564,6 +655,7 @@ int main(void)
     }
     sqlite3_open(":memory:", &jdb);
     RUN(test_roundtrip);
+    RUN(test_record_from_outcome);
     RUN(test_bodies);
     RUN(test_filters);
     RUN(test_eviction);
