@@ -136,3 +136,52 @@ describe("gemini upstream path", function()
         assert.equal("/v1beta/models/claude@1%3A0:generateContent", gemini.path("claude@1:0"))
     end)
 end)
+
+-- The paths come from the protocols' endpoint and models facts through the
+-- registry; these are the answers sluice gave before they did.
+describe("sluice.router.classify", function()
+    local C = router.classify
+    local function same(method, path, want, status, message)
+        local info, s, m = C(method, path)
+        assert.same(want, info, method .. " " .. path)
+        assert.equal(status, s, method .. " " .. path)
+        assert.equal(message, m, method .. " " .. path)
+    end
+
+    it("maps each protocol's endpoints to its home service, or the prefix's", function()
+        same("POST", "/v1/messages", { service = "claude", protocol = "anthropic", kind = "generate" })
+        same("POST", "/v1/messages/count_tokens", { service = "claude", protocol = "anthropic", kind = "count_tokens" })
+        same("POST", "/v1/chat/completions", { service = "chat", protocol = "openai-chat", kind = "generate" })
+        same("POST", "/v1/responses", { service = "codex", protocol = "openai-responses", kind = "generate" })
+        same("POST", "/codex/responses", { service = "codex", protocol = "openai-responses", kind = "generate" })
+        same("POST", "/chat/v1/messages", { service = "chat", protocol = "anthropic", kind = "generate" })
+        same("POST", "/gemini/v1/chat/completions", { service = "gemini", protocol = "openai-chat", kind = "generate" })
+        same("POST", "/other/v1/messages", nil, 404, "unknown path /other/v1/messages")
+    end)
+
+    it("reads Gemini's model and streaming from the path", function()
+        same("POST", "/v1beta/models/gemini-2.5-pro:generateContent",
+            { service = "gemini", protocol = "gemini", kind = "generate", model = "gemini-2.5-pro", stream = false })
+        same("POST", "/claude/v1beta/models/g:streamGenerateContent",
+            { service = "claude", protocol = "gemini", kind = "generate", model = "g", stream = true })
+        same("GET", "/v1beta/models/g:countTokens",
+            { service = "gemini", protocol = "gemini", kind = "count_tokens", model = "g" })
+        same("POST", "/v1beta/models/g:embedContent", nil, 404, "unknown path /v1beta/models/g:embedContent")
+        same("POST", "/v1beta/models/a/b:generateContent", nil, 404, "unknown path /v1beta/models/a/b:generateContent")
+        same("GET", "/v1beta/models/g:generateContent", nil, 405, "use POST for /v1beta/models/g:generateContent")
+    end)
+
+    it("keeps /responses to the codex prefix and asks for the right method", function()
+        same("POST", "/responses", nil, 404, "unknown path /responses")
+        same("POST", "/claude/responses", nil, 404, "unknown path /claude/responses")
+        same("GET", "/codex/responses", nil, 405, "use POST for /codex/responses")
+        same("GET", "/v1/messages", nil, 405, "use POST for /v1/messages")
+    end)
+
+    it("lists models on GET, leaving a shared path's protocol to the headers", function()
+        same("GET", "/v1/models", { kind = "models" })
+        same("GET", "/codex/v1/models", { service = "codex", kind = "models" })
+        same("GET", "/v1beta/models", { kind = "models", protocol = "gemini" })
+        same("POST", "/v1/models", nil, 405, "use GET for /v1/models")
+    end)
+end)

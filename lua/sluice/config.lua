@@ -14,14 +14,28 @@
 local retry = require("sluice.retry")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
+local protocols = require("sluice.protocols")
 
 local M = {}
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local fmt, concat = string.format, table.concat
 
-M.PROTOCOLS = { anthropic = true, ["openai-chat"] = true, ["openai-responses"] = true, gemini = true }
-M.SERVICES = { claude = "anthropic", chat = "openai-chat", codex = "openai-responses", gemini = "gemini" }
+-- The protocols a supplier may speak and the services routes may name (each
+-- a protocol's home), from the registry (sluice.protocols).
+M.PROTOCOLS, M.SERVICES = {}, {}
+local PROTOCOL_NAMES, SERVICE_NAMES = {}, {}
+for i, e in ipairs(protocols.list) do
+    M.PROTOCOLS[e.name], M.SERVICES[e.service] = true, e.name
+    PROTOCOL_NAMES[i], SERVICE_NAMES[i] = e.name, e.service
+end
+-- "a, b, c or d"
+local function one_of(names)
+    if #names < 2 then return concat(names) end
+    return concat(names, ", ", 1, #names - 1) .. " or " .. names[#names]
+end
+local EXPECTED_PROTOCOL = "expected " .. one_of(PROTOCOL_NAMES) .. "; got %s"
+local UNKNOWN_SERVICE = "unknown service (known: " .. concat(SERVICE_NAMES, ", ") .. ")"
 -- Off loopback the admin token guards reload, the history and the config:
 -- long enough not to be guessed online (gateway keys need 8).
 M.ADMIN_TOKEN_MIN = 16
@@ -199,8 +213,7 @@ local function check_supplier(id, s, defaults, retry_default)
     check_type(s, "table", field)
     only_fields(s, SUPPLIER_FIELDS, field)
     if not M.PROTOCOLS[s.protocol] then
-        bad(field .. ".protocol", "expected anthropic, openai-chat, openai-responses or gemini; got %s",
-            tostring(s.protocol))
+        bad(field .. ".protocol", EXPECTED_PROTOCOL, tostring(s.protocol))
     end
     check_type(s.base_url, "string", field .. ".base_url")
     if not s.base_url:match("^https?://[^/]+") then
@@ -234,7 +247,7 @@ local function check_routes(routes, suppliers)
     for service, list in pairs(routes) do
         local field = "routes." .. tostring(service)
         if not M.SERVICES[service] then
-            bad(field, "unknown service (known: claude, chat, codex, gemini)")
+            bad(field, UNKNOWN_SERVICE)
         end
         check_type(list, "table", field)
         local entries = {}

@@ -35,6 +35,7 @@ local ir = require("sluice.ir")
 local retry = require("sluice.retry")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
+local protocols = require("sluice.protocols")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -53,7 +54,7 @@ end
 -- ------------------------------------------------------------------ errors
 
 local function codec(protocol)
-    return translate.protocol(protocol or "openai-chat")
+    return translate.protocol(protocol or protocols.default)
 end
 
 -- A direct error response in the client's protocol shape; `error` is what
@@ -72,30 +73,59 @@ local function unusable_answer(protocol, supplier, why)
     return resp
 end
 
+-- The `guess` facts, lowest rank first (the order the hints are tried in
+-- matters: "/v1beta/responses" is Gemini's), and the `models.header` facts
+-- in registry order; derived when the first request needs them.
+local GUESSES, CLAIMS
+
+local function derive()
+    GUESSES, CLAIMS = {}, {}
+    for _, m in ipairs(protocols.all()) do
+        if m.guess then GUESSES[#GUESSES + 1] = { name = m.name, contains = m.guess.contains, rank = m.guess.rank } end
+        if m.models and m.models.header then CLAIMS[#CLAIMS + 1] = { name = m.name, header = m.models.header } end
+    end
+    table.sort(GUESSES, function(a, b) return a.rank < b.rank end)
+end
+
 -- The protocol of a path we could not classify, for the shape of its error.
 local function guess_protocol(path)
-    if path:find("/messages", 1, true) then return "anthropic" end
-    if path:find("/v1beta/", 1, true) then return "gemini" end
-    if path:find("/responses", 1, true) then return "openai-responses" end
-    return "openai-chat"
+    if not GUESSES then derive() end
+    for i = 1, #GUESSES do
+        if path:find(GUESSES[i].contains, 1, true) then return GUESSES[i].name end
+    end
+    return protocols.default
+end
+
+-- The protocol whose header a request carries (anthropic-version), if any.
+local function claimed_by_headers(headers)
+    if not CLAIMS then derive() end
+    for i = 1, #CLAIMS do
+        if headers[CLAIMS[i].header] then return CLAIMS[i].name end
+    end
+    return nil
+end
+
+-- The protocol a request speaks: its path's, else (a shared models path)
+-- the one its headers claim, else the default; a path that is not
+-- classified gets a guess.
+local function protocol_of(info, path, headers)
+    if not info then return guess_protocol(path) end
+    return info.protocol or claimed_by_headers(headers) or protocols.default
 end
 
 -- ------------------------------------------------------------------ request
 
+-- The list in the shape of the protocol the client's headers claim, else
+-- of the path's protocol if it has a list shape, else of the default's.
 local function models_response(ctx, info)
     local ids = router.models(cfg, info.service)
-    local data = {}
-    if ctx.headers["anthropic-version"] then
-        for i, id in ipairs(ids) do
-            data[i] = { type = "model", id = id, display_name = id, created_at = "1970-01-01T00:00:00Z" }
-        end
-        local body = { data = json.array(data), has_more = false, first_id = ids[1] or json.null,
-                       last_id = ids[#ids] or json.null }
-        return { status = 200, headers = { { "content-type", "application/json" } }, body = json.encode(body) }
+    local shape = claimed_by_headers(ctx.headers)
+    if not shape then
+        local own = info.protocol and codec(info.protocol).models
+        shape = own and own.list and info.protocol or protocols.default
     end
-    for i, id in ipairs(ids) do data[i] = { id = id, object = "model", created = 0, owned_by = "sluice" } end
     return { status = 200, headers = { { "content-type", "application/json" } },
-             body = json.encode({ object = "list", data = json.array(data) }) }
+             body = json.encode(codec(shape).models.list(ids)) }
 end
 
 local function direct(ctx, resp)
@@ -133,8 +163,7 @@ function H.request(ctx)
     sluice.enter_request()
     if ctx.route then return attempt(ctx) end
     local info, status, message = router.classify(ctx.method, ctx.path)
-    ctx.protocol = info and (info.protocol or (ctx.headers["anthropic-version"] and "anthropic") or "openai-chat")
-        or guess_protocol(ctx.path)
+    ctx.protocol = protocol_of(info, ctx.path, ctx.headers)
     -- The key first: a client without one learns nothing, not even which paths exist.
     local ok, why = upstream.check_inbound_key(cfg, ctx)
     if not ok then

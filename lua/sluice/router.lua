@@ -1,70 +1,94 @@
 -- sluice.router — which service and protocol a request speaks, and which
 -- supplier (and upstream model) serves it.
 --
--- Paths (DESIGN §5), bare or under a service prefix:
+-- The paths are each protocol's `endpoints` and `models` facts (see
+-- protocols/README.md), bare or under a service prefix — today (DESIGN §5):
 --   POST /v1/messages, /v1/messages/count_tokens        anthropic        (claude)
 --   POST /v1/chat/completions                           openai-chat      (chat)
 --   POST /v1/responses (also /codex/responses)          openai-responses (codex)
 --   POST /v1beta/models/{model}:generateContent         gemini           (gemini)
 --        /v1beta/models/{model}:streamGenerateContent
---   GET  /v1/models                                     model list
--- A prefix (/claude, /chat, /codex, /gemini) names the service whose routes
--- apply; without one the service is the protocol's own. Routes are tried in
--- order; `match` is a case-insensitive wildcard on the client's model.
+--   GET  /v1/models, /v1beta/models                     model list
+-- A prefix (a service of the registry, sluice.protocols) names the service
+-- whose routes apply; without one the service is the protocol's own. Routes
+-- are tried in order; `match` is a case-insensitive wildcard on the
+-- client's model.
 --
 -- R.classify(method, path) -> info | nil, status, message
 --   info = { service, protocol, kind = "generate"|"count_tokens"|"models", model?, stream? }
+--   (a models path several protocols share leaves `protocol` nil: the host
+--   decides from the request's headers)
 -- R.route(cfg, service, model) -> entry | nil, message
 --   `match` globs are matched in time linear in the model name (see
 --   config.glob_match), never as Lua patterns.
 
 local config = require("sluice.config")
+local protocols = require("sluice.protocols")
 
 local glob_match = config.glob_match
+local ipairs, error = ipairs, error
 
 local R = {}
 
--- Service prefixes and each protocol's own service, from config.SERVICES.
-local PREFIXES, DEFAULT_SERVICE = {}, {}
-for service, protocol in pairs(config.SERVICES) do
-    PREFIXES[service] = true
-    DEFAULT_SERVICE[protocol] = service
+-- Derived from the registry: PREFIXES[service] = true; HOME[protocol] = its
+-- service; SERVICES in registry order.
+local PREFIXES, HOME, SERVICES = {}, {}, {}
+for i, e in ipairs(protocols.list) do
+    PREFIXES[e.service], HOME[e.name], SERVICES[i] = true, e.service, e.service
 end
 
-local ENDPOINTS = {
-    ["/v1/messages"] = { protocol = "anthropic", kind = "generate" },
-    ["/v1/messages/count_tokens"] = { protocol = "anthropic", kind = "count_tokens" },
-    ["/v1/chat/completions"] = { protocol = "openai-chat", kind = "generate" },
-    ["/v1/responses"] = { protocol = "openai-responses", kind = "generate" },
-    ["/responses"] = { protocol = "openai-responses", kind = "generate", codex_only = true },
-}
+-- Derived from each protocol's endpoints and models facts, when the first
+-- request needs them (the codecs load then, as they always have):
+-- EXACT[path] = { protocol, ep }; MATCHERS = { { protocol, ep }... };
+-- MODELS[path] = protocol, or false when several protocols share the path.
+local EXACT, MATCHERS, MODELS
+
+local function derive()
+    EXACT, MATCHERS, MODELS = {}, {}, {}
+    for _, m in ipairs(protocols.all()) do
+        for _, ep in ipairs(m.endpoints) do
+            if ep.path then
+                if EXACT[ep.path] then
+                    error("endpoint " .. ep.path .. " claimed by " .. EXACT[ep.path].protocol .. " and " .. m.name)
+                end
+                EXACT[ep.path] = { protocol = m.name, ep = ep }
+            else
+                MATCHERS[#MATCHERS + 1] = { protocol = m.name, ep = ep }
+            end
+        end
+        local mp = m.models and m.models.path
+        if mp then
+            if MODELS[mp] == nil then MODELS[mp] = m.name else MODELS[mp] = false end
+        end
+    end
+end
 
 function R.classify(method, path)
+    if not EXACT then derive() end
     local service, rest = path:match("^/(%a+)(/.*)$")
     if not (service and PREFIXES[service]) then
         service, rest = nil, path
     end
-    if rest == "/v1/models" or rest == "/v1beta/models" then
+    local owner = MODELS[rest]
+    if owner ~= nil then
         if method ~= "GET" then return nil, 405, "use GET for " .. path end
-        return { service = service, kind = "models",
-                 protocol = rest == "/v1beta/models" and "gemini" or nil }
+        return { service = service, kind = "models", protocol = owner or nil }
     end
-    local ep = ENDPOINTS[rest]
-    if ep then
-        if ep.codex_only and service ~= "codex" then return nil, 404, "unknown path " .. path end
+    local hit = EXACT[rest]
+    if hit then
+        local p, ep = hit.protocol, hit.ep
+        -- `prefixed`: only under the protocol's own prefix (/codex/responses)
+        if ep.prefixed and service ~= HOME[p] then return nil, 404, "unknown path " .. path end
         if method ~= "POST" then return nil, 405, "use POST for " .. path end
-        return { service = service or DEFAULT_SERVICE[ep.protocol], protocol = ep.protocol,
-                 kind = ep.kind }
+        return { service = service or HOME[p], protocol = p, kind = ep.kind }
     end
-    local model, action = rest:match("^/v1beta/models/([^/:]+):(%a+)$")
-    if model and (action == "generateContent" or action == "streamGenerateContent") then
-        if method ~= "POST" then return nil, 405, "use POST for " .. path end
-        return { service = service or "gemini", protocol = "gemini", kind = "generate",
-                 model = model, stream = action == "streamGenerateContent" }
-    end
-    if model and action == "countTokens" then
-        return { service = service or "gemini", protocol = "gemini", kind = "count_tokens",
-                 model = model }
+    for i = 1, #MATCHERS do
+        local p, ep = MATCHERS[i].protocol, MATCHERS[i].ep
+        local model = rest:match(ep.match)
+        if model then
+            if method ~= "POST" and not ep.any_method then return nil, 405, "use POST for " .. path end
+            return { service = service or HOME[p], protocol = p, kind = ep.kind, model = model, stream = ep.stream }
+        end
     end
     return nil, 404, "unknown path " .. path
 end
@@ -92,7 +116,7 @@ function R.models(cfg, service)
     local function add(id)
         if id and not seen[id] then seen[id] = true; out[#out + 1] = id end
     end
-    local services = service and { service } or { "claude", "chat", "codex", "gemini" }
+    local services = service and { service } or SERVICES
     for _, s in ipairs(services) do
         for _, e in ipairs(cfg.routes[s] or {}) do
             if not e.match:find("[%*%?]") then add(e.match) end

@@ -1,28 +1,34 @@
 -- sluice.toolnames — reversible shortening of tool names for strict suppliers.
 --
--- Each protocol limits tool names (OpenAI: ^[a-zA-Z0-9_-]+$, at most 64;
--- Anthropic: the same class, at most 128; Gemini: a letter or _ first, then
--- [A-Za-z0-9_.:-], kept to 64 to satisfy older model versions). MCP-style
--- names such as "mcp__github.com/server__create_pull_request_review_comment"
--- break those rules. A name that fits is left alone; one that does not gets
+-- Each protocol limits tool names; its module declares the rule as the fact
+-- `tool_names` = { max, pattern, bad, first? } (OpenAI: ^[a-zA-Z0-9_-]+$, at
+-- most 64; Anthropic: the same class, at most 128; Gemini: a letter or _
+-- first, then [A-Za-z0-9_.:-], kept to 64 to satisfy older model versions):
+-- at most `max` bytes matching `pattern`; a shortened name has every byte
+-- matching `bad` replaced by "_", and "_" put in front unless it matches
+-- `first`. MCP-style names such as
+-- "mcp__github.com/server__create_pull_request_review_comment" break those
+-- rules. A name that fits is left alone; one that does not gets
 -- a deterministic short form: its sanitised prefix + "_" + 8 hex digits of a
 -- hash of the whole name, so the same history maps the same way on every
 -- turn. The map lives in the request state; responses and streams get the
 -- original names back through names:down().
 
+local protocols = require("sluice.protocols")
 local bit = require("bit")
 local bxor, tobit, tohex, lshift = bit.bxor, bit.tobit, bit.tohex, bit.lshift
 local byte, type, ipairs, setmetatable = string.byte, type, ipairs, setmetatable
 
 local M = {}
 
-M.RULES = {
-    ["openai-chat"] = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
-    ["openai-responses"] = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
-    anthropic = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" },
-    gemini = { max = 64, pattern = "^[a-zA-Z_][a-zA-Z0-9_.:-]*$", bad = "[^a-zA-Z0-9_.:-]",
-               first = "^[a-zA-Z_]" },
-}
+-- protocol -> its rule: the `tool_names` fact of that protocol's module,
+-- looked up (and the codec loaded) the first time a request needs it.
+M.RULES = setmetatable({}, { __index = function(rules, name)
+    local m = protocols.get(name)
+    if not m then return nil end
+    rules[name] = m.tool_names
+    return m.tool_names
+end })
 
 -- FNV-1a, 32 bits; the multiply by 16777619 = 2^24 + 403 is split so the
 -- product stays exact in a double.

@@ -25,32 +25,16 @@
 local json = require("sluice.json")
 local ir = require("sluice.ir")
 local toolnames = require("sluice.toolnames")
+local protocols = require("sluice.protocols")
 
-local type, ipairs, pairs, next, pcall, require, setmetatable = type, ipairs, pairs, next, pcall, require, setmetatable
+local type, ipairs, pairs, next, setmetatable = type, ipairs, pairs, next, setmetatable
 local buffer = require("string.buffer")
 
 local T = {}
 
-local MODULES = {
-    anthropic = "sluice.protocols.anthropic",
-    ["openai-chat"] = "sluice.protocols.openai_chat",
-    ["openai-responses"] = "sluice.protocols.openai_responses",
-    gemini = "sluice.protocols.gemini",
-}
-T.PROTOCOLS = { "anthropic", "openai-chat", "openai-responses", "gemini" }
-
-local loaded = {}
-
-function T.protocol(name)
-    local m = loaded[name]
-    if m then return m end
-    local path = MODULES[name]
-    if not path then return nil, "unknown protocol " .. tostring(name) end
-    local ok, mod = pcall(require, path)
-    if not ok then return nil, "protocol " .. name .. " unavailable: " .. tostring(mod) end
-    loaded[name] = mod
-    return mod
-end
+-- The protocols and their modules come from the registry (sluice.protocols).
+T.PROTOCOLS = protocols.names()
+T.protocol = protocols.get
 
 local function codecs(from, to)
     local c, err = T.protocol(from)

@@ -5,12 +5,19 @@
 -- Header hygiene (DESIGN §5, §7): hop-by-hop headers and Host are dropped
 -- (curl sets Host from the URL); Accept-Encoding is forced to identity
 -- because the gateway must be able to read every answer; the client's
--- credentials (Authorization, x-api-key, x-goog-api-key, ?key=) never go
--- upstream unless the supplier's auth is `passthrough`; cookies never do.
--- On same-protocol passthrough every other client header is forwarded
--- (anthropic-version, anthropic-beta, openai-beta, user-agent...); on a
--- translated request only neutral ones are, since the rest belong to the
--- client's protocol.
+-- credentials (every protocol's `credential` header and query parameter:
+-- Authorization, x-api-key, x-goog-api-key, ?key=) never go upstream unless
+-- the supplier's auth is `passthrough`; cookies never do. On same-protocol
+-- passthrough every other client header is forwarded (anthropic-version,
+-- anthropic-beta, openai-beta, user-agent...); on a translated request only
+-- neutral ones are, since the rest belong to the client's protocol. The
+-- supplier protocol's `upstream_headers` (anthropic-version) are added
+-- unless a same-protocol client sent its own.
+--
+-- Every protocol fact used here comes from the protocol's module through
+-- the registry (sluice.protocols; see protocols/README.md): credential,
+-- upstream_headers, path(), path_query, model_in_path, count_tokens,
+-- terminal, usage_events.
 --
 -- Managed auth: the host fetches the token (it may yield) and leaves it in
 -- ctx.auth_token before asking for a plan. A supplier's adapter (see
@@ -25,6 +32,7 @@ local json = require("sluice.json")
 local translate = require("sluice.translate")
 local estimate = require("sluice.estimate")
 local managed = require("sluice.auth.managed")
+local protocols = require("sluice.protocols")
 
 local bit = require("bit")
 local bxor, bor, byte = bit.bxor, bit.bor, string.byte
@@ -38,26 +46,93 @@ local NEVER_FORWARD = {
     ["content-length"] = true, ["content-type"] = true, ["accept-encoding"] = true, cookie = true, expect = true,
     ["x-request-id"] = true, ["proxy-authorization"] = true, ["x-forwarded-for"] = true,
 }
-local CREDENTIALS = { authorization = true, ["x-api-key"] = true, ["x-goog-api-key"] = true }
 local NEUTRAL = { ["user-agent"] = true, accept = true }
 
 -- ------------------------------------------------------------------ credentials
 
--- The value of the `key` query parameter (Gemini's way to send a key), and
--- only that one: `monkey=` or `cache_key=` are not keys.
-local function query_key(ctx)
-    local k = ("&" .. (ctx.query or "")):match("&key=([^&]*)")
+local function literal(s) return (s:gsub("%W", "%%%0")) end
+
+-- "a, b or c"
+local function one_of(names, last)
+    if #names < 2 then return table.concat(names) end
+    return table.concat(names, ", ", 1, #names - 1) .. last .. names[#names]
+end
+
+-- Where clients put keys, from every protocol's `credential` fact: the
+-- headers with a scheme first (Authorization: Bearer), then the plain ones,
+-- in registry order, then the query parameters. K.set is the set of those
+-- headers, K.headers the same in that order; K.no_query the query
+-- parameters a client's query loses (credentials, and what a protocol's
+-- path() sets itself: `path_query`). Derived when the first request needs
+-- it (the codecs load then, as they always have).
+local K
+
+local function credentials()
+    if K then return K end
+    local k = { set = {}, headers = {}, no_query = {}, schemed = {}, pattern = {}, plain = {}, query = {} }
+    local shown, counts = {}, {}
+    for _, m in ipairs(protocols.all()) do
+        local c = m.credential
+        if not k.set[c.header] then
+            k.set[c.header] = true
+            local list = c.scheme and k.schemed or k.plain
+            list[#list + 1] = c
+        end
+        if c.query and not k.no_query[c.query] then
+            k.no_query[c.query] = true
+            k.query[#k.query + 1] = c.query
+        end
+        for _, q in ipairs(m.path_query or {}) do k.no_query[q] = true end
+        if m.count_tokens then counts[#counts + 1] = m.title end
+    end
+    for i, c in ipairs(k.schemed) do
+        k.headers[#k.headers + 1] = c.header
+        shown[#shown + 1] = c.header:gsub("^%l", string.upper) .. ": " .. c.scheme
+        -- "Bearer <token>", the scheme's first letter in either case
+        local first = c.scheme:sub(1, 1)
+        k.pattern[i] = "^[" .. literal(first:upper()) .. literal(first:lower()) .. "]"
+            .. literal(c.scheme:sub(2)) .. "%s+(.+)$"
+    end
+    for _, c in ipairs(k.plain) do
+        k.headers[#k.headers + 1] = c.header
+        shown[#shown + 1] = c.header
+    end
+    k.missing = "missing API key: send one of the gateway's keys as " .. one_of(shown, " or ")
+    k.no_counting = "token counting is only offered on the " .. one_of(counts, " and ") .. " endpoint"
+    K = k
+    return k
+end
+
+-- The value of query parameter `name` (`key`: Gemini's way to send a key),
+-- and only that one: `monkey=` or `cache_key=` are not keys.
+local function query_param(ctx, name)
+    local k = ("&" .. (ctx.query or "")):match("&" .. literal(name) .. "=([^&]*)")
     return k ~= "" and k or nil
 end
 
 local function client_key(ctx)
-    local h = ctx.headers
-    local auth = h.authorization
-    if auth then
-        local tok = auth:match("^[Bb]earer%s+(.+)$")
-        if tok then return tok end
+    local h, k = ctx.headers, credentials()
+    for i = 1, #k.schemed do
+        local v = h[k.schemed[i].header]
+        if v then
+            local tok = v:match(k.pattern[i])
+            if tok then return tok end
+        end
     end
-    return h["x-api-key"] or h["x-goog-api-key"] or query_key(ctx)
+    for i = 1, #k.plain do
+        local v = h[k.plain[i].header]
+        if v then return v end
+    end
+    for i = 1, #k.query do
+        local v = query_param(ctx, k.query[i])
+        if v then return v end
+    end
+    return nil
+end
+
+-- A key in the form `credential` says.
+local function credential_value(c, key)
+    return c.scheme and (c.scheme .. " " .. key) or key
 end
 
 -- Constant time in the length of the presented key: compares against every
@@ -75,7 +150,7 @@ function U.check_inbound_key(cfg, ctx)
     if #keys == 0 then return true end
     local presented = client_key(ctx)
     if not presented then
-        return false, "missing API key: send one of the gateway's keys as Authorization: Bearer, x-api-key or x-goog-api-key"
+        return false, credentials().missing
     end
     local ok = false
     for i = 1, #keys do
@@ -86,7 +161,10 @@ function U.check_inbound_key(cfg, ctx)
     return true
 end
 
--- Adds the supplier's credentials in the way its protocol expects.
+-- Adds the supplier's credentials in the way its protocol expects. A
+-- passthrough key keeps its headers on a same-protocol request (one sent in
+-- the protocol's query parameter moves to its header); towards another
+-- protocol the client's key is re-homed in the supplier protocol's header.
 local function apply_auth(headers, supplier, ctx, same_protocol)
     local a = supplier.auth
     if a.type == "bearer" then
@@ -97,36 +175,36 @@ local function apply_auth(headers, supplier, ctx, same_protocol)
         local name, value = managed.header(a, ctx.auth_token)
         headers[#headers + 1] = { name, value }
     elseif a.type == "passthrough" then
+        local c = protocols.get(supplier.protocol).credential
         if same_protocol then
-            for name in pairs(CREDENTIALS) do
+            local names = credentials().headers
+            for i = 1, #names do
+                local name = names[i]
                 local v = ctx.headers[name]
                 if v then headers[#headers + 1] = { name, v } end
             end
-            if supplier.protocol == "gemini" and not ctx.headers["x-goog-api-key"] then
-                local k = query_key(ctx)
-                if k then headers[#headers + 1] = { "x-goog-api-key", k } end
+            if c.query and not ctx.headers[c.header] then
+                local k = query_param(ctx, c.query)
+                if k then headers[#headers + 1] = { c.header, credential_value(c, k) } end
             end
         else
             local k = client_key(ctx)
-            if k then
-                local p = supplier.protocol
-                if p == "anthropic" then headers[#headers + 1] = { "x-api-key", k }
-                elseif p == "gemini" then headers[#headers + 1] = { "x-goog-api-key", k }
-                else headers[#headers + 1] = { "authorization", "Bearer " .. k } end
-            end
+            if k then headers[#headers + 1] = { c.header, credential_value(c, k) } end
         end
     end
 end
 
 local function build_headers(ctx, supplier, same_protocol)
-    local out = {}
+    local out, creds = {}, credentials().set
     for name, value in pairs(ctx.headers) do
-        if not NEVER_FORWARD[name] and not CREDENTIALS[name] and (same_protocol or NEUTRAL[name]) then
+        if not NEVER_FORWARD[name] and not creds[name] and (same_protocol or NEUTRAL[name]) then
             out[#out + 1] = { name, value }
         end
     end
-    if supplier.protocol == "anthropic" and not (same_protocol and ctx.headers["anthropic-version"]) then
-        out[#out + 1] = { "anthropic-version", "2023-06-01" }
+    local required = protocols.get(supplier.protocol).upstream_headers or {}
+    for i = 1, #required do
+        local name, value = required[i][1], required[i][2]
+        if not (same_protocol and ctx.headers[name]) then out[#out + 1] = { name, value } end
     end
     for name, value in pairs(supplier.headers) do out[#out + 1] = { name, value } end
     if not ctx.gateway_key_used or supplier.auth.type ~= "passthrough" then
@@ -142,10 +220,10 @@ end
 local function forwarded_query(ctx)
     local q = ctx.query or ""
     if q == "" then return "" end
-    local keep = {}
+    local keep, drop = {}, credentials().no_query
     for pair in q:gmatch("[^&]+") do
         local k = pair:match("^([^=]*)")
-        if k ~= "key" and k ~= "alt" then keep[#keep + 1] = pair end
+        if not drop[k] then keep[#keep + 1] = pair end
     end
     return #keep > 0 and table.concat(keep, "&") or ""
 end
@@ -215,11 +293,10 @@ function U.plan(cfg, ctx, info, route, supplier)
     local codec = translate.protocol(to)
 
     if info.kind == "count_tokens" then
-        if from ~= "anthropic" then
-            return nil, { status = 501, type = "api_error",
-                          message = "token counting is only offered on the Anthropic endpoint" }
+        if not translate.protocol(from).count_tokens then
+            return nil, { status = 501, type = "api_error", message = credentials().no_counting }
         end
-        if to ~= "anthropic" then -- answered here: an estimate, marked as such
+        if to ~= from then -- answered here: an estimate, marked as such
             local status, body, extra = estimate.count_tokens_response(ctx.request)
             local headers = { { "content-type", "application/json" } }
             for k, v in pairs(extra) do headers[#headers + 1] = { k, v } end
@@ -229,7 +306,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         local plan = { headers = build_headers(ctx, supplier, true), stream = false, transform = false }
         local body = upstream_model ~= ctx.model and with_model(ctx.request, upstream_model) or nil
         common(plan, ctx, route, supplier, upstream_model)
-        return finish_plan(plan, ctx, supplier, "/v1/messages/count_tokens", forwarded_query(ctx), body)
+        return finish_plan(plan, ctx, supplier, codec.count_tokens, forwarded_query(ctx), body)
     end
 
     local plan = {
@@ -242,7 +319,7 @@ function U.plan(cfg, ctx, info, route, supplier)
     if same then
         query = forwarded_query(ctx)
         plan.transform = false
-        if upstream_model ~= ctx.model and to ~= "gemini" then
+        if upstream_model ~= ctx.model and not codec.model_in_path then
             body = with_model(ctx.request, upstream_model)
         end
     else
