@@ -35,6 +35,7 @@ local ir = require("sluice.ir")
 local retry = require("sluice.retry")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
+local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
 local sluice = require("sluice")
 
@@ -147,6 +148,7 @@ local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
     local supplier = cfg.suppliers[route.suppliers[rs.pos]]
     ctx.auth_token, ctx.pipe = nil, nil
+    ctx.acct = accounting.new() -- this attempt's usage and outcome, whichever body path runs
     if supplier.auth.type == "managed" then
         local token, terr = managed.token(supplier)
         if not token then
@@ -234,19 +236,40 @@ local function adapter_of(ctx)
     return s and s.adapter
 end
 
+-- The accountant of the current attempt (sluice.accounting).
+local function accountant(ctx)
+    local acct = ctx.acct
+    if not acct then
+        acct = accounting.new()
+        ctx.acct = acct
+    end
+    return acct
+end
+
 -- A same-protocol stream that only goes through Lua because the supplier's
--- adapter wants its events: they go out again as SSE, and a cut stream is
--- closed the way passthrough closes it.
+-- adapter wants its events: they go out again as SSE, the protocol's own
+-- decoder reads them on the side for the accountant, and a cut stream is
+-- closed the way passthrough closes it (its tail told what the client got:
+-- the answer's id and model, how many events, the latest one).
 local Relay = {}
 Relay.__index = Relay
 
 function Relay:feed_batch(batch)
+    self.watch:feed_batch(batch)
+    local n = #batch
+    if n > 0 then
+        local last = batch[n]
+        self.events = self.events + n
+        self.last = (last.event or "") .. "\n" .. tostring(last.data or ""):sub(1, 512)
+    end
     return adapters.encode_events(batch)
 end
 
 function Relay:close(outcome)
     if outcome.complete then return nil end
-    return upstream.passthrough_tail(self.ctx.protocol, outcome, self.ctx.stream_seen)
+    local seen = self.watch.seen or {}
+    seen.events, seen.last = self.events, self.last
+    return upstream.passthrough_tail(self.ctx.protocol, outcome, seen)
 end
 
 function H.response(ctx, status, headers)
@@ -254,10 +277,11 @@ function H.response(ctx, status, headers)
     if ad and ad.session_id then ctx.upstream_session_id = ad.session_id(ctx, headers, nil) end
     local tr = ctx.translation
     if not tr then
-        ctx.pipe = setmetatable({ ctx = ctx }, Relay)
+        local watch = accounting.watch(accountant(ctx), codec(ctx.protocol), { model = ctx.model_out })
+        ctx.pipe = setmetatable({ ctx = ctx, watch = watch, events = 0, last = nil }, Relay)
         return nil
     end
-    ctx.pipe = translate.stream(tr.from, tr.to, tr.state)
+    ctx.pipe = translate.stream(tr.from, tr.to, tr.state, accountant(ctx))
     return { status = 200, headers = SSE_HEADERS }
 end
 
@@ -298,8 +322,12 @@ function H.body(ctx, status, raw, headers)
         status, ub, direct_resp = adapt_answer(ctx, ad, status, raw, headers)
         if direct_resp then return direct_resp end
         if not tr then
-            if type(ub) == "table" then return { status = status, headers = JSON_HEADERS, body = json.encode(ub) } end
-            return { status = status, body = tostring(ub) }
+            if type(ub) ~= "table" then return { status = status, body = tostring(ub) } end
+            if status < 400 then -- its usage, read by the protocol's own decoder
+                local ok, resp = pcall(codec(ctx.protocol).decode_response, ub)
+                if ok and type(resp) == "table" then accountant(ctx):answer(resp) end
+            end
+            return { status = status, headers = JSON_HEADERS, body = json.encode(ub) }
         end
     else
         if not tr then return { status = status, body = raw } end
@@ -320,14 +348,14 @@ function H.body(ctx, status, raw, headers)
         return unusable_answer(tr.from, ctx.supplier, fmt("answered %d without a usable %s answer: %s",
             status, tr.to, tostring(why)))
     end
-    ctx.usage = resp.usage
+    accountant(ctx):answer(resp)
     if ctx.stream then
         -- A streaming client on an answer that came back whole: synthesize the stream.
-        local bytes, err = translate.response_stream(tr.from, tr.to, ub, tr.state)
+        local bytes, err = translate.answer_stream(tr.from, tr.to, resp, tr.state)
         if not bytes then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
         return { status = 200, headers = SSE_HEADERS, body = bytes }
     end
-    local cb, err = translate.response(tr.from, tr.to, ub, tr.state)
+    local cb, err = translate.answer(tr.from, tr.to, resp, tr.state)
     if not cb then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
     return { status = 200, headers = JSON_HEADERS, body = json.encode(cb) }
 end
@@ -398,39 +426,18 @@ end
 
 -- Passthrough streams: the core hands over only the stream's first event
 -- and the events that mention usage (a handful per stream); the protocol's
--- own decoder reads them: the answer's id and model (a failure tail repeats
--- them) and its usage. Observability must never fail a request, hence the
--- pcall.
+-- own decoder reads them for the accountant (sluice.accounting, which never
+-- raises: observability must never fail a request) and names the answer
+-- (a failure tail repeats its id and model).
 function H.observe(ctx, batch)
-    local dec = ctx.usage_decoder
-    if not dec then
-        dec = translate.protocol(ctx.protocol).stream_decoder({ model = ctx.model_out })
-        ctx.usage_decoder = dec
+    local watch, acct = ctx.watch, accountant(ctx)
+    if not watch or watch.acct ~= acct then
+        watch = accounting.watch(acct, codec(ctx.protocol), { model = ctx.model_out })
+        ctx.watch = watch
     end
-    for i = 1, #batch do
-        local ok, evs = pcall(dec.feed, dec, batch[i])
-        if ok and type(evs) == "table" then
-            for k = 1, #evs do
-                local e = evs[k]
-                if e.type == "start" and not ctx.stream_seen then
-                    ctx.stream_seen = { id = e.id, model = e.model }
-                end
-                if e.usage and (e.type == "usage" or e.type == "start") then
-                    ctx.usage = ir.merge_usage(ctx.usage, e.usage)
-                end
-            end
-        end
-    end
-end
-
--- The usage of a whole passthrough answer (the core captured it as ctx.answer).
-local function answer_usage(ctx)
-    local a = ctx.answer
-    if not a or ctx.translation or not a:find("^%s*{") then return nil end
-    local body = json.decode(a)
-    if type(body) ~= "table" then return nil end
-    local ok, resp = pcall(translate.protocol(ctx.protocol).decode_response, body)
-    return ok and type(resp) == "table" and resp.usage or nil
+    watch:feed_batch(batch)
+    local seen = watch.seen
+    if seen and not ctx.stream_seen then ctx.stream_seen = { id = seen.id, model = seen.model } end
 end
 
 -- Bodies kept in the history (history.bodies) lose every secret sluice knows
@@ -488,11 +495,11 @@ function H.log(ctx)
     local out = { service = ctx.service, client = ctx.client, model_in = ctx.model,
                   model_out = ctx.model_out }
     if not cfg.history then return out end -- usage and bodies only feed the history
-    local u = ctx.usage or (ctx.pipe and ctx.pipe.usage) or answer_usage(ctx)
-    if u then
-        out.input_tokens, out.output_tokens = u.input_tokens, u.output_tokens
-        out.cache_read_tokens, out.cache_write_tokens = u.cache_read_tokens, u.cache_write_tokens
-    end
+    -- Usage from the accountant alone; a passthrough answer (whose bytes the
+    -- core kept as ctx.answer) is read into it here, the only path no hook saw.
+    local acct = accountant(ctx)
+    if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
+    acct:log_fields(out)
     local sid = ctx.upstream_session_id
     if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
     if cfg.history.bodies then

@@ -12,13 +12,18 @@
 --   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
 --       opts = { model = upstream model, stream = bool|nil, id = client response id|nil }
 --   T.response(from, to, upstream_body, state) -> client_body | nil, err
+--   T.answer(from, to, resp, state) -> client_body | nil, err   (resp: the upstream answer as IR,
+--       from U.decode_response; its tool names are given back here)
 --   T.error(from, to, status, upstream_body) -> client_status, client_body
---   T.stream(from, to, state) -> pipe
+--   T.stream(from, to, state, acct) -> pipe
 --       pipe:feed(ev) -> bytes ; pipe:feed_batch({ev...}) -> bytes ; pipe:close(outcome) -> bytes
---       pipe.usage (IR usage), pipe.stop_reason, pipe.error (IR error or nil)
---   T.collect(from, to, state) -> collector   (non-streaming client, streamed upstream)
---       c:feed(ev) ; c:feed_batch(evs) ; c:finish() -> client_body | nil, err
+--       pipe.acct: the request's accountant (sluice.accounting; a new one
+--       when acct is nil) gets the stream's usage, stop reason and error,
+--       which pipe.usage, pipe.stop_reason, pipe.error read
+--   T.collect(from, to, state, acct) -> collector   (non-streaming client, streamed upstream)
+--       c:feed(ev) ; c:feed_batch(evs) ; c:finish(outcome) -> client_body | nil, ir_error
 --   T.response_stream(from, to, upstream_body, state) -> bytes | nil, err
+--   T.answer_stream(from, to, resp, state) -> bytes | nil, err
 --       (streaming client, non-streamed upstream answer)
 --   T.assemble(ir_events) -> resp ; T.explode(resp) -> { ir_event... }
 
@@ -26,6 +31,8 @@ local json = require("sluice.json")
 local ir = require("sluice.ir")
 local toolnames = require("sluice.toolnames")
 local protocols = require("sluice.protocols")
+local S = require("sluice.ir_stream")
+local accounting = require("sluice.accounting")
 
 local type, ipairs, pairs, next, setmetatable = type, ipairs, pairs, next, setmetatable
 local buffer = require("string.buffer")
@@ -85,14 +92,30 @@ local function client_opts(state, to)
     }
 end
 
-function T.response(from, to, upstream_body, state)
-    local C, U, err = codecs(from, to)
+-- The upstream's answer as IR (nil, err when it is not a usable one).
+local function decode_answer(to, upstream_body)
+    local U, err = T.protocol(to)
+    if not U then return nil, err end
+    return U.decode_response(upstream_body)
+end
+
+-- The client's codec, with the answer's tool names given back to it.
+local function for_client(from, resp, state)
+    local C, err = T.protocol(from)
+    if C and state.names then toolnames.restore_response(resp, state.names) end
+    return C, err
+end
+
+function T.answer(from, to, resp, state)
+    local C, err = for_client(from, resp, state)
     if not C then return nil, err end
-    local resp
-    resp, err = U.decode_response(upstream_body)
-    if not resp then return nil, err end
-    if state.names then toolnames.restore_response(resp, state.names) end
     return C.encode_response(resp, client_opts(state, to))
+end
+
+function T.response(from, to, upstream_body, state)
+    local resp, err = decode_answer(to, upstream_body)
+    if not resp then return nil, err end
+    return T.answer(from, to, resp, state)
 end
 
 function T.error(from, to, status, upstream_body)
@@ -112,34 +135,32 @@ end
 -- ---------------------------------------------------------------- streams
 
 local Pipe = {}
-Pipe.__index = Pipe
+-- pipe.usage, pipe.stop_reason and pipe.error read the pipe's accountant.
+local FROM_ACCT = { usage = true, stop_reason = true, error = true }
+Pipe.__index = function(pipe, k)
+    if FROM_ACCT[k] then return pipe.acct[k] end
+    return Pipe[k]
+end
 
-function T.stream(from, to, state)
+function T.stream(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end -- a programming error: T.request succeeded first
     return setmetatable({
         dec = U.stream_decoder({ model = state.upstream_model }),
         enc = C.stream_encoder(client_opts(state, to)),
-        names = state.names, usage = nil, stop_reason = nil, error = nil, closed = false,
+        names = state.names, acct = acct or accounting.new(), closed = false,
     }, Pipe)
 end
 
 function Pipe:push(events, b)
-    local enc, names = self.enc, self.names
+    local enc, names, acct = self.enc, self.names, self.acct
     for i = 1, #events do
         local e = events[i]
         local t = e.type
         if t == "block_start" then
             if e.name and names then e.name = names:down(e.name) end
-        elseif t == "usage" then
-            self.usage = ir.merge_usage(self.usage, e.usage)
-        elseif t == "start" then
-            if e.usage then self.usage = ir.merge_usage(self.usage, e.usage) end
-        elseif t == "finish" then
-            self.stop_reason = e.stop_reason
-        elseif t == "error" then
-            self.error = e.error
-            self.stop_reason = "error"
+        elseif t ~= "text" and t ~= "tool_args" and t ~= "thinking" then
+            acct:note(e)
         end
         b:put(enc:feed(e))
     end
@@ -177,9 +198,9 @@ function T.assemble(events)
     local blocks, args = {}, {}
     for _, e in ipairs(events) do
         local t = e.type
+        S.note(resp, e) -- usage, stop_reason, stop_sequence, error
         if t == "start" then
             resp.id, resp.model = e.id, e.model
-            if e.usage then resp.usage = ir.merge_usage(resp.usage, e.usage) end
         elseif t == "block_start" then
             local p
             if e.kind == "text" then p = { type = "text", text = "" }
@@ -200,13 +221,6 @@ function T.assemble(events)
         elseif t == "tool_args" then
             local a = args[e.index]
             if a then a:put(e.json) end
-        elseif t == "usage" then
-            resp.usage = ir.merge_usage(resp.usage, e.usage)
-        elseif t == "finish" then
-            resp.stop_reason, resp.stop_sequence = e.stop_reason, e.stop_sequence
-        elseif t == "error" then
-            resp.error = e.error
-            resp.stop_reason = "error"
         end
     end
     for idx, a in pairs(args) do
@@ -258,50 +272,57 @@ Collector.__index = Collector
 
 -- A non-streaming client whose supplier only streams: gather the IR events,
 -- answer one body at the end.
-function T.collect(from, to, state)
+function T.collect(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end
-    return setmetatable({ C = C, to = to, state = state, events = {},
+    return setmetatable({ C = C, to = to, state = state, events = {}, acct = acct or accounting.new(),
                           dec = U.stream_decoder({ model = state.upstream_model }) },
         Collector)
 end
 
 function Collector:feed(ev)
-    local evs = self.dec:feed(ev)
-    for i = 1, #evs do self.events[#self.events + 1] = evs[i] end
+    local evs, acct = self.dec:feed(ev), self.acct
+    for i = 1, #evs do
+        self.events[#self.events + 1] = evs[i]
+        acct:note(evs[i])
+    end
 end
 
 function Collector:feed_batch(list)
     for i = 1, #list do self:feed(list[i]) end
 end
 
--- -> client_body, or nil, ir_error when the stream carried an error or ended
--- without a finish (the host then answers C.encode_error(ir_error)).
+-- -> client_body, or nil, ir_error when the stream carried an error or did
+-- not end cleanly (ir_stream's close policy; the host then answers
+-- C.encode_error(ir_error)).
 function Collector:finish(outcome)
-    for _, e in ipairs(self.dec:finish()) do self.events[#self.events + 1] = e end
+    for _, e in ipairs(self.dec:finish()) do
+        self.events[#self.events + 1] = e
+        self.acct:note(e)
+    end
     local resp = T.assemble(self.events)
     if resp.error then return nil, resp.error end
-    local finished = false
-    for _, e in ipairs(self.events) do if e.type == "finish" then finished = true end end
-    if not finished or (outcome and outcome.complete == false) then
-        return nil, ir.error(502, (outcome and outcome.message) or "upstream stream ended prematurely")
-    end
+    local clean, message = S.verdict(outcome, self.acct.stop_reason)
+    if not clean then return nil, ir.error(502, message) end
     if self.state.names then toolnames.restore_response(resp, self.state.names) end
     return self.C.encode_response(resp, client_opts(self.state, self.to))
 end
 
-function T.response_stream(from, to, upstream_body, state)
-    local C, U, err = codecs(from, to)
+-- The client's stream for an upstream answer already decoded to IR.
+function T.answer_stream(from, to, resp, state)
+    local C, err = for_client(from, resp, state)
     if not C then return nil, err end
-    local resp
-    resp, err = U.decode_response(upstream_body)
-    if not resp then return nil, err end
-    if state.names then toolnames.restore_response(resp, state.names) end
     local enc = C.stream_encoder(client_opts(state, to))
     local b = buffer.new()
     for _, e in ipairs(T.explode(resp)) do b:put(enc:feed(e)) end
     b:put(enc:close({ complete = true }))
     return b:tostring()
+end
+
+function T.response_stream(from, to, upstream_body, state)
+    local resp, err = decode_answer(to, upstream_body)
+    if not resp then return nil, err end
+    return T.answer_stream(from, to, resp, state)
 end
 
 return T

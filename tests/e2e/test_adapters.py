@@ -109,7 +109,9 @@ class AdapterTest(harness.SluiceTestCase):
         r = request(s.port, "POST", "/v1/chat/completions", body=CHAT)
         self.assertEqual(r.status, 429, repr(r) + self.diag())
         self.assertEqual(r.json()["error"]["message"], "acme quota_exceeded: out of credit")
-        self.assertEqual(r.json()["error"]["type"], "rate_limit_error")
+        # OpenAI's rate-limit shape (PROTOCOLS §2.5): type "requests", code rate_limit_exceeded.
+        self.assertEqual(r.json()["error"]["type"], "requests")
+        self.assertEqual(r.json()["error"]["code"], "rate_limit_exceeded")
         r = request(s.port, "POST", "/v1/messages", body=ANTH, headers=ANTH_HEADERS)
         self.assertEqual(r.status, 429, repr(r) + self.diag())
         self.assertEqual(r.json()["type"], "error")
@@ -162,6 +164,42 @@ class AdapterTest(harness.SluiceTestCase):
         err = json.loads(events[names.index("error")]["data"])
         self.assertIn("acme overloaded: try later", err["error"]["message"])
         self.assertEqual(names[-1], "message_stop")
+
+    # ------------------------------------------------------------------ usage in the record
+
+    def usage(self, rid):
+        return self.record(rid)["usage"]
+
+    def test_adapted_answers_and_streams_record_their_usage(self):
+        # Same protocol through an adapter (the Relay): these used to record
+        # input_tokens null. Translated ones are the control.
+        s = self.start()
+        self.mock.enqueue([{"path": ACME_PATH, "body": json.dumps({"status": "ok", "result": COMPLETION})},
+                           {"path": ACME_PATH, "body": json.dumps({"status": "ok", "result": COMPLETION})}])
+        r = request(s.port, "POST", "/v1/chat/completions", body=CHAT, headers={"x-request-id": "use-1"})
+        self.assertEqual(r.status, 200, repr(r) + self.diag())
+        r = request(s.port, "POST", "/v1/messages", body=ANTH, headers=dict(ANTH_HEADERS, **{"x-request-id": "use-2"}))
+        self.assertEqual(r.status, 200, repr(r) + self.diag())
+        for rid in ("use-1", "use-2"):
+            u = self.usage(rid)
+            self.assertEqual((u["input_tokens"], u["output_tokens"]), (5, 3), "%s: %r" % (rid, u))
+        usage = "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "acme-large",
+                                       "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2,
+                                                                "total_tokens": 13}}) + "\n\n"
+        sse = chunk("Hi") + "event: heartbeat\ndata: {}\n\n" + chunk(None, "stop") + usage + "data: [DONE]\n\n"
+        self.mock.enqueue([{"path": ACME_PATH, "headers": {"Content-Type": "text/event-stream"},
+                            "chunks": harness.sse_chunks(sse)},
+                           {"path": ACME_PATH, "headers": {"Content-Type": "text/event-stream"},
+                            "chunks": harness.sse_chunks(sse)}])
+        r = request(s.port, "POST", "/v1/chat/completions", body=CHAT_STREAM, headers={"x-request-id": "use-3"})
+        self.assertEqual(r.status, 200, repr(r) + self.diag())
+        self.assertIn('"prompt_tokens": 11', r.body.decode())
+        r = request(s.port, "POST", "/v1/messages", body=ANTH_STREAM,
+                    headers=dict(ANTH_HEADERS, **{"x-request-id": "use-4"}))
+        self.assertEqual(r.status, 200, repr(r) + self.diag())
+        for rid in ("use-3", "use-4"):
+            u = self.usage(rid)
+            self.assertEqual((u["input_tokens"], u["output_tokens"]), (11, 2), "%s: %r" % (rid, u))
 
     # ------------------------------------------------------------------ broken adapters
 
