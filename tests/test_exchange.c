@@ -287,6 +287,30 @@ static void reset_case(void)
     nfakes = 0;
 }
 
+/* A new case: a client that sent its request, and the exchange's first
+ * transfer started. The client's socket, or -1 (the case has failed). */
+static int begin_case(void)
+{
+    reset_case();
+    int fd = client_send();
+    if (fd >= 0 && drive_until(one_fake, 3000))
+        return fd;
+    CHECK(!"the exchange started no transfer");
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* The first attempt gets a head and half an event — held, not sent, so
+ * nothing is committed — then its connection resets: a retry follows. */
+static void first_attempt_resets(void)
+{
+    up_head(&fakes[0], 200);
+    up_data(&fakes[0], "event: message_start\ndata: {\"type\":\"mess");
+    up_done(&fakes[0], CURLE_RECV_ERROR);
+    CHECK_EQ_INT(got.ended, 0);
+}
+
 /* ---- the stream pieces ---- */
 
 #define EV_START                                                                                   \
@@ -314,15 +338,9 @@ static void reset_case(void)
 
 static void test_stream_cut_mid_event_ends_with_the_tail(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
     CHECK_STR_HAS(fakes[0].url, "/v1/messages");
     up_head(&fakes[0], 200);
     /* Two whole events, then the upstream dies inside the third. */
@@ -361,21 +379,10 @@ static void test_stream_cut_mid_event_ends_with_the_tail(void)
 
 static void test_retry_before_commit_starts_clean(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
-    /* The first attempt gets a head and half an event — held, not sent,
-     * so nothing is committed — then its connection resets. */
-    up_head(&fakes[0], 200);
-    up_data(&fakes[0], "event: message_start\ndata: {\"type\":\"mess");
-    up_done(&fakes[0], CURLE_RECV_ERROR);
-    CHECK_EQ_INT(got.ended, 0);
+    first_attempt_resets();
     /* The retry waits on its own timer, then plans and starts again. */
     if (!drive_until(two_fakes, 3000)) {
         CHECK(!"no second attempt");
@@ -418,18 +425,10 @@ static void test_retry_before_commit_starts_clean(void)
  * byte timeout (504), not as an idle upstream. */
 static void test_retry_resets_the_first_byte_clock(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
-    up_head(&fakes[0], 200);
-    up_data(&fakes[0], "event: message_start\ndata: {\"type\":\"mess");
-    up_done(&fakes[0], CURLE_RECV_ERROR);
+    first_attempt_resets();
     CHECK(drive_until(two_fakes, 3000));
     CHECK(drive_until(ended, 5000)); /* first_byte is 0.5 s */
     char resp[4096];
@@ -445,15 +444,9 @@ static void test_retry_resets_the_first_byte_clock(void)
 
 static void test_client_gone_after_terminal_is_complete(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
     up_head(&fakes[0], 200);
     up_data(&fakes[0], WHOLE_STREAM); /* delivered, terminal event included */
     char resp[16384];
@@ -473,15 +466,9 @@ static void test_client_gone_after_terminal_is_complete(void)
 
 static void test_client_gone_before_terminal_is_client_abort(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
     up_head(&fakes[0], 200);
     up_data(&fakes[0], EV_START EV_BLOCK_START);
     char resp[16384];
@@ -496,15 +483,9 @@ static void test_client_gone_before_terminal_is_client_abort(void)
 
 static void test_client_gone_during_backoff(void)
 {
-    reset_case();
-    int fd = client_send();
-    CHECK(fd >= 0);
-    if (fd < 0 || !drive_until(one_fake, 3000)) {
-        CHECK(!"the exchange started no transfer");
-        if (fd >= 0)
-            close(fd);
+    int fd = begin_case();
+    if (fd < 0)
         return;
-    }
     /* 429 with Retry-After: 1 s of backoff, during which the client leaves. */
     static const sl_header_t h429[] = {{SL_STR("content-type"), SL_STR("application/json")},
                                        {SL_STR("retry-after"), SL_STR("1")}};
