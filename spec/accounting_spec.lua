@@ -8,6 +8,7 @@
 local json = require("sluice.json")
 local A = require("sluice.accounting")
 local T = require("sluice.translate")
+local helper = require("helpers.host")
 
 local USAGE = { prompt_tokens = 7, completion_tokens = 3, total_tokens = 10,
                 prompt_tokens_details = { cached_tokens = 4 } }
@@ -64,16 +65,7 @@ end)
 -- Through the host.
 
 local function host_with(adapter_src, protocol)
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir .. "/adapters"))
-    local function write(path, text)
-        local f = assert(io.open(path, "w"))
-        f:write(text)
-        f:close()
-    end
-    write(dir .. "/adapters/t.lua", adapter_src or "return {}")
-    write(dir .. "/sluice.lua", ([[
+    return helper.load(([[
         return {
           history = { path = "/tmp/unused.db" },
           suppliers = {
@@ -84,12 +76,7 @@ local function host_with(adapter_src, protocol)
           },
           routes = { chat = { { match = "plain-*", supplier = "plain" }, { match = "*", supplier = "up" } },
                      claude = { { match = "*", supplier = "up" } } },
-        }]]):format(protocol or "openai-chat"))
-    package.loaded["sluice.host"] = nil
-    local H = require("sluice.host")
-    assert(H.init(dir .. "/sluice.lua", 0))
-    os.execute("rm -rf " .. dir)
-    return H
+        }]]):format(protocol or "openai-chat"), { t = adapter_src or "return {}" })
 end
 
 local function chat_ctx(model, stream)

@@ -3,6 +3,7 @@
 -- shaping, whole answers, stream events, session ids, hidden errors).
 local adapters = require("sluice.adapters")
 local json = require("sluice.json")
+local helper = require("helpers.host")
 
 local function tmpdir()
     local d = os.tmpname()
@@ -125,19 +126,12 @@ local CHAT_OK = { id = "c1", object = "chat.completion", model = "m-up",
                   usage = { prompt_tokens = 2, completion_tokens = 1, total_tokens = 3 } }
 
 local function host_with(adapter_src, protocol)
-    local dir = tmpdir()
-    write(dir .. "/adapters/t.lua", adapter_src)
-    write(dir .. "/sluice.lua", ([[
+    return helper.load(([[
         return {
           suppliers = { up = { protocol = "%s", base_url = "http://up.test/v1", adapter = "t",
                                auth = { type = "bearer", token = "sk-up" } } },
           routes = { chat = { { match = "*", supplier = "up" } }, claude = { { match = "*", supplier = "up" } } },
-        }]]):format(protocol or "openai-chat"))
-    package.loaded["sluice.host"] = nil
-    local H = require("sluice.host")
-    assert(H.init(dir .. "/sluice.lua", 0))
-    os.execute("rm -rf " .. dir)
-    return H
+        }]]):format(protocol or "openai-chat"), { t = adapter_src })
 end
 
 local function chat_ctx(body)
