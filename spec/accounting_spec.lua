@@ -187,3 +187,38 @@ describe("usage in the record, whichever body path ran", function()
         assert.same({}, recorded(H, ctx))
     end)
 end)
+
+describe("the record of a fallback", function()
+    teardown(function()
+        package.loaded["sluice.host"] = nil
+        collectgarbage()
+    end)
+
+    it("names no upstream model when the next supplier fails before its plan", function()
+        local H = helper.load([[
+            return {
+              history = { path = "/tmp/unused.db" },
+              suppliers = {
+                first = { protocol = "openai-chat", base_url = "http://first.test/v1", retry = { attempts = 1 },
+                          auth = { type = "bearer", token = "sk-1" } },
+                second = { protocol = "openai-chat", base_url = "http://second.test/v1",
+                           auth = { type = "managed", token_url = "http://idp.test/token",
+                                    client_id = "c", client_secret = "s" } },
+              },
+              routes = { chat = { { match = "*", supplier = { "first", "second" }, model = "up-model" } } },
+            }]])
+        local ctx = chat_ctx()
+        assert.equal("up-model", H.request(ctx).model_out)
+        assert.equal(0, H.retry(ctx, { kind = "status", status = 503 }))
+        -- The token endpoint cannot be reached: the second attempt ends before a plan.
+        local sluice = require("sluice")
+        local http = sluice.http
+        sluice.http = function() return nil, "connection refused" end
+        local ok, r = pcall(H.request, ctx)
+        sluice.http = http
+        assert(ok, r)
+        assert.equal(502, r.status)
+        assert.equal("second", r.supplier)
+        assert.is_nil(H.log(ctx).model_out)
+    end)
+end)

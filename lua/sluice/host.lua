@@ -148,6 +148,9 @@ local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
     local supplier = cfg.suppliers[route.suppliers[rs.pos]]
     ctx.auth_token, ctx.pipe = nil, nil
+    -- What an earlier attempt planned is not this one's: an attempt that
+    -- fails before its plan names no supplier and no upstream model.
+    ctx.supplier, ctx.model_out = nil, nil
     ctx.acct = accounting.new() -- this attempt's usage and outcome, whichever body path runs
     if supplier.auth.type == "managed" then
         local token, terr = managed.token(supplier)
