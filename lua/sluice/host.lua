@@ -147,7 +147,7 @@ end
 local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
     local supplier = cfg.suppliers[route.suppliers[rs.pos]]
-    ctx.auth_token, ctx.pipe = nil, nil
+    ctx.auth_token, ctx.pipe, ctx.watch = nil, nil, nil
     -- What an earlier attempt planned is not this one's: an attempt that
     -- fails before its plan names no supplier and no upstream model.
     ctx.supplier, ctx.model_out = nil, nil
@@ -249,30 +249,37 @@ local function accountant(ctx)
     return acct
 end
 
+-- The closing bytes of a cut same-protocol stream (passthrough, or the
+-- Relay below): the protocol's failure tail, told what the client already
+-- got — the answer's id and model (the start `watch` saw), how many whole
+-- events, the latest one ("name\ndata", its data cut short).
+local function cut_tail(ctx, outcome, watch, events, last)
+    local start = watch and watch.seen
+    return upstream.passthrough_tail(ctx.protocol, outcome, {
+        id = start and start.id, model = start and start.model, events = events, last = last })
+end
+
 -- A same-protocol stream that only goes through Lua because the supplier's
 -- adapter wants its events: they go out again as SSE, the protocol's own
 -- decoder reads them on the side for the accountant, and a cut stream is
--- closed the way passthrough closes it (its tail told what the client got:
--- the answer's id and model, how many events, the latest one).
+-- closed the way passthrough closes it.
 local Relay = {}
 Relay.__index = Relay
 
 function Relay:feed_batch(batch)
     self.watch:feed_batch(batch)
     local n = #batch
-    if n > 0 then
-        local last = batch[n]
-        self.events = self.events + n
-        self.last = (last.event or "") .. "\n" .. tostring(last.data or ""):sub(1, 512)
+    if n > 0 then -- only a cut stream's tail reads the latest event: kept as it is
+        self.events, self.last = self.events + n, batch[n]
     end
     return adapters.encode_events(batch)
 end
 
 function Relay:close(outcome)
     if outcome.complete then return nil end
-    local seen = self.watch.seen or {}
-    seen.events, seen.last = self.events, self.last
-    return upstream.passthrough_tail(self.ctx.protocol, outcome, seen)
+    local ev = self.last
+    local last = ev and ((ev.event or "") .. "\n" .. tostring(ev.data or ""):sub(1, 512))
+    return cut_tail(self.ctx, outcome, self.watch, self.events, last)
 end
 
 function H.response(ctx, status, headers)
@@ -407,9 +414,7 @@ function H.finish(ctx, oc)
             return pipe:close(outcome)
         end
         if complete or oc.expected or not oc.sse then return nil end
-        local seen = ctx.stream_seen or {}
-        seen.events, seen.last = oc.events, ctx.stream_last_event
-        return upstream.passthrough_tail(ctx.protocol, outcome, seen)
+        return cut_tail(ctx, outcome, ctx.watch, oc.events, ctx.stream_last_event)
     end
     if oc.expected or complete then return nil end
     local f = FAILURE[oc.reason]
@@ -431,16 +436,15 @@ end
 -- and the events that mention usage (a handful per stream); the protocol's
 -- own decoder reads them for the accountant (sluice.accounting, which never
 -- raises: observability must never fail a request) and names the answer
--- (a failure tail repeats its id and model).
+-- (a failure tail repeats its id and model). The watch is the attempt's
+-- (attempt() drops the previous one).
 function H.observe(ctx, batch)
-    local watch, acct = ctx.watch, accountant(ctx)
-    if not watch or watch.acct ~= acct then
-        watch = accounting.watch(acct, codec(ctx.protocol), { model = ctx.model_out })
+    local watch = ctx.watch
+    if not watch then
+        watch = accounting.watch(accountant(ctx), codec(ctx.protocol), { model = ctx.model_out })
         ctx.watch = watch
     end
     watch:feed_batch(batch)
-    local seen = watch.seen
-    if seen and not ctx.stream_seen then ctx.stream_seen = { id = seen.id, model = seen.model } end
 end
 
 -- Bodies kept in the history (history.bodies) lose every secret sluice knows
