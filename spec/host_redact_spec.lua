@@ -51,6 +51,8 @@ describe("sluice.host stored bodies", function()
         local text = stored({ supplier = "hdr", headers = { authorization = "Bearer cb1", ["x-goog-api-key"] = "g2" },
                               query = "alt=sse&key=q4" }, "cb1 g2 q4")
         assert.equal("[redacted] [redacted] [redacted]", text)
+        text = stored({ supplier = "hdr", headers = { authorization = "Basic b5", ["x-api-key"] = "ak3" } }, "b5 ak3")
+        assert.equal("[redacted] [redacted]", text)
     end)
 
     it("redacts a secret that contains another one whole", function()

@@ -475,11 +475,8 @@ local function redact_secrets(ctx, text)
         add(a.client_secret)
         for _, v in pairs(s.headers) do add(v) end
     end
-    local h = ctx.headers or {}
-    add(h.authorization and h.authorization:match("^%a+%s+(.+)$"))
-    add(h["x-api-key"])
-    add(h["x-goog-api-key"])
-    add(("&" .. (ctx.query or "")):match("&key=([^&]*)"))
+    local presented = upstream.client_credentials(ctx)
+    for i = 1, #presented do add(presented[i]) end
     table.sort(secrets, by_length_desc)
     for i = 1, #secrets do
         text = text:gsub(secrets[i]:gsub("%W", "%%%0"), "[redacted]")

@@ -26,6 +26,7 @@
 --
 -- U.plan(cfg, ctx, info, route, supplier) -> plan | nil, { status, type, message }
 -- U.check_inbound_key(cfg, ctx) -> true | false, why
+-- U.client_credentials(ctx) -> { value... } every credential the client presented
 -- U.passthrough_tail(protocol, message) -> closing bytes for a cut passthrough stream
 
 local json = require("sluice.json")
@@ -128,6 +129,20 @@ local function client_key(ctx)
         if v then return v end
     end
     return nil
+end
+
+-- Every credential the client presented, in any protocol's place: the value
+-- of each credential header (a schemed one without its scheme, whichever
+-- scheme it names) and query parameter — what a stored body must not keep.
+function U.client_credentials(ctx)
+    local h, k, out = ctx.headers or {}, credentials(), {}
+    for i = 1, #k.schemed do
+        local v = h[k.schemed[i].header]
+        if v then out[#out + 1] = v:match("^%a+%s+(.+)$") end
+    end
+    for i = 1, #k.plain do out[#out + 1] = h[k.plain[i].header] end
+    for i = 1, #k.query do out[#out + 1] = query_param(ctx, k.query[i]) end
+    return out
 end
 
 -- A key in the form `credential` says.
