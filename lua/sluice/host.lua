@@ -455,8 +455,7 @@ end
 -- is never left half-redacted.
 local function by_length_desc(a, b) return #a > #b end
 
-local function redact_secrets(ctx, text)
-    if type(text) ~= "string" then return nil end
+local function secrets_of(ctx)
     local secrets, seen = {}, {}
     local function add(v)
         if type(v) == "string" and v ~= "" and not seen[v] then
@@ -478,6 +477,11 @@ local function redact_secrets(ctx, text)
     local presented = upstream.client_credentials(ctx)
     for i = 1, #presented do add(presented[i]) end
     table.sort(secrets, by_length_desc)
+    return secrets
+end
+
+local function redact(text, secrets)
+    if type(text) ~= "string" then return nil end
     for i = 1, #secrets do
         text = text:gsub(secrets[i]:gsub("%W", "%%%0"), "[redacted]")
     end
@@ -507,8 +511,9 @@ function H.log(ctx)
     local sid = ctx.upstream_session_id
     if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
     if cfg.history.bodies then
-        out.request_body = redact_secrets(ctx, ctx.body)
-        out.response_body = redact_secrets(ctx, ctx.answer)
+        local secrets = secrets_of(ctx) -- once for both bodies
+        out.request_body = redact(ctx.body, secrets)
+        out.response_body = redact(ctx.answer, secrets)
     end
     return out
 end
