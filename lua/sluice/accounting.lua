@@ -6,8 +6,9 @@
 --   adapted stream       the Relay watches the events with the protocol's own decoder
 --   passthrough stream   H.observe watches the events the core kept
 --   whole answer         acct:answer(resp) with the decoded IR response
---                        (translated or adapted), acct:answer_text for the
---                        bytes of a passthrough answer the core captured
+--                        (translated), acct:answer_body with an adapted
+--                        one's JSON, acct:answer_text for the bytes of a
+--                        passthrough answer the core captured
 --
 -- and the log hook reads only it (acct:log_fields). Usage fields follow the
 -- IR (sluice.ir USAGE); counts the supplier did not report stay unknown,
@@ -15,7 +16,8 @@
 -- does not raise.
 --
 --   A.new() -> acct
---   acct:note(ir_event) ; acct:answer(resp) ; acct:answer_text(codec, text)
+--   acct:note(ir_event) ; acct:answer(resp)
+--   acct:answer_body(codec, decoded_json) ; acct:answer_text(codec, text)
 --   A.watch(acct, codec, opts) -> watcher ; watcher:feed_batch(events)
 --       watcher.seen = { id, model } of the stream's start, once seen
 --   acct:log_fields(out) -> out with input/output/cache token counts
@@ -48,14 +50,18 @@ function Acct:answer(resp)
     self.stop_reason, self.stop_sequence = resp.stop_reason, resp.stop_sequence
 end
 
--- The bytes of a whole answer in `codec`'s protocol (a passthrough answer
--- the core kept): its usage when it is one of that protocol's answers.
+-- A whole answer in `codec`'s protocol, as decoded JSON (an adapted
+-- answer): its usage when it is one of that protocol's answers.
+function Acct:answer_body(codec, body)
+    local ok, resp = pcall(codec.decode_response, body)
+    if ok and type(resp) == "table" then self:answer(resp) end
+end
+
+-- The same from the answer's bytes (a passthrough answer the core kept).
 function Acct:answer_text(codec, text)
     if type(text) ~= "string" or not text:find("^%s*{") then return end
     local body = json.decode(text)
-    if type(body) ~= "table" then return end
-    local ok, resp = pcall(codec.decode_response, body)
-    if ok and type(resp) == "table" then self:answer(resp) end
+    if type(body) == "table" then self:answer_body(codec, body) end
 end
 
 -- The record's usage fields.

@@ -333,10 +333,7 @@ function H.body(ctx, status, raw, headers)
         if direct_resp then return direct_resp end
         if not tr then
             if type(ub) ~= "table" then return { status = status, body = tostring(ub) } end
-            if status < 400 then -- its usage, read by the protocol's own decoder
-                local ok, resp = pcall(codec(ctx.protocol).decode_response, ub)
-                if ok and type(resp) == "table" then accountant(ctx):answer(resp) end
-            end
+            if status < 400 then accountant(ctx):answer_body(codec(ctx.protocol), ub) end
             return { status = status, headers = JSON_HEADERS, body = json.encode(ub) }
         end
     else
