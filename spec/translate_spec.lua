@@ -110,9 +110,9 @@ describe("translate", function()
         local pipe = T.stream("anthropic", "openai-chat", st)
         P.feed_stream(pipe, F.sse_records("openai-chat/stream_tools.sse"))
         pipe:close({ complete = true })
-        assert.are.equal("tool_use", pipe.stop_reason)
+        assert.are.equal("tool_use", pipe.acct.stop_reason)
         assert.are.same({ input_tokens = 3120, output_tokens = 58, cache_read_tokens = 2048,
-                          reasoning_tokens = 0 }, pipe.usage)
+                          reasoning_tokens = 0 }, pipe.acct.usage)
     end)
 
     it("gives shortened tool names back in streams and bodies", function()

@@ -18,8 +18,7 @@
 --   T.stream(from, to, state, acct) -> pipe
 --       pipe:feed(ev) -> bytes ; pipe:feed_batch({ev...}) -> bytes ; pipe:close(outcome) -> bytes
 --       pipe.acct: the request's accountant (sluice.accounting; a new one
---       when acct is nil) gets the stream's usage, stop reason and error,
---       which pipe.usage, pipe.stop_reason, pipe.error read
+--       when acct is nil) gets the stream's usage, stop reason and error
 --   T.collect(from, to, state, acct) -> collector   (non-streaming client, streamed upstream)
 --       c:feed(ev) ; c:feed_batch(evs) ; c:finish(outcome) -> client_body | nil, ir_error
 --   T.response_stream(from, to, upstream_body, state) -> bytes | nil, err
@@ -135,12 +134,7 @@ end
 -- ---------------------------------------------------------------- streams
 
 local Pipe = {}
--- pipe.usage, pipe.stop_reason and pipe.error read the pipe's accountant.
-local FROM_ACCT = { usage = true, stop_reason = true, error = true }
-Pipe.__index = function(pipe, k)
-    if FROM_ACCT[k] then return pipe.acct[k] end
-    return Pipe[k]
-end
+Pipe.__index = Pipe
 
 function T.stream(from, to, state, acct)
     local C, U, err = codecs(from, to)

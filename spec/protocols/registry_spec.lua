@@ -280,7 +280,7 @@ insulate("a fifth protocol added by one registry line", function()
         out = out .. pipe:close({ complete = true })
         assert.matches('"content":"Hel"', out, 1, true)
         assert.matches("data: [DONE]", out, 1, true)
-        assert.same({ input_tokens = 2, output_tokens = 5 }, pipe.usage)
+        assert.same({ input_tokens = 2, output_tokens = 5 }, pipe.acct.usage)
 
         local status, err = T.error("anthropic", "fake-proto", 429, '{"oops":"slow down"}')
         assert.equal(429, status)
