@@ -163,9 +163,10 @@ end)
 -- supplier); its spec is here because no estimate_spec.lua was assigned.
 describe("count_tokens estimate", function()
     local E = require("sluice.estimate")
+    local anthropic = T.protocol("anthropic")
 
     it("answers Anthropic's shape, marked as an estimate by a header", function()
-        local status, body, headers = E.count_tokens_response({ model = "claude-x",
+        local status, body, headers = E.count_tokens_response(anthropic, { model = "claude-x",
             messages = { { role = "user", content = string.rep("abcd", 100) } } })
         assert.are.equal(200, status)
         assert.are.equal(100 + E.MESSAGE_TOKENS, body.input_tokens)
@@ -184,7 +185,7 @@ describe("count_tokens estimate", function()
     end)
 
     it("answers a bad body with an Anthropic 400", function()
-        local status, body = E.count_tokens_response({ model = "m" })
+        local status, body = E.count_tokens_response(anthropic, { model = "m" })
         assert.are.equal(400, status)
         assert.are.equal("invalid_request_error", body.error.type)
     end)

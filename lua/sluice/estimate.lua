@@ -11,7 +11,6 @@
 -- shape so strict clients parse it).
 
 local json = require("sluice.json")
-local anthropic = require("sluice.protocols.anthropic")
 
 local type, ipairs, tostring, ceil = type, ipairs, tostring, math.ceil
 
@@ -65,11 +64,13 @@ function M.count_tokens(req)
     return ceil(chars / 4) + fixed
 end
 
--- A count_tokens request body (Anthropic shape, decoded) -> status, body, headers.
-function M.count_tokens_response(body)
-    local req, err = anthropic.decode_request(body)
+-- A count_tokens request body (decoded) in the client's protocol, whose
+-- codec reads it and shapes a refusal (Anthropic: the only protocol with
+-- a count_tokens endpoint) -> status, body, headers.
+function M.count_tokens_response(codec, body)
+    local req, err = codec.decode_request(body)
     if not req then
-        local status, eb = anthropic.encode_error({ status = 400, type = "invalid_request", message = err })
+        local status, eb = codec.encode_error({ status = 400, type = "invalid_request", message = err })
         return status, eb, {}
     end
     return 200, { input_tokens = M.count_tokens(req) }, { [M.HEADER] = M.HEADER_VALUE }

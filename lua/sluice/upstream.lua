@@ -308,11 +308,12 @@ function U.plan(cfg, ctx, info, route, supplier)
     local codec = translate.protocol(to)
 
     if info.kind == "count_tokens" then
-        if not translate.protocol(from).count_tokens then
+        local client = translate.protocol(from)
+        if not client.count_tokens then
             return nil, { status = 501, type = "api_error", message = credentials().no_counting }
         end
         if to ~= from then -- answered here: an estimate, marked as such
-            local status, body, extra = estimate.count_tokens_response(ctx.request)
+            local status, body, extra = estimate.count_tokens_response(client, ctx.request)
             local headers = { { "content-type", "application/json" } }
             for k, v in pairs(extra) do headers[#headers + 1] = { k, v } end
             return { status = status, headers = headers, body = json.encode(body),
