@@ -33,17 +33,23 @@ static inline int sl_http_is_hop_by_hop(sl_str_t name)
     return 0;
 }
 
-/* 1 if every field can be relayed as it is: none holds CR, LF or NUL (which
- * would split, or end, the head of whoever receives it). */
+/* 1 if s holds CR, LF or NUL: bytes no field may carry (they would split,
+ * or end, the head of whoever receives it). */
+static inline int sl_http_has_ctl(sl_str_t s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        if (s.base[i] == '\r' || s.base[i] == '\n' || s.base[i] == '\0')
+            return 1;
+    return 0;
+}
+
+/* 1 if every field can be relayed as it is: no name or value has a byte
+ * sl_http_has_ctl refuses. */
 static inline int sl_http_fields_relayable(const sl_header_t *hv, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        const sl_str_t s[2] = {hv[i].name, hv[i].value};
-        for (int k = 0; k < 2; k++)
-            for (size_t j = 0; j < s[k].len; j++)
-                if (s[k].base[j] == '\r' || s[k].base[j] == '\n' || s[k].base[j] == '\0')
-                    return 0;
-    }
+    for (size_t i = 0; i < n; i++)
+        if (sl_http_has_ctl(hv[i].name) || sl_http_has_ctl(hv[i].value))
+            return 0;
     return 1;
 }
 

@@ -109,14 +109,6 @@ sl_header_t *sl__headers_copy(const sl_header_t *hv, size_t n, size_t *nout)
     return out;
 }
 
-static int has_ctl(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
-            return 1;
-    return 0;
-}
-
 int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, char *err,
                      size_t errlen)
 {
@@ -151,7 +143,8 @@ int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, cha
         /* Either way: key, value, name, value — four slots to pop. */
         name = lua_tolstring(L, -2, &nl);
         value = lua_tolstring(L, -1, &vl);
-        if (!name || !value || nl == 0 || has_ctl(name, nl) || has_ctl(value, vl)) {
+        if (!name || !value || nl == 0 || sl_http_has_ctl(sl_str(name, nl)) ||
+            sl_http_has_ctl(sl_str(value, vl))) {
             snprintf(err, errlen, "invalid header %s (empty, or contains CR/LF/NUL)",
                      name ? name : "(non-string)");
             lua_pop(L, 4);

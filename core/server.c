@@ -375,14 +375,6 @@ static int conn_write3(sl_conn_t *c, const char *a, size_t na, const char *b, si
     return 0;
 }
 
-static int has_crlf(sl_str_t s)
-{
-    for (size_t i = 0; i < s.len; i++)
-        if (s.base[i] == '\r' || s.base[i] == '\n' || s.base[i] == '\0')
-            return 1;
-    return 0;
-}
-
 int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
                       int64_t content_length)
 {
@@ -393,7 +385,7 @@ int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
     int keep = c->req.keep_alive && !c->want_close && !c->srv->stopping;
     int rc = sl_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, sl_http_reason(status));
     for (size_t i = 0; i < n && !rc; i++) {
-        if (has_crlf(h[i].name) || has_crlf(h[i].value) || h[i].name.len == 0) {
+        if (sl_http_has_ctl(h[i].name) || sl_http_has_ctl(h[i].value) || h[i].name.len == 0) {
             rc = SL_EINVAL;
             break;
         }
