@@ -29,12 +29,13 @@ for i, e in ipairs(protocols.list) do
     M.PROTOCOLS[e.name], M.SERVICES[e.service] = true, e.name
     PROTOCOL_NAMES[i], SERVICE_NAMES[i] = e.name, e.service
 end
--- "a, b, c or d"
-local function one_of(names)
+-- "a, b, c or d" (last = " or ", the default) or "a, b and c": names in
+-- a message (config and upstream say which protocols or headers they mean).
+function M.one_of(names, last)
     if #names < 2 then return concat(names) end
-    return concat(names, ", ", 1, #names - 1) .. " or " .. names[#names]
+    return concat(names, ", ", 1, #names - 1) .. (last or " or ") .. names[#names]
 end
-local EXPECTED_PROTOCOL = "expected " .. one_of(PROTOCOL_NAMES) .. "; got %s"
+local EXPECTED_PROTOCOL = "expected " .. M.one_of(PROTOCOL_NAMES) .. "; got %s"
 local UNKNOWN_SERVICE = "unknown service (known: " .. concat(SERVICE_NAMES, ", ") .. ")"
 -- Off loopback the admin token guards reload, the history and the config:
 -- long enough not to be guessed online (gateway keys need 8).

@@ -34,6 +34,7 @@ local translate = require("sluice.translate")
 local estimate = require("sluice.estimate")
 local managed = require("sluice.auth.managed")
 local protocols = require("sluice.protocols")
+local one_of = require("sluice.config").one_of
 
 local bit = require("bit")
 local bxor, bor, byte = bit.bxor, bit.bor, string.byte
@@ -52,12 +53,6 @@ local NEUTRAL = { ["user-agent"] = true, accept = true }
 -- ------------------------------------------------------------------ credentials
 
 local function literal(s) return (s:gsub("%W", "%%%0")) end
-
--- "a, b or c"
-local function one_of(names, last)
-    if #names < 2 then return table.concat(names) end
-    return table.concat(names, ", ", 1, #names - 1) .. last .. names[#names]
-end
 
 -- Where clients put keys, from every protocol's `credential` fact: the
 -- headers with a scheme first (Authorization: Bearer), then the plain ones,
