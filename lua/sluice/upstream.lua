@@ -27,7 +27,7 @@
 -- U.plan(cfg, ctx, info, route, supplier) -> plan | nil, { status, type, message }
 -- U.check_inbound_key(cfg, ctx) -> true | false, why
 -- U.client_credentials(ctx) -> { value... } every credential the client presented
--- U.passthrough_tail(protocol, message) -> closing bytes for a cut passthrough stream
+-- U.passthrough_tail(protocol, outcome, seen) -> closing bytes for a cut passthrough stream
 
 local json = require("sluice.json")
 local translate = require("sluice.translate")
