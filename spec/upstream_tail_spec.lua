@@ -10,6 +10,7 @@
 local json = require("sluice.json")
 local U = require("sluice.upstream")
 local T = require("sluice.translate")
+local A = require("sluice.accounting")
 local F = require("helpers.fixtures")
 local sse = require("helpers.sse")
 local validate = require("helpers.validate")
@@ -22,13 +23,12 @@ local STREAMS = {
     gemini = "gemini/stream_tools.sse",
 }
 
--- The first event's id and model, as the host learns them (H.observe).
+-- The first event's id and model, learnt as the host learns them (H.observe
+-- feeds the kept events to the accountant's watch).
 local function seen_of(protocol, first)
-    local dec = T.protocol(protocol).stream_decoder({})
-    for _, e in ipairs(dec:feed(first)) do
-        if e.type == "start" then return { id = e.id, model = e.model } end
-    end
-    return {}
+    local watch = A.watch(A.new(), T.protocol(protocol), {})
+    watch:feed_batch({ first })
+    return watch.seen or {}
 end
 
 -- Where the loop stops: the terminal event (nothing is cut after it) — and
