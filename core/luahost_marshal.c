@@ -13,6 +13,7 @@
  * request or a response.
  */
 #include <lauxlib.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,52 @@ int sl__lua_read_body(lua_State *L, int idx, sl_buf_t *out, int *has)
     int rc = sl__lua_append_string(L, -1, out, has);
     lua_pop(L, 1);
     return rc;
+}
+
+/* t[key] = v for the table at the top of the stack. */
+static void set_lstr(lua_State *L, const char *key, const char *v, size_t n)
+{
+    lua_pushlstring(L, v, n);
+    lua_setfield(L, -2, key);
+}
+
+static void set_str(lua_State *L, const char *key, const char *v)
+{
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, key);
+}
+
+static void set_bool(lua_State *L, const char *key, int v)
+{
+    lua_pushboolean(L, v);
+    lua_setfield(L, -2, key);
+}
+
+static void set_int(lua_State *L, const char *key, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, key);
+}
+
+/* Reads, copies and frees a struct's optional strings through a table of
+ * {key, offset} rows, one row per field. */
+typedef struct {
+    const char *key;
+    size_t off;
+} str_field_t;
+
+#define STR_MEMBER(obj, f) ((char **)((char *)(obj) + (f).off))
+
+static void str_fields_read(lua_State *L, int idx, void *obj, const str_field_t *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        *STR_MEMBER(obj, f[i]) = sl__lua_field_str(L, idx, f[i].key);
+}
+
+static void str_fields_free(void *obj, const str_field_t *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(*STR_MEMBER(obj, f[i]));
 }
 
 /* ---- headers ---- */
@@ -202,24 +249,16 @@ int sl_lua_ctx_new(sl_luahost_t *h, const sl_request_t *req, const char *request
 {
     lua_State *L = h->L;
     lua_createtable(L, 0, 12);
-    lua_pushstring(L, request_id);
-    lua_setfield(L, -2, "id");
-    lua_pushstring(L, req->method);
-    lua_setfield(L, -2, "method");
-    lua_pushlstring(L, req->path.base, req->path.len);
-    lua_setfield(L, -2, "path");
-    lua_pushlstring(L, req->query.base, req->query.len);
-    lua_setfield(L, -2, "query");
+    set_str(L, "id", request_id);
+    set_str(L, "method", req->method);
+    set_lstr(L, "path", req->path.base, req->path.len);
+    set_lstr(L, "query", req->query.base, req->query.len);
     sl__headers_push(L, req->headers, req->nheaders);
     lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, req->body.base, req->body.len);
-    lua_setfield(L, -2, "body");
-    lua_pushstring(L, req->peer);
-    lua_setfield(L, -2, "peer");
-    if (req->error_status) {
-        lua_pushinteger(L, req->error_status);
-        lua_setfield(L, -2, "reject_status");
-    }
+    set_lstr(L, "body", req->body.base, req->body.len);
+    set_str(L, "peer", req->peer);
+    if (req->error_status)
+        set_int(L, "reject_status", req->error_status);
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -231,8 +270,7 @@ void sl_lua_ctx_free(sl_luahost_t *h, int ctx)
 void sl_lua_ctx_set(sl_luahost_t *h, int ctx, const char *key, sl_str_t value)
 {
     lua_rawgeti(h->L, LUA_REGISTRYINDEX, ctx);
-    lua_pushlstring(h->L, value.base, value.len);
-    lua_setfield(h->L, -2, key);
+    set_lstr(h->L, key, value.base, value.len);
     lua_pop(h->L, 1);
 }
 
@@ -250,16 +288,21 @@ void sl_lua_events_add(sl_luahost_t *h, const sl_sse_event_t *ev)
 {
     lua_State *L = h->L;
     lua_createtable(L, 0, 2);
-    if (ev->event.len) {
-        lua_pushlstring(L, ev->event.base, ev->event.len);
-        lua_setfield(L, -2, "event");
-    }
-    lua_pushlstring(L, ev->data.base, ev->data.len);
-    lua_setfield(L, -2, "data");
+    if (ev->event.len)
+        set_lstr(L, "event", ev->event.base, ev->event.len);
+    set_lstr(L, "data", ev->data.base, ev->data.len);
     lua_rawseti(L, -2, ++h->batch_n);
 }
 
 /* ---- plans and responses ---- */
+
+/* The plan's names, for the record and the access log. */
+static const str_field_t PLAN_NAMES[] = {
+    {"service", offsetof(sl_plan_t, service)},   {"client", offsetof(sl_plan_t, client)},
+    {"route", offsetof(sl_plan_t, route)},       {"supplier", offsetof(sl_plan_t, supplier)},
+    {"model_in", offsetof(sl_plan_t, model_in)}, {"model_out", offsetof(sl_plan_t, model_out)},
+};
+#define NPLAN_NAMES (sizeof PLAN_NAMES / sizeof PLAN_NAMES[0])
 
 void sl_plan_free(sl_plan_t *p)
 {
@@ -271,12 +314,7 @@ void sl_plan_free(sl_plan_t *p)
         free((char *)p->markers[i].value.base);
     for (size_t i = 0; i < p->nusage_markers; i++)
         free((char *)p->usage_markers[i].value.base);
-    free(p->service);
-    free(p->client);
-    free(p->route);
-    free(p->supplier);
-    free(p->model_in);
-    free(p->model_out);
+    str_fields_free(p, PLAN_NAMES, NPLAN_NAMES);
     free(p->error);
     memset(p, 0, sizeof *p);
 }
@@ -367,12 +405,7 @@ int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, c
         snprintf(err, errlen, "request hook returned %s, expected a table", luaL_typename(L, idx));
         return SL_ESCRIPT;
     }
-    p->service = sl__lua_field_str(L, idx, "service");
-    p->client = sl__lua_field_str(L, idx, "client");
-    p->route = sl__lua_field_str(L, idx, "route");
-    p->supplier = sl__lua_field_str(L, idx, "supplier");
-    p->model_in = sl__lua_field_str(L, idx, "model_in");
-    p->model_out = sl__lua_field_str(L, idx, "model_out");
+    str_fields_read(L, idx, p, PLAN_NAMES, NPLAN_NAMES);
     p->status = (int)sl__lua_field_num(L, idx, "status", 0);
     lua_getfield(L, idx, "headers");
     int rc = sl__headers_read(L, -1, &p->headers, &p->nheaders, err, errlen);
@@ -414,20 +447,13 @@ int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, c
 void sl__outcome_push(lua_State *L, const sl_lua_outcome_t *o)
 {
     lua_createtable(L, 0, 8);
-    lua_pushstring(L, o->reason);
-    lua_setfield(L, -2, "reason");
-    lua_pushboolean(L, o->expected);
-    lua_setfield(L, -2, "expected");
-    lua_pushboolean(L, o->partial);
-    lua_setfield(L, -2, "partial");
-    lua_pushboolean(L, o->committed);
-    lua_setfield(L, -2, "committed");
-    lua_pushinteger(L, o->upstream_status);
-    lua_setfield(L, -2, "status");
-    lua_pushstring(L, o->detail ? o->detail : "");
-    lua_setfield(L, -2, "detail");
-    lua_pushboolean(L, o->sse);
-    lua_setfield(L, -2, "sse");
+    set_str(L, "reason", o->reason);
+    set_bool(L, "expected", o->expected);
+    set_bool(L, "partial", o->partial);
+    set_bool(L, "committed", o->committed);
+    set_int(L, "status", o->upstream_status);
+    set_str(L, "detail", o->detail ? o->detail : "");
+    set_bool(L, "sse", o->sse);
     lua_pushnumber(L, (lua_Number)o->events);
     lua_setfield(L, -2, "events");
 }
@@ -435,23 +461,28 @@ void sl__outcome_push(lua_State *L, const sl_lua_outcome_t *o)
 void sl__failure_push(lua_State *L, const sl_lua_failure_t *f)
 {
     lua_createtable(L, 0, 5);
-    lua_pushstring(L, f->kind);
-    lua_setfield(L, -2, "kind");
-    lua_pushinteger(L, f->status);
-    lua_setfield(L, -2, "status");
+    set_str(L, "kind", f->kind);
+    set_int(L, "status", f->status);
     sl__headers_push(L, f->headers, f->nheaders);
     lua_setfield(L, -2, "headers");
-    if (f->reason) {
-        lua_pushstring(L, f->reason);
-        lua_setfield(L, -2, "reason");
-    }
-    if (f->detail) {
-        lua_pushstring(L, f->detail);
-        lua_setfield(L, -2, "detail");
-    }
+    if (f->reason)
+        set_str(L, "reason", f->reason);
+    if (f->detail)
+        set_str(L, "detail", f->detail);
 }
 
 /* ---- log fields ---- */
+
+static const str_field_t LOG_STRINGS[] = {
+    {"model_out", offsetof(sl_lua_logfields_t, model_out)},
+    {"extra_json", offsetof(sl_lua_logfields_t, extra_json)},
+    {"request_body", offsetof(sl_lua_logfields_t, request_body)},
+    {"response_body", offsetof(sl_lua_logfields_t, response_body)},
+    {"service", offsetof(sl_lua_logfields_t, service)},
+    {"client", offsetof(sl_lua_logfields_t, client)},
+    {"model_in", offsetof(sl_lua_logfields_t, model_in)},
+};
+#define NLOG_STRINGS (sizeof LOG_STRINGS / sizeof LOG_STRINGS[0])
 
 void sl__logfields_init(sl_lua_logfields_t *f)
 {
@@ -462,13 +493,7 @@ void sl__logfields_init(sl_lua_logfields_t *f)
 
 void sl_lua_logfields_free(sl_lua_logfields_t *f)
 {
-    free(f->model_out);
-    free(f->extra_json);
-    free(f->request_body);
-    free(f->response_body);
-    free(f->service);
-    free(f->client);
-    free(f->model_in);
+    str_fields_free(f, LOG_STRINGS, NLOG_STRINGS);
     memset(f, 0, sizeof *f);
 }
 
@@ -486,11 +511,5 @@ void sl__logfields_read(lua_State *L, int idx, sl_lua_logfields_t *f)
     f->output_tokens = field_count(L, idx, "output_tokens");
     f->cache_read_tokens = field_count(L, idx, "cache_read_tokens");
     f->cache_write_tokens = field_count(L, idx, "cache_write_tokens");
-    f->model_out = sl__lua_field_str(L, idx, "model_out");
-    f->extra_json = sl__lua_field_str(L, idx, "extra_json");
-    f->request_body = sl__lua_field_str(L, idx, "request_body");
-    f->response_body = sl__lua_field_str(L, idx, "response_body");
-    f->service = sl__lua_field_str(L, idx, "service");
-    f->client = sl__lua_field_str(L, idx, "client");
-    f->model_in = sl__lua_field_str(L, idx, "model_in");
+    str_fields_read(L, idx, f, LOG_STRINGS, NLOG_STRINGS);
 }
