@@ -212,14 +212,20 @@ int main(int argc, char **argv)
         sl_luahost_release(probe);
         return 0;
     }
+    /* Every string of a loaded config is set (the reader has no defaults,
+     * a missing one fails the load), so only the copy itself can fail. */
     sl_config_t cfg;
-    sl_luahost_config_copy(probe, &cfg);
+    int rc = sl_luahost_config_copy(probe, &cfg);
     sl_luahost_release(probe);
+    if (rc) {
+        fprintf(stderr, "sluice: %s\n", sl_strerror(rc));
+        return 1;
+    }
 
     sl_log_level_t level;
-    if (cfg.log_level && sl_log_level_parse(cfg.log_level, &level) == 0)
+    if (sl_log_level_parse(cfg.log_level, &level) == 0)
         sl_log_set_level(level);
-    int rc = sl_access_log_open(cfg.access_log ? cfg.access_log : "stderr");
+    rc = sl_access_log_open(cfg.access_log);
     if (rc) {
         fprintf(stderr, "sluice: log.access %s: %s\n", cfg.access_log, sl_strerror(rc));
         return 1;
