@@ -484,10 +484,7 @@ static int pass_whole_events(sl_exchange_t *ex, const char *p, size_t n)
             capture(ex, a->held.base, a->held.len);
             capture(ex, p, at);
         }
-        if (a->held.len)
-            sl_conn_send_body(ex->conn, a->held.base, a->held.len);
-        if (at)
-            sl_conn_send_body(ex->conn, p, at);
+        sl_conn_send_body2(ex->conn, sl_str(a->held.base, a->held.len), sl_str(p, at));
         a->events_sent = a->events_framed;
         ex->term.terminal_delivered = ex->term.terminal_seen;
     }

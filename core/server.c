@@ -347,18 +347,18 @@ static void on_nudge(uv_idle_t *h)
 
 /* Queues up to three pieces (chunk size line, data, CRLF) for this
  * iteration's single write. */
-static int conn_write3(sl_conn_t *c, const char *a, size_t na, const char *b, size_t nb,
-                       const char *d, size_t nd)
+static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
 {
     if (c->state == CONN_CLOSING || uv_is_closing((uv_handle_t *)&c->tcp))
         return SL_ECLOSED;
-    size_t len = na + nb + nd;
+    size_t len = 0;
+    for (size_t i = 0; i < nv; i++)
+        len += v[i].len;
     int rc = sl_buf_reserve(&c->outq, len);
     if (rc)
         return rc;
-    sl_buf_append(&c->outq, a, na);
-    sl_buf_append(&c->outq, b, nb);
-    sl_buf_append(&c->outq, d, nd);
+    for (size_t i = 0; i < nv; i++)
+        sl_buf_append_str(&c->outq, v[i]);
     c->write_queue += len;
     c->bytes_out += len;
     if (c->write_queue >= SL_CONN_HIGH_WATER)
@@ -373,6 +373,12 @@ static int conn_write3(sl_conn_t *c, const char *a, size_t na, const char *b, si
         c->srv->flush_list = c;
     }
     return 0;
+}
+
+static int conn_write(sl_conn_t *c, const char *p, size_t n)
+{
+    sl_str_t v = sl_str(p, n);
+    return conn_writev(c, &v, 1);
 }
 
 int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
@@ -404,7 +410,7 @@ int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
         rc = sl_buf_append_c(&b,
                              keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     if (!rc)
-        rc = conn_write3(c, b.base, b.len, NULL, 0, NULL, 0);
+        rc = conn_write(c, b.base, b.len);
     sl_buf_free(&b);
     if (rc)
         return rc;
@@ -415,18 +421,24 @@ int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
     return 0;
 }
 
-int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n)
+int sl_conn_send_body2(sl_conn_t *c, sl_str_t a, sl_str_t b)
 {
     if (!c->committed)
         return SL_EINVAL;
+    size_t n = a.len + b.len;
     /* A HEAD answer has no body: bytes sent would be read as the next response. */
     if (n == 0 || c->head_only)
         return 0;
     if (!c->chunked)
-        return conn_write3(c, p, n, NULL, 0, NULL, 0);
+        return conn_writev(c, (sl_str_t[]){a, b}, 2);
     char line[24];
     int m = snprintf(line, sizeof line, "%zx\r\n", n);
-    return conn_write3(c, line, (size_t)m, p, n, "\r\n", 2);
+    return conn_writev(c, (sl_str_t[]){sl_str(line, (size_t)m), a, b, SL_STR("\r\n")}, 4);
+}
+
+int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n)
+{
+    return sl_conn_send_body2(c, sl_str(p, n), SL_STR_NULL);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -481,7 +493,7 @@ int sl_conn_finish(sl_conn_t *c)
         return SL_EINVAL;
     int rc = 0;
     if (c->committed && c->chunked && !c->head_only)
-        rc = conn_write3(c, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+        rc = conn_write(c, "0\r\n\r\n", 5);
     c->h = NULL;
     c->hdata = NULL;
     c->committed = 0;
@@ -621,7 +633,7 @@ static void respond_raw_error(sl_conn_t *c, int status, const char *message)
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      status, sl_http_reason(status), b.len);
-    conn_write3(c, head, (size_t)n, b.base, b.len, NULL, 0);
+    conn_writev(c, (sl_str_t[]){sl_str(head, (size_t)n), sl_str(b.base, b.len)}, 2);
     sl_buf_free(&b);
     conn_close_graceful(c);
 }

@@ -91,6 +91,10 @@ int sl_conn_send_head(sl_conn_t *c, int status, const sl_header_t *h, size_t n,
                       int64_t content_length);
 /* Response body bytes (chunk-encoded when the head said chunked). Copies. */
 int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n);
+/* a then b as one piece of the body (one chunk), for bytes kept in two
+ * places: the client reads the body two sl_conn_send_body calls would
+ * give, with one chunk header instead of two. Copies. */
+int sl_conn_send_body2(sl_conn_t *c, sl_str_t a, sl_str_t b);
 /* Ends the response: the connection then reads the next request or closes. */
 int sl_conn_finish(sl_conn_t *c);
 /* A complete small response in one call. */
