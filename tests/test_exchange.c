@@ -268,6 +268,18 @@ static int client_send(void)
     return fd;
 }
 
+#define RESP_MAX 16384
+
+/* Reads the client's response until its chunked body ended (or 3 s pass),
+ * closes the client, and decodes the body: the response in resp, the body
+ * in body, each RESP_MAX bytes. */
+static void client_finish(int fd, char *resp, char *body)
+{
+    client_read(fd, resp, RESP_MAX, "\r\n0\r\n\r\n", 3000);
+    close(fd);
+    dechunk(resp, body, RESP_MAX);
+}
+
 /* sluice_active_streams, read back from the metrics text. */
 static int active_streams(void)
 {
@@ -349,10 +361,8 @@ static void test_stream_cut_mid_event_ends_with_the_tail(void)
     up_done(&fakes[0], CURLE_OK); /* closed early: no message_stop */
     CHECK(ended());
 
-    char resp[16384], body[16384];
-    client_read(fd, resp, sizeof resp, "\r\n0\r\n\r\n", 3000);
-    close(fd);
-    dechunk(resp, body, sizeof body);
+    char resp[RESP_MAX], body[RESP_MAX];
+    client_finish(fd, resp, body);
     CHECK_STR_HAS(resp, "HTTP/1.1 200");
     /* The client got the whole events, never the half one, then the tail. */
     CHECK(strncmp(body, EV_START EV_BLOCK_START, strlen(EV_START EV_BLOCK_START)) == 0);
@@ -395,10 +405,8 @@ static void test_retry_before_commit_starts_clean(void)
     up_done(&fakes[1], CURLE_OK);
     CHECK(ended());
 
-    char resp[16384], body[16384];
-    client_read(fd, resp, sizeof resp, "\r\n0\r\n\r\n", 3000);
-    close(fd);
-    dechunk(resp, body, sizeof body);
+    char resp[RESP_MAX], body[RESP_MAX];
+    client_finish(fd, resp, body);
     CHECK_STR_HAS(resp, "HTTP/1.1 200");
     /* Byte for byte the second attempt's stream: nothing of the first. */
     CHECK_EQ_MEM(body, strlen(body), WHOLE_STREAM);

@@ -29,22 +29,25 @@
 static int th_passed, th_failed, th_cur_failed;
 static const char *volatile th_current = "(setup)";
 
+/* Marks the current case failed and says where: "  file:line: " then fmt
+ * (a string literal) with its arguments. */
+#define TH_FAIL(fmt, ...)                                                                          \
+    do {                                                                                           \
+        th_cur_failed = 1;                                                                         \
+        fprintf(stderr, "  %s:%d: " fmt, __FILE__, __LINE__, __VA_ARGS__);                         \
+    } while (0)
+
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);             \
-        }                                                                                          \
+        if (!(cond))                                                                               \
+            TH_FAIL("CHECK(%s) failed\n", #cond);                                                  \
     } while (0)
 
 #define CHECK_EQ_INT(a, b)                                                                         \
     do {                                                                                           \
         long long th_a = (long long)(a), th_b = (long long)(b);                                    \
-        if (th_a != th_b) {                                                                        \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, #a,    \
-                    #b, th_a, th_b);                                                               \
-        }                                                                                          \
+        if (th_a != th_b)                                                                          \
+            TH_FAIL("%s == %s failed: %lld != %lld\n", #a, #b, th_a, th_b);                        \
     } while (0)
 
 /* Compares a (base, len) byte range with a C string. */
@@ -53,22 +56,18 @@ static const char *volatile th_current = "(setup)";
         const char *th_p = (const char *)(base);                                                   \
         size_t th_n = (size_t)(len);                                                               \
         const char *th_s = (cstr);                                                                 \
-        if (th_n != strlen(th_s) || (th_n && memcmp(th_p, th_s, th_n) != 0)) {                     \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: \"%.*s\" != \"%s\"\n", __FILE__, __LINE__,  \
-                    #base, #cstr, (int)(th_n > 400 ? 400 : th_n), th_p ? th_p : "", th_s);         \
-        }                                                                                          \
+        if (th_n != strlen(th_s) || (th_n && memcmp(th_p, th_s, th_n) != 0))                       \
+            TH_FAIL("%s == %s failed: \"%.*s\" != \"%s\"\n", #base, #cstr,                         \
+                    (int)(th_n > 400 ? 400 : th_n), th_p ? th_p : "", th_s);                       \
     } while (0)
 
 /* Compares two C strings (NULL is never equal). */
 #define CHECK_EQ_STR(a, b)                                                                         \
     do {                                                                                           \
         const char *th_a = (a), *th_b = (b);                                                       \
-        if (!th_a || !th_b || strcmp(th_a, th_b) != 0) {                                           \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: \"%.400s\" != \"%.400s\"\n", __FILE__,      \
-                    __LINE__, #a, #b, th_a ? th_a : "(null)", th_b ? th_b : "(null)");             \
-        }                                                                                          \
+        if (!th_a || !th_b || strcmp(th_a, th_b) != 0)                                             \
+            TH_FAIL("%s == %s failed: \"%.400s\" != \"%.400s\"\n", #a, #b, th_a ? th_a : "(null)", \
+                    th_b ? th_b : "(null)");                                                       \
     } while (0)
 
 /* Exact equality of two doubles (counts read back from text, sums of
@@ -76,32 +75,25 @@ static const char *volatile th_current = "(setup)";
 #define CHECK_EQ_DBL(a, b)                                                                         \
     do {                                                                                           \
         double th_a = (a), th_b = (b);                                                             \
-        if (th_a != th_b) {                                                                        \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: %.17g != %.17g\n", __FILE__, __LINE__, #a,  \
-                    #b, th_a, th_b);                                                               \
-        }                                                                                          \
+        if (th_a != th_b)                                                                          \
+            TH_FAIL("%s == %s failed: %.17g != %.17g\n", #a, #b, th_a, th_b);                      \
     } while (0)
 
 /* Compares two SL_E* codes and prints their names (the test includes error.h). */
 #define CHECK_RC(expr, want)                                                                       \
     do {                                                                                           \
         int th_rc = (expr), th_want = (want);                                                      \
-        if (th_rc != th_want) {                                                                    \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: %s == %s failed: %s != %s\n", __FILE__, __LINE__, #expr,     \
-                    #want, sl_err_name(th_rc), sl_err_name(th_want));                              \
-        }                                                                                          \
+        if (th_rc != th_want)                                                                      \
+            TH_FAIL("%s == %s failed: %s != %s\n", #expr, #want, sl_err_name(th_rc),               \
+                    sl_err_name(th_want));                                                         \
     } while (0)
 
 #define CHECK_STR_HAS(hay, needle)                                                                 \
     do {                                                                                           \
         const char *th_h = (hay);                                                                  \
-        if (!th_h || !strstr(th_h, (needle))) {                                                    \
-            th_cur_failed = 1;                                                                     \
-            fprintf(stderr, "  %s:%d: \"%s\" not found in %s = \"%.400s\"\n", __FILE__, __LINE__,  \
-                    (needle), #hay, th_h ? th_h : "(null)");                                       \
-        }                                                                                          \
+        if (!th_h || !strstr(th_h, (needle)))                                                      \
+            TH_FAIL("\"%s\" not found in %s = \"%.400s\"\n", (needle), #hay,                       \
+                    th_h ? th_h : "(null)");                                                       \
     } while (0)
 
 #define RUN(fn)                                                                                    \

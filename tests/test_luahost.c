@@ -86,6 +86,38 @@ static sl_luahost_t *fixture_host(const char *name)
     return h;
 }
 
+/* A host on config in lua_dir; NULL, with the case failed and the error
+ * shown, when it will not load. */
+static sl_luahost_t *loaded_host(const char *lua_dir, const char *config)
+{
+    sl_luahost_t *h;
+    char err[1024];
+    int rc = new_host(&h, lua_dir, config, err, sizeof err);
+    CHECK_EQ_INT(rc, 0);
+    if (rc) {
+        fprintf(stderr, "  %s\n", err);
+        return NULL;
+    }
+    return h;
+}
+
+/* config must be refused (SL_ECONFIG, no host) with an error that names
+ * `needle`, and `where` too unless it is NULL. */
+static void expect_refused(const char *lua_dir, const char *config, const char *where,
+                           const char *needle)
+{
+    sl_luahost_t *h;
+    char err[1024];
+    int rc = new_host(&h, lua_dir, config, err, sizeof err);
+    CHECK_EQ_INT(rc, SL_ECONFIG);
+    CHECK(h == NULL);
+    if (where)
+        CHECK_STR_HAS(err, where);
+    CHECK_STR_HAS(err, needle);
+    if (rc == 0)
+        sl_luahost_release(h);
+}
+
 typedef struct {
     int called;
     int rc;
@@ -182,16 +214,8 @@ static void test_config_errors_name_the_field(void)
         {"return {", "cannot load config"},
         {"error(\"ops typo here\")", "ops typo here"},
     };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        sl_luahost_t *h;
-        char err[1024];
-        int rc = new_host(&h, "lua", rows[i].config, err, sizeof err);
-        CHECK_EQ_INT(rc, SL_ECONFIG);
-        CHECK(h == NULL);
-        CHECK_STR_HAS(err, rows[i].needle);
-        if (rc == 0)
-            sl_luahost_release(h);
-    }
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        expect_refused("lua", rows[i].config, NULL, rows[i].needle);
 }
 
 static void test_config_missing_file(void)
@@ -206,21 +230,15 @@ static void test_config_missing_file(void)
 
 static void test_config_values_reach_c(void)
 {
-    sl_luahost_t *h;
-    char err[1024];
-    int rc = new_host(
-        &h, "lua",
+    sl_luahost_t *h = loaded_host(
+        "lua",
         "return { listen = { \"127.0.0.1:7171\", \"[::1]:7172\" }, workers = 3,\n"
         "  limits = { max_body = 1000, header_timeout = 2.5, max_headers = 7 },\n"
         "  timeouts = { connect = 3, first_byte = 4 }, script_budget = 123456,\n"
         "  log = { access = \"off\", level = \"warn\" }, admin = { token = \"t0psecret\" },\n"
-        "  history = false }",
-        err, sizeof err);
-    CHECK_EQ_INT(rc, 0);
-    if (rc) {
-        fprintf(stderr, "  %s\n", err);
+        "  history = false }");
+    if (!h)
         return;
-    }
     const sl_config_t *c = sl_luahost_config(h);
     CHECK_EQ_INT(c->nlisten, 2);
     CHECK(c->nlisten == 2 && strcmp(c->listen[0], "127.0.0.1:7171") == 0 &&
@@ -250,14 +268,9 @@ static void test_config_values_reach_c(void)
  * whole, with settings that are off (admin token, history) as NULL. */
 static void test_config_defaults_come_from_lua(void)
 {
-    sl_luahost_t *h;
-    char err[1024];
-    int rc = new_host(&h, "lua", "return {}", err, sizeof err);
-    CHECK_EQ_INT(rc, 0);
-    if (rc) {
-        fprintf(stderr, "  %s\n", err);
+    sl_luahost_t *h = loaded_host("lua", "return {}");
+    if (!h)
         return;
-    }
     const sl_config_t *c = sl_luahost_config(h);
     CHECK(c->nlisten == 1 && strcmp(c->listen[0], "127.0.0.1:7070") == 0);
     CHECK_EQ_INT(c->workers, 0);
@@ -304,25 +317,12 @@ static void test_config_view_must_be_complete(void)
         {"return { name = 'A', set = { admin_token = true } }", "admin_token is boolean"},
         {"return { name = 'A', set = { log_level = false } }", "log_level is boolean"},
     };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        sl_luahost_t *h;
-        char err[1024];
-        int rc = new_host(&h, FIXTURE_LUA, rows[i].config, err, sizeof err);
-        CHECK_EQ_INT(rc, SL_ECONFIG);
-        CHECK(h == NULL);
-        CHECK_STR_HAS(err, "config.core_view");
-        CHECK_STR_HAS(err, rows[i].needle);
-        if (rc == 0)
-            sl_luahost_release(h);
-    }
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        expect_refused(FIXTURE_LUA, rows[i].config, "config.core_view", rows[i].needle);
     /* false is how a view says "none" for the settings that may be off. */
-    sl_luahost_t *h;
-    char err[1024];
-    int rc = new_host(&h, FIXTURE_LUA,
-                      "return { name = 'A', set = { admin_token = 'tok', history_path = false } }",
-                      err, sizeof err);
-    CHECK_EQ_INT(rc, 0);
-    if (rc == 0) {
+    sl_luahost_t *h = loaded_host(
+        FIXTURE_LUA, "return { name = 'A', set = { admin_token = 'tok', history_path = false } }");
+    if (h) {
         const sl_config_t *c = sl_luahost_config(h);
         CHECK(c->admin_token && strcmp(c->admin_token, "tok") == 0);
         CHECK(c->history_path == NULL);
@@ -336,17 +336,11 @@ static void test_budget_stops_runaway_on_request(void)
 {
     /* A loop LuaJIT would compile after a few dozen iterations; only the
      * loader's jit.off keeps it under the count hook. */
-    sl_luahost_t *h;
-    char err[1024];
-    int rc = new_host(&h, "lua",
-                      "return { script_budget = 2000000,\n"
-                      "  on_request = function(ctx) local n = 0 while true do n = n + 1 end end }",
-                      err, sizeof err);
-    CHECK_EQ_INT(rc, 0);
-    if (rc) {
-        fprintf(stderr, "  %s\n", err);
+    sl_luahost_t *h = loaded_host(
+        "lua", "return { script_budget = 2000000,\n"
+               "  on_request = function(ctx) local n = 0 while true do n = n + 1 end end }");
+    if (!h)
         return;
-    }
     done_t d;
     run_request(h, "POST", "/v1/chat/completions", "",
                 "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &d);
@@ -467,10 +461,8 @@ static void test_ctx_fields_reach_lua(void)
             "peer=127.0.0.1:5555\n", "id=req-42\n",
         };
         for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-            if (!body_has(&d.plan, lines[i], strlen(lines[i]))) {
-                th_cur_failed = 1;
-                fprintf(stderr, "  echo lacks %s", lines[i]);
-            }
+            if (!body_has(&d.plan, lines[i], strlen(lines[i])))
+                TH_FAIL("echo lacks %s\n", lines[i]);
         }
         CHECK(body_has(&d.plan, "body=hello\0world\n", 17));
     }
@@ -857,20 +849,14 @@ static void test_response_body_finish_retry_log(void)
  * record's model_out), and the config hook answers by name. */
 static void test_real_log_and_config_hooks(void)
 {
-    sl_luahost_t *h;
-    char err[2048];
-    int rc =
-        new_host(&h, "lua",
-                 "return { history = false,\n"
-                 "  suppliers = { up = { protocol = 'openai-chat',\n"
-                 "                       base_url = 'http://127.0.0.1:9' } },\n"
-                 "  routes = { chat = { { match = '*', supplier = 'up', model = 'up-m' } } } }",
-                 err, sizeof err);
-    CHECK_EQ_INT(rc, 0);
-    if (rc) {
-        fprintf(stderr, "  %s\n", err);
+    sl_luahost_t *h = loaded_host(
+        "lua", "return { history = false,\n"
+               "  suppliers = { up = { protocol = 'openai-chat',\n"
+               "                       base_url = 'http://127.0.0.1:9' } },\n"
+               "  routes = { chat = { { match = '*', supplier = 'up', model = 'up-m' } } } }");
+    if (!h)
         return;
-    }
+    char err[2048];
     static const char body[] = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
                                "\"content\":\"hi\"}]}";
     sl_request_t req = make_req("POST", "/v1/chat/completions", "", NULL, 0, SL_STR(body));

@@ -200,15 +200,24 @@ static void on_stopped(void *arg)
     stopped = 1;
 }
 
-static sl_server_t *start_server(const sl_server_limits_t *l, int *port)
+static sl_server_t *cur_server; /* the one the predicates below look at */
+
+/* Resets the application to `mode` and starts a server with limits l (NULL:
+ * the defaults) on a free port. NULL, with the case failed, if none would. */
+static sl_server_t *serve(enum app_mode mode, const sl_server_limits_t *l, int *port)
 {
+    sl_server_limits_t defaults = default_limits();
     sl_server_t *s = NULL;
-    for (int attempt = 0; attempt < 5; attempt++) {
+    app_reset(mode);
+    for (int attempt = 0; attempt < 5 && !s; attempt++) {
         *port = th_free_port();
-        if (sl_server_start(&s, &loop, "127.0.0.1", *port, l, on_request, NULL) == 0)
-            return s;
+        if (sl_server_start(&s, &loop, "127.0.0.1", *port, l ? l : &defaults, on_request, NULL) !=
+            0)
+            s = NULL;
     }
-    return NULL;
+    CHECK(s != NULL);
+    cur_server = s;
+    return s;
 }
 
 /* Runs the loop until cond() holds or timeout_ms passes; returns cond(). */
@@ -379,11 +388,8 @@ static client_t *client_new(int port)
 
 static void test_request_delivered(void)
 {
-    app_reset(APP_RESPOND);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -413,11 +419,8 @@ static void test_request_delivered(void)
 
 static void test_keep_alive_two_requests(void)
 {
-    app_reset(APP_RESPOND);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -438,11 +441,8 @@ static void test_keep_alive_two_requests(void)
 
 static void pipelined(enum app_mode mode)
 {
-    app_reset(mode);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(mode, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -473,11 +473,8 @@ static void test_pipelined_with_slow_responses(void)
 
 static void test_chunked_request_body(void)
 {
-    app_reset(APP_RESPOND);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -492,23 +489,22 @@ static void test_chunked_request_body(void)
     stop_server(s);
 }
 
-static void expect_rejected(const sl_server_limits_t *l, const char *request, const char *status)
+/* The request gets `status` and a close; the application saw `seen`
+ * requests (0: refused before it; 1: handed over with error_status set). */
+static void expect_closed(const sl_server_limits_t *l, const char *request, const char *status,
+                          int seen)
 {
-    app_reset(APP_RESPOND);
     int port;
-    sl_server_t *s = start_server(l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, l, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
     c->parts[0] = request;
     c->responses = 1;
     run_client(c);
-    CHECK_EQ_INT(atomic_load(&app.nseen), 0);
-    if (strncmp(c->resp, status, strlen(status)) != 0) {
-        th_cur_failed = 1;
-        fprintf(stderr, "  expected %s, got: %.80s\n", status, c->resp);
-    }
+    CHECK_EQ_INT(atomic_load(&app.nseen), seen);
+    if (strncmp(c->resp, status, strlen(status)) != 0)
+        TH_FAIL("expected %s, got: %.80s\n", status, c->resp);
     CHECK_STR_HAS(c->resp, "Connection: close\r\n");
     CHECK(c->eof);
     free(c);
@@ -518,11 +514,11 @@ static void expect_rejected(const sl_server_limits_t *l, const char *request, co
 static void test_malformed_gets_400_and_close(void)
 {
     sl_server_limits_t l = default_limits();
-    expect_rejected(&l, "GET / HTTP/1.1\r\nHost h\r\n\r\n", "HTTP/1.1 400 ");
-    expect_rejected(&l, "GARBAGE\r\n\r\n", "HTTP/1.1 400 ");
-    expect_rejected(
-        &l, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        "HTTP/1.1 400 ");
+    expect_closed(&l, "GET / HTTP/1.1\r\nHost h\r\n\r\n", "HTTP/1.1 400 ", 0);
+    expect_closed(&l, "GARBAGE\r\n\r\n", "HTTP/1.1 400 ", 0);
+    expect_closed(&l,
+                  "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                  "HTTP/1.1 400 ", 0);
 }
 
 static void test_oversized_head_gets_431(void)
@@ -534,13 +530,13 @@ static void test_oversized_head_gets_431(void)
     memset(big, 'v', 2000);
     big[2000] = '\0';
     snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: h\r\nX-Big: %s\r\n\r\n", big);
-    expect_rejected(&l, req, "HTTP/1.1 431 ");
+    expect_closed(&l, req, "HTTP/1.1 431 ", 0);
 
     l = default_limits();
     l.max_headers_count = 5;
-    expect_rejected(
-        &l, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
-        "HTTP/1.1 431 ");
+    expect_closed(&l,
+                  "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
+                  "HTTP/1.1 431 ", 0);
 }
 
 static void test_body_over_max_delivered_as_413(void)
@@ -553,28 +549,11 @@ static void test_body_over_max_delivered_as_413(void)
         "8\r\n01234567\r\n8\r\n89012345\r\n0\r\n\r\n",
     };
     for (int i = 0; i < 2; i++) {
-        app_reset(APP_RESPOND);
-        int port;
-        sl_server_t *s = start_server(&l, &port);
-        CHECK(s != NULL);
-        if (!s)
-            return;
-        client_t *c = client_new(port);
-        c->parts[0] = reqs[i];
-        c->responses = 1;
-        run_client(c);
-        CHECK_EQ_INT(atomic_load(&app.nseen), 1);
+        expect_closed(&l, reqs[i], "HTTP/1.1 413 ", 1);
         CHECK_EQ_INT(app.seen[0].error_status, 413);
         CHECK_EQ_INT(app.seen[0].body.len, 0);
-        CHECK(strncmp(c->resp, "HTTP/1.1 413 ", 13) == 0);
-        CHECK_STR_HAS(c->resp, "Connection: close\r\n");
-        CHECK(c->eof);
-        free(c);
-        stop_server(s);
     }
 }
-
-static sl_server_t *cur_server;
 
 static int server_idle(void)
 {
@@ -591,15 +570,12 @@ static void test_graceful_close_to_a_client_that_never_reads_ends(void)
     /* An answer cut short ends with a graceful close (flush, then FIN). A
      * client that never reads must not keep that socket, and megabytes of
      * queued answer, for ever: keepalive_timeout bounds the wait. */
-    app_reset(APP_HOLD);
     sl_server_limits_t l = default_limits();
     l.keepalive_timeout_ms = 200;
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_HOLD, &l, &port);
     if (!s)
         return;
-    cur_server = s;
     int fd = th_connect(port, 1000);
     CHECK(fd >= 0);
     const char *req = "GET /cut HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -623,12 +599,10 @@ static void test_header_timeout_closes_silent_connection(void)
 {
     static const char *starts[] = {NULL, "GET / HT"}; /* silent; a head that stalls */
     for (int i = 0; i < 2; i++) {
-        app_reset(APP_RESPOND);
         sl_server_limits_t l = default_limits();
         l.header_timeout_ms = 100;
         int port;
-        sl_server_t *s = start_server(&l, &port);
-        CHECK(s != NULL);
+        sl_server_t *s = serve(APP_RESPOND, &l, &port);
         if (!s)
             return;
         client_t *c = client_new(port);
@@ -639,7 +613,6 @@ static void test_header_timeout_closes_silent_connection(void)
         CHECK(c->eof == 1); /* closed by the server, not by our 3 s read timeout */
         CHECK((uv_hrtime() - t0) / 1000000 < 2500);
         CHECK_EQ_INT(atomic_load(&app.nseen), 0);
-        cur_server = s;
         CHECK(drive(server_idle, 1000));
         free(c);
         stop_server(s);
@@ -653,11 +626,8 @@ static int gone_or_closed(void)
 
 static void test_client_close_while_busy_calls_on_gone(void)
 {
-    app_reset(APP_HOLD);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_HOLD, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -678,13 +648,11 @@ static void test_pipelining_past_the_bound_calls_on_gone(void)
     /* A client that pipelines more than the server will stash while a
      * response is in flight is cut off; the application still holds the
      * connection and must hear about it, or it will write to freed memory. */
-    app_reset(APP_HOLD);
     sl_server_limits_t l = default_limits();
     l.max_header = 512;
     l.max_body = 512;
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_HOLD, &l, &port);
     if (!s)
         return;
     static char flood[8192];
@@ -695,7 +663,6 @@ static void test_pipelining_past_the_bound_calls_on_gone(void)
     c->flood_after_seen = 1;
     c->until = "\x01never";
     run_client(c);
-    cur_server = s;
     CHECK(drive(server_idle, 3000)); /* the flood is cut off */
     CHECK_EQ_INT(atomic_load(&app.nseen), 1);
     CHECK_EQ_INT(atomic_load(&app.gone), 1);
@@ -707,11 +674,8 @@ static void test_pipelining_past_the_bound_calls_on_gone(void)
 
 static void test_chunked_response_framing(void)
 {
-    app_reset(APP_CHUNKED);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_CHUNKED, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -734,11 +698,8 @@ static void test_chunked_response_framing(void)
 
 static void test_crlf_header_refused(void)
 {
-    app_reset(APP_CRLF);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_CRLF, NULL, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -760,16 +721,12 @@ static int one_connection(void)
 
 static void test_stop_closes_idle_connections(void)
 {
-    app_reset(APP_RESPOND);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, NULL, &port);
     if (!s)
         return;
     int fd = th_connect(port, 2000); /* connected, never sends */
     CHECK(fd >= 0);
-    cur_server = s;
     CHECK(drive(one_connection, 2000));
     stop_server(s); /* completes although a connection was open */
     char b[16];
@@ -790,11 +747,8 @@ static void test_head_response_has_no_body(void)
                             "HTTP/1.1 200 OK\r\n"};
     const char *until[] = {"GET /g ? body=", "world\r\n0\r\n\r\n"};
     for (int m = 0; m < 2; m++) {
-        app_reset(modes[m]);
-        sl_server_limits_t l = default_limits();
         int port;
-        sl_server_t *s = start_server(&l, &port);
-        CHECK(s != NULL);
+        sl_server_t *s = serve(modes[m], NULL, &port);
         if (!s)
             return;
         client_t *c = client_new(port);
@@ -941,22 +895,31 @@ static int bulk_sent(void)
     return atomic_load(&cur_bulk->sent);
 }
 
-static bulk_t *bulk_start(int port, int count, size_t first_len)
+/* Starts a client that pipelines `count` requests, the first first_len
+ * bytes alone. A slow reader has a small receive buffer and reads nothing
+ * until the case sets read_gate. */
+static bulk_t *bulk_start(int port, int count, size_t first_len, int slow_reader)
 {
     bulk_t *b = calloc(1, sizeof *b);
     b->port = port;
     b->want = count;
     b->payload = pipeline_of(count, &b->payload_len);
     b->first_len = first_len;
-    atomic_store(&b->read_gate, 1);
+    b->rcvbuf = slow_reader ? 4096 : 0;
+    atomic_store(&b->read_gate, !slow_reader);
     cur_bulk = b;
+    pthread_create(&b->th, NULL, bulk_main, b);
     return b;
 }
 
+/* Drives the server until the client is done; every response must have
+ * come, in order. */
 static void bulk_finish(bulk_t *b)
 {
     cur_bulk = b;
     CHECK(drive(bulk_done, 60000));
+    CHECK_EQ_INT(b->got, b->want);
+    CHECK(!b->bad);
     pthread_join(b->th, NULL);
     free((char *)b->payload);
     free(b);
@@ -967,20 +930,11 @@ static void test_3000_pipelined_in_one_write_answered_in_order(void)
     /* Answered inside the request callback, as the admin API does: the
      * bytes read after the first request must not be parsed before the
      * ones stashed with it. */
-    app_reset(APP_RESPOND);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, NULL, &port);
     if (!s)
         return;
-    bulk_t *b = bulk_start(port, 3000, 0);
-    pthread_create(&b->th, NULL, bulk_main, b);
-    cur_bulk = b;
-    CHECK(drive(bulk_done, 60000));
-    CHECK_EQ_INT(b->got, 3000);
-    CHECK(!b->bad);
-    bulk_finish(b);
+    bulk_finish(bulk_start(port, 3000, 0, 0));
     stop_server(s);
 }
 
@@ -995,26 +949,19 @@ static void test_long_pipeline_behind_a_slow_response(void)
      * response; consuming them must not re-copy the stash per request.
      * Linear work takes a few seconds; re-copying is ~8 TB of memmove,
      * which the 60 s bound (or the watchdog) fails. */
-    app_reset(APP_FIRST_LATER);
     sl_server_limits_t l = default_limits();
     l.max_body = 32 << 20;
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_FIRST_LATER, &l, &port);
     if (!s)
         return;
     const int count = 500000;
-    bulk_t *b = bulk_start(port, count, strlen("GET /p/0 HTTP/1.1\r\nHost: h\r\n\r\n"));
-    pthread_create(&b->th, NULL, bulk_main, b);
+    bulk_t *b = bulk_start(port, count, strlen("GET /p/0 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     CHECK(drive(bulk_sent, 20000));
     drive(never, 1000); /* the server reads what the kernel still holds: all of it stashed */
     CHECK_EQ_INT(atomic_load(&app.nseen), 1);
     if (app.held)
         echo_respond(app.held, &app.seen[0]);
-    cur_bulk = b;
-    CHECK(drive(bulk_done, 60000));
-    CHECK_EQ_INT(b->got, count);
-    CHECK(!b->bad);
     bulk_finish(b);
     stop_server(s);
 }
@@ -1037,18 +984,12 @@ static void test_pipelining_client_that_does_not_read_is_paused(void)
     /* 2000 pipelined requests whose 16 KB answers the client does not read:
      * the server must stop producing them (and stop reading) once the
      * write queue is high, not queue 32 MB, and carry on once it reads. */
-    app_reset(APP_BIG);
-    sl_server_limits_t l = default_limits();
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_BIG, NULL, &port);
     if (!s)
         return;
     const int count = 2000;
-    bulk_t *b = bulk_start(port, count, 0);
-    b->rcvbuf = 4096;
-    atomic_store(&b->read_gate, 0);
-    pthread_create(&b->th, NULL, bulk_main, b);
+    bulk_t *b = bulk_start(port, count, 0, 1);
     stable_polls = last_seen_count = 0;
     CHECK(drive(seen_stable, 20000));
     int answered = atomic_load(&app.nseen);
@@ -1057,10 +998,6 @@ static void test_pipelining_client_that_does_not_read_is_paused(void)
     if (th_cur_failed)
         fprintf(stderr, "  answered %d of %d while the client read nothing\n", answered, count);
     atomic_store(&b->read_gate, 1);
-    cur_bulk = b;
-    CHECK(drive(bulk_done, 60000));
-    CHECK_EQ_INT(b->got, count);
-    CHECK(!b->bad);
     bulk_finish(b);
     stop_server(s);
 }
@@ -1069,12 +1006,10 @@ static void test_dripping_body_is_cut(void)
 {
     /* A body that stalls longer than body_timeout: 408, and it never
      * reaches the application. */
-    app_reset(APP_RESPOND);
     sl_server_limits_t l = default_limits();
     l.body_timeout_ms = 100;
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, &l, &port);
     if (!s)
         return;
     client_t *c = client_new(port);
@@ -1089,11 +1024,9 @@ static void test_dripping_body_is_cut(void)
 
     /* Bytes that keep coming, each well within body_timeout, but the whole
      * body would take 2 s: body_total_timeout (300 ms) cuts it. */
-    app_reset(APP_RESPOND);
     l.body_timeout_ms = 1000;
     l.body_total_timeout_ms = 300;
-    s = start_server(&l, &port);
-    CHECK(s != NULL);
+    s = serve(APP_RESPOND, &l, &port);
     if (!s)
         return;
     c = client_new(port);
@@ -1157,12 +1090,10 @@ static void peer_open(peer_t *p, int port, const char *send_now)
 
 static void test_full_server_closes_an_idle_connection_for_a_new_one(void)
 {
-    app_reset(APP_RESPOND);
     sl_server_limits_t l = default_limits();
     l.max_connections = 2;
     int port;
-    sl_server_t *s = start_server(&l, &port);
-    CHECK(s != NULL);
+    sl_server_t *s = serve(APP_RESPOND, &l, &port);
     if (!s)
         return;
     peer_t a, b, c;
@@ -1183,9 +1114,7 @@ static void test_full_server_closes_an_idle_connection_for_a_new_one(void)
 
     /* Nobody idle (both connections are mid-request): the newcomer is
      * refused and the requests under way are not harmed. */
-    app_reset(APP_RESPOND);
-    s = start_server(&l, &port);
-    CHECK(s != NULL);
+    s = serve(APP_RESPOND, &l, &port);
     if (!s)
         return;
     peer_open(&a, port, "GET /a HT");

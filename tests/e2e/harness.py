@@ -53,6 +53,35 @@ def free_port():
         return s.getsockname()[1]
 
 
+def port_open(port):
+    """True if something accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def end_process(proc, timeout, sig=signal.SIGTERM):
+    """Signal proc (if it still runs) and wait for it; SIGKILL after timeout seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_kib(pid):
+    """A process's resident memory in KiB (VmRSS), 0 if /proc does not say."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def wait_for(predicate, timeout=10.0, interval=0.05):
     """Poll predicate() until it returns a truthy value or timeout; returns the last value."""
     deadline = time.monotonic() + timeout
@@ -297,6 +326,21 @@ def sse_chunks(text, parts=None, delay_ms=0):
     return [{"data": p, "delay_ms": delay_ms} for p in pieces]
 
 
+def sse_record(event, data):
+    """One SSE record: an `event:` line unless event is None (data-only
+    protocols), then `data:` (a str as it is, anything else as JSON)."""
+    head = "event: %s\n" % event if event else ""
+    return head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n"
+
+
+def chat_chunk(delta, finish=None, usage=None, id="chatcmpl-1"):
+    """One OpenAI chat.completion.chunk record (model gpt-4.1, one choice)."""
+    return sse_record(None, {"id": id, "object": "chat.completion.chunk", "created": 1,
+                             "model": "gpt-4.1",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                             "usage": usage})
+
+
 # --------------------------------------------------------------------------
 # the mock upstream
 
@@ -359,13 +403,7 @@ class Mock:
     def stop(self):
         if self in _live:
             _live.remove(self)
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, 5)
         self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -485,13 +523,7 @@ class Sluice:
         """Signal sluice and wait for it; returns the exit code (SIGKILL after timeout)."""
         if self in _live:
             _live.remove(self)
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, timeout, sig)
         if not self._stderr.closed:
             self._stderr.close()
         return self.proc.returncode
@@ -590,18 +622,90 @@ class Redis:
     def stop(self):
         if self in _live:
             _live.remove(self)
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, 5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start_redis():
     return Redis()
+
+
+# --------------------------------------------------------------------------
+# nginx: a real TLS (and HTTP/2) server
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 256; }
+http {
+    log_format test '%(log_format)s';
+    access_log %(dir)s/access.log test;
+    client_body_temp_path %(dir)s/tmp;
+    proxy_temp_path %(dir)s/tmp;
+    fastcgi_temp_path %(dir)s/tmp;
+    uwsgi_temp_path %(dir)s/tmp;
+    scgi_temp_path %(dir)s/tmp;
+    keepalive_timeout %(keepalive)s;
+    server {
+        listen 127.0.0.1:%(port)d ssl%(http2)s;
+        ssl_certificate %(dir)s/cert.pem;
+        ssl_certificate_key %(dir)s/key.pem;
+%(server)s
+    }
+}
+"""
+
+
+class Nginx:
+    """nginx on a free loopback port speaking TLS (and HTTP/2 unless http2 is
+    false) with a throwaway self-signed certificate for 127.0.0.1.
+
+    `server` is the rest of its server block (locations); `%(dir)s` in it is
+    nginx's directory, where `files` ({name: text}) are written first. Each
+    request is logged as `log_format` (nginx variables) in access.log."""
+
+    def __init__(self, server, log_format="$request $status", keepalive="75s", http2=True,
+                 files=None):
+        self.dir = tempfile.mkdtemp(prefix="sluice-nginx-")
+        os.makedirs(os.path.join(self.dir, "tmp"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", os.path.join(self.dir, "key.pem"),
+                        "-out", os.path.join(self.dir, "cert.pem")],
+                       check=True, capture_output=True)
+        for name, text in (files or {}).items():
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF % {"dir": self.dir, "port": self.port, "log_format": log_format,
+                                  "keepalive": keepalive, "http2": " http2" if http2 else "",
+                                  "server": server % {"dir": self.dir}})
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.dir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _live.append(self)
+        if not wait_for(lambda: port_open(self.port) or self.proc.poll() is not None,
+                        timeout=10) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("nginx did not start: %s" % self.proc.stderr.read())
+
+    def access_lines(self):
+        """The access log's lines so far ([] before the first)."""
+        try:
+            with open(os.path.join(self.dir, "access.log")) as f:
+                return f.read().splitlines()
+        except OSError:
+            return []
+
+    def stop(self):
+        if self in _live:
+            _live.remove(self)
+        end_process(self.proc, 10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

@@ -11,18 +11,10 @@ import tempfile
 import time
 
 import harness
-from harness import SluiceTestCase
+from harness import SluiceTestCase, rss_kib
 
 CHUNK = 1024 * 1024
 CHUNKS = 32
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class BackpressureTest(SluiceTestCase):

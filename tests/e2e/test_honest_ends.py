@@ -28,47 +28,41 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import RawConn, build_request, parse_sse  # noqa: E402
+from harness import RawConn, build_request, parse_sse, sse_record  # noqa: E402
 
 READ_TIMEOUT = 8.0
 KEY = "sk-client-key-honest-ends-7731"
 
 
-def sse(event, data):
-    head = "event: %s\n" % event if event else ""
-    return head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n"
-
-
 def chat_chunk(delta, finish=None, usage=None):
-    return sse(None, {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1",
-                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage})
+    return harness.chat_chunk(delta, finish, usage, id="chatcmpl-9")
 
 
 ANTHROPIC = [
-    sse("message_start", {"type": "message_start", "message": {
+    sse_record("message_start", {"type": "message_start", "message": {
         "id": "msg_9", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
         "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}}),
-    sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                "content_block": {"type": "text", "text": ""}}),
-    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": "Hello"}}),
-    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": " there, a longer piece"}}),
+    sse_record("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+    sse_record("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Hello"}}),
+    sse_record("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": " there, a longer piece"}}),
 ]
 CHAT = [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hello"}),
         chat_chunk({"content": " there, a longer piece"})]
 RESP_OBJ = {"id": "resp_9", "object": "response", "status": "in_progress", "output": [], "usage": None}
 RESPONSES = [
-    sse("response.created", {"type": "response.created", "sequence_number": 0, "response": RESP_OBJ}),
-    sse("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1,
-                                       "output_index": 0, "item": {"type": "message", "id": "msg_1",
-                                                                   "status": "in_progress", "role": "assistant",
-                                                                   "content": []}}),
-    sse("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 2,
-                                       "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                                       "delta": "Hello there, a longer piece"}),
+    sse_record("response.created", {"type": "response.created", "sequence_number": 0, "response": RESP_OBJ}),
+    sse_record("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1,
+                                              "output_index": 0, "item": {"type": "message", "id": "msg_1",
+                                                                          "status": "in_progress", "role": "assistant",
+                                                                          "content": []}}),
+    sse_record("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 2,
+                                              "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                              "delta": "Hello there, a longer piece"}),
 ]
-RESPONSES_END = sse("response.completed", {"type": "response.completed", "sequence_number": 3, "response": dict(
+RESPONSES_END = sse_record("response.completed", {"type": "response.completed", "sequence_number": 3, "response": dict(
     RESP_OBJ, status="completed", usage={"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})})
 
 
@@ -76,7 +70,7 @@ def gemini_chunk(text, finish=None):
     cand = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
     if finish:
         cand["finishReason"] = finish
-    return sse(None, {"candidates": [cand], "modelVersion": "gemini-2.5-flash", "responseId": "r9"})
+    return sse_record(None, {"candidates": [cand], "modelVersion": "gemini-2.5-flash", "responseId": "r9"})
 
 
 GEMINI = [gemini_chunk("Hel"), gemini_chunk("lo "), gemini_chunk("there, a longer piece")]
@@ -358,10 +352,10 @@ class TranslatedAnswerTest(HonestEndsCase):
         # Item 9: the client used to lose message_stop while the record said COMPLETE.
         big = 2 ** 60
         events = [chat_chunk({"role": "assistant", "content": "Hi"}), chat_chunk({}, finish="stop"),
-                  sse(None, {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                             "choices": [], "usage": {"prompt_tokens": big, "completion_tokens": 3,
-                                                      "total_tokens": big}}),
-                  sse(None, "[DONE]")]
+                  sse_record(None, {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                    "choices": [], "usage": {"prompt_tokens": big, "completion_tokens": 3,
+                                                             "total_tokens": big}}),
+                  sse_record(None, "[DONE]")]
         self.mock.enqueue({"headers": {"Content-Type": "text/event-stream"}, "chunks": [{"data": e} for e in events]})
         status, _, body, clean = self.exchange("anthropic", "big-usage", dict(self.ANTHROPIC_JSON, stream=True))
         self.assertTrue(clean)
@@ -402,7 +396,7 @@ class FailingFinishHookTest(harness.SluiceTestCase):
         self.start_sluice(routes='{ claude = { { match = "*", supplier = "xo" } } }', on_request=BROKEN_CLOSE,
                           extra='  retry = { attempts = 1 },\n  history = { path = "%s/history.db" },\n' % d)
         events = [chat_chunk({"role": "assistant", "content": "Hi"}), chat_chunk({}, finish="stop"),
-                  sse(None, "[DONE]")]
+                  sse_record(None, "[DONE]")]
         self.mock.enqueue({"headers": {"Content-Type": "text/event-stream"}, "chunks": [{"data": e} for e in events]})
         c = RawConn(self.sluice.port, timeout=READ_TIMEOUT)
         self.addCleanup(c.close)

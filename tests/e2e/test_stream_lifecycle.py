@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import RawConn, build_request, parse_sse  # noqa: E402
+from harness import RawConn, build_request, chat_chunk, parse_sse, sse_record  # noqa: E402
 
 CLIENT_KEY = "sk-client-key-lifecycle-5521"
 READ_TIMEOUT = 8.0          # seconds: any stream still open after this is a hang
@@ -42,35 +42,22 @@ READ_TIMEOUT = 8.0          # seconds: any stream still open after this is a han
 # ---------------------------------------------------------------- fixtures
 
 
-def sse(event, data):
-    """One SSE record; event None for data-only protocols."""
-    head = "event: %s\n" % event if event else ""
-    return head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n"
-
-
 ANTHROPIC_EVENTS = [
-    sse("message_start", {"type": "message_start", "message": {
+    sse_record("message_start", {"type": "message_start", "message": {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": 1}}}),
-    sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                "content_block": {"type": "text", "text": ""}}),
-    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": "Hello"}}),
-    sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": " world"}}),
-    sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                          "usage": {"output_tokens": 5}}),
-    sse("message_stop", {"type": "message_stop"}),
+    sse_record("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+    sse_record("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Hello"}}),
+    sse_record("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": " world"}}),
+    sse_record("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    sse_record("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": 5}}),
+    sse_record("message_stop", {"type": "message_stop"}),
 ]
-
-
-def chat_chunk(delta, finish=None, usage=None):
-    return sse(None, {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-                      "model": "gpt-4.1",
-                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                      "usage": usage})
 
 
 CHAT_EVENTS = [
@@ -78,26 +65,26 @@ CHAT_EVENTS = [
     chat_chunk({"content": "Hello"}),
     chat_chunk({"content": " world"}),
     chat_chunk({}, finish="stop"),
-    sse(None, "[DONE]"),
+    sse_record(None, "[DONE]"),
 ]
 
 RESP_OBJ = {"id": "resp_1", "object": "response", "status": "in_progress", "output": [], "usage": None}
 RESPONSES_EVENTS = [
-    sse("response.created", {"type": "response.created", "sequence_number": 0, "response": RESP_OBJ}),
-    sse("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1,
-                                       "output_index": 0,
-                                       "item": {"type": "message", "id": "msg_1", "status": "in_progress",
-                                                "role": "assistant", "content": []}}),
-    sse("response.content_part.added", {"type": "response.content_part.added", "sequence_number": 2,
-                                        "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                                        "part": {"type": "output_text", "text": "", "annotations": []}}),
-    sse("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 3,
-                                       "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                                       "delta": "Hello"}),
-    sse("response.output_text.done", {"type": "response.output_text.done", "sequence_number": 4,
-                                      "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                                      "text": "Hello"}),
-    sse("response.completed", {"type": "response.completed", "sequence_number": 5, "response": dict(
+    sse_record("response.created", {"type": "response.created", "sequence_number": 0, "response": RESP_OBJ}),
+    sse_record("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1,
+                                              "output_index": 0,
+                                              "item": {"type": "message", "id": "msg_1", "status": "in_progress",
+                                                       "role": "assistant", "content": []}}),
+    sse_record("response.content_part.added", {"type": "response.content_part.added", "sequence_number": 2,
+                                               "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                               "part": {"type": "output_text", "text": "", "annotations": []}}),
+    sse_record("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 3,
+                                              "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                              "delta": "Hello"}),
+    sse_record("response.output_text.done", {"type": "response.output_text.done", "sequence_number": 4,
+                                             "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                             "text": "Hello"}),
+    sse_record("response.completed", {"type": "response.completed", "sequence_number": 5, "response": dict(
         RESP_OBJ, status="completed", usage={"input_tokens": 5, "output_tokens": 1, "total_tokens": 6})}),
 ]
 
@@ -106,7 +93,7 @@ def gemini_chunk(text, finish=None):
     cand = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
     if finish:
         cand["finishReason"] = finish
-    return sse(None, {"candidates": [cand], "modelVersion": "gemini-2.5-flash", "responseId": "r1"})
+    return sse_record(None, {"candidates": [cand], "modelVersion": "gemini-2.5-flash", "responseId": "r1"})
 
 
 GEMINI_EVENTS = [gemini_chunk("Hel"), gemini_chunk("lo "), gemini_chunk("world"), gemini_chunk("", "STOP")]

@@ -25,11 +25,7 @@ they are here to keep HTTP/2 working and TLS requests unblocked.
 """
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -51,43 +47,15 @@ CHAT_JSON = ('{"id":"chatcmpl-c","object":"chat.completion","created":1,"model":
              '"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},'
              '"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}')
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid %(dir)s/nginx.pid;
-error_log %(dir)s/error.log warn;
-events { worker_connections 256; }
-http {
-    log_format conn '$connection $server_protocol $request_uri $status';
-    access_log %(dir)s/access.log conn;
-    client_body_temp_path %(dir)s/tmp;
-    proxy_temp_path %(dir)s/tmp;
-    fastcgi_temp_path %(dir)s/tmp;
-    uwsgi_temp_path %(dir)s/tmp;
-    scgi_temp_path %(dir)s/tmp;
-    keepalive_timeout %(keepalive)s;
-    server {
-        listen 127.0.0.1:%(port)d ssl%(http2)s;
-        ssl_certificate %(dir)s/cert.pem;
-        ssl_certificate_key %(dir)s/key.pem;
+# nginx's server block: everything to the mock, which plays the delays.
+PROXY_TO_MOCK = """
         location / {
-            proxy_pass http://127.0.0.1:%(mock)d;
+            proxy_pass http://127.0.0.1:%d;
             proxy_http_version 1.1;
             proxy_buffering off;
             proxy_read_timeout 60s;
         }
-    }
-}
 """
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def chat_body(model, stream):
@@ -147,6 +115,17 @@ class Timed(threading.Thread):
             case.assertEqual(self.resp.json()["choices"][0]["message"]["content"], "hi")
 
 
+def burst(port, body, n):
+    """n requests sent at once, each from its own thread; returns them once
+    they ended (or 30 s each passed)."""
+    timed = [Timed(port, body) for _ in range(n)]
+    for t in timed:
+        t.start()
+    for t in timed:
+        t.join(30)
+    return timed
+
+
 def ms(t0, t):
     return "%.0f ms" % ((t - t0) * 1000) if t is not None else "pending"
 
@@ -158,6 +137,15 @@ class ConcurrencyChecks:
 
     def start(self):
         raise NotImplementedError
+
+    def start_slow_fast(self, base, options=""):
+        """sluice with the suppliers slow (models slow-*) and fast (the rest)
+        at base/slow/v1 and base/fast/v1; options end each supplier's table."""
+        extra = "".join('    %s = { protocol = "openai-chat", base_url = "%s/%s/v1", '
+                        'auth = { type = "none" }%s },\n' % (name, base, name, options)
+                        for name in ("slow", "fast"))
+        routes = '{ chat = { { match = "slow-*", supplier = "slow" }, { match = "*", supplier = "fast" } } }'
+        return self.start_sluice(suppliers_extra=extra, routes=routes)
 
     def wait_upstream_saw(self, prefix, t):
         ok = harness.wait_for(lambda: t.error or any(r["path"].startswith(prefix)
@@ -174,11 +162,7 @@ class ConcurrencyChecks:
         slow = Timed(s.port, chat_body("slow-gpt", stream))
         slow.start()
         self.wait_upstream_saw("/slow", slow)
-        fast = [Timed(s.port, chat_body("gpt-4.1", stream)) for _ in range(nfast)]
-        for f in fast:
-            f.start()
-        for f in fast:
-            f.join(30)
+        fast = burst(s.port, chat_body("gpt-4.1", stream), nfast)
         # Checked before joining the slow one: it must still be waiting.
         still_pending = slow.pending()
         slow.join(30)
@@ -213,54 +197,25 @@ class ConcurrencyChecks:
 
 class PlainHttpTest(ConcurrencyChecks, harness.SluiceTestCase):
     def start(self):
-        base = "http://127.0.0.1:%d" % self.mock.port
-        extra = ('    slow = { protocol = "openai-chat", base_url = "%s/slow/v1", auth = { type = "none" } },\n'
-                 '    fast = { protocol = "openai-chat", base_url = "%s/fast/v1", auth = { type = "none" } },\n'
-                 % (base, base))
-        routes = '{ chat = { { match = "slow-*", supplier = "slow" }, { match = "*", supplier = "fast" } } }'
-        return self.start_sluice(suppliers_extra=extra, routes=routes)
+        return self.start_slow_fast("http://127.0.0.1:%d" % self.mock.port)
 
 
-class Nginx:
-    """nginx on a free port: TLS (+ HTTP/2 unless told not to) in front of the mock."""
+def proxy_nginx(mock_port, keepalive="75s", http2=True):
+    """nginx on a free port: TLS (+ HTTP/2 unless told not to) in front of the
+    mock, logging each request's connection number, protocol, uri and status."""
+    return harness.Nginx(PROXY_TO_MOCK % mock_port,
+                         log_format="$connection $server_protocol $request_uri $status",
+                         keepalive=keepalive, http2=http2)
 
-    def __init__(self, mock_port, keepalive="75s", http2=True):
-        self.dir = tempfile.mkdtemp(prefix="sluice-h2-")
-        os.makedirs(os.path.join(self.dir, "tmp"))
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", os.path.join(self.dir, "key.pem"),
-                        "-out", os.path.join(self.dir, "cert.pem")],
-                       check=True, capture_output=True)
-        self.port = harness.free_port()
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF % {"dir": self.dir, "port": self.port, "mock": mock_port,
-                                  "keepalive": keepalive, "http2": " http2" if http2 else ""})
-        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.dir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not harness.wait_for(lambda: port_open(self.port) or self.proc.poll() is not None,
-                                timeout=10) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("nginx did not start: %s" % self.proc.stderr.read())
 
-    def access(self):
-        """[(connection number, protocol, uri, status)] for every request so far."""
-        try:
-            with open(os.path.join(self.dir, "access.log")) as f:
-                return [tuple(line.split()) for line in f.read().splitlines() if line.strip()]
-        except OSError:
-            return []
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def nginx_saw(case, nginx, count, protocol):
+    """Checks that nginx logged count requests, all over protocol; returns
+    them as [(connection number, protocol, uri, status)]."""
+    time.sleep(0.2)
+    lines = [tuple(line.split()) for line in nginx.access_lines() if line.strip()]
+    case.assertEqual(len(lines), count, lines)
+    case.assertEqual({line[1] for line in lines}, {protocol}, lines)
+    return lines
 
 
 class TlsH2Test(ConcurrencyChecks, harness.SluiceTestCase):
@@ -268,24 +223,15 @@ class TlsH2Test(ConcurrencyChecks, harness.SluiceTestCase):
 
     def setUp(self):
         super().setUp()
-        self.nginx = Nginx(self.mock.port, http2=self.http2)
+        self.nginx = proxy_nginx(self.mock.port, http2=self.http2)
         self.addCleanup(self.nginx.stop)
 
     def start(self):
-        base = "https://127.0.0.1:%d" % self.nginx.port
-        extra = ('    slow = { protocol = "openai-chat", base_url = "%s/slow/v1", auth = { type = "none" }, verify_tls = false },\n'
-                 '    fast = { protocol = "openai-chat", base_url = "%s/fast/v1", auth = { type = "none" }, verify_tls = false },\n'
-                 % (base, base))
-        routes = '{ chat = { { match = "slow-*", supplier = "slow" }, { match = "*", supplier = "fast" } } }'
-        return self.start_sluice(suppliers_extra=extra, routes=routes)
+        return self.start_slow_fast("https://127.0.0.1:%d" % self.nginx.port, ", verify_tls = false")
 
     def run_slow_then_fast(self, slow_scene, nfast, stream):
         slow, fast = super().run_slow_then_fast(slow_scene, nfast, stream)
-        time.sleep(0.2)
-        lines = self.nginx.access()
-        self.assertEqual(len(lines), nfast + 1, lines)
-        self.assertEqual({line[1] for line in lines}, {"HTTP/2.0" if self.http2 else "HTTP/1.1"},
-                         lines)
+        nginx_saw(self, self.nginx, nfast + 1, "HTTP/2.0" if self.http2 else "HTTP/1.1")
         return slow, fast
 
     def test_requests_after_the_first_share_its_h2_connection(self):
@@ -297,19 +243,12 @@ class TlsH2Test(ConcurrencyChecks, harness.SluiceTestCase):
         slow = Timed(s.port, chat_body("slow-gpt", True))
         slow.start()
         harness.wait_for(lambda: slow.head_at is not None, timeout=10)
-        fast = [Timed(s.port, chat_body("gpt-4.1", False)) for _ in range(10)]
-        for f in fast:
-            f.start()
-        for f in fast:
-            f.join(30)
+        for f in burst(s.port, chat_body("gpt-4.1", False), 10):
             f.check(self, False)
         self.assertTrue(slow.pending(), "the slow stream should still be running")
         slow.join(30)
         slow.check(self, True)
-        time.sleep(0.2)
-        lines = self.nginx.access()
-        self.assertEqual(len(lines), 11, lines)
-        self.assertEqual({line[1] for line in lines}, {"HTTP/2.0"}, lines)
+        lines = nginx_saw(self, self.nginx, 11, "HTTP/2.0")
         self.assertEqual(len({line[0] for line in lines}), 1, "expected one h2 connection: %r" % lines)
 
 
@@ -327,7 +266,7 @@ class TlsH2ReconnectTest(harness.SluiceTestCase):
 
     def setUp(self):
         super().setUp()
-        self.nginx = Nginx(self.mock.port, keepalive="1s")
+        self.nginx = proxy_nginx(self.mock.port, keepalive="1s")
         self.addCleanup(self.nginx.stop)
 
     def test_known_h2_supplier_burst_shares_one_new_connection(self):
@@ -341,16 +280,9 @@ class TlsH2ReconnectTest(harness.SluiceTestCase):
         first.join(30)
         first.check(self, False)
         time.sleep(2.5)  # nginx closes the idle connection
-        burst = [Timed(s.port, chat_body("gpt-4.1", False)) for _ in range(20)]
-        for b in burst:
-            b.start()
-        for b in burst:
-            b.join(30)
+        for b in burst(s.port, chat_body("gpt-4.1", False), 20):
             b.check(self, False)
-        time.sleep(0.2)
-        lines = self.nginx.access()
-        self.assertEqual(len(lines), 21, lines)
-        self.assertEqual({line[1] for line in lines}, {"HTTP/2.0"}, lines)
+        lines = nginx_saw(self, self.nginx, 21, "HTTP/2.0")
         conns = {line[0] for line in lines[1:]}
         self.assertNotIn(lines[0][0], conns, "the burst reused the closed connection?")
         self.assertEqual(len(conns), 1, "the burst opened %d connections: %r" % (len(conns), lines))
