@@ -93,6 +93,12 @@ class SDKError(Exception):
     """What an SDK raises for an API error it parsed."""
 
 
+def expect(cond, why=""):
+    """An assertion that holds under python -O too (sdk_read is test logic, not a debug aid)."""
+    if not cond:
+        raise AssertionError(why)
+
+
 def sdk_read(proto, body):
     """Consumes a stream the way that protocol's official SDK does. Returns the
     error message the SDK would raise, after checking the end marker followed.
@@ -101,27 +107,27 @@ def sdk_read(proto, body):
     if proto == "anthropic":
         names = [e["event"] for e in evs]
         datas = [json.loads(e["data"]) for e in evs]   # every event is parsed
-        assert names[-2:] == ["error", "message_stop"], names
+        expect(names[-2:] == ["error", "message_stop"], names)
         opened = [d["index"] for d in datas if d["type"] == "content_block_start"]
         stopped = [d["index"] for d in datas if d["type"] == "content_block_stop"]
-        assert opened == stopped, "blocks left open at the error: %r vs %r" % (opened, stopped)
+        expect(opened == stopped, "blocks left open at the error: %r vs %r" % (opened, stopped))
         return datas[-2]["error"]["message"]
     if proto == "openai_chat":
-        assert evs[-1]["data"] == "[DONE]", evs[-1]
+        expect(evs[-1]["data"] == "[DONE]", evs[-1])
         objs = [json.loads(e["data"]) for e in evs[:-1]]
         errs = [o["error"]["message"] for o in objs if "error" in o]
-        assert len(errs) == 1 and "error" in objs[-1], objs[-1]
+        expect(len(errs) == 1 and "error" in objs[-1], objs[-1])
         return errs[0]
     if proto == "openai_responses":
         objs = [json.loads(e["data"]) for e in evs]
         seqs = [o["sequence_number"] for o in objs]
-        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs  # the stream helper's order
-        assert [e["event"] for e in evs[-2:]] == ["error", "response.failed"], [e["event"] for e in evs]
+        expect(seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs)  # the stream helper's order
+        expect([e["event"] for e in evs[-2:]] == ["error", "response.failed"], [e["event"] for e in evs])
         failed = objs[-1]["response"]
-        assert failed["id"] == "resp_9" and isinstance(failed["output"], list), failed  # rsp.output iterable
+        expect(failed["id"] == "resp_9" and isinstance(failed["output"], list), failed)  # rsp.output iterable
         return failed["error"]["message"]
     objs = [json.loads(e["data"]) for e in evs]
-    assert "error" in objs[-1], objs[-1]
+    expect("error" in objs[-1], objs[-1])
     return objs[-1]["error"]["message"]
 
 
