@@ -571,7 +571,7 @@ static void answer_from_body(sl_exchange_t *ex)
     } else {
         if (r.upstream_invalid) { /* the answer said nothing usable: a 502, recorded so */
             snprintf(ex->err, sizeof ex->err, "%s", r.error ? r.error : "unusable answer");
-            sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_INVALID, 0, ex->err);
+            sl_term_note(&ex->term, SL_TERM_CAUSE_UPSTREAM_UNUSABLE, 0, ex->err);
         }
         respond_full(ex, r.status ? r.status : a->upstream_status, r.headers, r.nheaders,
                      sl_str(r.body.base ? r.body.base : "", r.body.len));

@@ -333,6 +333,8 @@ class TranslatedAnswerTest(HonestEndsCase):
         self.assertIn("supplier xo", err["error"]["message"])
         rec = self.record(rid)
         self.assertEqual((rec["reason"], rec["status"]), ("UPSTREAM_PROTOCOL", 502), rec)
+        # The client got a whole error answer: nothing of it was cut.
+        self.assertIs(rec["partial"], False, rec)
 
     def test_html_200(self):
         # Item 8.
