@@ -1,0 +1,65 @@
+-- sluice.tools.common — what the text tool-call dialects share.
+--
+-- A dialect (lua/sluice/tools/<name>.lua) knows how one model family writes
+-- a tool call into its text. It declares
+--   D.name     its config name
+--   D.markers  the strings that open a call region ("<tool_call>")
+--   D.parse(s, final, tools) where s begins with one of its markers:
+--       "more"               undecided: the region is not complete yet
+--       "fail"               not a call of this dialect (the marker stays text)
+--       "ok", calls, used    calls = { { name = s, arguments = table, id = s|nil }... },
+--                            used = how many bytes of s the region took
+--   `final` is true when no more text will come (the region ends with s).
+--   `tools` maps each declared tool name to its JSON schema (or true).
+-- Dialects must never answer "fail" or "ok" on a prefix of a region they
+-- would read differently whole: the stream split at any byte must parse
+-- as the whole answer does. Validation (declared tool, object arguments)
+-- happens once in sluice.tooltext.
+
+local json = require("sluice.json")
+
+local type, next, find, sub, gsub = type, next, string.find, string.sub, string.gsub
+
+local C = {}
+
+function C.trim(s)
+    return (gsub(gsub(s, "^%s+", ""), "%s+$", ""))
+end
+
+-- The arguments of a call as a table: a JSON object text, or already one.
+-- Nil when they are not a JSON object.
+function C.object(v)
+    if type(v) == "string" then v = json.decode(C.trim(v)) end
+    if type(v) ~= "table" or (json.is_array(v) and next(v) ~= nil) then return nil end
+    return v
+end
+
+-- The property schema of `param` in a tool's schema, or nil.
+local function property(schema, param)
+    if type(schema) ~= "table" then return nil end
+    local props = schema.properties
+    return type(props) == "table" and type(props[param]) == "table" and props[param] or nil
+end
+
+-- An XML-style parameter value typed by the tool's JSON schema: a string
+-- property (or one the schema does not describe) keeps the raw text; any
+-- other type is JSON-decoded, falling back to the string when it is not JSON.
+function C.typed(value, schema, param)
+    local p = property(schema, param)
+    local t = p and p.type
+    if t == nil or t == "string" or (type(t) == "table" and t[1] == "string") then return value end
+    local v = json.decode(C.trim(value))
+    if v == nil then return value end
+    return v
+end
+
+-- The end of a region: the position just past `close` searched from `init`,
+-- or nil (with "more", or "fail" when final).
+function C.find_close(s, close, init, final)
+    local a, b = find(s, close, init, true)
+    if a then return a, b end
+    return nil, final and "fail" or "more"
+end
+
+C.sub = sub
+return C
