@@ -203,14 +203,55 @@ local CASES = {
             .. '</minimax:tool_call>',
         unknown = '<minimax:tool_call><invoke name="rm_rf"></invoke></minimax:tool_call>',
     },
+    mistral = {
+        one = '[TOOL_CALLS]get_weather[ARGS]{"city": "SF"}',
+        two = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "NY", "days": 3}}, '
+            .. '{"name": "get_time", "arguments": {"tz": "UTC"}}]',
+        uni = '[TOOL_CALLS]get_weather{"city": "Zürich \\"alt\\" 東京\\\\n"}',
+        bad = '[TOOL_CALLS]get_weather[ARGS]{"city": SF}',
+        unknown = '[TOOL_CALLS]rm_rf[ARGS]{}',
+    },
+    llama3_json = {
+        one = '<|python_tag|>{"name": "get_weather", "parameters": {"city": "SF"}}',
+        two = '{"name": "get_weather", "parameters": {"city": "NY", "days": 3}}; '
+            .. '{"name": "get_time", "parameters": {"tz": "UTC"}}',
+        uni = '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Zürich \\"alt\\" 東京\\\\n"}}',
+        bad = '<|python_tag|>{"name": "get_weather", "parameters": {"city": }}',
+        unknown = '<|python_tag|>{"name": "rm_rf", "parameters": {}}',
+    },
+    pythonic = {
+        one = "[get_weather(city='SF')]",
+        two = "[get_weather(city='NY', days=3), get_time(tz=\"UTC\")]",
+        uni = "[get_weather(city='Zürich \"alt\" 東京\\\\n')]",
+        bad = "[get_weather(city='SF' days=3)]",
+        unknown = "[rm_rf(path='/')]",
+    },
+    harmony = {
+        one = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "SF"}<|call|>',
+        two = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "NY", "days": 3}'
+            .. '<|call|>\n<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{"tz": "UTC"}<|call|>',
+        uni = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>'
+            .. '{"city": "Zürich \\"alt\\" 東京\\\\n"}<|call|>',
+        bad = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": }<|call|>',
+        unknown = '<|channel|>commentary to=functions.rm_rf <|constrain|>json<|message|>{}<|call|>',
+    },
+    loose = {
+        one = '```json\n{"name": "get_weather", "arguments": {"city": "SF"}}\n```',
+        two = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "NY", "days": 3}}, '
+            .. '{"function": {"name": "get_time", "arguments": "{\\"tz\\": \\"UTC\\"}"}}]}',
+        uni = '<function=get_weather>{"city": "Zürich \\"alt\\" 東京\\\\n"}</function>',
+        bad = '```json\n{"name": "get_weather", "arguments": {"city": "SF"}\n```',
+        unknown = '{"name": "rm_rf", "arguments": {}}</tool_call>',
+    },
 }
 
 local ORDER = { "hermes", "qwen3_coder", "kimi_k2", "deepseek_v3", "deepseek_v31", "deepseek_v32",
-                "glm45", "glm47", "minimax_m2" }
+                "glm45", "glm47", "minimax_m2", "mistral", "llama3_json", "pythonic", "harmony", "loose" }
 
 for _, name in ipairs(ORDER) do
     local c = CASES[name]
-    for _, dialect in ipairs({ name, "auto" }) do
+    -- pythonic is not tried by auto (its marker is any "[").
+    for _, dialect in ipairs(name == "pythonic" and { name } or { name, "auto" }) do
         describe("tool calls as text, " .. name .. " read by " .. dialect, function()
             it("one call becomes a tool call and the answer ends in tool_use", function()
                 check(dialect, c.one, { { "call", "get_weather", SF } }, "tool_use")

@@ -39,9 +39,13 @@ local M = {}
 
 -- Every dialect, in the order `auto` tries them where their markers meet
 -- (several read <tool_call>: Hermes' JSON first, then Qwen3-Coder's XML,
--- then GLM's key/value pairs).
+-- then GLM's key/value pairs; a bare {"name" is Llama's before it is
+-- loose). `auto` leaves out pythonic, whose marker is any "[": a supplier
+-- that writes Python lists of calls names it.
 M.DIALECTS = { "kimi_k2", "deepseek_v32", "deepseek_v3", "deepseek_v31", "minimax_m2",
-               "hermes", "qwen3_coder", "glm45", "glm47" }
+               "hermes", "qwen3_coder", "glm45", "glm47", "harmony", "mistral", "llama3_json",
+               "loose", "pythonic" }
+local NOT_AUTO = { pythonic = true }
 
 local KNOWN = {}
 for _, n in ipairs(M.DIALECTS) do KNOWN[n] = true end
@@ -97,7 +101,12 @@ local function markers_for(name)
     local m = MARKERS[name]
     if m then return m end
     local list, by_text = {}, {}
-    for _, n in ipairs(name == "auto" and M.DIALECTS or { name }) do
+    local names = { name }
+    if name == "auto" then
+        names = {}
+        for _, n in ipairs(M.DIALECTS) do if not NOT_AUTO[n] then names[#names + 1] = n end end
+    end
+    for _, n in ipairs(names) do
         local d = dialect(n)
         for _, text in ipairs(d.markers) do
             local e = by_text[text]

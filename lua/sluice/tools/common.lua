@@ -18,7 +18,7 @@
 
 local json = require("sluice.json")
 
-local type, next, find, sub, gsub = type, next, string.find, string.sub, string.gsub
+local type, next, find, sub, gsub, byte = type, next, string.find, string.sub, string.gsub, string.byte
 
 local C = {}
 
@@ -59,6 +59,42 @@ function C.find_close(s, close, init, final)
     local a, b = find(s, close, init, true)
     if a then return a, b end
     return nil, final and "fail" or "more"
+end
+
+-- Where the JSON value that starts at s[i] ('{' or '[') ends: its last
+-- byte's position, or nil when s ends first (strings and escapes are
+-- skipped, so braces inside strings do not count).
+function C.json_extent(s, i)
+    local depth, n, in_str = 0, #s, false
+    while i <= n do
+        local c = byte(s, i)
+        if in_str then
+            if c == 92 then i = i + 1 -- backslash: skip the escaped byte
+            elseif c == 34 then in_str = false end
+        elseif c == 34 then in_str = true
+        elseif c == 123 or c == 91 then depth = depth + 1
+        elseif c == 125 or c == 93 then
+            depth = depth - 1
+            if depth == 0 then return i end
+        end
+        i = i + 1
+    end
+    return nil
+end
+
+-- One call from a JSON object the way most formats spell it: name plus
+-- arguments (or parameters), the arguments an object or a JSON string of
+-- one; OpenAI's { function = { name, arguments } } shape too. Nil if not.
+function C.json_call(v)
+    if type(v) ~= "table" then return nil end
+    if type(v["function"]) == "table" then v = v["function"] end
+    if type(v.name) ~= "string" then return nil end
+    local args = v.arguments
+    if args == nil then args = v.parameters end
+    if args == nil or args == json.null then args = {} end
+    args = C.object(args)
+    if not args then return nil end
+    return { name = v.name, arguments = args }
 end
 
 C.sub = sub
