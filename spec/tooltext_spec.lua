@@ -389,3 +389,65 @@ describe("tool calls as text, setup", function()
         assert.truthy(err:find("hermez", 1, true))
     end)
 end)
+
+describe("tool use emulation", function()
+    local emulate = require("sluice.tools.emulate")
+
+    local function request()
+        return {
+            system = { { type = "text", text = "Be brief." } },
+            messages = {
+                { role = "user", content = { { type = "text", text = "Weather in SF?" } } },
+                { role = "assistant", content = { { type = "text", text = "Checking." },
+                    { type = "tool_call", id = "toolu_1", name = "get_weather", arguments = { city = "SF" } } } },
+                { role = "user", content = { { type = "tool_result", tool_call_id = "toolu_1",
+                    content = { { type = "text", text = "18C, fog" } } } } },
+            },
+            tools = TOOLS, tool_choice = { type = "tool", name = "get_time" }, parallel_tool_calls = true,
+        }
+    end
+
+    it("moves the tools and the format into the system prompt and sends no tools", function()
+        local req = emulate.apply(request(), "hermes")
+        assert.is_nil(req.tools)
+        assert.is_nil(req.tool_choice)
+        assert.is_nil(req.parallel_tool_calls)
+        assert.are.equal("Be brief.", req.system[1].text)
+        local sys = req.system[2].text
+        assert.truthy(sys:find('"name":"get_weather"', 1, true))
+        assert.truthy(sys:find("<tool_call>", 1, true))
+        assert.truthy(sys:find("must call the tool `get_time`", 1, true))
+    end)
+
+    it("writes earlier calls and results into the conversation in the dialect", function()
+        local req = emulate.apply(request(), "hermes")
+        local a = req.messages[2].content
+        assert.are.equal(1, #a)
+        local parsed = tooltext.answer(state("hermes"), { content = { { type = "text", text = a[1].text } } })
+        assert.are.equal("Checking.\n", parsed.content[1].text)
+        assert.are.equal("get_weather", parsed.content[2].name)
+        assert.are.equal(SF, canon(parsed.content[2].arguments))
+        local u = req.messages[3].content
+        assert.are.same({ { type = "text", text = '<tool_response name="get_weather">\n18C, fog\n</tool_response>' } }, u)
+    end)
+
+    it("renders what each emulating dialect parses back", function()
+        for _, name in ipairs(tooltext.DIALECTS) do
+            if emulate.can(name) then
+                local text = require("sluice.tools." .. name).render({
+                    { name = "get_weather", arguments = { city = "NY", days = 3 } },
+                    { name = "get_time", arguments = { tz = "UTC" } } })
+                check(name, text, { { "call", "get_weather", NY3 }, { "call", "get_time", UTC } }, "tool_use")
+            end
+        end
+    end)
+
+    it("rejects a dialect it cannot render, naming the field", function()
+        local function bad(field, msg, ...) error(field .. ": " .. string.format(msg, ...), 0) end
+        local ok, err = pcall(tooltext.check, { emulate = "pythonic" }, "suppliers.x.tool_text", bad)
+        assert.is_false(ok)
+        assert.truthy(err:find("suppliers.x.tool_text.emulate", 1, true))
+        assert.are.same({ parse = "hermes", emulate = "hermes" },
+            tooltext.check({ emulate = "hermes" }, "f", bad))
+    end)
+end)

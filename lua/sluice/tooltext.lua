@@ -58,20 +58,34 @@ local function names_list()
     return "auto, " .. table.concat(M.DIALECTS, ", ")
 end
 
--- A supplier's `tool_text` config: nil/false (off) or { parse = name|false }.
--- `bad(field, fmt, ...)` raises the config error.
+-- A supplier's `tool_text` config: nil/false (off) or { parse = name|false,
+-- emulate = name|nil } (emulate: tools go into the prompt, see
+-- sluice.tools.emulate, and answers are parsed with the same dialect unless
+-- parse names another). `bad(field, fmt, ...)` raises the config error.
 function M.check(v, field, bad)
     if v == nil or v == false then return nil end
     if type(v) ~= "table" then bad(field, "expected a table like { parse = \"auto\" }") end
     for k in pairs(v) do
-        if k ~= "parse" then bad(field .. "." .. tostring(k), "unknown field (expected parse)") end
+        if k ~= "parse" and k ~= "emulate" then
+            bad(field .. "." .. tostring(k), "unknown field (expected parse or emulate)")
+        end
     end
-    local p = v.parse
+    local p, e = v.parse, v.emulate
+    if e ~= nil then
+        local emulate = require("sluice.tools.emulate")
+        if type(e) ~= "string" or not KNOWN[e] or not emulate.can(e) then
+            local can = {}
+            for _, n in ipairs(M.DIALECTS) do if emulate.can(n) then can[#can + 1] = n end end
+            bad(field .. ".emulate", "cannot emulate tool use with %q (expected one of: %s)", tostring(e),
+                table.concat(can, ", "))
+        end
+        if p == nil then p = e end
+    end
     if p == nil or p == false then return nil end
     if type(p) ~= "string" or not (p == "auto" or KNOWN[p]) then
         bad(field .. ".parse", "unknown dialect %q (expected false or one of: %s)", tostring(p), names_list())
     end
-    return { parse = p }
+    return { parse = p, emulate = e }
 end
 
 -- The per-request state, or nil when nothing can be parsed: parsing is off,

@@ -36,6 +36,7 @@ local protocols = require("sluice.protocols")
 local S = require("sluice.ir_stream")
 local accounting = require("sluice.accounting")
 local tooltext = require("sluice.tooltext")
+local emulate = require("sluice.tools.emulate")
 
 local type, ipairs, pairs, next, setmetatable = type, ipairs, pairs, next, setmetatable
 local buffer = require("string.buffer")
@@ -76,6 +77,8 @@ function T.request(from, to, body, info, opts)
     -- The tools as the supplier sees them (upstream names): only they can
     -- become calls when the answer writes calls as text.
     local tt = tooltext.setup(opts.tool_text, req.tools, C.tool_call_ids)
+    -- A supplier without tool support: the tools go into the prompt instead.
+    if opts.tool_text and opts.tool_text.emulate then emulate.apply(req, opts.tool_text.emulate) end
     local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names })
     local state = {
         from = from, to = to,

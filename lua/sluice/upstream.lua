@@ -332,9 +332,11 @@ function U.plan(cfg, ctx, info, route, supplier)
         body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
             { model = upstream_model, stream = ctx.stream, tool_text = supplier.tool_text })
         -- A same-protocol request stays passthrough unless its answer's
-        -- text may hold tool calls (parsing on and tools declared); one sluice
-        -- cannot decode goes as it came, for the supplier to judge.
-        if same and not (body and state.tool_text) then
+        -- text may hold tool calls (parsing on and tools declared) or its
+        -- tools are emulated; one sluice cannot decode goes as it came, for
+        -- the supplier to judge.
+        local tt = supplier.tool_text
+        if same and not (body and (state.tool_text or (tt and tt.emulate))) then
             body, state = nil, nil
         elseif not body then
             return nil, { status = 400, type = "invalid_request", message = tostring(state) }

@@ -29,10 +29,13 @@ SUPPLIERS = """
            tool_text = { parse = "kimi_k2" } },
     qc = { protocol = "openai-chat", base_url = "@BASE@/v1", auth = { type = "bearer", token = "sk-up-qc" },
            tool_text = { parse = "auto" } },
+    em = { protocol = "openai-chat", base_url = "@BASE@/v1", auth = { type = "bearer", token = "sk-up-em" },
+           tool_text = { emulate = "hermes" } },
 """
 
 ROUTES = """{
-    claude = { { match = "*", supplier = "ht", model = "qwen3-32b" } },
+    claude = { { match = "emulated", supplier = "em", model = "tiny-llm" },
+               { match = "*", supplier = "ht", model = "qwen3-32b" } },
     codex  = { { match = "*", supplier = "kk", model = "kimi-k2" } },
     gemini = { { match = "*", supplier = "qc", model = "qwen3-coder" } },
     chat   = { { match = "plain", supplier = "oa" }, { match = "*", supplier = "ht", model = "qwen3-32b" } },
@@ -203,6 +206,66 @@ class SameProtocolTest(ToolTextCase):
                       headers={"Authorization": "Bearer " + CLIENT_KEY})
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json()["choices"][0]["message"]["content"], text)
+
+
+class EmulationTest(ToolTextCase):
+    """A supplier with no tool support: two turns of a Claude Code conversation."""
+
+    TOOLS = [{"name": "get_weather", "description": "Current weather",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+    def test_two_turns(self):
+        first = {"model": "emulated", "max_tokens": 512, "stream": True,
+                 "system": [{"type": "text", "text": "You are a weather bot."}],
+                 "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+                 "tools": self.TOOLS, "tool_choice": {"type": "any"}}
+        answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+        self.mock.enqueue(stream_scene(text_stream(answer)))
+        r = self.post("/v1/messages", first, headers=claude_headers("tt-emu-1"))
+        self.assert_ok_sse(r)
+        s = self.anthropic_stream(r.body)
+        self.assertEqual(s.text, "Let me look.\n")
+        self.assertEqual([(t["name"], json.loads(t["args"])) for t in s.tools], [("get_weather", {"city": "Oslo"})])
+        self.assertEqual(s.stop, "tool_use")
+        call_id = s.tools[0]["id"]
+        up = json.loads(self.mock.requests()[0]["body"])
+        self.assertEqual(up["model"], "tiny-llm")
+        for field in ("tools", "tool_choice", "parallel_tool_calls"):
+            self.assertNotIn(field, up, "no %s upstream for an emulating supplier" % field)
+        system = up["messages"][0]
+        self.assertEqual(system["role"], "system")
+        sys_text = json.dumps(system["content"])
+        self.assertIn("You are a weather bot.", sys_text)
+        self.assertIn("get_weather", sys_text)
+        self.assertIn("<tool_call>", sys_text)
+        self.assertIn("must call at least one", sys_text)
+
+        self.mock.reset()
+        second = dict(first, stream=False, messages=first["messages"] + [
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me look.\n"},
+                                              {"type": "tool_use", "id": call_id, "name": "get_weather",
+                                               "input": {"city": "Oslo"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+                                          "content": "4C, snow"}]}])
+        second.pop("tool_choice")
+        self.mock.enqueue(json_scene(text_completion("It is 4C and snowing in Oslo.")))
+        r = self.post("/v1/messages", second, headers=claude_headers("tt-emu-2"))
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        m = r.json()
+        self.assertEqual((m["content"], m["stop_reason"]),
+                         ([{"type": "text", "text": "It is 4C and snowing in Oslo."}], "end_turn"))
+        up = json.loads(self.only_request()["body"])
+        self.assertNotIn("tools", up)
+        msgs = up["messages"]
+        self.assertEqual([m["role"] for m in msgs], ["system", "user", "assistant", "user"],
+                         "calls and results travel as plain text turns, no tool role")
+        self.assertNotIn("tool_calls", msgs[2])
+        said = msgs[2]["content"] if isinstance(msgs[2]["content"], str) else \
+            "".join(p["text"] for p in msgs[2]["content"])
+        self.assertIn('<tool_call>\n{"name": "get_weather", "arguments": {"city":"Oslo"}}\n</tool_call>', said)
+        result = json.dumps(msgs[3]["content"])
+        self.assertIn("<tool_response", result)
+        self.assertIn("4C, snow", result)
 
 
 class CheckTest(unittest.TestCase):

@@ -97,5 +97,11 @@ function C.json_call(v)
     return { name = v.name, arguments = args }
 end
 
+-- A call as JSON text with its name first, as models write it:
+-- {"name": "f", "<key>": {...}} (key: "arguments" or "parameters").
+function C.call_json(c, key)
+    return '{"name": ' .. json.encode(c.name) .. ', "' .. key .. '": ' .. json.encode(c.arguments) .. "}"
+end
+
 C.sub = sub
 return C

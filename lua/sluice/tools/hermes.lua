@@ -32,4 +32,13 @@ function D.parse(s, final)
     return "ok", { { name = v.name, arguments = args } }, b
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local out = {}
+    for i, c in ipairs(calls) do
+        out[i] = "<tool_call>\n" .. C.call_json(c, "arguments") .. "\n</tool_call>"
+    end
+    return table.concat(out, "\n")
+end
+
 return D

@@ -33,4 +33,19 @@ function D.parse(s, final)
     return "ok", calls, b
 end
 
+-- The calls as the model writes them (tool use emulation), with Kimi's
+-- own ids where the conversation kept them.
+function D.render(calls)
+    local json = require("sluice.json")
+    local t = { "<|tool_calls_section_begin|>" }
+    for i, c in ipairs(calls) do
+        local id = type(c.id) == "string" and c.id:match("^functions%..+:%d+$") and c.id
+            or ("functions." .. c.name .. ":" .. (i - 1))
+        t[#t + 1] = "<|tool_call_begin|>" .. id .. "<|tool_call_argument_begin|>" .. json.encode(c.arguments)
+            .. "<|tool_call_end|>"
+    end
+    t[#t + 1] = "<|tool_calls_section_end|>"
+    return table.concat(t)
+end
+
 return D

@@ -44,4 +44,11 @@ function D.parse(s, final)
     return "ok", calls, used
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local out = {}
+    for i, c in ipairs(calls) do out[i] = C.call_json(c, "parameters") end
+    return "<|python_tag|>" .. table.concat(out, "; ")
+end
+
 return D

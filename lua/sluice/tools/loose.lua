@@ -68,4 +68,14 @@ function D.parse(s, final)
     return function_tag(s, final)
 end
 
+-- The calls as the model is asked to write them (tool use emulation): a
+-- fenced JSON block per call.
+function D.render(calls)
+    local out = {}
+    for i, c in ipairs(calls) do
+        out[i] = "```json\n" .. C.call_json(c, "arguments") .. "\n```"
+    end
+    return table.concat(out, "\n")
+end
+
 return D

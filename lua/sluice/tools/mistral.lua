@@ -58,4 +58,11 @@ function D.parse(s, final)
     return "ok", { { name = name, arguments = args, id = id } }, after + e - 1
 end
 
+-- The calls as the model writes them (tool use emulation): the list form.
+function D.render(calls)
+    local list = {}
+    for i, c in ipairs(calls) do list[i] = C.call_json(c, "arguments") end
+    return TAG .. "[" .. table.concat(list, ", ") .. "]"
+end
+
 return D

@@ -39,4 +39,21 @@ function D.parse(s, final, tools)
     return "ok", { { name = name, arguments = args } }, b
 end
 
+-- The calls as the model writes them (tool use emulation): strings raw,
+-- other values as JSON.
+function D.render(calls)
+    local json = require("sluice.json")
+    local out = {}
+    for i, c in ipairs(calls) do
+        local t = { "<tool_call>\n<function=" .. c.name .. ">\n" }
+        for k, v in pairs(c.arguments) do
+            t[#t + 1] = "<parameter=" .. k .. ">\n" .. (type(v) == "string" and v or json.encode(v))
+                .. "\n</parameter>\n"
+        end
+        t[#t + 1] = "</function>\n</tool_call>"
+        out[i] = table.concat(t)
+    end
+    return table.concat(out, "\n")
+end
+
 return D
