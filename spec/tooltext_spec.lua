@@ -444,10 +444,25 @@ describe("tool use emulation", function()
 
     it("rejects a dialect it cannot render, naming the field", function()
         local function bad(field, msg, ...) error(field .. ": " .. string.format(msg, ...), 0) end
-        local ok, err = pcall(tooltext.check, { emulate = "pythonic" }, "suppliers.x.tool_text", bad)
+        local ok, err = pcall(tooltext.check, { emulate = "auto" }, "suppliers.x.tool_text", bad)
         assert.is_false(ok)
         assert.truthy(err:find("suppliers.x.tool_text.emulate", 1, true))
         assert.are.same({ parse = "hermes", emulate = "hermes" },
             tooltext.check({ emulate = "hermes" }, "f", bad))
+    end)
+end)
+
+describe("tool use emulation, every dialect", function()
+    it("can render calls in every dialect", function()
+        local emulate = require("sluice.tools.emulate")
+        for _, name in ipairs(tooltext.DIALECTS) do assert.is_true(emulate.can(name), name) end
+    end)
+
+    it("round-trips unicode, quotes and newlines through each dialect's rendering", function()
+        local args = { city = 'Zürich "alt" \'x\'\n東京', days = 3 }
+        for _, name in ipairs(tooltext.DIALECTS) do
+            local text = require("sluice.tools." .. name).render({ { name = "get_weather", arguments = args } })
+            check(name, text, { { "call", "get_weather", canon(args) } }, "tool_use")
+        end
     end)
 end)

@@ -103,5 +103,11 @@ function C.call_json(c, key)
     return '{"name": ' .. json.encode(c.name) .. ', "' .. key .. '": ' .. json.encode(c.arguments) .. "}"
 end
 
+-- A parameter value as XML-style formats write it: strings raw, other
+-- values as JSON (the reading side types them back by the schema).
+function C.value_text(v)
+    return type(v) == "string" and v or json.encode(v)
+end
+
 C.sub = sub
 return C

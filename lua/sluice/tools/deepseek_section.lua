@@ -31,4 +31,13 @@ function S.parse(s, final, call)
     return "ok", calls, b
 end
 
+-- The section around calls each written by one(call, arguments JSON).
+function S.render(calls, one)
+    local json = require("sluice.json")
+    local t = { S.OPEN }
+    for _, c in ipairs(calls) do t[#t + 1] = CALL_OPEN .. one(c, json.encode(c.arguments)) .. CALL_CLOSE end
+    t[#t + 1] = CLOSE
+    return table.concat(t)
+end
+
 return S

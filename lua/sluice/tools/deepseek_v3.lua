@@ -19,4 +19,11 @@ function D.parse(s, final)
     return section.parse(s, final, call)
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    return section.render(calls, function(c, args)
+        return "function<｜tool▁sep｜>" .. c.name .. "\n```json\n" .. args .. "\n```"
+    end)
+end
+
 return D

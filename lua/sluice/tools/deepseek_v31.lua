@@ -15,4 +15,9 @@ function D.parse(s, final)
     return section.parse(s, final, call)
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    return section.render(calls, function(c, args) return c.name .. "<｜tool▁sep｜>" .. args end)
+end
+
 return D

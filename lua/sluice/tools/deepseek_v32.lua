@@ -34,4 +34,19 @@ function D.parse(s, final, tools)
     return "ok", calls, b
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local t = { OPEN }
+    for _, c in ipairs(calls) do
+        t[#t + 1] = '\n<｜DSML｜invoke name="' .. c.name .. '">'
+        for k, v in pairs(c.arguments) do
+            t[#t + 1] = '\n<｜DSML｜parameter name="' .. k .. '" string="' .. tostring(type(v) == "string")
+                .. '">' .. C.value_text(v) .. "</｜DSML｜parameter>"
+        end
+        t[#t + 1] = "\n</｜DSML｜invoke>"
+    end
+    t[#t + 1] = "\n" .. CLOSE
+    return table.concat(t)
+end
+
 return D

@@ -33,8 +33,24 @@ function G.parse(s, final, tools)
     return "ok", { { name = name, arguments = args } }, b
 end
 
-function G.dialect(name)
-    return { name = name, markers = { OPEN }, parse = G.parse }
+-- The calls as the model writes them (tool use emulation); sep is "\n"
+-- for GLM-4.5, "" for GLM-4.7.
+function G.render(calls, sep)
+    local out = {}
+    for i, c in ipairs(calls) do
+        local t = { OPEN .. c.name }
+        for k, v in pairs(c.arguments) do
+            t[#t + 1] = "<arg_key>" .. k .. "</arg_key>" .. sep .. "<arg_value>" .. C.value_text(v) .. "</arg_value>"
+        end
+        t[#t + 1] = CLOSE
+        out[i] = table.concat(t, sep)
+    end
+    return table.concat(out, "\n")
+end
+
+function G.dialect(name, sep)
+    return { name = name, markers = { OPEN }, parse = G.parse,
+             render = function(calls) return G.render(calls, sep) end }
 end
 
 return G

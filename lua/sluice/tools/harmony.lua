@@ -32,4 +32,15 @@ function D.parse(s, final)
     return "ok", { { name = name, arguments = args } }, stop_end
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local json = require("sluice.json")
+    local t = {}
+    for i, c in ipairs(calls) do
+        t[i] = "<|channel|>commentary to=functions." .. c.name .. " <|constrain|>json<|message|>"
+            .. json.encode(c.arguments) .. "<|call|>"
+    end
+    return table.concat(t, "\n")
+end
+
 return D

@@ -31,4 +31,19 @@ function D.parse(s, final, tools)
     return "ok", calls, b
 end
 
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local C = require("sluice.tools.common")
+    local t = { OPEN }
+    for _, c in ipairs(calls) do
+        t[#t + 1] = '\n<invoke name="' .. c.name .. '">'
+        for k, v in pairs(c.arguments) do
+            t[#t + 1] = '\n<parameter name="' .. k .. '">' .. C.value_text(v) .. "</parameter>"
+        end
+        t[#t + 1] = "\n</invoke>"
+    end
+    t[#t + 1] = "\n" .. CLOSE
+    return table.concat(t)
+end
+
 return D

@@ -146,4 +146,36 @@ function D.parse(s, final)
     error(res, 0)
 end
 
+
+-- A value as a Python literal (tool use emulation).
+local function literal(v)
+    local t = type(v)
+    if t == "string" then
+        return "'" .. v:gsub("[\\'\n\r\t]", { ["\\"] = "\\\\", ["'"] = "\\'", ["\n"] = "\\n",
+                                                  ["\r"] = "\\r", ["\t"] = "\\t" }) .. "'"
+    elseif t == "boolean" then return v and "True" or "False"
+    elseif t == "number" then return json.encode(v)
+    elseif t == "table" then
+        local out = {}
+        if json.is_array(v) then
+            for i = 1, #v do out[i] = literal(v[i]) end
+            return "[" .. table.concat(out, ", ") .. "]"
+        end
+        for k, x in pairs(v) do out[#out + 1] = literal(tostring(k)) .. ": " .. literal(x) end
+        return "{" .. table.concat(out, ", ") .. "}"
+    end
+    return "None"
+end
+
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local out = {}
+    for i, c in ipairs(calls) do
+        local args = {}
+        for k, v in pairs(c.arguments) do args[#args + 1] = k .. "=" .. literal(v) end
+        out[i] = c.name .. "(" .. table.concat(args, ", ") .. ")"
+    end
+    return "[" .. table.concat(out, ", ") .. "]"
+end
+
 return D
