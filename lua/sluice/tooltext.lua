@@ -132,12 +132,18 @@ local function markers_for(name)
             e.dialects[#e.dialects + 1] = d
         end
     end
-    local first, longest = {}, 0
+    local by_first, firsts = {}, {}
     for _, e in ipairs(list) do
-        first[byte(e.text, 1)] = true
-        if #e.text > longest then longest = #e.text end
+        local b = byte(e.text, 1)
+        if not by_first[b] then
+            by_first[b] = {}
+            firsts[#firsts + 1] = string.char(b)
+        end
+        local l = by_first[b]
+        l[#l + 1] = e
+        e.b2 = byte(e.text, 2)
     end
-    m = { list = list, first = first, longest = longest }
+    m = { list = list, by_first = by_first, firsts = firsts }
     MARKERS[name] = m
     return m
 end
@@ -191,50 +197,58 @@ function Parser:region(e, s, final)
     return "fail"
 end
 
--- Could s (which starts with marker e) still be the start of a longer marker?
-local function longer_pending(list, e, s)
-    for _, o in ipairs(list) do
-        if #o.text > #e.text and #s < #o.text and sub(o.text, 1, #s) == s then return true end
-    end
-    return false
-end
-
--- How many bytes at the end of s could begin a marker (held back).
-local function held_suffix(m, s)
-    local n = #s
-    local from = n - m.longest + 2
-    if from < 1 then from = 1 end
-    for i = from, n do
-        if m.first[byte(s, i)] then
-            local tail = sub(s, i)
-            for _, e in ipairs(m.list) do
-                if #tail < #e.text and sub(e.text, 1, #tail) == tail then return n - i + 1 end
+-- The first place in buf, from `from` on, where a marker is or may be
+-- starting: p, e (marker e is whole at p; `partial` when a longer marker
+-- may still be too) or p, nil (the rest of buf from p begins a marker:
+-- held unless final). Nil when there is none. Only bytes that begin a
+-- marker are looked at (a plain search per distinct first byte: plain
+-- finds stay compiled, a pattern class would not), so plain text costs little.
+local function scan(m, buf, from, final)
+    local n, p, firsts = #buf, from, m.firsts
+    while true do
+        local q = nil
+        for i = 1, #firsts do
+            local f = find(buf, firsts[i], p, true)
+            if f and (not q or f < q) then q = f end
+        end
+        if not q then return nil end
+        p = q
+        local best, partial = nil, false
+        local cands = m.by_first[byte(buf, p)]
+        local b2 = byte(buf, p + 1) -- nil at the end of buf
+        for i = 1, #cands do
+            local t = cands[i].text
+            local len = #t
+            if b2 and len > 1 and b2 ~= cands[i].b2 then
+                -- the second byte already differs: neither whole nor partial
+            elseif sub(buf, p, p + len - 1) == t then
+                if not best or len > #best.text then best = cands[i] end
+            elseif not final and n - p + 1 < len and sub(t, 1, n - p + 1) == sub(buf, p) then
+                partial = true
             end
         end
+        if best then return p, best, partial end
+        if partial then return p, nil end
+        p = p + 1
     end
-    return 0
 end
 
 -- Feeds text; appends { text = s } and { call = c } items to out. final:
 -- no more text follows (everything held is decided now).
 function Parser:push(s, final, out)
-    local buf = self.buf .. s
-    local list = self.m.list
+    local buf = self.buf
+    if buf == "" then buf = s else buf = buf .. s end
+    local m = self.m
     while true do
-        local bp, be
-        for _, e in ipairs(list) do
-            local p = find(buf, e.text, 1, true)
-            if p and (not bp or p < bp or (p == bp and #e.text > #be.text)) then bp, be = p, e end
-        end
+        local bp, be, longer = scan(m, buf, 1, final)
         if not bp then
-            local keep = final and 0 or held_suffix(self.m, buf)
-            self:text(sub(buf, 1, #buf - keep), out)
-            buf = sub(buf, #buf - keep + 1)
+            self:text(buf, out)
+            buf = ""
             break
         end
         self:text(sub(buf, 1, bp - 1), out)
         buf = sub(buf, bp)
-        if not final and longer_pending(list, be, buf) then break end
+        if not be or longer then break end -- held until decided
         local status, calls, used, dname = self:region(be, buf, final)
         if status == "more" then break end
         if status == "ok" then
@@ -302,7 +316,13 @@ function Filter:feed(ev, out)
     if t == "text" and self.text_up[ev.index] then
         local items = {}
         self.p:push(ev.text or "", false, items)
-        self:emit(items, out)
+        local it = items[1]
+        if #items == 1 and it.text == ev.text and self.text_idx then
+            ev.index = self.text_idx -- the usual case: the chunk goes on as it came
+            out[#out + 1] = ev
+        else
+            self:emit(items, out)
+        end
     elseif t == "block_start" then
         if ev.kind == "text" then
             self.text_up[ev.index] = true
