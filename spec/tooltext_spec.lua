@@ -466,3 +466,17 @@ describe("tool use emulation, every dialect", function()
         end
     end)
 end)
+
+describe("tool calls as text, long calls", function()
+    it("a call with a large argument streamed in small chunks parses as the whole answer does", function()
+        local content = string.rep('line with "quotes" and {braces} </not_a_close>\n', 4000) -- ~190 KB
+        local text = "Writing.\n<tool_call>\n" .. json.encode({ name = "get_weather", arguments = { city = content } })
+            .. "\n</tool_call>\nDone."
+        local chunks = {}
+        for i = 1, #text, 16 do chunks[#chunks + 1] = text:sub(i, i + 15) end
+        local want = { { "text", "Writing.\n" }, { "call", "get_weather", canon({ city = content }) }, { "text", "\nDone." } }
+        assert.are.same(want, (shape(whole("hermes", text))))
+        local resp = streamed("hermes", chunks)
+        assert.are.same(want, (shape(resp)))
+    end)
+end)

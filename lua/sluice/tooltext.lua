@@ -235,7 +235,23 @@ end
 
 -- Feeds text; appends { text = s } and { call = c } items to out. final:
 -- no more text follows (everything held is decided now).
+-- A region still undecided at BIG bytes is read again only once it has
+-- grown by a quarter (or the text ends): a long call (a file's content in
+-- its arguments) then costs a few reads, not one per chunk, and its chunks
+-- wait in a list instead of being joined every time. The outcome is the
+-- same (dialects read a longer region as they read its prefix), only the
+-- moment it is decided moves.
+local BIG = 1024
+
 function Parser:push(s, final, out)
+    local waiting = self.waiting
+    if waiting then
+        waiting[#waiting + 1] = s
+        self.waiting_len = self.waiting_len + #s
+        if not final and self.waiting_len < self.wait_until then return end
+        s = table.concat(waiting)
+        self.waiting = nil
+    end
     local buf = self.buf
     if buf == "" then buf = s else buf = buf .. s end
     local m = self.m
@@ -250,7 +266,12 @@ function Parser:push(s, final, out)
         buf = sub(buf, bp)
         if not be or longer then break end -- held until decided
         local status, calls, used, dname = self:region(be, buf, final)
-        if status == "more" then break end
+        if status == "more" then
+            if #buf >= BIG then
+                self.waiting, self.waiting_len, self.wait_until = {}, #buf, #buf + #buf / 4
+            end
+            break
+        end
         if status == "ok" then
             for _, c in ipairs(calls) do out[#out + 1] = { call = c, dialect = dname } end
             self.called, self.ws = true, ""
@@ -265,6 +286,8 @@ function Parser:push(s, final, out)
     self.buf = buf
     if final then self.ws = self.called and "" or nil end
 end
+
+-- (waiting_len counts the held region and what waits after it.)
 
 -- The id a call goes out with: the dialect's own when the client protocol
 -- allows it, else a new one in the client's style.
