@@ -287,8 +287,6 @@ function Parser:push(s, final, out)
     if final then self.ws = self.called and "" or nil end
 end
 
--- (waiting_len counts the held region and what waits after it.)
-
 -- The id a call goes out with: the dialect's own when the client protocol
 -- allows it, else a new one in the client's style.
 local function call_id(st, c)
@@ -304,7 +302,7 @@ Filter.__index = Filter
 
 function M.filter(st)
     return setmetatable({ st = st, p = M.parser(st), blocks = S.blocks(), map = {}, text_up = {},
-                          text_idx = nil, flushed = false }, Filter)
+                          text_idx = nil }, Filter)
 end
 
 function Filter:emit(items, out)
