@@ -122,3 +122,17 @@ for _, from in ipairs(T.PROTOCOLS) do
         end)
     end)
 end
+
+describe("tool calls as text on a supplier of any protocol", function()
+    it("become real calls for every client, the client's own protocol included", function()
+        for _, from in ipairs(T.PROTOCOLS) do
+            for _, to in ipairs(T.PROTOCOLS) do
+                local _, st = T.request(from, to, REQUESTS[from], { model = "m", stream = false },
+                    { model = "up", stream = false, tool_text = { parse = "auto" } })
+                local resp = { id = "x", model = "up", content = { { type = "text", text = TEXT } },
+                               stop_reason = "end_turn", usage = {} }
+                check(read_body(from, T.answer(from, to, resp, st)), from .. " on " .. to)
+            end
+        end
+    end)
+end)
