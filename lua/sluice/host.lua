@@ -513,7 +513,7 @@ function H.log(ctx)
     local tt = ctx.translation and ctx.translation.state.tool_text
     if tt then
         extra = extra or {}
-        extra.tool_text = { calls = tt.calls, dialect = tt.parsed_with or tt.dialect }
+        extra.tool_text = { calls = tt.calls, dialect = tt.parsed_with or tt.dialect, emulated = tt.emulate ~= nil }
     end
     if extra then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then

@@ -102,7 +102,7 @@ function M.setup(cfg, tools, ids)
     for _, t in ipairs(tools) do
         if type(t.name) == "string" then declared[t.name] = type(t.parameters) == "table" and t.parameters or true end
     end
-    return { dialect = cfg.parse, tools = declared, ids = ids or DEFAULT_IDS, calls = 0 }
+    return { dialect = cfg.parse, emulate = cfg.emulate, tools = declared, ids = ids or DEFAULT_IDS, calls = 0 }
 end
 
 -- ---------------------------------------------------------------- the text machine

@@ -107,7 +107,7 @@ class ClaudeOnHermesTest(ToolTextCase):
         up, body = self.upstream()
         self.assertEqual(body["model"], "qwen3-32b")
         self.assertIn("tools", body, "parsing does not change what is sent upstream")
-        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 2, "dialect": "hermes"})
+        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 2, "dialect": "hermes", "emulated": False})
 
     def test_json(self):
         rid = "tt-claude-json"
@@ -122,7 +122,7 @@ class ClaudeOnHermesTest(ToolTextCase):
             else:
                 content.append((b["type"], b["name"], b["input"], b["id"]))
         self.check_claude(content, m["stop_reason"])
-        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 2, "dialect": "hermes"})
+        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 2, "dialect": "hermes", "emulated": False})
 
     def test_undeclared_tool_stays_text(self):
         rid = "tt-claude-unknown"
@@ -132,7 +132,7 @@ class ClaudeOnHermesTest(ToolTextCase):
         self.assert_ok_sse(r)
         s = self.anthropic_stream(r.body)
         self.assertEqual((s.text, s.tools, s.stop), (text, [], "end_turn"))
-        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 0, "dialect": "hermes"})
+        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 0, "dialect": "hermes", "emulated": False})
 
 
 class CodexOnKimiTest(ToolTextCase):
@@ -150,7 +150,7 @@ class CodexOnKimiTest(ToolTextCase):
                          [("functions.shell:0", "shell", {"command": ["ls", "-la"]})])
         types = [it["type"] for it in s.final["output"]]
         self.assertEqual(types, ["message", "function_call"])
-        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 1, "dialect": "kimi_k2"})
+        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 1, "dialect": "kimi_k2", "emulated": False})
 
 
 class GeminiOnQwenCoderTest(ToolTextCase):
@@ -165,7 +165,7 @@ class GeminiOnQwenCoderTest(ToolTextCase):
         self.assertEqual(s.text, "")
         self.assertEqual([(t["name"], t["args"]) for t in s.tools], [("get_weather", {"city": "S\u00e3o Paulo"})])
         self.assertEqual(s.stop, "STOP")
-        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 1, "dialect": "qwen3_coder"})
+        self.assertEqual(self.extra(rid).get("tool_text"), {"calls": 1, "dialect": "qwen3_coder", "emulated": False})
 
 
 class SameProtocolTest(ToolTextCase):
@@ -228,6 +228,7 @@ class EmulationTest(ToolTextCase):
         self.assertEqual([(t["name"], json.loads(t["args"])) for t in s.tools], [("get_weather", {"city": "Oslo"})])
         self.assertEqual(s.stop, "tool_use")
         call_id = s.tools[0]["id"]
+        self.assertEqual(self.extra("tt-emu-1").get("tool_text"), {"calls": 1, "dialect": "hermes", "emulated": True})
         up = json.loads(self.mock.requests()[0]["body"])
         self.assertEqual(up["model"], "tiny-llm")
         for field in ("tools", "tool_choice", "parallel_tool_calls"):
