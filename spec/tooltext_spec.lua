@@ -113,7 +113,7 @@ local CASES = {
             .. '</parameter>\n</function>\n</tool_call>',
         uni = '<tool_call>\n<function=get_weather>\n<parameter=city>\nZürich "alt" 東京\\n\n</parameter>\n'
             .. '</function>\n</tool_call>',
-        bad = '<tool_call>\n<function=get_weather>\n<parameter=city>\nSF\n</function>\n</tool_call>',
+        bad = '<tool_call>\n<function=get_weather>\n<parameter=city>\nSF\n</parameter>\n</tool_call>',
         unknown = '<tool_call>\n<function=rm_rf>\n</function>\n</tool_call>',
     },
     kimi_k2 = {
@@ -478,5 +478,19 @@ describe("tool calls as text, long calls", function()
         assert.are.same(want, (shape(whole("hermes", text))))
         local resp = streamed("hermes", chunks)
         assert.are.same(want, (shape(resp)))
+    end)
+end)
+
+describe("tool calls as text, qwen3_coder leniency", function()
+    it("reads a parameter whose closing tag went missing, up to the next one", function()
+        check("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nNY\n<parameter=days>\n3\n"
+            .. "</parameter>\n</function>\n</tool_call>", { { "call", "get_weather", NY3 } }, "tool_use")
+    end)
+
+    it("reads a function without its <tool_call> wrapper, and a stray closing tag goes with it", function()
+        for _, dialect in ipairs({ "qwen3_coder", "auto" }) do
+            check(dialect, "Ok.\n<function=get_weather>\n<parameter=city>\nSF\n</parameter>\n</function>\n</tool_call>",
+                { { "text", "Ok.\n" }, { "call", "get_weather", SF } }, "tool_use")
+        end
     end)
 end)

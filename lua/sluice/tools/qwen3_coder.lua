@@ -12,31 +12,64 @@
 
 local C = require("sluice.tools.common")
 
-local D = { name = "qwen3_coder", markers = { "<tool_call>" } }
+local D = { name = "qwen3_coder", markers = { "<tool_call>", "<function=" } }
 
 local OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
-function D.parse(s, final, tools)
-    local a, b = string.find(s, CLOSE, #OPEN + 1, true)
-    if not a then return final and "fail" or "more" end
-    local body = s:sub(#OPEN + 1, a - 1)
-    local name, inner = body:match("^%s*<function=([^>\n]+)>(.-)</function>%s*$")
-    if not name then return "fail" end
-    name = C.trim(name)
-    local schema = tools[name]
+-- The parameters of one function body -> args table | nil. Like the
+-- model's own server-side parser, a parameter whose </parameter> went
+-- missing ends where the next one begins.
+local function params(inner, schema)
     local args, rest = {}, inner
-    -- Parameters one after another, nothing but whitespace between them.
     while true do
         rest = rest:gsub("^%s+", "")
-        if rest == "" then break end
-        local p, v, after = rest:match("^<parameter=([^>\n]+)>(.-)</parameter>()")
-        if not p then return "fail" end
+        if rest == "" then return args end
+        local p, from = rest:match("^<parameter=([^>\n]+)>()")
+        if not p then return nil end
+        local close = string.find(rest, "</parameter>", from, true)
+        local nxt = string.find(rest, "<parameter=", from, true)
+        local v, after
+        if close and (not nxt or close < nxt) then
+            v, after = rest:sub(from, close - 1), close + #"</parameter>"
+        elseif nxt then
+            v, after = rest:sub(from, nxt - 1), nxt
+        else
+            v, after = rest:sub(from), #rest + 1
+        end
         v = v:gsub("^\n", ""):gsub("\n$", "")
         p = C.trim(p)
         args[p] = C.typed(v, schema, p)
         rest = rest:sub(after)
     end
-    return "ok", { { name = name, arguments = args } }, b
+end
+
+local function call(body, tools)
+    local name, inner = body:match("^%s*<function=([^>\n]+)>(.-)</function>%s*$")
+    if not name then return nil end
+    name = C.trim(name)
+    local args = params(inner, tools[name])
+    return args and { name = name, arguments = args }
+end
+
+function D.parse(s, final, tools)
+    if s:sub(1, #OPEN) ~= OPEN then
+        -- <function=…>…</function> without its <tool_call> wrapper (a
+        -- stray </tool_call> after it goes with it).
+        local a, b = string.find(s, "</function>", 11, true)
+        if not a then return final and "fail" or "more" end
+        local c = call(s:sub(1, b), tools)
+        if not c then return "fail" end
+        local ws_end = s:match("^%s*()", b + 1)
+        local tail = s:sub(ws_end)
+        if tail:sub(1, #CLOSE) == CLOSE then return "ok", { c }, ws_end - 1 + #CLOSE end
+        if not final and #tail < #CLOSE and CLOSE:sub(1, #tail) == tail then return "more" end
+        return "ok", { c }, b
+    end
+    local a, b = string.find(s, CLOSE, #OPEN + 1, true)
+    if not a then return final and "fail" or "more" end
+    local c = call(s:sub(#OPEN + 1, a - 1), tools)
+    if not c then return "fail" end
+    return "ok", { c }, b
 end
 
 -- The calls as the model writes them (tool use emulation): strings raw,
