@@ -14,6 +14,7 @@
 local retry = require("sluice.retry")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
+local tooltext = require("sluice.tooltext")
 local protocols = require("sluice.protocols")
 
 local M = {}
@@ -207,7 +208,7 @@ end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
-                          retry = true }
+                          retry = true, tool_text = true }
 
 local function check_supplier(id, s, defaults, retry_default)
     local field = "suppliers." .. id
@@ -239,6 +240,7 @@ local function check_supplier(id, s, defaults, retry_default)
     end
     out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
     out.retry = retry.normalize(s.retry, field .. ".retry", retry_default, bad)
+    out.tool_text = tooltext.check(s.tool_text, field .. ".tool_text", bad)
     return out
 end
 

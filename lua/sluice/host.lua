@@ -505,8 +505,17 @@ function H.log(ctx)
     local acct = accountant(ctx)
     if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
     acct:log_fields(out)
+    local extra = nil
     local sid = ctx.upstream_session_id
-    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    if type(sid) == "string" then extra = { upstream_session = sid } end
+    -- Tool calls parsed from the answer's text (sluice.tooltext): how many,
+    -- and the dialect that read them (the configured one while none did).
+    local tt = ctx.translation and ctx.translation.state.tool_text
+    if tt then
+        extra = extra or {}
+        extra.tool_text = { calls = tt.calls, dialect = tt.parsed_with or tt.dialect, emulated = tt.emulate ~= nil }
+    end
+    if extra then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then
         local secrets = secrets_of(ctx) -- once for both bodies
         out.request_body = redact(ctx.body, secrets)

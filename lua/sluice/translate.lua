@@ -10,7 +10,10 @@
 --
 --   T.protocol(name) -> module | nil, err
 --   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
---       opts = { model = upstream model, stream = bool|nil, id = client response id|nil }
+--       opts = { model = upstream model, stream = bool|nil, id = client response id|nil,
+--                tool_text = the supplier's tool_text config|nil }
+--       state.tool_text is set when tool calls written as text are parsed
+--       (sluice.tooltext): every answer path below then runs through it.
 --   T.response(from, to, upstream_body, state) -> client_body | nil, err
 --   T.answer(from, to, resp, state) -> client_body | nil, err   (resp: the upstream answer as IR,
 --       from U.decode_response; its tool names are given back here)
@@ -32,6 +35,8 @@ local toolnames = require("sluice.toolnames")
 local protocols = require("sluice.protocols")
 local S = require("sluice.ir_stream")
 local accounting = require("sluice.accounting")
+local tooltext = require("sluice.tooltext")
+local emulate = require("sluice.tools.emulate")
 
 local type, ipairs, pairs, next, setmetatable = type, ipairs, pairs, next, setmetatable
 local buffer = require("string.buffer")
@@ -69,6 +74,11 @@ function T.request(from, to, body, info, opts)
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local upstream_model = opts.model or req.model
+    -- The tools as the supplier sees them (upstream names): only they can
+    -- become calls when the answer writes calls as text.
+    local tt = tooltext.setup(opts.tool_text, req.tools, C.tool_call_ids)
+    -- A supplier without tool support: the tools go into the prompt instead.
+    if opts.tool_text and opts.tool_text.emulate then emulate.apply(req, opts.tool_text.emulate) end
     local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names })
     local state = {
         from = from, to = to,
@@ -76,7 +86,7 @@ function T.request(from, to, body, info, opts)
         client_stream = req.stream, upstream_stream = stream,
         include_usage = req.stream_usage == true,
         custom_tools = req.custom_tools,
-        names = names, id = opts.id,
+        names = names, id = opts.id, tool_text = tt,
     }
     return out, state
 end
@@ -106,6 +116,7 @@ local function for_client(from, resp, state)
 end
 
 function T.answer(from, to, resp, state)
+    if state.tool_text then tooltext.answer(state.tool_text, resp) end
     local C, err = for_client(from, resp, state)
     if not C then return nil, err end
     return C.encode_response(resp, client_opts(state, to))
@@ -143,6 +154,7 @@ function T.stream(from, to, state, acct)
         dec = U.stream_decoder({ model = state.upstream_model }),
         enc = C.stream_encoder(client_opts(state, to)),
         names = state.names, acct = acct or accounting.new(), closed = false,
+        tt = state.tool_text and tooltext.filter(state.tool_text),
     }, Pipe)
 end
 
@@ -160,15 +172,32 @@ function Pipe:push(events, b)
     end
 end
 
+-- The supplier's decoder, then the text tool-call filter when it is on.
+local function decoded(self, ev)
+    local evs = self.dec:feed(ev)
+    if self.tt then evs = self.tt:feed_list(evs) end
+    return evs
+end
+
+local function decoded_end(self)
+    local evs = self.dec:finish()
+    if self.tt then
+        evs = self.tt:feed_list(evs)
+        local rest = self.tt:finish()
+        for i = 1, #rest do evs[#evs + 1] = rest[i] end
+    end
+    return evs
+end
+
 function Pipe:feed(ev)
     local b = buffer.new()
-    self:push(self.dec:feed(ev), b)
+    self:push(decoded(self, ev), b)
     return b:tostring()
 end
 
 function Pipe:feed_batch(evs)
     local b = buffer.new()
-    for i = 1, #evs do self:push(self.dec:feed(evs[i]), b) end
+    for i = 1, #evs do self:push(decoded(self, evs[i]), b) end
     return b:tostring()
 end
 
@@ -178,7 +207,7 @@ function Pipe:close(outcome)
     if self.closed then return "" end
     self.closed = true
     local b = buffer.new()
-    self:push(self.dec:finish(), b)
+    self:push(decoded_end(self), b)
     b:put(self.enc:close(outcome))
     return b:tostring()
 end
@@ -270,12 +299,13 @@ function T.collect(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end
     return setmetatable({ C = C, to = to, state = state, events = {}, acct = acct or accounting.new(),
-                          dec = U.stream_decoder({ model = state.upstream_model }) },
+                          dec = U.stream_decoder({ model = state.upstream_model }),
+                          tt = state.tool_text and tooltext.filter(state.tool_text) },
         Collector)
 end
 
 function Collector:feed(ev)
-    local evs, acct = self.dec:feed(ev), self.acct
+    local evs, acct = decoded(self, ev), self.acct
     for i = 1, #evs do
         self.events[#self.events + 1] = evs[i]
         acct:note(evs[i])
@@ -290,7 +320,7 @@ end
 -- not end cleanly (ir_stream's close policy; the host then answers
 -- C.encode_error(ir_error)).
 function Collector:finish(outcome)
-    for _, e in ipairs(self.dec:finish()) do
+    for _, e in ipairs(decoded_end(self)) do
         self.events[#self.events + 1] = e
         self.acct:note(e)
     end
@@ -304,6 +334,7 @@ end
 
 -- The client's stream for an upstream answer already decoded to IR.
 function T.answer_stream(from, to, resp, state)
+    if state.tool_text then tooltext.answer(state.tool_text, resp) end
     local C, err = for_client(from, resp, state)
     if not C then return nil, err end
     local enc = C.stream_encoder(client_opts(state, to))

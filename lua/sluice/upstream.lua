@@ -327,19 +327,28 @@ function U.plan(cfg, ctx, info, route, supplier)
         usage_events = codec.usage_events,
     }
     local path, query, body = codec.path(upstream_model, ctx.stream), "", nil
-    if same then
+    local state
+    if not same or supplier.tool_text then
+        body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
+            { model = upstream_model, stream = ctx.stream, tool_text = supplier.tool_text })
+        -- A same-protocol request stays passthrough unless its answer's
+        -- text may hold tool calls (parsing on and tools declared) or its
+        -- tools are emulated; one sluice cannot decode goes as it came, for
+        -- the supplier to judge.
+        local tt = supplier.tool_text
+        if same and not (body and (state.tool_text or (tt and tt.emulate))) then
+            body, state = nil, nil
+        elseif not body then
+            return nil, { status = 400, type = "invalid_request", message = tostring(state) }
+        end
+    end
+    if not state then
         query = forwarded_query(ctx)
         plan.transform = false
         if upstream_model ~= ctx.model and not codec.model_in_path then
             body = with_model(ctx.request, upstream_model)
         end
     else
-        local state
-        body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
-            { model = upstream_model, stream = ctx.stream })
-        if not body then
-            return nil, { status = 400, type = "invalid_request", message = tostring(state) }
-        end
         state.client_model = state.client_model or ctx.model
         ctx.translation = { from = from, to = to, state = state }
         plan.transform = true

@@ -71,6 +71,8 @@ M.credential = { header = "x-api-key" }
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
+-- tool_use ids: how sluice makes one, and the ids the API accepts back.
+M.tool_call_ids = { prefix = "toolu_", pattern = "^[a-zA-Z0-9_-]+$" }
 
 M.terminal = { { event = "message_stop" } }
 -- The events that carry a usage object (input in message_start, output in

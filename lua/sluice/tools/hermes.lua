@@ -1,0 +1,44 @@
+-- sluice.tools.hermes — Hermes-style calls (Hermes, Qwen2.5/Qwen3 and many
+-- fine-tunes): one JSON object per <tool_call>…</tool_call> region,
+--   <tool_call>{"name": "get_weather", "arguments": {"city": "SF"}}</tool_call>
+-- several regions in a row for several calls. "arguments" may also be
+-- spelt "parameters", or be a JSON string holding the object. A region the
+-- model never closed is read when the answer ends right after its JSON.
+
+local C = require("sluice.tools.common")
+local json = require("sluice.json")
+
+local D = { name = "hermes", markers = { "<tool_call>" } }
+
+local OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+function D.parse(s, final)
+    local a, b = string.find(s, CLOSE, #OPEN + 1, true)
+    local body
+    if a then
+        body = s:sub(#OPEN + 1, a - 1)
+    elseif final then
+        body, b = s:sub(#OPEN + 1), #s
+    else
+        return "more"
+    end
+    local v = json.decode(C.trim(body))
+    if type(v) ~= "table" or type(v.name) ~= "string" then return "fail" end
+    local args = v.arguments
+    if args == nil then args = v.parameters end
+    if args == nil or args == json.null then args = {} end
+    args = C.object(args)
+    if not args then return "fail" end
+    return "ok", { { name = v.name, arguments = args } }, b
+end
+
+-- The calls as the model writes them (tool use emulation).
+function D.render(calls)
+    local out = {}
+    for i, c in ipairs(calls) do
+        out[i] = "<tool_call>\n" .. C.call_json(c, "arguments") .. "\n</tool_call>"
+    end
+    return table.concat(out, "\n")
+end
+
+return D

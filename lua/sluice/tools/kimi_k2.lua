@@ -1,0 +1,51 @@
+-- sluice.tools.kimi_k2 — Kimi K2's tool-call section:
+--   <|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0
+--   <|tool_call_argument_begin|>{"location":"Seoul"}<|tool_call_end|>
+--   <|tool_calls_section_end|>
+-- (without the line breaks), one <|tool_call_begin|>…<|tool_call_end|> per
+-- call. The call id `functions.NAME:IDX` is the model's own: it is kept as
+-- the call's id where the client protocol allows such an id, since Kimi
+-- answers worse when its ids come back rewritten. Some servers write the
+-- section markers in the singular (<|tool_call_section_begin|>).
+
+local C = require("sluice.tools.common")
+
+local D = { name = "kimi_k2", markers = { "<|tool_calls_section_begin|>", "<|tool_call_section_begin|>" } }
+
+local CALL = "^%s*<|tool_call_begin|>%s*([^<]-)%s*<|tool_call_argument_begin|>(.-)<|tool_call_end|>()"
+
+function D.parse(s, final)
+    local open = s:match("^<|tool_calls?_section_begin|>")
+    local close = open:find("calls", 1, true) and "<|tool_calls_section_end|>" or "<|tool_call_section_end|>"
+    local a, b = string.find(s, close, #open + 1, true)
+    if not a then return final and "fail" or "more" end
+    local rest, calls = s:sub(#open + 1, a - 1), {}
+    while not rest:match("^%s*$") do
+        local id, args, after = rest:match(CALL)
+        if not id then return "fail" end
+        local name = id:match("^functions%.(.+):%d+$") or id:match("^(.+):%d+$") or id
+        args = C.object(args)
+        if not args then return "fail" end
+        calls[#calls + 1] = { name = name, arguments = args, id = id }
+        rest = rest:sub(after)
+    end
+    if #calls == 0 then return "fail" end
+    return "ok", calls, b
+end
+
+-- The calls as the model writes them (tool use emulation), with Kimi's
+-- own ids where the conversation kept them.
+function D.render(calls)
+    local json = require("sluice.json")
+    local t = { "<|tool_calls_section_begin|>" }
+    for i, c in ipairs(calls) do
+        local id = type(c.id) == "string" and c.id:match("^functions%..+:%d+$") and c.id
+            or ("functions." .. c.name .. ":" .. (i - 1))
+        t[#t + 1] = "<|tool_call_begin|>" .. id .. "<|tool_call_argument_begin|>" .. json.encode(c.arguments)
+            .. "<|tool_call_end|>"
+    end
+    t[#t + 1] = "<|tool_calls_section_end|>"
+    return table.concat(t)
+end
+
+return D
