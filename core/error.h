@@ -25,7 +25,8 @@
     XX(CLOSED, -10010, "connection closed")                                 \
     XX(NOTFOUND, -10011, "not found")                                       \
     XX(IO, -10012, "i/o error")                                             \
-    XX(BUSY, -10013, "busy")
+    XX(BUSY, -10013, "busy")                                                \
+    XX(TLS, -10014, "TLS error")
 
 typedef enum {
 #define XX(name, val, msg) SL_E##name = (val),

@@ -55,6 +55,7 @@ typedef struct sl_upstream_s sl_upstream_t;
 typedef struct {
     char **listen; /* "host:port" strings */
     size_t nlisten;
+    char **tls_cert, **tls_key; /* per listener (nlisten each): PEM paths, NULL = plain HTTP */
     int workers; /* 0 = one per core */
     sl_server_limits_t limits;
     uint64_t t_connect, t_first_byte, t_idle, t_total; /* ms; where plans start */

@@ -75,9 +75,16 @@ static int is_string_kind(kind_t k)
 
 void sl_config_free(sl_config_t *c)
 {
-    for (size_t i = 0; i < c->nlisten; i++)
+    for (size_t i = 0; i < c->nlisten; i++) {
         free(c->listen[i]);
+        if (c->tls_cert)
+            free(c->tls_cert[i]);
+        if (c->tls_key)
+            free(c->tls_key[i]);
+    }
     free(c->listen);
+    free(c->tls_cert);
+    free(c->tls_key);
     for (size_t i = 0; i < NFIELDS; i++)
         if (is_string_kind(FIELDS[i].kind))
             free(*MEMBER(c, i, char *));
@@ -105,6 +112,40 @@ static int read_addrs(lua_State *L, sl_config_t *c, const char *key, char *err, 
         c->nlisten++;
     }
     return 0;
+}
+
+/* `listen_tls`: one entry per listener, { cert, key } or false (plain). It
+ * is read after `listen`, whose length it must match. */
+static int read_listen_tls(lua_State *L, int idx, sl_config_t *c, char *err, size_t errlen)
+{
+    c->tls_cert = calloc(c->nlisten ? c->nlisten : 1, sizeof *c->tls_cert);
+    c->tls_key = calloc(c->nlisten ? c->nlisten : 1, sizeof *c->tls_key);
+    if (!c->tls_cert || !c->tls_key)
+        return SL_ENOMEM;
+    lua_getfield(L, idx, "listen_tls");
+    int rc = 0;
+    if (!lua_istable(L, -1) || lua_objlen(L, -1) != c->nlisten) {
+        snprintf(err, errlen, "config.core_view: listen_tls is missing or not one entry a listener");
+        rc = SL_ECONFIG;
+    }
+    for (size_t i = 0; i < c->nlisten && !rc; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "cert");
+            lua_getfield(L, -2, "key");
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+                snprintf(err, errlen, "config.core_view: listen_tls[%zu] lacks cert or key", i + 1);
+                rc = SL_ECONFIG;
+            } else if (!(c->tls_cert[i] = strdup(lua_tostring(L, -2))) ||
+                       !(c->tls_key[i] = strdup(lua_tostring(L, -1)))) {
+                rc = SL_ENOMEM;
+            }
+            lua_pop(L, 2);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return rc;
 }
 
 /* The value of FIELDS[i] is on top of the stack. */
@@ -182,7 +223,10 @@ int sl__config_read(lua_State *L, int idx, sl_config_t *c, char *err, size_t err
             return rc;
         }
     }
-    return 0;
+    int rc = read_listen_tls(L, idx, c, err, errlen);
+    if (rc)
+        sl_config_free(c);
+    return rc;
 }
 
 const sl_config_t *sl_luahost_config(const sl_luahost_t *h)
@@ -199,12 +243,17 @@ int sl_luahost_config_copy(const sl_luahost_t *h, sl_config_t *out)
     for (size_t i = 0; i < NFIELDS; i++)
         if (is_string_kind(FIELDS[i].kind))
             *MEMBER(out, i, char *) = NULL;
-    int rc = out->listen ? 0 : SL_ENOMEM;
+    out->tls_cert = calloc(c->nlisten ? c->nlisten : 1, sizeof *out->tls_cert);
+    out->tls_key = calloc(c->nlisten ? c->nlisten : 1, sizeof *out->tls_key);
+    int rc = out->listen && out->tls_cert && out->tls_key ? 0 : SL_ENOMEM;
     for (size_t i = 0; i < c->nlisten && !rc; i++) {
         if (!(out->listen[i] = strdup(c->listen[i])))
             rc = SL_ENOMEM;
         else
             out->nlisten++;
+        if (c->tls_cert[i] && (!(out->tls_cert[i] = strdup(c->tls_cert[i])) ||
+                               !(out->tls_key[i] = strdup(c->tls_key[i]))))
+            rc = SL_ENOMEM;
     }
     for (size_t i = 0; i < NFIELDS && !rc; i++) {
         if (!is_string_kind(FIELDS[i].kind))

@@ -22,6 +22,13 @@
  * parsing and reading until the client has read). One timer per connection
  * guards whatever it is waiting for: a head (slowloris), body bytes, the next
  * request, or a client that does not read its answers.
+ *
+ * A TLS listener (tls.h) changes only the two ends of a connection: bytes
+ * read are decrypted before they reach the parser, and the write queue is
+ * encrypted as a whole when it is flushed. Everything in between — parsing,
+ * limits, timers, backpressure (counted in plaintext bytes) — is the same
+ * code for both. The handshake happens before the first request byte, so it
+ * runs under the header timeout.
  */
 #include "server.h"
 
@@ -37,6 +44,7 @@
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 
 enum conn_state { CONN_READING, CONN_BUSY, CONN_CLOSING };
 
@@ -84,6 +92,8 @@ struct sl_conn_s {
     uint64_t bytes_out;
     uint64_t bytes_in;
 
+    sl_tls_t *tls; /* NULL on a plain-HTTP listener */
+
     const sl_conn_handler_t *h;
     void *hdata;
     char peer[64];
@@ -108,6 +118,8 @@ struct sl_server_s {
     int listener_closed;
     void (*stop_done)(void *);
     void *stop_arg;
+    sl_tls_ctx_t *tls; /* new connections' TLS context; NULL = plain HTTP */
+    sl_buf_t plain;    /* decrypted input of the read being handled */
     char readbuf[64 * 1024];
 };
 
@@ -290,15 +302,32 @@ static void flush_unlink(sl_conn_t *c)
  * uv_write that owns the queue's memory. Returns 0 or a negative error. */
 static int flush_conn(sl_conn_t *c)
 {
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return 0;
+    /* `queued` is what the write queue counted (plaintext); `len` is what
+     * goes to the socket (ciphertext on TLS, handshake records included). */
+    size_t queued = c->outq.len;
+    if (c->tls) {
+        if (queued && sl_tls_write(c->tls, c->outq.base, queued) != SL_TLS_OK)
+            return SL_ETLS;
+        if (c->state == CONN_CLOSING) /* a graceful close: after the last bytes */
+            sl_tls_close_notify(c->tls);
+        sl_buf_reset(&c->outq);
+        if (sl_tls_take_output(c->tls, &c->outq))
+            return SL_ENOMEM;
+    }
     size_t len = c->outq.len;
-    if (len == 0 || uv_is_closing((uv_handle_t *)&c->tcp))
+    if (len == 0)
         return 0;
     uv_buf_t buf = uv_buf_init(c->outq.base, (unsigned)len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
     if (n < 0 && n != UV_EAGAIN)
         return n;
     size_t done = n > 0 ? (size_t)n : 0;
-    c->write_queue -= done;
+    /* Plain bytes leave the queue as written; encrypted ones all at once
+     * when their records are fully written. */
+    size_t left = c->tls ? (done == len ? 0 : queued) : len - done;
+    c->write_queue -= queued - left;
     if (done == len) {
         sl_buf_reset(&c->outq);
         conn_wrote(c);
@@ -308,10 +337,10 @@ static int flush_conn(sl_conn_t *c)
     if (!wr)
         return SL_ENOMEM;
     wr->conn = c;
-    wr->len = len - done;
+    wr->len = left;
     wr->data = c->outq; /* move: the request frees it */
     sl_buf_init(&c->outq, 0);
-    buf = uv_buf_init(wr->data.base + done, (unsigned)wr->len);
+    buf = uv_buf_init(wr->data.base + done, (unsigned)(len - done));
     int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rc < 0) {
         c->write_queue -= wr->len;
@@ -345,6 +374,20 @@ static void on_nudge(uv_idle_t *h)
 {
 }
 
+/* Puts the connection on this iteration's flush list (once). */
+static void queue_flush(sl_conn_t *c)
+{
+    if (c->flush_queued)
+        return;
+    c->flush_queued = 1;
+    c->flush_next = c->srv->flush_list;
+    if (!c->srv->flush_list) {
+        uv_check_start(&c->srv->flush, on_flush);
+        uv_idle_start(&c->srv->flush_nudge, on_nudge);
+    }
+    c->srv->flush_list = c;
+}
+
 /* Queues up to three pieces (chunk size line, data, CRLF) for this
  * iteration's single write. */
 static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
@@ -363,15 +406,7 @@ static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
     c->bytes_out += len;
     if (c->write_queue >= SL_CONN_HIGH_WATER)
         c->above_high = 1;
-    if (!c->flush_queued) {
-        c->flush_queued = 1;
-        c->flush_next = c->srv->flush_list;
-        if (!c->srv->flush_list) {
-            uv_check_start(&c->srv->flush, on_flush);
-            uv_idle_start(&c->srv->flush_nudge, on_nudge);
-        }
-        c->srv->flush_list = c;
-    }
+    queue_flush(c);
     return 0;
 }
 
@@ -551,7 +586,10 @@ void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data)
  * closed, report it and free the server (nobody may use it afterwards). */
 static void on_flush_closed(uv_handle_t *h)
 {
-    free(h->data);
+    sl_server_t *s = h->data;
+    sl_tls_ctx_release(s->tls);
+    sl_buf_free(&s->plain);
+    free(s);
 }
 
 static void on_nudge_closed(uv_handle_t *h)
@@ -587,6 +625,7 @@ static void on_timer_closed(uv_handle_t *h)
     sl_buf_free(&c->body);
     sl_buf_free(&c->stash);
     sl_buf_free(&c->outq);
+    sl_tls_free(c->tls);
     free(c->hoff);
     free(c->hviews);
     free(c);
@@ -918,11 +957,55 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
 }
 
+/* What nginx answers in the same case: a client that sent plain HTTP to a
+ * TLS port learns why instead of seeing a reset. Written raw (there is no
+ * TLS session to carry it), best effort, then the connection closes. */
+static void refuse_plain_http(sl_conn_t *c)
+{
+    static const char answer[] = "HTTP/1.1 400 Bad Request\r\n"
+                                 "Content-Type: text/plain\r\n"
+                                 "Content-Length: 48\r\n"
+                                 "Connection: close\r\n\r\n"
+                                 "This port speaks HTTPS: use https:// to reach it";
+    uv_buf_t b = uv_buf_init((char *)answer, sizeof answer - 1);
+    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    sl_log_debug("connection from %s: plain HTTP on a TLS port, refused", c->peer);
+    conn_close(c);
+}
+
+/* Decrypts what arrived on a TLS connection and parses the plaintext. */
+static void tls_input(sl_conn_t *c, const char *p, size_t n)
+{
+    sl_buf_t *plain = &c->srv->plain;
+    sl_buf_reset(plain);
+    int rc = sl_tls_feed(c->tls, p, n, plain);
+    if (rc == SL_TLS_PLAIN_HTTP) {
+        refuse_plain_http(c);
+        return;
+    }
+    if (rc == SL_TLS_ERROR) {
+        sl_log_debug("connection from %s: TLS: %s", c->peer, sl_tls_last_error(c->tls));
+        conn_notify_gone(c, SL_ETLS);
+        conn_close(c);
+        return;
+    }
+    queue_flush(c); /* handshake records, alerts: whatever OpenSSL has to say */
+    if (plain->len)
+        conn_input(c, plain->base, plain->len);
+    if (rc == SL_TLS_CLOSED && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+        conn_notify_gone(c, UV_EOF);
+        conn_close(c);
+    }
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     sl_conn_t *c = stream->data;
     if (nread > 0) {
-        conn_input(c, buf->base, (size_t)nread);
+        if (c->tls)
+            tls_input(c, buf->base, (size_t)nread);
+        else
+            conn_input(c, buf->base, (size_t)nread);
         return;
     }
     if (nread == 0)
@@ -984,6 +1067,10 @@ static void on_connection(uv_stream_t *ls, int status)
         conn_close(c);
         return;
     }
+    if (s->tls && !(c->tls = sl_tls_new(s->tls))) {
+        conn_close(c);
+        return;
+    }
     uv_tcp_nodelay(&c->tcp, 1);
     sl_buf_init(&c->head, s->limits.max_header);
     sl_buf_init(&c->body, 0);
@@ -1028,12 +1115,14 @@ static int bind_reuseport(const char *addr, int port, uv_os_sock_t *out)
 }
 
 int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int port,
-                    const sl_server_limits_t *limits, sl_request_cb cb, void *app)
+                    const sl_server_limits_t *limits, sl_tls_ctx_t *tls, sl_request_cb cb,
+                    void *app)
 {
     sl_server_t *s = calloc(1, sizeof *s);
     if (!s)
         return SL_ENOMEM;
     s->loop = loop;
+    sl_buf_init(&s->plain, 0);
     s->limits = *limits;
     s->cb = cb;
     s->app = app;
@@ -1064,6 +1153,7 @@ int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int po
     uv_check_init(loop, &s->flush);
     uv_idle_init(loop, &s->flush_nudge);
     s->flush.data = s->flush_nudge.data = s;
+    s->tls = tls;
     *out = s;
     return 0;
 }
@@ -1096,6 +1186,12 @@ size_t sl_server_connections(const sl_server_t *s)
 void sl_server_set_limits(sl_server_t *s, const sl_server_limits_t *limits)
 {
     s->limits = *limits;
+}
+
+void sl_server_set_tls(sl_server_t *s, sl_tls_ctx_t *tls)
+{
+    sl_tls_ctx_release(s->tls);
+    s->tls = tls;
 }
 
 const char *sl_http_reason(int status)

@@ -26,6 +26,7 @@
 
 #include "buf.h"
 #include "http.h"
+#include "tls.h"
 
 typedef struct sl_conn_s sl_conn_t;
 typedef struct sl_server_s sl_server_t;
@@ -72,8 +73,11 @@ typedef struct {
 
 typedef void (*sl_request_cb)(sl_request_t *req, void *app);
 
+/* `tls` (NULL for plain HTTP) is a context from sl_tls_ctx_new; on success
+ * the server owns that reference. */
 int sl_server_start(sl_server_t **out, uv_loop_t *loop, const char *addr, int port,
-                    const sl_server_limits_t *limits, sl_request_cb cb, void *app);
+                    const sl_server_limits_t *limits, sl_tls_ctx_t *tls, sl_request_cb cb,
+                    void *app);
 /* Stops accepting, closes idle connections; busy ones close after their
  * current response. `done` runs when the listener and all connections are
  * closed, and the server is freed right after it. */
@@ -81,6 +85,9 @@ void sl_server_stop(sl_server_t *s, void (*done)(void *), void *arg);
 /* Connections currently open (busy or idle). */
 size_t sl_server_connections(const sl_server_t *s);
 void sl_server_set_limits(sl_server_t *s, const sl_server_limits_t *limits);
+/* Serves new connections with `tls` (owned from here); connections already
+ * open keep the context they were accepted with. */
+void sl_server_set_tls(sl_server_t *s, sl_tls_ctx_t *tls);
 
 void sl_conn_set_handler(sl_conn_t *c, const sl_conn_handler_t *h, void *data);
 /* Response head. content_length < 0 means chunked transfer encoding.

@@ -167,14 +167,45 @@ static void begin_stop(sl_worker_t *w)
 
 /* ---- reload rounds (reload.h): this worker's part ---- */
 
+/* Addresses, and whether each speaks TLS: a reload may point a TLS listener
+ * at other certificate files, but not turn it into plain HTTP or back. */
 static int same_listen(const sl_config_t *a, const sl_config_t *b)
 {
     if (a->nlisten != b->nlisten)
         return 0;
     for (size_t i = 0; i < a->nlisten; i++)
-        if (strcmp(a->listen[i], b->listen[i]) != 0)
+        if (strcmp(a->listen[i], b->listen[i]) != 0 || !a->tls_cert[i] != !b->tls_cert[i])
             return 0;
     return 1;
+}
+
+/* Loads the TLS context of every TLS listener of c into ctxs (nlisten
+ * entries; NULL for plain ones). On failure releases what it loaded and
+ * names the listener and the file. */
+static int load_tls(const sl_config_t *c, sl_tls_ctx_t **ctxs, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->nlisten; i++) {
+        ctxs[i] = NULL;
+        if (!c->tls_cert[i])
+            continue;
+        char why[512];
+        if (!(ctxs[i] = sl_tls_ctx_new(c->tls_cert[i], c->tls_key[i], why, sizeof why))) {
+            snprintf(err, errlen, "listen[%zu].tls (%s): %s", i + 1, c->listen[i], why);
+            while (i--)
+                sl_tls_ctx_release(ctxs[i]);
+            return SL_ECONFIG;
+        }
+    }
+    return 0;
+}
+
+static void release_tls(sl_tls_ctx_t **ctxs, size_t n)
+{
+    if (!ctxs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        sl_tls_ctx_release(ctxs[i]);
+    free(ctxs);
 }
 
 static void join_listen(const sl_config_t *c, char *out, size_t outlen)
@@ -221,9 +252,23 @@ static void reload_prepare(sl_worker_t *w)
     int rc = sl_luahost_new(&h, &o, err, sizeof err);
     if (!rc && (rc = check_restart_fields(w, sl_luahost_config(h), err, sizeof err)) != 0)
         sl_luahost_release(h);
+    /* Certificates are read anew on every reload; a broken pair refuses the
+     * reload and the listeners keep serving the old one. */
+    sl_tls_ctx_t **tls = NULL;
+    if (!rc) {
+        tls = calloc(w->nservers ? w->nservers : 1, sizeof *tls);
+        rc = tls ? load_tls(sl_luahost_config(h), tls, err, sizeof err) : SL_ENOMEM;
+        if (rc) {
+            free(tls);
+            tls = NULL;
+            sl_luahost_release(h);
+        }
+    }
     if (!rc) {
         sl_luahost_release(w->next_host);
         w->next_host = h;
+        release_tls(w->next_tls, w->nservers);
+        w->next_tls = tls;
     } else {
         sl_log_debug("reload: this worker cannot load the config: %s", err);
     }
@@ -233,8 +278,15 @@ static void reload_prepare(sl_worker_t *w)
 static void reload_finish(sl_worker_t *w, int commit)
 {
     sl_luahost_t *h = w->next_host;
+    sl_tls_ctx_t **tls = w->next_tls;
     w->next_host = NULL;
+    w->next_tls = NULL;
     if (h && commit) {
+        for (size_t i = 0; i < w->nservers; i++) {
+            if (tls[i])
+                sl_server_set_tls(w->servers[i], tls[i]);
+            tls[i] = NULL; /* the server owns it now */
+        }
         sl_luahost_t *old = w->host;
         w->host = h;
         sl_luahost_release(old); /* exchanges in flight keep their own reference */
@@ -245,6 +297,7 @@ static void reload_finish(sl_worker_t *w, int commit)
     } else {
         sl_luahost_release(h);
     }
+    release_tls(tls, w->nservers);
     sl_reload_worker_done(w->app->reload, 0, NULL);
 }
 
@@ -299,22 +352,35 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
         return rc;
     }
     w->servers = calloc(c->nlisten ? c->nlisten : 1, sizeof *w->servers);
+    sl_tls_ctx_t **tls = calloc(c->nlisten ? c->nlisten : 1, sizeof *tls);
+    if (!w->servers || !tls) {
+        free(tls);
+        snprintf(err, errlen, "listen: %s", sl_strerror(SL_ENOMEM));
+        return SL_ENOMEM;
+    }
+    if ((rc = load_tls(c, tls, err, errlen)) != 0) {
+        free(tls);
+        return rc;
+    }
     for (size_t i = 0; i < c->nlisten; i++) {
         char host[128];
         int port;
         if (parse_listen(c->listen[i], host, sizeof host, &port)) {
             snprintf(err, errlen, "listen: bad address '%s' (want host:port)", c->listen[i]);
-            return SL_ECONFIG;
+            rc = SL_ECONFIG;
+            break;
         }
-        rc = sl_server_start(&w->servers[w->nservers], &w->loop, host, port, &c->limits, on_request,
-                             w);
+        rc = sl_server_start(&w->servers[w->nservers], &w->loop, host, port, &c->limits, tls[i],
+                             on_request, w);
         if (rc) {
             snprintf(err, errlen, "listen %s: %s", c->listen[i], sl_strerror(rc));
-            return rc;
+            break;
         }
+        tls[i] = NULL; /* the server owns it now */
         w->nservers++;
     }
-    return 0;
+    release_tls(tls, c->nlisten); /* the ones no server took, after a failure */
+    return rc;
 }
 
 int sl_worker_run(sl_worker_t *w, char *err, size_t errlen)
@@ -343,6 +409,8 @@ void sl_worker_join(sl_worker_t *w)
     w->host = NULL;
     sl_luahost_release(w->next_host); /* prepared by a round that shutdown overtook */
     w->next_host = NULL;
+    release_tls(w->next_tls, w->nservers);
+    w->next_tls = NULL;
     sl_config_free(&w->bound);
     uv_mutex_destroy(&w->post_lock);
     uv_loop_close(&w->loop);

@@ -59,6 +59,7 @@ struct sl_worker_s {
     int async_closed;           /* under post_lock */
     sl_luahost_t *host;         /* current host; exchanges retain the one they use */
     sl_luahost_t *next_host;    /* prepared by a reload round, not yet committed */
+    sl_tls_ctx_t **next_tls;    /* its listeners' TLS contexts (nservers; NULL = plain) */
     sl_config_t bound;          /* the config the listeners were bound with */
     sl_upstream_t *upstream;
     sl_server_t **servers;

@@ -22,6 +22,39 @@ end
 local SUPPLIER = [[suppliers = { oa = { protocol = "openai-chat", base_url = "http://127.0.0.1:1/v1",
   auth = { type = "bearer", token = "sk-upstream" } } },]]
 
+describe("sluice.config TLS listeners", function()
+    local cert, key = tmpfile("cert"), tmpfile("key")
+    teardown(function() os.remove(cert); os.remove(key) end)
+
+    it("takes { addr, tls = { cert, key } } beside plain addresses and hands both to the core", function()
+        local cfg, err = load_text(("return { listen = { '127.0.0.1:7070', { addr = '127.0.0.1:7443', " ..
+            "tls = { cert = %q, key = %q } } }, %s }"):format(cert, key, SUPPLIER))
+        assert.is_table(cfg, err)
+        local view = config.core_view(cfg)
+        assert.same({ "127.0.0.1:7070", "127.0.0.1:7443" }, view.listen)
+        assert.same({ false, { cert = cert, key = key } }, view.listen_tls)
+    end)
+
+    it("names the listener field that is wrong", function()
+        local _, err = load_text(("return { listen = { { addr = '127.0.0.1:7443', tls = { cert = '/nonexistent/c.pem', " ..
+            "key = %q } } }, %s }"):format(key, SUPPLIER))
+        assert.matches("^listen%[1%]%.tls%.cert: cannot read /nonexistent/c.pem", err)
+        _, err = load_text(("return { listen = { { addr = '127.0.0.1:7443', tls = { cert = %q } } }, %s }")
+            :format(cert, SUPPLIER))
+        assert.matches("^listen%[1%]%.tls%.key: ", err)
+        _, err = load_text("return { listen = { { adr = '127.0.0.1:7443' } }, " .. SUPPLIER .. " }")
+        assert.matches("^listen%[1%]%.adr: unknown field", err)
+        _, err = load_text("return { listen = { { addr = '127.0.0.1' } }, " .. SUPPLIER .. " }")
+        assert.matches("^listen%[1%]%.addr: expected \"host:port\"", err)
+    end)
+
+    it("still needs keys and an admin token on a public TLS listener", function()
+        local _, err = load_text(("return { listen = { { addr = '0.0.0.0:7443', tls = { cert = %q, key = %q } } }, %s }")
+            :format(cert, key, SUPPLIER))
+        assert.matches("^keys: required", err)
+    end)
+end)
+
 describe("sluice.config public listeners", function()
     it("needs keys and an admin token of at least 16 characters off loopback", function()
         local _, err = load_text("return { listen = { '0.0.0.0:7070' }, " .. SUPPLIER .. " }")

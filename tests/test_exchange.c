@@ -551,7 +551,7 @@ static int setup(void)
         .max_header = 64 * 1024, .max_headers_count = 100, .max_body = 1 << 20};
     for (int i = 0; i < 20; i++) {
         port = th_free_port();
-        if (sl_server_start(&server, &loop, "127.0.0.1", port, &limits, on_request, NULL) == 0)
+        if (sl_server_start(&server, &loop, "127.0.0.1", port, &limits, NULL, on_request, NULL) == 0)
             return 0;
     }
     return -1;

@@ -211,7 +211,7 @@ static sl_server_t *serve(enum app_mode mode, const sl_server_limits_t *l, int *
     app_reset(mode);
     for (int attempt = 0; attempt < 5 && !s; attempt++) {
         *port = th_free_port();
-        if (sl_server_start(&s, &loop, "127.0.0.1", *port, l ? l : &defaults, on_request, NULL) !=
+        if (sl_server_start(&s, &loop, "127.0.0.1", *port, l ? l : &defaults, NULL, on_request, NULL) !=
             0)
             s = NULL;
     }

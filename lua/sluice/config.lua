@@ -118,6 +118,27 @@ local function parse_listen(s, field)
     return host
 end
 
+-- A listener is "host:port", or { addr = "host:port", tls = { cert, key } }
+-- for HTTPS. The files are read here so `--check` names a missing or
+-- unreadable one; whether they hold a matching pair is checked when the core
+-- loads them (a failure names the listener too).
+local function parse_listener(l, field)
+    if type(l) ~= "table" then return l, parse_listen(l, field), false end
+    only_fields(l, { addr = true, tls = true }, field)
+    local host = parse_listen(l.addr, field .. ".addr")
+    if l.tls == nil then return l.addr, host, false end
+    check_type(l.tls, "table", field .. ".tls")
+    only_fields(l.tls, { cert = true, key = true }, field .. ".tls")
+    for _, k in ipairs({ "cert", "key" }) do
+        local path = l.tls[k]
+        check_type(path, "string", field .. ".tls." .. k)
+        local f, err = io.open(path, "rb")
+        if not f then bad(field .. ".tls." .. k, "cannot read %s", err) end
+        f:close()
+    end
+    return l.addr, host, { cert = l.tls.cert, key = l.tls.key }
+end
+
 local function is_loopback(host)
     return host == "localhost" or host == "::1" or host:match("^127%.") ~= nil
 end
@@ -288,10 +309,10 @@ local function validate(raw)
     local listen = raw.listen or DEFAULTS.listen
     check_type(listen, "table", "listen")
     if #listen == 0 then bad("listen", "needs at least one address") end
-    cfg.listen, cfg.public = {}, false
+    cfg.listen, cfg.listen_tls, cfg.public = {}, {}, false
     for i, l in ipairs(listen) do
-        local host = parse_listen(l, fmt("listen[%d]", i))
-        cfg.listen[i] = l
+        local addr, host, tls = parse_listener(l, fmt("listen[%d]", i))
+        cfg.listen[i], cfg.listen_tls[i] = addr, tls
         if not is_loopback(host) then cfg.public = true end
     end
 
@@ -472,7 +493,7 @@ end
 function M.core_view(cfg)
     local l, t, h = cfg.limits, cfg.timeouts, cfg.history
     return {
-        listen = cfg.listen, workers = cfg.workers,
+        listen = cfg.listen, listen_tls = cfg.listen_tls, workers = cfg.workers,
         max_body = l.max_body, max_header = l.max_header, max_headers = l.max_headers,
         header_timeout = l.header_timeout, keepalive_timeout = l.keepalive_timeout,
         body_timeout = l.body_timeout, body_total_timeout = l.body_total_timeout,
