@@ -94,6 +94,22 @@ end
 
 local as_object, unwrap = common.as_object, common.unwrap
 
+-- Tool-call ids Anthropic accepts ("^[a-zA-Z0-9_-]+$", tool_use.id in
+-- https://docs.anthropic.com/en/api/messages): others' ids are mapped into
+-- that alphabet on every id sluice writes (requests to an Anthropic
+-- supplier, answers to an Anthropic client) and mapped back on every id it
+-- reads, so a Kimi "functions.Bash:0" survives a round trip (common.map_id).
+local ID_OK = "^[a-zA-Z0-9_-]+$"
+local function id_out(id) return common.map_id(id, ID_OK) end
+local unmap_id = common.unmap_id
+
+-- Anthropic refuses text blocks that are empty or only whitespace ("text
+-- content blocks must contain non-whitespace text"); a "\n\n" before tool
+-- calls is common in other providers' answers.
+local function blank(s)
+    return s == nil or not s:find("%S")
+end
+
 -- Opaque state towards a client: another provider's in the envelope (see top).
 local function wrap(origin, kind, value)
     return common.wrap(M.name, origin, kind, value)
@@ -189,10 +205,10 @@ function decode_block(b, role)
         if not src then return nil end
         return { type = "document", source = src, title = nonnull(b.title) }
     elseif t == "tool_use" then
-        return { type = "tool_call", id = b.id, name = b.name, arguments = as_object(b.input) }
+        return { type = "tool_call", id = unmap_id(b.id), name = b.name, arguments = as_object(b.input) }
     elseif t == "tool_result" then
         return {
-            type = "tool_result", tool_call_id = b.tool_use_id,
+            type = "tool_result", tool_call_id = unmap_id(b.tool_use_id),
             content = decode_blocks(b.content), is_error = b.is_error == true,
         }
     elseif t == "thinking" or t == "redacted_thinking" then
@@ -327,7 +343,7 @@ end
 local function encode_part(p, opts)
     local t = p.type
     if t == "text" then
-        if p.text == nil or p.text == "" then return nil end -- rejected by Anthropic
+        if blank(p.text) then return nil end -- rejected by Anthropic (see blank)
         return { type = "text", text = p.text, cache_control = p.cache_control }
     elseif t == "image" then
         local src = encode_source(p.source, false)
@@ -340,14 +356,14 @@ local function encode_part(p, opts)
     elseif t == "tool_call" then
         local args = p.arguments
         if type(args) == "string" then args = json.decode(args) end
-        return { type = "tool_use", id = p.id, name = p.name, input = as_object(args) }
+        return { type = "tool_use", id = id_out(p.id), name = p.name, input = as_object(args) }
     elseif t == "tool_result" then
         local content = array()
         for _, c in ipairs(p.content or {}) do
             local b = encode_part(c, opts)
             if b then content[#content + 1] = b end
         end
-        local r = { type = "tool_result", tool_use_id = p.tool_call_id }
+        local r = { type = "tool_result", tool_use_id = id_out(p.tool_call_id) }
         if #content > 0 then r.content = content end
         if p.is_error then r.is_error = true end
         return r
@@ -361,13 +377,14 @@ local function encode_part(p, opts)
     return nil
 end
 
--- Messages: merge same-role runs (so every tool_use is answered in the very
--- next user message), put tool_result blocks first in a user message, drop
--- empty messages.
+-- Messages: results without their call become text (common.pair_tool_results),
+-- merge same-role runs (so every tool_use is answered in the very next user
+-- message), put tool_result blocks first in a user message, drop empty
+-- messages (an all-whitespace assistant turn among them).
 local function encode_messages(req, opts)
     local out = array()
     local last
-    for _, m in ipairs(req.messages or {}) do
+    for _, m in ipairs(common.pair_tool_results(req.messages)) do
         local blocks = {}
         for _, p in ipairs(m.content or {}) do
             local b = encode_part(p, opts)
@@ -429,7 +446,7 @@ function M.encode_request(req, opts)
     if req.system and #req.system > 0 then
         local sys = array()
         for _, p in ipairs(req.system) do
-            if p.type == "text" and p.text and p.text ~= "" then
+            if p.type == "text" and not blank(p.text) then
                 sys[#sys + 1] = { type = "text", text = p.text, cache_control = p.cache_control }
             end
         end
@@ -438,10 +455,7 @@ function M.encode_request(req, opts)
     if req.tools and #req.tools > 0 then
         local tools = array()
         for _, t in ipairs(req.tools) do
-            local schema = t.parameters
-            if type(schema) ~= "table" or getmetatable(schema) == json.array_mt then
-                schema = { type = "object", properties = {} }
-            end
+            local schema = common.object_schema(t.parameters)
             tools[#tools + 1] = { name = t.name, description = t.description, input_schema = schema }
         end
         body.tools = tools
@@ -632,7 +646,7 @@ function Decoder:feed(ev)
             self.map[obj.index] = false
             return out
         end
-        local idx = self.blocks:start(out, kind, { id = b.id, name = b.name, data = b.data })
+        local idx = self.blocks:start(out, kind, { id = unmap_id(b.id), name = b.name, data = b.data })
         self.map[obj.index] = idx
         if kind == "text" and type(b.text) == "string" and b.text ~= "" then
             out[2] = { type = "text", index = idx, text = b.text }
@@ -753,7 +767,7 @@ function Encoder:open_block(b, blk)
     elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
     elseif ev.kind == "redacted_thinking" then
         cb = { type = "redacted_thinking", data = wrap(self.origin, "data", ev.data or "") }
-    else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
+    else cb = { type = "tool_use", id = id_out(ev.id) or ir.new_id("toolu_"), name = ev.name, input = {} } end
     sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
     local kept = blk.kept
     for i = 1, #kept do self:write(b, blk, kept[i]) end

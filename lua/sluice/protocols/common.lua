@@ -1,13 +1,15 @@
 -- sluice.protocols.common — wire helpers more than one codec needs, kept
 -- once: the opaque-state envelope (its format is sluice.ir's), tool
--- arguments as JSON text <-> IR object, data URLs, and the OpenAI error
+-- arguments as JSON text <-> IR object, tool schemas as objects, tool
+-- call/result pairing, tool-call ids in a target's alphabet, data URLs, and
+-- the OpenAI error
 -- envelope shared by Chat Completions and Responses. Pure Lua over tables
 -- and strings; knows no protocol's stream.
 
 local ir = require("sluice.ir")
 local json = require("sluice.json")
 
-local type, tonumber, tostring = type, tonumber, tostring
+local type, tonumber, tostring, pairs, ipairs, next = type, tonumber, tostring, pairs, ipairs, next
 local json_decode, json_encode, is_array, null = json.decode, json.encode, json.is_array, json.null
 
 local C = {}
@@ -51,6 +53,153 @@ function C.encode_args(args)
     if type(args) == "string" then return args end
     if type(args) ~= "table" or (is_array(args) and #args == 0) then return "{}" end
     return json_encode(args) or "{}"
+end
+
+-- ---------------------------------------------------------------- tool schemas
+
+-- A tool's parameters as an object schema, for targets that take nothing
+-- else (Anthropic: "input_schema ... type: object" is required —
+-- https://docs.anthropic.com/en/api/messages, tools[].input_schema). OpenAI-
+-- style clients send `{}` for a tool without parameters, schemas without
+-- `type`, and top-level `anyOf`/`oneOf` unions: the union's object
+-- branches are merged into one object (a property any branch has; required
+-- only what every branch requires), so every valid input stays valid.
+function C.object_schema(schema)
+    if type(schema) ~= "table" or is_array(schema) then
+        return { type = "object", properties = {} }
+    end
+    local union = schema.anyOf or schema.oneOf
+    if schema.type == nil and type(union) == "table" and is_array(union) and #union > 0 then
+        local out = {}
+        for k, v in pairs(schema) do
+            if k ~= "anyOf" and k ~= "oneOf" then out[k] = v end
+        end
+        local props, required = {}, nil
+        for _, branch in ipairs(union) do
+            if type(branch) == "table" then
+                if type(branch.properties) == "table" then
+                    for k, v in pairs(branch.properties) do
+                        if props[k] == nil then props[k] = v end
+                    end
+                end
+                local set = {}
+                for _, r in ipairs(type(branch.required) == "table" and branch.required or {}) do set[r] = true end
+                if required == nil then
+                    required = set
+                else
+                    for r in pairs(required) do if not set[r] then required[r] = nil end end
+                end
+            end
+        end
+        out.type, out.properties = "object", props
+        if type(schema.properties) == "table" then
+            for k, v in pairs(schema.properties) do props[k] = v end
+        end
+        local req = {}
+        for _, r in ipairs(type(schema.required) == "table" and schema.required or {}) do req[#req + 1] = r end
+        for r in pairs(required or {}) do req[#req + 1] = r end
+        table.sort(req)
+        if #req > 0 then out.required = req else out.required = nil end
+        if next(props) == nil then out.properties = {} end
+        return out
+    end
+    if schema.type == nil or schema.type ~= "object" then
+        -- No type (or an upper-case OpenAPI one): the input is an object.
+        local out = {}
+        for k, v in pairs(schema) do out[k] = v end
+        out.type = "object"
+        if out.properties == nil then out.properties = {} end
+        return out
+    end
+    return schema
+end
+
+-- ---------------------------------------------------------------- call/result pairing
+
+-- Text that stands for a tool result nothing in the previous turn asked for.
+local function orphan_text(p)
+    local b = {}
+    for _, c in ipairs(p.content or {}) do
+        if c.type == "text" and c.text then b[#b + 1] = c.text end
+    end
+    return "[result of tool call " .. tostring(p.tool_call_id) .. (p.is_error and " (error)" or "")
+        .. "]: " .. table.concat(b, "\n")
+end
+
+-- IR messages whose every tool_result answers a tool_call of the assistant
+-- turn just before it (consecutive messages of one role are one turn), as
+-- Anthropic ("each tool_result block must have a corresponding tool_use
+-- block in the previous message" — https://docs.anthropic.com/en/docs/
+-- agents-and-tools/tool-use/implement-tool-use) and Gemini (a
+-- functionResponse answers a functionCall of the previous model turn —
+-- https://ai.google.dev/gemini-api/docs/function-calling) require. A result
+-- without its call (a Responses client continuing with previous_response_id,
+-- a trimmed history) or a second result for one call becomes a user text part
+-- naming the call id, so the model still sees it. Returns the input when
+-- nothing changes.
+function C.pair_tool_results(messages)
+    local calls, answered, prev_role = {}, {}, nil
+    local out, changed = {}, false
+    for i, m in ipairs(messages or {}) do
+        if m.role == "assistant" then
+            if prev_role ~= "assistant" then calls, answered = {}, {} end
+            for _, p in ipairs(m.content or {}) do
+                if p.type == "tool_call" and p.id then calls[p.id] = true end
+            end
+            out[i] = m
+        else
+            local content, mine = nil, false
+            for j, p in ipairs(m.content or {}) do
+                if p.type == "tool_result" then
+                    local id = p.tool_call_id
+                    if id and calls[id] and not answered[id] then
+                        answered[id] = true
+                    else
+                        if not mine then
+                            content, mine = {}, true
+                            for k = 1, j - 1 do content[k] = m.content[k] end
+                        end
+                        p = { type = "text", text = orphan_text(p) }
+                    end
+                end
+                if mine then content[#content + 1] = p end
+            end
+            if mine then
+                changed = true
+                local copy = {}
+                for k, v in pairs(m) do copy[k] = v end
+                copy.content = content
+                out[i] = copy
+            else
+                out[i] = m
+            end
+        end
+        prev_role = m.role
+    end
+    if not changed then return messages end
+    return out
+end
+
+-- ---------------------------------------------------------------- tool-call ids
+
+-- Ids in a target's alphabet, reversibly. Anthropic ids must match
+-- ^[a-zA-Z0-9_-]+$ (tool_use.id, https://docs.anthropic.com/en/api/messages);
+-- other suppliers (Kimi's "functions.Bash:0") use more. An id outside the
+-- alphabet (or one that already looks mapped) becomes ID_PREFIX followed by
+-- the id with every byte but [A-Za-z0-9-] written as _XX (hex); unmap_id
+-- turns it back. The same mapping serves requests and answers, so a history
+-- a client keeps maps back to the supplier's own ids.
+local ID_PREFIX = "slid_"
+
+function C.map_id(id, ok_pattern)
+    if type(id) ~= "string" then return id end
+    if id:match(ok_pattern) and id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
+    return ID_PREFIX .. id:gsub("[^A-Za-z0-9%-]", function(c) return ("_%02X"):format(c:byte()) end)
+end
+
+function C.unmap_id(id)
+    if type(id) ~= "string" or id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
+    return (id:sub(#ID_PREFIX + 1):gsub("_(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
 -- ---------------------------------------------------------------- data URLs

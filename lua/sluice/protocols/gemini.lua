@@ -525,7 +525,9 @@ function M.encode_request(req, opts)
         if #parts > 0 then body.systemInstruction = { parts = parts } end
     end
     local contents, names_by_id, last = json_array({}), {}, nil
-    for _, m in ipairs(req.messages or {}) do
+    -- A functionResponse must answer a functionCall of the previous turn;
+    -- results without one become text (common.pair_tool_results).
+    for _, m in ipairs(common.pair_tool_results(req.messages)) do
         local role = m.role == "assistant" and "model" or "user"
         local parts = role == "model" and model_parts(m, names_by_id) or user_parts(m, names_by_id)
         if #parts > 0 then

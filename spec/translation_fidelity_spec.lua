@@ -1,0 +1,161 @@
+-- Specs for issue 12, "translation fidelity, round 2": the differences real
+-- clients (Claude Code, Codex, Gemini CLI, the vendor SDKs) and other
+-- gateways' own translation cases found. Each describe is one numbered item
+-- of the issue; each case is a request or answer a client sends or gets,
+-- run through sluice.translate (the codecs composed as the host composes
+-- them), and asserts what the supplier or the client would see.
+
+local json = require("sluice.json")
+local T = require("sluice.translate")
+local F = require("helpers.fixtures")
+
+-- The upstream body a client's request becomes, in wire form.
+local function upstream(from, to, body, opts)
+    local out, st = T.request(from, to, body, {}, opts or { model = "up-model" })
+    assert(out, st)
+    return F.wire(out), st
+end
+
+describe("1: tool schemas toward Anthropic are object schemas", function()
+    local function schemas(params)
+        local tools = {}
+        for i, p in ipairs(params) do
+            tools[i] = { type = "function", ["function"] = { name = "t" .. i, parameters = p } }
+        end
+        local body = upstream("openai-chat", "anthropic", {
+            model = "m", messages = { { role = "user", content = "hi" } }, tools = tools })
+        local out = {}
+        for i, t in ipairs(body.tools) do out[i] = t.input_schema end
+        return out
+    end
+
+    it("turns {}, a schema without type and a top-level union into objects", function()
+        local s = schemas({
+            json.decode("{}"),
+            json.decode('{"properties":{"q":{"type":"string"}}}'),
+            json.decode('{"anyOf":[{"type":"object","properties":{"a":{"type":"string"}},"required":["a","c"]},'
+                .. '{"type":"object","properties":{"b":{"type":"number"},"c":{"type":"string"}},"required":["c"]}]}'),
+        })
+        assert.are.same({ type = "object", properties = {} }, s[1])
+        assert.are.equal("object", s[2].type)
+        assert.are.same({ type = "string" }, s[2].properties.q)
+        assert.are.equal("object", s[3].type)
+        assert.is_nil(s[3].anyOf)
+        assert.are.same({ "a", "b", "c" }, (function()
+            local k = {}
+            for n in pairs(s[3].properties) do k[#k + 1] = n end
+            table.sort(k)
+            return k
+        end)())
+        -- only what every branch requires stays required
+        assert.are.same({ "c" }, s[3].required)
+    end)
+
+    it("keeps a proper object schema as it is", function()
+        local p = json.decode('{"type":"object","properties":{"x":{"type":"integer"}},"required":["x"]}')
+        assert.are.same(F.wire(p), schemas({ p })[1])
+    end)
+end)
+
+describe("2: whitespace-only text toward Anthropic", function()
+    it("drops whitespace text parts and all-whitespace turns, keeping the messages valid", function()
+        local body = upstream("openai-chat", "anthropic", { model = "m", messages = {
+            { role = "user", content = "list files" },
+            { role = "assistant", content = "\n\n", tool_calls = {
+                { id = "call_1", type = "function", ["function"] = { name = "ls", arguments = "{}" } } } },
+            { role = "tool", tool_call_id = "call_1", content = "a.txt" },
+            { role = "assistant", content = "  \n " },
+            { role = "user", content = "thanks" },
+        } })
+        -- the blank assistant turn is gone; the two user turns around it merged
+        assert.are.equal(3, #body.messages)
+        assert.are.same({ "user", "assistant", "user" },
+            { body.messages[1].role, body.messages[2].role, body.messages[3].role })
+        assert.are.equal(1, #body.messages[2].content)
+        assert.are.equal("tool_use", body.messages[2].content[1].type)
+        for _, m in ipairs(body.messages) do
+            for _, b in ipairs(m.content) do
+                if b.type == "text" then assert.truthy(b.text:find("%S")) end
+            end
+        end
+    end)
+end)
+
+describe("3: tool results without their call", function()
+    local chat = { model = "m", messages = {
+        { role = "user", content = "go on" },
+        { role = "tool", tool_call_id = "call_gone", content = "42" },
+    } }
+
+    for _, to in ipairs({ "anthropic", "gemini" }) do
+        it("become user text naming the call id toward " .. to, function()
+            local body = upstream("openai-chat", to, chat)
+            local text = json.encode(body)
+            assert.is_nil(text:find("tool_result", 1, true))
+            assert.is_nil(text:find("functionResponse", 1, true))
+            assert.truthy(text:find("call_gone", 1, true))
+            assert.truthy(text:find("42", 1, true))
+        end)
+    end
+
+    it("leave answered calls alone", function()
+        local body = upstream("openai-chat", "anthropic", { model = "m", messages = {
+            { role = "user", content = "q" },
+            { role = "assistant", tool_calls = {
+                { id = "call_1", type = "function", ["function"] = { name = "f", arguments = "{}" } } } },
+            { role = "tool", tool_call_id = "call_1", content = "ok" },
+        } })
+        assert.are.equal("tool_result", body.messages[3].content[1].type)
+        assert.are.equal("call_1", body.messages[3].content[1].tool_use_id)
+    end)
+
+    it("a Responses client's trimmed history (an output without its call) becomes text toward Anthropic", function()
+        local body = upstream("openai-responses", "anthropic", { model = "m",
+            input = { { type = "function_call_output", call_id = "call_9", output = "done" } } })
+        assert.are.equal("text", body.messages[1].content[1].type)
+        assert.truthy(body.messages[1].content[1].text:find("call_9", 1, true))
+    end)
+end)
+
+describe("4: tool-call ids outside Anthropic's alphabet", function()
+    local KIMI = "functions.Bash:0"
+
+    it("reach an Anthropic client mapped, and come back to the supplier unchanged", function()
+        local _, st = T.request("anthropic", "openai-chat", { model = "m", max_tokens = 10,
+            messages = { { role = "user", content = "run" } } }, {}, { model = "kimi" })
+        local answer = F.wire(assert(T.response("anthropic", "openai-chat", { id = "c1", object = "chat.completion",
+            model = "kimi", choices = { { index = 0, finish_reason = "tool_calls", message = { role = "assistant",
+            tool_calls = { { id = KIMI, type = "function", ["function"] = { name = "Bash", arguments = "{}" } } } } } },
+            usage = { prompt_tokens = 1, completion_tokens = 1, total_tokens = 2 } }, st)))
+        local id = answer.content[1].id
+        assert.truthy(id:match("^[a-zA-Z0-9_-]+$"), id)
+        -- the next turn, as the Anthropic client sends it, reaches the supplier with Kimi's id
+        local body = upstream("anthropic", "openai-chat", { model = "m", max_tokens = 10, messages = {
+            { role = "user", content = "run" },
+            { role = "assistant", content = { answer.content[1] } },
+            { role = "user", content = { { type = "tool_result", tool_use_id = id, content = "ok" } } },
+        } })
+        assert.are.equal(KIMI, body.messages[2].tool_calls[1].id)
+        assert.are.equal(KIMI, body.messages[3].tool_call_id)
+    end)
+
+    it("are mapped the same way in requests to an Anthropic supplier", function()
+        local body = upstream("openai-chat", "anthropic", { model = "m", messages = {
+            { role = "user", content = "run" },
+            { role = "assistant", tool_calls = {
+                { id = KIMI, type = "function", ["function"] = { name = "Bash", arguments = "{}" } } } },
+            { role = "tool", tool_call_id = KIMI, content = "ok" },
+        } })
+        local id = body.messages[2].content[1].id
+        assert.truthy(id:match("^[a-zA-Z0-9_-]+$"), id)
+        assert.are.equal(id, body.messages[3].content[1].tool_use_id)
+        -- and an answer from that supplier with the mapped id reaches a chat client as Kimi's
+        local _, st = T.request("openai-chat", "anthropic", { model = "m", messages = { { role = "user", content = "x" } } },
+            {}, { model = "claude" })
+        local answer = F.wire(assert(T.response("openai-chat", "anthropic", { id = "msg_1", type = "message",
+            role = "assistant", model = "claude", stop_reason = "tool_use",
+            content = { { type = "tool_use", id = id, name = "Bash", input = {} } },
+            usage = { input_tokens = 1, output_tokens = 1 } }, st)))
+        assert.are.equal(KIMI, answer.choices[1].message.tool_calls[1].id)
+    end)
+end)
