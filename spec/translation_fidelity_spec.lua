@@ -159,3 +159,93 @@ describe("4: tool-call ids outside Anthropic's alphabet", function()
         assert.are.equal(KIMI, answer.choices[1].message.tool_calls[1].id)
     end)
 end)
+
+-- A client stream from upstream SSE events, through translate's pipe.
+local function pipe_stream(from, to, events, req)
+    local _, st = T.request(from, to, req, {}, { model = "up-model" })
+    local pipe = T.stream(from, to, st)
+    local b = {}
+    for _, ev in ipairs(events) do b[#b + 1] = pipe:feed(ev) end
+    b[#b + 1] = pipe:close({ complete = true })
+    return table.concat(b), pipe
+end
+
+local function sse_records(bytes)
+    local out = {}
+    for block in bytes:gmatch("(.-)\n\n") do
+        local ev = block:match("^event: ([^\n]*)")
+        local data = block:match("data: (.*)$")
+        out[#out + 1] = { event = ev, data = data and data ~= "[DONE]" and json.decode(data) or data }
+    end
+    return out
+end
+
+describe("6: parallel tool calls that all say index 0", function()
+    local function chunk(tc, finish)
+        return { data = json.encode({ id = "c", object = "chat.completion.chunk", model = "m",
+            choices = { { index = 0, delta = tc and { tool_calls = { tc } } or {}, finish_reason = finish or json.null } } }) }
+    end
+
+    it("become two tool_use blocks with their own inputs for an Anthropic client", function()
+        local bytes = pipe_stream("anthropic", "openai-chat", {
+            chunk({ index = 0, id = "call_ny", type = "function", ["function"] = { name = "weather", arguments = "" } }),
+            chunk({ index = 0, ["function"] = { arguments = '{"city":"NY"}' } }),
+            chunk({ index = 0, id = "call_sf", type = "function", ["function"] = { name = "weather", arguments = "" } }),
+            chunk({ index = 0, ["function"] = { arguments = '{"city":"SF"}' } }),
+            chunk(nil, "tool_calls"),
+        }, { model = "m", max_tokens = 10, stream = true, messages = { { role = "user", content = "w" } } })
+        local uses, args = {}, {}
+        for _, r in ipairs(sse_records(bytes)) do
+            if r.event == "content_block_start" and r.data.content_block.type == "tool_use" then
+                uses[#uses + 1] = r.data.content_block.id
+                args[r.data.index] = ""
+            elseif r.event == "content_block_delta" and r.data.delta.type == "input_json_delta" then
+                args[r.data.index] = args[r.data.index] .. r.data.delta.partial_json
+            end
+        end
+        assert.are.same({ "call_ny", "call_sf" }, uses)
+        assert.are.same({ [0] = '{"city":"NY"}', [1] = '{"city":"SF"}' }, args)
+    end)
+end)
+
+describe("8: Gemini usage whose candidates already include the thoughts", function()
+    local usage = { promptTokenCount = 100, candidatesTokenCount = 50, thoughtsTokenCount = 30,
+                    totalTokenCount = 150 }
+
+    it("adds up to Gemini's total in an OpenAI client's answer", function()
+        local _, st = T.request("openai-chat", "gemini", { model = "m", messages = { { role = "user", content = "x" } } },
+            {}, { model = "gemini-2.5-pro" })
+        local answer = F.wire(assert(T.response("openai-chat", "gemini", { candidates = { { index = 0,
+            content = { role = "model", parts = { { text = "hi" } } }, finishReason = "STOP" } },
+            usageMetadata = usage }, st)))
+        assert.are.equal(100, answer.usage.prompt_tokens)
+        assert.are.equal(50, answer.usage.completion_tokens)
+        assert.are.equal(150, answer.usage.total_tokens)
+        assert.are.equal(30, answer.usage.completion_tokens_details.reasoning_tokens)
+    end)
+
+    it("keeps documented usage (thoughts on top of candidates) as it is", function()
+        local _, st = T.request("openai-chat", "gemini", { model = "m", messages = { { role = "user", content = "x" } } },
+            {}, { model = "gemini-2.5-pro" })
+        local answer = F.wire(assert(T.response("openai-chat", "gemini", { candidates = { { index = 0,
+            content = { role = "model", parts = { { text = "hi" } } }, finishReason = "STOP" } },
+            usageMetadata = { promptTokenCount = 100, candidatesTokenCount = 20, thoughtsTokenCount = 30,
+                              totalTokenCount = 150 } }, st)))
+        assert.are.equal(50, answer.usage.completion_tokens)
+        assert.are.equal(150, answer.usage.total_tokens)
+    end)
+
+    it("adds up in a stream too", function()
+        local bytes = pipe_stream("openai-chat", "gemini", {
+            { data = json.encode({ candidates = { { index = 0, content = { role = "model", parts = { { text = "hi" } } },
+                finishReason = "STOP" } }, usageMetadata = usage }) },
+        }, { model = "m", stream = true, stream_options = { include_usage = true },
+             messages = { { role = "user", content = "x" } } })
+        local last
+        for _, r in ipairs(sse_records(bytes)) do
+            if type(r.data) == "table" and r.data.usage ~= json.null and r.data.usage then last = r.data.usage end
+        end
+        assert.are.equal(150, last.total_tokens)
+        assert.are.equal(50, last.completion_tokens)
+    end)
+end)

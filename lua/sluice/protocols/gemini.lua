@@ -567,6 +567,16 @@ local function usage_in(u)
     if tool_prompt then input = (input or 0) + tool_prompt end
     local output = nil
     if cand or thoughts then output = (cand or 0) + (thoughts or 0) end
+    -- Gemini documents candidatesTokenCount without the thoughts
+    -- (https://ai.google.dev/api/generate-content#UsageMetadata: total =
+    -- prompt + candidates + thoughts + tool-use prompt), but some models and
+    -- proxies report candidates with the thoughts already in them. The total
+    -- says which: when the sum overshoots it, the output is what the total
+    -- leaves after the prompt.
+    local total = num("totalTokenCount")
+    if total and input and output and input + output > total then
+        output = math.max(total - input, cand or 0, thoughts or 0)
+    end
     return { input_tokens = input, output_tokens = output, cache_read_tokens = num("cachedContentTokenCount"),
              reasoning_tokens = thoughts }
 end

@@ -477,7 +477,7 @@ function M.stream_decoder(opts)
         started = false, blocks = S.blocks(),
         text = nil, thinking = nil,  -- IR index of the open text / reasoning block
         calls = {},                  -- chat index -> { ir = idx|nil, id, name, pending = buffer }
-        order = {},                  -- chat indices in first-seen order
+        order = {},                  -- the call records in first-seen order
         any_call = false, stop_reason = nil, errored = false,
     }, Decoder)
 end
@@ -501,13 +501,23 @@ end
 function Decoder:tool_delta(out, tc)
     local k = tonumber(tc.index) or 0
     local c = self.calls[k]
+    local id = nonnull(tc.id)
+    if type(id) ~= "string" or id == "" then id = nil end
+    -- Some compatible servers repeat `index: 0` for every parallel call; a
+    -- fragment with a new id at a known index is the start of another call,
+    -- not more of the one before (that one is complete: close it).
+    if c and id and c.id and id ~= c.id then
+        if not c.ir and c.name then self:start_call(out, c) end
+        self.blocks:stop(out, c.ir)
+        c.closed = true
+        c = nil
+    end
     if not c then
         c = { pending = buffer.new() }
         self.calls[k] = c
-        self.order[#self.order + 1] = k
+        self.order[#self.order + 1] = c
     end
-    local id = nonnull(tc.id)
-    if type(id) == "string" and id ~= "" then c.id = c.id or id end
+    if id then c.id = c.id or id end
     local f = nonnull(tc["function"])
     local args
     if type(f) == "table" then
@@ -529,9 +539,8 @@ end
 -- close everything open, calls in the order the upstream numbered them.
 function Decoder:close_all(out)
     self:close_text(out)
-    for _, k in ipairs(self.order) do
-        local c = self.calls[k]
-        if not c.ir and c.name then
+    for _, c in ipairs(self.order) do
+        if not c.ir and c.name and not c.closed then
             c.id = c.id or ir.new_id("call_")
             self:start_call(out, c)
         end

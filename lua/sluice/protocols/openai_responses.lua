@@ -48,10 +48,19 @@ M.credential = { header = "authorization", scheme = "Bearer" }
 M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
 
 -- A stream is complete when one of these terminal events arrives (§3.4).
+-- The event's name is in its `type` field, and some servers send only that
+-- (`data:` lines without `event:`; the SSE framing in
+-- https://platform.openai.com/docs/api-reference/responses-streaming puts the
+-- type in the data): the quoted name is looked for in the data too, whatever
+-- spacing the server puts after "type":. Quoted, only a text delta that is
+-- exactly the name could look like it (JSON escapes quotes inside strings).
 M.terminal = {
     { event = "response.completed" },
     { event = "response.incomplete" },
     { event = "response.failed" },
+    { data_has = "\"response.completed\"" },
+    { data_has = "\"response.incomplete\"" },
+    { data_has = "\"response.failed\"" },
 }
 -- Usage comes only in the final response object; the core keeps that event
 -- of a passthrough stream for the record.
