@@ -249,3 +249,43 @@ describe("8: Gemini usage whose candidates already include the thoughts", functi
         assert.are.equal(50, last.completion_tokens)
     end)
 end)
+
+describe("9: Gemini CLI's JSON schemas with upper-case OpenAPI types", function()
+    local gemini_cli = {
+        contents = { { role = "user", parts = { { text = "classify" } } } },
+        tools = { { functionDeclarations = { { name = "read_file", description = "Read",
+            parametersJsonSchema = json.decode('{"type":"OBJECT","properties":{"path":{"type":"STRING"},'
+                .. '"lines":{"type":"ARRAY","items":{"type":"INTEGER"}}},"required":["path"]}') } } } },
+        generationConfig = { responseMimeType = "application/json",
+            responseJsonSchema = json.decode('{"type":"OBJECT","properties":{"label":{"type":"STRING",'
+                .. '"enum":["a","b"]}},"required":["label"]}') },
+    }
+
+    local function types_in(v, acc)
+        acc = acc or {}
+        if type(v) == "table" then
+            for k, x in pairs(v) do
+                if k == "type" and type(x) == "string" then acc[#acc + 1] = x end
+                types_in(x, acc)
+            end
+        end
+        return acc
+    end
+
+    for _, to in ipairs({ "anthropic", "openai-chat", "openai-responses" }) do
+        it("reach " .. to .. " as lower-case JSON Schema", function()
+            local out = T.request("gemini", to, gemini_cli, { model = "gemini-2.5-pro", stream = false },
+                { model = "up-model" })
+            assert.truthy(out)
+            local text = json.encode(out)
+            for _, t in ipairs(types_in(F.wire(out))) do
+                assert.are_not.equal("OBJECT", t)
+                assert.are_not.equal("STRING", t)
+                assert.are_not.equal("ARRAY", t)
+                assert.are_not.equal("INTEGER", t)
+            end
+            assert.truthy(text:find('"integer"', 1, true), text)
+            assert.truthy(text:find('"label"', 1, true), text)
+        end)
+    end
+end)

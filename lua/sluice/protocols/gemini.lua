@@ -312,7 +312,10 @@ local function decode_generation(g, req)
         local js = g.responseJsonSchema or g.response_json_schema
         local gs = g.responseSchema or g.response_schema
         if is_obj(js) then
-            req.response_format = { type = "json_schema", name = "response", schema = js }
+            -- JSON Schema by name, but Gemini CLI writes OpenAPI's upper-case
+            -- types into it ("OBJECT"), which Gemini accepts and no one else
+            -- does: the decoder hands on lower-case JSON Schema.
+            req.response_format = { type = "json_schema", name = "response", schema = schema.from_gemini(js) }
         elseif is_obj(gs) then
             req.response_format = { type = "json_schema", name = "response", schema = schema.from_gemini(gs) }
         else
@@ -329,7 +332,9 @@ local function decode_tools(tools)
         if type(decls) == "table" then
             for _, d in ipairs(decls) do
                 local params = d.parametersJsonSchema or d.parameters_json_schema
-                if not is_obj(params) then
+                if is_obj(params) then
+                    params = schema.from_gemini(params) -- upper-case types, as for responseJsonSchema
+                else
                     params = is_obj(d.parameters) and schema.from_gemini(d.parameters) or nil
                 end
                 out[#out + 1] = { name = d.name, description = is_str(d.description) and d.description or nil,
