@@ -289,3 +289,72 @@ describe("9: Gemini CLI's JSON schemas with upper-case OpenAPI types", function(
         end)
     end
 end)
+
+describe("10: a Chat client's tool loop on a Gemini 3 supplier", function()
+    local SIG = "CiQBVKhc7realSig=="
+    local gemini_answer = { candidates = { { index = 0, finishReason = "STOP", content = { role = "model", parts = {
+        { functionCall = { name = "get_weather", args = { city = "Paris" } }, thoughtSignature = SIG },
+        { functionCall = { name = "get_weather", args = { city = "Oslo" } } } } } } },
+        usageMetadata = { promptTokenCount = 10, candidatesTokenCount = 5, totalTokenCount = 15 } }
+    local first = { model = "m", messages = { { role = "user", content = "Weather in Paris and Oslo?" } },
+        tools = { { type = "function", ["function"] = { name = "get_weather",
+            parameters = { type = "object", properties = { city = { type = "string" } } } } } } }
+
+    -- The second turn exactly as the OpenAI SDK builds it from the answer.
+    local function second_turn(answer)
+        local msg = answer.choices[1].message
+        local msgs = { first.messages[1], { role = "assistant", content = msg.content, tool_calls = msg.tool_calls } }
+        for _, tc in ipairs(msg.tool_calls) do
+            msgs[#msgs + 1] = { role = "tool", tool_call_id = tc.id, content = "18C" }
+        end
+        return { model = "m", messages = msgs, tools = first.tools }
+    end
+
+    local function model_turn(body)
+        for _, c in ipairs(body.contents) do
+            if c.role == "model" then return c end
+        end
+    end
+
+    it("gives the call's signature back to Gemini on the first call of the step (JSON)", function()
+        local _, st = T.request("openai-chat", "gemini", first, {}, { model = "gemini-3-pro" })
+        local answer = F.wire(assert(T.response("openai-chat", "gemini", gemini_answer, st)))
+        local body = upstream("openai-chat", "gemini", second_turn(answer))
+        local parts = model_turn(body).parts
+        assert.are.equal(SIG, parts[1].thoughtSignature)
+        assert.is_nil(parts[2].thoughtSignature)
+        -- the supplier never sees the envelope, and each result still finds its call's name
+        assert.is_nil(json.encode(body):find("sluice1:", 1, true))
+        assert.are.equal("get_weather", body.contents[3].parts[1].functionResponse.name)
+    end)
+
+    it("gives it back when the first turn was streamed", function()
+        local bytes = pipe_stream("openai-chat", "gemini", { { data = json.encode(gemini_answer) } },
+            { model = "m", stream = true, messages = first.messages, tools = first.tools })
+        local calls = {}
+        for _, r in ipairs(sse_records(bytes)) do
+            local d = type(r.data) == "table" and r.data.choices and r.data.choices[1] and r.data.choices[1].delta
+            for _, tc in ipairs(d and d.tool_calls or {}) do
+                if tc.id then calls[#calls + 1] = { id = tc.id, type = "function", ["function"] = tc["function"] } end
+            end
+        end
+        local body = upstream("openai-chat", "gemini", second_turn({ choices = { { message = {
+            content = json.null, tool_calls = calls } } } }))
+        assert.are.equal(SIG, model_turn(body).parts[1].thoughtSignature)
+    end)
+
+    it("sends Google's placeholder when the signature is truly lost", function()
+        local body = upstream("openai-chat", "gemini", second_turn({ choices = { { message = { content = json.null,
+            tool_calls = { { id = "call_1", type = "function",
+                             ["function"] = { name = "get_weather", arguments = '{"city":"Paris"}' } } } } } } }))
+        assert.are.equal("skip_thought_signature_validator", model_turn(body).parts[1].thoughtSignature)
+    end)
+
+    it("keeps the envelope away from other suppliers (the id is the original one)", function()
+        local _, st = T.request("openai-chat", "gemini", first, {}, { model = "gemini-3-pro" })
+        local answer = F.wire(assert(T.response("openai-chat", "gemini", gemini_answer, st)))
+        local body = upstream("openai-chat", "anthropic", second_turn(answer))
+        assert.is_nil(json.encode(body):find("sluice1:", 1, true))
+        assert.are.equal(body.messages[2].content[1].id, body.messages[3].content[1].tool_use_id)
+    end)
+end)

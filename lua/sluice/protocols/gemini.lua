@@ -430,8 +430,10 @@ end
 
 -- An assistant message: a signature-only thinking part lends its signature
 -- to the part after it, as Gemini itself sends them (§7 item 29).
+local SKIP_SIGNATURE = "skip_thought_signature_validator"
+
 local function model_parts(msg, names_by_id)
-    local parts, pending = json_array({}), nil
+    local parts, pending, signed_call = json_array({}), nil, false
     local function add(gp)
         if pending then gp.thoughtSignature = pending; pending = nil end
         parts[#parts + 1] = gp
@@ -450,6 +452,15 @@ local function model_parts(msg, names_by_id)
             if nonempty(p.text) then add({ text = p.text }) end
         elseif t == "tool_call" then
             names_by_id[p.id or ""] = p.name
+            if not pending and not signed_call then
+                -- The first functionCall of a step must carry a signature
+                -- (Gemini 3 answers 400 otherwise). A history from elsewhere
+                -- has none: Google's documented placeholder for exactly that
+                -- case ("dummy signatures", https://ai.google.dev/gemini-api/
+                -- docs/thought-signatures#faqs).
+                pending = SKIP_SIGNATURE
+            end
+            signed_call = true
             add({ functionCall = { name = p.name, args = as_object(p.arguments) } })
         end
     end

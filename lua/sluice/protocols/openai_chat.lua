@@ -28,6 +28,32 @@ local time = os.time
 
 local M = { name = "openai-chat" }
 
+-- A Chat client has nowhere to keep reasoning state, yet Gemini 3 refuses
+-- the next turn of a tool loop unless each step's first functionCall comes
+-- back with its thoughtSignature ("Function call is missing a
+-- thought_signature", https://ai.google.dev/gemini-api/docs/thought-signatures).
+-- The only thing a Chat client reliably sends back is the tool-call id, so
+-- the signature of a call (an IR signature-only thinking part just before
+-- it) rides in the id given to the client: "<id>#sluice1:<origin>:sig:<v>".
+-- Decoding a request splits it off again into that thinking part, on the
+-- assistant's call and on the tool message's tool_call_id alike, so every
+-- supplier sees the original id and only the signature's origin gets it.
+local SIG_SEP = "#"
+
+local function id_with_sig(id, origin, sig)
+    return id .. SIG_SEP .. ir.wrap_opaque(origin, "sig", sig)
+end
+
+-- -> id, signature part | nil
+local function split_id(id)
+    if type(id) ~= "string" then return id end
+    local base, env = id:match("^(.-)" .. SIG_SEP .. "(" .. ir.OPAQUE_PREFIX:gsub("%p", "%%%0") .. ".*)$")
+    if not base then return id end
+    local o, k, v = ir.unwrap_opaque(env)
+    if not o or k ~= "sig" then return id end
+    return base, { type = "thinking", text = "", signature = v, origin = o }
+end
+
 -- ================================================================= facts
 -- What sluice knows about this protocol outside its codec: the registry
 -- (protocols/init.lua) checks these and config, router, upstream,
@@ -184,14 +210,17 @@ function M.decode_request(body, info)
             end
             for _, tc in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do
                 local f = type(tc["function"]) == "table" and tc["function"] or {}
-                names[tc.id or ""] = f.name
-                content[#content + 1] = { type = "tool_call", id = tc.id, name = f.name,
+                local id, sig = split_id(tc.id)
+                names[id or ""] = f.name
+                if sig then content[#content + 1] = sig end
+                content[#content + 1] = { type = "tool_call", id = id, name = f.name,
                                           arguments = decode_args(f.arguments) }
             end
             msgs[#msgs + 1] = { role = "assistant", content = content }
         elseif role == "tool" then
-            local part = { type = "tool_result", tool_call_id = m.tool_call_id,
-                           name = names[m.tool_call_id or ""], content = decode_content(m.content),
+            local call_id = split_id(m.tool_call_id)
+            local part = { type = "tool_result", tool_call_id = call_id,
+                           name = names[call_id or ""], content = decode_content(m.content),
                            is_error = false }
             local last = msgs[#msgs]
             -- A run of tool messages answers one assistant turn: one user message.
@@ -305,15 +334,24 @@ local function encode_user(m, out)
 end
 
 -- Assistant content -> its text (a buffer) and tool_calls (Chat carries
--- neither thinking nor signatures).
-local function text_and_calls(content)
+-- neither thinking nor signatures). origin: set for an answer to a client,
+-- whose call ids then carry their signatures (see id_with_sig).
+local function text_and_calls(content, origin)
     local text = buffer.new()
     local calls = array()
+    local sig
     for _, p in ipairs(content or {}) do
         if p.type == "text" and p.text then
             text:put(p.text)
+            sig = nil
+        elseif p.type == "thinking" then
+            sig = origin and (p.text == nil or p.text == "") and p.signature ~= "" and p.signature
+                and { p.origin or origin, p.signature } or nil
         elseif p.type == "tool_call" then
-            calls[#calls + 1] = { id = p.id, type = "function",
+            local id = p.id
+            if sig and id then id = id_with_sig(id, sig[1], sig[2]) end
+            sig = nil
+            calls[#calls + 1] = { id = id, type = "function",
                                   ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
         end
     end
@@ -442,7 +480,7 @@ end
 
 function M.encode_response(resp, opts)
     opts = opts or {}
-    local text, calls = text_and_calls(resp.content)
+    local text, calls = text_and_calls(resp.content, opts.origin or "unknown")
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null, refusal = null }
     if #calls > 0 then msg.tool_calls = calls end
     local fr = STOP_OUT[resp.stop_reason or "end_turn"] or "stop"
@@ -613,8 +651,9 @@ local Encoder = S.encoder()
 function M.stream_encoder(opts)
     opts = opts or {}
     return setmetatable({
-        model = opts.model, id = opts.id, created = opts.created or time(),
+        model = opts.model, id = opts.id, created = opts.created or time(), origin = opts.origin,
         include_usage = opts.include_usage == true,
+        thinking_text = false, sig = nil, -- a signature-only thinking block's, for the next call
         started = false, ended = false, stop_reason = nil,
         tools = {},      -- IR index -> chat tool_calls index
         ntools = 0, usage = nil,
@@ -661,12 +700,25 @@ function Encoder:on_text(b, ev)
 end
 
 function Encoder:on_block_start(b, ev)
+    if ev.kind == "thinking" then self.thinking_text, self.sig = false, nil end
+    if ev.kind == "text" then self.sig = nil end
     if ev.kind ~= "tool_call" then return end
     local k = self.ntools
     self.ntools = k + 1
     self.tools[ev.index] = k
-    self:chunk(b, { tool_calls = array({ { index = k, id = ev.id or ir.new_id("call_"), type = "function",
+    local id = ev.id or ir.new_id("call_")
+    if self.sig then id = id_with_sig(id, self.origin or "unknown", self.sig) end
+    self.sig = nil
+    self:chunk(b, { tool_calls = array({ { index = k, id = id, type = "function",
                                             ["function"] = { name = ev.name, arguments = "" } } }) })
+end
+
+function Encoder:on_thinking(b, ev)
+    if ev.text and ev.text ~= "" then self.thinking_text = true end
+end
+
+function Encoder:on_signature(b, ev)
+    if not self.thinking_text and ev.signature and ev.signature ~= "" then self.sig = ev.signature end
 end
 
 function Encoder:on_tool_args(b, ev)
