@@ -45,9 +45,20 @@ M.endpoints = {
     -- does not count tokens for Gemini clients (501, see M.count_tokens).
     { match = "^/v1beta/models/([^/:]+):countTokens$", kind = "count_tokens", any_method = true },
 }
--- GET /v1beta/models: no list shape of its own; answered in the default
--- protocol's (or the one the client's header claims).
-M.models = { path = "/v1beta/models" }
+-- GET /v1beta/models answers in Gemini's list shape (models.list,
+-- https://ai.google.dev/api/models#method:-models.list): Gemini clients read
+-- `models[].name` ("models/<id>") and `supportedGenerationMethods`.
+M.models = {
+    path = "/v1beta/models",
+    list = function(ids)
+        local models = json_array({})
+        for i, id in ipairs(ids) do
+            models[i] = { name = "models/" .. id, baseModelId = id, version = "001", displayName = id,
+                          supportedGenerationMethods = json_array({ "generateContent", "streamGenerateContent" }) }
+        end
+        return { models = models }
+    end,
+}
 M.guess = { contains = "/v1beta/", rank = 2 }
 
 -- A key may also come as ?key=; on passthrough it moves to the header.
