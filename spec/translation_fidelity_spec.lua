@@ -358,3 +358,102 @@ describe("10: a Chat client's tool loop on a Gemini 3 supplier", function()
         assert.are.equal(body.messages[2].content[1].id, body.messages[3].content[1].tool_use_id)
     end)
 end)
+
+describe("15: the output-limit field and cap, per supplier", function()
+    local chat = { model = "m", max_tokens = 64000, messages = { { role = "user", content = "x" } } }
+
+    it("sends max_completion_tokens by default and max_tokens when the supplier says so", function()
+        local body = upstream("anthropic", "openai-chat", chat)
+        assert.are.equal(64000, body.max_completion_tokens)
+        assert.is_nil(body.max_tokens)
+        body = upstream("anthropic", "openai-chat", chat,
+            { model = "deepseek-chat", compat = { max_tokens_field = "max_tokens" } })
+        assert.are.equal(64000, body.max_tokens)
+        assert.is_nil(body.max_completion_tokens)
+    end)
+
+    it("clamps what the client asks for to max_output_tokens, on every target", function()
+        assert.are.equal(8192, upstream("anthropic", "openai-chat", chat,
+            { model = "x", max_output_tokens = 8192 }).max_completion_tokens)
+        assert.are.equal(8192, upstream("anthropic", "gemini", chat,
+            { model = "x", max_output_tokens = 8192 }).generationConfig.maxOutputTokens)
+        assert.are.equal(8192, upstream("anthropic", "openai-responses", chat,
+            { model = "x", max_output_tokens = 8192 }).max_output_tokens)
+        -- a smaller ask is left alone
+        assert.are.equal(100, upstream("anthropic", "openai-chat", { model = "m", max_tokens = 100,
+            messages = chat.messages }, { model = "x", max_output_tokens = 8192 }).max_completion_tokens)
+    end)
+
+    it("keeps an Anthropic supplier's default and thinking budget under the cap", function()
+        local body = upstream("openai-chat", "anthropic", { model = "m", messages = chat.messages },
+            { model = "x", max_output_tokens = 4000 })
+        assert.are.equal(4000, body.max_tokens)
+        body = upstream("openai-chat", "anthropic", { model = "m", reasoning_effort = "high",
+            messages = chat.messages }, { model = "x", max_output_tokens = 6000 })
+        assert.are.equal(6000, body.max_tokens)
+        assert.is_true(body.thinking.budget_tokens < 6000 and body.thinking.budget_tokens >= 1024)
+    end)
+end)
+
+describe("15/17: the compat and cap config", function()
+    local config = require("sluice.config")
+    local function load_text(text)
+        local path = os.tmpname()
+        local f = assert(io.open(path, "w"))
+        f:write(text)
+        f:close()
+        local cfg, err = config.load(path)
+        os.remove(path)
+        return cfg, err
+    end
+    local function with(supplier, route)
+        return load_text("return { suppliers = { s = { protocol = 'openai-chat', base_url = 'http://127.0.0.1:1/v1', "
+            .. supplier .. " }, a = { protocol = 'anthropic', base_url = 'http://127.0.0.1:1' } }, "
+            .. "routes = { chat = { { match = '*', supplier = 's' " .. (route or "") .. " } } } }")
+    end
+
+    it("accepts the documented fields and defaults billing_header to strip", function()
+        local cfg, err = with("compat = { max_tokens_field = 'max_tokens' }, max_output_tokens = 8192",
+            ", max_output_tokens = 4096")
+        assert.is_table(cfg, err)
+        assert.are.same({ max_tokens_field = "max_tokens", billing_header = "strip" }, cfg.suppliers.s.compat)
+        assert.are.equal(8192, cfg.suppliers.s.max_output_tokens)
+        assert.are.equal(4096, cfg.routes.chat[1].max_output_tokens)
+        assert.are.equal("strip", cfg.suppliers.a.compat.billing_header)
+    end)
+
+    it("names the bad field", function()
+        local _, err = with("compat = { max_tokens_field = 'max_len' }")
+        assert.matches("^suppliers%.s%.compat%.max_tokens_field: ", err)
+        _, err = with("compat = { billing_header = 'drop' }")
+        assert.matches("^suppliers%.s%.compat%.billing_header: ", err)
+        _, err = with("compat = { max_token_field = 'max_tokens' }")
+        assert.matches("^suppliers%.s%.compat%.max_token_field: unknown field", err)
+        _, err = with("max_output_tokens = -1")
+        assert.matches("^suppliers%.s%.max_output_tokens: ", err)
+        _, err = with("", ", max_output_tokens = 1.5")
+        assert.matches("^routes%.chat%[1%]%.max_output_tokens: ", err)
+        _, err = load_text("return { suppliers = { a = { protocol = 'anthropic', base_url = 'http://127.0.0.1:1', "
+            .. "compat = { max_tokens_field = 'max_tokens' } } } }")
+        assert.matches("^suppliers%.a%.compat%.max_tokens_field: only openai%-chat", err)
+    end)
+end)
+
+describe("17: Claude Code's billing-header system block", function()
+    local claude = { model = "claude-x", max_tokens = 100, messages = { { role = "user", content = "hi" } },
+        system = { { type = "text", text = "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli; cch=93f1;" },
+                   { type = "text", text = "You are Claude Code." } } }
+
+    for _, to in ipairs({ "openai-chat", "openai-responses", "gemini" }) do
+        it("is left out toward " .. to .. " by default", function()
+            local text = json.encode(upstream("anthropic", to, claude))
+            assert.is_nil(text:find("billing-header", 1, true))
+            assert.truthy(text:find("You are Claude Code.", 1, true))
+        end)
+    end
+
+    it("is sent when the supplier's compat.billing_header is keep", function()
+        local body = upstream("anthropic", "openai-chat", claude, { model = "x", compat = { billing_header = "keep" } })
+        assert.truthy(json.encode(body):find("billing-header", 1, true))
+    end)
+end)

@@ -10,7 +10,9 @@
 --
 --   T.protocol(name) -> module | nil, err
 --   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
---       opts = { model = upstream model, stream = bool|nil, id = client response id|nil }
+--       opts = { model = upstream model, stream = bool|nil, id = client response id|nil,
+--                supplier = id|nil, compat = the supplier's compat table|nil,
+--                max_output_tokens = cap|nil }
 --   T.response(from, to, upstream_body, state) -> client_body | nil, err
 --   T.answer(from, to, resp, state) -> client_body | nil, err   (resp: the upstream answer as IR,
 --       from U.decode_response; its tool names are given back here)
@@ -53,6 +55,19 @@ end
 
 -- ---------------------------------------------------------------- request
 
+-- Claude Code's first system block, `x-anthropic-billing-header: ...`,
+-- changes on every request; a translated request goes to a supplier whose
+-- prefix cache it would defeat (the decoder marks it: part.billing_header).
+local function drop_billing_header(req)
+    local sys = req.system
+    if not sys then return end
+    local kept = {}
+    for _, p in ipairs(sys) do
+        if not p.billing_header then kept[#kept + 1] = p end
+    end
+    req.system = #kept > 0 and kept or nil
+end
+
 function T.request(from, to, body, info, opts)
     opts = opts or {}
     local C, U, err = codecs(from, to)
@@ -66,17 +81,22 @@ function T.request(from, to, body, info, opts)
     if not req then return nil, err end
     local names = toolnames.new(to)
     toolnames.apply_request(req, names)
+    local compat = opts.compat or {}
+    if compat.billing_header ~= "keep" then drop_billing_header(req) end
+    local cap = opts.max_output_tokens
+    if cap and req.max_tokens and req.max_tokens > cap then req.max_tokens = cap end
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local upstream_model = opts.model or req.model
-    local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names })
+    local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names,
+                                        supplier = opts.supplier, compat = compat, max_output_tokens = cap })
     local state = {
         from = from, to = to,
         client_model = req.model, upstream_model = upstream_model,
         client_stream = req.stream, upstream_stream = stream,
         include_usage = req.stream_usage == true,
         custom_tools = req.custom_tools,
-        names = names, id = opts.id,
+        names = names, id = opts.id, supplier = opts.supplier,
     }
     return out, state
 end

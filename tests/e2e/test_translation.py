@@ -1446,6 +1446,53 @@ class FidelityRound2Test(TranslationCase):
             self.assertIn("models/gpt-4.1", [m["name"] for m in models])
 
 
+class SupplierCompatTest(TranslationCase):
+    """A DeepSeek-like openai-chat supplier: wants max_tokens, allows 8192
+    output tokens; Claude Code asks for 32000 and sends its billing line."""
+
+    def setUp(self):
+        super().setUp()
+        self.db = os.path.join(tempfile.mkdtemp(prefix="sluice-tr-"), "history.db")
+        self.start_sluice(
+            suppliers_extra='    ds = { protocol = "openai-chat", base_url = "http://127.0.0.1:%d/v1", '
+                            'auth = { type = "none" }, compat = { max_tokens_field = "max_tokens" }, '
+                            'max_output_tokens = 8192 },\n' % self.mock.port,
+            routes='{ claude = { { match = "*", supplier = "ds", model = "deepseek-chat" } },'
+                   ' chat = { { match = "*", supplier = "oa", max_output_tokens = 1000 } } }',
+            extra='history = { path = "%s" },\n  retry = { attempts = 1 },\n' % self.db)
+
+    def test_claude_code_on_a_max_tokens_supplier(self):
+        self.mock.enqueue(json_scene({"id": "chatcmpl-d1", "object": "chat.completion", "created": 1,
+                                      "model": "deepseek-chat", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "hi"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        req = dict(CLAUDE_REQ, stream=False, max_tokens=32000)
+        req["system"] = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.0.14.e1f; cc_entrypoint=cli; cch=7a2c;"}] \
+            + CLAUDE_REQ["system"]
+        r = self.post("/v1/messages", req, headers=claude_headers())
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        _, body = self.upstream()
+        self.assertEqual(body["max_tokens"], 8192, "clamped to the supplier's max_output_tokens, in its field")
+        self.assertNotIn("max_completion_tokens", body)
+        self.assertNotIn("billing-header", json.dumps(body), "the per-request billing line is left out")
+        self.assertIn("weather bot", body["messages"][0]["content"])
+
+    def test_route_cap_on_passthrough(self):
+        # chat -> `oa` speaks the client's protocol: the body passes through,
+        # only the output limit the client asked for is lowered to the route's cap.
+        self.mock.enqueue(json_scene({"id": "chatcmpl-c1", "object": "chat.completion", "created": 1,
+                                      "model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "ok"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        r = self.post("/v1/chat/completions", dict(CHAT_REQ, max_tokens=5000),
+                      headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.json()["choices"][0]["message"]["content"], "ok")
+        _, body = self.upstream()
+        self.assertEqual(body["max_tokens"], 1000)
+        self.assertEqual(body["messages"], CHAT_REQ["messages"], "the rest passes as the client sent it")
+
+
 class ResponseIdsTest(harness.SluiceTestCase):
     """Response ids a gateway makes up must not repeat: clients and logs
     correlate by them. Each worker VM's random generator needs its own seed."""

@@ -68,6 +68,8 @@ M.models = {
 M.guess = { contains = "/messages", rank = 1 }
 
 M.credential = { header = "x-api-key" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_tokens" }
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
@@ -265,6 +267,11 @@ function M.decode_request(body, info)
     }
     if body.system ~= nil and body.system ~= null then
         req.system = decode_blocks(body.system)
+        -- Claude Code's per-request billing line (a new value every time):
+        -- marked so translation can leave it out (translate, compat.billing_header).
+        for _, p in ipairs(req.system) do
+            if p.type == "text" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
+        end
     end
     local msgs = {}
     for i, m in ipairs(body.messages) do
@@ -435,7 +442,7 @@ function M.encode_request(req, opts)
     local body = {
         model = opts.model or req.model,
         messages = encode_messages(req, opts),
-        max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens = req.max_tokens or math.min(DEFAULT_MAX_TOKENS, opts.max_output_tokens or DEFAULT_MAX_TOKENS),
         top_p = req.top_p, top_k = req.top_k,
     }
     if opts.stream ~= nil then body.stream = opts.stream else body.stream = req.stream end
@@ -479,10 +486,19 @@ function M.encode_request(req, opts)
             local budget = th.budget_tokens or EFFORT_BUDGET[th.effort or "medium"] or 8192
             if budget < 1024 then budget = 1024 end
             if body.max_tokens <= budget then body.max_tokens = budget + 4096 end
-            body.thinking = { type = "enabled", budget_tokens = budget }
-            -- Thinking forbids changing temperature and top_k.
-            body.temperature, body.top_k = nil, nil
-            if body.top_p and body.top_p < 0.95 then body.top_p = nil end
+            -- Under a configured output cap, the budget shrinks to fit below
+            -- it (budget_tokens must be >= 1024 and < max_tokens); no room, no thinking.
+            local cap = opts.max_output_tokens
+            if cap and body.max_tokens > cap then
+                body.max_tokens = cap
+                if budget >= cap then budget = cap - 1 end
+            end
+            if budget >= 1024 then
+                body.thinking = { type = "enabled", budget_tokens = budget }
+                -- Thinking forbids changing temperature and top_k.
+                body.temperature, body.top_k = nil, nil
+                if body.top_p and body.top_p < 0.95 then body.top_p = nil end
+            end
         end
     end
     local rf = req.response_format

@@ -63,6 +63,8 @@ M.guess = { contains = "/v1beta/", rank = 2 }
 
 -- A key may also come as ?key=; on passthrough it moves to the header.
 M.credential = { header = "x-goog-api-key", query = "key" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "generationConfig.maxOutputTokens", "generation_config.max_output_tokens" }
 -- Query parameters path() sets itself: never forwarded from the client.
 M.path_query = { "alt" }
 -- The upstream model is in the path: a same-protocol body is sent as is.

@@ -73,6 +73,8 @@ M.models = {
     end,
 }
 
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_completion_tokens", "max_tokens" }
 M.credential = { header = "authorization", scheme = "Bearer" }
 M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
 
@@ -388,8 +390,14 @@ function M.encode_request(req, opts)
     if stream == nil then stream = req.stream end
     local body = {
         model = opts.model or req.model, messages = msgs, stream = stream,
-        max_completion_tokens = req.max_tokens, temperature = req.temperature, top_p = req.top_p,
+        temperature = req.temperature, top_p = req.top_p,
     }
+    -- OpenAI's own API takes max_completion_tokens (max_tokens is deprecated
+    -- and refused by reasoning models: https://platform.openai.com/docs/
+    -- api-reference/chat/create); vLLM, DeepSeek and older deployments want
+    -- max_tokens — the supplier's compat.max_tokens_field says which.
+    local compat = opts.compat or {}
+    body[compat.max_tokens_field or "max_completion_tokens"] = req.max_tokens
     if stream then body.stream_options = { include_usage = true } end
     if req.tools and #req.tools > 0 then
         local tools = array()

@@ -45,6 +45,8 @@ M.endpoints = {
 M.guess = { contains = "/responses", rank = 3 }
 
 M.credential = { header = "authorization", scheme = "Bearer" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_output_tokens" }
 M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
 
 -- A stream is complete when one of these terminal events arrives (§3.4).
