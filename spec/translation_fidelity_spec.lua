@@ -457,3 +457,64 @@ describe("17: Claude Code's billing-header system block", function()
         assert.truthy(json.encode(body):find("billing-header", 1, true))
     end)
 end)
+
+describe("16: reasoning_content goes back to the supplier it came from", function()
+    local first = { model = "claude-x", max_tokens = 1000, messages = { { role = "user", content = "ls?" } },
+        tools = { { name = "Bash", input_schema = { type = "object", properties = { command = { type = "string" } } } } } }
+    local answer = { id = "c1", object = "chat.completion", model = "deepseek-chat", choices = { { index = 0,
+        finish_reason = "tool_calls", message = { role = "assistant", content = "", reasoning_content = "I should list.",
+        tool_calls = { { id = "call_0", type = "function", ["function"] = { name = "Bash", arguments = '{"command":"ls"}' } } } } } },
+        usage = { prompt_tokens = 1, completion_tokens = 1, total_tokens = 2 } }
+
+    -- The next turn Claude Code sends after the answer `content`.
+    local function next_turn(content)
+        return { model = "claude-x", max_tokens = 1000, tools = first.tools, messages = {
+            first.messages[1], { role = "assistant", content = content },
+            { role = "user", content = { { type = "tool_result", tool_use_id = "call_0", content = "a.txt" } } } } }
+    end
+
+    it("from a JSON answer, to the same supplier only", function()
+        local _, st = T.request("anthropic", "openai-chat", first, {}, { model = "deepseek-chat", supplier = "ds" })
+        local a = F.wire(assert(T.response("anthropic", "openai-chat", answer, st)))
+        assert.are.equal("thinking", a.content[1].type)
+        assert.are.equal("I should list.", a.content[1].thinking)
+        local body = upstream("anthropic", "openai-chat", next_turn(a.content), { model = "deepseek-chat", supplier = "ds" })
+        assert.are.equal("I should list.", body.messages[2].reasoning_content)
+        assert.are.equal("call_0", body.messages[2].tool_calls[1].id)
+        -- another openai-chat supplier (a fallback, a changed route) never gets the field
+        body = upstream("anthropic", "openai-chat", next_turn(a.content), { model = "gpt-4.1", supplier = "oa" })
+        assert.is_nil(body.messages[2].reasoning_content)
+        assert.is_nil(json.encode(body):find("sluice1:", 1, true))
+    end)
+
+    it("from a stream", function()
+        local chunk = function(delta, finish)
+            return { data = json.encode({ id = "c", object = "chat.completion.chunk", model = "deepseek-chat",
+                choices = { { index = 0, delta = delta, finish_reason = finish or json.null } } }) }
+        end
+        local _, st = T.request("anthropic", "openai-chat", first, {}, { model = "deepseek-chat", supplier = "ds" })
+        local pipe = T.stream("anthropic", "openai-chat", st)
+        local b = {}
+        for _, ev in ipairs({ chunk({ reasoning_content = "I should " }), chunk({ reasoning_content = "list." }),
+                              chunk({ tool_calls = { { index = 0, id = "call_0", type = "function",
+                                  ["function"] = { name = "Bash", arguments = '{"command":"ls"}' } } } }),
+                              chunk({}, "tool_calls") }) do
+            b[#b + 1] = pipe:feed(ev)
+        end
+        b[#b + 1] = pipe:close({ complete = true })
+        -- assemble the thinking block as the Anthropic SDK does
+        local thinking, sig = "", ""
+        for _, r in ipairs(sse_records(table.concat(b))) do
+            if r.event == "content_block_delta" and r.data.delta.type == "thinking_delta" then
+                thinking = thinking .. r.data.delta.thinking
+            elseif r.event == "content_block_delta" and r.data.delta.type == "signature_delta" then
+                sig = sig .. r.data.delta.signature
+            end
+        end
+        local body = upstream("anthropic", "openai-chat", next_turn({
+            { type = "thinking", thinking = thinking, signature = sig },
+            { type = "tool_use", id = "call_0", name = "Bash", input = { command = "ls" } } }),
+            { model = "deepseek-chat", supplier = "ds" })
+        assert.are.equal("I should list.", body.messages[2].reasoning_content)
+    end)
+end)

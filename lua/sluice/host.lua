@@ -348,7 +348,7 @@ function H.body(ctx, status, raw, headers)
         return unusable_answer(tr.from, ctx.supplier, "answered with a body that is not a JSON object")
     end
     local U = translate.protocol(tr.to)
-    local resp, derr = U.decode_response(ub)
+    local resp, derr = U.decode_response(ub, { supplier = tr.state.supplier })
     if type(resp) ~= "table" then -- an error object in a 2xx, or not the protocol's shape
         local why = type(derr) == "table" and derr.message or tostring(derr)
         if ub.error ~= nil then why = U.decode_error(status, ub).message end

@@ -112,10 +112,10 @@ local function client_opts(state, to)
 end
 
 -- The upstream's answer as IR (nil, err when it is not a usable one).
-local function decode_answer(to, upstream_body)
+local function decode_answer(to, upstream_body, state)
     local U, err = T.protocol(to)
     if not U then return nil, err end
-    return U.decode_response(upstream_body)
+    return U.decode_response(upstream_body, { supplier = state and state.supplier })
 end
 
 -- The client's codec, with the answer's tool names given back to it.
@@ -132,7 +132,7 @@ function T.answer(from, to, resp, state)
 end
 
 function T.response(from, to, upstream_body, state)
-    local resp, err = decode_answer(to, upstream_body)
+    local resp, err = decode_answer(to, upstream_body, state)
     if not resp then return nil, err end
     return T.answer(from, to, resp, state)
 end
@@ -160,7 +160,7 @@ function T.stream(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end -- a programming error: T.request succeeded first
     return setmetatable({
-        dec = U.stream_decoder({ model = state.upstream_model }),
+        dec = U.stream_decoder({ model = state.upstream_model, supplier = state.supplier }),
         enc = C.stream_encoder(client_opts(state, to)),
         names = state.names, acct = acct or accounting.new(), closed = false,
     }, Pipe)
@@ -290,7 +290,7 @@ function T.collect(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end
     return setmetatable({ C = C, to = to, state = state, events = {}, acct = acct or accounting.new(),
-                          dec = U.stream_decoder({ model = state.upstream_model }) },
+                          dec = U.stream_decoder({ model = state.upstream_model, supplier = state.supplier }) },
         Collector)
 end
 
@@ -334,7 +334,7 @@ function T.answer_stream(from, to, resp, state)
 end
 
 function T.response_stream(from, to, upstream_body, state)
-    local resp, err = decode_answer(to, upstream_body)
+    local resp, err = decode_answer(to, upstream_body, state)
     if not resp then return nil, err end
     return T.answer_stream(from, to, resp, state)
 end

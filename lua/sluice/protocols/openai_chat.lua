@@ -5,7 +5,8 @@
 -- `tool` role and JSON-string tool arguments; the IR keeps tool results in
 -- user messages and arguments decoded, so both are converted here. Chat
 -- carries no reasoning text or signatures: thinking is dropped on the way
--- out (reasoning_content from compatible servers is read on the way in).
+-- out, except reasoning_content going back to the supplier it came from
+-- (see REASONING below).
 -- Usage arrives in a usage-only chunk after finish_reason, so the request
 -- encoder always asks for it (stream_options.include_usage) and the stream
 -- encoder sends one to the client only if the client asked for it.
@@ -39,6 +40,19 @@ local M = { name = "openai-chat" }
 -- assistant's call and on the tool message's tool_call_id alike, so every
 -- supplier sees the original id and only the signature's origin gets it.
 local SIG_SEP = "#"
+
+-- REASONING. Compatible servers (DeepSeek's thinking mode, Kimi) answer
+-- with `reasoning_content` next to the tool calls and require it back on
+-- that assistant message in the next turn ("the reasoning_content ... must
+-- be passed back to the API" in tool-call loops,
+-- https://api-docs.deepseek.com/guides/thinking_mode), while other servers
+-- refuse the unknown field. So decoded reasoning is a thinking part whose
+-- signature is "rc@<supplier id>" (decode opts.supplier); clients keep it as
+-- any other provider's opaque state, and the encoder sends the text back as
+-- reasoning_content only to that same supplier (encode opts.supplier).
+local function reasoning_sig(opts)
+    return "rc@" .. tostring(opts and opts.supplier or "")
+end
 
 local function id_with_sig(id, origin, sig)
     return id .. SIG_SEP .. ir.wrap_opaque(origin, "sig", sig)
@@ -360,11 +374,19 @@ local function text_and_calls(content, origin)
     return text, calls
 end
 
-local function encode_assistant(m, out)
+local function encode_assistant(m, out, opts)
     local text, calls = text_and_calls(m.content)
+    local reasoning = buffer.new()
+    local mine = reasoning_sig(opts)
+    for _, p in ipairs(m.content) do
+        if p.type == "thinking" and p.origin == M.name and p.signature == mine and p.text then
+            reasoning:put(p.text)
+        end
+    end
     if #text == 0 and #calls == 0 then return end
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null }
     if #calls > 0 then msg.tool_calls = calls end
+    if #reasoning > 0 then msg.reasoning_content = reasoning:tostring() end
     out[#out + 1] = msg
 end
 
@@ -384,7 +406,7 @@ function M.encode_request(req, opts)
         if s ~= "" then msgs[1] = { role = "system", content = s } end
     end
     for _, m in ipairs(req.messages or {}) do
-        if m.role == "user" then encode_user(m, msgs) else encode_assistant(m, msgs) end
+        if m.role == "user" then encode_user(m, msgs) else encode_assistant(m, msgs, opts) end
     end
     local stream = opts.stream
     if stream == nil then stream = req.stream end
@@ -445,7 +467,7 @@ end
 
 -- ---------------------------------------------------------------- response
 
-function M.decode_response(body)
+function M.decode_response(body, opts)
     if type(body) ~= "table" then return nil, "response body must be a JSON object" end
     if type(body.error) == "table" then return nil, "upstream returned an error object" end
     if type(body.choices) ~= "table" or type(body.choices[1]) ~= "table" then
@@ -458,7 +480,8 @@ function M.decode_response(body)
         local msg = type(choice.message) == "table" and choice.message or {}
         local reasoning = nonnull(msg.reasoning_content) or nonnull(msg.reasoning)
         if type(reasoning) == "string" and reasoning ~= "" then
-            content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat" }
+            content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat",
+                                      signature = reasoning_sig(opts) }
         end
         for _, p in ipairs(decode_content(nonnull(msg.content))) do content[#content + 1] = p end
         local refusal = nonnull(msg.refusal)
@@ -525,13 +548,23 @@ function M.stream_decoder(opts)
         calls = {},                  -- chat index -> { ir = idx|nil, id, name, pending = buffer }
         order = {},                  -- the call records in first-seen order
         any_call = false, stop_reason = nil, errored = false,
+        sig = reasoning_sig(opts),
     }, Decoder)
+end
+
+-- The reasoning block ends with its signature (see REASONING).
+function Decoder:stop_thinking(out)
+    if self.thinking then
+        out[#out + 1] = { type = "signature", index = self.thinking, signature = self.sig }
+        self.blocks:stop(out, self.thinking)
+        self.thinking = nil
+    end
 end
 
 function Decoder:close_text(out)
     self.blocks:stop(out, self.text)
-    self.blocks:stop(out, self.thinking)
-    self.text, self.thinking = nil, nil
+    self:stop_thinking(out)
+    self.text = nil
 end
 
 function Decoder:start_call(out, c)
@@ -620,8 +653,7 @@ function Decoder:feed(ev)
             local c = nonnull(delta.content)
             if type(c) ~= "string" or c == "" then c = nonnull(delta.refusal) end
             if type(c) == "string" and c ~= "" then
-                self.blocks:stop(out, self.thinking)
-                self.thinking = nil
+                self:stop_thinking(out)
                 if not self.text then self.text = self.blocks:start(out, "text") end
                 out[#out + 1] = { type = "text", index = self.text, text = c }
             end
