@@ -518,3 +518,25 @@ describe("16: reasoning_content goes back to the supplier it came from", functio
         assert.are.equal("I should list.", body.messages[2].reasoning_content)
     end)
 end)
+
+describe("5: Anthropic structured output, GA and beta", function()
+    local schema = { type = "object", properties = { answer = { type = "string" } }, required = { "answer" } }
+    for _, shape in ipairs({ "output_config", "output_format" }) do
+        it(shape .. " reaches every other supplier as its structured-output field", function()
+            local req = { model = "claude-x", max_tokens = 100, messages = { { role = "user", content = "q" } } }
+            if shape == "output_config" then
+                req.output_config = { format = { type = "json_schema", schema = schema } }
+            else
+                req.output_format = { type = "json_schema", schema = schema }
+            end
+            local chat = upstream("anthropic", "openai-chat", req)
+            assert.are.equal("json_schema", chat.response_format.type)
+            assert.are.same(F.wire(schema), chat.response_format.json_schema.schema)
+            local resp = upstream("anthropic", "openai-responses", req)
+            assert.are.equal("json_schema", resp.text.format.type)
+            local gem = upstream("anthropic", "gemini", req)
+            assert.are.equal("application/json", gem.generationConfig.responseMimeType)
+            assert.truthy(gem.generationConfig.responseSchema or gem.generationConfig.responseJsonSchema)
+        end)
+    end
+end)

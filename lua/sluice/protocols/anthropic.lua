@@ -328,6 +328,14 @@ function M.decode_request(body, info)
             req.response_format = { type = "json_schema", schema = f.schema, name = nonnull(f.name) }
         end
     end
+    -- The structured-outputs beta (header structured-outputs-2025-11-13) put
+    -- the same object at the top level as `output_format`
+    -- (https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs);
+    -- clients still send it.
+    local of = nonnull(body.output_format)
+    if not req.response_format and type(of) == "table" and of.type == "json_schema" then
+        req.response_format = { type = "json_schema", schema = nonnull(of.schema), name = nonnull(of.name) }
+    end
     local md = nonnull(body.metadata)
     if type(md) == "table" and type(md.user_id) == "string" then req.user = md.user_id end
     return req
