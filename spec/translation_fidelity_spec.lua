@@ -540,3 +540,65 @@ describe("5: Anthropic structured output, GA and beta", function()
         end)
     end
 end)
+
+describe("12: Chat file parts", function()
+    local PDF_B64 = "JVBERi0xLjQK"                 -- "%PDF-1.4\n"
+    local TEXT_B64 = "aGVsbG8gZnJvbSBub3Rlcw=="     -- "hello from notes"
+    local function chat_with(file)
+        return { model = "m", messages = { { role = "user", content = {
+            { type = "text", text = "read this" }, { type = "file", file = file } } } } }
+    end
+
+    it("bare base64 file_data is a document, not dropped", function()
+        local body = upstream("openai-chat", "anthropic", chat_with({ filename = "spec.pdf", file_data = PDF_B64 }))
+        local doc = body.messages[1].content[2]
+        assert.are.equal("document", doc.type)
+        assert.are.same({ type = "base64", media_type = "application/pdf", data = PDF_B64 }, doc.source)
+    end)
+
+    it("a text file is text, never a base64 document Anthropic refuses", function()
+        for _, fd in ipairs({ "data:text/plain;base64," .. TEXT_B64, TEXT_B64 }) do
+            local body = upstream("openai-chat", "anthropic", chat_with({ filename = "notes.txt", file_data = fd }))
+            local doc = body.messages[1].content[2]
+            assert.are.same({ type = "text", media_type = "text/plain", data = "hello from notes" }, doc.source)
+            local gem = upstream("openai-chat", "gemini", chat_with({ filename = "notes.txt", file_data = fd }))
+            assert.are.equal("hello from notes", gem.contents[1].parts[2].text)
+        end
+    end)
+
+    it("a file_id goes to a Responses supplier and is a clear error for Gemini", function()
+        local body = upstream("openai-chat", "openai-responses", chat_with({ file_id = "file-abc123" }))
+        assert.are.same({ type = "input_file", file_id = "file-abc123" }, body.input[1].content[2])
+        local out, err = T.request("openai-chat", "gemini", chat_with({ file_id = "file-abc123" }), {}, { model = "g" })
+        assert.is_nil(out)
+        assert.matches("file%-abc123", err)
+        assert.matches("Gemini", err)
+    end)
+
+    it("a file part with neither data nor id is refused, not sent as an empty request", function()
+        local out, err = T.request("openai-chat", "anthropic", chat_with({ filename = "x.pdf" }), {}, { model = "c" })
+        assert.is_nil(out)
+        assert.matches("messages%[0%]", err)
+        out, err = T.request("openai-chat", "anthropic", chat_with({ file_data = "not base64!" }), {}, { model = "c" })
+        assert.is_nil(out)
+        assert.matches("file_data", err)
+    end)
+end)
+
+describe("13: Responses image detail and file ids toward Chat", function()
+    local function codex(part)
+        return { model = "m", input = { { type = "message", role = "user", content = {
+            { type = "input_text", text = "look" }, part } } } }
+    end
+
+    it("keeps input_image.detail", function()
+        local body = upstream("openai-responses", "openai-chat",
+            codex({ type = "input_image", image_url = "https://example.com/a.png", detail = "low" }))
+        assert.are.same({ url = "https://example.com/a.png", detail = "low" }, body.messages[1].content[2].image_url)
+    end)
+
+    it("carries an input_file that has only a file_id", function()
+        local body = upstream("openai-responses", "openai-chat", codex({ type = "input_file", file_id = "file-xyz" }))
+        assert.are.same({ type = "file", file = { file_id = "file-xyz" } }, body.messages[1].content[2])
+    end)
+end)

@@ -88,8 +88,10 @@ function T.request(from, to, body, info, opts)
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local upstream_model = opts.model or req.model
-    local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names,
-                                        supplier = opts.supplier, compat = compat, max_output_tokens = cap })
+    local out, eerr = U.encode_request(req, { model = upstream_model, stream = stream, names = names,
+                                              supplier = opts.supplier, compat = compat, max_output_tokens = cap })
+    -- An encoder refuses what its supplier cannot be sent (a file by id to Gemini).
+    if out == nil then return nil, eerr end
     local state = {
         from = from, to = to,
         client_model = req.model, upstream_model = upstream_model,

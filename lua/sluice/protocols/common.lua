@@ -215,6 +215,62 @@ function C.data_url(src)
     return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. (src.data or "")
 end
 
+-- ---------------------------------------------------------------- files
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local B64_VAL = {}
+for i = 1, 64 do B64_VAL[B64:byte(i)] = i - 1 end
+
+-- Standard base64 -> bytes; nil when s is not base64 (whitespace is skipped).
+function C.base64_decode(s)
+    if type(s) ~= "string" then return nil end
+    s = s:gsub("%s", "")
+    if #s % 4 ~= 0 or s:find("[^%w%+/=]") or s:find("=[^=]") then return nil end
+    local out, n = {}, 0
+    for i = 1, #s, 4 do
+        local a, b, c, d = s:byte(i, i + 3)
+        local va, vb, vc, vd = B64_VAL[a], B64_VAL[b], B64_VAL[c], B64_VAL[d]
+        if not va or not vb then return nil end
+        local v = va * 262144 + vb * 4096 + (vc or 0) * 64 + (vd or 0)
+        n = n + 1
+        out[n] = string.char(math.floor(v / 65536) % 256)
+        if c ~= 61 then n = n + 1; out[n] = string.char(math.floor(v / 256) % 256) end
+        if d ~= 61 then n = n + 1; out[n] = string.char(v % 256) end
+    end
+    return table.concat(out)
+end
+
+-- Media types by file extension, for files that come without one.
+local EXT_MIME = { pdf = "application/pdf", txt = "text/plain", md = "text/markdown", markdown = "text/markdown",
+                   csv = "text/csv", html = "text/html", htm = "text/html", json = "application/json",
+                   xml = "text/xml", py = "text/x-python", js = "text/javascript", c = "text/x-c",
+                   png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+                   webp = "image/webp" }
+
+local function is_text_mime(m)
+    return m:find("^text/") ~= nil or m == "application/json" or m == "application/xml"
+end
+
+-- An OpenAI file's `file_data` (a data URL, or — as the Chat API also
+-- takes it — bare base64 named by `filename`) -> an IR document source.
+-- Text files become text (Anthropic takes documents only as PDF or plain
+-- text, and Gemini text parts); nil, err when file_data is neither.
+function C.file_source(file_data, filename)
+    local mime, data = C.parse_data_url(file_data)
+    if not mime then
+        if type(file_data) ~= "string" or file_data == "" or file_data:find("[^%w%+/=%s]") then
+            return nil, "file_data must be a data URL or base64"
+        end
+        local ext = type(filename) == "string" and filename:lower():match("%.(%w+)$")
+        mime, data = EXT_MIME[ext] or "application/pdf", file_data
+    end
+    if is_text_mime(mime) then
+        local text = C.base64_decode(data)
+        if text then return { kind = "text", media_type = mime, data = text } end
+    end
+    return { kind = "base64", media_type = mime, data = data }
+end
+
 -- A URL (data URL or not) -> an IR source.
 function C.source_from_url(url)
     local mime, data = C.parse_data_url(url)

@@ -129,16 +129,25 @@ local function decode_content(c)
         elseif t == "image_url" then
             local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
             if type(url) == "string" then
-                parts[#parts + 1] = { type = "image", source = common.source_from_url(url) }
+                local detail = type(p.image_url) == "table" and nonnull(p.image_url.detail) or nil
+                parts[#parts + 1] = { type = "image", source = common.source_from_url(url),
+                                      detail = type(detail) == "string" and detail or nil }
             end
-        elseif t == "file" and type(p.file) == "table" then
-            local mime, data = parse_data_url(p.file.file_data)
-            if mime then
-                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
-                                      source = { kind = "base64", media_type = mime, data = data } }
-            elseif p.file.file_id then
-                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
-                                      source = { kind = "file", file_id = p.file.file_id } }
+        elseif t == "file" then
+            -- file_data: a data URL or bare base64 (PDFs stay documents, text
+            -- files become text); file_id: carried to suppliers that take one,
+            -- a 400 from those that cannot (their encoder says so).
+            local f = type(p.file) == "table" and p.file or {}
+            local title = nonnull(f.filename)
+            if type(f.file_data) == "string" then
+                local src, err = common.file_source(f.file_data, title)
+                if not src then return nil, "file: " .. err end
+                parts[#parts + 1] = { type = "document", title = title, source = src }
+            elseif type(f.file_id) == "string" then
+                parts[#parts + 1] = { type = "document", title = title,
+                                      source = { kind = "file", file_id = f.file_id } }
+            else
+                return nil, "file: needs file_data or file_id"
             end
         end
         -- input_audio has no IR equivalent and is dropped.
@@ -215,11 +224,13 @@ function M.decode_request(body, info)
         local role = m.role
         if role == "system" or role == "developer" then
             system = system or {}
-            for _, p in ipairs(decode_content(m.content)) do system[#system + 1] = p end
+            for _, p in ipairs(decode_content(m.content) or {}) do system[#system + 1] = p end
         elseif role == "user" then
-            msgs[#msgs + 1] = { role = "user", content = decode_content(m.content) }
+            local content, cerr = decode_content(m.content)
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
+            msgs[#msgs + 1] = { role = "user", content = content }
         elseif role == "assistant" then
-            local content = decode_content(nonnull(m.content))
+            local content = decode_content(nonnull(m.content)) or {}
             local refusal = nonnull(m.refusal)
             if type(refusal) == "string" and refusal ~= "" then
                 content[#content + 1] = { type = "text", text = refusal }
@@ -236,7 +247,7 @@ function M.decode_request(body, info)
         elseif role == "tool" then
             local call_id = split_id(m.tool_call_id)
             local part = { type = "tool_result", tool_call_id = call_id,
-                           name = names[call_id or ""], content = decode_content(m.content),
+                           name = names[call_id or ""], content = decode_content(m.content) or {},
                            is_error = false }
             local last = msgs[#msgs]
             -- A run of tool messages answers one assistant turn: one user message.
@@ -291,8 +302,8 @@ local function encode_user_part(p)
         return { type = "text", text = p.text }
     elseif t == "image" then
         local s = p.source or {}
-        if s.kind == "base64" then return { type = "image_url", image_url = { url = data_url(s) } } end
-        if s.kind == "url" then return { type = "image_url", image_url = { url = s.url } } end
+        if s.kind == "base64" then return { type = "image_url", image_url = { url = data_url(s), detail = p.detail } } end
+        if s.kind == "url" then return { type = "image_url", image_url = { url = s.url, detail = p.detail } } end
     elseif t == "document" then
         local s = p.source or {}
         if s.kind == "base64" then
@@ -483,7 +494,7 @@ function M.decode_response(body, opts)
             content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat",
                                       signature = reasoning_sig(opts) }
         end
-        for _, p in ipairs(decode_content(nonnull(msg.content))) do content[#content + 1] = p end
+        for _, p in ipairs(decode_content(nonnull(msg.content)) or {}) do content[#content + 1] = p end
         local refusal = nonnull(msg.refusal)
         if type(refusal) == "string" and refusal ~= "" then
             content[#content + 1] = { type = "text", text = refusal }

@@ -114,18 +114,22 @@ local function decode_part(p)
         return { type = "text", text = p.refusal or "" }
     elseif t == "input_image" then
         if not is_str(p.image_url) then return nil, "input_image without image_url (file_id) cannot be translated" end
-        return { type = "image", source = source_from_url(p.image_url) }
+        -- detail (low/high/auto) is kept for Chat and Responses suppliers.
+        return { type = "image", source = source_from_url(p.image_url),
+                 detail = is_str(p.detail) and p.detail or nil }
     elseif t == "input_file" then
         local src
         if is_str(p.file_data) then
-            src = source_from_url(p.file_data)
-            if src.kind ~= "base64" then
-                src = { kind = "base64", media_type = "application/pdf", data = p.file_data }
-            end
+            local err
+            src, err = common.file_source(p.file_data, p.filename)
+            if not src then return nil, "input_file: " .. err end
         elseif is_str(p.file_url) then
             src = { kind = "url", url = p.file_url }
+        elseif is_str(p.file_id) then
+            -- Chat and Responses suppliers take the id; the others answer 400.
+            src = { kind = "file", file_id = p.file_id }
         else
-            return nil, "input_file without file_data or file_url (file_id) cannot be translated"
+            return nil, "input_file needs file_data, file_url or file_id"
         end
         return { type = "document", source = src, title = p.filename }
     end
@@ -328,11 +332,14 @@ end
 
 local function input_part(p)
     if p.type == "text" then return { type = "input_text", text = p.text } end
-    if p.type == "image" then return { type = "input_image", image_url = data_url(p.source), detail = "auto" } end
+    if p.type == "image" then
+        return { type = "input_image", image_url = data_url(p.source), detail = p.detail or "auto" }
+    end
     if p.type == "document" then
         local s = p.source
         if s.kind == "text" then return { type = "input_text", text = s.data } end
         if s.kind == "url" then return { type = "input_file", file_url = s.url } end
+        if s.kind == "file" then return { type = "input_file", file_id = s.file_id } end
         return { type = "input_file", file_data = data_url(s), filename = p.title or "document.pdf" }
     end
     return nil
