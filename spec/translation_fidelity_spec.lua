@@ -602,3 +602,35 @@ describe("13: Responses image detail and file ids toward Chat", function()
         assert.are.same({ type = "file", file = { file_id = "file-xyz" } }, body.messages[1].content[2])
     end)
 end)
+
+describe("14: Codex's hosted and namespace tools", function()
+    local codex = { model = "gpt-5-codex", input = "find the changelog of luajit", tools = {
+        { type = "function", name = "shell", parameters = { type = "object", properties = {} } },
+        { type = "web_search" },
+        { type = "namespace", name = "mcp__docs", tools = { { type = "function", name = "lookup" } } } } }
+
+    it("web_search becomes Anthropic's web search server tool; the namespace is reported", function()
+        local body, st = upstream("openai-responses", "anthropic", codex)
+        local types = {}
+        for _, t in ipairs(body.tools) do types[#types + 1] = t.type or t.name end
+        assert.are.same({ "shell", "web_search_20250305" }, types)
+        assert.are.same({ "tool namespace mcp__docs" }, st.dropped)
+    end)
+
+    it("web_search becomes Gemini's googleSearch", function()
+        local body = upstream("openai-responses", "gemini", codex)
+        assert.is_table(body.tools[2].googleSearch)
+    end)
+
+    it("web_search toward Chat is reported, not dropped in silence", function()
+        local body, st = upstream("openai-responses", "openai-chat", codex)
+        assert.are.equal(1, #body.tools)
+        assert.are.same({ "tool namespace mcp__docs", "tool web_search" }, st.dropped)
+    end)
+
+    it("nothing is reported when everything was carried", function()
+        local _, st = upstream("openai-responses", "anthropic", { model = "m", input = "hi",
+            tools = { { type = "web_search" } } })
+        assert.is_nil(st.dropped)
+    end)
+end)

@@ -234,6 +234,18 @@ end
 local SSE_HEADERS = { { "content-type", "text/event-stream" }, { "cache-control", "no-cache" } }
 local JSON_HEADERS = { { "content-type", "application/json" } }
 
+-- A translated answer's headers, plus `x-sluice-dropped: <what>, ...` when
+-- the request carried something its supplier could not be sent (a Codex
+-- namespace tool, web search toward Chat: translate's state.dropped).
+local function translated_headers(base, tr)
+    local dropped = tr and tr.state and tr.state.dropped
+    if not dropped then return base end
+    local h = {}
+    for i, kv in ipairs(base) do h[i] = kv end
+    h[#h + 1] = { "x-sluice-dropped", (table.concat(dropped, ", "):gsub("[%c]", " ")) }
+    return h
+end
+
 local function adapter_of(ctx)
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     return s and s.adapter
@@ -292,7 +304,7 @@ function H.response(ctx, status, headers)
         return nil
     end
     ctx.pipe = translate.stream(tr.from, tr.to, tr.state, accountant(ctx))
-    return { status = 200, headers = SSE_HEADERS }
+    return { status = 200, headers = translated_headers(SSE_HEADERS, tr) }
 end
 
 function H.events(ctx, batch)
@@ -360,11 +372,11 @@ function H.body(ctx, status, raw, headers)
         -- A streaming client on an answer that came back whole: synthesize the stream.
         local bytes, err = translate.answer_stream(tr.from, tr.to, resp, tr.state)
         if not bytes then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
-        return { status = 200, headers = SSE_HEADERS, body = bytes }
+        return { status = 200, headers = translated_headers(SSE_HEADERS, tr), body = bytes }
     end
     local cb, err = translate.answer(tr.from, tr.to, resp, tr.state)
     if not cb then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
-    return { status = 200, headers = JSON_HEADERS, body = json.encode(cb) }
+    return { status = 200, headers = translated_headers(JSON_HEADERS, tr), body = json.encode(cb) }
 end
 
 -- ------------------------------------------------------------------ the end
@@ -506,7 +518,11 @@ function H.log(ctx)
     if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
     acct:log_fields(out)
     local sid = ctx.upstream_session_id
-    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    local dropped = ctx.translation and ctx.translation.state and ctx.translation.state.dropped
+    if type(sid) == "string" or dropped then
+        out.extra_json = json.encode({ upstream_session = type(sid) == "string" and sid or nil,
+                                       dropped = dropped and json.array(dropped) or nil })
+    end
     if cfg.history.bodies then
         local secrets = secrets_of(ctx) -- once for both bodies
         out.request_body = redact(ctx.body, secrets)

@@ -42,6 +42,14 @@
 --     a thinking part with empty text and a signature carries the signature
 --     of the part that follows (Gemini).
 --     encode opts may carry origin, created, include_usage.
+--     req.web_search = true: the client offered its vendor's hosted web
+--     search tool (Responses web_search, Anthropic web_search_*, Gemini
+--     googleSearch); encoders whose supplier has one send it.
+--     req.dropped = { "what"... }: what the decoder could not carry (a
+--     Codex namespace tool, a hosted tool without an equivalent); encoders
+--     append to opts.dropped what their supplier cannot take (web search on
+--     Chat). translate keeps the list as state.dropped; the host tells the
+--     client (x-sluice-dropped) and the record.
 --   Tool results live in *user* messages (Anthropic's model). Encoders for
 --   protocols with a separate tool role (OpenAI chat "tool", Gemini
 --   functionResponse) split or move them. A codec that needs the tool name of

@@ -88,8 +88,10 @@ function T.request(from, to, body, info, opts)
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local upstream_model = opts.model or req.model
+    local dropped = req.dropped or {}
     local out, eerr = U.encode_request(req, { model = upstream_model, stream = stream, names = names,
-                                              supplier = opts.supplier, compat = compat, max_output_tokens = cap })
+                                              supplier = opts.supplier, compat = compat, max_output_tokens = cap,
+                                              dropped = dropped })
     -- An encoder refuses what its supplier cannot be sent (a file by id to Gemini).
     if out == nil then return nil, eerr end
     local state = {
@@ -99,6 +101,7 @@ function T.request(from, to, body, info, opts)
         include_usage = req.stream_usage == true,
         custom_tools = req.custom_tools,
         names = names, id = opts.id, supplier = opts.supplier,
+        dropped = #dropped > 0 and dropped or nil, -- what the supplier was not sent (ir.lua: req.dropped)
     }
     return out, state
 end

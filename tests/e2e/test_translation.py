@@ -1316,6 +1316,7 @@ class FidelityRound2Test(TranslationCase):
         self.start('{ chat = { { match = "*gemini*", supplier = "gm", model = "gemini-3-pro-preview" },'
                    ' { match = "*", supplier = "oa" } },'
                    ' claude = { { match = "*", supplier = "rs", model = "gpt-5" } },'
+                   ' codex = { { match = "*", supplier = "oa", model = "gpt-4.1" } },'
                    ' gemini = { { match = "*via-an*", supplier = "an", model = "claude-sonnet-4-5" },'
                    ' { match = "*via-rs*", supplier = "rs", model = "gpt-5" },'
                    ' { match = "*", supplier = "oa", model = "gpt-4.1" } } }')
@@ -1433,6 +1434,24 @@ class FidelityRound2Test(TranslationCase):
         rec = self.record(rid)
         self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
         self.assertEqual(rec["usage"]["output_tokens"], 80)
+
+    def test_codex_tools_chat_cannot_carry_are_reported(self):
+        # Codex on a Chat supplier (the claude route is not involved): its
+        # hosted web_search and an MCP namespace have no Chat equivalent.
+        self.mock.enqueue(json_scene({"id": "chatcmpl-w1", "object": "chat.completion", "created": 1,
+                                      "model": "gpt-4.1", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "done"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        rid = "tr-dropped"
+        req = dict(CODEX_REQ, model="gpt-via-chat", stream=False,
+                   tools=CODEX_REQ["tools"] + [{"type": "web_search"},
+                                               {"type": "namespace", "name": "mcp__docs", "tools": []}])
+        r = self.post("/codex/responses", req, headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.header("x-sluice-dropped"), "tool namespace mcp__docs, tool web_search")
+        _, body = self.upstream()
+        self.assertEqual([t["function"]["name"] for t in body["tools"]], ["shell"])
+        self.assertEqual(self.record(rid)["extra"]["dropped"], ["tool namespace mcp__docs", "tool web_search"])
 
     def test_gemini_model_list_has_gemini_shape(self):
         for path in ("/v1beta/models", "/gemini/v1beta/models"):

@@ -295,6 +295,11 @@ function M.decode_request(body, info)
             if t.input_schema ~= nil and (t.type == nil or t.type == "custom") then
                 tools[#tools + 1] = { name = t.name, description = nonnull(t.description),
                                       parameters = t.input_schema, strict = nonnull(t.strict) }
+            elseif type(t.type) == "string" and t.type:find("^web_search_") then
+                req.web_search = true
+            elseif t.type ~= nil then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring(t.type)
             end
         end
         req.tools = tools
@@ -474,6 +479,12 @@ function M.encode_request(req, opts)
             tools[#tools + 1] = { name = t.name, description = t.description, input_schema = schema }
         end
         body.tools = tools
+    end
+    if req.web_search then
+        -- The hosted web search server tool
+        -- (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/web-search-tool).
+        body.tools = body.tools or array()
+        body.tools[#body.tools + 1] = { type = "web_search_20250305", name = "web_search" }
     end
     local tc = req.tool_choice
     if tc and body.tools then

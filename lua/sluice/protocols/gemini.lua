@@ -341,7 +341,8 @@ local function decode_tools(tools)
     local out = {}
     for _, t in ipairs(tools) do
         local decls = is_obj(t) and (t.functionDeclarations or t.function_declarations)
-        -- googleSearch, codeExecution, ... run inside Gemini: not translatable.
+        -- googleSearch has equivalents elsewhere (req.web_search, set by the
+        -- caller); codeExecution, urlContext, ... run inside Gemini only.
         if type(decls) == "table" then
             for _, d in ipairs(decls) do
                 local params = d.parametersJsonSchema or d.parameters_json_schema
@@ -393,7 +394,17 @@ function M.decode_request(body, info)
             req.messages[#req.messages + 1] = { role = role == "model" and "assistant" or "user", content = content }
         end
     end
-    if type(body.tools) == "table" then req.tools = decode_tools(body.tools) end
+    if type(body.tools) == "table" then
+        req.tools = decode_tools(body.tools)
+        for _, t in ipairs(body.tools) do
+            if is_obj(t) and (t.googleSearch or t.google_search) then
+                req.web_search = true
+            elseif is_obj(t) and not (t.functionDeclarations or t.function_declarations) then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring((next(t)))
+            end
+        end
+    end
     req.tool_choice = decode_tool_config(body.toolConfig or body.tool_config)
     decode_generation(body.generationConfig or body.generation_config, req)
     return req
@@ -595,7 +606,12 @@ function M.encode_request(req, opts)
                                   parameters = schema.to_gemini(t.parameters) }
         end
         body.tools = json_array({ { functionDeclarations = decls } })
+        if req.web_search then body.tools[2] = { googleSearch = {} } end
         body.toolConfig = tool_config_out(req.tool_choice)
+    end
+    if req.web_search and not body.tools then
+        -- Grounding with Google Search (https://ai.google.dev/gemini-api/docs/google-search).
+        body.tools = json_array({ { googleSearch = {} } })
     end
     body.generationConfig = generation_out(req)
     return body

@@ -473,6 +473,8 @@ function M.encode_request(req, opts)
     end
     if req.user then body.user = req.user end
     if req.session_hint then body.prompt_cache_key = req.session_hint end
+    -- Chat has no hosted web search: the client is told it was left out.
+    if req.web_search and opts.dropped then opts.dropped[#opts.dropped + 1] = "tool web_search" end
     return body
 end
 

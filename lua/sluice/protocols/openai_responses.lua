@@ -279,8 +279,16 @@ function M.decode_request(body, info)
     if type(body.tools) == "table" then
         local tools = {}
         for _, t in ipairs(body.tools) do
-            -- Built-in tools (web_search...) run at OpenAI and cannot run elsewhere.
-            if t.type == "function" then
+            -- Built-in tools run at OpenAI: web search has equivalents at
+            -- Anthropic and Gemini (req.web_search); the rest (a Codex
+            -- `namespace`, file_search, ...) is reported as dropped.
+            if t.type == "web_search" or t.type == "web_search_preview" then
+                req.web_search = true
+            elseif t.type ~= "function" and t.type ~= "custom" then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring(t.type)
+                    .. (is_str(t.name) and (" " .. t.name) or "")
+            elseif t.type == "function" then
                 tools[#tools + 1] = { name = t.name, description = is_str(t.description) and t.description or nil,
                                       parameters = type(t.parameters) == "table" and t.parameters or nil }
             elseif t.type == "custom" and is_str(t.name) then
@@ -438,6 +446,9 @@ function M.encode_request(req, opts)
         if m.role == "assistant" then encode_assistant(m, input) else encode_user(m, input) end
     end
     body.input = input
+    if req.web_search and not (req.tools and #req.tools > 0) then
+        body.tools = json_array({ { type = "web_search" } })
+    end
     if req.tools and #req.tools > 0 then
         local tools = json_array({})
         for _, t in ipairs(req.tools) do
@@ -446,6 +457,7 @@ function M.encode_request(req, opts)
                                   parameters = t.parameters or { type = "object", properties = {} },
                                   strict = false }
         end
+        if req.web_search then tools[#tools + 1] = { type = "web_search" } end
         body.tools = tools
         body.tool_choice = encode_tool_choice(req.tool_choice)
         if req.parallel_tool_calls ~= nil then body.parallel_tool_calls = req.parallel_tool_calls end
