@@ -634,3 +634,37 @@ describe("14: Codex's hosted and namespace tools", function()
         assert.is_nil(st.dropped)
     end)
 end)
+
+describe("3: tool calls a later turn left unanswered", function()
+    local chat = { model = "m", messages = {
+        { role = "user", content = "q" },
+        { role = "assistant", tool_calls = {
+            { id = "call_a", type = "function", ["function"] = { name = "f", arguments = "{}" } },
+            { id = "call_b", type = "function", ["function"] = { name = "f", arguments = "{}" } } } },
+        { role = "tool", tool_call_id = "call_a", content = "ok" },
+        { role = "user", content = "go on" },
+    } }
+
+    it("get an error result toward Anthropic, so every call is answered in the next turn", function()
+        local body = upstream("openai-chat", "anthropic", chat)
+        local ids = {}
+        for _, b in ipairs(body.messages[3].content) do
+            if b.type == "tool_result" then ids[#ids + 1] = b.tool_use_id end
+        end
+        table.sort(ids)
+        assert.are.same({ "call_a", "call_b" }, ids)
+    end)
+
+    it("and toward Gemini, one functionResponse per functionCall", function()
+        local body = upstream("openai-chat", "gemini", chat)
+        local n = 0
+        for _, p in ipairs(body.contents[3].parts) do if p.functionResponse then n = n + 1 end end
+        assert.are.equal(2, n)
+    end)
+
+    it("a call in the last turn, still awaiting its result, is left alone", function()
+        local body = upstream("openai-chat", "anthropic", { model = "m", messages = { chat.messages[1], chat.messages[2] } })
+        assert.are.equal(2, #body.messages)
+        assert.are.equal("tool_use", body.messages[2].content[1].type)
+    end)
+end)

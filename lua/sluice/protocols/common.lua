@@ -117,6 +117,8 @@ end
 -- ---------------------------------------------------------------- call/result pairing
 
 -- Text that stands for a tool result nothing in the previous turn asked for.
+local answer_every_call, orphans_to_text
+
 local function orphan_text(p)
     local b = {}
     for _, c in ipairs(p.content or {}) do
@@ -135,9 +137,72 @@ end
 -- https://ai.google.dev/gemini-api/docs/function-calling) require. A result
 -- without its call (a Responses client continuing with previous_response_id,
 -- a trimmed history) or a second result for one call becomes a user text part
--- naming the call id, so the model still sees it. Returns the input when
--- nothing changes.
+-- naming the call id, so the model still sees it. The other half of the rule
+-- (every call answered in the next turn: Anthropic's "tool_use ids were found
+-- without tool_result blocks immediately after", Gemini's "number of function
+-- response parts is equal to the number of function call parts") is kept by
+-- an error result saying none was recorded, for a call a later turn left
+-- unanswered; a call in the last turn (awaiting its result) stays as it is.
+-- Returns the input when nothing changes.
 function C.pair_tool_results(messages)
+    return answer_every_call(orphans_to_text(messages))
+end
+
+-- A result for each call of an assistant turn that a user turn follows.
+function answer_every_call(messages)
+    local out, changed, i, n = {}, false, 1, #messages
+    while i <= n do
+        local m = messages[i]
+        out[#out + 1] = m
+        i = i + 1
+        if m.role == "assistant" then
+            -- the rest of this assistant run, then the user run after it
+            local calls, order = {}, {}
+            for _, p in ipairs(m.content or {}) do
+                if p.type == "tool_call" and p.id then calls[p.id] = true; order[#order + 1] = p.id end
+            end
+            while i <= n and messages[i].role == "assistant" do
+                for _, p in ipairs(messages[i].content or {}) do
+                    if p.type == "tool_call" and p.id then calls[p.id] = true; order[#order + 1] = p.id end
+                end
+                out[#out + 1] = messages[i]
+                i = i + 1
+            end
+            if i <= n and #order > 0 then
+                local answered = {}
+                local j = i
+                while j <= n and messages[j].role ~= "assistant" do
+                    for _, p in ipairs(messages[j].content or {}) do
+                        if p.type == "tool_result" then answered[p.tool_call_id or ""] = true end
+                    end
+                    j = j + 1
+                end
+                local missing = {}
+                for _, id in ipairs(order) do
+                    if not answered[id] then
+                        answered[id] = true
+                        missing[#missing + 1] = { type = "tool_result", tool_call_id = id, is_error = true,
+                            content = { { type = "text", text = "(no result was recorded for this call)" } } }
+                    end
+                end
+                if #missing > 0 then
+                    changed = true
+                    local first = messages[i]
+                    local copy = {}
+                    for k, v in pairs(first) do copy[k] = v end
+                    copy.content = missing
+                    for _, p in ipairs(first.content or {}) do copy.content[#copy.content + 1] = p end
+                    out[#out + 1] = copy
+                    i = i + 1
+                end
+            end
+        end
+    end
+    if not changed then return messages end
+    return out
+end
+
+function orphans_to_text(messages)
     local calls, answered, prev_role = {}, {}, nil
     local out, changed = {}, false
     for i, m in ipairs(messages or {}) do
