@@ -25,7 +25,9 @@ A scene (all keys optional): path (prefix the request path must start with),
 status, headers, body (str, sent with Content-Length) or chunks ([{data or
 data_b64, delay_ms}], sent chunked, each flushed), raw (str written verbatim instead of
 a response), delay_ms (before the status line), stall_ms (after the body),
-close_after, reset, drop_request, repeat. Without a Content-Type header a
+close_after, reset, drop_request, repeat, require (a validating vendor:
+{"contains": [str...], "status", "body"} is answered instead of the scene
+when the request body lacks one of the strings). Without a Content-Type header a
 body defaults to application/json and chunks to text/event-stream.
 
 Connections used only for the control API are not counted in the stats, so
@@ -376,6 +378,9 @@ class Connection(asyncio.Protocol):
             await self.send_simple(200, {"mock": "default", "path": req["target"]},
                                    close=wants_close)
             return not wants_close
+        refusal = self.refusal(scene, rec)
+        if refusal is not None:
+            scene = refusal
         try:
             return await self.play(scene, wants_close)
         except PeerGone:
@@ -383,6 +388,20 @@ class Connection(asyncio.Protocol):
             if not self.lost:
                 self.transport.abort()
             return False
+
+    @staticmethod
+    def refusal(scene, rec):
+        """A scene with `require` = {"contains": [str...], "status", "body"}
+        is a vendor that validates the request: when the body lacks any of the
+        strings, that error answer is played instead of the scene."""
+        need = scene.get("require")
+        if not need:
+            return None
+        body = rec.get("body", "")
+        if all(c in body for c in need.get("contains", [])):
+            return None
+        return {"status": need.get("status", 400), "headers": {"Content-Type": "application/json"},
+                "body": need.get("body", "")}
 
     async def play(self, scene, wants_close):
         await self.pause(int(scene.get("delay_ms", 0)))

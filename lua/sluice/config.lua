@@ -229,7 +229,39 @@ end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
-                          retry = true, tool_text = true }
+                          retry = true, tool_text = true, compat = true, max_output_tokens = true }
+
+-- What a translated request looks like for suppliers that differ from the
+-- vendor's own API (README, Translation). max_tokens_field: the field an
+-- openai-chat supplier takes the output limit in (OpenAI's own API wants
+-- max_completion_tokens; vLLM, DeepSeek and older deployments max_tokens).
+-- billing_header: "strip" (the default) removes Claude Code's per-request
+-- `x-anthropic-billing-header: ...` system block when translating, so the
+-- supplier's prefix cache can hit; "keep" sends it.
+local MAX_TOKENS_FIELDS = { max_tokens = true, max_completion_tokens = true }
+local BILLING_HEADER = { strip = true, keep = true }
+
+local function check_compat(c, protocol, field)
+    if c == nil then return { billing_header = "strip" } end
+    check_type(c, "table", field)
+    only_fields(c, { max_tokens_field = true, billing_header = true }, field)
+    local out = { billing_header = c.billing_header or "strip" }
+    if not BILLING_HEADER[out.billing_header] then
+        bad(field .. ".billing_header", "expected \"strip\" or \"keep\", got %s", tostring(c.billing_header))
+    end
+    if c.max_tokens_field ~= nil then
+        if not MAX_TOKENS_FIELDS[c.max_tokens_field] then
+            bad(field .. ".max_tokens_field", "expected \"max_tokens\" or \"max_completion_tokens\", got %s",
+                tostring(c.max_tokens_field))
+        end
+        if protocol ~= "openai-chat" then
+            bad(field .. ".max_tokens_field", "only openai-chat suppliers have a choice of field (this one speaks %s)",
+                tostring(protocol))
+        end
+        out.max_tokens_field = c.max_tokens_field
+    end
+    return out
+end
 
 local function check_supplier(id, s, defaults, retry_default)
     local field = "suppliers." .. id
@@ -262,6 +294,10 @@ local function check_supplier(id, s, defaults, retry_default)
     out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
     out.retry = retry.normalize(s.retry, field .. ".retry", retry_default, bad)
     out.tool_text = tooltext.check(s.tool_text, field .. ".tool_text", bad)
+    out.compat = check_compat(s.compat, s.protocol, field .. ".compat")
+    if s.max_output_tokens ~= nil then
+        out.max_output_tokens = positive(s.max_output_tokens, field .. ".max_output_tokens", true)
+    end
     return out
 end
 
@@ -278,7 +314,7 @@ local function check_routes(routes, suppliers)
         for i, r in ipairs(list) do
             local rf = fmt("%s[%d]", field, i)
             check_type(r, "table", rf)
-            only_fields(r, { match = true, supplier = true, model = true }, rf)
+            only_fields(r, { match = true, supplier = true, model = true, max_output_tokens = true }, rf)
             local match = r.match or "*"
             check_type(match, "string", rf .. ".match")
             local chain = type(r.supplier) == "table" and r.supplier or { r.supplier }
@@ -293,8 +329,9 @@ local function check_routes(routes, suppliers)
                 local ok, why = M.check_model(r.model)
                 if not ok then bad(rf .. ".model", "%s (got %q)", why, r.model:sub(1, 80)) end
             end
+            if r.max_output_tokens ~= nil then positive(r.max_output_tokens, rf .. ".max_output_tokens", true) end
             entries[i] = { match = match, pattern = M.glob(match), suppliers = chain, model = r.model,
-                           name = fmt("%s[%d]", service, i) }
+                           max_output_tokens = r.max_output_tokens, name = fmt("%s[%d]", service, i) }
         end
         out[service] = entries
     end

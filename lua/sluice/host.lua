@@ -234,6 +234,18 @@ end
 local SSE_HEADERS = { { "content-type", "text/event-stream" }, { "cache-control", "no-cache" } }
 local JSON_HEADERS = { { "content-type", "application/json" } }
 
+-- A translated answer's headers, plus `x-sluice-dropped: <what>, ...` when
+-- the request carried something its supplier could not be sent (a Codex
+-- namespace tool, web search toward Chat: translate's state.dropped).
+local function translated_headers(base, tr)
+    local dropped = tr and tr.state and tr.state.dropped
+    if not dropped then return base end
+    local h = {}
+    for i, kv in ipairs(base) do h[i] = kv end
+    h[#h + 1] = { "x-sluice-dropped", (table.concat(dropped, ", "):gsub("[%c]", " ")) }
+    return h
+end
+
 local function adapter_of(ctx)
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     return s and s.adapter
@@ -292,7 +304,7 @@ function H.response(ctx, status, headers)
         return nil
     end
     ctx.pipe = translate.stream(tr.from, tr.to, tr.state, accountant(ctx))
-    return { status = 200, headers = SSE_HEADERS }
+    return { status = 200, headers = translated_headers(SSE_HEADERS, tr) }
 end
 
 function H.events(ctx, batch)
@@ -348,7 +360,7 @@ function H.body(ctx, status, raw, headers)
         return unusable_answer(tr.from, ctx.supplier, "answered with a body that is not a JSON object")
     end
     local U = translate.protocol(tr.to)
-    local resp, derr = U.decode_response(ub)
+    local resp, derr = U.decode_response(ub, { supplier = tr.state.supplier })
     if type(resp) ~= "table" then -- an error object in a 2xx, or not the protocol's shape
         local why = type(derr) == "table" and derr.message or tostring(derr)
         if ub.error ~= nil then why = U.decode_error(status, ub).message end
@@ -360,11 +372,11 @@ function H.body(ctx, status, raw, headers)
         -- A streaming client on an answer that came back whole: synthesize the stream.
         local bytes, err = translate.answer_stream(tr.from, tr.to, resp, tr.state)
         if not bytes then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
-        return { status = 200, headers = SSE_HEADERS, body = bytes }
+        return { status = 200, headers = translated_headers(SSE_HEADERS, tr), body = bytes }
     end
     local cb, err = translate.answer(tr.from, tr.to, resp, tr.state)
     if not cb then return error_response(tr.from, 502, "cannot translate the answer: " .. tostring(err)) end
-    return { status = 200, headers = JSON_HEADERS, body = json.encode(cb) }
+    return { status = 200, headers = translated_headers(JSON_HEADERS, tr), body = json.encode(cb) }
 end
 
 -- ------------------------------------------------------------------ the end
@@ -510,10 +522,16 @@ function H.log(ctx)
     if type(sid) == "string" then extra = { upstream_session = sid } end
     -- Tool calls parsed from the answer's text (sluice.tooltext): how many,
     -- and the dialect that read them (the configured one while none did).
-    local tt = ctx.translation and ctx.translation.state.tool_text
+    local state = ctx.translation and ctx.translation.state
+    local tt = state and state.tool_text
     if tt then
         extra = extra or {}
         extra.tool_text = { calls = tt.calls, dialect = tt.parsed_with or tt.dialect, emulated = tt.emulate ~= nil }
+    end
+    -- What the supplier could not be sent (translate: state.dropped).
+    if state and state.dropped then
+        extra = extra or {}
+        extra.dropped = json.array(state.dropped)
     end
     if extra then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then

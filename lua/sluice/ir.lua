@@ -42,6 +42,25 @@
 --     a thinking part with empty text and a signature carries the signature
 --     of the part that follows (Gemini).
 --     encode opts may carry origin, created, include_usage.
+--     image parts may carry detail ("low"|"high"|"auto", OpenAI's).
+--     A system text part may carry billing_header = true (Claude Code's
+--     per-request billing line; translate leaves it out unless the
+--     supplier's compat.billing_header is "keep").
+--     Request encode opts may also carry supplier (its config id), compat
+--     (its compat table: max_tokens_field...), max_output_tokens (a cap the
+--     encoder keeps its own defaults under) and dropped (see below); an
+--     encoder may return nil, err for a request its supplier cannot be sent
+--     (a 400 to the client). decode_response and stream_decoder opts may
+--     carry supplier, for state bound to one supplier (Chat's
+--     reasoning_content).
+--     req.web_search = true: the client offered its vendor's hosted web
+--     search tool (Responses web_search, Anthropic web_search_*, Gemini
+--     googleSearch); encoders whose supplier has one send it.
+--     req.dropped = { "what"... }: what the decoder could not carry (a
+--     Codex namespace tool, a hosted tool without an equivalent); encoders
+--     append to opts.dropped what their supplier cannot take (web search on
+--     Chat). translate keeps the list as state.dropped; the host tells the
+--     client (x-sluice-dropped) and the record.
 --   Tool results live in *user* messages (Anthropic's model). Encoders for
 --   protocols with a separate tool role (OpenAI chat "tool", Gemini
 --   functionResponse) split or move them. A codec that needs the tool name of

@@ -11,7 +11,8 @@
 --   T.protocol(name) -> module | nil, err
 --   T.request(from, to, body, info, opts) -> upstream_body, state | nil, err
 --       opts = { model = upstream model, stream = bool|nil, id = client response id|nil,
---                tool_text = the supplier's tool_text config|nil }
+--                supplier = id|nil, compat = the supplier's compat table|nil,
+--                max_output_tokens = cap|nil, tool_text = the supplier's tool_text config|nil }
 --       state.tool_text is set when tool calls written as text are parsed
 --       (sluice.tooltext): every answer path below then runs through it.
 --   T.response(from, to, upstream_body, state) -> client_body | nil, err
@@ -58,6 +59,19 @@ end
 
 -- ---------------------------------------------------------------- request
 
+-- Claude Code's first system block, `x-anthropic-billing-header: ...`,
+-- changes on every request; a translated request goes to a supplier whose
+-- prefix cache it would defeat (the decoder marks it: part.billing_header).
+local function drop_billing_header(req)
+    local sys = req.system
+    if not sys then return end
+    local kept = {}
+    for _, p in ipairs(sys) do
+        if not p.billing_header then kept[#kept + 1] = p end
+    end
+    req.system = #kept > 0 and kept or nil
+end
+
 function T.request(from, to, body, info, opts)
     opts = opts or {}
     local C, U, err = codecs(from, to)
@@ -71,6 +85,10 @@ function T.request(from, to, body, info, opts)
     if not req then return nil, err end
     local names = toolnames.new(to)
     toolnames.apply_request(req, names)
+    local compat = opts.compat or {}
+    if compat.billing_header ~= "keep" then drop_billing_header(req) end
+    local cap = opts.max_output_tokens
+    if cap and req.max_tokens and req.max_tokens > cap then req.max_tokens = cap end
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local upstream_model = opts.model or req.model
@@ -79,14 +97,20 @@ function T.request(from, to, body, info, opts)
     local tt = tooltext.setup(opts.tool_text, req.tools, C.tool_call_ids)
     -- A supplier without tool support: the tools go into the prompt instead.
     if opts.tool_text and opts.tool_text.emulate then emulate.apply(req, opts.tool_text.emulate) end
-    local out = U.encode_request(req, { model = upstream_model, stream = stream, names = names })
+    local dropped = req.dropped or {}
+    local out, eerr = U.encode_request(req, { model = upstream_model, stream = stream, names = names,
+                                              supplier = opts.supplier, compat = compat, max_output_tokens = cap,
+                                              dropped = dropped })
+    -- An encoder refuses what its supplier cannot be sent (a file by id to Gemini).
+    if out == nil then return nil, eerr end
     local state = {
         from = from, to = to,
         client_model = req.model, upstream_model = upstream_model,
         client_stream = req.stream, upstream_stream = stream,
         include_usage = req.stream_usage == true,
         custom_tools = req.custom_tools,
-        names = names, id = opts.id, tool_text = tt,
+        names = names, id = opts.id, supplier = opts.supplier, tool_text = tt,
+        dropped = #dropped > 0 and dropped or nil, -- what the supplier was not sent (ir.lua: req.dropped)
     }
     return out, state
 end
@@ -102,10 +126,10 @@ local function client_opts(state, to)
 end
 
 -- The upstream's answer as IR (nil, err when it is not a usable one).
-local function decode_answer(to, upstream_body)
+local function decode_answer(to, upstream_body, state)
     local U, err = T.protocol(to)
     if not U then return nil, err end
-    return U.decode_response(upstream_body)
+    return U.decode_response(upstream_body, { supplier = state and state.supplier })
 end
 
 -- The client's codec, with the answer's tool names given back to it.
@@ -123,7 +147,7 @@ function T.answer(from, to, resp, state)
 end
 
 function T.response(from, to, upstream_body, state)
-    local resp, err = decode_answer(to, upstream_body)
+    local resp, err = decode_answer(to, upstream_body, state)
     if not resp then return nil, err end
     return T.answer(from, to, resp, state)
 end
@@ -151,7 +175,7 @@ function T.stream(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end -- a programming error: T.request succeeded first
     return setmetatable({
-        dec = U.stream_decoder({ model = state.upstream_model }),
+        dec = U.stream_decoder({ model = state.upstream_model, supplier = state.supplier }),
         enc = C.stream_encoder(client_opts(state, to)),
         names = state.names, acct = acct or accounting.new(), closed = false,
         tt = state.tool_text and tooltext.filter(state.tool_text),
@@ -299,7 +323,7 @@ function T.collect(from, to, state, acct)
     local C, U, err = codecs(from, to)
     if not C then error(err) end
     return setmetatable({ C = C, to = to, state = state, events = {}, acct = acct or accounting.new(),
-                          dec = U.stream_decoder({ model = state.upstream_model }),
+                          dec = U.stream_decoder({ model = state.upstream_model, supplier = state.supplier }),
                           tt = state.tool_text and tooltext.filter(state.tool_text) },
         Collector)
 end
@@ -345,7 +369,7 @@ function T.answer_stream(from, to, resp, state)
 end
 
 function T.response_stream(from, to, upstream_body, state)
-    local resp, err = decode_answer(to, upstream_body)
+    local resp, err = decode_answer(to, upstream_body, state)
     if not resp then return nil, err end
     return T.answer_stream(from, to, resp, state)
 end

@@ -266,6 +266,31 @@ local function with_model(body, model)
     return copy
 end
 
+-- A passthrough body asking for more output than the configured cap: a
+-- copy with the protocol's limit field(s) (its `output_limit` fact, dotted
+-- paths) lowered to the cap; nil when nothing asks for more.
+local function capped(body, fields, cap)
+    local out
+    for _, path in ipairs(fields or {}) do
+        local keys = {}
+        for k in path:gmatch("[^.]+") do keys[#keys + 1] = k end
+        local v = body
+        for i = 1, #keys do v = type(v) == "table" and v[keys[i]] or nil end
+        if type(v) == "number" and v > cap then
+            out = out or with_model(body, body.model)
+            local t = out
+            for i = 1, #keys - 1 do
+                local copy = {}
+                for k, x in pairs(t[keys[i]]) do copy[k] = x end
+                t[keys[i]] = copy
+                t = copy
+            end
+            t[keys[#keys]] = cap
+        end
+    end
+    return out
+end
+
 local function wants_answers(ad)
     return ad.response ~= nil or ad.event ~= nil or ad.classify_error ~= nil or ad.session_id ~= nil
 end
@@ -327,10 +352,16 @@ function U.plan(cfg, ctx, info, route, supplier)
         usage_events = codec.usage_events,
     }
     local path, query, body = codec.path(upstream_model, ctx.stream), "", nil
+    -- The output cap: the lower of the route's and the supplier's.
+    local cap = route.max_output_tokens
+    if supplier.max_output_tokens and (not cap or supplier.max_output_tokens < cap) then
+        cap = supplier.max_output_tokens
+    end
     local state
     if not same or supplier.tool_text then
         body, state = translate.request(from, to, ctx.request, { model = ctx.model, stream = ctx.stream },
-            { model = upstream_model, stream = ctx.stream, tool_text = supplier.tool_text })
+            { model = upstream_model, stream = ctx.stream, supplier = supplier.id, compat = supplier.compat,
+              max_output_tokens = cap, tool_text = supplier.tool_text })
         -- A same-protocol request stays passthrough unless its answer's
         -- text may hold tool calls (parsing on and tools declared) or its
         -- tools are emulated; one sluice cannot decode goes as it came, for
@@ -348,6 +379,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         if upstream_model ~= ctx.model and not codec.model_in_path then
             body = with_model(ctx.request, upstream_model)
         end
+        if cap then body = capped(body or ctx.request, codec.output_limit, cap) or body end
     else
         state.client_model = state.client_model or ctx.model
         ctx.translation = { from = from, to = to, state = state }

@@ -329,8 +329,10 @@ end)
 describe("openai-responses module", function()
     it("names its path and terminal events", function()
         assert.are.equal("/responses", R.path("gpt-5", true))
+        -- by the event line, or by the type in the data when there is no event line
         assert.are.same({ { event = "response.completed" }, { event = "response.incomplete" },
-            { event = "response.failed" } }, R.terminal)
+            { event = "response.failed" }, { data_has = '"response.completed"' },
+            { data_has = '"response.incomplete"' }, { data_has = '"response.failed"' } }, R.terminal)
         assert.is_not_nil(sse)
     end)
 end)

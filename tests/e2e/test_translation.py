@@ -1275,6 +1275,243 @@ class ClaudeOnOtherSuppliersTest(TranslationCase):
         self.assertEqual(s.usage["output_tokens"], 40)
 
 
+# ==================================================================== issue 12: translation fidelity, round 2
+
+GEMINI3_SIG = "CiQBVKhc7Z3RoZ3NpZ25hdHVyZS1nZW1pbmkz"
+GEMINI3_REFUSAL = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                   "Function call is missing a thought_signature in functionCall parts."}}
+
+# What Gemini CLI sends for structured output: JSON Schema by name, OpenAPI
+# upper-case types inside (and the same in a tool's parametersJsonSchema).
+GEMINI_CLI_JSON_REQ = {
+    "contents": [{"role": "user", "parts": [{"text": "Is this a bug report? 'it crashes'"}]}],
+    "tools": [{"functionDeclarations": [{
+        "name": "read_file", "description": "Read a file",
+        "parametersJsonSchema": {"type": "OBJECT", "properties": {"path": {"type": "STRING"}},
+                                 "required": ["path"]}}]}],
+    "generationConfig": {"responseMimeType": "application/json",
+                         "responseJsonSchema": {"type": "OBJECT", "properties": {
+                             "label": {"type": "STRING", "enum": ["bug", "question"]},
+                             "confidence": {"type": "NUMBER"}}, "required": ["label"]}},
+}
+
+
+def schema_types(v):
+    """Every `type` value in a JSON document."""
+    out = []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k == "type" and isinstance(x, str):
+                out.append(x)
+            out += schema_types(x)
+    elif isinstance(v, list):
+        for x in v:
+            out += schema_types(x)
+    return out
+
+
+class FidelityRound2Test(TranslationCase):
+    def setUp(self):
+        super().setUp()
+        self.start('{ chat = { { match = "*gemini*", supplier = "gm", model = "gemini-3-pro-preview" },'
+                   ' { match = "*", supplier = "oa" } },'
+                   ' claude = { { match = "*", supplier = "rs", model = "gpt-5" } },'
+                   ' codex = { { match = "*", supplier = "oa", model = "gpt-4.1" } },'
+                   ' gemini = { { match = "*via-an*", supplier = "an", model = "claude-sonnet-4-5" },'
+                   ' { match = "*via-rs*", supplier = "rs", model = "gpt-5" },'
+                   ' { match = "*", supplier = "oa", model = "gpt-4.1" } } }')
+
+    def test_openai_sdk_tool_loop_on_gemini3_keeps_the_thought_signature(self):
+        # Turn 1: Gemini 3 answers with a signed functionCall (the first of two).
+        self.mock.enqueue(stream_scene(
+            gemini_chunk([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                           "thoughtSignature": GEMINI3_SIG},
+                          {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}], finish="STOP",
+                         usage={"promptTokenCount": 20, "candidatesTokenCount": 10, "totalTokenCount": 30})))
+        req = dict(CHAT_REQ, model="gpt-gemini", stream=True)
+        r = self.post("/v1/chat/completions", req, headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assert_ok_sse(r)
+        s = self.chat_stream(r.body)
+        self.assertEqual([(t["name"], json.loads(t["args"])) for t in s.tools],
+                         [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Oslo"})])
+        # Turn 2, as the OpenAI SDK builds it: the assistant message with the
+        # tool_calls exactly as streamed, one tool message per call. The mock
+        # is Gemini 3: without the signature on the first call it refuses.
+        self.mock.reset()
+        self.mock.enqueue(dict(stream_scene(gemini_chunk([{"text": "Paris 18C, Oslo -2C."}], finish="STOP")),
+                               require={"contains": [GEMINI3_SIG],
+                                        "status": 400, "body": json.dumps(GEMINI3_REFUSAL)}))
+        calls = [{"id": t["id"], "type": "function", "function": {"name": t["name"], "arguments": t["args"]}}
+                 for t in s.tools]
+        msgs = req["messages"] + [{"role": "assistant", "content": None, "tool_calls": calls}]
+        msgs += [{"role": "tool", "tool_call_id": c["id"], "content": out} for c, out in zip(calls, ["18C", "-2C"])]
+        r2 = self.post("/v1/chat/completions", dict(req, messages=msgs),
+                       headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assert_ok_sse(r2)
+        self.assertEqual(self.chat_stream(r2.body).text, "Paris 18C, Oslo -2C.")
+        _, body = self.upstream()
+        model_turn = [c for c in body["contents"] if c["role"] == "model"][0]
+        self.assertEqual(model_turn["parts"][0].get("thoughtSignature"), GEMINI3_SIG)
+        self.assertNotIn("thoughtSignature", model_turn["parts"][1])
+        self.assertNotIn("sluice1:", json.dumps(body), "the envelope never reaches the supplier")
+        results = [p["functionResponse"]["name"] for c in body["contents"] for p in c["parts"]
+                   if "functionResponse" in p]
+        self.assertEqual(results, ["get_weather", "get_weather"])
+
+    def test_the_mock_refuses_a_tool_loop_without_the_signature(self):
+        # The same second turn with the ids stripped of what sluice gave the
+        # client: the signature is lost, so sluice sends Google's placeholder
+        # and a Gemini 3 that insists on the real one refuses (the client sees
+        # the refusal in its own shape) — proof the mock enforces signatures.
+        self.mock.enqueue(dict(json_scene({"candidates": []}),
+                               require={"contains": [GEMINI3_SIG], "status": 400,
+                                        "body": json.dumps(GEMINI3_REFUSAL)}))
+        msgs = CHAT_REQ["messages"] + [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_plain", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_plain", "content": "18C"}]
+        r = self.post("/v1/chat/completions", dict(CHAT_REQ, model="gpt-gemini", messages=msgs),
+                      headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assertEqual(r.status, 400, "%r%s" % (r, self.diag()))
+        self.assertIn("thought_signature", r.json()["error"]["message"])
+        _, body = self.upstream()
+        self.assertEqual(body["contents"][1]["parts"][0]["thoughtSignature"], "skip_thought_signature_validator")
+
+    def gemini_cli_json(self, model, scene, passthrough_auth=False):
+        self.mock.reset()
+        self.mock.enqueue(scene)
+        r = self.post("/v1beta/models/%s:generateContent" % model, GEMINI_CLI_JSON_REQ,
+                      headers={"x-goog-api-key": CLIENT_KEY, "User-Agent": "GeminiCLI/0.9.0"})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        _, body = self.upstream(passthrough_auth)
+        types = schema_types(body)
+        self.assertTrue(types, body)
+        self.assertEqual([t for t in types if t != t.lower()], [], "upper-case OpenAPI types reached the supplier")
+        return r.json(), body
+
+    def test_gemini_cli_response_json_schema_on_every_other_supplier(self):
+        answer = '{"label":"bug"}'
+        # openai-chat
+        out, body = self.gemini_cli_json("gemini-cli-model", json_scene({
+            "id": "chatcmpl-j1", "object": "chat.completion", "created": 1, "model": "gpt-4.1",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}))
+        schema = body["response_format"]["json_schema"]["schema"]
+        self.assertEqual(schema["properties"]["label"], {"type": "string", "enum": ["bug", "question"]})
+        self.assertEqual(body["tools"][0]["function"]["parameters"]["properties"]["path"], {"type": "string"})
+        self.assertEqual(out["candidates"][0]["content"]["parts"][0]["text"], answer)
+        # anthropic
+        out, body = self.gemini_cli_json("gemini-via-an", json_scene({
+            "id": "msg_j1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 3}}), passthrough_auth=True)
+        self.assertEqual(body["output_config"]["format"]["schema"]["type"], "object")
+        self.assertEqual(body["tools"][0]["input_schema"]["type"], "object")
+        self.assertEqual(out["candidates"][0]["content"]["parts"][0]["text"], answer)
+        # openai-responses
+        out, body = self.gemini_cli_json("gemini-via-rs", json_scene({
+            "id": "resp_j1", "object": "response", "status": "completed", "model": "gpt-5",
+            "output": [{"type": "message", "id": "msg_j1", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": answer, "annotations": []}]}],
+            "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8}}))
+        self.assertEqual(body["text"]["format"]["schema"]["properties"]["confidence"], {"type": "number"})
+        self.assertEqual(out["candidates"][0]["content"]["parts"][0]["text"], answer)
+
+    def test_responses_stream_without_event_lines_is_complete(self):
+        # Some Responses servers send only `data:` lines, the name in `type`.
+        typed_only = "".join(line for line in responses_reasoning_call_stream().splitlines(True)
+                             if not line.startswith("event:"))
+        self.mock.enqueue(stream_scene(typed_only))
+        rid = "tr-typed-only"
+        r = self.post("/v1/messages", dict(CLAUDE_REQ, model="claude-x"), headers=claude_headers(rid))
+        self.assert_ok_sse(r)
+        s = self.anthropic_stream(r.body)
+        self.assertIsNone(s.error)
+        self.assertEqual(s.stop, "tool_use")
+        self.assertEqual(s.usage["output_tokens"], 80)
+        rec = self.record(rid)
+        self.assertEqual((rec["reason"], rec["partial"]), ("COMPLETE", False))
+        self.assertEqual(rec["usage"]["output_tokens"], 80)
+
+    def test_codex_tools_chat_cannot_carry_are_reported(self):
+        # Codex on a Chat supplier (the claude route is not involved): its
+        # hosted web_search and an MCP namespace have no Chat equivalent.
+        self.mock.enqueue(json_scene({"id": "chatcmpl-w1", "object": "chat.completion", "created": 1,
+                                      "model": "gpt-4.1", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "done"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        rid = "tr-dropped"
+        req = dict(CODEX_REQ, model="gpt-via-chat", stream=False,
+                   tools=CODEX_REQ["tools"] + [{"type": "web_search"},
+                                               {"type": "namespace", "name": "mcp__docs", "tools": []}])
+        r = self.post("/codex/responses", req, headers={"Authorization": "Bearer " + CLIENT_KEY, "x-request-id": rid})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.header("x-sluice-dropped"), "tool namespace mcp__docs, tool web_search")
+        _, body = self.upstream()
+        self.assertEqual([t["function"]["name"] for t in body["tools"]], ["shell"])
+        self.assertEqual(self.record(rid)["extra"]["dropped"], ["tool namespace mcp__docs", "tool web_search"])
+
+    def test_gemini_model_list_has_gemini_shape(self):
+        for path in ("/v1beta/models", "/gemini/v1beta/models"):
+            r = harness.request(self.sluice.port, "GET", path, headers={"x-goog-api-key": CLIENT_KEY})
+            self.assertEqual(r.status, 200, "%s %r" % (path, r))
+            models = r.json()["models"]
+            self.assertTrue(models, r.json())
+            for m in models:
+                self.assertTrue(m["name"].startswith("models/"), m)
+                self.assertIn("generateContent", m["supportedGenerationMethods"])
+            self.assertIn("models/gpt-4.1", [m["name"] for m in models])
+
+
+class SupplierCompatTest(TranslationCase):
+    """A DeepSeek-like openai-chat supplier: wants max_tokens, allows 8192
+    output tokens; Claude Code asks for 32000 and sends its billing line."""
+
+    def setUp(self):
+        super().setUp()
+        self.db = os.path.join(tempfile.mkdtemp(prefix="sluice-tr-"), "history.db")
+        self.start_sluice(
+            suppliers_extra='    ds = { protocol = "openai-chat", base_url = "http://127.0.0.1:%d/v1", '
+                            'auth = { type = "none" }, compat = { max_tokens_field = "max_tokens" }, '
+                            'max_output_tokens = 8192 },\n' % self.mock.port,
+            routes='{ claude = { { match = "*", supplier = "ds", model = "deepseek-chat" } },'
+                   ' chat = { { match = "*", supplier = "oa", max_output_tokens = 1000 } } }',
+            extra='history = { path = "%s" },\n  retry = { attempts = 1 },\n' % self.db)
+
+    def test_claude_code_on_a_max_tokens_supplier(self):
+        self.mock.enqueue(json_scene({"id": "chatcmpl-d1", "object": "chat.completion", "created": 1,
+                                      "model": "deepseek-chat", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "hi"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        req = dict(CLAUDE_REQ, stream=False, max_tokens=32000)
+        req["system"] = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.0.14.e1f; cc_entrypoint=cli; cch=7a2c;"}] \
+            + CLAUDE_REQ["system"]
+        r = self.post("/v1/messages", req, headers=claude_headers())
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        _, body = self.upstream()
+        self.assertEqual(body["max_tokens"], 8192, "clamped to the supplier's max_output_tokens, in its field")
+        self.assertNotIn("max_completion_tokens", body)
+        self.assertNotIn("billing-header", json.dumps(body), "the per-request billing line is left out")
+        self.assertIn("weather bot", body["messages"][0]["content"])
+
+    def test_route_cap_on_passthrough(self):
+        # chat -> `oa` speaks the client's protocol: the body passes through,
+        # only the output limit the client asked for is lowered to the route's cap.
+        self.mock.enqueue(json_scene({"id": "chatcmpl-c1", "object": "chat.completion", "created": 1,
+                                      "model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "ok"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}))
+        r = self.post("/v1/chat/completions", dict(CHAT_REQ, max_tokens=5000),
+                      headers={"Authorization": "Bearer " + CLIENT_KEY})
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(r.json()["choices"][0]["message"]["content"], "ok")
+        _, body = self.upstream()
+        self.assertEqual(body["max_tokens"], 1000)
+        self.assertEqual(body["messages"], CHAT_REQ["messages"], "the rest passes as the client sent it")
+
+
 class ResponseIdsTest(harness.SluiceTestCase):
     """Response ids a gateway makes up must not repeat: clients and logs
     correlate by them. Each worker VM's random generator needs its own seed."""

@@ -68,6 +68,8 @@ M.models = {
 M.guess = { contains = "/messages", rank = 1 }
 
 M.credential = { header = "x-api-key" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_tokens" }
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
@@ -95,6 +97,22 @@ local function nonnull(v)
 end
 
 local as_object, unwrap = common.as_object, common.unwrap
+
+-- Tool-call ids Anthropic accepts ("^[a-zA-Z0-9_-]+$", tool_use.id in
+-- https://docs.anthropic.com/en/api/messages): others' ids are mapped into
+-- that alphabet on every id sluice writes (requests to an Anthropic
+-- supplier, answers to an Anthropic client) and mapped back on every id it
+-- reads, so a Kimi "functions.Bash:0" survives a round trip (common.map_id).
+local ID_OK = "^[a-zA-Z0-9_-]+$"
+local function id_out(id) return common.map_id(id, ID_OK) end
+local unmap_id = common.unmap_id
+
+-- Anthropic refuses text blocks that are empty or only whitespace ("text
+-- content blocks must contain non-whitespace text"); a "\n\n" before tool
+-- calls is common in other providers' answers.
+local function blank(s)
+    return s == nil or not s:find("%S")
+end
 
 -- Opaque state towards a client: another provider's in the envelope (see top).
 local function wrap(origin, kind, value)
@@ -191,10 +209,10 @@ function decode_block(b, role)
         if not src then return nil end
         return { type = "document", source = src, title = nonnull(b.title) }
     elseif t == "tool_use" then
-        return { type = "tool_call", id = b.id, name = b.name, arguments = as_object(b.input) }
+        return { type = "tool_call", id = unmap_id(b.id), name = b.name, arguments = as_object(b.input) }
     elseif t == "tool_result" then
         return {
-            type = "tool_result", tool_call_id = b.tool_use_id,
+            type = "tool_result", tool_call_id = unmap_id(b.tool_use_id),
             content = decode_blocks(b.content), is_error = b.is_error == true,
         }
     elseif t == "thinking" or t == "redacted_thinking" then
@@ -251,6 +269,11 @@ function M.decode_request(body, info)
     }
     if body.system ~= nil and body.system ~= null then
         req.system = decode_blocks(body.system)
+        -- Claude Code's per-request billing line (a new value every time):
+        -- marked so translation can leave it out (translate, compat.billing_header).
+        for _, p in ipairs(req.system) do
+            if p.type == "text" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
+        end
     end
     local msgs = {}
     for i, m in ipairs(body.messages) do
@@ -274,6 +297,11 @@ function M.decode_request(body, info)
             if t.input_schema ~= nil and (t.type == nil or t.type == "custom") then
                 tools[#tools + 1] = { name = t.name, description = nonnull(t.description),
                                       parameters = t.input_schema, strict = nonnull(t.strict) }
+            elseif type(t.type) == "string" and t.type:find("^web_search_") then
+                req.web_search = true
+            elseif t.type ~= nil then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring(t.type)
             end
         end
         req.tools = tools
@@ -307,6 +335,14 @@ function M.decode_request(body, info)
             req.response_format = { type = "json_schema", schema = f.schema, name = nonnull(f.name) }
         end
     end
+    -- The structured-outputs beta (header structured-outputs-2025-11-13) put
+    -- the same object at the top level as `output_format`
+    -- (https://docs.anthropic.com/en/docs/build-with-claude/structured-outputs);
+    -- clients still send it.
+    local of = nonnull(body.output_format)
+    if not req.response_format and type(of) == "table" and of.type == "json_schema" then
+        req.response_format = { type = "json_schema", schema = nonnull(of.schema), name = nonnull(of.name) }
+    end
     local md = nonnull(body.metadata)
     if type(md) == "table" and type(md.user_id) == "string" then req.user = md.user_id end
     return req
@@ -329,7 +365,7 @@ end
 local function encode_part(p, opts)
     local t = p.type
     if t == "text" then
-        if p.text == nil or p.text == "" then return nil end -- rejected by Anthropic
+        if blank(p.text) then return nil end -- rejected by Anthropic (see blank)
         return { type = "text", text = p.text, cache_control = p.cache_control }
     elseif t == "image" then
         local src = encode_source(p.source, false)
@@ -342,14 +378,14 @@ local function encode_part(p, opts)
     elseif t == "tool_call" then
         local args = p.arguments
         if type(args) == "string" then args = json.decode(args) end
-        return { type = "tool_use", id = p.id, name = p.name, input = as_object(args) }
+        return { type = "tool_use", id = id_out(p.id), name = p.name, input = as_object(args) }
     elseif t == "tool_result" then
         local content = array()
         for _, c in ipairs(p.content or {}) do
             local b = encode_part(c, opts)
             if b then content[#content + 1] = b end
         end
-        local r = { type = "tool_result", tool_use_id = p.tool_call_id }
+        local r = { type = "tool_result", tool_use_id = id_out(p.tool_call_id) }
         if #content > 0 then r.content = content end
         if p.is_error then r.is_error = true end
         return r
@@ -363,13 +399,14 @@ local function encode_part(p, opts)
     return nil
 end
 
--- Messages: merge same-role runs (so every tool_use is answered in the very
--- next user message), put tool_result blocks first in a user message, drop
--- empty messages.
+-- Messages: results without their call become text (common.pair_tool_results),
+-- merge same-role runs (so every tool_use is answered in the very next user
+-- message), put tool_result blocks first in a user message, drop empty
+-- messages (an all-whitespace assistant turn among them).
 local function encode_messages(req, opts)
     local out = array()
     local last
-    for _, m in ipairs(req.messages or {}) do
+    for _, m in ipairs(common.pair_tool_results(req.messages)) do
         local blocks = {}
         for _, p in ipairs(m.content or {}) do
             local b = encode_part(p, opts)
@@ -420,7 +457,7 @@ function M.encode_request(req, opts)
     local body = {
         model = opts.model or req.model,
         messages = encode_messages(req, opts),
-        max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens = req.max_tokens or math.min(DEFAULT_MAX_TOKENS, opts.max_output_tokens or DEFAULT_MAX_TOKENS),
         top_p = req.top_p, top_k = req.top_k,
     }
     if opts.stream ~= nil then body.stream = opts.stream else body.stream = req.stream end
@@ -431,7 +468,7 @@ function M.encode_request(req, opts)
     if req.system and #req.system > 0 then
         local sys = array()
         for _, p in ipairs(req.system) do
-            if p.type == "text" and p.text and p.text ~= "" then
+            if p.type == "text" and not blank(p.text) then
                 sys[#sys + 1] = { type = "text", text = p.text, cache_control = p.cache_control }
             end
         end
@@ -440,13 +477,16 @@ function M.encode_request(req, opts)
     if req.tools and #req.tools > 0 then
         local tools = array()
         for _, t in ipairs(req.tools) do
-            local schema = t.parameters
-            if type(schema) ~= "table" or getmetatable(schema) == json.array_mt then
-                schema = { type = "object", properties = {} }
-            end
+            local schema = common.object_schema(t.parameters)
             tools[#tools + 1] = { name = t.name, description = t.description, input_schema = schema }
         end
         body.tools = tools
+    end
+    if req.web_search then
+        -- The hosted web search server tool
+        -- (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/web-search-tool).
+        body.tools = body.tools or array()
+        body.tools[#body.tools + 1] = { type = "web_search_20250305", name = "web_search" }
     end
     local tc = req.tool_choice
     if tc and body.tools then
@@ -467,10 +507,19 @@ function M.encode_request(req, opts)
             local budget = th.budget_tokens or EFFORT_BUDGET[th.effort or "medium"] or 8192
             if budget < 1024 then budget = 1024 end
             if body.max_tokens <= budget then body.max_tokens = budget + 4096 end
-            body.thinking = { type = "enabled", budget_tokens = budget }
-            -- Thinking forbids changing temperature and top_k.
-            body.temperature, body.top_k = nil, nil
-            if body.top_p and body.top_p < 0.95 then body.top_p = nil end
+            -- Under a configured output cap, the budget shrinks to fit below
+            -- it (budget_tokens must be >= 1024 and < max_tokens); no room, no thinking.
+            local cap = opts.max_output_tokens
+            if cap and body.max_tokens > cap then
+                body.max_tokens = cap
+                if budget >= cap then budget = cap - 1 end
+            end
+            if budget >= 1024 then
+                body.thinking = { type = "enabled", budget_tokens = budget }
+                -- Thinking forbids changing temperature and top_k.
+                body.temperature, body.top_k = nil, nil
+                if body.top_p and body.top_p < 0.95 then body.top_p = nil end
+            end
         end
     end
     local rf = req.response_format
@@ -634,7 +683,7 @@ function Decoder:feed(ev)
             self.map[obj.index] = false
             return out
         end
-        local idx = self.blocks:start(out, kind, { id = b.id, name = b.name, data = b.data })
+        local idx = self.blocks:start(out, kind, { id = unmap_id(b.id), name = b.name, data = b.data })
         self.map[obj.index] = idx
         if kind == "text" and type(b.text) == "string" and b.text ~= "" then
             out[2] = { type = "text", index = idx, text = b.text }
@@ -755,7 +804,7 @@ function Encoder:open_block(b, blk)
     elseif ev.kind == "thinking" then cb = { type = "thinking", thinking = "", signature = "" }
     elseif ev.kind == "redacted_thinking" then
         cb = { type = "redacted_thinking", data = wrap(self.origin, "data", ev.data or "") }
-    else cb = { type = "tool_use", id = ev.id or ir.new_id("toolu_"), name = ev.name, input = {} } end
+    else cb = { type = "tool_use", id = id_out(ev.id) or ir.new_id("toolu_"), name = ev.name, input = {} } end
     sse(b, "content_block_start", { type = "content_block_start", index = blk.out, content_block = cb })
     local kept = blk.kept
     for i = 1, #kept do self:write(b, blk, kept[i]) end

@@ -1,13 +1,15 @@
 -- sluice.protocols.common — wire helpers more than one codec needs, kept
 -- once: the opaque-state envelope (its format is sluice.ir's), tool
--- arguments as JSON text <-> IR object, data URLs, and the OpenAI error
+-- arguments as JSON text <-> IR object, tool schemas as objects, tool
+-- call/result pairing, tool-call ids in a target's alphabet, data URLs, and
+-- the OpenAI error
 -- envelope shared by Chat Completions and Responses. Pure Lua over tables
 -- and strings; knows no protocol's stream.
 
 local ir = require("sluice.ir")
 local json = require("sluice.json")
 
-local type, tonumber, tostring = type, tonumber, tostring
+local type, tonumber, tostring, pairs, ipairs, next = type, tonumber, tostring, pairs, ipairs, next
 local json_decode, json_encode, is_array, null = json.decode, json.encode, json.is_array, json.null
 
 local C = {}
@@ -53,6 +55,218 @@ function C.encode_args(args)
     return json_encode(args) or "{}"
 end
 
+-- ---------------------------------------------------------------- tool schemas
+
+-- A tool's parameters as an object schema, for targets that take nothing
+-- else (Anthropic: "input_schema ... type: object" is required —
+-- https://docs.anthropic.com/en/api/messages, tools[].input_schema). OpenAI-
+-- style clients send `{}` for a tool without parameters, schemas without
+-- `type`, and top-level `anyOf`/`oneOf` unions: the union's object
+-- branches are merged into one object (a property any branch has; required
+-- only what every branch requires), so every valid input stays valid.
+function C.object_schema(schema)
+    if type(schema) ~= "table" or is_array(schema) then
+        return { type = "object", properties = {} }
+    end
+    local union = schema.anyOf or schema.oneOf
+    if schema.type == nil and type(union) == "table" and is_array(union) and #union > 0 then
+        local out = {}
+        for k, v in pairs(schema) do
+            if k ~= "anyOf" and k ~= "oneOf" then out[k] = v end
+        end
+        local props, required = {}, nil
+        for _, branch in ipairs(union) do
+            if type(branch) == "table" then
+                if type(branch.properties) == "table" then
+                    for k, v in pairs(branch.properties) do
+                        if props[k] == nil then props[k] = v end
+                    end
+                end
+                local set = {}
+                for _, r in ipairs(type(branch.required) == "table" and branch.required or {}) do set[r] = true end
+                if required == nil then
+                    required = set
+                else
+                    for r in pairs(required) do if not set[r] then required[r] = nil end end
+                end
+            end
+        end
+        out.type, out.properties = "object", props
+        if type(schema.properties) == "table" then
+            for k, v in pairs(schema.properties) do props[k] = v end
+        end
+        local req = {}
+        for _, r in ipairs(type(schema.required) == "table" and schema.required or {}) do req[#req + 1] = r end
+        for r in pairs(required or {}) do req[#req + 1] = r end
+        table.sort(req)
+        if #req > 0 then out.required = req else out.required = nil end
+        if next(props) == nil then out.properties = {} end
+        return out
+    end
+    if schema.type == nil or schema.type ~= "object" then
+        -- No type (or an upper-case OpenAPI one): the input is an object.
+        local out = {}
+        for k, v in pairs(schema) do out[k] = v end
+        out.type = "object"
+        if out.properties == nil then out.properties = {} end
+        return out
+    end
+    return schema
+end
+
+-- ---------------------------------------------------------------- call/result pairing
+
+-- Text that stands for a tool result nothing in the previous turn asked for.
+local answer_every_call, orphans_to_text
+
+local function orphan_text(p)
+    local b = {}
+    for _, c in ipairs(p.content or {}) do
+        if c.type == "text" and c.text then b[#b + 1] = c.text end
+    end
+    return "[result of tool call " .. tostring(p.tool_call_id) .. (p.is_error and " (error)" or "")
+        .. "]: " .. table.concat(b, "\n")
+end
+
+-- IR messages whose every tool_result answers a tool_call of the assistant
+-- turn just before it (consecutive messages of one role are one turn), as
+-- Anthropic ("each tool_result block must have a corresponding tool_use
+-- block in the previous message" — https://docs.anthropic.com/en/docs/
+-- agents-and-tools/tool-use/implement-tool-use) and Gemini (a
+-- functionResponse answers a functionCall of the previous model turn —
+-- https://ai.google.dev/gemini-api/docs/function-calling) require. A result
+-- without its call (a Responses client continuing with previous_response_id,
+-- a trimmed history) or a second result for one call becomes a user text part
+-- naming the call id, so the model still sees it. The other half of the rule
+-- (every call answered in the next turn: Anthropic's "tool_use ids were found
+-- without tool_result blocks immediately after", Gemini's "number of function
+-- response parts is equal to the number of function call parts") is kept by
+-- an error result saying none was recorded, for a call a later turn left
+-- unanswered; a call in the last turn (awaiting its result) stays as it is.
+-- Returns the input when nothing changes.
+function C.pair_tool_results(messages)
+    return answer_every_call(orphans_to_text(messages))
+end
+
+-- A result for each call of an assistant turn that a user turn follows.
+function answer_every_call(messages)
+    local out, changed, i, n = {}, false, 1, #messages
+    while i <= n do
+        local m = messages[i]
+        out[#out + 1] = m
+        i = i + 1
+        if m.role == "assistant" then
+            -- the rest of this assistant run, then the user run after it
+            local calls, order = {}, {}
+            for _, p in ipairs(m.content or {}) do
+                if p.type == "tool_call" and p.id then calls[p.id] = true; order[#order + 1] = p.id end
+            end
+            while i <= n and messages[i].role == "assistant" do
+                for _, p in ipairs(messages[i].content or {}) do
+                    if p.type == "tool_call" and p.id then calls[p.id] = true; order[#order + 1] = p.id end
+                end
+                out[#out + 1] = messages[i]
+                i = i + 1
+            end
+            if i <= n and #order > 0 then
+                local answered = {}
+                local j = i
+                while j <= n and messages[j].role ~= "assistant" do
+                    for _, p in ipairs(messages[j].content or {}) do
+                        if p.type == "tool_result" then answered[p.tool_call_id or ""] = true end
+                    end
+                    j = j + 1
+                end
+                local missing = {}
+                for _, id in ipairs(order) do
+                    if not answered[id] then
+                        answered[id] = true
+                        missing[#missing + 1] = { type = "tool_result", tool_call_id = id, is_error = true,
+                            content = { { type = "text", text = "(no result was recorded for this call)" } } }
+                    end
+                end
+                if #missing > 0 then
+                    changed = true
+                    local first = messages[i]
+                    local copy = {}
+                    for k, v in pairs(first) do copy[k] = v end
+                    copy.content = missing
+                    for _, p in ipairs(first.content or {}) do copy.content[#copy.content + 1] = p end
+                    out[#out + 1] = copy
+                    i = i + 1
+                end
+            end
+        end
+    end
+    if not changed then return messages end
+    return out
+end
+
+function orphans_to_text(messages)
+    local calls, answered, prev_role = {}, {}, nil
+    local out, changed = {}, false
+    for i, m in ipairs(messages or {}) do
+        if m.role == "assistant" then
+            if prev_role ~= "assistant" then calls, answered = {}, {} end
+            for _, p in ipairs(m.content or {}) do
+                if p.type == "tool_call" and p.id then calls[p.id] = true end
+            end
+            out[i] = m
+        else
+            local content, mine = nil, false
+            for j, p in ipairs(m.content or {}) do
+                if p.type == "tool_result" then
+                    local id = p.tool_call_id
+                    if id and calls[id] and not answered[id] then
+                        answered[id] = true
+                    else
+                        if not mine then
+                            content, mine = {}, true
+                            for k = 1, j - 1 do content[k] = m.content[k] end
+                        end
+                        p = { type = "text", text = orphan_text(p) }
+                    end
+                end
+                if mine then content[#content + 1] = p end
+            end
+            if mine then
+                changed = true
+                local copy = {}
+                for k, v in pairs(m) do copy[k] = v end
+                copy.content = content
+                out[i] = copy
+            else
+                out[i] = m
+            end
+        end
+        prev_role = m.role
+    end
+    if not changed then return messages end
+    return out
+end
+
+-- ---------------------------------------------------------------- tool-call ids
+
+-- Ids in a target's alphabet, reversibly. Anthropic ids must match
+-- ^[a-zA-Z0-9_-]+$ (tool_use.id, https://docs.anthropic.com/en/api/messages);
+-- other suppliers (Kimi's "functions.Bash:0") use more. An id outside the
+-- alphabet (or one that already looks mapped) becomes ID_PREFIX followed by
+-- the id with every byte but [A-Za-z0-9-] written as _XX (hex); unmap_id
+-- turns it back. The same mapping serves requests and answers, so a history
+-- a client keeps maps back to the supplier's own ids.
+local ID_PREFIX = "slid_"
+
+function C.map_id(id, ok_pattern)
+    if type(id) ~= "string" then return id end
+    if id:match(ok_pattern) and id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
+    return ID_PREFIX .. id:gsub("[^A-Za-z0-9%-]", function(c) return ("_%02X"):format(c:byte()) end)
+end
+
+function C.unmap_id(id)
+    if type(id) ~= "string" or id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
+    return (id:sub(#ID_PREFIX + 1):gsub("_(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
 -- ---------------------------------------------------------------- data URLs
 
 -- "data:<mime>;base64,<payload>" -> mime, payload; nil when not a data URL.
@@ -64,6 +278,62 @@ end
 -- An IR base64 source -> its data URL.
 function C.data_url(src)
     return "data:" .. (src.media_type or "application/octet-stream") .. ";base64," .. (src.data or "")
+end
+
+-- ---------------------------------------------------------------- files
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local B64_VAL = {}
+for i = 1, 64 do B64_VAL[B64:byte(i)] = i - 1 end
+
+-- Standard base64 -> bytes; nil when s is not base64 (whitespace is skipped).
+function C.base64_decode(s)
+    if type(s) ~= "string" then return nil end
+    s = s:gsub("%s", "")
+    if #s % 4 ~= 0 or s:find("[^%w%+/=]") or s:find("=[^=]") then return nil end
+    local out, n = {}, 0
+    for i = 1, #s, 4 do
+        local a, b, c, d = s:byte(i, i + 3)
+        local va, vb, vc, vd = B64_VAL[a], B64_VAL[b], B64_VAL[c], B64_VAL[d]
+        if not va or not vb then return nil end
+        local v = va * 262144 + vb * 4096 + (vc or 0) * 64 + (vd or 0)
+        n = n + 1
+        out[n] = string.char(math.floor(v / 65536) % 256)
+        if c ~= 61 then n = n + 1; out[n] = string.char(math.floor(v / 256) % 256) end
+        if d ~= 61 then n = n + 1; out[n] = string.char(v % 256) end
+    end
+    return table.concat(out)
+end
+
+-- Media types by file extension, for files that come without one.
+local EXT_MIME = { pdf = "application/pdf", txt = "text/plain", md = "text/markdown", markdown = "text/markdown",
+                   csv = "text/csv", html = "text/html", htm = "text/html", json = "application/json",
+                   xml = "text/xml", py = "text/x-python", js = "text/javascript", c = "text/x-c",
+                   png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+                   webp = "image/webp" }
+
+local function is_text_mime(m)
+    return m:find("^text/") ~= nil or m == "application/json" or m == "application/xml"
+end
+
+-- An OpenAI file's `file_data` (a data URL, or — as the Chat API also
+-- takes it — bare base64 named by `filename`) -> an IR document source.
+-- Text files become text (Anthropic takes documents only as PDF or plain
+-- text, and Gemini text parts); nil, err when file_data is neither.
+function C.file_source(file_data, filename)
+    local mime, data = C.parse_data_url(file_data)
+    if not mime then
+        if type(file_data) ~= "string" or file_data == "" or file_data:find("[^%w%+/=%s]") then
+            return nil, "file_data must be a data URL or base64"
+        end
+        local ext = type(filename) == "string" and filename:lower():match("%.(%w+)$")
+        mime, data = EXT_MIME[ext] or "application/pdf", file_data
+    end
+    if is_text_mime(mime) then
+        local text = C.base64_decode(data)
+        if text then return { kind = "text", media_type = mime, data = text } end
+    end
+    return { kind = "base64", media_type = mime, data = data }
 end
 
 -- A URL (data URL or not) -> an IR source.

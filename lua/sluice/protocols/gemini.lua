@@ -45,13 +45,26 @@ M.endpoints = {
     -- does not count tokens for Gemini clients (501, see M.count_tokens).
     { match = "^/v1beta/models/([^/:]+):countTokens$", kind = "count_tokens", any_method = true },
 }
--- GET /v1beta/models: no list shape of its own; answered in the default
--- protocol's (or the one the client's header claims).
-M.models = { path = "/v1beta/models" }
+-- GET /v1beta/models answers in Gemini's list shape (models.list,
+-- https://ai.google.dev/api/models#method:-models.list): Gemini clients read
+-- `models[].name` ("models/<id>") and `supportedGenerationMethods`.
+M.models = {
+    path = "/v1beta/models",
+    list = function(ids)
+        local models = json_array({})
+        for i, id in ipairs(ids) do
+            models[i] = { name = "models/" .. id, baseModelId = id, version = "001", displayName = id,
+                          supportedGenerationMethods = json_array({ "generateContent", "streamGenerateContent" }) }
+        end
+        return { models = models }
+    end,
+}
 M.guess = { contains = "/v1beta/", rank = 2 }
 
 -- A key may also come as ?key=; on passthrough it moves to the header.
 M.credential = { header = "x-goog-api-key", query = "key" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "generationConfig.maxOutputTokens", "generation_config.max_output_tokens" }
 -- Query parameters path() sets itself: never forwarded from the client.
 M.path_query = { "alt" }
 -- The upstream model is in the path: a same-protocol body is sent as is.
@@ -312,7 +325,10 @@ local function decode_generation(g, req)
         local js = g.responseJsonSchema or g.response_json_schema
         local gs = g.responseSchema or g.response_schema
         if is_obj(js) then
-            req.response_format = { type = "json_schema", name = "response", schema = js }
+            -- JSON Schema by name, but Gemini CLI writes OpenAPI's upper-case
+            -- types into it ("OBJECT"), which Gemini accepts and no one else
+            -- does: the decoder hands on lower-case JSON Schema.
+            req.response_format = { type = "json_schema", name = "response", schema = schema.from_gemini(js) }
         elseif is_obj(gs) then
             req.response_format = { type = "json_schema", name = "response", schema = schema.from_gemini(gs) }
         else
@@ -325,11 +341,14 @@ local function decode_tools(tools)
     local out = {}
     for _, t in ipairs(tools) do
         local decls = is_obj(t) and (t.functionDeclarations or t.function_declarations)
-        -- googleSearch, codeExecution, ... run inside Gemini: not translatable.
+        -- googleSearch has equivalents elsewhere (req.web_search, set by the
+        -- caller); codeExecution, urlContext, ... run inside Gemini only.
         if type(decls) == "table" then
             for _, d in ipairs(decls) do
                 local params = d.parametersJsonSchema or d.parameters_json_schema
-                if not is_obj(params) then
+                if is_obj(params) then
+                    params = schema.from_gemini(params) -- upper-case types, as for responseJsonSchema
+                else
                     params = is_obj(d.parameters) and schema.from_gemini(d.parameters) or nil
                 end
                 out[#out + 1] = { name = d.name, description = is_str(d.description) and d.description or nil,
@@ -375,7 +394,17 @@ function M.decode_request(body, info)
             req.messages[#req.messages + 1] = { role = role == "model" and "assistant" or "user", content = content }
         end
     end
-    if type(body.tools) == "table" then req.tools = decode_tools(body.tools) end
+    if type(body.tools) == "table" then
+        req.tools = decode_tools(body.tools)
+        for _, t in ipairs(body.tools) do
+            if is_obj(t) and (t.googleSearch or t.google_search) then
+                req.web_search = true
+            elseif is_obj(t) and not (t.functionDeclarations or t.function_declarations) then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring((next(t)))
+            end
+        end
+    end
     req.tool_choice = decode_tool_config(body.toolConfig or body.tool_config)
     decode_generation(body.generationConfig or body.generation_config, req)
     return req
@@ -425,8 +454,10 @@ end
 
 -- An assistant message: a signature-only thinking part lends its signature
 -- to the part after it, as Gemini itself sends them (§7 item 29).
+local SKIP_SIGNATURE = "skip_thought_signature_validator"
+
 local function model_parts(msg, names_by_id)
-    local parts, pending = json_array({}), nil
+    local parts, pending, signed_call = json_array({}), nil, false
     local function add(gp)
         if pending then gp.thoughtSignature = pending; pending = nil end
         parts[#parts + 1] = gp
@@ -445,6 +476,15 @@ local function model_parts(msg, names_by_id)
             if nonempty(p.text) then add({ text = p.text }) end
         elseif t == "tool_call" then
             names_by_id[p.id or ""] = p.name
+            if not pending and not signed_call then
+                -- The first functionCall of a step must carry a signature
+                -- (Gemini 3 answers 400 otherwise). A history from elsewhere
+                -- has none: Google's documented placeholder for exactly that
+                -- case ("dummy signatures", https://ai.google.dev/gemini-api/
+                -- docs/thought-signatures#faqs).
+                pending = SKIP_SIGNATURE
+            end
+            signed_call = true
             add({ functionCall = { name = p.name, args = as_object(p.arguments) } })
         end
     end
@@ -515,7 +555,25 @@ local function tool_config_out(tc)
     return { functionCallingConfig = fcc }
 end
 
+-- A file by id (an OpenAI Files id) means nothing to Gemini: a clear 400
+-- rather than a request that silently lacks the file.
+local function file_id_in(req)
+    for _, m in ipairs(req.messages or {}) do
+        for _, p in ipairs(m.content or {}) do
+            local srcs = { p.source }
+            for _, c in ipairs(p.type == "tool_result" and p.content or {}) do srcs[#srcs + 1] = c.source end
+            for _, s in ipairs(srcs) do
+                if type(s) == "table" and s.kind == "file" then return s.file_id end
+            end
+        end
+    end
+end
+
 function M.encode_request(req, opts)
+    local fid = file_id_in(req)
+    if fid then
+        return nil, "file " .. tostring(fid) .. ": a file_id cannot be sent to a Gemini supplier; send the file's data"
+    end
     local body = {}
     if req.system and #req.system > 0 then
         local parts = json_array({})
@@ -525,7 +583,9 @@ function M.encode_request(req, opts)
         if #parts > 0 then body.systemInstruction = { parts = parts } end
     end
     local contents, names_by_id, last = json_array({}), {}, nil
-    for _, m in ipairs(req.messages or {}) do
+    -- A functionResponse must answer a functionCall of the previous turn;
+    -- results without one become text (common.pair_tool_results).
+    for _, m in ipairs(common.pair_tool_results(req.messages)) do
         local role = m.role == "assistant" and "model" or "user"
         local parts = role == "model" and model_parts(m, names_by_id) or user_parts(m, names_by_id)
         if #parts > 0 then
@@ -546,7 +606,12 @@ function M.encode_request(req, opts)
                                   parameters = schema.to_gemini(t.parameters) }
         end
         body.tools = json_array({ { functionDeclarations = decls } })
+        if req.web_search then body.tools[2] = { googleSearch = {} } end
         body.toolConfig = tool_config_out(req.tool_choice)
+    end
+    if req.web_search and not body.tools then
+        -- Grounding with Google Search (https://ai.google.dev/gemini-api/docs/google-search).
+        body.tools = json_array({ { googleSearch = {} } })
     end
     body.generationConfig = generation_out(req)
     return body
@@ -565,6 +630,16 @@ local function usage_in(u)
     if tool_prompt then input = (input or 0) + tool_prompt end
     local output = nil
     if cand or thoughts then output = (cand or 0) + (thoughts or 0) end
+    -- Gemini documents candidatesTokenCount without the thoughts
+    -- (https://ai.google.dev/api/generate-content#UsageMetadata: total =
+    -- prompt + candidates + thoughts + tool-use prompt), but some models and
+    -- proxies report candidates with the thoughts already in them. The total
+    -- says which: when the sum overshoots it, the output is what the total
+    -- leaves after the prompt.
+    local total = num("totalTokenCount")
+    if total and input and output and input + output > total then
+        output = math.max(total - input, cand or 0, thoughts or 0)
+    end
     return { input_tokens = input, output_tokens = output, cache_read_tokens = num("cachedContentTokenCount"),
              reasoning_tokens = thoughts }
 end

@@ -166,7 +166,9 @@ function G.to_gemini(schema)
 end
 
 -- Gemini Schema (upper-case types, nullable) -> JSON Schema for other
--- protocols. A parametersJsonSchema is already JSON Schema and passes as is.
+-- protocols. Also applied to responseJsonSchema / parametersJsonSchema:
+-- JSON Schema by contract, yet Gemini CLI fills them with OpenAPI's
+-- upper-case types; on lower-case JSON Schema it changes nothing.
 local function from_gemini(s, depth)
     if type(s) ~= "table" or depth > MAX_DEPTH then return s end
     if is_array(s) then

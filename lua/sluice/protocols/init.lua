@@ -44,6 +44,7 @@ local REQUIRED = {
 local OPTIONAL = {
     { "models", "table" }, { "guess", "table" }, { "upstream_headers", "table" }, { "path_query", "table" },
     { "model_in_path", "boolean" }, { "count_tokens", "string" }, { "tool_call_ids", "table" },
+    { "output_limit", "table" },
 }
 P.REQUIRED, P.OPTIONAL = REQUIRED, OPTIONAL
 

@@ -5,7 +5,8 @@
 -- `tool` role and JSON-string tool arguments; the IR keeps tool results in
 -- user messages and arguments decoded, so both are converted here. Chat
 -- carries no reasoning text or signatures: thinking is dropped on the way
--- out (reasoning_content from compatible servers is read on the way in).
+-- out, except reasoning_content going back to the supplier it came from
+-- (see REASONING below).
 -- Usage arrives in a usage-only chunk after finish_reason, so the request
 -- encoder always asks for it (stream_options.include_usage) and the stream
 -- encoder sends one to the client only if the client asked for it.
@@ -28,6 +29,45 @@ local time = os.time
 
 local M = { name = "openai-chat" }
 
+-- A Chat client has nowhere to keep reasoning state, yet Gemini 3 refuses
+-- the next turn of a tool loop unless each step's first functionCall comes
+-- back with its thoughtSignature ("Function call is missing a
+-- thought_signature", https://ai.google.dev/gemini-api/docs/thought-signatures).
+-- The only thing a Chat client reliably sends back is the tool-call id, so
+-- the signature of a call (an IR signature-only thinking part just before
+-- it) rides in the id given to the client: "<id>#sluice1:<origin>:sig:<v>".
+-- Decoding a request splits it off again into that thinking part, on the
+-- assistant's call and on the tool message's tool_call_id alike, so every
+-- supplier sees the original id and only the signature's origin gets it.
+local SIG_SEP = "#"
+
+-- REASONING. Compatible servers (DeepSeek's thinking mode, Kimi) answer
+-- with `reasoning_content` next to the tool calls and require it back on
+-- that assistant message in the next turn ("the reasoning_content ... must
+-- be passed back to the API" in tool-call loops,
+-- https://api-docs.deepseek.com/guides/thinking_mode), while other servers
+-- refuse the unknown field. So decoded reasoning is a thinking part whose
+-- signature is "rc@<supplier id>" (decode opts.supplier); clients keep it as
+-- any other provider's opaque state, and the encoder sends the text back as
+-- reasoning_content only to that same supplier (encode opts.supplier).
+local function reasoning_sig(opts)
+    return "rc@" .. tostring(opts and opts.supplier or "")
+end
+
+local function id_with_sig(id, origin, sig)
+    return id .. SIG_SEP .. ir.wrap_opaque(origin, "sig", sig)
+end
+
+-- -> id, signature part | nil
+local function split_id(id)
+    if type(id) ~= "string" then return id end
+    local base, env = id:match("^(.-)" .. SIG_SEP .. "(" .. ir.OPAQUE_PREFIX:gsub("%p", "%%%0") .. ".*)$")
+    if not base then return id end
+    local o, k, v = ir.unwrap_opaque(env)
+    if not o or k ~= "sig" then return id end
+    return base, { type = "thinking", text = "", signature = v, origin = o }
+end
+
 -- ================================================================= facts
 -- What sluice knows about this protocol outside its codec: the registry
 -- (protocols/init.lua) checks these and config, router, upstream,
@@ -47,6 +87,8 @@ M.models = {
     end,
 }
 
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_completion_tokens", "max_tokens" }
 M.credential = { header = "authorization", scheme = "Bearer" }
 M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
 
@@ -87,16 +129,25 @@ local function decode_content(c)
         elseif t == "image_url" then
             local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
             if type(url) == "string" then
-                parts[#parts + 1] = { type = "image", source = common.source_from_url(url) }
+                local detail = type(p.image_url) == "table" and nonnull(p.image_url.detail) or nil
+                parts[#parts + 1] = { type = "image", source = common.source_from_url(url),
+                                      detail = type(detail) == "string" and detail or nil }
             end
-        elseif t == "file" and type(p.file) == "table" then
-            local mime, data = parse_data_url(p.file.file_data)
-            if mime then
-                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
-                                      source = { kind = "base64", media_type = mime, data = data } }
-            elseif p.file.file_id then
-                parts[#parts + 1] = { type = "document", title = nonnull(p.file.filename),
-                                      source = { kind = "file", file_id = p.file.file_id } }
+        elseif t == "file" then
+            -- file_data: a data URL or bare base64 (PDFs stay documents, text
+            -- files become text); file_id: carried to suppliers that take one,
+            -- a 400 from those that cannot (their encoder says so).
+            local f = type(p.file) == "table" and p.file or {}
+            local title = nonnull(f.filename)
+            if type(f.file_data) == "string" then
+                local src, err = common.file_source(f.file_data, title)
+                if not src then return nil, "file: " .. err end
+                parts[#parts + 1] = { type = "document", title = title, source = src }
+            elseif type(f.file_id) == "string" then
+                parts[#parts + 1] = { type = "document", title = title,
+                                      source = { kind = "file", file_id = f.file_id } }
+            else
+                return nil, "file: needs file_data or file_id"
             end
         end
         -- input_audio has no IR equivalent and is dropped.
@@ -173,25 +224,30 @@ function M.decode_request(body, info)
         local role = m.role
         if role == "system" or role == "developer" then
             system = system or {}
-            for _, p in ipairs(decode_content(m.content)) do system[#system + 1] = p end
+            for _, p in ipairs(decode_content(m.content) or {}) do system[#system + 1] = p end
         elseif role == "user" then
-            msgs[#msgs + 1] = { role = "user", content = decode_content(m.content) }
+            local content, cerr = decode_content(m.content)
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
+            msgs[#msgs + 1] = { role = "user", content = content }
         elseif role == "assistant" then
-            local content = decode_content(nonnull(m.content))
+            local content = decode_content(nonnull(m.content)) or {}
             local refusal = nonnull(m.refusal)
             if type(refusal) == "string" and refusal ~= "" then
                 content[#content + 1] = { type = "text", text = refusal }
             end
             for _, tc in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do
                 local f = type(tc["function"]) == "table" and tc["function"] or {}
-                names[tc.id or ""] = f.name
-                content[#content + 1] = { type = "tool_call", id = tc.id, name = f.name,
+                local id, sig = split_id(tc.id)
+                names[id or ""] = f.name
+                if sig then content[#content + 1] = sig end
+                content[#content + 1] = { type = "tool_call", id = id, name = f.name,
                                           arguments = decode_args(f.arguments) }
             end
             msgs[#msgs + 1] = { role = "assistant", content = content }
         elseif role == "tool" then
-            local part = { type = "tool_result", tool_call_id = m.tool_call_id,
-                           name = names[m.tool_call_id or ""], content = decode_content(m.content),
+            local call_id = split_id(m.tool_call_id)
+            local part = { type = "tool_result", tool_call_id = call_id,
+                           name = names[call_id or ""], content = decode_content(m.content) or {},
                            is_error = false }
             local last = msgs[#msgs]
             -- A run of tool messages answers one assistant turn: one user message.
@@ -246,8 +302,8 @@ local function encode_user_part(p)
         return { type = "text", text = p.text }
     elseif t == "image" then
         local s = p.source or {}
-        if s.kind == "base64" then return { type = "image_url", image_url = { url = data_url(s) } } end
-        if s.kind == "url" then return { type = "image_url", image_url = { url = s.url } } end
+        if s.kind == "base64" then return { type = "image_url", image_url = { url = data_url(s), detail = p.detail } } end
+        if s.kind == "url" then return { type = "image_url", image_url = { url = s.url, detail = p.detail } } end
     elseif t == "document" then
         local s = p.source or {}
         if s.kind == "base64" then
@@ -305,26 +361,43 @@ local function encode_user(m, out)
 end
 
 -- Assistant content -> its text (a buffer) and tool_calls (Chat carries
--- neither thinking nor signatures).
-local function text_and_calls(content)
+-- neither thinking nor signatures). origin: set for an answer to a client,
+-- whose call ids then carry their signatures (see id_with_sig).
+local function text_and_calls(content, origin)
     local text = buffer.new()
     local calls = array()
+    local sig
     for _, p in ipairs(content or {}) do
         if p.type == "text" and p.text then
             text:put(p.text)
+            sig = nil
+        elseif p.type == "thinking" then
+            sig = origin and (p.text == nil or p.text == "") and p.signature ~= "" and p.signature
+                and { p.origin or origin, p.signature } or nil
         elseif p.type == "tool_call" then
-            calls[#calls + 1] = { id = p.id, type = "function",
+            local id = p.id
+            if sig and id then id = id_with_sig(id, sig[1], sig[2]) end
+            sig = nil
+            calls[#calls + 1] = { id = id, type = "function",
                                   ["function"] = { name = p.name, arguments = encode_args(p.arguments) } }
         end
     end
     return text, calls
 end
 
-local function encode_assistant(m, out)
+local function encode_assistant(m, out, opts)
     local text, calls = text_and_calls(m.content)
+    local reasoning = buffer.new()
+    local mine = reasoning_sig(opts)
+    for _, p in ipairs(m.content) do
+        if p.type == "thinking" and p.origin == M.name and p.signature == mine and p.text then
+            reasoning:put(p.text)
+        end
+    end
     if #text == 0 and #calls == 0 then return end
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null }
     if #calls > 0 then msg.tool_calls = calls end
+    if #reasoning > 0 then msg.reasoning_content = reasoning:tostring() end
     out[#out + 1] = msg
 end
 
@@ -344,14 +417,20 @@ function M.encode_request(req, opts)
         if s ~= "" then msgs[1] = { role = "system", content = s } end
     end
     for _, m in ipairs(req.messages or {}) do
-        if m.role == "user" then encode_user(m, msgs) else encode_assistant(m, msgs) end
+        if m.role == "user" then encode_user(m, msgs) else encode_assistant(m, msgs, opts) end
     end
     local stream = opts.stream
     if stream == nil then stream = req.stream end
     local body = {
         model = opts.model or req.model, messages = msgs, stream = stream,
-        max_completion_tokens = req.max_tokens, temperature = req.temperature, top_p = req.top_p,
+        temperature = req.temperature, top_p = req.top_p,
     }
+    -- OpenAI's own API takes max_completion_tokens (max_tokens is deprecated
+    -- and refused by reasoning models: https://platform.openai.com/docs/
+    -- api-reference/chat/create); vLLM, DeepSeek and older deployments want
+    -- max_tokens — the supplier's compat.max_tokens_field says which.
+    local compat = opts.compat or {}
+    body[compat.max_tokens_field or "max_completion_tokens"] = req.max_tokens
     if stream then body.stream_options = { include_usage = true } end
     if req.tools and #req.tools > 0 then
         local tools = array()
@@ -394,12 +473,14 @@ function M.encode_request(req, opts)
     end
     if req.user then body.user = req.user end
     if req.session_hint then body.prompt_cache_key = req.session_hint end
+    -- Chat has no hosted web search: the client is told it was left out.
+    if req.web_search and opts.dropped then opts.dropped[#opts.dropped + 1] = "tool web_search" end
     return body
 end
 
 -- ---------------------------------------------------------------- response
 
-function M.decode_response(body)
+function M.decode_response(body, opts)
     if type(body) ~= "table" then return nil, "response body must be a JSON object" end
     if type(body.error) == "table" then return nil, "upstream returned an error object" end
     if type(body.choices) ~= "table" or type(body.choices[1]) ~= "table" then
@@ -412,9 +493,10 @@ function M.decode_response(body)
         local msg = type(choice.message) == "table" and choice.message or {}
         local reasoning = nonnull(msg.reasoning_content) or nonnull(msg.reasoning)
         if type(reasoning) == "string" and reasoning ~= "" then
-            content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat" }
+            content[#content + 1] = { type = "thinking", text = reasoning, origin = "openai-chat",
+                                      signature = reasoning_sig(opts) }
         end
-        for _, p in ipairs(decode_content(nonnull(msg.content))) do content[#content + 1] = p end
+        for _, p in ipairs(decode_content(nonnull(msg.content)) or {}) do content[#content + 1] = p end
         local refusal = nonnull(msg.refusal)
         if type(refusal) == "string" and refusal ~= "" then
             content[#content + 1] = { type = "text", text = refusal }
@@ -442,7 +524,7 @@ end
 
 function M.encode_response(resp, opts)
     opts = opts or {}
-    local text, calls = text_and_calls(resp.content)
+    local text, calls = text_and_calls(resp.content, opts.origin or "unknown")
     local msg = { role = "assistant", content = #text > 0 and text:tostring() or null, refusal = null }
     if #calls > 0 then msg.tool_calls = calls end
     local fr = STOP_OUT[resp.stop_reason or "end_turn"] or "stop"
@@ -477,15 +559,25 @@ function M.stream_decoder(opts)
         started = false, blocks = S.blocks(),
         text = nil, thinking = nil,  -- IR index of the open text / reasoning block
         calls = {},                  -- chat index -> { ir = idx|nil, id, name, pending = buffer }
-        order = {},                  -- chat indices in first-seen order
+        order = {},                  -- the call records in first-seen order
         any_call = false, stop_reason = nil, errored = false,
+        sig = reasoning_sig(opts),
     }, Decoder)
+end
+
+-- The reasoning block ends with its signature (see REASONING).
+function Decoder:stop_thinking(out)
+    if self.thinking then
+        out[#out + 1] = { type = "signature", index = self.thinking, signature = self.sig }
+        self.blocks:stop(out, self.thinking)
+        self.thinking = nil
+    end
 end
 
 function Decoder:close_text(out)
     self.blocks:stop(out, self.text)
-    self.blocks:stop(out, self.thinking)
-    self.text, self.thinking = nil, nil
+    self:stop_thinking(out)
+    self.text = nil
 end
 
 function Decoder:start_call(out, c)
@@ -501,13 +593,23 @@ end
 function Decoder:tool_delta(out, tc)
     local k = tonumber(tc.index) or 0
     local c = self.calls[k]
+    local id = nonnull(tc.id)
+    if type(id) ~= "string" or id == "" then id = nil end
+    -- Some compatible servers repeat `index: 0` for every parallel call; a
+    -- fragment with a new id at a known index is the start of another call,
+    -- not more of the one before (that one is complete: close it).
+    if c and id and c.id and id ~= c.id then
+        if not c.ir and c.name then self:start_call(out, c) end
+        self.blocks:stop(out, c.ir)
+        c.closed = true
+        c = nil
+    end
     if not c then
         c = { pending = buffer.new() }
         self.calls[k] = c
-        self.order[#self.order + 1] = k
+        self.order[#self.order + 1] = c
     end
-    local id = nonnull(tc.id)
-    if type(id) == "string" and id ~= "" then c.id = c.id or id end
+    if id then c.id = c.id or id end
     local f = nonnull(tc["function"])
     local args
     if type(f) == "table" then
@@ -529,9 +631,8 @@ end
 -- close everything open, calls in the order the upstream numbered them.
 function Decoder:close_all(out)
     self:close_text(out)
-    for _, k in ipairs(self.order) do
-        local c = self.calls[k]
-        if not c.ir and c.name then
+    for _, c in ipairs(self.order) do
+        if not c.ir and c.name and not c.closed then
             c.id = c.id or ir.new_id("call_")
             self:start_call(out, c)
         end
@@ -565,8 +666,7 @@ function Decoder:feed(ev)
             local c = nonnull(delta.content)
             if type(c) ~= "string" or c == "" then c = nonnull(delta.refusal) end
             if type(c) == "string" and c ~= "" then
-                self.blocks:stop(out, self.thinking)
-                self.thinking = nil
+                self:stop_thinking(out)
                 if not self.text then self.text = self.blocks:start(out, "text") end
                 out[#out + 1] = { type = "text", index = self.text, text = c }
             end
@@ -604,8 +704,9 @@ local Encoder = S.encoder()
 function M.stream_encoder(opts)
     opts = opts or {}
     return setmetatable({
-        model = opts.model, id = opts.id, created = opts.created or time(),
+        model = opts.model, id = opts.id, created = opts.created or time(), origin = opts.origin,
         include_usage = opts.include_usage == true,
+        thinking_text = false, sig = nil, -- a signature-only thinking block's, for the next call
         started = false, ended = false, stop_reason = nil,
         tools = {},      -- IR index -> chat tool_calls index
         ntools = 0, usage = nil,
@@ -652,12 +753,25 @@ function Encoder:on_text(b, ev)
 end
 
 function Encoder:on_block_start(b, ev)
+    if ev.kind == "thinking" then self.thinking_text, self.sig = false, nil end
+    if ev.kind == "text" then self.sig = nil end
     if ev.kind ~= "tool_call" then return end
     local k = self.ntools
     self.ntools = k + 1
     self.tools[ev.index] = k
-    self:chunk(b, { tool_calls = array({ { index = k, id = ev.id or ir.new_id("call_"), type = "function",
+    local id = ev.id or ir.new_id("call_")
+    if self.sig then id = id_with_sig(id, self.origin or "unknown", self.sig) end
+    self.sig = nil
+    self:chunk(b, { tool_calls = array({ { index = k, id = id, type = "function",
                                             ["function"] = { name = ev.name, arguments = "" } } }) })
+end
+
+function Encoder:on_thinking(b, ev)
+    if ev.text and ev.text ~= "" then self.thinking_text = true end
+end
+
+function Encoder:on_signature(b, ev)
+    if not self.thinking_text and ev.signature and ev.signature ~= "" then self.sig = ev.signature end
 end
 
 function Encoder:on_tool_args(b, ev)

@@ -45,13 +45,24 @@ M.endpoints = {
 M.guess = { contains = "/responses", rank = 3 }
 
 M.credential = { header = "authorization", scheme = "Bearer" }
+-- Where a request asks for its output limit (a configured cap lowers it on passthrough).
+M.output_limit = { "max_output_tokens" }
 M.tool_names = { max = 64, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
 
 -- A stream is complete when one of these terminal events arrives (§3.4).
+-- The event's name is in its `type` field, and some servers send only that
+-- (`data:` lines without `event:`; the SSE framing in
+-- https://platform.openai.com/docs/api-reference/responses-streaming puts the
+-- type in the data): the quoted name is looked for in the data too, whatever
+-- spacing the server puts after "type":. Quoted, only a text delta that is
+-- exactly the name could look like it (JSON escapes quotes inside strings).
 M.terminal = {
     { event = "response.completed" },
     { event = "response.incomplete" },
     { event = "response.failed" },
+    { data_has = "\"response.completed\"" },
+    { data_has = "\"response.incomplete\"" },
+    { data_has = "\"response.failed\"" },
 }
 -- Usage comes only in the final response object; the core keeps that event
 -- of a passthrough stream for the record.
@@ -103,18 +114,22 @@ local function decode_part(p)
         return { type = "text", text = p.refusal or "" }
     elseif t == "input_image" then
         if not is_str(p.image_url) then return nil, "input_image without image_url (file_id) cannot be translated" end
-        return { type = "image", source = source_from_url(p.image_url) }
+        -- detail (low/high/auto) is kept for Chat and Responses suppliers.
+        return { type = "image", source = source_from_url(p.image_url),
+                 detail = is_str(p.detail) and p.detail or nil }
     elseif t == "input_file" then
         local src
         if is_str(p.file_data) then
-            src = source_from_url(p.file_data)
-            if src.kind ~= "base64" then
-                src = { kind = "base64", media_type = "application/pdf", data = p.file_data }
-            end
+            local err
+            src, err = common.file_source(p.file_data, p.filename)
+            if not src then return nil, "input_file: " .. err end
         elseif is_str(p.file_url) then
             src = { kind = "url", url = p.file_url }
+        elseif is_str(p.file_id) then
+            -- Chat and Responses suppliers take the id; the others answer 400.
+            src = { kind = "file", file_id = p.file_id }
         else
-            return nil, "input_file without file_data or file_url (file_id) cannot be translated"
+            return nil, "input_file needs file_data, file_url or file_id"
         end
         return { type = "document", source = src, title = p.filename }
     end
@@ -264,8 +279,16 @@ function M.decode_request(body, info)
     if type(body.tools) == "table" then
         local tools = {}
         for _, t in ipairs(body.tools) do
-            -- Built-in tools (web_search...) run at OpenAI and cannot run elsewhere.
-            if t.type == "function" then
+            -- Built-in tools run at OpenAI: web search has equivalents at
+            -- Anthropic and Gemini (req.web_search); the rest (a Codex
+            -- `namespace`, file_search, ...) is reported as dropped.
+            if t.type == "web_search" or t.type == "web_search_preview" then
+                req.web_search = true
+            elseif t.type ~= "function" and t.type ~= "custom" then
+                req.dropped = req.dropped or {}
+                req.dropped[#req.dropped + 1] = "tool " .. tostring(t.type)
+                    .. (is_str(t.name) and (" " .. t.name) or "")
+            elseif t.type == "function" then
                 tools[#tools + 1] = { name = t.name, description = is_str(t.description) and t.description or nil,
                                       parameters = type(t.parameters) == "table" and t.parameters or nil }
             elseif t.type == "custom" and is_str(t.name) then
@@ -317,11 +340,14 @@ end
 
 local function input_part(p)
     if p.type == "text" then return { type = "input_text", text = p.text } end
-    if p.type == "image" then return { type = "input_image", image_url = data_url(p.source), detail = "auto" } end
+    if p.type == "image" then
+        return { type = "input_image", image_url = data_url(p.source), detail = p.detail or "auto" }
+    end
     if p.type == "document" then
         local s = p.source
         if s.kind == "text" then return { type = "input_text", text = s.data } end
         if s.kind == "url" then return { type = "input_file", file_url = s.url } end
+        if s.kind == "file" then return { type = "input_file", file_id = s.file_id } end
         return { type = "input_file", file_data = data_url(s), filename = p.title or "document.pdf" }
     end
     return nil
@@ -420,6 +446,9 @@ function M.encode_request(req, opts)
         if m.role == "assistant" then encode_assistant(m, input) else encode_user(m, input) end
     end
     body.input = input
+    if req.web_search and not (req.tools and #req.tools > 0) then
+        body.tools = json_array({ { type = "web_search" } })
+    end
     if req.tools and #req.tools > 0 then
         local tools = json_array({})
         for _, t in ipairs(req.tools) do
@@ -428,6 +457,7 @@ function M.encode_request(req, opts)
                                   parameters = t.parameters or { type = "object", properties = {} },
                                   strict = false }
         end
+        if req.web_search then tools[#tools + 1] = { type = "web_search" } end
         body.tools = tools
         body.tool_choice = encode_tool_choice(req.tool_choice)
         if req.parallel_tool_calls ~= nil then body.parallel_tool_calls = req.parallel_tool_calls end
