@@ -101,8 +101,8 @@ typedef struct {
     sl_request_t *req;     /* NULL once the client has gone */
     enum { JOB_LIST, JOB_GET, JOB_DELETE } kind;
     char id[160];
-    char client[128], search[256];
-    sl_records_filter_t f; /* its strings point into client/search above */
+    char client[128], search[256], session[80];
+    sl_records_filter_t f; /* its strings point into client/search/session above */
     sl_buf_t out;
     int rc;
 } history_job_t;
@@ -182,6 +182,8 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
             j->f.client = j->client;
         if (query_param(req->query, "search", j->search, sizeof j->search))
             j->f.search = j->search;
+        if (query_param(req->query, "session", j->session, sizeof j->session))
+            j->f.session = j->session;
     } else {
         j->kind = strcmp(req->method, "DELETE") == 0 ? JOB_DELETE : JOB_GET;
         snprintf(j->id, sizeof j->id, "%.*s", (int)rest.len, rest.base);

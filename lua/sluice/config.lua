@@ -54,12 +54,14 @@ local DEFAULTS = {
     log = { access = "stderr", level = "info" },
     script_budget = 50000000,
     shutdown_timeout = 30,
+    sessions = { store = "memory", ttl = 3600, cooldown = 30 },
 }
+
 
 local TOP_FIELDS = {
     listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
     on_request = true, log = true, admin = true, history = true, keys = true,
-    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true,
+    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true, sessions = true,
 }
 
 -- A failed check: error() with a table so load() can tell it from a bug.
@@ -180,6 +182,29 @@ function M.check_model(m)
     return true
 end
 
+-- A key pool: `tokens = { ... }` instead of the single `token` (bearer) or
+-- `value` (header). Either way the auth gets `pool`, the list of secrets a
+-- request picks one of by index (sluice.sticky); a single secret is a pool of one.
+local function key_pool(a, single, field)
+    if a.tokens == nil then
+        if type(a[single]) ~= "string" or a[single] == "" then
+            bad(field .. "." .. single, "missing (if it comes from os.getenv, is the variable set?)")
+        end
+        return { a[single] }
+    end
+    if a[single] ~= nil then bad(field, "give either %s or tokens (a key pool), not both", single) end
+    check_type(a.tokens, "table", field .. ".tokens")
+    if #a.tokens == 0 then bad(field .. ".tokens", "expected a non-empty list of keys") end
+    local pool = {}
+    for i, t in ipairs(a.tokens) do
+        if type(t) ~= "string" or t == "" then
+            bad(fmt("%s.tokens[%d]", field, i), "missing (if it comes from os.getenv, is the variable set?)")
+        end
+        pool[i] = t
+    end
+    return pool
+end
+
 local function check_auth(a, field)
     check_type(a, "table", field)
     if not M.AUTH_TYPES[a.type] then
@@ -187,18 +212,14 @@ local function check_auth(a, field)
     end
     if a.type == "managed" then return managed.check(a, field, bad) end
     if a.type == "bearer" then
-        only_fields(a, { type = true, token = true }, field)
-        if type(a.token) ~= "string" or a.token == "" then
-            bad(field .. ".token", "missing (if it comes from os.getenv, is the variable set?)")
-        end
+        only_fields(a, { type = true, token = true, tokens = true }, field)
+        a.pool = key_pool(a, "token", field)
     elseif a.type == "header" then
-        only_fields(a, { type = true, name = true, value = true }, field)
+        only_fields(a, { type = true, name = true, value = true, tokens = true }, field)
         if type(a.name) ~= "string" or not a.name:match("^[%w%-_]+$") then
             bad(field .. ".name", "expected a header name")
         end
-        if type(a.value) ~= "string" or a.value == "" then
-            bad(field .. ".value", "missing (if it comes from os.getenv, is the variable set?)")
-        end
+        a.pool = key_pool(a, "value", field)
     else
         only_fields(a, { type = true }, field)
     end
@@ -255,7 +276,12 @@ local function check_routes(routes, suppliers)
         for i, r in ipairs(list) do
             local rf = fmt("%s[%d]", field, i)
             check_type(r, "table", rf)
-            only_fields(r, { match = true, supplier = true, model = true }, rf)
+            only_fields(r, { match = true, supplier = true, model = true, balance = true }, rf)
+            local balance = r.balance or "fallback"
+            if balance ~= "fallback" and balance ~= "sticky" then
+                bad(rf .. ".balance", "expected \"fallback\" (the list is an order) or \"sticky\" (a pool); got %s",
+                    tostring(balance))
+            end
             local match = r.match or "*"
             check_type(match, "string", rf .. ".match")
             local chain = type(r.supplier) == "table" and r.supplier or { r.supplier }
@@ -271,10 +297,29 @@ local function check_routes(routes, suppliers)
                 if not ok then bad(rf .. ".model", "%s (got %q)", why, r.model:sub(1, 80)) end
             end
             entries[i] = { match = match, pattern = M.glob(match), suppliers = chain, model = r.model,
-                           name = fmt("%s[%d]", service, i) }
+                           name = fmt("%s[%d]", service, i), balance = balance }
         end
         out[service] = entries
     end
+    return out
+end
+
+-- sessions = { store = "memory", ttl = 3600, cooldown = 30, key = function(ctx) ... end }
+-- (sluice.session, sluice.sticky). ttl: idle seconds before a session is
+-- forgotten; cooldown: seconds a key that got a 429 without Retry-After rests.
+local function check_sessions(t)
+    local d = DEFAULTS.sessions
+    if t == nil then return { store = d.store, ttl = d.ttl, cooldown = d.cooldown } end
+    check_type(t, "table", "sessions")
+    only_fields(t, { store = true, ttl = true, cooldown = true, key = true }, "sessions")
+    local out = { store = t.store or d.store,
+                  ttl = positive(t.ttl or d.ttl, "sessions.ttl"),
+                  cooldown = positive(t.cooldown or d.cooldown, "sessions.cooldown") }
+    if out.store ~= "memory" then
+        bad("sessions.store", "expected \"memory\" (the in-process store); got %s", tostring(out.store))
+    end
+    if t.key ~= nil then check_type(t.key, "function", "sessions.key") end
+    out.key = t.key
     return out
 end
 
@@ -378,6 +423,8 @@ local function validate(raw)
         check_type(cfg.history.path, "string", "history.path")
     end
 
+    cfg.sessions = check_sessions(raw.sessions)
+
     cfg.script_budget = positive(raw.script_budget or DEFAULTS.script_budget, "script_budget", true)
     cfg.shutdown_timeout = positive(raw.shutdown_timeout or DEFAULTS.shutdown_timeout, "shutdown_timeout")
     if raw.lua_path ~= nil then check_type(raw.lua_path, "string", "lua_path") end
@@ -428,6 +475,8 @@ end
 
 -- What the config looks like with every secret replaced, for display.
 local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true }
+-- Key pools: shown as how many keys there are, never the keys.
+local SECRET_LISTS = { tokens = true, pool = true }
 
 local function redact(v, depth)
     if type(v) == "function" then return "(function)" end
@@ -437,6 +486,9 @@ local function redact(v, depth)
     for k, x in pairs(v) do
         if SECRET_FIELDS[k] and type(x) == "string" then
             out[k] = "[redacted]"
+        elseif SECRET_LISTS[k] and type(x) == "table" then
+            out[k] = {}
+            for i = 1, #x do out[k][i] = "[redacted]" end
         elseif k == "headers" and type(x) == "table" then
             -- Extra supplier headers often carry keys: show the names only.
             out[k] = {}

@@ -37,6 +37,7 @@ local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
+local sticky = require("sluice.sticky")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -146,7 +147,7 @@ end
 -- the route's fallback chain. Runs again for every retry (see H.retry).
 local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
-    local supplier = cfg.suppliers[route.suppliers[rs.pos]]
+    local supplier = cfg.suppliers[ctx.chain[rs.pos]]
     ctx.auth_token, ctx.pipe, ctx.watch = nil, nil, nil
     -- What an earlier attempt planned is not this one's: an attempt that
     -- fails before its plan names no supplier and no upstream model.
@@ -159,6 +160,7 @@ local function attempt(ctx)
         end
         ctx.auth_token = token
     end
+    ctx.key_index = sticky.pick_key(cfg, ctx, supplier) -- which key of the supplier's pool
     local plan, perr = upstream.plan(cfg, ctx, ctx.info, route, supplier)
     if not plan then return supplier_error(ctx, supplier, perr.status, perr.message, perr.type) end
     return plan
@@ -208,7 +210,10 @@ function H.request(ctx)
     local route, rerr = router.route(cfg, ctx.service, ctx.model)
     if not route then return direct(ctx, error_response(ctx.protocol, 404, rerr, "not_found")) end
     ctx.info, ctx.route = info, route
-    ctx.retry_state = { pos = 1, tries = 1, chain_len = #route.suppliers }
+    -- The session: its key, its binding, and ctx.chain, the route's
+    -- suppliers with the one the session is bound to first.
+    sticky.begin(cfg, ctx)
+    ctx.retry_state = { pos = 1, tries = 1, chain_len = #ctx.chain }
     return attempt(ctx)
 end
 
@@ -219,6 +224,17 @@ end
 function H.retry(ctx, failure)
     if not ctx.route or not ctx.supplier then return nil end
     local supplier = cfg.suppliers[ctx.supplier]
+    -- A 429 cools its key down for every session; a failure of the bound
+    -- supplier/key drops the session's binding (sluice.sticky).
+    sticky.failed(cfg, ctx, failure, retry.retry_after(failure.headers, os.time()))
+    -- A rate-limited key with a rested one beside it: try that one now
+    -- instead of waiting out the Retry-After.
+    local rs = ctx.retry_state
+    if failure.kind == "status" and failure.status == 429 and supplier.retry.status_set[429]
+        and rs.tries < supplier.retry.attempts and sticky.other_key_ready(ctx, supplier) then
+        rs.tries = rs.tries + 1
+        return 0
+    end
     if supplier.auth.type == "managed" and failure.kind == "status"
         and (failure.status == 401 or failure.status == 403) then
         if ctx.auth_refreshed == supplier.id then return nil end
@@ -402,6 +418,11 @@ end
 -- Not committed: an error response in the client's shape.
 function H.finish(ctx, oc)
     local complete = oc.reason == "COMPLETE"
+    if complete and ctx.session and oc.status >= 200 and oc.status <= 299 then
+        -- The binding is written only once an answer went through whole.
+        local ok, err = pcall(sticky.succeeded, cfg, ctx)
+        if not ok then sluice.log("warn", "session store: " .. tostring(err)) end
+    end
     if oc.committed then
         local outcome = complete and { complete = true }
             or { complete = false, reason = oc.reason, message = describe(oc) }
@@ -468,6 +489,7 @@ local function secrets_of(ctx)
         local a = s.auth
         add(a.token)
         add(a.value)
+        for _, k in ipairs(a.pool or {}) do add(k) end
         add(a.client_secret)
         for _, v in pairs(s.headers) do add(v) end
     end
@@ -505,8 +527,12 @@ function H.log(ctx)
     local acct = accountant(ctx)
     if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
     acct:log_fields(out)
+    local extra, any = {}, false
     local sid = ctx.upstream_session_id
-    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    if type(sid) == "string" then extra.upstream_session, any = sid, true end
+    local session, binding = sticky.record_fields(ctx)
+    if session then extra.session, extra.binding, any = session, binding, true end
+    if any then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then
         local secrets = secrets_of(ctx) -- once for both bodies
         out.request_body = redact(ctx.body, secrets)

@@ -8,6 +8,7 @@
 --   sluice.now()            -> wall-clock seconds (fractional)
 --   sluice.monotonic()      -> seconds on a clock that never jumps
 --   sluice.log(level, msg)  -- level: "debug" | "info" | "warn" | "error"
+--   sluice.count(name, label_k?, label_v?) -- one more on a counter of /_sluice/metrics
 --   sluice.json             -- the lossless JSON codec (DESIGN §9)
 --   sluice.shared           -- the store shared by every worker thread:
 --       get(key) -> value, ttl_left (0: never expires) | nil ; set(key, value, ttl?) ;
@@ -94,6 +95,12 @@ end
 function M.monotonic()
     if core then return core.monotonic() end
     return os.clock()
+end
+
+-- One more on counter `name` of /_sluice/metrics, with one optional label
+-- (a no-op without the core).
+function M.count(name, label_k, label_v)
+    if core then core.count(name, label_k, label_v) end
 end
 
 function M.log(level, msg)

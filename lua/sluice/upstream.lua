@@ -34,6 +34,7 @@ local translate = require("sluice.translate")
 local estimate = require("sluice.estimate")
 local managed = require("sluice.auth.managed")
 local protocols = require("sluice.protocols")
+local digest = require("sluice.digest")
 local one_of = require("sluice.config").one_of
 
 local bit = require("bit")
@@ -168,6 +169,8 @@ function U.check_inbound_key(cfg, ctx)
     end
     if not ok then return false, "invalid API key" end
     ctx.gateway_key_used = true
+    -- The tenant sessions are scoped by (sluice.session): the key, hashed.
+    ctx.tenant = "key:" .. digest.hex(presented, 16)
     return true
 end
 
@@ -178,9 +181,9 @@ end
 local function apply_auth(headers, supplier, ctx, same_protocol)
     local a = supplier.auth
     if a.type == "bearer" then
-        headers[#headers + 1] = { "authorization", "Bearer " .. a.token }
+        headers[#headers + 1] = { "authorization", "Bearer " .. a.pool[ctx.key_index or 1] }
     elseif a.type == "header" then
-        headers[#headers + 1] = { a.name, a.value }
+        headers[#headers + 1] = { a.name, a.pool[ctx.key_index or 1] }
     elseif a.type == "managed" then
         local name, value = managed.header(a, ctx.auth_token)
         headers[#headers + 1] = { name, value }

@@ -1,0 +1,201 @@
+-- sluice.sticky — keeps a conversation on one supplier and one upstream key
+-- (DESIGN §8), so the supplier's prompt cache keeps hitting, and spreads new
+-- conversations over a supplier's key pool.
+--
+-- State, all in the store every worker shares (sluice.shared):
+--   <p>sess:<session hash>        -> the session entry, JSON, idle TTL sessions.ttl:
+--       { v = SCHEMA, supplier, key_index, upstream_session, created, last_used, turns }
+--   <p>key:<supplier>:<i>:cool    -> present while key i of the supplier rests after a 429
+--   <p>key:<supplier>:<i>:used    -> when key i was last handed to a request
+--   <p>sup:<supplier>:used        -> when the supplier last got a new session (balance = "sticky")
+-- An entry whose `v` is missing or not SCHEMA is a miss (schema guard): it
+-- is rewritten by the next successful turn.
+--
+-- The life of a request (sluice.host calls these):
+--   begin(cfg, ctx)          after routing: the session key, its entry, and
+--                            ctx.chain (the route's suppliers, the bound one first)
+--   pick_key(cfg, ctx, s)    per attempt: the bound key, else the least
+--                            recently used key that is not cooling down
+--   failed(cfg, ctx, f)      a failed attempt: a 429 cools its key down for
+--                            everyone; any 429, 5xx, 401/403 or transport
+--                            failure of the bound supplier/key drops the binding
+--   succeeded(cfg, ctx)      a 2xx reached the client: the binding is written
+--
+-- Keys are never stored or shown: only their index in the pool.
+
+local json = require("sluice.json")
+local session = require("sluice.session")
+
+local type, tostring, ipairs, fmt = type, tostring, ipairs, string.format
+
+local T = {}
+
+T.SCHEMA = 1
+T.PREFIX = "sluice:"
+
+local function rt_of(rt) return rt or require("sluice") end
+
+local function count(rt, name, k, v)
+    if rt.count then rt.count(name, k, v) end
+end
+
+local function sess_key(hash) return T.PREFIX .. "sess:" .. hash end
+local function key_base(sid, i) return fmt("%skey:%s:%d", T.PREFIX, sid, i) end
+
+-- The entry stored under `hash`, or nil (absent, unreadable, other schema).
+function T.load(hash, rt)
+    rt = rt_of(rt)
+    local raw = rt.shared.get(sess_key(hash))
+    if raw == nil then return nil end
+    local e = json.decode(raw)
+    if type(e) ~= "table" or e.v ~= T.SCHEMA or type(e.supplier) ~= "string" then return nil, "stale" end
+    return e
+end
+
+function T.cooling(sid, i, rt)
+    return rt_of(rt).shared.get(key_base(sid, i) .. ":cool") ~= nil
+end
+
+local function pool_size(supplier)
+    local p = supplier.auth.pool
+    return p and #p or 1
+end
+
+-- A supplier is healthy for a new session while one of its keys is not cooling.
+local function healthy(supplier, rt)
+    for i = 1, pool_size(supplier) do
+        if not T.cooling(supplier.id, i, rt) then return true end
+    end
+    return false
+end
+
+local function last_used(rt, name)
+    return tonumber((rt.shared.get(name))) or 0
+end
+
+-- The least recently used of `candidates` (names of their `used` stamps),
+-- skipping the unhealthy unless all are; marks the winner used now.
+local function lru(rt, candidates, ok)
+    local best, best_t, best_ok
+    for i, c in ipairs(candidates) do
+        local good = ok(i)
+        local t = last_used(rt, c)
+        if best == nil or (good and not best_ok) or (good == best_ok and t < best_t) then
+            best, best_t, best_ok = i, t, good
+        end
+    end
+    rt.shared.set(candidates[best], tostring(rt.now()))
+    return best
+end
+
+function T.begin(cfg, ctx, rt)
+    rt = rt_of(rt)
+    local route = ctx.route
+    local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
+    local chain = route.suppliers
+    ctx.chain = chain
+    if not hash then return end
+    local entry = T.load(hash, rt)
+    local s = { key = hash, rule = rule, entry = entry, upstream_session = entry and entry.upstream_session }
+    ctx.session = s
+    local first
+    if entry then
+        for _, sid in ipairs(chain) do
+            if sid == entry.supplier then first = sid end
+        end
+    end
+    if first then
+        s.hit = true
+        count(rt, "sluice_session_sticky_hits_total")
+    else
+        s.entry = nil
+        count(rt, "sluice_session_misses_total")
+        if route.balance == "sticky" and #chain > 1 then
+            local stamps = {}
+            for i, sid in ipairs(chain) do stamps[i] = T.PREFIX .. "sup:" .. sid .. ":used" end
+            first = chain[lru(rt, stamps, function(i) return healthy(cfg.suppliers[chain[i]], rt) end)]
+        end
+    end
+    if first and first ~= chain[1] then
+        local ordered = { first }
+        for _, sid in ipairs(chain) do
+            if sid ~= first then ordered[#ordered + 1] = sid end
+        end
+        ctx.chain = ordered
+    end
+end
+
+function T.pick_key(cfg, ctx, supplier, rt)
+    rt = rt_of(rt)
+    local n = pool_size(supplier)
+    if n <= 1 then return 1 end
+    local s = ctx.session
+    local e = s and s.entry
+    if e and e.supplier == supplier.id and type(e.key_index) == "number" and e.key_index >= 1
+        and e.key_index <= n and not T.cooling(supplier.id, e.key_index, rt) then
+        return e.key_index
+    end
+    local stamps = {}
+    for i = 1, n do stamps[i] = key_base(supplier.id, i) .. ":used" end
+    return lru(rt, stamps, function(i) return not T.cooling(supplier.id, i, rt) end)
+end
+
+-- True when the supplier has a key other than the current one that is not cooling.
+function T.other_key_ready(ctx, supplier, rt)
+    rt = rt_of(rt)
+    for i = 1, pool_size(supplier) do
+        if i ~= ctx.key_index and not T.cooling(supplier.id, i, rt) then return true end
+    end
+    return false
+end
+
+local function drops_binding(f)
+    if f.kind ~= "status" then return true end
+    local st = f.status or 0
+    return st == 429 or st == 401 or st == 403 or st >= 500
+end
+
+-- retry_after: seconds the upstream asked for (sluice.retry), or nil.
+function T.failed(cfg, ctx, f, retry_after, rt)
+    rt = rt_of(rt)
+    local sid, idx = ctx.supplier, ctx.key_index or 1
+    if not sid then return end
+    if f.kind == "status" and f.status == 429 then
+        local secs = retry_after and retry_after > 0 and retry_after or cfg.sessions.cooldown
+        rt.shared.set(key_base(sid, idx) .. ":cool", "1", secs)
+        count(rt, "sluice_key_cooldowns_total", "key", sid .. "#" .. idx)
+    end
+    local s = ctx.session
+    local e = s and s.entry
+    if e and e.supplier == sid and (e.key_index or 1) == idx and drops_binding(f) then
+        rt.shared.delete(sess_key(s.key))
+        s.entry, s.rebound = nil, true
+        count(rt, "sluice_session_rebinds_total")
+    end
+end
+
+function T.succeeded(cfg, ctx, rt)
+    local s = ctx.session
+    if not s or not ctx.supplier then return end
+    rt = rt_of(rt)
+    local now = rt.now()
+    local old = s.entry or T.load(s.key, rt) or {}
+    local upstream_session = ctx.upstream_session_id
+    if type(upstream_session) ~= "string" then upstream_session = old.upstream_session end
+    local e = { v = T.SCHEMA, supplier = ctx.supplier, key_index = ctx.key_index or 1,
+                upstream_session = upstream_session,
+                created = old.supplier and old.created or now, last_used = now,
+                turns = (old.supplier and tonumber(old.turns) or 0) + 1 }
+    rt.shared.set(sess_key(s.key), json.encode(e), cfg.sessions.ttl)
+    s.entry = e
+end
+
+-- What the history record says about the binding: supplier and key index.
+function T.record_fields(ctx)
+    local s = ctx.session
+    if not s then return nil end
+    local b = ctx.supplier and { supplier = ctx.supplier, key_index = ctx.key_index or 1 } or nil
+    return s.key, b
+end
+
+return T
