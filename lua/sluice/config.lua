@@ -228,7 +228,7 @@ end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
-                          retry = true }
+                          retry = true, cache_key = true }
 
 local function check_supplier(id, s, defaults, retry_default)
     local field = "suppliers." .. id
@@ -247,6 +247,17 @@ local function check_supplier(id, s, defaults, retry_default)
         models = {}, verify_tls = s.verify_tls ~= false, adapter = s.adapter,
         headers = s.headers or {},
     }
+    -- Whether to send the session as the protocol's cache_key field
+    -- (prompt_cache_key): OpenAI's own API routes its prompt cache by it;
+    -- other servers of the same protocol may refuse an unknown field, so
+    -- elsewhere it is opt-in.
+    if s.cache_key ~= nil then check_type(s.cache_key, "boolean", field .. ".cache_key") end
+    if s.cache_key == nil then
+        out.cache_key = out.base_url:match("^https://api%.openai%.com[:/]") ~= nil
+            or out.base_url == "https://api.openai.com"
+    else
+        out.cache_key = s.cache_key
+    end
     if s.models ~= nil then
         check_type(s.models, "table", field .. ".models")
         for i, m in ipairs(s.models) do

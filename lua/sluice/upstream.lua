@@ -298,6 +298,21 @@ local function finish_plan(plan, ctx, supplier, path, query, body)
     return plan
 end
 
+-- The session as the supplier protocol's prompt-cache field (sluice.sticky),
+-- unless the request already names one. Returns the body to send.
+local function with_cache_key(ctx, supplier, codec, body)
+    local field = codec.cache_key
+    if not (field and supplier.cache_key and ctx.session) then return body end
+    if body == nil then
+        if ctx.request[field] ~= nil then return nil end
+        body = with_model(ctx.request, ctx.request.model)
+    elseif body[field] ~= nil then
+        return body
+    end
+    body[field] = ctx.session.key
+    return body
+end
+
 function U.plan(cfg, ctx, info, route, supplier)
     local from, to = ctx.protocol, supplier.protocol
     ctx.translation = nil
@@ -347,6 +362,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         ctx.translation = { from = from, to = to, state = state }
         plan.transform = true
     end
+    body = with_cache_key(ctx, supplier, codec, body)
     common(plan, ctx, route, supplier, upstream_model)
     return finish_plan(plan, ctx, supplier, path, query, body)
 end

@@ -201,6 +201,30 @@ return {
         self.assertEqual(s1, s3)
         self.assertNotEqual(s1, s2)
 
+    def test_prompt_cache_key_carries_the_session_to_openai(self):
+        base = "http://%s:%d/v1" % (harness.HOST, self.mock.port)
+        sup = ('    pool = { protocol = "openai-chat", base_url = "%s", cache_key = true, auth = { type = "bearer", tokens = { "%s", "%s" } } },\n'
+               '    plain = { protocol = "openai-chat", base_url = "%s", auth = { type = "bearer", token = "sk-plain-secret" } },\n'
+               % (base, KEYS[0], KEYS[1], base))
+        routes = ('{ chat = { { match = "plain-*", supplier = "plain" }, { match = "*", supplier = "pool" } },\n'
+                  '    claude = { { match = "*", supplier = "pool" } } }')
+        self.start(suppliers=sup, routes=routes, workers=1)
+        self.mock.enqueue([dict(OK_SCENE, repeat=4)])
+        a = turns("cache me", 1)[0]
+        self.chat(a, "p1")
+        self.chat(dict(a, prompt_cache_key="client-chosen"), "p2")
+        self.chat(dict(a, model="plain-1"), "p3")
+        r = self.post("/v1/messages", json.dumps({"model": "claude-x", "max_tokens": 8, "system": "be brief",
+                                                  "messages": [{"role": "user", "content": "hello"}]}),
+                      {"content-type": "application/json", "anthropic-version": "2023-06-01", "x-request-id": "p4"})
+        self.assertEqual(r.status, 200, r)
+        bodies = [json.loads(q["body"]) for q in self.mock.requests()]
+        harness.wait_for(lambda: self.record("p4") is not None)
+        self.assertEqual(bodies[0]["prompt_cache_key"], self.record("p1")["extra"]["session"])
+        self.assertEqual(bodies[1]["prompt_cache_key"], "client-chosen")
+        self.assertNotIn("prompt_cache_key", bodies[2])  # not an OpenAI host, not opted in
+        self.assertEqual(bodies[3]["prompt_cache_key"], self.record("p4")["extra"]["session"])  # translated
+
     def test_bad_sessions_config_fails_check_naming_the_field(self):
         for text, field in [('sessions = { store = "mongo" }', "sessions.store"),
                             ('sessions = { ttl = -1 }', "sessions.ttl"),

@@ -43,7 +43,7 @@ local REQUIRED = {
 }
 local OPTIONAL = {
     { "models", "table" }, { "guess", "table" }, { "upstream_headers", "table" }, { "path_query", "table" },
-    { "model_in_path", "boolean" }, { "count_tokens", "string" },
+    { "model_in_path", "boolean" }, { "count_tokens", "string" }, { "cache_key", "string" },
 }
 P.REQUIRED, P.OPTIONAL = REQUIRED, OPTIONAL
 
