@@ -15,6 +15,7 @@
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "reload.h"
 #include "worker.h"
 
@@ -269,9 +270,19 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         return;
     }
     if (sl_str_eq(p, SL_STR("health"))) {
-        char body[160];
-        int n = snprintf(body, sizeof body, "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
-                         SLUICE_VERSION, w->app->nworkers);
+        char body[256];
+        /* With sessions.store = "redis": whether this worker reaches Redis
+         * (sessions fall back to the in-process store while it does not). */
+        int n = sl_redis_configured()
+                    ? snprintf(body, sizeof body,
+                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d,"
+                               "\"session_store\":\"redis\",\"redis\":\"%s\","
+                               "\"redis_connections\":%d}",
+                               SLUICE_VERSION, w->app->nworkers,
+                               sl_redis_worker_up() ? "up" : "down", sl_redis_connected_workers())
+                    : snprintf(body, sizeof body,
+                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
+                               SLUICE_VERSION, w->app->nworkers);
         reply(req, 200, sl_str(body, (size_t)n));
     } else if (sl_str_eq(p, SL_STR("metrics"))) {
         sl_buf_t out;

@@ -189,6 +189,7 @@ static int luaopen_sluice_core(lua_State *L)
                                    {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, fns);
+    sl__redis_register(L);
     sl__task_set_tokens(L);
     sl_luahost_t *h = running;
     lua_pushinteger(L, h ? h->worker_id : 0);
