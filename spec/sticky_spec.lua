@@ -4,6 +4,7 @@
 local json = require("sluice.json")
 local sluice = require("sluice")
 local sticky = require("sluice.sticky")
+local session_store = require("sluice.session_store")
 
 local function runtime()
     local clock = 1000
@@ -50,7 +51,7 @@ describe("sluice.sticky", function()
         assert.same({ "b", "a" }, again.chain)
         assert.equal("up-7", again.session.upstream_session)
         assert.equal(1, rt.counts.sluice_session_sticky_hits_total)
-        local e = sticky.load(ctx.session.key, rt)
+        local e = sticky.load(session_store.memory(cfg, rt), ctx.session.key)
         assert.same({ 1, "b", 1, "up-7", 1 }, { e.v, e.supplier, e.key_index, e.upstream_session, e.turns })
     end)
 
@@ -109,7 +110,7 @@ describe("sluice.sticky", function()
         assert.is_not_nil(t2.session.entry) -- the client's mistake, not the key's
         sticky.failed(cfg, t2, { kind = "error", reason = "UPSTREAM_CONNECT" }, nil, rt)
         assert.is_nil(t2.session.entry)
-        assert.is_nil(sticky.load(ctx.session.key, rt))
+        assert.is_nil(sticky.load(session_store.memory(cfg, rt), ctx.session.key))
         assert.equal(1, rt.counts.sluice_session_rebinds_total)
     end)
 

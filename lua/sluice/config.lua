@@ -315,19 +315,51 @@ local function check_routes(routes, suppliers)
     return out
 end
 
--- sessions = { store = "memory", ttl = 3600, cooldown = 30, key = function(ctx) ... end }
--- (sluice.session, sluice.sticky). ttl: idle seconds before a session is
--- forgotten; cooldown: seconds a key that got a 429 without Retry-After rests.
+-- redis://[:password@]host[:port][/db]
+local function parse_redis_url(url, field)
+    if type(url) ~= "string" then bad(field, "expected a redis:// URL") end
+    local rest = url:match("^redis://(.+)$")
+    if not rest then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    local password, hostpart = rest:match("^:([^@]*)@(.+)$")
+    hostpart = hostpart or rest
+    local host, port, db = hostpart:match("^([%w%.%-]+):?(%d*)/?(%d*)$")
+    if not host or host == "" then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    port, db = tonumber(port) or 6379, tonumber(db) or 0
+    if port < 1 or port > 65535 then bad(field, "port out of range in %q", url:sub(1, 80)) end
+    return host, port, db, password ~= "" and password or nil
+end
+
+-- sessions = { store = "memory" | "redis", ttl = 3600, cooldown = 30,
+--              redis = { url, password, prefix = "sluice:", timeout = 0.2 },
+--              key = function(ctx) ... end }
+-- (sluice.session, sluice.sticky, sluice.session_store). ttl: idle seconds
+-- before a session is forgotten; cooldown: seconds a key that got a 429
+-- without Retry-After rests.
 local function check_sessions(t)
     local d = DEFAULTS.sessions
-    if t == nil then return { store = d.store, ttl = d.ttl, cooldown = d.cooldown } end
+    if t == nil then return { store = d.store, ttl = d.ttl, cooldown = d.cooldown, prefix = "sluice:" } end
     check_type(t, "table", "sessions")
-    only_fields(t, { store = true, ttl = true, cooldown = true, key = true }, "sessions")
+    only_fields(t, { store = true, ttl = true, cooldown = true, key = true, redis = true }, "sessions")
     local out = { store = t.store or d.store,
                   ttl = positive(t.ttl or d.ttl, "sessions.ttl"),
-                  cooldown = positive(t.cooldown or d.cooldown, "sessions.cooldown") }
-    if out.store ~= "memory" then
-        bad("sessions.store", "expected \"memory\" (the in-process store); got %s", tostring(out.store))
+                  cooldown = positive(t.cooldown or d.cooldown, "sessions.cooldown"),
+                  prefix = "sluice:" }
+    if out.store ~= "memory" and out.store ~= "redis" then
+        bad("sessions.store", "expected \"memory\" (the in-process store) or \"redis\"; got %s",
+            tostring(out.store))
+    end
+    if out.store == "redis" then
+        local r = t.redis or {}
+        check_type(r, "table", "sessions.redis")
+        only_fields(r, { url = true, password = true, prefix = true, timeout = true }, "sessions.redis")
+        local host, port, db, url_password = parse_redis_url(r.url or "redis://127.0.0.1:6379/0", "sessions.redis.url")
+        if r.password ~= nil then check_type(r.password, "string", "sessions.redis.password") end
+        if r.prefix ~= nil then check_type(r.prefix, "string", "sessions.redis.prefix") end
+        out.redis = { host = host, port = port, db = db, password = r.password or url_password,
+                      timeout = positive(r.timeout or 0.2, "sessions.redis.timeout") }
+        out.prefix = r.prefix or "sluice:"
+    elseif t.redis ~= nil then
+        bad("sessions.redis", "only used with sessions.store = \"redis\"")
     end
     if t.key ~= nil then check_type(t.key, "function", "sessions.key") end
     out.key = t.key
@@ -485,7 +517,7 @@ function M.load_adapters(cfg)
 end
 
 -- What the config looks like with every secret replaced, for display.
-local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true }
+local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true, password = true }
 -- Key pools: shown as how many keys there are, never the keys.
 local SECRET_LISTS = { tokens = true, pool = true }
 

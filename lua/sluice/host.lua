@@ -38,6 +38,7 @@ local adapters = require("sluice.adapters")
 local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
 local sticky = require("sluice.sticky")
+local session_store = require("sluice.session_store")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -50,6 +51,7 @@ function H.init(path, worker_id)
     if not c then return nil, err end
     if c.lua_path then package.path = c.lua_path .. ";" .. package.path end
     cfg = c
+    session_store.configure(c) -- this worker's Redis connection, when sessions use Redis
     return config.core_view(c)
 end
 
@@ -231,7 +233,7 @@ function H.retry(ctx, failure)
     -- instead of waiting out the Retry-After.
     local rs = ctx.retry_state
     if failure.kind == "status" and failure.status == 429 and supplier.retry.status_set[429]
-        and rs.tries < supplier.retry.attempts and sticky.other_key_ready(ctx, supplier) then
+        and rs.tries < supplier.retry.attempts and sticky.other_key_ready(cfg, ctx, supplier) then
         rs.tries = rs.tries + 1
         return 0
     end

@@ -82,6 +82,41 @@ function M.http(req)
     return yield(core.HTTP, r)
 end
 
+-- sluice.redis: the worker's connection to the session store's Redis
+-- (sessions.redis; core/redis.c). Every call is bounded by sessions.redis.timeout.
+--   redis.pipeline({ { "GET", k }, { "PEXPIRE", k, 5000 } }) -> { reply... } | nil, err
+--       (request phase only: it waits for the replies, one round trip)
+--   redis.command("GET", k) -> reply | nil, err            (request phase only)
+--   redis.send({ { "SET", k, v } }) -> true | nil, err      (any hook: does not wait)
+--   redis.up() -> true while this process has a live connection
+-- Replies: strings, numbers, false for nil, { err = "..." } for an error reply.
+M.redis = {}
+
+function M.redis.pipeline(cmds)
+    need_request_phase("redis")
+    return yield(core.REDIS, cmds)
+end
+
+function M.redis.command(...)
+    local replies, err = M.redis.pipeline({ { ... } })
+    if not replies then return nil, err end
+    return replies[1]
+end
+
+function M.redis.send(cmds)
+    if not core then return nil, "no core" end
+    return core.redis_send(cmds)
+end
+
+function M.redis.up()
+    return core ~= nil and core.redis_up() > 0
+end
+
+function M.redis.configure(host, port, password, db, timeout)
+    if not core then return false end
+    return core.redis_configure(host, port, password, db, timeout)
+end
+
 function M.sleep(seconds)
     need_request_phase("sleep")
     yield(core.SLEEP, tonumber(seconds) or 0)
