@@ -273,13 +273,13 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         char body[256];
         /* With sessions.store = "redis": whether this worker reaches Redis
          * (sessions fall back to the in-process store while it does not). */
-        int n = sl_redis_configured()
+        int n = sl_redis_configured(&w->loop)
                     ? snprintf(body, sizeof body,
                                "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d,"
                                "\"session_store\":\"redis\",\"redis\":\"%s\","
                                "\"redis_connections\":%d}",
                                SLUICE_VERSION, w->app->nworkers,
-                               sl_redis_worker_up() ? "up" : "down", sl_redis_connected_workers())
+                               sl_redis_worker_up(&w->loop) ? "up" : "down", sl_redis_connected_workers())
                     : snprintf(body, sizeof body,
                                "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
                                SLUICE_VERSION, w->app->nworkers);

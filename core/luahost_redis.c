@@ -150,13 +150,14 @@ static int core_redis_configure(lua_State *L)
 
 static int core_redis_send(lua_State *L)
 {
+    sl_luahost_t *h = sl__luahost_running();
     char err[160];
     sl__redis_args_t a;
     int rc = sl__redis_args_read(L, 1, &a, err, sizeof err);
     if (rc == SL_EINVAL)
         return luaL_error(L, "%s", err);
     if (rc == 0) {
-        rc = sl_redis_exec(a.n, a.argc, (const char *const *const *)a.argv,
+        rc = !h || !h->loop ? SL_ECLOSED : sl_redis_exec(h->loop, a.n, a.argc, (const char *const *const *)a.argv,
                            (const size_t *const *)a.argvlen, NULL, NULL, NULL);
         sl__redis_args_free(&a);
     }

@@ -265,7 +265,7 @@ static int redis_start(sl_lua_task_t *t, char *err, size_t errlen)
         return rc == SL_EINVAL ? SL_ESCRIPT : rc;
     static const sl_redis_cbs_t cbs = {on_redis_reply, on_redis_done};
     int n = a.n;
-    rc = sl_redis_exec(a.n, a.argc, (const char *const *const *)a.argv,
+    rc = sl_redis_exec(t->h->loop, a.n, a.argc, (const char *const *const *)a.argv,
                        (const size_t *const *)a.argvlen, &cbs, t, &t->rcall);
     sl__redis_args_free(&a);
     lua_settop(co, 0);

@@ -61,7 +61,58 @@ struct sl_redis_s {
     sl_redis_call_t *calls;
 };
 
-static __thread sl_redis_t *worker_redis;
+/* The connection of each worker loop. Configured on the thread that builds
+ * a worker's VM (the main thread at start, the worker's own on reload) and
+ * used on the worker's thread: looked up by loop under a lock. */
+#define MAX_LOOPS 256
+static struct {
+    uv_loop_t *loop;
+    sl_redis_t *r;
+} by_loop[MAX_LOOPS];
+static uv_mutex_t by_loop_lock;
+static uv_once_t by_loop_once = UV_ONCE_INIT;
+
+static void by_loop_init(void) { uv_mutex_init(&by_loop_lock); }
+
+static sl_redis_t *find(uv_loop_t *loop)
+{
+    sl_redis_t *r = NULL;
+    uv_once(&by_loop_once, by_loop_init);
+    uv_mutex_lock(&by_loop_lock);
+    for (int i = 0; i < MAX_LOOPS; i++)
+        if (by_loop[i].loop == loop) {
+            r = by_loop[i].r;
+            break;
+        }
+    uv_mutex_unlock(&by_loop_lock);
+    return r;
+}
+
+/* Sets (r != NULL) or clears the loop's connection. SL_ELIMIT when full. */
+static int remember(uv_loop_t *loop, sl_redis_t *r)
+{
+    int rc = r ? SL_ELIMIT : 0;
+    uv_once(&by_loop_once, by_loop_init);
+    uv_mutex_lock(&by_loop_lock);
+    for (int i = 0; i < MAX_LOOPS; i++)
+        if (by_loop[i].loop == loop) {
+            by_loop[i].r = r;
+            if (!r)
+                by_loop[i].loop = NULL;
+            rc = 0;
+            r = NULL;
+            break;
+        }
+    for (int i = 0; r && i < MAX_LOOPS; i++)
+        if (!by_loop[i].loop) {
+            by_loop[i].loop = loop;
+            by_loop[i].r = r;
+            rc = 0;
+            break;
+        }
+    uv_mutex_unlock(&by_loop_lock);
+    return rc;
+}
 static int connected_workers; /* process-wide, atomic */
 
 int sl_redis_connected_workers(void)
@@ -351,14 +402,14 @@ static int same_text(const char *a, const char *b)
 
 int sl_redis_configure(uv_loop_t *loop, const sl_redis_opts_t *o)
 {
-    sl_redis_t *r = worker_redis;
+    sl_redis_t *r = find(loop);
     if (r && r->loop == loop && r->port == o->port && r->db == o->db && same_text(r->host, o->host) &&
         same_text(r->password, o->password)) {
         r->timeout = o->timeout;
         return 0;
     }
     if (r) {
-        worker_redis = NULL;
+        remember(loop, NULL);
         redis_free(r);
     }
     r = calloc(1, sizeof *r);
@@ -379,35 +430,39 @@ int sl_redis_configure(uv_loop_t *loop, const sl_redis_opts_t *o)
     r->backoff_ms = BACKOFF_MIN_MS;
     uv_timer_init(loop, &r->retry);
     r->retry.data = r;
-    worker_redis = r;
+    if (remember(loop, r) != 0) {
+        uv_close((uv_handle_t *)&r->retry, on_retry_closed);
+        return SL_ELIMIT;
+    }
     connect_now(r);
     return 0;
 }
 
-int sl_redis_worker_up(void)
+int sl_redis_worker_up(uv_loop_t *loop)
 {
-    return worker_redis && worker_redis->connected;
+    sl_redis_t *r = find(loop);
+    return r && r->connected;
 }
 
-int sl_redis_configured(void)
+int sl_redis_configured(uv_loop_t *loop)
 {
-    return worker_redis != NULL;
+    return find(loop) != NULL;
 }
 
-void sl_redis_shutdown_worker(void)
+void sl_redis_shutdown_worker(uv_loop_t *loop)
 {
-    sl_redis_t *r = worker_redis;
+    sl_redis_t *r = find(loop);
     if (!r)
         return;
-    worker_redis = NULL;
+    remember(loop, NULL);
     redis_free(r);
 }
 
-int sl_redis_exec(int ncmds, const int *argc, const char *const *const *argv,
+int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const *const *argv,
                   const size_t *const *argvlen, const sl_redis_cbs_t *cbs, void *ud,
                   sl_redis_call_t **out)
 {
-    sl_redis_t *r = worker_redis;
+    sl_redis_t *r = find(loop);
     if (ncmds <= 0)
         return SL_EINVAL;
     if (!r || !r->ac || r->drop_pending)

@@ -4,7 +4,7 @@
  * libuv adapter ignores poll errors, so a refused or reset connection is
  * never reported and callers hang).
  *
- * One connection per worker thread, made on first configuration and kept
+ * One connection per worker loop, made on first configuration and kept
  * across reloads (a reload that names another server replaces it). When the
  * connection fails it is dropped and re-made with a growing backoff; while
  * it is down, sl_redis_exec fails at once (SL_ECLOSED) so callers fall back
@@ -16,8 +16,10 @@
  * delivered in order, one round trip. Replies are borrowed: valid only
  * during on_reply.
  *
- * Threads: everything here runs on the calling worker's loop thread, except
- * sl_redis_connected_workers(), which any thread may read.
+ * Threads: a loop's connection is used on that loop's thread only;
+ * sl_redis_configure may run on another thread before the loop runs (the
+ * main thread builds each worker's first VM), and
+ * sl_redis_connected_workers() may be read anywhere.
  */
 #ifndef SL_REDIS_H
 #define SL_REDIS_H
@@ -45,13 +47,13 @@ typedef struct {
     double timeout; /* seconds, every call's deadline */
 } sl_redis_opts_t;
 
-/* Points this worker thread's connection at `o` (on `loop`): the first call
- * connects; a call with other settings reconnects. 0 or SL_ENOMEM. */
+/* Points `loop`'s connection at `o`: the first call connects; a call with
+ * other settings reconnects. 0, SL_ENOMEM or SL_ELIMIT (too many loops). */
 int sl_redis_configure(uv_loop_t *loop, const sl_redis_opts_t *o);
-/* 1 if this worker thread has a configured connection (up or not). */
-int sl_redis_configured(void);
-/* Drops this worker thread's connection and frees it (worker shutdown). */
-void sl_redis_shutdown_worker(void);
+/* 1 if `loop` has a configured connection (up or not). */
+int sl_redis_configured(uv_loop_t *loop);
+/* Drops `loop`'s connection and frees it (worker shutdown). */
+void sl_redis_shutdown_worker(uv_loop_t *loop);
 
 /*
  * Sends `ncmds` commands as one pipeline: command i has argc[i] arguments
@@ -60,14 +62,14 @@ void sl_redis_shutdown_worker(void);
  * kept. Returns 0 (with *out set when cbs is given), SL_ECLOSED (the
  * connection is down: nothing was sent), SL_EINVAL or SL_ENOMEM.
  */
-int sl_redis_exec(int ncmds, const int *argc, const char *const *const *argv,
+int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const *const *argv,
                   const size_t *const *argvlen, const sl_redis_cbs_t *cbs, void *ud,
                   sl_redis_call_t **out);
 /* The caller no longer wants the call's callbacks (its request went away). */
 void sl_redis_cancel(sl_redis_call_t *c);
 
-/* 1 if this worker thread's connection is up. */
-int sl_redis_worker_up(void);
+/* 1 if `loop`'s connection is up. */
+int sl_redis_worker_up(uv_loop_t *loop);
 /* Worker connections currently up, process-wide. */
 int sl_redis_connected_workers(void);
 
