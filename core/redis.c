@@ -54,7 +54,10 @@ struct sl_redis_s {
     redisAsyncContext *ac; /* NULL while down */
     uv_poll_t *poll;       /* the glue's watcher, heap: freed in its close callback */
     int events;
-    int connected;
+    int connected; /* answered our PING: a TCP handshake alone proves nothing (a
+                      stopped server's kernel still accepts) */
+    uv_timer_t hello;  /* the PING's deadline */
+    int open_handles;  /* retry + hello: r is freed when both are closed */
     uv_timer_t retry; /* reconnect after backoff; also drops a slow connection */
     int backoff_ms;
     int drop_pending; /* a deadline passed: drop the connection from the timer */
@@ -281,6 +284,7 @@ void sl_redis_cancel(sl_redis_call_t *c)
 /* ---- the connection ---- */
 
 static void connect_now(sl_redis_t *r);
+static void schedule_reconnect(sl_redis_t *r);
 
 static void on_retry_timer(uv_timer_t *t)
 {
@@ -288,12 +292,13 @@ static void on_retry_timer(uv_timer_t *t)
     if (r->drop_pending) {
         r->drop_pending = 0;
         redisAsyncContext *ac = r->ac;
+        uv_timer_stop(&r->hello);
         if (ac) {
             r->ac = NULL;
             set_connected(r, 0);
             redisAsyncFree(ac); /* pending replies fire with NULL: SL_ECLOSED */
         }
-        uv_timer_start(&r->retry, on_retry_timer, (uint64_t)r->backoff_ms, 0);
+        schedule_reconnect(r);
         return;
     }
     if (!r->ac)
@@ -322,13 +327,29 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback */
+        uv_timer_stop(&r->hello);
         r->ac = NULL;
         set_connected(r, 0);
         schedule_reconnect(r);
-        return;
     }
+}
+
+/* The PING queued at connect time answered: the server is up. */
+static void on_hello(redisAsyncContext *ac, void *reply, void *priv)
+{
+    sl_redis_t *r = ac->data;
+    if (!r || r->ac != ac || !reply)
+        return;
+    uv_timer_stop(&r->hello);
     r->backoff_ms = BACKOFF_MIN_MS;
     set_connected(r, 1);
+}
+
+/* No answer to the PING in time: drop the connection and try again later. */
+static void on_hello_deadline(uv_timer_t *t)
+{
+    sl_redis_t *r = t->data;
+    schedule_drop(r);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -369,11 +390,16 @@ static void connect_now(sl_redis_t *r)
         redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", r->password);
     if (r->db)
         redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", r->db);
+    redisAsyncCommand(ac, on_hello, NULL, "PING");
+    double ms = r->timeout * 1000.0;
+    uv_timer_start(&r->hello, on_hello_deadline, ms < 100 ? 100 : (uint64_t)ms, 0);
 }
 
-static void on_retry_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     sl_redis_t *r = h->data;
+    if (--r->open_handles > 0)
+        return;
     free(r->host);
     free(r->password);
     free(r);
@@ -392,7 +418,8 @@ static void redis_free(sl_redis_t *r)
         set_connected(r, 0);
         redisAsyncFree(ac);
     }
-    uv_close((uv_handle_t *)&r->retry, on_retry_closed);
+    uv_close((uv_handle_t *)&r->retry, on_handle_closed);
+    uv_close((uv_handle_t *)&r->hello, on_handle_closed);
 }
 
 static int same_text(const char *a, const char *b)
@@ -429,9 +456,12 @@ int sl_redis_configure(uv_loop_t *loop, const sl_redis_opts_t *o)
     r->timeout = o->timeout;
     r->backoff_ms = BACKOFF_MIN_MS;
     uv_timer_init(loop, &r->retry);
-    r->retry.data = r;
+    uv_timer_init(loop, &r->hello);
+    r->retry.data = r->hello.data = r;
+    r->open_handles = 2;
     if (remember(loop, r) != 0) {
-        uv_close((uv_handle_t *)&r->retry, on_retry_closed);
+        uv_close((uv_handle_t *)&r->retry, on_handle_closed);
+        uv_close((uv_handle_t *)&r->hello, on_handle_closed);
         return SL_ELIMIT;
     }
     connect_now(r);
@@ -465,7 +495,7 @@ int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const
     sl_redis_t *r = find(loop);
     if (ncmds <= 0)
         return SL_EINVAL;
-    if (!r || !r->ac || r->drop_pending)
+    if (!r || !r->ac || !r->connected || r->drop_pending)
         return SL_ECLOSED;
     sl_redis_call_t *c = calloc(1, sizeof *c);
     if (!c)

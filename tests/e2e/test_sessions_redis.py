@@ -9,6 +9,7 @@ is used again; an entry of an unknown schema version is rewritten. Every
 test starts its own redis-server on a free loopback port."""
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -147,6 +148,24 @@ class RedisSessionsTest(SluiceTestCase):
         err = s.stderr()
         self.assertEqual(err.count("is down: sessions fall back"), 1, err)
         self.assertEqual(err.count("is up: sessions use it"), 2, err)  # at start, and back
+
+    def test_a_redis_slower_than_the_timeout_is_not_waited_for(self):
+        redis = self.start_redis()
+        s = self.start_sluice(config_text=self.config(redis.port, timeout="0.3"), workers=1)
+        self.wait_redis(s, "up")
+        a = turns("frozen redis", 3)
+        self.mock.enqueue([dict(OK_SCENE, repeat=3)])
+        self.chat(a[0], "f0")
+        redis.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
+        try:
+            self.chat(a[1], "f1")  # waits at most the timeout, then the in-process store
+            self.assertIn("sluice_session_store_fallback_total 1", self.metrics())
+            self.wait_redis(s, "down")
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        self.wait_redis(s, "up")
+        self.chat(a[2], "f2")
+        self.assertIn("sluice_session_store_fallback_total 1", self.metrics())
 
     def test_an_entry_of_an_unknown_schema_is_rewritten(self):
         redis = self.start_redis()
