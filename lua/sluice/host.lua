@@ -156,7 +156,8 @@ local function attempt(ctx)
     ctx.supplier, ctx.model_out = nil, nil
     ctx.acct = accounting.new() -- this attempt's usage and outcome, whichever body path runs
     if supplier.auth.type == "managed" then
-        local token, terr = managed.token(supplier)
+        -- with sessions in Redis, tokens are shared by every instance too
+        local token, terr = managed.token(supplier, session_store.token_runtime(cfg))
         if not token then
             return supplier_error(ctx, supplier, 502, fmt("supplier %s: %s", supplier.id, terr), "api_error")
         end
@@ -241,7 +242,7 @@ function H.retry(ctx, failure)
         and (failure.status == 401 or failure.status == 403) then
         if ctx.auth_refreshed == supplier.id then return nil end
         ctx.auth_refreshed = supplier.id
-        if ctx.auth_token then managed.invalidate(supplier, ctx.auth_token) end
+        if ctx.auth_token then managed.invalidate(supplier, ctx.auth_token, session_store.token_runtime(cfg)) end
         return 0
     end
     return retry.decide(supplier.retry, ctx.retry_state, failure, os.time())

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import harness
@@ -201,6 +202,48 @@ class RedisSessionsTest(SluiceTestCase):
         self.assertEqual(later[0], keys[0])
         self.assertNotEqual(later[1], keys[0])
         self.assertEqual(later[2], later[1])
+
+    def test_two_instances_fetch_one_managed_token_between_them(self):
+        redis = self.start_redis()
+        base = "http://%s:%d" % (harness.HOST, self.mock.port)
+        sup = ('    acme = { protocol = "openai-chat", base_url = "%s/v1", auth = { type = "managed", '
+               'token_url = "%s/oauth/token", client_id = "sluice-test", client_secret = "cs-shared-SECRET" } },\n'
+               % (base, base))
+        extra = ('  retry = { attempts = 1 },\n'
+                 '  sessions = { store = "redis", redis = { url = "redis://127.0.0.1:%d/0", timeout = 0.5 } },\n'
+                 % redis.port)
+        cfg = harness.sluice_config(self.mock.port, suppliers_extra=sup, extra=extra,
+                                    routes='{ chat = { { match = "*", supplier = "acme" } } }')
+        one = self.start_sluice(config_text=cfg, workers=1)
+        two = harness.start_sluice(cfg, workers=1)
+        self.addCleanup(self._stop_and_check, two)
+        self.wait_redis(one, "up")
+        self.wait_redis(two, "up")
+        token = {"path": "/oauth/token", "delay_ms": 500, "repeat": 4,
+                 "body": json.dumps({"access_token": "tok-shared-1", "expires_in": 3600})}
+        self.mock.enqueue([token, dict(OK_SCENE, path="/v1/chat", repeat=6)])
+        results = []
+
+        def one_request(port, i):
+            results.append(self.post("/v1/chat/completions", json.dumps(turns("t%d" % i, 1)[0]),
+                                     {"content-type": "application/json"}, port=port).status)
+        # both instances need the token at the same moment: one fetch between them
+        threads = [threading.Thread(target=one_request, args=(s.port, i))
+                   for i, s in enumerate([one, two, one, two])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [200] * 4)
+        # and later requests on either instance reuse it
+        for i, s in enumerate([one, two]):
+            one_request(s.port, 10 + i)
+        reqs = self.mock.requests()
+        fetches = [r for r in reqs if r["path"].startswith("/oauth/token")]
+        self.assertEqual(len(fetches), 1, [r["path"] for r in reqs])
+        for r in reqs:
+            if r["path"].startswith("/v1/chat"):
+                self.assertEqual(harness.header_values(r, "authorization"), ["Bearer tok-shared-1"])
 
     def test_bad_redis_url_fails_check_naming_the_field(self):
         for url in ["http://127.0.0.1:6379", "redis://", "redis://host:99999"]:
