@@ -225,6 +225,27 @@ return {
         self.assertNotIn("prompt_cache_key", bodies[2])  # not an OpenAI host, not opted in
         self.assertEqual(bodies[3]["prompt_cache_key"], self.record("p4")["extra"]["session"])  # translated
 
+    def test_an_adapter_gets_its_upstream_session_back_next_turn(self):
+        base = "http://%s:%d/v1" % (harness.HOST, self.mock.port)
+        sup = ('    acme = { protocol = "openai-chat", base_url = "%s", auth = { type = "bearer", token = "sk-acme-secret" },\n'
+               '      adapter = {\n'
+               '        session_id = function(ctx, headers, body) return headers["x-acme-session"] end,\n'
+               '        request = function(ctx, plan, body)\n'
+               '          local up = ctx.session and ctx.session.upstream_session\n'
+               '          if up then require("sluice.adapters").set_header(plan.headers, "x-acme-session", up) end\n'
+               '        end,\n'
+               '      } },\n' % base)
+        self.start(suppliers=sup, routes='{ chat = { { match = "*", supplier = "acme" } } }', workers=1)
+        a = turns("stateful supplier", 3)
+        self.mock.enqueue([dict(OK_SCENE, headers={"content-type": "application/json", "x-acme-session": "S-1"}),
+                           dict(OK_SCENE, repeat=2)])
+        for i in range(3):
+            self.chat(a[i], "u%d" % i)
+        sent = [harness.header_values(r, "x-acme-session") for r in self.mock.requests()]
+        self.assertEqual(sent, [[], ["S-1"], ["S-1"]])
+        harness.wait_for(lambda: self.record("u2") is not None)
+        self.assertEqual(self.record("u0")["extra"]["upstream_session"], "S-1")
+
     def test_bad_sessions_config_fails_check_naming_the_field(self):
         for text, field in [('sessions = { store = "mongo" }', "sessions.store"),
                             ('sessions = { ttl = -1 }', "sessions.ttl"),
