@@ -307,6 +307,15 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         else
             reply_error(req, 500, "cannot render the config (see the sluice log)");
         sl_buf_free(&out);
+    } else if (sl_str_eq(p, SL_STR("sessions"))) {
+        char err[512];
+        sl_buf_t out;
+        sl_buf_init(&out, 0);
+        if (sl_lua_call_string(w->host, "sessions", &out, err, sizeof err) == 0)
+            reply(req, 200, sl_str(out.base, out.len));
+        else
+            reply_error(req, 500, "cannot list the sessions (see the sluice log)");
+        sl_buf_free(&out);
     } else {
         reply_error(req, 404, "unknown admin endpoint");
     }

@@ -41,7 +41,8 @@
     X(RETRY, "retry")                                                                              \
     X(LOG, "log")                                                                                  \
     X(CANCEL, "cancel")                                                                            \
-    X(CONFIG, "config")
+    X(CONFIG, "config")                                                                            \
+    X(SESSIONS, "sessions")
 
 typedef enum {
 #define X(id, name) SL__HOOK_##id,

@@ -516,6 +516,13 @@ function H.cancel(ctx, co)
     managed.abandon(co)
 end
 
+-- GET /_sluice/sessions: live sessions (sluice.sticky.list), never a key.
+function H.sessions()
+    local out = sticky.list(cfg)
+    if #out.items == 0 then out.items = json.array() end
+    return json.encode(out)
+end
+
 -- GET /_sluice/config: the running config, secrets replaced.
 function H.config()
     return json.encode(config.redacted(cfg))

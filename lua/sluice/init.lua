@@ -12,7 +12,8 @@
 --   sluice.json             -- the lossless JSON codec (DESIGN §9)
 --   sluice.shared           -- the store shared by every worker thread:
 --       get(key) -> value, ttl_left (0: never expires) | nil ; set(key, value, ttl?) ;
---       add(key, value, ttl?) -> true | false ; delete(key) ; incr(key, delta, ttl?)
+--       add(key, value, ttl?) -> true | false ; delete(key) ; incr(key, delta, ttl?) ;
+--       keys(prefix, max?) -> { key... } (live keys with that prefix, at most max, default 1000)
 --
 -- http and sleep suspend the request until the answer or the timer is there,
 -- which only the request phase can do: the host runs that phase in a
@@ -181,6 +182,13 @@ local function local_store(clock)
         v = v + (delta or 1)
         if values[key] == nil then S.set(key, v, ttl) else values[key] = v end
         return v
+    end
+    function S.keys(prefix, max)
+        local out = {}
+        for k in pairs(values) do
+            if #out < (max or 1000) and k:sub(1, #prefix) == prefix and live(k) ~= nil then out[#out + 1] = k end
+        end
+        return out
     end
     function S.count()
         local n = 0

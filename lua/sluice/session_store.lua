@@ -63,11 +63,12 @@ end
 
 local function ms(ttl) return tostring(floor(ttl * 1000 + 0.5)) end
 
+-- Every write also goes to the in-process store: if Redis goes away, this
+-- instance carries on from what it last saw, and /_sluice/sessions can list
+-- the sessions this instance served.
 function Redis:send(cmd, name, value, ttl)
-    local ok = self.rt.redis.send({ cmd })
-    if not ok then -- Redis went away since the read: keep it here at least
-        if value == nil then self.fallback:delete(name) else self.fallback:set(name, value, ttl) end
-    end
+    self.rt.redis.send({ cmd })
+    if value == nil then self.fallback:delete(name) else self.fallback:set(name, value, ttl) end
 end
 
 function Redis:set(name, value, ttl)

@@ -221,6 +221,25 @@ function T.succeeded(cfg, ctx, rt)
     s.entry = e
 end
 
+-- GET /_sluice/sessions: the live sessions in the in-process store (with
+-- Redis, the ones this instance served), most recently used first, at most
+-- `max`: hashed key, binding (supplier, key index), turns, times. Never a key.
+function T.list(cfg, max, rt)
+    rt = rt_of(rt)
+    local store = session_store.memory(cfg, rt)
+    local prefix = store.prefix .. "sess:"
+    local items = {}
+    for _, k in ipairs(rt.shared.keys(prefix, max or 1000)) do
+        local e = decode_entry(rt.shared.get(k))
+        if e then
+            items[#items + 1] = { session = k:sub(#prefix + 1), supplier = e.supplier, key_index = e.key_index,
+                                  turns = e.turns, created = e.created, last_used = e.last_used }
+        end
+    end
+    table.sort(items, function(a, b) return (a.last_used or 0) > (b.last_used or 0) end)
+    return { store = cfg.sessions.store, items = items }
+end
+
 -- What the history record says about the binding: supplier and key index.
 function T.record_fields(ctx)
     local s = ctx.session

@@ -103,6 +103,17 @@ class SessionsTest(SluiceTestCase):
                  harness.request(self.sluice.port, "GET", "/_sluice/config").body.decode())
         for k in KEYS:
             self.assertNotIn(k, shown)
+        # the live sessions, most recent first: hashed keys, bindings, turns
+        live = harness.request(self.sluice.port, "GET", "/_sluice/sessions").json()
+        self.assertEqual(live["store"], "memory")
+        by_session = {i["session"]: i for i in live["items"]}
+        self.assertEqual(len(by_session), 2, live)
+        self.assertEqual(by_session[session]["turns"], 5)
+        self.assertEqual((by_session[session]["supplier"], by_session[session]["key_index"]),
+                         ("pool", KEYS.index(keys_a[0]) + 1))
+        self.assertEqual(live["items"][0]["session"], self.record("b-4")["extra"]["session"])
+        for k in KEYS:
+            self.assertNotIn(k, json.dumps(live))
         m = self.metrics()
         self.assertIn("sluice_session_sticky_hits_total 8", m)
         self.assertIn("sluice_session_misses_total 2", m)

@@ -106,6 +106,9 @@ class RedisSessionsTest(SluiceTestCase):
         for k in KEYS:
             self.assertNotIn(k, dump)
         self.assertNotIn("fix the parser", dump)
+        live = harness.request(self.sluice.port, "GET", "/_sluice/sessions").json()
+        self.assertEqual(live["store"], "redis")
+        self.assertIn(self.session_of("a-4"), [i["session"] for i in live["items"]])
         self.assertNotIn("sluice_session_store_fallback_total", self.metrics())
 
     def test_a_429_cools_the_key_down_in_redis(self):
