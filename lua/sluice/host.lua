@@ -214,8 +214,9 @@ function H.request(ctx)
     if not route then return direct(ctx, error_response(ctx.protocol, 404, rerr, "not_found")) end
     ctx.info, ctx.route = info, route
     -- The session: its key, its binding, and ctx.chain, the route's
-    -- suppliers with the one the session is bound to first.
-    sticky.begin(cfg, ctx)
+    -- suppliers with the one the session is bound to first. Token counting
+    -- is not a turn of the conversation: it neither reads nor moves a binding.
+    if info.kind == "generate" then sticky.begin(cfg, ctx) else ctx.chain = route.suppliers end
     ctx.retry_state = { pos = 1, tries = 1, chain_len = #ctx.chain }
     return attempt(ctx)
 end

@@ -257,6 +257,24 @@ return {
         harness.wait_for(lambda: self.record("u2") is not None)
         self.assertEqual(self.record("u0")["extra"]["upstream_session"], "S-1")
 
+    def test_token_counting_is_not_a_turn(self):
+        self.start(workers=1, routes='{ claude = { { match = "*", supplier = "an" } } }')
+        body = {"model": "claude-x", "max_tokens": 8, "system": "be brief",
+                "messages": [{"role": "user", "content": "hello"}]}
+        h = {"content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": "sk-client"}
+        self.mock.enqueue([{"status": 200, "headers": {"content-type": "application/json"},
+                            "body": json.dumps({"input_tokens": 12})}])
+        r = self.post("/v1/messages/count_tokens", json.dumps(body), h)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn("sluice_session_", self.metrics())
+        self.mock.enqueue([{"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 1}})}])
+        r = self.post("/v1/messages", json.dumps(body), h)
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("sluice_session_misses_total 1", self.metrics())
+
     def test_bad_sessions_config_fails_check_naming_the_field(self):
         for text, field in [('sessions = { store = "mongo" }', "sessions.store"),
                             ('sessions = { ttl = -1 }', "sessions.ttl"),
