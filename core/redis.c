@@ -61,6 +61,7 @@ struct sl_redis_s {
     uv_timer_t retry; /* reconnect after backoff; also drops a slow connection */
     int backoff_ms;
     int drop_pending; /* a deadline passed: drop the connection from the timer */
+    int closing;      /* being freed: its going down is not logged */
     sl_redis_call_t *calls;
 };
 
@@ -130,6 +131,8 @@ static void set_connected(sl_redis_t *r, int up)
     r->connected = up;
     int before = __atomic_fetch_add(&connected_workers, up ? 1 : -1, __ATOMIC_RELAXED);
     sl_metrics_gauge_add(SL_GAUGE_REDIS, up ? 1 : -1);
+    if (r->closing)
+        return; /* shutting down, or replaced by a reload: not an outage */
     if (up && before == 0)
         sl_log_info("redis %s:%d is up: sessions use it", r->host, r->port);
     else if (!up && before == 1)
@@ -407,6 +410,7 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void redis_free(sl_redis_t *r)
 {
+    r->closing = 1;
     /* calls still waiting end now */
     while (r->calls) {
         sl_redis_call_t *c = r->calls;
