@@ -60,7 +60,14 @@ class SessionsTest(SluiceTestCase):
         h.update(headers or {})
         r = self.post("/v1/chat/completions", json.dumps(body), h)
         self.assertEqual(r.status, 200, r)
+        # The binding is written when the exchange ends, which may be just
+        # after the client has its answer; the history record comes after
+        # that, so once it is there the next turn sees the binding.
+        self.assertTrue(harness.wait_for(lambda: self.has_record(rid)), rid)
         return r
+
+    def has_record(self, rid):
+        return harness.request(self.sluice.port, "GET", "/_sluice/requests/" + rid).status == 200
 
     def record(self, rid):
         r = harness.request(self.sluice.port, "GET", "/_sluice/requests/" + rid)

@@ -74,6 +74,9 @@ class RedisSessionsTest(SluiceTestCase):
             h["x-request-id"] = rid
         r = self.post("/v1/chat/completions", json.dumps(body), h, port=port)
         self.assertEqual(r.status, 200, r)
+        if rid:  # the binding is written as the exchange ends: wait for its record (after it)
+            self.assertTrue(harness.wait_for(lambda: harness.request(
+                port or self.sluice.port, "GET", "/_sluice/requests/" + rid).status == 200), rid)
         return r
 
     def session_of(self, rid, port=None):
@@ -193,7 +196,12 @@ class RedisSessionsTest(SluiceTestCase):
         a, c = turns("shared conversation", 4), turns("another", 1)
         self.mock.enqueue([dict(OK_SCENE, repeat=4)])
         for i in range(4):
-            self.chat(a[i], "x%d" % i, port=(one if i % 2 == 0 else two).port)
+            s = one if i % 2 == 0 else two
+            self.chat(a[i], "x%d" % i, port=s.port)
+            name = "sluice:sess:" + self.session_of("x%d" % i, port=s.port)
+            # the other instance reads Redis: wait until this turn's write is there
+            self.assertTrue(harness.wait_for(
+                lambda: json.loads(redis_value(redis, name) or "{}").get("turns") == i + 1))
         keys = [key_of(r) for r in self.mock.requests()]
         self.assertEqual(len(set(keys)), 1, keys)
         # a 429 seen by one instance cools the key for the other
