@@ -5,6 +5,7 @@
  * coroutine's REDIS yield (luahost_task.c) uses.
  *
  *   core.redis_configure(host, port, password|nil, db, timeout) -- this worker's connection
+ *   core.redis_configure(nil)  -- none (a reload to the in-process store closes it)
  *   core.redis_send(cmds) -> true | nil, err   -- fire and forget (any hook: never waits)
  *   core.redis_up() -> number of worker connections up, process-wide
  * cmds is a pipeline: { { "SET", key, value, "PX", 5000 }, { "GET", key } }.
@@ -129,6 +130,11 @@ static int core_redis_configure(lua_State *L)
     sl_luahost_t *h = sl__luahost_running();
     if (!h || !h->loop) { /* --check, or a VM without a loop */
         lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (lua_isnoneornil(L, 1)) {
+        sl_redis_shutdown_worker(h->loop);
+        lua_pushboolean(L, 1);
         return 1;
     }
     sl_redis_opts_t o = {

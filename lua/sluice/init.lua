@@ -113,6 +113,7 @@ function M.redis.up()
     return core ~= nil and core.redis_up() > 0
 end
 
+-- configure(nil): no connection (closes this worker's, if any).
 function M.redis.configure(host, port, password, db, timeout)
     if not core then return false end
     return core.redis_configure(host, port, password, db, timeout)

@@ -85,8 +85,11 @@ end
 
 function M.configure(cfg, rt)
     local s = cfg.sessions
-    if s.store ~= "redis" then return end
     rt = rt_of(rt)
+    if s.store ~= "redis" then
+        rt.redis.configure(nil) -- a reload away from Redis closes the connection
+        return
+    end
     local r = s.redis
     rt.redis.configure(r.host, r.port, r.password, r.db, r.timeout)
 end

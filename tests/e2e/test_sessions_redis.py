@@ -256,6 +256,25 @@ class RedisSessionsTest(SluiceTestCase):
             if r["path"].startswith("/v1/chat"):
                 self.assertEqual(harness.header_values(r, "authorization"), ["Bearer tok-shared-1"])
 
+    def test_a_reload_moves_sessions_between_stores(self):
+        redis = self.start_redis()
+        s = self.start_on(redis, workers=2)
+        memory_cfg = self.config(redis.port).replace('store = "redis"', 'store = "memory"')
+        memory_cfg = memory_cfg.replace(', redis = { url = "redis://127.0.0.1:%d/0", timeout = 0.5 }' % redis.port, "")
+        s.write_config(memory_cfg)
+        s.reload()
+        self.assertTrue(harness.wait_for(
+            lambda: "redis" not in harness.request(s.port, "GET", "/_sluice/health").json()))
+        self.mock.enqueue([dict(OK_SCENE, repeat=2)])
+        self.chat(turns("after reload", 1)[0], "m0")
+        self.assertEqual(redis_keys(redis), [])  # nothing goes to Redis any more
+        s.write_config(self.config(redis.port))
+        s.reload()
+        self.wait_redis(s, "up")
+        self.chat(turns("back on redis", 1)[0], "m1")
+        name = "sluice:sess:" + self.session_of("m1")
+        self.assertTrue(harness.wait_for(lambda: redis_value(redis, name) is not None))
+
     def test_bad_redis_url_fails_check_naming_the_field(self):
         for url in ["http://127.0.0.1:6379", "redis://", "redis://host:99999"]:
             cfg = harness.sluice_config(self.mock.port, extra='  sessions = { store = "redis", redis = { url = "%s" } },\n' % url)
