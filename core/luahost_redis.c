@@ -65,7 +65,8 @@ int sl__redis_args_read(lua_State *L, int idx, sl__redis_args_t *a, char *err, s
         int m = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
         if (m < 1 || m > MAX_ARGS) {
             lua_pop(L, 1);
-            snprintf(err, errlen, "sluice.redis: command %d: expected 1..%d arguments", i + 1, MAX_ARGS);
+            snprintf(err, errlen, "sluice.redis: command %d: expected 1..%d arguments", i + 1,
+                     MAX_ARGS);
             sl__redis_args_free(a);
             return SL_EINVAL;
         }
@@ -78,7 +79,8 @@ int sl__redis_args_read(lua_State *L, int idx, sl__redis_args_t *a, char *err, s
             const char *s = lua_isstring(L, -1) ? lua_tolstring(L, -1, &len) : NULL;
             if (!s) {
                 lua_pop(L, 2);
-                snprintf(err, errlen, "sluice.redis: command %d argument %d is not a string", i + 1, j + 1);
+                snprintf(err, errlen, "sluice.redis: command %d argument %d is not a string", i + 1,
+                         j + 1);
                 sl__redis_args_free(a);
                 return SL_EINVAL;
             }
@@ -163,8 +165,10 @@ static int core_redis_send(lua_State *L)
     if (rc == SL_EINVAL)
         return luaL_error(L, "%s", err);
     if (rc == 0) {
-        rc = !h || !h->loop ? SL_ECLOSED : sl_redis_exec(h->loop, a.n, a.argc, (const char *const *const *)a.argv,
-                           (const size_t *const *)a.argvlen, NULL, NULL, NULL);
+        rc = !h || !h->loop
+                 ? SL_ECLOSED
+                 : sl_redis_exec(h->loop, a.n, a.argc, (const char *const *const *)a.argv,
+                                 (const size_t *const *)a.argvlen, NULL, NULL, NULL);
         sl__redis_args_free(&a);
     }
     if (rc) {

@@ -54,10 +54,10 @@ struct sl_redis_s {
     redisAsyncContext *ac; /* NULL while down */
     uv_poll_t *poll;       /* the glue's watcher, heap: freed in its close callback */
     int events;
-    int connected; /* answered our PING: a TCP handshake alone proves nothing (a
-                      stopped server's kernel still accepts) */
-    uv_timer_t hello;  /* the PING's deadline */
-    int open_handles;  /* retry + hello: r is freed when both are closed */
+    int connected;    /* answered our PING: a TCP handshake alone proves nothing (a
+                         stopped server's kernel still accepts) */
+    uv_timer_t hello; /* the PING's deadline */
+    int open_handles; /* retry + hello: r is freed when both are closed */
     uv_timer_t retry; /* reconnect after backoff; also drops a slow connection */
     int backoff_ms;
     int drop_pending; /* a deadline passed: drop the connection from the timer */
@@ -76,7 +76,10 @@ static struct {
 static uv_mutex_t by_loop_lock;
 static uv_once_t by_loop_once = UV_ONCE_INIT;
 
-static void by_loop_init(void) { uv_mutex_init(&by_loop_lock); }
+static void by_loop_init(void)
+{
+    uv_mutex_init(&by_loop_lock);
+}
 
 static sl_redis_t *find(uv_loop_t *loop)
 {
@@ -170,12 +173,27 @@ static void glue_update(sl_redis_t *r, int add, int ev)
         uv_poll_stop(r->poll);
 }
 
-static void glue_add_read(void *d) { glue_update(d, 1, UV_READABLE); }
-static void glue_del_read(void *d) { glue_update(d, 0, UV_READABLE); }
-static void glue_add_write(void *d) { glue_update(d, 1, UV_WRITABLE); }
-static void glue_del_write(void *d) { glue_update(d, 0, UV_WRITABLE); }
+static void glue_add_read(void *d)
+{
+    glue_update(d, 1, UV_READABLE);
+}
+static void glue_del_read(void *d)
+{
+    glue_update(d, 0, UV_READABLE);
+}
+static void glue_add_write(void *d)
+{
+    glue_update(d, 1, UV_WRITABLE);
+}
+static void glue_del_write(void *d)
+{
+    glue_update(d, 0, UV_WRITABLE);
+}
 
-static void on_poll_closed(uv_handle_t *h) { free(h); }
+static void on_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
 
 /* hiredis frees the context: stop watching its socket before it is closed. */
 static void glue_cleanup(void *d)
@@ -434,8 +452,8 @@ static int same_text(const char *a, const char *b)
 int sl_redis_configure(uv_loop_t *loop, const sl_redis_opts_t *o)
 {
     sl_redis_t *r = find(loop);
-    if (r && r->loop == loop && r->port == o->port && r->db == o->db && same_text(r->host, o->host) &&
-        same_text(r->password, o->password)) {
+    if (r && r->loop == loop && r->port == o->port && r->db == o->db &&
+        same_text(r->host, o->host) && same_text(r->password, o->password)) {
         r->timeout = o->timeout;
         return 0;
     }
@@ -523,8 +541,8 @@ int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const
     }
     for (int i = 0; i < ncmds; i++) {
         c->pending++;
-        if (redisAsyncCommandArgv(r->ac, on_reply, c, argc[i], (const char **)argv[i], argvlen[i]) !=
-            REDIS_OK) {
+        if (redisAsyncCommandArgv(r->ac, on_reply, c, argc[i], (const char **)argv[i],
+                                  argvlen[i]) != REDIS_OK) {
             c->pending--;
             /* the context is disconnecting: the commands already queued
              * fire with NULL; this call is over */

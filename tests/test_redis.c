@@ -43,7 +43,10 @@ static void stop_server(void)
 }
 
 /* Runs the loop until cond() holds, in 20 ms steps (the watchdog bounds it). */
-static void on_tick(uv_timer_t *t) { (void)t; }
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
 static void run_until(int (*cond)(void))
 {
     uv_timer_t tick;
@@ -55,8 +58,14 @@ static void run_until(int (*cond)(void))
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
-static int is_up(void) { return sl_redis_worker_up(&loop); }
-static int is_down(void) { return !sl_redis_worker_up(&loop); }
+static int is_up(void)
+{
+    return sl_redis_worker_up(&loop);
+}
+static int is_down(void)
+{
+    return !sl_redis_worker_up(&loop);
+}
 
 /* ---- a call's results ---- */
 
@@ -85,7 +94,10 @@ static void on_done(void *ud, int rc)
     got.rc = rc;
 }
 
-static int call_done(void) { return got.done; }
+static int call_done(void)
+{
+    return got.done;
+}
 
 static const sl_redis_cbs_t cbs = {on_reply, on_done};
 
