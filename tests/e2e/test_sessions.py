@@ -282,6 +282,16 @@ return {
         self.assertEqual(r.status, 200, r)
         self.assertIn("sluice_session_misses_total 1", self.metrics())
 
+    def test_a_runaway_sessions_key_fails_the_request_not_the_worker(self):
+        self.start(workers=1, sessions='  script_budget = 1000000,\n'
+                   '  sessions = { key = function(ctx) if ctx.headers["x-loop"] then while true do end end end },\n')
+        r = self.post("/v1/chat/completions", json.dumps(turns("loop", 1)[0]),
+                      {"content-type": "application/json", "x-loop": "1"})
+        self.assertEqual(r.status, 500, r)
+        self.assertIn("error", r.json())
+        self.mock.enqueue([OK_SCENE])
+        self.chat(turns("fine", 1)[0], "after-loop")
+
     def test_bad_sessions_config_fails_check_naming_the_field(self):
         for text, field in [('sessions = { store = "mongo" }', "sessions.store"),
                             ('sessions = { ttl = -1 }', "sessions.ttl"),

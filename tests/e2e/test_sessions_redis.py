@@ -275,6 +275,22 @@ class RedisSessionsTest(SluiceTestCase):
         name = "sluice:sess:" + self.session_of("m1")
         self.assertTrue(harness.wait_for(lambda: redis_value(redis, name) is not None))
 
+    def test_scripts_reach_redis_through_sluice_redis(self):
+        redis = self.start_redis()
+        hook = ('function(ctx)\n'
+                '    local redis = require("sluice").redis\n'
+                '    local n = redis.command("INCR", "script:hits")\n'
+                '    local r = redis.pipeline({ { "SET", "script:last", ctx.model }, { "GET", "script:last" } })\n'
+                '    redis.send({ { "SET", "script:seen", tostring(n) .. ":" .. r[2] } })\n'
+                '  end')
+        cfg = self.config(redis.port).replace("  routes =", "  on_request = %s,\n  routes =" % hook, 1)
+        s = self.start_sluice(config_text=cfg, workers=1)
+        self.wait_redis(s, "up")
+        self.mock.enqueue([dict(OK_SCENE, repeat=2)])
+        self.chat(turns("one", 1)[0], "h1")
+        self.chat(turns("two", 1)[0], "h2")
+        self.assertTrue(harness.wait_for(lambda: redis_value(redis, "script:seen") == "2:gpt-4.1"))
+
     def test_bad_redis_url_fails_check_naming_the_field(self):
         for url in ["http://127.0.0.1:6379", "redis://", "redis://host:99999"]:
             cfg = harness.sluice_config(self.mock.port, extra='  sessions = { store = "redis", redis = { url = "%s" } },\n' % url)
