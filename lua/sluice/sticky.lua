@@ -29,7 +29,7 @@ local json = require("sluice.json")
 local session = require("sluice.session")
 local session_store = require("sluice.session_store")
 
-local type, tostring, tonumber, ipairs, fmt = type, tostring, tonumber, ipairs, string.format
+local type, tonumber, ipairs, fmt = type, tonumber, ipairs, string.format
 
 local T = {}
 
