@@ -120,7 +120,9 @@ function T.begin(cfg, ctx, rt)
     local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
     local chain = route.suppliers
     ctx.chain = chain
-    local store = session_store.open(cfg, names_for(cfg, chain, hash), hash and sess_name(hash), rt)
+    -- only Redis needs the names up front (one round trip); the in-process store reads as it goes
+    local names = cfg.sessions.store == "redis" and names_for(cfg, chain, hash) or nil
+    local store = session_store.open(cfg, names, hash and sess_name(hash), rt)
     ctx.store = store
     if not hash then return end
     local entry = T.load(store, hash)
