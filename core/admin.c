@@ -15,6 +15,7 @@
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "reload.h"
 #include "worker.h"
 
@@ -101,8 +102,8 @@ typedef struct {
     sl_request_t *req;     /* NULL once the client has gone */
     enum { JOB_LIST, JOB_GET, JOB_DELETE } kind;
     char id[160];
-    char client[128], search[256];
-    sl_records_filter_t f; /* its strings point into client/search above */
+    char client[128], search[256], session[80];
+    sl_records_filter_t f; /* its strings point into client/search/session above */
     sl_buf_t out;
     int rc;
 } history_job_t;
@@ -182,6 +183,8 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
             j->f.client = j->client;
         if (query_param(req->query, "search", j->search, sizeof j->search))
             j->f.search = j->search;
+        if (query_param(req->query, "session", j->session, sizeof j->session))
+            j->f.session = j->session;
     } else {
         j->kind = strcmp(req->method, "DELETE") == 0 ? JOB_DELETE : JOB_GET;
         snprintf(j->id, sizeof j->id, "%.*s", (int)rest.len, rest.base);
@@ -267,9 +270,19 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         return;
     }
     if (sl_str_eq(p, SL_STR("health"))) {
-        char body[160];
-        int n = snprintf(body, sizeof body, "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
-                         SLUICE_VERSION, w->app->nworkers);
+        char body[256];
+        /* With sessions.store = "redis": whether this worker reaches Redis
+         * (sessions fall back to the in-process store while it does not). */
+        int n = sl_redis_configured(&w->loop)
+                    ? snprintf(body, sizeof body,
+                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d,"
+                               "\"session_store\":\"redis\",\"redis\":\"%s\","
+                               "\"redis_connections\":%d}",
+                               SLUICE_VERSION, w->app->nworkers,
+                               sl_redis_worker_up(&w->loop) ? "up" : "down", sl_redis_connected_workers())
+                    : snprintf(body, sizeof body,
+                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
+                               SLUICE_VERSION, w->app->nworkers);
         reply(req, 200, sl_str(body, (size_t)n));
     } else if (sl_str_eq(p, SL_STR("metrics"))) {
         sl_buf_t out;
@@ -293,6 +306,15 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
             reply(req, 200, sl_str(out.base, out.len));
         else
             reply_error(req, 500, "cannot render the config (see the sluice log)");
+        sl_buf_free(&out);
+    } else if (sl_str_eq(p, SL_STR("sessions"))) {
+        char err[512];
+        sl_buf_t out;
+        sl_buf_init(&out, 0);
+        if (sl_lua_call_string(w->host, "sessions", &out, err, sizeof err) == 0)
+            reply(req, 200, sl_str(out.base, out.len));
+        else
+            reply_error(req, 500, "cannot list the sessions (see the sluice log)");
         sl_buf_free(&out);
     } else {
         reply_error(req, 404, "unknown admin endpoint");

@@ -172,12 +172,24 @@ static int core_monotonic(lua_State *L)
     return 1;
 }
 
+/* count(name, label_k?, label_v?): one more on a counter of the script's own
+ * (sl_metrics_count; names it refuses are ignored). */
+static int core_count(lua_State *L)
+{
+    sl_metrics_count(luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL), luaL_optstring(L, 3, NULL));
+    return 0;
+}
+
 static int luaopen_sluice_core(lua_State *L)
 {
-    static const luaL_Reg fns[] = {
-        {"log", core_log}, {"now", core_now}, {"monotonic", core_monotonic}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"log", core_log},
+                                   {"now", core_now},
+                                   {"monotonic", core_monotonic},
+                                   {"count", core_count},
+                                   {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, fns);
+    sl__redis_register(L);
     sl__task_set_tokens(L);
     sl_luahost_t *h = running;
     lua_pushinteger(L, h ? h->worker_id : 0);

@@ -41,7 +41,8 @@
     X(RETRY, "retry")                                                                              \
     X(LOG, "log")                                                                                  \
     X(CANCEL, "cancel")                                                                            \
-    X(CONFIG, "config")
+    X(CONFIG, "config")                                                                            \
+    X(SESSIONS, "sessions")
 
 typedef enum {
 #define X(id, name) SL__HOOK_##id,
@@ -125,5 +126,24 @@ void sl__logfields_read(lua_State *L, int idx, sl_lua_logfields_t *f);
 /* Sets SLEEP and HTTP, the yield tokens of sluice.sleep / sluice.http, on
  * the table at the top of the stack (the sluice.core module). */
 void sl__task_set_tokens(lua_State *L);
+
+/* ---- luahost_redis.c: sluice.redis ---- */
+
+#include "redis.h"
+
+/* A pipeline read from Lua: n commands, command i with argc[i] arguments. */
+typedef struct {
+    int n;
+    int *argc;
+    const char ***argv;
+    size_t **argvlen;
+    const char **ptrs; /* backing store of argv / argvlen */
+    size_t *lens;
+} sl__redis_args_t;
+int sl__redis_args_read(lua_State *L, int idx, sl__redis_args_t *a, char *err, size_t errlen);
+void sl__redis_args_free(sl__redis_args_t *a);
+void sl__redis_push_reply(lua_State *L, const sl_redis_reply_t *r);
+/* Adds redis_configure, redis_send, redis_up to the table on top. */
+void sl__redis_register(lua_State *L);
 
 #endif

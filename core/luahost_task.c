@@ -24,7 +24,7 @@
 #include "upstream.h"
 
 /* Distinct addresses used as yield tokens by the Lua API. */
-static char token_sleep, token_http;
+static char token_sleep, token_http, token_redis;
 
 #define HTTP_MAX_ANSWER (8 << 20) /* bytes of a sluice.http answer body */
 #define HTTP_TIMEOUT_S 10.0       /* when the request table names none */
@@ -47,6 +47,7 @@ struct sl_lua_task_s {
     sl_header_t *xheaders;
     size_t nxheaders;
     sl_buf_t xbody;
+    sl_redis_call_t *rcall; /* sluice.redis in flight */
     int finished;
 };
 
@@ -58,6 +59,8 @@ void sl__task_set_tokens(lua_State *L)
     lua_setfield(L, -2, "SLEEP");
     lua_pushlightuserdata(L, &token_http);
     lua_setfield(L, -2, "HTTP");
+    lua_pushlightuserdata(L, &token_redis);
+    lua_setfield(L, -2, "REDIS");
 }
 
 /* ---- ending a task ---- */
@@ -90,6 +93,10 @@ static void task_free_http(sl_lua_task_t *t)
 static void task_end(sl_lua_task_t *t)
 {
     t->finished = 1;
+    if (t->rcall) {
+        sl_redis_cancel(t->rcall);
+        t->rcall = NULL;
+    }
     task_free_http(t);
     luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->co_ref);
     sl_luahost_release(t->h);
@@ -212,6 +219,68 @@ static int http_start(sl_lua_task_t *t, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- sluice.redis ---- */
+
+/* Each reply goes into the result table at index 1 of the coroutine. */
+static void on_redis_reply(void *ud, int i, const sl_redis_reply_t *reply)
+{
+    sl_lua_task_t *t = ud;
+    sl__redis_push_reply(t->co, reply);
+    lua_rawseti(t->co, 1, i + 1);
+}
+
+/* Resumes with the replies, or nil, err. */
+static void on_redis_done(void *ud, int rc)
+{
+    sl_lua_task_t *t = ud;
+    t->rcall = NULL;
+    if (rc) {
+        lua_settop(t->co, 0);
+        lua_pushnil(t->co);
+        lua_pushstring(t->co, rc == SL_ETIMEDOUT ? "redis timed out" : "redis connection lost");
+        task_resume(t, 2);
+        return;
+    }
+    task_resume(t, 1);
+}
+
+/* The pipeline table at index 2: sends it; the coroutine waits for the
+ * replies (bounded by the connection's timeout). A connection that is down
+ * resumes it at once with nil, "redis is down", from the loop's next turn. */
+static void on_redis_down(uv_timer_t *timer)
+{
+    sl_lua_task_t *t = timer->data;
+    lua_settop(t->co, 0);
+    lua_pushnil(t->co);
+    lua_pushstring(t->co, "redis is down");
+    task_resume(t, 2);
+}
+
+static int redis_start(sl_lua_task_t *t, char *err, size_t errlen)
+{
+    lua_State *co = t->co;
+    sl__redis_args_t a;
+    int rc = sl__redis_args_read(co, 2, &a, err, errlen);
+    if (rc)
+        return rc == SL_EINVAL ? SL_ESCRIPT : rc;
+    static const sl_redis_cbs_t cbs = {on_redis_reply, on_redis_done};
+    int n = a.n;
+    rc = sl_redis_exec(t->h->loop, a.n, a.argc, (const char *const *const *)a.argv,
+                       (const size_t *const *)a.argvlen, &cbs, t, &t->rcall);
+    sl__redis_args_free(&a);
+    lua_settop(co, 0);
+    if (rc == SL_ECLOSED) {
+        uv_timer_start(&t->timer, on_redis_down, 0, 0);
+        return 0;
+    }
+    if (rc) {
+        snprintf(err, errlen, "sluice.redis: %s", sl_strerror(rc));
+        return rc;
+    }
+    lua_createtable(co, n, 0); /* the replies go here */
+    return 0;
+}
+
 /* ---- the driver ---- */
 
 /* The coroutine yielded (SLEEP, seconds) or (HTTP, request table). */
@@ -228,7 +297,9 @@ static int task_handle_yield(sl_lua_task_t *t, char *err, size_t errlen)
     }
     if (tok == &token_http && lua_istable(co, 2))
         return http_start(t, err, errlen);
-    snprintf(err, errlen, "request hook yielded outside sluice.sleep/sluice.http");
+    if (tok == &token_redis)
+        return redis_start(t, err, errlen);
+    snprintf(err, errlen, "request hook yielded outside sluice.sleep/sluice.http/sluice.redis");
     return SL_ESCRIPT;
 }
 

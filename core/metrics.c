@@ -225,6 +225,8 @@ static const struct {
 } gauge_info[SL_GAUGE__COUNT] = {
     [SL_GAUGE_CONNECTIONS] = {"sluice_active_connections", "Open downstream connections."},
     [SL_GAUGE_STREAMS] = {"sluice_active_streams", "Requests in flight."},
+    [SL_GAUGE_REDIS] = {"sluice_redis_connections",
+                        "Worker connections to the session store's Redis that are up."},
 };
 
 /* ---- the public recorders ------------------------------------------------ */

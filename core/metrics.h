@@ -23,6 +23,7 @@
 typedef enum {
     SL_GAUGE_CONNECTIONS, /* sluice_active_connections: open downstream connections */
     SL_GAUGE_STREAMS,     /* sluice_active_streams: requests in flight */
+    SL_GAUGE_REDIS,       /* sluice_redis_connections: worker connections to Redis that are up */
     SL_GAUGE__COUNT
 } sl_metric_gauge_t;
 

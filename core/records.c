@@ -829,6 +829,7 @@ static void bind_filter(sqlite3_stmt *st, const sl_records_filter_t *f, const ch
     int i;
     bind_named_text(st, ":client", f->client);
     bind_named_text(st, ":search", pattern);
+    bind_named_text(st, ":session", f->session);
     if ((i = sqlite3_bind_parameter_index(st, ":status")) > 0)
         sqlite3_bind_int(st, i, f->status);
     if ((i = sqlite3_bind_parameter_index(st, ":since")) > 0)
@@ -846,6 +847,9 @@ static int build_where(sl_buf_t *w, const sl_records_filter_t *f)
         rc |= sl_buf_append_c(w, " AND status >= :status * 100 AND status < :status * 100 + 100");
     if (f->since > 0)
         rc |= sl_buf_append_c(w, " AND time >= :since");
+    /* extra_json is only ever JSON text written by the log hook (or NULL) */
+    if (f->session)
+        rc |= sl_buf_append_c(w, " AND json_extract(extra_json, '$.session') = :session");
     if (f->search && *f->search) {
         static const char *fields[] = {"id", "path", "model_in", "model_out", "supplier", "error"};
         rc |= sl_buf_append_c(w, " AND (");

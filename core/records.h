@@ -98,6 +98,8 @@ typedef struct {
     double since;       /* time >= since (unix seconds), 0 = any */
     const char *search; /* substring (case-insensitive ASCII) of id, path, model_in,
                            model_out, supplier or error; NULL/"" = any */
+    const char *session; /* exact match of the record's extra.session (the hashed session
+                            key, sluice.sticky), NULL = any */
 } sl_records_filter_t;
 
 /*

@@ -849,6 +849,52 @@ static int l_delete(lua_State *L)
     return 1;
 }
 
+/* keys(prefix, max) -> { key... }: up to max live keys that start with
+ * prefix, most recently used first within each shard (an admin listing,
+ * not a hot path: it walks every shard under its lock). */
+static int l_keys(lua_State *L)
+{
+    size_t plen;
+    const char *prefix = luaL_checklstring(L, 1, &plen);
+    lua_Integer max = luaL_optinteger(L, 2, 1000);
+    int rc = ensure_init();
+    if (rc)
+        return push_error(L, rc);
+    uint64_t now = now_ns();
+    /* copied out under each shard's lock (as 4-byte length + bytes), pushed to
+     * Lua after it: a Lua allocation failure must not leave a lock held */
+    sl_buf_t found;
+    sl_buf_init(&found, 0);
+    lua_Integer n = 0;
+    for (int i = 0; i < NSHARDS && n < max && rc == 0; i++) {
+        shard_t *s = &g.shards[i];
+        pthread_mutex_lock(&s->lock);
+        for (entry_t *e = s->head; e && n < max && rc == 0; e = e->next)
+            if (is_live(e, now) && e->klen >= plen && memcmp(e->data, prefix, plen) == 0) {
+                uint32_t len = e->klen;
+                rc = sl_buf_append(&found, (const char *)&len, sizeof len);
+                rc = rc ? rc : sl_buf_append(&found, e->data, len);
+                n++;
+            }
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (rc) {
+        sl_buf_free(&found);
+        return push_error(L, rc);
+    }
+    lua_createtable(L, (int)n, 0);
+    size_t at = 0;
+    for (int k = 1; at < found.len; k++) {
+        uint32_t len;
+        memcpy(&len, found.base + at, sizeof len);
+        lua_pushlstring(L, found.base + at + sizeof len, len);
+        lua_rawseti(L, -2, k);
+        at += sizeof len + len;
+    }
+    sl_buf_free(&found);
+    return 1;
+}
+
 static int l_incr(lua_State *L)
 {
     size_t klen;
@@ -884,7 +930,8 @@ static int l_buf_gc(lua_State *L)
 int luaopen_sluice_shared(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"set", l_set},   {"add", l_add},     {"delete", l_delete},
-                                   {"incr", l_incr}, {"count", l_count}, {NULL, NULL}};
+                                   {"incr", l_incr}, {"count", l_count}, {"keys", l_keys},
+                                   {NULL, NULL}};
     int rc = ensure_init();
     if (rc)
         return luaL_error(L, "sluice.shared: %s", sl_strerror(rc));

@@ -86,6 +86,7 @@ void sl_shared_flush_expired(void);
  *   delete(key) -> true (removed) | false (absent)
  *   incr(key, delta?, ttl?) -> number | nil, err     (delta defaults to 1)
  *   count() -> number
+ *   keys(prefix, max?) -> { key... }  (live keys starting with prefix, at most max (1000))
  * Keys and values are strings; numbers are converted as tostring() does.
  * Any other type, or a negative TTL, raises an error (a programming
  * mistake); runtime failures (too large, not a number) return nil, err.

@@ -30,6 +30,7 @@
 #include "exchange.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "reload.h"
 
 /* ---- requests: admin or exchange ---- */
@@ -134,6 +135,7 @@ static void on_shutdown_tick(uv_timer_t *t)
     uv_timer_stop(t);
     sl_upstream_free(w->upstream);
     w->upstream = NULL;
+    sl_redis_shutdown_worker(&w->loop); /* this worker's Redis connection, if any */
     uv_mutex_lock(&w->post_lock); /* nobody may wake `async` once it is closing */
     w->async_closed = 1;
     uv_mutex_unlock(&w->post_lock);

@@ -234,7 +234,11 @@ describe("sluice.host with an adapter", function()
         assert.equal("hi", b.content[1].text)
         assert.equal("claude-x", b.model)
         assert.equal("S-42", ctx.upstream_session_id)
-        assert.same({ upstream_session = "S-42" }, json.decode(H.log(ctx).extra_json))
+        local extra = json.decode(H.log(ctx).extra_json)
+        assert.equal("S-42", extra.upstream_session)
+        -- the record also names the session (hashed) and its binding (sluice.sticky)
+        assert.truthy(extra.session:match("^%x+$"))
+        assert.same({ supplier = "up", key_index = 1 }, extra.binding)
         -- the supplier's headers reach both hooks on a whole answer
         local H2 = host_with([[
             return {

@@ -119,3 +119,39 @@ describe("sluice.config tool_text", function()
         assert.matches("^suppliers%.oa%.tool_text: expected a table", err)
     end)
 end)
+
+describe("sluice.config sessions and key pools", function()
+    local json = require("sluice.json")
+
+    it("reads a Redis store and never shows its password or the pool's keys", function()
+        local cfg, err = load_text("return { " ..
+            [[suppliers = { p = { protocol = "openai-chat", base_url = "http://127.0.0.1:1/v1",
+                auth = { type = "bearer", tokens = { "sk-pool-one", "sk-pool-two" } } } },]] ..
+            [[sessions = { store = "redis", redis = { url = "redis://:url-pass-123@127.0.0.1:6390/2", prefix = "x:" } } }]])
+        assert.is_table(cfg, err)
+        assert.same({ host = "127.0.0.1", port = 6390, db = 2, password = "url-pass-123", timeout = 0.2 },
+            cfg.sessions.redis)
+        assert.equal("x:", cfg.sessions.prefix)
+        assert.same({ "sk-pool-one", "sk-pool-two" }, cfg.suppliers.p.auth.pool)
+        local shown = json.encode(config.redacted(cfg))
+        for _, secret in ipairs({ "url-pass-123", "sk-pool-one", "sk-pool-two" }) do
+            assert.falsy(shown:find(secret, 1, true), secret)
+        end
+    end)
+
+    it("names the field of a bad sessions setting", function()
+        for text, field in pairs({
+            ["sessions = { store = 'redis', redis = { url = 'redis://h:0' } }"] = "^sessions.redis.url:",
+            ["sessions = { store = 'redis', redis = { timeout = 0 } }"] = "^sessions.redis.timeout:",
+            ["sessions = { redis = { url = 'redis://h' } }"] = "^sessions.redis:",
+            ["sessions = { cooldown = 'x' }"] = "^sessions.cooldown:",
+            ["routes = { chat = { { supplier = 'oa', balance = 'random' } } }, " .. SUPPLIER] = "balance",
+            ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'bearer', token = 'a', tokens = { 'b' } } } }"] = "^suppliers.p.auth:",
+            ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'header', name = 'x-k', tokens = {} } } }"] = "^suppliers.p.auth.tokens:",
+        }) do
+            local cfg, err = load_text("return { " .. text .. " }")
+            assert.is_nil(cfg, text)
+            assert.matches(field, err)
+        end
+    end)
+end)

@@ -544,6 +544,11 @@ static void test_lua_api(void)
                "local ok, err = s.add('la', '2')\n"
                "return ok == false and err == 'exists' and s.get('la') == '1'");
     LUA_OK_(L, "return s.delete('la') == true and s.delete('la') == false and s.get('la') == nil");
+    LUA_OK_(L, "s.set('kp:a', '1'); s.set('kp:b', '2'); s.set('kq:c', '3'); s.set('kp:gone', '4', 0.001)\n"
+               "local t0 = os.clock(); while os.clock() - t0 < 0.01 do end\n"
+               "local ks = s.keys('kp:'); table.sort(ks)\n"
+               "return #ks == 2 and ks[1] == 'kp:a' and ks[2] == 'kp:b' and #s.keys('kp:', 1) == 1\n"
+               "  and #s.keys('nothing:') == 0");
     LUA_OK_(L,
             "s.delete('li')\n"
             "return s.incr('li') == 1 and s.incr('li', 41) == 42 and s.incr('li', -0.5) == 41.5\n"

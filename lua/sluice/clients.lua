@@ -1,6 +1,10 @@
 -- sluice.clients — which client sent a request, from its User-Agent and
 -- headers (DESIGN §8). The name goes into the access log, the history record
 -- (`client`, filterable in /_sluice/requests) and the session-key rules.
+--
+-- Client-specific headers win over the User-Agent: Claude Code's
+-- x-claude-code-session-id, and Codex's `originator` (codex_cli_rs,
+-- codex_vscode...), which it sends whatever User-Agent a wrapper sets.
 
 local M = {}
 
@@ -20,6 +24,8 @@ M.RULES = {
 function M.identify(ctx)
     local h = ctx.headers
     if h["x-claude-code-session-id"] then return "claude-code" end
+    local originator = h["originator"]
+    if originator and originator:lower():find("^codex") then return "codex" end
     local ua = (h["user-agent"] or ""):lower()
     for _, rule in ipairs(M.RULES) do
         if ua:find(rule[1]) then return rule[2] end

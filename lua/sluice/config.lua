@@ -55,12 +55,14 @@ local DEFAULTS = {
     log = { access = "stderr", level = "info" },
     script_budget = 50000000,
     shutdown_timeout = 30,
+    sessions = { store = "memory", ttl = 3600, cooldown = 30 },
 }
+
 
 local TOP_FIELDS = {
     listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
     on_request = true, log = true, admin = true, history = true, keys = true,
-    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true,
+    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true, sessions = true,
 }
 
 -- A failed check: error() with a table so load() can tell it from a bug.
@@ -202,6 +204,29 @@ function M.check_model(m)
     return true
 end
 
+-- A key pool: `tokens = { ... }` instead of the single `token` (bearer) or
+-- `value` (header). Either way the auth gets `pool`, the list of secrets a
+-- request picks one of by index (sluice.sticky); a single secret is a pool of one.
+local function key_pool(a, single, field)
+    if a.tokens == nil then
+        if type(a[single]) ~= "string" or a[single] == "" then
+            bad(field .. "." .. single, "missing (if it comes from os.getenv, is the variable set?)")
+        end
+        return { a[single] }
+    end
+    if a[single] ~= nil then bad(field, "give either %s or tokens (a key pool), not both", single) end
+    check_type(a.tokens, "table", field .. ".tokens")
+    if #a.tokens == 0 then bad(field .. ".tokens", "expected a non-empty list of keys") end
+    local pool = {}
+    for i, t in ipairs(a.tokens) do
+        if type(t) ~= "string" or t == "" then
+            bad(fmt("%s.tokens[%d]", field, i), "missing (if it comes from os.getenv, is the variable set?)")
+        end
+        pool[i] = t
+    end
+    return pool
+end
+
 local function check_auth(a, field)
     check_type(a, "table", field)
     if not M.AUTH_TYPES[a.type] then
@@ -209,18 +234,14 @@ local function check_auth(a, field)
     end
     if a.type == "managed" then return managed.check(a, field, bad) end
     if a.type == "bearer" then
-        only_fields(a, { type = true, token = true }, field)
-        if type(a.token) ~= "string" or a.token == "" then
-            bad(field .. ".token", "missing (if it comes from os.getenv, is the variable set?)")
-        end
+        only_fields(a, { type = true, token = true, tokens = true }, field)
+        a.pool = key_pool(a, "token", field)
     elseif a.type == "header" then
-        only_fields(a, { type = true, name = true, value = true }, field)
+        only_fields(a, { type = true, name = true, value = true, tokens = true }, field)
         if type(a.name) ~= "string" or not a.name:match("^[%w%-_]+$") then
             bad(field .. ".name", "expected a header name")
         end
-        if type(a.value) ~= "string" or a.value == "" then
-            bad(field .. ".value", "missing (if it comes from os.getenv, is the variable set?)")
-        end
+        a.pool = key_pool(a, "value", field)
     else
         only_fields(a, { type = true }, field)
     end
@@ -229,7 +250,8 @@ end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
-                          retry = true, tool_text = true, compat = true, max_output_tokens = true }
+                          retry = true, tool_text = true, compat = true, max_output_tokens = true,
+                          cache_key = true }
 
 -- What a translated request looks like for suppliers that differ from the
 -- vendor's own API (README, Translation). max_tokens_field: the field an
@@ -280,6 +302,17 @@ local function check_supplier(id, s, defaults, retry_default)
         models = {}, verify_tls = s.verify_tls ~= false, adapter = s.adapter,
         headers = s.headers or {},
     }
+    -- Whether to send the session as the protocol's cache_key field
+    -- (prompt_cache_key): OpenAI's own API routes its prompt cache by it;
+    -- other servers of the same protocol may refuse an unknown field, so
+    -- elsewhere it is opt-in.
+    if s.cache_key ~= nil then check_type(s.cache_key, "boolean", field .. ".cache_key") end
+    if s.cache_key == nil then
+        out.cache_key = out.base_url:match("^https://api%.openai%.com[:/]") ~= nil
+            or out.base_url == "https://api.openai.com"
+    else
+        out.cache_key = s.cache_key
+    end
     if s.models ~= nil then
         check_type(s.models, "table", field .. ".models")
         for i, m in ipairs(s.models) do
@@ -314,7 +347,13 @@ local function check_routes(routes, suppliers)
         for i, r in ipairs(list) do
             local rf = fmt("%s[%d]", field, i)
             check_type(r, "table", rf)
-            only_fields(r, { match = true, supplier = true, model = true, max_output_tokens = true }, rf)
+            only_fields(r, { match = true, supplier = true, model = true, balance = true,
+                             max_output_tokens = true }, rf)
+            local balance = r.balance or "fallback"
+            if balance ~= "fallback" and balance ~= "sticky" then
+                bad(rf .. ".balance", "expected \"fallback\" (the list is an order) or \"sticky\" (a pool); got %s",
+                    tostring(balance))
+            end
             local match = r.match or "*"
             check_type(match, "string", rf .. ".match")
             local chain = type(r.supplier) == "table" and r.supplier or { r.supplier }
@@ -331,10 +370,62 @@ local function check_routes(routes, suppliers)
             end
             if r.max_output_tokens ~= nil then positive(r.max_output_tokens, rf .. ".max_output_tokens", true) end
             entries[i] = { match = match, pattern = M.glob(match), suppliers = chain, model = r.model,
-                           max_output_tokens = r.max_output_tokens, name = fmt("%s[%d]", service, i) }
+                           max_output_tokens = r.max_output_tokens, name = fmt("%s[%d]", service, i),
+                           balance = balance }
         end
         out[service] = entries
     end
+    return out
+end
+
+-- redis://[:password@]host[:port][/db]
+local function parse_redis_url(url, field)
+    if type(url) ~= "string" then bad(field, "expected a redis:// URL") end
+    local rest = url:match("^redis://(.+)$")
+    if not rest then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    local password, hostpart = rest:match("^:([^@]*)@(.+)$")
+    hostpart = hostpart or rest
+    local host, port, db = hostpart:match("^([%w%.%-]+):?(%d*)/?(%d*)$")
+    if not host or host == "" then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    port, db = tonumber(port) or 6379, tonumber(db) or 0
+    if port < 1 or port > 65535 then bad(field, "port out of range in %q", url:sub(1, 80)) end
+    return host, port, db, password ~= "" and password or nil
+end
+
+-- sessions = { store = "memory" | "redis", ttl = 3600, cooldown = 30,
+--              redis = { url, password, prefix = "sluice:", timeout = 0.2 },
+--              key = function(ctx) ... end }
+-- (sluice.session, sluice.sticky, sluice.session_store). ttl: idle seconds
+-- before a session is forgotten; cooldown: seconds a key that got a 429
+-- without Retry-After rests.
+local function check_sessions(t)
+    local d = DEFAULTS.sessions
+    if t == nil then return { store = d.store, ttl = d.ttl, cooldown = d.cooldown, prefix = "sluice:" } end
+    check_type(t, "table", "sessions")
+    only_fields(t, { store = true, ttl = true, cooldown = true, key = true, redis = true }, "sessions")
+    local out = { store = t.store or d.store,
+                  ttl = positive(t.ttl or d.ttl, "sessions.ttl"),
+                  cooldown = positive(t.cooldown or d.cooldown, "sessions.cooldown"),
+                  prefix = "sluice:" }
+    if out.store ~= "memory" and out.store ~= "redis" then
+        bad("sessions.store", "expected \"memory\" (the in-process store) or \"redis\"; got %s",
+            tostring(out.store))
+    end
+    if out.store == "redis" then
+        local r = t.redis or {}
+        check_type(r, "table", "sessions.redis")
+        only_fields(r, { url = true, password = true, prefix = true, timeout = true }, "sessions.redis")
+        local host, port, db, url_password = parse_redis_url(r.url or "redis://127.0.0.1:6379/0", "sessions.redis.url")
+        if r.password ~= nil then check_type(r.password, "string", "sessions.redis.password") end
+        if r.prefix ~= nil then check_type(r.prefix, "string", "sessions.redis.prefix") end
+        out.redis = { host = host, port = port, db = db, password = r.password or url_password,
+                      timeout = positive(r.timeout or 0.2, "sessions.redis.timeout") }
+        out.prefix = r.prefix or "sluice:"
+    elseif t.redis ~= nil then
+        bad("sessions.redis", "only used with sessions.store = \"redis\"")
+    end
+    if t.key ~= nil then check_type(t.key, "function", "sessions.key") end
+    out.key = t.key
     return out
 end
 
@@ -438,6 +529,8 @@ local function validate(raw)
         check_type(cfg.history.path, "string", "history.path")
     end
 
+    cfg.sessions = check_sessions(raw.sessions)
+
     cfg.script_budget = positive(raw.script_budget or DEFAULTS.script_budget, "script_budget", true)
     cfg.shutdown_timeout = positive(raw.shutdown_timeout or DEFAULTS.shutdown_timeout, "shutdown_timeout")
     if raw.lua_path ~= nil then check_type(raw.lua_path, "string", "lua_path") end
@@ -487,7 +580,9 @@ function M.load_adapters(cfg)
 end
 
 -- What the config looks like with every secret replaced, for display.
-local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true }
+local SECRET_FIELDS = { token = true, value = true, client_secret = true, _key = true, password = true }
+-- Key pools: shown as how many keys there are, never the keys.
+local SECRET_LISTS = { tokens = true, pool = true }
 
 local function redact(v, depth)
     if type(v) == "function" then return "(function)" end
@@ -497,6 +592,9 @@ local function redact(v, depth)
     for k, x in pairs(v) do
         if SECRET_FIELDS[k] and type(x) == "string" then
             out[k] = "[redacted]"
+        elseif SECRET_LISTS[k] and type(x) == "table" then
+            out[k] = {}
+            for i = 1, #x do out[k][i] = "[redacted]" end
         elseif k == "headers" and type(x) == "table" then
             -- Extra supplier headers often carry keys: show the names only.
             out[k] = {}

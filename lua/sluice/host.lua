@@ -37,6 +37,8 @@ local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
+local sticky = require("sluice.sticky")
+local session_store = require("sluice.session_store")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -49,6 +51,7 @@ function H.init(path, worker_id)
     if not c then return nil, err end
     if c.lua_path then package.path = c.lua_path .. ";" .. package.path end
     cfg = c
+    session_store.configure(c) -- this worker's Redis connection, when sessions use Redis
     return config.core_view(c)
 end
 
@@ -146,19 +149,21 @@ end
 -- the route's fallback chain. Runs again for every retry (see H.retry).
 local function attempt(ctx)
     local route, rs = ctx.route, ctx.retry_state
-    local supplier = cfg.suppliers[route.suppliers[rs.pos]]
+    local supplier = cfg.suppliers[ctx.chain[rs.pos]]
     ctx.auth_token, ctx.pipe, ctx.watch = nil, nil, nil
     -- What an earlier attempt planned is not this one's: an attempt that
     -- fails before its plan names no supplier and no upstream model.
     ctx.supplier, ctx.model_out = nil, nil
     ctx.acct = accounting.new() -- this attempt's usage and outcome, whichever body path runs
     if supplier.auth.type == "managed" then
-        local token, terr = managed.token(supplier)
+        -- with sessions in Redis, tokens are shared by every instance too
+        local token, terr = managed.token(supplier, session_store.token_runtime(cfg))
         if not token then
             return supplier_error(ctx, supplier, 502, fmt("supplier %s: %s", supplier.id, terr), "api_error")
         end
         ctx.auth_token = token
     end
+    ctx.key_index = sticky.pick_key(cfg, ctx, supplier) -- which key of the supplier's pool
     local plan, perr = upstream.plan(cfg, ctx, ctx.info, route, supplier)
     if not plan then return supplier_error(ctx, supplier, perr.status, perr.message, perr.type) end
     return plan
@@ -208,7 +213,11 @@ function H.request(ctx)
     local route, rerr = router.route(cfg, ctx.service, ctx.model)
     if not route then return direct(ctx, error_response(ctx.protocol, 404, rerr, "not_found")) end
     ctx.info, ctx.route = info, route
-    ctx.retry_state = { pos = 1, tries = 1, chain_len = #route.suppliers }
+    -- The session: its key, its binding, and ctx.chain, the route's
+    -- suppliers with the one the session is bound to first. Token counting
+    -- is not a turn of the conversation: it neither reads nor moves a binding.
+    if info.kind == "generate" then sticky.begin(cfg, ctx) else ctx.chain = route.suppliers end
+    ctx.retry_state = { pos = 1, tries = 1, chain_len = #ctx.chain }
     return attempt(ctx)
 end
 
@@ -219,11 +228,22 @@ end
 function H.retry(ctx, failure)
     if not ctx.route or not ctx.supplier then return nil end
     local supplier = cfg.suppliers[ctx.supplier]
+    -- A 429 cools its key down for every session; a failure of the bound
+    -- supplier/key drops the session's binding (sluice.sticky).
+    sticky.failed(cfg, ctx, failure, retry.retry_after(failure.headers, os.time()))
+    -- A rate-limited key with a rested one beside it: try that one now
+    -- instead of waiting out the Retry-After.
+    local rs = ctx.retry_state
+    if failure.kind == "status" and failure.status == 429 and supplier.retry.status_set[429]
+        and rs.tries < supplier.retry.attempts and sticky.other_key_ready(cfg, ctx, supplier) then
+        rs.tries = rs.tries + 1
+        return 0
+    end
     if supplier.auth.type == "managed" and failure.kind == "status"
         and (failure.status == 401 or failure.status == 403) then
         if ctx.auth_refreshed == supplier.id then return nil end
         ctx.auth_refreshed = supplier.id
-        if ctx.auth_token then managed.invalidate(supplier, ctx.auth_token) end
+        if ctx.auth_token then managed.invalidate(supplier, ctx.auth_token, session_store.token_runtime(cfg)) end
         return 0
     end
     return retry.decide(supplier.retry, ctx.retry_state, failure, os.time())
@@ -414,6 +434,11 @@ end
 -- Not committed: an error response in the client's shape.
 function H.finish(ctx, oc)
     local complete = oc.reason == "COMPLETE"
+    if complete and ctx.session and oc.status >= 200 and oc.status <= 299 then
+        -- The binding is written only once an answer went through whole.
+        local ok, err = pcall(sticky.succeeded, cfg, ctx)
+        if not ok then sluice.log("warn", "session store: " .. tostring(err)) end
+    end
     if oc.committed then
         local outcome = complete and { complete = true }
             or { complete = false, reason = oc.reason, message = describe(oc) }
@@ -480,6 +505,7 @@ local function secrets_of(ctx)
         local a = s.auth
         add(a.token)
         add(a.value)
+        for _, k in ipairs(a.pool or {}) do add(k) end
         add(a.client_secret)
         for _, v in pairs(s.headers) do add(v) end
     end
@@ -501,6 +527,13 @@ end
 -- release what it held, so other requests need not wait for a timeout.
 function H.cancel(ctx, co)
     managed.abandon(co)
+end
+
+-- GET /_sluice/sessions: live sessions (sluice.sticky.list), never a key.
+function H.sessions()
+    local out = sticky.list(cfg)
+    if #out.items == 0 then out.items = json.array() end
+    return json.encode(out)
 end
 
 -- GET /_sluice/config: the running config, secrets replaced.
@@ -532,6 +565,12 @@ function H.log(ctx)
     if state and state.dropped then
         extra = extra or {}
         extra.dropped = json.array(state.dropped)
+    end
+    -- The session (hashed) and the supplier/key index it is bound to.
+    local session, binding = sticky.record_fields(ctx)
+    if session then
+        extra = extra or {}
+        extra.session, extra.binding = session, binding
     end
     if extra then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then

@@ -8,10 +8,12 @@
 --   sluice.now()            -> wall-clock seconds (fractional)
 --   sluice.monotonic()      -> seconds on a clock that never jumps
 --   sluice.log(level, msg)  -- level: "debug" | "info" | "warn" | "error"
+--   sluice.count(name, label_k?, label_v?) -- one more on a counter of /_sluice/metrics
 --   sluice.json             -- the lossless JSON codec (DESIGN §9)
 --   sluice.shared           -- the store shared by every worker thread:
 --       get(key) -> value, ttl_left (0: never expires) | nil ; set(key, value, ttl?) ;
---       add(key, value, ttl?) -> true | false ; delete(key) ; incr(key, delta, ttl?)
+--       add(key, value, ttl?) -> true | false ; delete(key) ; incr(key, delta, ttl?) ;
+--       keys(prefix, max?) -> { key... } (live keys with that prefix, at most max, default 1000)
 --
 -- http and sleep suspend the request until the answer or the timer is there,
 -- which only the request phase can do: the host runs that phase in a
@@ -81,6 +83,42 @@ function M.http(req)
     return yield(core.HTTP, r)
 end
 
+-- sluice.redis: the worker's connection to the session store's Redis
+-- (sessions.redis; core/redis.c). Every call is bounded by sessions.redis.timeout.
+--   redis.pipeline({ { "GET", k }, { "PEXPIRE", k, 5000 } }) -> { reply... } | nil, err
+--       (request phase only: it waits for the replies, one round trip)
+--   redis.command("GET", k) -> reply | nil, err            (request phase only)
+--   redis.send({ { "SET", k, v } }) -> true | nil, err      (any hook: does not wait)
+--   redis.up() -> true while this process has a live connection
+-- Replies: strings, numbers, false for nil, { err = "..." } for an error reply.
+M.redis = {}
+
+function M.redis.pipeline(cmds)
+    need_request_phase("redis")
+    return yield(core.REDIS, cmds)
+end
+
+function M.redis.command(...)
+    local replies, err = M.redis.pipeline({ { ... } })
+    if not replies then return nil, err end
+    return replies[1]
+end
+
+function M.redis.send(cmds)
+    if not core then return nil, "no core" end
+    return core.redis_send(cmds)
+end
+
+function M.redis.up()
+    return core ~= nil and core.redis_up() > 0
+end
+
+-- configure(nil): no connection (closes this worker's, if any).
+function M.redis.configure(host, port, password, db, timeout)
+    if not core then return false end
+    return core.redis_configure(host, port, password, db, timeout)
+end
+
 function M.sleep(seconds)
     need_request_phase("sleep")
     yield(core.SLEEP, tonumber(seconds) or 0)
@@ -94,6 +132,12 @@ end
 function M.monotonic()
     if core then return core.monotonic() end
     return os.clock()
+end
+
+-- One more on counter `name` of /_sluice/metrics, with one optional label
+-- (a no-op without the core).
+function M.count(name, label_k, label_v)
+    if core then core.count(name, label_k, label_v) end
 end
 
 function M.log(level, msg)
@@ -139,6 +183,13 @@ local function local_store(clock)
         v = v + (delta or 1)
         if values[key] == nil then S.set(key, v, ttl) else values[key] = v end
         return v
+    end
+    function S.keys(prefix, max)
+        local out = {}
+        for k in pairs(values) do
+            if #out < (max or 1000) and k:sub(1, #prefix) == prefix and live(k) ~= nil then out[#out + 1] = k end
+        end
+        return out
     end
     function S.count()
         local n = 0

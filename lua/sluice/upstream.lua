@@ -34,6 +34,7 @@ local translate = require("sluice.translate")
 local estimate = require("sluice.estimate")
 local managed = require("sluice.auth.managed")
 local protocols = require("sluice.protocols")
+local digest = require("sluice.digest")
 local one_of = require("sluice.config").one_of
 
 local bit = require("bit")
@@ -168,6 +169,8 @@ function U.check_inbound_key(cfg, ctx)
     end
     if not ok then return false, "invalid API key" end
     ctx.gateway_key_used = true
+    -- The tenant sessions are scoped by (sluice.session): the key, hashed.
+    ctx.tenant = "key:" .. digest.hex(presented, 16)
     return true
 end
 
@@ -178,9 +181,9 @@ end
 local function apply_auth(headers, supplier, ctx, same_protocol)
     local a = supplier.auth
     if a.type == "bearer" then
-        headers[#headers + 1] = { "authorization", "Bearer " .. a.token }
+        headers[#headers + 1] = { "authorization", "Bearer " .. a.pool[ctx.key_index or 1] }
     elseif a.type == "header" then
-        headers[#headers + 1] = { a.name, a.value }
+        headers[#headers + 1] = { a.name, a.pool[ctx.key_index or 1] }
     elseif a.type == "managed" then
         local name, value = managed.header(a, ctx.auth_token)
         headers[#headers + 1] = { name, value }
@@ -320,6 +323,21 @@ local function finish_plan(plan, ctx, supplier, path, query, body)
     return plan
 end
 
+-- The session as the supplier protocol's prompt-cache field (sluice.sticky),
+-- unless the request already names one. Returns the body to send.
+local function with_cache_key(ctx, supplier, codec, body)
+    local field = codec.cache_key
+    if not (field and supplier.cache_key and ctx.session) then return body end
+    if body == nil then
+        if ctx.request[field] ~= nil then return nil end
+        body = with_model(ctx.request, ctx.request.model)
+    elseif body[field] ~= nil then
+        return body
+    end
+    body[field] = ctx.session.key
+    return body
+end
+
 function U.plan(cfg, ctx, info, route, supplier)
     local from, to = ctx.protocol, supplier.protocol
     ctx.translation = nil
@@ -385,6 +403,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         ctx.translation = { from = from, to = to, state = state }
         plan.transform = true
     end
+    body = with_cache_key(ctx, supplier, codec, body)
     common(plan, ctx, route, supplier, upstream_model)
     return finish_plan(plan, ctx, supplier, path, query, body)
 end

@@ -96,6 +96,8 @@ M.terminal = { { data = "[DONE]" } }
 -- Chunks that carry a usage object (every other chunk says "usage":null):
 -- the core keeps the first and the latest on a passthrough stream.
 M.usage_events = { { data_has = "\"usage\":{" }, { data_has = "\"usage\": {" } }
+-- The body field OpenAI routes its prompt cache by (sluice.sticky sets it).
+M.cache_key = "prompt_cache_key"
 
 function M.path(model, stream)
     return "/chat/completions"

@@ -67,6 +67,8 @@ M.terminal = {
 -- Usage comes only in the final response object; the core keeps that event
 -- of a passthrough stream for the record.
 M.usage_events = M.terminal
+-- The body field OpenAI routes its prompt cache by (sluice.sticky sets it).
+M.cache_key = "prompt_cache_key"
 
 function M.path(model, stream)
     return "/responses"

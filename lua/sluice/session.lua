@@ -1,0 +1,146 @@
+-- sluice.session — which conversation a request belongs to (DESIGN §8).
+--
+-- Every turn of one conversation must map to the same key, and two
+-- conversations to different keys, so the session store can keep a
+-- conversation on one supplier and one upstream key (prompt caches keep
+-- hitting). The key is the client's own session hint when it sends one, else
+-- a hash of the parts of the conversation that do not change between turns.
+-- First match wins:
+--
+--   1. the `x-claude-code-session-id` header (Claude Code)
+--   2. Anthropic `metadata.user_id`, in both forms Claude Code has used:
+--      "user_<hash>_account_<uuid>_session_<uuid>" and a JSON string with
+--      "session_id"
+--   3. Codex CLI's `session_id` / `conversation_id` headers
+--   4. the body's `prompt_cache_key` (OpenAI)
+--   5. OpenAI `user`, or `metadata.session_id` / `metadata.conversation_id`
+--   6. the stable prefix: system prompt + first user message, after removing
+--      volatile parts (Claude Code's "x-anthropic-billing-header: ..." system
+--      block differs on every request)
+--
+-- The key is scoped by tenant (the inbound gateway key, hashed, or "anon"),
+-- so one tenant's session id can never steer another tenant's binding, and
+-- hashed (sluice.digest) before anything stores or shows it. Ops replace
+-- rules 1-6 with `sessions.key = function(ctx) return key_or_nil end`.
+--
+--   S.hint(ctx, body) -> raw key, rule name | nil   (body: the decoded request)
+--   S.key(ctx, body, override?) -> hashed scoped key, rule name | nil
+--   S.tenant(ctx) -> tenant id (ctx.tenant, set by the inbound key check, or "anon")
+
+local json = require("sluice.json")
+local digest = require("sluice.digest")
+
+local type, ipairs, concat = type, ipairs, table.concat
+
+local S = {}
+
+local BILLING = "^%s*x%-anthropic%-billing%-header:"
+
+local function nonempty(v)
+    return type(v) == "string" and v ~= "" and v or nil
+end
+
+-- Claude Code's metadata.user_id -> its session id.
+function S.claude_user_session(user_id)
+    if type(user_id) ~= "string" then return nil end
+    local legacy = user_id:match("_session_([%w%-]+)$")
+    if legacy then return legacy end
+    if user_id:sub(1, 1) == "{" then
+        local t = json.decode(user_id)
+        if type(t) == "table" then return nonempty(t.session_id) end
+    end
+    return nil
+end
+
+-- The text of a message content in any protocol's shape: a string, a list
+-- of blocks/parts with `text` (Anthropic, OpenAI, Responses, Gemini parts),
+-- or a Gemini content ({ parts }). Other block kinds count by their type
+-- only: a cache_control breakpoint that moves between turns must not
+-- change the key.
+local function text_of(c, out)
+    if type(c) == "string" then
+        if not c:find(BILLING) then out[#out + 1] = c end
+    elseif type(c) == "table" then
+        if c.parts then return text_of(c.parts, out) end
+        if type(c.text) == "string" then
+            if not c.text:find(BILLING) then out[#out + 1] = c.text end
+        elseif c.content ~= nil then
+            text_of(c.content, out)
+        elseif #c == 0 and type(c.type) == "string" then
+            out[#out + 1] = "<" .. c.type .. ">"
+        end
+        for _, part in ipairs(c) do text_of(part, out) end
+    end
+    return out
+end
+
+local SYSTEM_ROLES = { system = true, developer = true }
+
+-- system prompt + first user message, in any protocol's body shape.
+local function stable_prefix(body)
+    local sys, first = {}, nil
+    text_of(body.system, sys)                           -- anthropic
+    text_of(body.instructions, sys)                     -- openai-responses
+    text_of(body.systemInstruction or body.system_instruction, sys) -- gemini
+    local list = body.messages or body.contents or body.input
+    if type(list) == "string" then
+        first = list
+    elseif type(list) == "table" then
+        for _, m in ipairs(list) do
+            if type(m) == "table" then
+                local role = m.role or (m.type == "message" and "user")
+                if SYSTEM_ROLES[role] then
+                    text_of(m.content, sys)
+                elseif role == "user" or (role == nil and m.parts) then
+                    first = concat(text_of(m.content ~= nil and m.content or m.parts, {}), "\n")
+                    break
+                end
+            end
+        end
+    end
+    if not first or first == "" then return nil end
+    return concat(sys, "\n") .. "\0" .. first
+end
+
+function S.hint(ctx, body)
+    local h = ctx.headers or {}
+    local v = nonempty(h["x-claude-code-session-id"])
+    if v then return v, "claude-code-header" end
+    body = type(body) == "table" and body or {}
+    local meta = type(body.metadata) == "table" and body.metadata or {}
+    v = S.claude_user_session(meta.user_id)
+    if v then return v, "metadata.user_id" end
+    v = nonempty(h["session_id"]) or nonempty(h["conversation_id"])
+    if v then return v, "codex-header" end
+    v = nonempty(body.prompt_cache_key)
+    if v then return v, "prompt_cache_key" end
+    v = nonempty(body.user) or nonempty(meta.session_id) or nonempty(meta.conversation_id)
+    if v then return v, "user" end
+    v = stable_prefix(body)
+    if v then return digest.hex(v, 64), "prefix" end
+    return nil
+end
+
+function S.tenant(ctx)
+    return ctx.tenant or "anon"
+end
+
+-- override: the config's sessions.key function (runs under the script budget
+-- like on_request: the config's functions run interpreted).
+function S.key(ctx, body, override)
+    local raw, rule
+    if override then
+        raw = override(ctx)
+        if raw ~= nil and type(raw) ~= "string" then
+            error("sessions.key returned a " .. type(raw) .. " (expected a string or nil)", 0)
+        end
+        if raw == "" then raw = nil end
+        rule = "sessions.key"
+    else
+        raw, rule = S.hint(ctx, body)
+    end
+    if not raw then return nil end
+    return digest.hex(S.tenant(ctx) .. "\0" .. raw), rule
+end
+
+return S
