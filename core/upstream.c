@@ -15,6 +15,17 @@
  * Requests to one supplier must never wait on each other, so a transfer asks
  * curl to wait for multiplexing (CURLOPT_PIPEWAIT) only when its origin is
  * known to speak HTTP/2 — see "which origins speak HTTP/2" below.
+ *
+ * Per-request work is kept off the hot path (issue 13's profile):
+ * - Easy handles are pooled: a finished one is reset (curl_easy_reset keeps
+ *   its caches) and reused, so a request does not allocate and free curl's
+ *   handle state and download buffer each time.
+ * - A socket keeps one uv_poll for its whole life. curl says CURL_POLL_REMOVE
+ *   whenever a connection goes idle in its cache; stopping the watcher then
+ *   and starting it on reuse costs nothing like closing and re-creating it
+ *   (init, epoll_ctl ADD/DEL per request). The watcher is closed only when
+ *   curl closes the socket (CURLOPT_CLOSESOCKETFUNCTION), found by fd in a
+ *   per-worker table since curl forgets its own socket pointer on REMOVE.
  */
 #include "upstream.h"
 
@@ -24,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "log.h"
@@ -32,6 +44,11 @@
  * the oldest is forgotten (a forgotten origin only loses PIPEWAIT). */
 #define H2_ORIGINS 64
 
+/* Idle easy handles a worker keeps for reuse; more are cleaned up. */
+#define EASY_POOL 64
+
+typedef struct sockctx_s sockctx_t;
+
 struct sl_upstream_s {
     uv_loop_t *loop;
     CURLM *multi;
@@ -39,6 +56,10 @@ struct sl_upstream_s {
     size_t active;
     char *h2[H2_ORIGINS]; /* "host:port" of TLS origins known to speak h2, oldest first */
     size_t nh2;
+    CURL *pool[EASY_POOL]; /* reset easy handles, ready for the next transfer */
+    size_t npool;
+    sockctx_t **socks; /* fd -> its watcher, for every socket curl has open */
+    size_t nsocks;
 };
 
 struct sl_transfer_s {
@@ -60,18 +81,37 @@ struct sl_transfer_s {
     char errbuf[CURL_ERROR_SIZE];
 };
 
-typedef struct {
+struct sockctx_s {
     uv_poll_t poll;
     curl_socket_t fd;
     sl_upstream_t *up;
-} sockctx_t;
+};
 
 static void check_done(sl_upstream_t *up);
+
+/* ---- pooled easy handles ---- */
+
+static CURL *easy_get(sl_upstream_t *up)
+{
+    return up->npool ? up->pool[--up->npool] : curl_easy_init();
+}
+
+/* The handle must be out of the multi. Its options go back to curl's
+ * defaults; its connection, DNS and TLS session caches stay. */
+static void easy_put(sl_upstream_t *up, CURL *e)
+{
+    if (up->npool == EASY_POOL) {
+        curl_easy_cleanup(e);
+        return;
+    }
+    curl_easy_reset(e);
+    up->pool[up->npool++] = e;
+}
 
 static void transfer_free(sl_transfer_t *t)
 {
     curl_multi_remove_handle(t->up->multi, t->easy);
-    curl_easy_cleanup(t->easy);
+    easy_put(t->up, t->easy);
     curl_slist_free_all(t->headers);
     sl_buf_free(&t->head);
     free(t->origin);
@@ -213,31 +253,68 @@ static void on_poll_closed(uv_handle_t *h)
     free(h->data);
 }
 
+static sockctx_t *sock_find(const sl_upstream_t *up, curl_socket_t fd)
+{
+    return fd >= 0 && (size_t)fd < up->nsocks ? up->socks[fd] : NULL;
+}
+
+/* A watcher for fd, made once for the socket's life. */
+static sockctx_t *sock_open(sl_upstream_t *up, curl_socket_t fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t)fd >= up->nsocks) {
+        size_t n = up->nsocks ? up->nsocks : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        sockctx_t **grown = realloc(up->socks, n * sizeof *grown);
+        if (!grown)
+            return NULL;
+        memset(grown + up->nsocks, 0, (n - up->nsocks) * sizeof *grown);
+        up->socks = grown;
+        up->nsocks = n;
+    }
+    sockctx_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->fd = fd;
+    s->up = up;
+    if (uv_poll_init_socket(up->loop, &s->poll, fd) < 0) {
+        free(s);
+        return NULL;
+    }
+    s->poll.data = s;
+    up->socks[fd] = s;
+    return s;
+}
+
+/* curl closes a socket: its watcher goes first (uv_close takes the fd out of
+ * epoll at once, so closing the fd right after is safe). */
+static int closesocket_cb(void *userp, curl_socket_t fd)
+{
+    sl_upstream_t *up = userp;
+    sockctx_t *s = sock_find(up, fd);
+    if (s) {
+        up->socks[fd] = NULL;
+        uv_poll_stop(&s->poll);
+        uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+    }
+    return close(fd);
+}
+
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     sl_upstream_t *up = userp;
-    sockctx_t *s = socketp;
+    sockctx_t *s = socketp ? socketp : sock_find(up, fd);
     if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            uv_poll_stop(&s->poll);
-            uv_close((uv_handle_t *)&s->poll, on_poll_closed);
-            curl_multi_assign(up->multi, fd, NULL);
-        }
+        if (s)
+            uv_poll_stop(&s->poll); /* idle in curl's cache, or about to close */
         return 0;
     }
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s)
-            return -1;
-        s->fd = fd;
-        s->up = up;
-        if (uv_poll_init_socket(up->loop, &s->poll, fd) < 0) {
-            free(s);
-            return -1;
-        }
-        s->poll.data = s;
+    if (!s && !(s = sock_open(up, fd)))
+        return -1;
+    if (!socketp)
         curl_multi_assign(up->multi, fd, s);
-    }
     int events = 0;
     if (what & CURL_POLL_IN)
         events |= UV_READABLE;
@@ -429,8 +506,18 @@ void sl_upstream_free(sl_upstream_t *up)
 {
     if (!up)
         return;
-    /* Called once every exchange has ended, so no transfer is registered. */
+    /* Called once every exchange has ended, so no transfer is registered.
+     * Cleaning up the multi closes the cached connections, and with them
+     * (closesocket_cb) their watchers. */
     curl_multi_cleanup(up->multi);
+    for (size_t i = 0; i < up->npool; i++)
+        curl_easy_cleanup(up->pool[i]);
+    for (size_t i = 0; i < up->nsocks; i++) /* a socket curl did not close through us */
+        if (up->socks[i]) {
+            uv_poll_stop(&up->socks[i]->poll);
+            uv_close((uv_handle_t *)&up->socks[i]->poll, on_poll_closed);
+        }
+    free(up->socks);
     for (size_t i = 0; i < up->nh2; i++)
         free(up->h2[i]);
     uv_timer_stop(&up->timer);
@@ -459,7 +546,7 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     t->cbs = *cbs;
     t->ud = ud;
     sl_buf_init(&t->head, 256 * 1024);
-    t->easy = curl_easy_init();
+    t->easy = easy_get(up);
     if (!t->easy) {
         free(t);
         return SL_ENOMEM;
@@ -501,6 +588,8 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, up);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 64L * 1024);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->verify_tls ? 1L : 0L);
@@ -517,7 +606,7 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     }
     CURLMcode mc = curl_multi_add_handle(up->multi, e);
     if (mc != CURLM_OK) {
-        curl_easy_cleanup(e);
+        easy_put(up, e);
         curl_slist_free_all(t->headers);
         sl_buf_free(&t->head);
         free(t->origin);
