@@ -226,6 +226,7 @@ int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *de
  * Every field may be absent (NULL, or -1 for the counts). */
 typedef struct {
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */
+    double cost;                        /* USD from the price table; < 0 unknown */
     char *model_out;                    /* the model asked of the supplier */
     char *extra_json;                   /* JSON object text, or NULL */
     char *request_body, *response_body; /* redacted, only when history.bodies is on */

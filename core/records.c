@@ -91,6 +91,7 @@ static const column_t columns[] = {
      O(cache_read_tokens)},
     {"cache_write_tokens", "cache_write_tokens", K_INT64_OPT, F(cache_write_tokens), 1, NULL,
      O(cache_write_tokens)},
+    {"cost", "cost", K_REAL_OPT, F(cost), 0, "%.6f", O(cost)},
     {"reason", "reason", K_TEXT, F(reason), 0, NULL, DERIVED},
     {"partial", "partial", K_BOOL, F(partial), 0, NULL, DERIVED},
     {"expected", "expected", K_BOOL, F(expected), 0, NULL, DERIVED},
@@ -108,7 +109,8 @@ static const column_t columns[] = {
 /* The outcome fields the table copies without a cast have the record's types. */
 #define SAME_TYPE(field, type) _Generic(((sl_outcome_t *)0)->field, type: 1, default: 0)
 _Static_assert(SAME_TYPE(status, int) && SAME_TYPE(attempts, int), "int columns");
-_Static_assert(SAME_TYPE(duration_ms, double) && SAME_TYPE(ttfb_ms, double), "real columns");
+_Static_assert(SAME_TYPE(duration_ms, double) && SAME_TYPE(ttfb_ms, double) && SAME_TYPE(cost, double),
+               "real columns");
 _Static_assert(SAME_TYPE(bytes_in, int64_t) && SAME_TYPE(bytes_out, int64_t) &&
                    SAME_TYPE(input_tokens, int64_t) && SAME_TYPE(output_tokens, int64_t) &&
                    SAME_TYPE(cache_read_tokens, int64_t) && SAME_TYPE(cache_write_tokens, int64_t),
@@ -190,6 +192,7 @@ sl_record_t *sl_record_new(void)
     if (!r)
         return NULL;
     r->ttfb_ms = -1;
+    r->cost = -1;
     r->input_tokens = r->output_tokens = -1;
     r->cache_read_tokens = r->cache_write_tokens = -1;
     return r;
@@ -400,6 +403,32 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
     return map_sqlite(rc);
 }
 
+/* A history written by an older sluice lacks the columns added since: add
+ * them (NULL in the old rows) so the INSERT built from `columns` works. */
+static int add_missing_columns(sqlite3 *db)
+{
+    for (int i = 0; i < NCOLS; i++) {
+        sqlite3_stmt *st = NULL;
+        int rc = map_sqlite(sqlite3_prepare_v2(
+            db, "SELECT 1 FROM pragma_table_info('requests') WHERE name = ?1", -1, &st, NULL));
+        if (rc)
+            return rc;
+        sqlite3_bind_text(st, 1, columns[i].col, -1, SQLITE_STATIC);
+        int src = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (src == SQLITE_ROW)
+            continue;
+        if (src != SQLITE_DONE)
+            return map_sqlite(src);
+        char sql[160];
+        snprintf(sql, sizeof sql, "ALTER TABLE requests ADD COLUMN %s %s", columns[i].col,
+                 sql_type(columns[i].kind));
+        if ((rc = exec(db, sql)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int count_rows(sl_records_t *rs, int64_t *out)
 {
     int rc = sqlite3_step(rs->count);
@@ -423,7 +452,7 @@ static int setup_writer(sl_records_t *rs)
      * batch is acceptable, an fsync per commit is not. */
     if ((rc = exec(rs->wdb, "PRAGMA journal_mode=WAL")) != 0 ||
         (rc = exec(rs->wdb, "PRAGMA synchronous=NORMAL")) != 0 ||
-        (rc = exec(rs->wdb, create.base)) != 0 ||
+        (rc = exec(rs->wdb, create.base)) != 0 || (rc = add_missing_columns(rs->wdb)) != 0 ||
         (rc = exec(rs->wdb, "CREATE INDEX IF NOT EXISTS requests_id ON requests(id)")) != 0 ||
         (rc = exec(rs->wdb, "CREATE INDEX IF NOT EXISTS requests_time ON requests(time)")) != 0)
         goto out;
@@ -829,6 +858,11 @@ static void bind_filter(sqlite3_stmt *st, const sl_records_filter_t *f, const ch
     int i;
     bind_named_text(st, ":client", f->client);
     bind_named_text(st, ":search", pattern);
+    bind_named_text(st, ":service", f->service);
+    bind_named_text(st, ":supplier", f->supplier);
+    bind_named_text(st, ":model", f->model);
+    if ((i = sqlite3_bind_parameter_index(st, ":until")) > 0)
+        sqlite3_bind_double(st, i, f->until);
     if ((i = sqlite3_bind_parameter_index(st, ":status")) > 0)
         sqlite3_bind_int(st, i, f->status);
     if ((i = sqlite3_bind_parameter_index(st, ":since")) > 0)
@@ -846,6 +880,16 @@ static int build_where(sl_buf_t *w, const sl_records_filter_t *f)
         rc |= sl_buf_append_c(w, " AND status >= :status * 100 AND status < :status * 100 + 100");
     if (f->since > 0)
         rc |= sl_buf_append_c(w, " AND time >= :since");
+    if (f->until > 0)
+        rc |= sl_buf_append_c(w, " AND time < :until");
+    if (f->service)
+        rc |= sl_buf_append_c(w, " AND service = :service");
+    if (f->supplier)
+        rc |= sl_buf_append_c(w, " AND supplier = :supplier");
+    if (f->model)
+        rc |= sl_buf_append_c(w, " AND (model_in = :model OR model_out = :model)");
+    if (f->partial)
+        rc |= sl_buf_append_c(w, " AND partial = 1");
     if (f->search && *f->search) {
         static const char *fields[] = {"id", "path", "model_in", "model_out", "supplier", "error"};
         rc |= sl_buf_append_c(w, " AND (");
@@ -976,6 +1020,147 @@ int sl_records_delete(sl_records_t *rs, const char *id)
             atomic_store(&rs->recount, 1); /* the writer's row count is now high */
     }
     sqlite3_finalize(st);
+    reader_release(rs, db);
+    return rc;
+}
+
+/* ---- usage --------------------------------------------------------------- */
+
+/* The SQL expression behind each group_by name. "key" is the gateway key's
+ * place in `keys` (the log hook puts it in extra), never the key itself. */
+static const struct {
+    const char *name, *expr;
+} usage_groups[] = {
+    {"key", "json_extract(extra_json, '$.key')"},
+    {"model", "coalesce(model_out, model_in)"},
+    {"supplier", "supplier"},
+    {"client", "client"},
+    {"service", "service"},
+    {"day", "strftime('%Y-%m-%d', time, 'unixepoch')"},
+    {"hour", "strftime('%Y-%m-%dT%H:00', time, 'unixepoch')"},
+};
+#define NUSAGE_GROUPS (sizeof usage_groups / sizeof usage_groups[0])
+
+int sl_records_usage_group(const char *name)
+{
+    for (size_t i = 0; i < NUSAGE_GROUPS; i++)
+        if (strcmp(name, usage_groups[i].name) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *sl_records_usage_groups(void)
+{
+    return "key, model, supplier, client, service, day, hour";
+}
+
+/* The statement: one pass ranks each group's TTFBs (window functions) so the
+ * percentiles come out of the same GROUP BY as the sums; p is nearest-rank
+ * (the smallest TTFB with at least p of the group's at or below it). */
+static int usage_sql(sl_buf_t *sql, const sl_records_usage_t *u)
+{
+    int rc = sl_buf_append_c(sql, "WITH b AS (SELECT status, partial, input_tokens, output_tokens,"
+                                  " cache_read_tokens, cache_write_tokens, cost, ttfb_ms");
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, ", %s AS g%d", usage_groups[u->groups[i]].expr, i);
+    rc |= sl_buf_append_c(sql, " FROM requests WHERE time >= :since AND time < :until),"
+                               " r AS (SELECT *, row_number() OVER w AS rn, count(ttfb_ms) OVER p AS nt"
+                               " FROM b WINDOW p AS (");
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : "PARTITION BY ", i);
+    rc |= sl_buf_append_c(sql, "), w AS (p ORDER BY ttfb_ms IS NULL, ttfb_ms)) SELECT ");
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, "g%d, ", i);
+    rc |= sl_buf_append_c(
+        sql, "count(*), sum(status >= 400 OR status = 0), sum(partial), total(input_tokens),"
+             " total(output_tokens), total(cache_read_tokens), total(cache_write_tokens),"
+             " total(cost), count(cost),"
+             " min(CASE WHEN ttfb_ms IS NOT NULL AND rn >= 0.5 * nt THEN ttfb_ms END),"
+             " min(CASE WHEN ttfb_ms IS NOT NULL AND rn >= 0.95 * nt THEN ttfb_ms END) FROM r");
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : " GROUP BY ", i);
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : " ORDER BY ", i);
+    return rc || !sl_buf_cstr(sql) ? SL_ENOMEM : 0;
+}
+
+static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usage_t *u)
+{
+    int g = u->ngroups, rc = 0;
+    rc |= sl_buf_append_byte(out, '{');
+    for (int i = 0; i < g; i++) {
+        rc |= sl_buf_printf(out, "\"%s\":", usage_groups[u->groups[i]].name);
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+            rc |= sl_buf_append_c(out, "null,");
+            continue;
+        }
+        const char *s = (const char *)sqlite3_column_text(st, i);
+        rc |= sl_buf_append_byte(out, '"');
+        rc |= sl_buf_append_json_str(out, s, (size_t)sqlite3_column_bytes(st, i));
+        rc |= sl_buf_append_c(out, "\",");
+    }
+    double input = sqlite3_column_double(st, g + 3), cread = sqlite3_column_double(st, g + 5);
+    rc |= sl_buf_printf(out,
+                        "\"requests\":%lld,\"errors\":%lld,\"partials\":%lld,\"input_tokens\":%.0f,"
+                        "\"output_tokens\":%.0f,\"cache_read_tokens\":%.0f,"
+                        "\"cache_write_tokens\":%.0f,\"cache_hit_ratio\":",
+                        (long long)sqlite3_column_int64(st, g), (long long)sqlite3_column_int64(st, g + 1),
+                        (long long)sqlite3_column_int64(st, g + 2), input,
+                        sqlite3_column_double(st, g + 4), cread, sqlite3_column_double(st, g + 6));
+    /* input_tokens already includes the cache reads and writes (the IR's rule) */
+    rc |= input > 0 ? sl_buf_printf(out, "%.4f", cread / input) : sl_buf_append_c(out, "null");
+    rc |= sqlite3_column_int64(st, g + 8) > 0
+              ? sl_buf_printf(out, ",\"cost\":%.6f", sqlite3_column_double(st, g + 7))
+              : sl_buf_append_c(out, ",\"cost\":null");
+    for (int k = 0; k < 2; k++) {
+        rc |= sl_buf_append_c(out, k ? ",\"ttfb_p95_ms\":" : ",\"ttfb_p50_ms\":");
+        rc |= sqlite3_column_type(st, g + 9 + k) == SQLITE_NULL
+                  ? sl_buf_append_c(out, "null")
+                  : sl_buf_printf(out, "%.3f", sqlite3_column_double(st, g + 9 + k));
+    }
+    rc |= sl_buf_append_byte(out, '}');
+    return rc ? SL_ENOMEM : 0;
+}
+
+int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *out)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st = NULL;
+    sl_buf_t sql;
+    if (!rs || !u || !out || u->ngroups < 0 || u->ngroups > SL_USAGE_GROUPS_MAX)
+        return SL_EINVAL;
+    for (int i = 0; i < u->ngroups; i++)
+        if (u->groups[i] < 0 || u->groups[i] >= (int)NUSAGE_GROUPS)
+            return SL_EINVAL;
+    CHECK(reader_acquire(rs, &db));
+    sl_buf_init(&sql, 0);
+    size_t mark = out->len;
+    int rc = usage_sql(&sql, u);
+    if (rc == 0)
+        rc = map_sqlite(sqlite3_prepare_v2(db, sql.base, -1, &st, NULL));
+    if (rc == 0) {
+        int src;
+        sqlite3_bind_double(st, sqlite3_bind_parameter_index(st, ":since"), u->since);
+        sqlite3_bind_double(st, sqlite3_bind_parameter_index(st, ":until"),
+                            u->until > 0 ? u->until : 1e18);
+        rc = sl_buf_printf(out, "{\"since\":%.3f,\"until\":", u->since);
+        rc |= u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
+        rc |= sl_buf_append_c(out, ",\"group_by\":[");
+        for (int i = 0; i < u->ngroups; i++)
+            rc |= sl_buf_printf(out, "%s\"%s\"", i ? "," : "", usage_groups[u->groups[i]].name);
+        rc |= sl_buf_append_c(out, "],\"rows\":[");
+        for (int n = 0; rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW; n++) {
+            if (u->ngroups == 0 && sqlite3_column_int64(st, 0) == 0)
+                continue; /* no row at all: the ungrouped total of nothing is no row */
+            rc = (n ? sl_buf_append_byte(out, ',') : 0) || emit_usage_row(out, st, u) ? SL_ENOMEM : 0;
+        }
+        if (rc == 0)
+            rc = src == SQLITE_DONE ? sl_buf_append_c(out, "]}") : map_sqlite(src);
+    }
+    if (rc)
+        out->len = mark;
+    sqlite3_finalize(st);
+    sl_buf_free(&sql);
     reader_release(rs, db);
     return rc;
 }

@@ -12,6 +12,7 @@
 -- config.redacted(cfg) -> a copy safe to show (secrets replaced)
 
 local retry = require("sluice.retry")
+local prices = require("sluice.prices")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local protocols = require("sluice.protocols")
@@ -59,7 +60,7 @@ local DEFAULTS = {
 local TOP_FIELDS = {
     listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
     on_request = true, log = true, admin = true, history = true, keys = true,
-    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true,
+    script_budget = true, shutdown_timeout = true, lua_path = true, retry = true, prices = true,
 }
 
 -- A failed check: error() with a table so load() can tell it from a bug.
@@ -207,7 +208,7 @@ end
 
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
-                          retry = true }
+                          retry = true, prices = true }
 
 local function check_supplier(id, s, defaults, retry_default)
     local field = "suppliers." .. id
@@ -239,6 +240,7 @@ local function check_supplier(id, s, defaults, retry_default)
     end
     out.timeouts = numeric_section(s.timeouts or {}, defaults, field .. ".timeouts")
     out.retry = retry.normalize(s.retry, field .. ".retry", retry_default, bad)
+    if s.prices ~= nil then out.prices = prices.check(s.prices, field .. ".prices", bad) end
     return out
 end
 
@@ -316,6 +318,7 @@ local function validate(raw)
         cfg.suppliers[id] = check_supplier(id, s, cfg.timeouts, cfg.retry)
     end
     cfg.routes = check_routes(raw.routes or {}, cfg.suppliers)
+    cfg.prices = prices.check(raw.prices or {}, "prices", bad)
 
     if raw.on_request ~= nil then check_type(raw.on_request, "function", "on_request") end
     cfg.on_request = raw.on_request

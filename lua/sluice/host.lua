@@ -37,6 +37,7 @@ local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
+local prices = require("sluice.prices")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -505,8 +506,14 @@ function H.log(ctx)
     local acct = accountant(ctx)
     if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
     acct:log_fields(out)
+    -- Priced on the model asked of the supplier that answered (sluice.prices).
+    local s = ctx.supplier and cfg.suppliers[ctx.supplier]
+    out.cost = prices.cost(cfg.prices, s and s.prices, ctx.model_out, out)
+    local extra = {}
     local sid = ctx.upstream_session_id
-    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    if type(sid) == "string" then extra.upstream_session = sid end
+    if ctx.gateway_key_index then extra.key = "key#" .. ctx.gateway_key_index end
+    if next(extra) then out.extra_json = json.encode(extra) end
     if cfg.history.bodies then
         local secrets = secrets_of(ctx) -- once for both bodies
         out.request_body = redact(ctx.body, secrets)
