@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin_feed.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
@@ -173,6 +174,10 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
     }
     if (rest.len == 0 && strcmp(req->method, "GET") != 0) {
         reply_error(req, 405, "use GET");
+        return;
+    }
+    if (sl_str_eq(rest, SL_STR("stream")) && strcmp(req->method, "GET") == 0) {
+        sl_admin_feed_start(w, req, rs); /* the live feed (admin_feed.h) */
         return;
     }
     history_job_t *j = calloc(1, sizeof *j);

@@ -1164,3 +1164,49 @@ int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *ou
     reader_release(rs, db);
     return rc;
 }
+
+/* ---- the live feed ------------------------------------------------------- */
+
+int sl_records_feed(sl_records_t *rs, int64_t *after_seq, int limit, sl_records_each_cb each,
+                    void *arg)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st = NULL;
+    sl_buf_t sql, rec;
+    if (!rs || !after_seq || !each)
+        return SL_EINVAL;
+    CHECK(reader_acquire(rs, &db));
+    sl_buf_init(&sql, 0);
+    sl_buf_init(&rec, 0);
+    int rc, src;
+    if (*after_seq < 0) { /* a new feed starts after what is already stored */
+        rc = map_sqlite(sqlite3_prepare_v2(db, "SELECT coalesce(max(seq), 0) FROM requests", -1,
+                                           &st, NULL));
+        if (rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW)
+            *after_seq = sqlite3_column_int64(st, 0);
+        else if (rc == 0)
+            rc = map_sqlite(src);
+        goto out;
+    }
+    rc = sl_buf_printf(&sql, "SELECT %s, seq FROM requests WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                       rs->select_items);
+    rc = rc ? rc : (sl_buf_cstr(&sql) ? 0 : SL_ENOMEM);
+    if (rc || (rc = map_sqlite(sqlite3_prepare_v2(db, sql.base, -1, &st, NULL))) != 0)
+        goto out;
+    sqlite3_bind_int64(st, 1, *after_seq);
+    sqlite3_bind_int(st, 2, limit > 0 ? limit : QUERY_LIMIT_DEFAULT);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        sl_buf_reset(&rec);
+        if ((rc = emit_record(&rec, st, NCOLS_LIST)) != 0)
+            goto out;
+        *after_seq = sqlite3_column_int64(st, NCOLS_LIST);
+        each(arg, *after_seq, rec.base, rec.len);
+    }
+    rc = src == SQLITE_DONE ? 0 : map_sqlite(src);
+out:
+    sqlite3_finalize(st);
+    sl_buf_free(&sql);
+    sl_buf_free(&rec);
+    reader_release(rs, db);
+    return rc;
+}

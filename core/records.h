@@ -118,6 +118,15 @@ int sl_records_get(sl_records_t *rs, const char *id, sl_buf_t *out);
 /* Deletes every record with this id: 0, SL_ENOTFOUND, SL_EBUSY or SL_EIO. */
 int sl_records_delete(sl_records_t *rs, const char *id);
 
+/* The live feed (GET /_sluice/requests/stream): calls each() with every
+ * record stored after *after_seq (insertion order, at most `limit`, as the
+ * JSON of a listing item) and advances *after_seq past them. *after_seq < 0
+ * starts a feed: it is set to the newest stored record and nothing is sent.
+ * Runs SQLite: call it off the event loops. Returns 0 or an error as query. */
+typedef void (*sl_records_each_cb)(void *arg, int64_t seq, const char *json, size_t len);
+int sl_records_feed(sl_records_t *rs, int64_t *after_seq, int limit, sl_records_each_cb each,
+                    void *arg);
+
 /* GET /_sluice/usage: totals over [since, until), grouped. */
 #define SL_USAGE_GROUPS_MAX 4
 typedef struct {
