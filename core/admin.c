@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
+#include "ui.h"
 #include "worker.h"
 
 static const sl_header_t json_ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
@@ -334,6 +335,8 @@ static void handle_reload(sl_worker_t *w, sl_request_t *req)
 void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
 {
     sl_str_t p = sl_str(req->path.base + 9, req->path.len - 9); /* after "/_sluice/" */
+    if (sl_ui_handle(req, p)) /* the console's files: no data, no token (ui.h) */
+        return;
     if (!authorized(w, req)) {
         reply_error(req, 401, "admin API requires Authorization: Bearer <admin token>");
         return;
