@@ -49,7 +49,13 @@ function fmtTime(unix) {
 }
 function fmtNum(n) { return n == null ? "–" : Math.round(n).toLocaleString("en-US"); }
 function fmtMs(n) { return n == null ? "–" : (n < 10 ? n.toFixed(1) : Math.round(n).toLocaleString("en-US")); }
-function fmtCost(c) { return c == null ? "–" : "$" + (c < 0.01 && c > 0 ? c.toFixed(6) : c.toFixed(4)); }
+// Dollars to the hundredth of a cent, or to six places below a cent (one
+// short request costs fractions of a cent), without trailing zeros.
+function fmtCost(c) {
+  if (c == null) return "–";
+  var s = c.toFixed(c >= 0.01 ? 4 : 6).replace(/0+$/, "");
+  return "$" + (/\.\d$/.test(s) ? s + "0" : /\.$/.test(s) ? s + "00" : s);
+}
 function fmtRatio(r) { return r == null ? "–" : (r * 100).toFixed(1) + "%"; }
 function isError(r) { return r.status >= 400 || r.status === 0; }
 
@@ -373,15 +379,15 @@ views.request = function (id) {
       var u = r.usage || {};
       var start = r.time;
       var items = [el("li", { class: "good" }, el("span", { class: "at", text: fmtTime(start) }), "Received " + (r.method || "") + " " + (r.path || ""))];
-      var t = 0;
-      (r.attempt_log || []).forEach(function (a, i) {
-        var ok = !a.error;
+      var log = r.attempt_log || [];
+      log.forEach(function (a, i) {
+        var ok = !a.error && a.status > 0 && a.status < 400;
+        var next = i + 1 < log.length ? " — retried" : "";
         items.push(el("li", { class: ok ? "good" : "bad", "data-attempt": i + 1 },
-          el("span", { class: "at", text: "+" + fmtMs(t) + " ms" }),
-          "Attempt " + (i + 1) + " → " + (a.supplier || "(no supplier)") + ": " +
-          (a.status ? "status " + a.status : "no status") + ", " + fmtMs(a.duration_ms) + " ms" +
-          (ok ? "" : " — " + a.error + ": " + reasonWords(a.error))));
-        t += a.duration_ms || 0;
+          el("span", { class: "at", text: "attempt " + (i + 1) }),
+          (a.supplier || "(no supplier)") + ": " + (a.status ? "status " + a.status : "no status") +
+          " after " + fmtMs(a.duration_ms) + " ms" +
+          (a.error ? " — " + a.error + ": " + reasonWords(a.error) : "") + next));
       });
       if (r.ttfb_ms != null) items.push(el("li", null, el("span", { class: "at", text: "+" + fmtMs(r.ttfb_ms) + " ms" }), "First byte to the client"));
       items.push(el("li", { class: r.reason === "COMPLETE" ? "good" : "bad" },
@@ -457,6 +463,24 @@ function barChart(title, rows, key, cls, fmt) {
   return el("figure", null, el("figcaption", { text: title }), svg);
 }
 
+// Every hour (or day) of the period, zero where nothing ran, so the bars
+// are a time axis rather than a list of the busy periods.
+function fillBuckets(rows, bucket, since) {
+  var have = {};
+  rows.forEach(function (r) { have[r[bucket]] = r; });
+  var step = bucket === "hour" ? 3600 : 86400;
+  var first = since || (rows.length ? Date.parse(rows[0][bucket] + (bucket === "hour" ? ":00Z" : "T00:00:00Z")) / 1000 : Date.now() / 1000);
+  var out = [];
+  for (var t = Math.floor(first / step) * step; t <= Date.now() / 1000 && out.length < 400; t += step) {
+    var key = new Date(t * 1000).toISOString().slice(0, bucket === "hour" ? 16 : 10);
+    if (bucket === "hour") key = key.slice(0, 14) + "00";
+    var r = have[key] || { requests: 0, input_tokens: 0, cost: 0, errors: 0 };
+    r[bucket] = key;
+    out.push(r);
+  }
+  return out;
+}
+
 function usageTable(by, rows, total) {
   var cols = [["requests", "Requests", fmtNum], ["errors", "Errors", fmtNum], ["partials", "Cut", fmtNum],
               ["input_tokens", "Input tokens", fmtNum], ["output_tokens", "Output tokens", fmtNum],
@@ -481,7 +505,7 @@ views.usage = function () {
   return Promise.all([api(q("")), api(q(bucket)), api(q(usageState.by))]).then(function (res) {
     var total = res[0].rows[0] || { requests: 0, errors: 0, partials: 0, input_tokens: 0, output_tokens: 0,
                                      cache_read_tokens: 0, cost: null };
-    var series = res[1].rows, breakdown = res[2].rows;
+    var series = fillBuckets(res[1].rows, bucket, since), breakdown = res[2].rows;
     var sel = function (id, label, key, opts) {
       return el("label", { for: id }, label, el("select", { id: id, onchange: function (ev) { usageState[key] = ev.target.value; route(); } },
         opts.map(function (o) { return el("option", { value: o[0], selected: usageState[key] === o[0] }, o[1]); })));

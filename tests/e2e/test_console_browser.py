@@ -96,11 +96,11 @@ class ConsoleCase(harness.SluiceTestCase):
     def records(self):
         return self.admin_get("requests?limit=1000")["items"]
 
-    def shot(self, name, width=None):
-        if width:
-            self.driver.set_window_size(width, 1000)
+    def shot(self, name, width=None, height=1000):
+        if width or height != 1000:
+            self.driver.set_window_size(width or 1400, height)
         self.driver.save_screenshot(os.path.join(ARTIFACTS, name + ".png"))
-        if width:
+        if width or height != 1000:
             self.driver.set_window_size(1400, 1000)
 
     def wait(self, cond, timeout=10):
@@ -120,7 +120,9 @@ class ConsoleCase(harness.SluiceTestCase):
                                   "Authorization": "Bearer sk-client-not-stored-555"})
 
     def table_ids(self):
-        return [tr.get_attribute("data-id") for tr in self.driver.find_elements(By.CSS_SELECTOR, "#requests tbody tr")]
+        # read in one script: the live table may be redrawn between two element lookups
+        return self.driver.execute_script(
+            'return Array.from(document.querySelectorAll("#requests tbody tr"), function (tr) { return tr.dataset.id; });')
 
 
 class TokenTest(ConsoleCase):
@@ -174,7 +176,7 @@ class RequestsTest(ConsoleCase):
         row = self.driver.find_element(By.CSS_SELECTOR, 'tr[data-id="bad-one"]')
         self.assertIn("error", row.get_attribute("class"))
         self.assertIn("partial", self.driver.find_element(By.CSS_SELECTOR, 'tr[data-id="cut-one"]').get_attribute("class"))
-        self.shot("requests")
+        self.shot("requests", width=1400, height=700)  # docs/console-requests.png
         self.shot("requests-360px", width=360)
 
         client = self.driver.find_element(By.ID, "f-client")
@@ -216,7 +218,7 @@ class DetailTest(ConsoleCase):
         self.assertIn("$SLUICE_KEY", curl)
         self.assertNotIn("sk-client-not-stored-555", curl)
         self.assertNotIn("sk-upstream-secret-oa", self.driver.page_source)
-        self.shot("request-detail")
+        self.shot("request-detail", width=1000, height=1000)  # docs/console-request.png
 
         self.driver.get(self.base + "#/request/cut-stream")
         outcome = self.wait(EC.visibility_of_element_located((By.ID, "outcome")))
