@@ -9,7 +9,9 @@
  * it asks, on libuv's thread pool (SQLite never runs on a worker loop),
  * for the rows after the last one it sent. A subscriber therefore costs
  * nothing while no request finishes but one indexed rowid range, and needs
- * no hook in the request path. A client that does not read is not fed
+ * no hook in the request path. The response head waits for the first poll,
+ * which fixes where the feed starts (after a flush of the history's queue),
+ * so a request made once the client has the head is always in the feed. A client that does not read is not fed
  * (its write queue above the high watermark); a comment every
  * FEED_HEARTBEAT_MS shows a gone client and keeps idle proxies open. When
  * the worker stops, the feed ends so the shutdown need not wait for it.
@@ -36,6 +38,7 @@ typedef struct {
     int64_t after_seq;   /* the last record sent; < 0 until the first poll */
     int working;         /* a poll is on the thread pool */
     int timer_open;      /* the timer handle is not closed yet */
+    int head_sent;       /* after the first poll: the feed's start is fixed then */
     sl_buf_t out;        /* the poll's SSE text, written on the loop */
     int rc;
     uint64_t last_write; /* uv_now() of the last bytes sent */
@@ -61,7 +64,10 @@ static void feed_end(feed_t *f)
 {
     if (f->conn) {
         sl_conn_set_handler(f->conn, NULL, NULL);
-        sl_conn_finish(f->conn);
+        if (f->head_sent)
+            sl_conn_finish(f->conn);
+        else /* stopping before the feed began */
+            sl_conn_respond(f->conn, 503, NULL, 0, SL_STR("sluice is shutting down\n"));
         f->conn = NULL;
     }
     if (f->timer_open && !uv_is_closing((uv_handle_t *)&f->timer))
@@ -94,11 +100,27 @@ static void poll_work(uv_work_t *wk)
     f->rc = sl_records_feed(f->rs, &f->after_seq, FEED_BATCH, append_event, &f->out);
 }
 
+/* The head goes out once the first poll has fixed where the feed starts:
+ * a request the client makes after seeing it is then always in the feed. */
+static int send_head(feed_t *f)
+{
+    static const sl_header_t head[] = {
+        {SL_STR("content-type"), SL_STR("text/event-stream")},
+        {SL_STR("cache-control"), SL_STR("no-cache")},
+    };
+    f->head_sent = 1;
+    f->last_write = uv_now(&f->w->loop);
+    return sl_conn_send_head(f->conn, 200, head, 2, -1) != 0 ||
+           sl_conn_send_body(f->conn, ": sluice request feed\n\n", 23) != 0;
+}
+
 static void poll_done(uv_work_t *wk, int status)
 {
     feed_t *f = wk->data;
     f->working = 0;
-    if (f->conn && status == 0 && f->rc == 0 && f->out.len) {
+    if (f->conn && !f->head_sent && send_head(f) != 0) {
+        feed_end(f);
+    } else if (f->conn && status == 0 && f->rc == 0 && f->out.len) {
         sl_conn_send_body(f->conn, f->out.base, f->out.len);
         f->last_write = uv_now(&f->w->loop);
     }
@@ -114,7 +136,7 @@ static void on_tick(uv_timer_t *t)
         return;
     }
     uint64_t now = uv_now(&f->w->loop);
-    if (now - f->last_write >= FEED_HEARTBEAT_MS) {
+    if (f->head_sent && now - f->last_write >= FEED_HEARTBEAT_MS) {
         sl_conn_send_body(f->conn, ": keep-alive\n\n", 14);
         f->last_write = now;
         if (!f->conn)
@@ -130,10 +152,6 @@ static void on_tick(uv_timer_t *t)
 
 void sl_admin_feed_start(sl_worker_t *w, sl_request_t *req, sl_records_t *rs)
 {
-    static const sl_header_t head[] = {
-        {SL_STR("content-type"), SL_STR("text/event-stream")},
-        {SL_STR("cache-control"), SL_STR("no-cache")},
-    };
     feed_t *f = calloc(1, sizeof *f);
     if (!f) {
         sl_conn_respond(req->conn, 500, NULL, 0, SL_STR("out of memory\n"));
@@ -157,13 +175,5 @@ void sl_admin_feed_start(sl_worker_t *w, sl_request_t *req, sl_records_t *rs)
     f->timer.data = f;
     f->timer_open = 1;
     sl_conn_set_handler(f->conn, &feed_conn_handler, f);
-    /* The head and a first comment at once: the client knows the feed is
-     * open before any request finishes. */
-    if (sl_conn_send_head(f->conn, 200, head, 2, -1) != 0 ||
-        sl_conn_send_body(f->conn, ": sluice request feed\n\n", 23) != 0) {
-        feed_end(f);
-        return;
-    }
-    f->last_write = uv_now(&w->loop);
-    uv_timer_start(&f->timer, on_tick, 0, FEED_POLL_MS);
+    uv_timer_start(&f->timer, on_tick, 0, FEED_POLL_MS); /* the first poll sends the head */
 }
