@@ -869,6 +869,7 @@ static void report(sl_exchange_t *ex, const sl_term_result_t *res)
     o.cache_read_tokens = lf.cache_read_tokens;
     o.cache_write_tokens = lf.cache_write_tokens;
     o.cost = lf.cost;
+    o.gateway_key = lf.gateway_key;
     o.extra_json = lf.extra_json;
     o.request_body = lf.request_body;
     o.response_body = lf.response_body;

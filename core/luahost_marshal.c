@@ -481,6 +481,7 @@ static const str_field_t LOG_STRINGS[] = {
     {"service", offsetof(sl_lua_logfields_t, service)},
     {"client", offsetof(sl_lua_logfields_t, client)},
     {"model_in", offsetof(sl_lua_logfields_t, model_in)},
+    {"gateway_key", offsetof(sl_lua_logfields_t, gateway_key)},
 };
 #define NLOG_STRINGS (sizeof LOG_STRINGS / sizeof LOG_STRINGS[0])
 

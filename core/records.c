@@ -92,6 +92,7 @@ static const column_t columns[] = {
     {"cache_write_tokens", "cache_write_tokens", K_INT64_OPT, F(cache_write_tokens), 1, NULL,
      O(cache_write_tokens)},
     {"cost", "cost", K_REAL_OPT, F(cost), 0, "%.6f", O(cost)},
+    {"gateway_key", "key", K_TEXT, F(gateway_key), 0, NULL, O(gateway_key)},
     {"reason", "reason", K_TEXT, F(reason), 0, NULL, DERIVED},
     {"partial", "partial", K_BOOL, F(partial), 0, NULL, DERIVED},
     {"expected", "expected", K_BOOL, F(expected), 0, NULL, DERIVED},
@@ -1027,11 +1028,11 @@ int sl_records_delete(sl_records_t *rs, const char *id)
 /* ---- usage --------------------------------------------------------------- */
 
 /* The SQL expression behind each group_by name. "key" is the gateway key's
- * place in `keys` (the log hook puts it in extra), never the key itself. */
+ * place in `keys` ("key#2"), never the key itself. */
 static const struct {
     const char *name, *expr;
 } usage_groups[] = {
-    {"key", "json_extract(extra_json, '$.key')"},
+    {"key", "gateway_key"},
     {"model", "coalesce(model_out, model_in)"},
     {"supplier", "supplier"},
     {"client", "client"},
@@ -1054,37 +1055,82 @@ const char *sl_records_usage_groups(void)
     return "key, model, supplier, client, service, day, hour";
 }
 
-/* The statement: one pass ranks each group's TTFBs (window functions) so the
- * percentiles come out of the same GROUP BY as the sums; p is nearest-rank
- * (the smallest TTFB with at least p of the group's at or below it). */
-static int usage_sql(sl_buf_t *sql, const sl_records_usage_t *u)
+/* The WHERE clause of both statements: only the bounds given — over the
+ * whole table a scan beats walking the time index (a row lookup per entry),
+ * and SQLite cannot tell from a bound parameter that the range is all. */
+static int usage_where(sl_buf_t *sql, const sl_records_usage_t *u)
 {
-    int rc = sl_buf_append_c(sql, "WITH b AS (SELECT status, partial, input_tokens, output_tokens,"
-                                  " cache_read_tokens, cache_write_tokens, cost, ttfb_ms");
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, ", %s AS g%d", usage_groups[u->groups[i]].expr, i);
-    rc |= sl_buf_append_c(sql, " FROM requests WHERE time >= :since AND time < :until),"
-                               " r AS (SELECT *, row_number() OVER w AS rn, count(ttfb_ms) OVER p AS nt"
-                               " FROM b WINDOW p AS (");
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : "PARTITION BY ", i);
-    rc |= sl_buf_append_c(sql, "), w AS (p ORDER BY ttfb_ms IS NULL, ttfb_ms)) SELECT ");
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, "g%d, ", i);
-    rc |= sl_buf_append_c(
-        sql, "count(*), sum(status >= 400 OR status = 0), sum(partial), total(input_tokens),"
-             " total(output_tokens), total(cache_read_tokens), total(cache_write_tokens),"
-             " total(cost), count(cost),"
-             " min(CASE WHEN ttfb_ms IS NOT NULL AND rn >= 0.5 * nt THEN ttfb_ms END),"
-             " min(CASE WHEN ttfb_ms IS NOT NULL AND rn >= 0.95 * nt THEN ttfb_ms END) FROM r");
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : " GROUP BY ", i);
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, "%sg%d", i ? ", " : " ORDER BY ", i);
-    return rc || !sl_buf_cstr(sql) ? SL_ENOMEM : 0;
+    int rc = sl_buf_append_c(sql, " FROM requests WHERE 1");
+    if (u->since > 0)
+        rc |= sl_buf_append_c(sql, " AND time >= :since");
+    if (u->until > 0)
+        rc |= sl_buf_append_c(sql, " AND time < :until");
+    return rc;
 }
 
-static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usage_t *u)
+static int usage_groups_list(sl_buf_t *sql, const sl_records_usage_t *u, const char *lead)
+{
+    int rc = 0;
+    for (int i = 0; i < u->ngroups; i++)
+        rc |= sl_buf_printf(sql, "%s%d", i ? ", " : lead, i + 1);
+    return rc;
+}
+
+/* Two statements, both ordered by the groups: the sums, and every known
+ * TTFB sorted within its group. The percentiles come from walking the
+ * second alongside the first: one sort of the TTFBs, where ranking them
+ * with window functions in the same statement took twice as long. */
+static int usage_sql(sl_buf_t *sums, sl_buf_t *ttfbs, const sl_records_usage_t *u)
+{
+    int rc = sl_buf_append_c(sums, "SELECT ");
+    rc |= sl_buf_append_c(ttfbs, "SELECT ");
+    for (int i = 0; i < u->ngroups; i++) {
+        rc |= sl_buf_printf(sums, "%s, ", usage_groups[u->groups[i]].expr);
+        rc |= sl_buf_printf(ttfbs, "%s, ", usage_groups[u->groups[i]].expr);
+    }
+    rc |= sl_buf_append_c(
+        sums, "count(*), sum(status >= 400 OR status = 0), sum(partial), total(input_tokens),"
+              " total(output_tokens), total(cache_read_tokens), total(cache_write_tokens),"
+              " total(cost), count(cost)");
+    rc |= usage_where(sums, u);
+    rc |= usage_groups_list(sums, u, " GROUP BY ");
+    rc |= usage_groups_list(sums, u, " ORDER BY ");
+    rc |= sl_buf_append_c(ttfbs, "ttfb_ms");
+    rc |= usage_where(ttfbs, u);
+    rc |= sl_buf_append_c(ttfbs, " AND ttfb_ms IS NOT NULL");
+    rc |= usage_groups_list(ttfbs, u, " ORDER BY ");
+    rc |= sl_buf_printf(ttfbs, "%s%d", u->ngroups ? ", " : " ORDER BY ", u->ngroups + 1);
+    return rc || !sl_buf_cstr(sums) || !sl_buf_cstr(ttfbs) ? SL_ENOMEM : 0;
+}
+
+/* Do the first n columns of a and b hold the same group? */
+static int same_group(sqlite3_stmt *a, sqlite3_stmt *b, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int ta = sqlite3_column_type(a, i), tb = sqlite3_column_type(b, i);
+        if (ta == SQLITE_NULL || tb == SQLITE_NULL) {
+            if (ta != tb)
+                return 0;
+            continue;
+        }
+        const unsigned char *sa = sqlite3_column_text(a, i), *sb = sqlite3_column_text(b, i);
+        int la = sqlite3_column_bytes(a, i), lb = sqlite3_column_bytes(b, i);
+        if (la != lb || (la && memcmp(sa, sb, (size_t)la) != 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* Nearest rank: the smallest value with at least p of the n sorted values
+ * at or below it. The epsilon keeps 0.95 * 20 from rounding up to 20.0...01. */
+static double nearest_rank(const double *v, size_t n, double p)
+{
+    size_t k = (size_t)ceil(p * (double)n - 1e-9);
+    return v[(k ? k : 1) - 1];
+}
+
+static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usage_t *u,
+                          const double *ttfb, size_t nttfb)
 {
     int g = u->ngroups, rc = 0;
     rc |= sl_buf_append_byte(out, '{');
@@ -1112,55 +1158,103 @@ static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usag
     rc |= sqlite3_column_int64(st, g + 8) > 0
               ? sl_buf_printf(out, ",\"cost\":%.6f", sqlite3_column_double(st, g + 7))
               : sl_buf_append_c(out, ",\"cost\":null");
-    for (int k = 0; k < 2; k++) {
-        rc |= sl_buf_append_c(out, k ? ",\"ttfb_p95_ms\":" : ",\"ttfb_p50_ms\":");
-        rc |= sqlite3_column_type(st, g + 9 + k) == SQLITE_NULL
-                  ? sl_buf_append_c(out, "null")
-                  : sl_buf_printf(out, "%.3f", sqlite3_column_double(st, g + 9 + k));
-    }
-    rc |= sl_buf_append_byte(out, '}');
+    if (nttfb)
+        rc |= sl_buf_printf(out, ",\"ttfb_p50_ms\":%.3f,\"ttfb_p95_ms\":%.3f}",
+                            nearest_rank(ttfb, nttfb, 0.50), nearest_rank(ttfb, nttfb, 0.95));
+    else
+        rc |= sl_buf_append_c(out, ",\"ttfb_p50_ms\":null,\"ttfb_p95_ms\":null}");
     return rc ? SL_ENOMEM : 0;
+}
+
+static void bind_range(sqlite3_stmt *st, const sl_records_usage_t *u)
+{
+    int i;
+    if ((i = sqlite3_bind_parameter_index(st, ":since")) > 0)
+        sqlite3_bind_double(st, i, u->since);
+    if ((i = sqlite3_bind_parameter_index(st, ":until")) > 0)
+        sqlite3_bind_double(st, i, u->until);
+}
+
+/* The rows, each with its group's TTFBs gathered from `tt` (same order). */
+static int emit_usage_rows(sl_buf_t *out, sqlite3_stmt *sums, sqlite3_stmt *tt,
+                           const sl_records_usage_t *u)
+{
+    int g = u->ngroups, rc = 0, src, tsrc = sqlite3_step(tt);
+    double *v = NULL;
+    size_t cap = 0;
+    for (int n = 0; rc == 0 && (src = sqlite3_step(sums)) == SQLITE_ROW;) {
+        if (g == 0 && sqlite3_column_int64(sums, 0) == 0)
+            continue; /* the ungrouped total of nothing is no row */
+        size_t nv = 0;
+        while (tsrc == SQLITE_ROW && same_group(sums, tt, g)) {
+            if (nv == cap) {
+                size_t ncap = cap ? 2 * cap : 256;
+                double *nvp = realloc(v, ncap * sizeof *v);
+                if (!nvp) {
+                    free(v);
+                    return SL_ENOMEM;
+                }
+                v = nvp;
+                cap = ncap;
+            }
+            v[nv++] = sqlite3_column_double(tt, g);
+            tsrc = sqlite3_step(tt);
+        }
+        rc = (n++ ? sl_buf_append_byte(out, ',') : 0) || emit_usage_row(out, sums, u, v, nv)
+                 ? SL_ENOMEM
+                 : 0;
+    }
+    free(v);
+    if (rc == 0 && src != SQLITE_DONE)
+        rc = map_sqlite(src);
+    if (rc == 0 && tsrc != SQLITE_DONE && tsrc != SQLITE_ROW)
+        rc = map_sqlite(tsrc);
+    return rc;
 }
 
 int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *out)
 {
     sqlite3 *db;
-    sqlite3_stmt *st = NULL;
-    sl_buf_t sql;
+    sqlite3_stmt *sums = NULL, *tt = NULL;
+    sl_buf_t sql_sums, sql_tt;
     if (!rs || !u || !out || u->ngroups < 0 || u->ngroups > SL_USAGE_GROUPS_MAX)
         return SL_EINVAL;
     for (int i = 0; i < u->ngroups; i++)
         if (u->groups[i] < 0 || u->groups[i] >= (int)NUSAGE_GROUPS)
             return SL_EINVAL;
     CHECK(reader_acquire(rs, &db));
-    sl_buf_init(&sql, 0);
+    sl_buf_init(&sql_sums, 0);
+    sl_buf_init(&sql_tt, 0);
     size_t mark = out->len;
-    int rc = usage_sql(&sql, u);
+    int rc = usage_sql(&sql_sums, &sql_tt, u);
+    /* One read transaction: the sums and the TTFBs describe the same rows. */
     if (rc == 0)
-        rc = map_sqlite(sqlite3_prepare_v2(db, sql.base, -1, &st, NULL));
+        rc = map_sqlite(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL));
     if (rc == 0) {
-        int src;
-        sqlite3_bind_double(st, sqlite3_bind_parameter_index(st, ":since"), u->since);
-        sqlite3_bind_double(st, sqlite3_bind_parameter_index(st, ":until"),
-                            u->until > 0 ? u->until : 1e18);
-        rc = sl_buf_printf(out, "{\"since\":%.3f,\"until\":", u->since);
-        rc |= u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
-        rc |= sl_buf_append_c(out, ",\"group_by\":[");
-        for (int i = 0; i < u->ngroups; i++)
-            rc |= sl_buf_printf(out, "%s\"%s\"", i ? "," : "", usage_groups[u->groups[i]].name);
-        rc |= sl_buf_append_c(out, "],\"rows\":[");
-        for (int n = 0; rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW; n++) {
-            if (u->ngroups == 0 && sqlite3_column_int64(st, 0) == 0)
-                continue; /* no row at all: the ungrouped total of nothing is no row */
-            rc = (n ? sl_buf_append_byte(out, ',') : 0) || emit_usage_row(out, st, u) ? SL_ENOMEM : 0;
-        }
+        rc = map_sqlite(sqlite3_prepare_v2(db, sql_sums.base, -1, &sums, NULL));
         if (rc == 0)
-            rc = src == SQLITE_DONE ? sl_buf_append_c(out, "]}") : map_sqlite(src);
+            rc = map_sqlite(sqlite3_prepare_v2(db, sql_tt.base, -1, &tt, NULL));
+        if (rc == 0) {
+            bind_range(sums, u);
+            bind_range(tt, u);
+            rc = sl_buf_printf(out, "{\"since\":%.3f,\"until\":", u->since);
+            rc |= u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
+            rc |= sl_buf_append_c(out, ",\"group_by\":[");
+            for (int i = 0; i < u->ngroups; i++)
+                rc |= sl_buf_printf(out, "%s\"%s\"", i ? "," : "", usage_groups[u->groups[i]].name);
+            rc |= sl_buf_append_c(out, "],\"rows\":[");
+            rc = rc ? SL_ENOMEM : emit_usage_rows(out, sums, tt, u);
+            if (rc == 0)
+                rc = sl_buf_append_c(out, "]}");
+        }
+        sqlite3_finalize(sums);
+        sqlite3_finalize(tt);
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     }
     if (rc)
         out->len = mark;
-    sqlite3_finalize(st);
-    sl_buf_free(&sql);
+    sl_buf_free(&sql_sums);
+    sl_buf_free(&sql_tt);
     reader_release(rs, db);
     return rc;
 }

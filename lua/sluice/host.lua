@@ -509,11 +509,9 @@ function H.log(ctx)
     -- Priced on the model asked of the supplier that answered (sluice.prices).
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     out.cost = prices.cost(cfg.prices, s and s.prices, ctx.model_out, out)
-    local extra = {}
     local sid = ctx.upstream_session_id
-    if type(sid) == "string" then extra.upstream_session = sid end
-    if ctx.gateway_key_index then extra.key = "key#" .. ctx.gateway_key_index end
-    if next(extra) then out.extra_json = json.encode(extra) end
+    if type(sid) == "string" then out.extra_json = json.encode({ upstream_session = sid }) end
+    if ctx.gateway_key_index then out.gateway_key = "key#" .. ctx.gateway_key_index end
     if cfg.history.bodies then
         local secrets = secrets_of(ctx) -- once for both bodies
         out.request_body = redact(ctx.body, secrets)

@@ -187,6 +187,7 @@ class UsageTest(UsageCase):
 
         records = self.admin_json("/_sluice/requests?limit=100")["items"]
         self.assertEqual(len(records), 4)
+        self.assertEqual(sorted(r["key"] for r in records), ["key#1", "key#1", "key#2", "key#2"])
         total = self.admin_json("/_sluice/usage")
         self.assertEqual(len(total["rows"]), 1)
         row = total["rows"][0]
