@@ -119,6 +119,16 @@ class ConsoleCase(harness.SluiceTestCase):
                          headers={"x-request-id": rid, "User-Agent": ua,
                                   "Authorization": "Bearer sk-client-not-stored-555"})
 
+    def unlabelled_controls(self):
+        """Form controls a screen reader would announce without a name."""
+        return self.driver.execute_script(
+            'return Array.from(document.querySelectorAll("main input, main select, main button"))'
+            '.filter(function (c) { return !(c.labels && c.labels.length) && !c.getAttribute("aria-label")'
+            ' && !c.textContent.trim(); }).map(function (c) { return c.outerHTML; });')
+
+    def page_width(self):
+        return self.driver.execute_script("return document.documentElement.scrollWidth;")
+
     def table_ids(self):
         # read in one script: the live table may be redrawn between two element lookups
         return self.driver.execute_script(
@@ -177,6 +187,11 @@ class RequestsTest(ConsoleCase):
         self.assertIn("error", row.get_attribute("class"))
         self.assertIn("partial", self.driver.find_element(By.CSS_SELECTOR, 'tr[data-id="cut-one"]').get_attribute("class"))
         self.shot("requests", width=1400, height=700)  # docs/console-requests.png
+        self.assertEqual(self.unlabelled_controls(), [])
+        # 360 px wide: the page itself does not scroll sideways (the table does, inside its box)
+        self.driver.set_window_size(360, 1000)
+        self.wait(lambda d: d.execute_script("return window.innerWidth;") <= 360)
+        self.assertLessEqual(self.page_width(), self.driver.execute_script("return window.innerWidth;"))
         self.shot("requests-360px", width=360)
 
         client = self.driver.find_element(By.ID, "f-client")
@@ -251,6 +266,7 @@ class UsageTest(ConsoleCase):
         rows = self.driver.find_elements(By.CSS_SELECTOR, "#usage-table tbody tr")
         self.assertEqual(sorted(r.find_element(By.TAG_NAME, "th").text for r in rows), ["agent-a", "agent-b"])
         self.assertEqual(sum(int(r.find_element(By.CSS_SELECTOR, "td[data-col=requests]").text) for r in rows), 4)
+        self.assertEqual(self.unlabelled_controls(), [])
         self.shot("usage")
 
 
@@ -262,6 +278,7 @@ class HealthTest(ConsoleCase):
         self.assertNotIn("sk-upstream-secret-oa", self.driver.page_source)
         self.assertNotIn(ADMIN_TOKEN, self.driver.page_source)
         self.assertEqual(self.driver.find_element(By.ID, "health-workers").text, "1")
+        self.assertEqual(self.unlabelled_controls(), [])
         self.shot("health")
 
         self.sluice.write_config(BROKEN_CONFIG)
