@@ -11,10 +11,10 @@
  * nothing while no request finishes but one indexed rowid range, and needs
  * no hook in the request path. The response head waits for the first poll,
  * which fixes where the feed starts (after a flush of the history's queue),
- * so a request made once the client has the head is always in the feed. A client that does not read is not fed
- * (its write queue above the high watermark); a comment every
- * FEED_HEARTBEAT_MS shows a gone client and keeps idle proxies open. When
- * the worker stops, the feed ends so the shutdown need not wait for it.
+ * so a request made once the client has the head is always in the feed. A client that does not read
+ * is not fed (its write queue above the high watermark); a comment every FEED_HEARTBEAT_MS shows a
+ * gone client and keeps idle proxies open. When the worker stops, the feed ends so the shutdown
+ * need not wait for it.
  */
 #include "admin_feed.h"
 
@@ -34,12 +34,12 @@ typedef struct {
     uv_work_t work;
     sl_worker_t *w;
     sl_records_t *rs;
-    sl_conn_t *conn;     /* NULL once the client has gone or the feed ended */
-    int64_t after_seq;   /* the last record sent; < 0 until the first poll */
-    int working;         /* a poll is on the thread pool */
-    int timer_open;      /* the timer handle is not closed yet */
-    int head_sent;       /* after the first poll: the feed's start is fixed then */
-    sl_buf_t out;        /* the poll's SSE text, written on the loop */
+    sl_conn_t *conn;   /* NULL once the client has gone or the feed ended */
+    int64_t after_seq; /* the last record sent; < 0 until the first poll */
+    int working;       /* a poll is on the thread pool */
+    int timer_open;    /* the timer handle is not closed yet */
+    int head_sent;     /* after the first poll: the feed's start is fixed then */
+    sl_buf_t out;      /* the poll's SSE text, written on the loop */
     int rc;
     uint64_t last_write; /* uv_now() of the last bytes sent */
 } feed_t;

@@ -231,7 +231,7 @@ typedef struct {
     char *extra_json;                   /* JSON object text, or NULL */
     char *request_body, *response_body; /* redacted, only when history.bodies is on */
     char *service, *client, *model_in;  /* what Lua learned, for requests that never got a plan */
-    char *gateway_key;                  /* which of `keys` the client used ("key#2"), never the key */
+    char *gateway_key; /* which of `keys` the client used ("key#2"), never the key */
 } sl_lua_logfields_t;
 
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);

@@ -110,7 +110,8 @@ static const column_t columns[] = {
 /* The outcome fields the table copies without a cast have the record's types. */
 #define SAME_TYPE(field, type) _Generic(((sl_outcome_t *)0)->field, type: 1, default: 0)
 _Static_assert(SAME_TYPE(status, int) && SAME_TYPE(attempts, int), "int columns");
-_Static_assert(SAME_TYPE(duration_ms, double) && SAME_TYPE(ttfb_ms, double) && SAME_TYPE(cost, double),
+_Static_assert(SAME_TYPE(duration_ms, double) && SAME_TYPE(ttfb_ms, double) &&
+                   SAME_TYPE(cost, double),
                "real columns");
 _Static_assert(SAME_TYPE(bytes_in, int64_t) && SAME_TYPE(bytes_out, int64_t) &&
                    SAME_TYPE(input_tokens, int64_t) && SAME_TYPE(output_tokens, int64_t) &&
@@ -1150,7 +1151,8 @@ static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usag
                         "\"requests\":%lld,\"errors\":%lld,\"partials\":%lld,\"input_tokens\":%.0f,"
                         "\"output_tokens\":%.0f,\"cache_read_tokens\":%.0f,"
                         "\"cache_write_tokens\":%.0f,\"cache_hit_ratio\":",
-                        (long long)sqlite3_column_int64(st, g), (long long)sqlite3_column_int64(st, g + 1),
+                        (long long)sqlite3_column_int64(st, g),
+                        (long long)sqlite3_column_int64(st, g + 1),
                         (long long)sqlite3_column_int64(st, g + 2), input,
                         sqlite3_column_double(st, g + 4), cread, sqlite3_column_double(st, g + 6));
     /* input_tokens already includes the cache reads and writes (the IR's rule) */
@@ -1238,7 +1240,8 @@ int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *ou
             bind_range(sums, u);
             bind_range(tt, u);
             rc = sl_buf_printf(out, "{\"since\":%.3f,\"until\":", u->since);
-            rc |= u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
+            rc |=
+                u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
             rc |= sl_buf_append_c(out, ",\"group_by\":[");
             for (int i = 0; i < u->ngroups; i++)
                 rc |= sl_buf_printf(out, "%s\"%s\"", i ? "," : "", usage_groups[u->groups[i]].name);
@@ -1274,8 +1277,8 @@ int sl_records_feed(sl_records_t *rs, int64_t *after_seq, int limit, sl_records_
     sl_buf_init(&rec, 0);
     int rc, src;
     if (*after_seq < 0) { /* a new feed starts after what is already stored */
-        rc = map_sqlite(sqlite3_prepare_v2(db, "SELECT coalesce(max(seq), 0) FROM requests", -1,
-                                           &st, NULL));
+        rc = map_sqlite(
+            sqlite3_prepare_v2(db, "SELECT coalesce(max(seq), 0) FROM requests", -1, &st, NULL));
         if (rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW)
             *after_seq = sqlite3_column_int64(st, 0);
         else if (rc == 0)

@@ -34,9 +34,9 @@ typedef struct sl_record_s {
     double duration_ms, ttfb_ms; /* ttfb_ms < 0 if no byte was sent */
     int64_t bytes_in, bytes_out;
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 = unknown */
-    double cost; /* USD; < 0 = unknown (no price matched) */
+    double cost;       /* USD; < 0 = unknown (no price matched) */
     char *gateway_key; /* "key#N": the client's place in `keys`, never the key */
-    char *reason; /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
+    char *reason;      /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
     int partial, expected;
     char *error;  /* e.g. "partial=true; reason=UPSTREAM_EOF_EARLY; ..." or NULL */
     int attempts; /* upstream attempts made */
@@ -93,17 +93,17 @@ int sl_records_flush(sl_records_t *rs, int timeout_ms);
 uint64_t sl_records_dropped(void);
 
 typedef struct {
-    int limit;          /* <= 0: 50; capped at 1000 */
-    int offset;         /* < 0: 0 */
-    const char *client; /* exact match, NULL = any */
-    int status;         /* exact match; 1..9 = that class (5 = 5xx); 0 = any */
-    double since;       /* time >= since (unix seconds), 0 = any */
-    const char *search; /* substring (case-insensitive ASCII) of id, path, model_in,
-                           model_out, supplier or error; NULL/"" = any */
-    double until;       /* time < until, 0 = any */
+    int limit;                      /* <= 0: 50; capped at 1000 */
+    int offset;                     /* < 0: 0 */
+    const char *client;             /* exact match, NULL = any */
+    int status;                     /* exact match; 1..9 = that class (5 = 5xx); 0 = any */
+    double since;                   /* time >= since (unix seconds), 0 = any */
+    const char *search;             /* substring (case-insensitive ASCII) of id, path, model_in,
+                                       model_out, supplier or error; NULL/"" = any */
+    double until;                   /* time < until, 0 = any */
     const char *service, *supplier; /* exact match, NULL = any */
-    const char *model;  /* exact match of model_in or model_out, NULL = any */
-    int partial;        /* 1 = partial answers only */
+    const char *model;              /* exact match of model_in or model_out, NULL = any */
+    int partial;                    /* 1 = partial answers only */
 } sl_records_filter_t;
 
 /*

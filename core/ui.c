@@ -49,7 +49,8 @@ int sl_ui_handle(sl_request_t *req, sl_str_t path)
             continue;
         sl_header_t h[NCOMMON + 1];
         memcpy(h, common, sizeof common);
-        h[NCOMMON] = (sl_header_t){SL_STR("content-type"), sl_str(a->content_type, strlen(a->content_type))};
+        h[NCOMMON] =
+            (sl_header_t){SL_STR("content-type"), sl_str(a->content_type, strlen(a->content_type))};
         sl_conn_respond(req->conn, 200, h, NCOMMON + 1, sl_str((const char *)a->data, a->len));
         return 1;
     }
