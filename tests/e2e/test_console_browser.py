@@ -8,7 +8,9 @@ one; a request made through the gateway appears in the live table (fed by
 one request's page shows each attempt of a retried request and, for a cut
 stream, the reason in words; the usage view's totals equal the sum of the
 records; a reload with a broken config shows the error while the old config
-keeps serving.
+keeps serving. No test may leave a script error or a blocked load (the
+page's Content-Security-Policy allows this origin only) in the browser's
+console, and every control has an accessible name.
 
 Each view is saved as a screenshot in build/artifacts/console/ (or
 $SLUICE_ARTIFACTS) for a person to look at. Never skipped: scripts/setup
@@ -60,6 +62,7 @@ def browser():
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
         opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
@@ -83,7 +86,16 @@ class ConsoleCase(harness.SluiceTestCase):
                         "sluice did not start" + self.diag())
         self.driver = browser()
         self.addCleanup(self.driver.quit)
+        self.addCleanup(self.check_console)
+        self.allowed = ["status of 401"]  # a wrong token, on purpose
         self.base = "http://127.0.0.1:%d/_sluice/ui/" % s.port
+
+    def check_console(self):
+        """No script error and no blocked load (a CSP violation) while the test ran;
+        only the failed statuses a test provokes on purpose (self.allowed) are let through."""
+        errors = [e["message"] for e in self.driver.get_log("browser")
+                  if e["level"] == "SEVERE" and not any(a in e["message"] for a in self.allowed)]
+        self.assertEqual(errors, [], "the browser console reported errors")
 
     def admin_get(self, path):
         try:
@@ -282,6 +294,7 @@ class HealthTest(ConsoleCase):
         self.shot("health")
 
         self.sluice.write_config(BROKEN_CONFIG)
+        self.allowed.append("/_sluice/reload - Failed to load resource: the server responded with a status of 500")
         self.driver.find_element(By.ID, "reload").click()
         err = self.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, "#reload-result [role=alert]")))
         self.assertIn("refused", err.text)
