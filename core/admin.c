@@ -236,20 +236,31 @@ static void handle_usage(sl_worker_t *w, sl_request_t *req)
         reply_error(req, 405, "use GET");
         return;
     }
-    if (query_param(req->query, "since", num, sizeof num))
-        u.since = atof(num);
-    if (query_param(req->query, "until", num, sizeof num))
-        u.until = atof(num);
+    static const char *bounds[] = {"since", "until"};
+    for (int i = 0; i < 2; i++) {
+        char *end;
+        if (!query_param(req->query, bounds[i], num, sizeof num) || !*num)
+            continue;
+        double v = strtod(num, &end);
+        if (*end || v < 0) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "%s: expected unix seconds, e.g. 1767225600", bounds[i]);
+            reply_error(req, 400, msg);
+            return;
+        }
+        *(i ? &u.until : &u.since) = v;
+    }
     if (query_param(req->query, "group_by", groups, sizeof groups) && *groups) {
         for (char *save = NULL, *g = strtok_r(groups, ",", &save); g;
              g = strtok_r(NULL, ",", &save)) {
             int k = sl_records_usage_group(g);
             if (k < 0 || u.ngroups == SL_USAGE_GROUPS_MAX) {
                 char msg[256];
-                snprintf(msg, sizeof msg,
-                         k < 0 ? "group_by: unknown group \"%s\" (known: %s)"
-                               : "group_by: at most 4 groups (%s%s)",
-                         k < 0 ? g : "", sl_records_usage_groups());
+                if (k < 0)
+                    snprintf(msg, sizeof msg, "group_by: unknown group \"%.64s\" (known: %s)", g,
+                             sl_records_usage_groups());
+                else
+                    snprintf(msg, sizeof msg, "group_by: at most %d groups", SL_USAGE_GROUPS_MAX);
                 reply_error(req, 400, msg);
                 return;
             }

@@ -223,13 +223,19 @@ class UsageTest(UsageCase):
         self.assertEqual(self.admin_json("/_sluice/usage?until=%f" % (first - 1))["rows"], [])
         self.assertEqual(self.admin_json("/_sluice/usage?since=%f" % (time.time() + 60))["rows"], [])
 
-    def test_an_unknown_group_is_a_400_naming_the_known_ones(self):
+    def test_bad_parameters_are_a_400_saying_what_is_wrong(self):
         self.start(keys=False)
         r = harness.request(self.sluice.port, "GET", "/_sluice/usage?group_by=model,colour")
         self.assertEqual(r.status, 400)
         msg = r.json()["error"]["message"]
         self.assertIn("colour", msg)
         self.assertIn("supplier", msg)
+        r = harness.request(self.sluice.port, "GET", "/_sluice/usage?since=yesterday")
+        self.assertEqual(r.status, 400)
+        self.assertIn("since: expected unix seconds", r.json()["error"]["message"])
+        r = harness.request(self.sluice.port, "GET", "/_sluice/usage?group_by=key,model,client,day,hour")
+        self.assertEqual(r.status, 400)
+        self.assertIn("at most 4", r.json()["error"]["message"])
 
 
 if __name__ == "__main__":
