@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin_feed.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
 #include "reload.h"
+#include "ui.h"
 #include "worker.h"
 
 static const sl_header_t json_ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
@@ -100,10 +102,11 @@ typedef struct {
     uv_work_t work;
     sl_records_t *rs;
     sl_request_t *req;     /* NULL once the client has gone */
-    enum { JOB_LIST, JOB_GET, JOB_DELETE } kind;
+    enum { JOB_LIST, JOB_GET, JOB_DELETE, JOB_USAGE } kind;
     char id[160];
-    char client[128], search[256], session[80];
-    sl_records_filter_t f; /* its strings point into client/search/session above */
+    char client[128], search[256], service[64], supplier[128], model[160], session[80];
+    sl_records_filter_t f; /* its strings point into the buffers above */
+    sl_records_usage_t usage;
     sl_buf_t out;
     int rc;
 } history_job_t;
@@ -121,6 +124,8 @@ static void history_work(uv_work_t *w)
     sl_records_flush(j->rs, 1000);
     if (j->kind == JOB_LIST) {
         j->rc = sl_records_query(j->rs, &j->f, &j->out);
+    } else if (j->kind == JOB_USAGE) {
+        j->rc = sl_records_usage(j->rs, &j->usage, &j->out);
     } else if (j->kind == JOB_DELETE) {
         j->rc = sl_records_delete(j->rs, j->id);
         if (!j->rc)
@@ -149,6 +154,19 @@ static void history_done(uv_work_t *w, int status)
     free(j);
 }
 
+static void queue_history_job(sl_worker_t *w, history_job_t *j)
+{
+    sl_request_t *req = j->req;
+    sl_conn_set_handler(req->conn, &history_conn_handler, j);
+    int rc = uv_queue_work(&w->loop, &j->work, history_work, history_done);
+    if (rc) {
+        sl_conn_set_handler(req->conn, NULL, NULL);
+        reply_error(req, 500, uv_strerror(rc));
+        sl_buf_free(&j->out);
+        free(j);
+    }
+}
+
 static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
 {
     sl_records_t *rs = w->app->records;
@@ -158,6 +176,10 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
     }
     if (rest.len == 0 && strcmp(req->method, "GET") != 0) {
         reply_error(req, 405, "use GET");
+        return;
+    }
+    if (sl_str_eq(rest, SL_STR("stream")) && strcmp(req->method, "GET") == 0) {
+        sl_admin_feed_start(w, req, rs); /* the live feed (admin_feed.h) */
         return;
     }
     history_job_t *j = calloc(1, sizeof *j);
@@ -185,18 +207,80 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
             j->f.search = j->search;
         if (query_param(req->query, "session", j->session, sizeof j->session))
             j->f.session = j->session;
+        if (query_param(req->query, "until", num, sizeof num))
+            j->f.until = atof(num);
+        if (query_param(req->query, "partial", num, sizeof num))
+            j->f.partial = strcmp(num, "true") == 0 || strcmp(num, "1") == 0;
+        if (query_param(req->query, "service", j->service, sizeof j->service) && *j->service)
+            j->f.service = j->service;
+        if (query_param(req->query, "supplier", j->supplier, sizeof j->supplier) && *j->supplier)
+            j->f.supplier = j->supplier;
+        if (query_param(req->query, "model", j->model, sizeof j->model) && *j->model)
+            j->f.model = j->model;
     } else {
         j->kind = strcmp(req->method, "DELETE") == 0 ? JOB_DELETE : JOB_GET;
         snprintf(j->id, sizeof j->id, "%.*s", (int)rest.len, rest.base);
     }
-    sl_conn_set_handler(req->conn, &history_conn_handler, j);
-    int rc = uv_queue_work(&w->loop, &j->work, history_work, history_done);
-    if (rc) {
-        sl_conn_set_handler(req->conn, NULL, NULL);
-        reply_error(req, 500, uv_strerror(rc));
-        sl_buf_free(&j->out);
-        free(j);
+    queue_history_job(w, j);
+}
+
+/* GET /_sluice/usage?since=&until=&group_by=a,b: the totals, computed by
+ * SQLite on the thread pool like every history read. */
+static void handle_usage(sl_worker_t *w, sl_request_t *req)
+{
+    sl_records_t *rs = w->app->records;
+    char num[32], groups[128];
+    sl_records_usage_t u = {0};
+    if (!rs) {
+        reply_error(req, 404, "request history is disabled (history.path is not set)");
+        return;
     }
+    if (strcmp(req->method, "GET") != 0) {
+        reply_error(req, 405, "use GET");
+        return;
+    }
+    static const char *bounds[] = {"since", "until"};
+    for (int i = 0; i < 2; i++) {
+        char *end;
+        if (!query_param(req->query, bounds[i], num, sizeof num) || !*num)
+            continue;
+        double v = strtod(num, &end);
+        if (*end || v < 0) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "%s: expected unix seconds, e.g. 1767225600", bounds[i]);
+            reply_error(req, 400, msg);
+            return;
+        }
+        *(i ? &u.until : &u.since) = v;
+    }
+    if (query_param(req->query, "group_by", groups, sizeof groups) && *groups) {
+        for (char *save = NULL, *g = strtok_r(groups, ",", &save); g;
+             g = strtok_r(NULL, ",", &save)) {
+            int k = sl_records_usage_group(g);
+            if (k < 0 || u.ngroups == SL_USAGE_GROUPS_MAX) {
+                char msg[256];
+                if (k < 0)
+                    snprintf(msg, sizeof msg, "group_by: unknown group \"%.64s\" (known: %s)", g,
+                             sl_records_usage_groups());
+                else
+                    snprintf(msg, sizeof msg, "group_by: at most %d groups", SL_USAGE_GROUPS_MAX);
+                reply_error(req, 400, msg);
+                return;
+            }
+            u.groups[u.ngroups++] = k;
+        }
+    }
+    history_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+        return;
+    }
+    j->rs = rs;
+    j->req = req;
+    j->kind = JOB_USAGE;
+    j->usage = u;
+    sl_buf_init(&j->out, 0);
+    queue_history_job(w, j);
 }
 
 /* POST /_sluice/reload asks the main thread for a reload round (reload.h)
@@ -265,6 +349,8 @@ static void handle_reload(sl_worker_t *w, sl_request_t *req)
 void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
 {
     sl_str_t p = sl_str(req->path.base + 9, req->path.len - 9); /* after "/_sluice/" */
+    if (sl_ui_handle(req, p)) /* the console's files: no data, no token (ui.h) */
+        return;
     if (!authorized(w, req)) {
         reply_error(req, 401, "admin API requires Authorization: Bearer <admin token>");
         return;
@@ -296,6 +382,8 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         handle_requests(w, req, SL_STR(""));
     } else if (sl_str_has_prefix(p, "requests/")) {
         handle_requests(w, req, sl_str(p.base + 9, p.len - 9));
+    } else if (sl_str_eq(p, SL_STR("usage"))) {
+        handle_usage(w, req);
     } else if (sl_str_eq(p, SL_STR("reload"))) {
         handle_reload(w, req);
     } else if (sl_str_eq(p, SL_STR("config"))) {

@@ -854,6 +854,7 @@ static void report(sl_exchange_t *ex, const sl_term_result_t *res)
     sl_lua_logfields_t lf;
     memset(&lf, 0, sizeof lf);
     lf.input_tokens = lf.output_tokens = lf.cache_read_tokens = lf.cache_write_tokens = -1;
+    lf.cost = -1;
     if (ex->answer.len)
         sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
     sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
@@ -867,6 +868,8 @@ static void report(sl_exchange_t *ex, const sl_term_result_t *res)
     o.output_tokens = lf.output_tokens;
     o.cache_read_tokens = lf.cache_read_tokens;
     o.cache_write_tokens = lf.cache_write_tokens;
+    o.cost = lf.cost;
+    o.gateway_key = lf.gateway_key;
     o.extra_json = lf.extra_json;
     o.request_body = lf.request_body;
     o.response_body = lf.response_body;

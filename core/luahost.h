@@ -227,10 +227,12 @@ int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *de
  * Every field may be absent (NULL, or -1 for the counts). */
 typedef struct {
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */
+    double cost;                        /* USD from the price table; < 0 unknown */
     char *model_out;                    /* the model asked of the supplier */
     char *extra_json;                   /* JSON object text, or NULL */
     char *request_body, *response_body; /* redacted, only when history.bodies is on */
     char *service, *client, *model_in;  /* what Lua learned, for requests that never got a plan */
+    char *gateway_key; /* which of `keys` the client used ("key#2"), never the key */
 } sl_lua_logfields_t;
 
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);

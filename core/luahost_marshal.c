@@ -481,6 +481,7 @@ static const str_field_t LOG_STRINGS[] = {
     {"service", offsetof(sl_lua_logfields_t, service)},
     {"client", offsetof(sl_lua_logfields_t, client)},
     {"model_in", offsetof(sl_lua_logfields_t, model_in)},
+    {"gateway_key", offsetof(sl_lua_logfields_t, gateway_key)},
 };
 #define NLOG_STRINGS (sizeof LOG_STRINGS / sizeof LOG_STRINGS[0])
 
@@ -489,6 +490,7 @@ void sl__logfields_init(sl_lua_logfields_t *f)
     memset(f, 0, sizeof *f);
     f->input_tokens = f->output_tokens = -1;
     f->cache_read_tokens = f->cache_write_tokens = -1;
+    f->cost = -1;
 }
 
 void sl_lua_logfields_free(sl_lua_logfields_t *f)
@@ -511,5 +513,8 @@ void sl__logfields_read(lua_State *L, int idx, sl_lua_logfields_t *f)
     f->output_tokens = field_count(L, idx, "output_tokens");
     f->cache_read_tokens = field_count(L, idx, "cache_read_tokens");
     f->cache_write_tokens = field_count(L, idx, "cache_write_tokens");
+    lua_getfield(L, idx, "cost");
+    f->cost = lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 ? lua_tonumber(L, -1) : -1;
+    lua_pop(L, 1);
     str_fields_read(L, idx, f, LOG_STRINGS, NLOG_STRINGS);
 }

@@ -53,10 +53,12 @@ typedef struct {
     sl_term_result_t end; /* reason, expected, partial, detail (term.h) */
     /* From the log hook; -1 = unknown. */
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens;
-    const char *extra_json;          /* JSON object text added by the log hook */
-    const char *request_body;        /* redacted; only when history.bodies is on */
-    const char *response_body;       /* likewise */
-    int attempts;                    /* upstream attempts started */
+    double cost;               /* USD, from the config's price table; < 0 = no price matched */
+    const char *gateway_key;   /* which of `keys` the client used ("key#2"), never the key itself */
+    const char *extra_json;    /* JSON object text added by the log hook */
+    const char *request_body;  /* redacted; only when history.bodies is on */
+    const char *response_body; /* likewise */
+    int attempts;              /* upstream attempts started */
     const sl_attempt_t *attempt_log; /* one per attempt that ended */
     size_t nattempt_log;
 } sl_outcome_t;

@@ -34,7 +34,9 @@ typedef struct sl_record_s {
     double duration_ms, ttfb_ms; /* ttfb_ms < 0 if no byte was sent */
     int64_t bytes_in, bytes_out;
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 = unknown */
-    char *reason; /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
+    double cost;       /* USD; < 0 = unknown (no price matched) */
+    char *gateway_key; /* "key#N": the client's place in `keys`, never the key */
+    char *reason;      /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
     int partial, expected;
     char *error;  /* e.g. "partial=true; reason=UPSTREAM_EOF_EARLY; ..." or NULL */
     int attempts; /* upstream attempts made */
@@ -91,15 +93,19 @@ int sl_records_flush(sl_records_t *rs, int timeout_ms);
 uint64_t sl_records_dropped(void);
 
 typedef struct {
-    int limit;          /* <= 0: 50; capped at 1000 */
-    int offset;         /* < 0: 0 */
-    const char *client; /* exact match, NULL = any */
-    int status;         /* exact match; 1..9 = that class (5 = 5xx); 0 = any */
-    double since;       /* time >= since (unix seconds), 0 = any */
-    const char *search; /* substring (case-insensitive ASCII) of id, path, model_in,
-                           model_out, supplier or error; NULL/"" = any */
-    const char *session; /* exact match of the record's extra.session (the hashed session
-                            key, sluice.sticky), NULL = any */
+    int limit;                      /* <= 0: 50; capped at 1000 */
+    int offset;                     /* < 0: 0 */
+    const char *client;             /* exact match, NULL = any */
+    int status;                     /* exact match; 1..9 = that class (5 = 5xx); 0 = any */
+    double since;                   /* time >= since (unix seconds), 0 = any */
+    const char *search;             /* substring (case-insensitive ASCII) of id, path, model_in,
+                                       model_out, supplier or error; NULL/"" = any */
+    double until;                   /* time < until, 0 = any */
+    const char *service, *supplier; /* exact match, NULL = any */
+    const char *model;              /* exact match of model_in or model_out, NULL = any */
+    int partial;                    /* 1 = partial answers only */
+    const char *session;            /* exact match of the record's extra.session (the hashed
+                                       session key, sluice.sticky), NULL = any */
 } sl_records_filter_t;
 
 /*
@@ -114,5 +120,37 @@ int sl_records_query(sl_records_t *rs, const sl_records_filter_t *f, sl_buf_t *o
 int sl_records_get(sl_records_t *rs, const char *id, sl_buf_t *out);
 /* Deletes every record with this id: 0, SL_ENOTFOUND, SL_EBUSY or SL_EIO. */
 int sl_records_delete(sl_records_t *rs, const char *id);
+
+/* The live feed (GET /_sluice/requests/stream): calls each() with every
+ * record stored after *after_seq (insertion order, at most `limit`, as the
+ * JSON of a listing item) and advances *after_seq past them. *after_seq < 0
+ * starts a feed: it is set to the newest stored record and nothing is sent.
+ * Runs SQLite: call it off the event loops. Returns 0 or an error as query. */
+typedef void (*sl_records_each_cb)(void *arg, int64_t seq, const char *json, size_t len);
+int sl_records_feed(sl_records_t *rs, int64_t *after_seq, int limit, sl_records_each_cb each,
+                    void *arg);
+
+/* GET /_sluice/usage: totals over [since, until), grouped. */
+#define SL_USAGE_GROUPS_MAX 4
+typedef struct {
+    double since, until;             /* unix seconds; until <= 0: no end */
+    int groups[SL_USAGE_GROUPS_MAX]; /* from sl_records_usage_group() */
+    int ngroups;
+} sl_records_usage_t;
+
+/* The index of a group_by name (key, model, supplier, client, service, day,
+ * hour), or -1; sl_records_usage_groups() lists them for an error message. */
+int sl_records_usage_group(const char *name);
+const char *sl_records_usage_groups(void);
+/*
+ * Appends {"since","until","group_by":[...],"rows":[{<group fields>,
+ * requests, errors (status >= 400 or none), partials, input_tokens,
+ * output_tokens, cache_read_tokens, cache_write_tokens, cache_hit_ratio
+ * (cache reads / all input, null without input), cost (null when no record
+ * of the row was priced), ttfb_p50_ms, ttfb_p95_ms}]}, rows ordered by group.
+ * Computed by SQLite in one statement on a pooled read connection: call it
+ * off the event loops. Returns 0, SL_EINVAL, SL_EBUSY, SL_EIO or SL_ENOMEM.
+ */
+int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *out);
 
 #endif

@@ -647,6 +647,150 @@ static void test_locked_and_missing(void)
     sl_records_close(rs);
 }
 
+/* GET /_sluice/usage: sums per group, nearest-rank TTFB percentiles per
+ * group (a group without any TTFB has null ones), and the time range. */
+static char *usage(sl_records_t *rs, const sl_records_usage_t *u, int *rc)
+{
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    *rc = sl_records_usage(rs, u, &b);
+    sl_buf_cstr(&b);
+    return b.base;
+}
+
+static void test_usage(void)
+{
+    sl_records_t *rs;
+    int rc;
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    /* model a: 20 requests with TTFB 1..20 ms; model b: 3 without any TTFB,
+     * one of them a 502; model c: none; every a has 100 input, 40 cached */
+    for (int i = 0; i < 23; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "u-%02d", i);
+        sl_record_t *r = make(id, 1000 + i, "codex", i == 21 ? 502 : 200, "/v1/responses");
+        r->model_out = (free(r->model_out), sdup(i < 20 ? "a" : "b"));
+        if (i < 20) {
+            r->ttfb_ms = 20 - i; /* inserted out of order */
+            r->input_tokens = 100;
+            r->cache_read_tokens = 40;
+            r->cost = 0.5;
+            r->gateway_key = sdup(i % 2 ? "key#2" : "key#1");
+        }
+        if (i == 22)
+            r->partial = 1;
+        sl_records_submit(rs, r);
+    }
+    sl_records_flush(rs, 5000);
+
+    sl_records_usage_t u = {0};
+    char *doc = usage(rs, &u, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json_valid(doc));
+    CHECK_EQ_INT(jint(doc, "$.rows[0].requests"), 23);
+    CHECK_EQ_INT(jint(doc, "$.rows[0].errors"), 1);
+    CHECK_EQ_INT(jint(doc, "$.rows[0].partials"), 1);
+    CHECK_EQ_INT(jint(doc, "$.rows[0].input_tokens"), 2000);
+    CHECK_EQ_STR(jget(doc, "$.rows[0].cache_hit_ratio"), "0.4");
+    CHECK_EQ_STR(jget(doc, "$.rows[0].cost"), "10.0");
+    CHECK_EQ_STR(jget(doc, "$.rows[0].ttfb_p50_ms"), "10.0"); /* 10th of 20 */
+    CHECK_EQ_STR(jget(doc, "$.rows[0].ttfb_p95_ms"), "19.0"); /* 19th of 20, not the 20th */
+    free(doc);
+
+    u.groups[0] = sl_records_usage_group("model");
+    u.ngroups = 1;
+    doc = usage(rs, &u, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK_EQ_STR(jget(doc, "$.rows[0].model"), "a");
+    CHECK_EQ_STR(jget(doc, "$.rows[0].ttfb_p50_ms"), "10.0");
+    CHECK_EQ_STR(jget(doc, "$.rows[1].model"), "b");
+    CHECK_EQ_INT(jint(doc, "$.rows[1].requests"), 3);
+    CHECK_EQ_STR(jtype(doc, "$.rows[1].ttfb_p50_ms"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.rows[1].cost"), "null"); /* none of b was priced */
+    CHECK_EQ_STR(jtype(doc, "$.rows[1].cache_hit_ratio"), "null");
+    CHECK_EQ_STR(jtype(doc, "$.rows[2]"), "");
+    free(doc);
+
+    u.groups[0] = sl_records_usage_group("key"); /* b has no key: a null group first */
+    doc = usage(rs, &u, &rc);
+    CHECK_EQ_STR(jtype(doc, "$.rows[0].key"), "null");
+    CHECK_EQ_INT(jint(doc, "$.rows[0].requests"), 3);
+    CHECK_EQ_STR(jget(doc, "$.rows[1].key"), "key#1");
+    CHECK_EQ_STR(jget(doc, "$.rows[1].ttfb_p50_ms"), "10.0"); /* 20,18,..,2 -> 5th is 10 */
+    CHECK_EQ_STR(jget(doc, "$.rows[2].key"), "key#2");
+    CHECK_EQ_STR(jget(doc, "$.rows[2].ttfb_p95_ms"), "19.0");
+    free(doc);
+
+    u.ngroups = 0; /* [1005, 1010): six..ten */
+    u.since = 1005;
+    u.until = 1010;
+    doc = usage(rs, &u, &rc);
+    CHECK_EQ_INT(jint(doc, "$.rows[0].requests"), 5);
+    free(doc);
+    u.since = 5000; /* nothing: no row at all */
+    u.until = 0;
+    doc = usage(rs, &u, &rc);
+    CHECK_EQ_STR(jtype(doc, "$.rows[0]"), "");
+    free(doc);
+    CHECK_EQ_INT(sl_records_usage_group("colour"), -1);
+
+    /* the listing's newer filters */
+    sl_records_filter_t f = {0};
+    f.model = "b";
+    CHECK_EQ_INT(total(rs, &f), 3);
+    f.partial = 1;
+    CHECK_EQ_INT(total(rs, &f), 1);
+    f = (sl_records_filter_t){0};
+    f.until = 1002;
+    CHECK_EQ_INT(total(rs, &f), 2);
+    f = (sl_records_filter_t){0};
+    f.supplier = "acme";
+    f.service = "anthropic";
+    CHECK_EQ_INT(total(rs, &f), 23);
+    f.supplier = "other";
+    CHECK_EQ_INT(total(rs, &f), 0);
+    sl_records_close(rs);
+}
+
+/* The live feed: a new feed starts after what is stored, then gets each
+ * record once, in insertion order. */
+typedef struct {
+    char ids[8][32];
+    int n;
+} feed_seen_t;
+
+static void feed_each(void *arg, int64_t seq, const char *json, size_t len)
+{
+    feed_seen_t *s = arg;
+    char doc[4096];
+    snprintf(doc, sizeof doc, "%.*s", (int)len, json);
+    if (s->n < 8)
+        snprintf(s->ids[s->n++], 32, "%s", jget(doc, "$.id"));
+}
+
+static void test_feed(void)
+{
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, 0), 0);
+    sl_records_submit(rs, make("old", 1, "c", 200, "/"));
+    sl_records_flush(rs, 5000);
+    int64_t after = -1;
+    feed_seen_t seen = {0};
+    CHECK_EQ_INT(sl_records_feed(rs, &after, 10, feed_each, &seen), 0);
+    CHECK_EQ_INT(seen.n, 0);
+    CHECK(after >= 1);
+    sl_records_submit(rs, make("new-1", 2, "c", 200, "/"));
+    sl_records_submit(rs, make("new-2", 3, "c", 200, "/"));
+    sl_records_flush(rs, 5000);
+    CHECK_EQ_INT(sl_records_feed(rs, &after, 10, feed_each, &seen), 0);
+    CHECK_EQ_INT(seen.n, 2);
+    CHECK_EQ_STR(seen.ids[0], "new-1");
+    CHECK_EQ_STR(seen.ids[1], "new-2");
+    CHECK_EQ_INT(sl_records_feed(rs, &after, 10, feed_each, &seen), 0);
+    CHECK_EQ_INT(seen.n, 2); /* nothing twice */
+    sl_records_close(rs);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -664,6 +808,8 @@ int main(void)
     RUN(test_special_chars);
     RUN(test_search_escaping);
     RUN(test_locked_and_missing);
+    RUN(test_usage);
+    RUN(test_feed);
     sqlite3_close(jdb);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -12,6 +12,7 @@
 -- config.redacted(cfg) -> a copy safe to show (secrets replaced)
 
 local retry = require("sluice.retry")
+local prices = require("sluice.prices")
 local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local tooltext = require("sluice.tooltext")
@@ -63,6 +64,7 @@ local TOP_FIELDS = {
     listen = true, workers = true, limits = true, timeouts = true, suppliers = true, routes = true,
     on_request = true, log = true, admin = true, history = true, keys = true,
     script_budget = true, shutdown_timeout = true, lua_path = true, retry = true, sessions = true,
+    prices = true,
 }
 
 -- A failed check: error() with a table so load() can tell it from a bug.
@@ -251,7 +253,7 @@ end
 local SUPPLIER_FIELDS = { protocol = true, base_url = true, auth = true, models = true,
                           timeouts = true, adapter = true, verify_tls = true, headers = true,
                           retry = true, tool_text = true, compat = true, max_output_tokens = true,
-                          cache_key = true }
+                          cache_key = true, prices = true }
 
 -- What a translated request looks like for suppliers that differ from the
 -- vendor's own API (README, Translation). max_tokens_field: the field an
@@ -331,6 +333,7 @@ local function check_supplier(id, s, defaults, retry_default)
     if s.max_output_tokens ~= nil then
         out.max_output_tokens = positive(s.max_output_tokens, field .. ".max_output_tokens", true)
     end
+    if s.prices ~= nil then out.prices = prices.check(s.prices, field .. ".prices", bad) end
     return out
 end
 
@@ -467,6 +470,7 @@ local function validate(raw)
         cfg.suppliers[id] = check_supplier(id, s, cfg.timeouts, cfg.retry)
     end
     cfg.routes = check_routes(raw.routes or {}, cfg.suppliers)
+    cfg.prices = prices.check(raw.prices or {}, "prices", bad)
 
     if raw.on_request ~= nil then check_type(raw.on_request, "function", "on_request") end
     cfg.on_request = raw.on_request

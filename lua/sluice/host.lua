@@ -39,6 +39,7 @@ local accounting = require("sluice.accounting")
 local protocols = require("sluice.protocols")
 local sticky = require("sluice.sticky")
 local session_store = require("sluice.session_store")
+local prices = require("sluice.prices")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -550,6 +551,10 @@ function H.log(ctx)
     local acct = accountant(ctx)
     if not acct.fed and not ctx.translation then acct:answer_text(codec(ctx.protocol), ctx.answer) end
     acct:log_fields(out)
+    -- Priced on the model asked of the supplier that answered (sluice.prices).
+    local s = ctx.supplier and cfg.suppliers[ctx.supplier]
+    out.cost = prices.cost(cfg.prices, s and s.prices, ctx.model_out, out)
+    if ctx.gateway_key_index then out.gateway_key = "key#" .. ctx.gateway_key_index end
     local extra = nil
     local sid = ctx.upstream_session_id
     if type(sid) == "string" then extra = { upstream_session = sid } end

@@ -165,12 +165,13 @@ function U.check_inbound_key(cfg, ctx)
     end
     local ok = false
     for i = 1, #keys do
-        if secret_eq(presented, keys[i]) then ok = true end
+        if secret_eq(presented, keys[i]) then ok = i end
     end
     if not ok then return false, "invalid API key" end
     ctx.gateway_key_used = true
     -- The tenant sessions are scoped by (sluice.session): the key, hashed.
     ctx.tenant = "key:" .. digest.hex(presented, 16)
+    ctx.gateway_key_index = ok -- the history names the key by its place in `keys`, never its text
     return true
 end
 
