@@ -370,17 +370,29 @@ describe("sluice.json", function()
         big[i] = { id = "item" .. i, text = ("line \"q\"\n"):rep(10), tags = json.array({ "a", "b" }) }
       end
       local doc = assert(json.encode(json.array(big)))
-      -- A collector that never pauses runs a step (and so pending finalizers)
-      -- on almost every allocation the codec makes, so "inside" is reached on
+      -- The proxies stay reachable until just before the codec call, so the
+      -- collector can only find them dead (and run their finalizers) while
+      -- the codec allocates; a collector that never pauses then runs a step
+      -- on almost every allocation, so finalizers land inside the call on
       -- every run instead of only when the default pacing happens to line up.
       local pause = collectgarbage("setpause", 0)
       local stepmul = collectgarbage("setstepmul", 1000)
+      -- The new pause only counts from the next cycle: after earlier specs
+      -- grew the heap, the current threshold can sit far above what this
+      -- test allocates, and no step would run at all. "restart" moves the
+      -- threshold to the heap's present size.
+      collectgarbage("restart")
       finally(function()
         collectgarbage("setpause", pause)
         collectgarbage("setstepmul", stepmul)
       end)
       for _ = 1, 30 do
-        for _ = 1, 300 do getmetatable(newproxy(true)).__gc = finalizer end
+        local alive = {}
+        for i = 1, 300 do
+          alive[i] = newproxy(true)
+          getmetatable(alive[i]).__gc = finalizer
+        end
+        alive = nil -- luacheck: ignore (dropping the last reference is the point)
         inside = true
         local s = json.encode(json.decode(doc))
         inside = false
