@@ -145,7 +145,7 @@ function route() {
 // ---- Requests -------------------------------------------------------------
 
 var filters = { client: "", service: "", supplier: "", model: "", status: "", partial: false,
-                search: "", since: "", until: "" };
+                search: "", since: "", until: "", session: "" };
 var offset = 0;
 var shownIds = null;
 
@@ -153,7 +153,7 @@ function localToUnix(v) { return v ? String(new Date(v).getTime() / 1000) : ""; 
 
 function listingQuery() {
   var q = new URLSearchParams({ limit: PAGE, offset: offset });
-  ["client", "service", "supplier", "model", "status", "search"].forEach(function (k) {
+  ["client", "service", "supplier", "model", "status", "search", "session"].forEach(function (k) {
     if (filters[k]) q.set(k, filters[k]);
   });
   if (filters.partial) q.set("partial", "true");
@@ -182,6 +182,7 @@ function filterForm(onChange) {
     el("label", { for: "f-service" }, "Service", service),
     text("supplier", "Supplier"),
     text("model", "Model"),
+    text("session", "Session (hashed key)"),
     el("label", { for: "f-status" }, "Status", status),
     el("label", { for: "f-since" }, "From", el("input", { id: "f-since", name: "since", type: "datetime-local", value: filters.since })),
     el("label", { for: "f-until" }, "Until", el("input", { id: "f-until", name: "until", type: "datetime-local", value: filters.until })),
@@ -568,7 +569,11 @@ views.health = function () {
         }
       }, function (e) { button.disabled = false; if (!(e instanceof Refused)) result.replaceChildren(el("p", { class: "msg err", role: "alert", text: String(e.message) })); });
     } }, "Reload config");
-    var sessions = cfg.sessions ? JSON.stringify(cfg.sessions) : "none configured";
+    // What /_sluice/health says of the store this worker uses right now.
+    var sessions = h.session_store === "redis"
+      ? "Redis: " + h.redis + " (" + h.redis_connections + " worker connection(s) up)" +
+        (h.redis === "up" ? "" : " — sessions use the in-process store until it is back")
+      : "in-process (this sluice's shared memory)";
     main.replaceChildren(el("h1", { text: "Health" }),
       el("div", { class: "cards" },
         card("status", h.status, "health-status"), card("version", h.version), card("workers", String(h.workers), "health-workers"),

@@ -222,6 +222,21 @@ class RequestsTest(ConsoleCase):
         search.send_keys("from-")
         search.submit()
         self.wait(lambda d: sorted(self.table_ids()) == ["from-a", "from-b"])
+        self.driver.find_element(By.XPATH, "//button[text()='Clear']").click()
+        self.wait(lambda d: len(self.table_ids()) == 4)
+        # The session filter takes the hashed key a record carries.
+        session = self.admin_get("requests/from-a")["extra"]["session"]
+        box = self.driver.find_element(By.ID, "f-session")
+        box.send_keys("0" * len(session))
+        box.submit()
+        self.wait(lambda d: self.table_ids() == [])
+        box = self.driver.find_element(By.ID, "f-session")
+        box.clear()
+        box.send_keys(session)
+        box.submit()
+        self.wait(lambda d: "from-a" in self.table_ids())
+        self.assertEqual(sorted(self.table_ids()),
+                         sorted(r["id"] for r in self.admin_get("requests?session=" + session)["items"]))
 
 
 class DetailTest(ConsoleCase):
@@ -290,6 +305,7 @@ class HealthTest(ConsoleCase):
         self.assertNotIn("sk-upstream-secret-oa", self.driver.page_source)
         self.assertNotIn(ADMIN_TOKEN, self.driver.page_source)
         self.assertEqual(self.driver.find_element(By.ID, "health-workers").text, "1")
+        self.assertIn("in-process", self.driver.find_element(By.ID, "sessions").text)
         self.assertEqual(self.unlabelled_controls(), [])
         self.shot("health")
 
