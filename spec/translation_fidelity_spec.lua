@@ -391,7 +391,43 @@ describe("15: the output-limit field and cap, per supplier", function()
         body = upstream("openai-chat", "anthropic", { model = "m", reasoning_effort = "high",
             messages = chat.messages }, { model = "x", max_output_tokens = 6000 })
         assert.are.equal(6000, body.max_tokens)
-        assert.is_true(body.thinking.budget_tokens < 6000 and body.thinking.budget_tokens >= 1024)
+        -- the budget leaves Anthropic's 1024 tokens of the cap for the answer
+        assert.are.equal(6000 - 1024, body.thinking.budget_tokens)
+        -- a cap with no room for the minimum budget plus an answer: no thinking
+        body = upstream("openai-chat", "anthropic", { model = "m", reasoning_effort = "high",
+            messages = chat.messages }, { model = "x", max_output_tokens = 2000 })
+        assert.are.equal(2000, body.max_tokens)
+        assert.is_nil(body.thinking)
+    end)
+end)
+
+describe("15: an output cap on an Anthropic passthrough with thinking", function()
+    local U = require("sluice.upstream")
+    local supplier = { id = "a", protocol = "anthropic", base_url = "http://up", auth = { type = "passthrough" },
+                       headers = {}, timeouts = {}, verify_tls = true, max_output_tokens = 8192 }
+    -- The body Anthropic gets for a Claude Code request under the cap.
+    local function sent(thinking, cap)
+        local ctx = { protocol = "anthropic", headers = { ["x-api-key"] = "k" }, query = "", id = "r",
+                      model = "claude-x", stream = false,
+                      request = { model = "claude-x", max_tokens = 32000, thinking = thinking,
+                                  messages = { { role = "user", content = "hi" } } } }
+        local plan = assert(U.plan({}, ctx, { kind = "generate" }, { name = "r", max_output_tokens = cap }, supplier))
+        return json.decode(plan.body), ctx.request
+    end
+
+    it("lowers Claude Code's budget_tokens with max_tokens so Anthropic does not refuse it", function()
+        local body, original = sent({ type = "enabled", budget_tokens = 31999 })
+        assert.are.equal(8192, body.max_tokens)
+        assert.are.same({ type = "enabled", budget_tokens = 8192 - 1024 }, body.thinking)
+        -- the client's own request is not changed (retries, logs)
+        assert.are.equal(31999, original.thinking.budget_tokens)
+    end)
+
+    it("keeps a budget that already fits, and drops thinking with no room for the 1024 minimum", function()
+        assert.are.equal(4000, sent({ type = "enabled", budget_tokens = 4000 }).thinking.budget_tokens)
+        local body = sent({ type = "enabled", budget_tokens = 31999 }, 2000)
+        assert.are.equal(2000, body.max_tokens)
+        assert.is_nil(body.thinking)
     end)
 end)
 

@@ -70,6 +70,37 @@ M.guess = { contains = "/messages", rank = 1 }
 M.credential = { header = "x-api-key" }
 -- Where a request asks for its output limit (a configured cap lowers it on passthrough).
 M.output_limit = { "max_tokens" }
+
+-- Extended thinking: budget_tokens must be at least 1024 and below
+-- max_tokens, or Anthropic answers 400
+-- (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking).
+-- Under an output cap the budget keeps 1024 tokens of the cap for the answer
+-- itself (a budget of cap - 1 is valid but leaves the answer one token);
+-- nil when that leaves less than the minimum budget: no thinking then.
+local MIN_BUDGET = 1024
+local function budget_under_cap(budget, cap)
+    if budget > cap - MIN_BUDGET then budget = cap - MIN_BUDGET end
+    if budget < MIN_BUDGET then return nil end
+    return budget
+end
+
+-- A passthrough body whose max_tokens the cap just lowered (a copy, see
+-- upstream): a thinking budget sized for the client's max_tokens (Claude
+-- Code sends 32000 with budget_tokens 31999) must shrink with it.
+function M.fit_output(body, cap)
+    local th = body.thinking
+    if type(th) ~= "table" or type(th.budget_tokens) ~= "number" then return body end
+    local budget = budget_under_cap(th.budget_tokens, cap)
+    if not budget then
+        body.thinking = nil
+    elseif budget ~= th.budget_tokens then
+        local copy = {}
+        for k, v in pairs(th) do copy[k] = v end
+        copy.budget_tokens = budget
+        body.thinking = copy
+    end
+    return body
+end
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
@@ -505,16 +536,16 @@ function M.encode_request(req, opts)
         local forced = body.tool_choice and (body.tool_choice.type == "any" or body.tool_choice.type == "tool")
         if not forced and not tool_loop_without_thinking(body.messages) then
             local budget = th.budget_tokens or EFFORT_BUDGET[th.effort or "medium"] or 8192
-            if budget < 1024 then budget = 1024 end
+            if budget < MIN_BUDGET then budget = MIN_BUDGET end
             if body.max_tokens <= budget then body.max_tokens = budget + 4096 end
             -- Under a configured output cap, the budget shrinks to fit below
-            -- it (budget_tokens must be >= 1024 and < max_tokens); no room, no thinking.
+            -- it with room left for the answer; no room, no thinking.
             local cap = opts.max_output_tokens
             if cap and body.max_tokens > cap then
                 body.max_tokens = cap
-                if budget >= cap then budget = cap - 1 end
+                budget = budget_under_cap(budget, cap)
             end
-            if budget >= 1024 then
+            if budget then
                 body.thinking = { type = "enabled", budget_tokens = budget }
                 -- Thinking forbids changing temperature and top_k.
                 body.temperature, body.top_k = nil, nil
