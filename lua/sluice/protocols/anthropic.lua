@@ -164,16 +164,23 @@ local function decode_thinking(b)
     return { type = "thinking", text = b.thinking or "", signature = opaque, origin = "anthropic" }
 end
 
+local function str(v) return type(v) == "string" and v or nil end
+
+-- A source whose fields are not strings is unusable: nil, as for an unknown kind.
 local function decode_source(src)
     if type(src) ~= "table" then return nil end
     local k = src.type
     if k == "base64" then
+        if not (str(src.data) and str(src.media_type)) then return nil end
         return { kind = "base64", media_type = src.media_type, data = src.data }
     elseif k == "url" then
+        if not str(src.url) then return nil end
         return { kind = "url", url = src.url }
     elseif k == "text" then
-        return { kind = "text", media_type = src.media_type or "text/plain", data = src.data }
+        if not str(src.data) then return nil end
+        return { kind = "text", media_type = str(src.media_type) or "text/plain", data = src.data }
     elseif k == "file" then
+        if not str(src.file_id) then return nil end
         return { kind = "file", file_id = src.file_id }
     elseif k == "content" then
         -- A document made of blocks: keep its text.
@@ -182,7 +189,7 @@ local function decode_source(src)
             b:put(src.content)
         elseif type(src.content) == "table" then
             for _, c in ipairs(src.content) do
-                if c.type == "text" and c.text then b:put(c.text, "\n") end
+                if type(c) == "table" and c.type == "text" and str(c.text) then b:put(c.text, "\n") end
             end
         end
         return { kind = "text", media_type = "text/plain", data = b:tostring() }
@@ -230,7 +237,9 @@ function decode_block(b, role)
     if type(b) ~= "table" then return nil end
     local t = b.type
     if t == "text" then
-        return { type = "text", text = b.text or "", cache_control = nonnull(b.cache_control) }
+        -- text that is not a string counts as missing (the encoders write it as is)
+        return { type = "text", text = type(b.text) == "string" and b.text or "",
+                 cache_control = nonnull(b.cache_control) }
     elseif t == "image" then
         local src = decode_source(b.source)
         if not src then return nil end
@@ -303,7 +312,7 @@ function M.decode_request(body, info)
         -- Claude Code's per-request billing line (a new value every time):
         -- marked so translation can leave it out (translate, compat.billing_header).
         for _, p in ipairs(req.system) do
-            if p.type == "text" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
+            if p.type == "text" and type(p.text) == "string" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
         end
     end
     local msgs = {}
@@ -322,7 +331,8 @@ function M.decode_request(body, info)
     req.messages = msgs
     if type(body.tools) == "table" then
         local tools = {}
-        for _, t in ipairs(body.tools) do
+        for i, t in ipairs(body.tools) do
+            if type(t) ~= "table" then return nil, "tools." .. (i - 1) .. ": must be an object" end
             -- Versioned server tools (web_search_20250305, bash_...) have no
             -- schema and cannot run anywhere else.
             if t.input_schema ~= nil and (t.type == nil or t.type == "custom") then
@@ -348,7 +358,7 @@ function M.decode_request(body, info)
     local th = nonnull(body.thinking)
     if type(th) == "table" then
         if th.type == "enabled" then
-            req.thinking = { enabled = true, budget_tokens = nonnull(th.budget_tokens) }
+            req.thinking = { enabled = true, budget_tokens = type(th.budget_tokens) == "number" and th.budget_tokens or nil }
         elseif th.type == "adaptive" then
             req.thinking = { enabled = true }
         elseif th.type == "disabled" then

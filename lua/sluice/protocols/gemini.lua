@@ -146,8 +146,9 @@ local function decode_data_part(p)
         return { type = "text", text = p.text }
     end
     local d = p.inlineData or p.inline_data
-    if is_obj(d) then
+    if is_obj(d) and is_str(d.data) then
         local mime = d.mimeType or d.mime_type
+        if not is_str(mime) then mime = nil end
         if is_str(mime) and mime:find("^text/") then
             return { type = "document", source = { kind = "base64", media_type = mime, data = d.data } }
         end
@@ -344,7 +345,10 @@ local function decode_tools(tools)
         -- googleSearch has equivalents elsewhere (req.web_search, set by the
         -- caller); codeExecution, urlContext, ... run inside Gemini only.
         if type(decls) == "table" then
-            for _, d in ipairs(decls) do
+            for i, d in ipairs(decls) do
+                if not is_obj(d) or not is_str(d.name) then
+                    return nil, "functionDeclarations[" .. (i - 1) .. "]: must be an object with a name"
+                end
                 local params = d.parametersJsonSchema or d.parameters_json_schema
                 if is_obj(params) then
                     params = schema.from_gemini(params) -- upper-case types, as for responseJsonSchema
@@ -395,7 +399,9 @@ function M.decode_request(body, info)
         end
     end
     if type(body.tools) == "table" then
-        req.tools = decode_tools(body.tools)
+        local tools, terr = decode_tools(body.tools)
+        if terr then return nil, "tools: " .. terr end
+        req.tools = tools
         for _, t in ipairs(body.tools) do
             if is_obj(t) and (t.googleSearch or t.google_search) then
                 req.web_search = true

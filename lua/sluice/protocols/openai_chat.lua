@@ -124,10 +124,10 @@ local function decode_content(c)
     if type(c) ~= "table" then return parts end
     for _, p in ipairs(c) do
         local t = type(p) == "table" and p.type
-        if t == "text" then
-            parts[#parts + 1] = { type = "text", text = p.text or "" }
-        elseif t == "refusal" then
-            parts[#parts + 1] = { type = "text", text = p.refusal or "" }
+        if t == "text" or t == "refusal" then
+            local text = p[t]
+            if text ~= nil and type(text) ~= "string" then return nil, t .. ": must be a string" end
+            parts[#parts + 1] = { type = "text", text = text or "" }
         elseif t == "image_url" then
             local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
             if type(url) == "string" then
@@ -238,6 +238,9 @@ function M.decode_request(body, info)
                 content[#content + 1] = { type = "text", text = refusal }
             end
             for _, tc in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do
+                if type(tc) ~= "table" then
+                    return nil, "messages[" .. (i - 1) .. "].tool_calls: each call must be an object"
+                end
                 local f = type(tc["function"]) == "table" and tc["function"] or {}
                 local id, sig = split_id(tc.id)
                 names[id or ""] = f.name
