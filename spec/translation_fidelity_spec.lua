@@ -669,6 +669,31 @@ describe("14: Codex's hosted and namespace tools", function()
             tools = { { type = "web_search" } } })
         assert.is_nil(st.dropped)
     end)
+
+    it("Gemini: an empty tool object is not reported, googleSearchRetrieval is web search", function()
+        local body, st = upstream("gemini", "anthropic", json.decode('{"model":"gemini-2.5-pro","contents":[{"role":"user","parts":'
+            .. '[{"text":"news?"}]}],"tools":[{},{"googleSearchRetrieval":{}},{"codeExecution":{}}]}'),
+            { model = "claude-x" })
+        assert.are.same({ "tool codeExecution" }, st.dropped)
+        assert.matches("^web_search_", body.tools[1].type)
+    end)
+
+    it("the x-sluice-dropped header stays short whatever tool names the client sends", function()
+        local host = require("sluice.host")
+        assert.are.equal("tool namespace mcp__docs, tool web_search",
+            host.dropped_header({ "tool namespace mcp__docs", "tool web_search" }))
+        local many = {}
+        for i = 1, 200 do many[i] = "tool namespace mcp__server_number_" .. i end
+        local h = host.dropped_header(many)
+        assert.is_true(#h <= 512)
+        assert.matches("^tool namespace mcp__server_number_1, ", h)
+        assert.matches("_number_%d+, \u{2026}$", h)
+        -- one enormous name is cut too, never inside a UTF-8 character
+        h = host.dropped_header({ "tool " .. ("\u{00e9}"):rep(1000) })
+        assert.is_true(#h <= 512)
+        local cut = h:match("^tool (.*), \u{2026}$")
+        assert.are.equal(("\u{00e9}"):rep(#cut / 2), cut)
+    end)
 end)
 
 describe("3: tool calls a later turn left unanswered", function()

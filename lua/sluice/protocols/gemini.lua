@@ -403,9 +403,13 @@ function M.decode_request(body, info)
         if terr then return nil, "tools: " .. terr end
         req.tools = tools
         for _, t in ipairs(body.tools) do
-            if is_obj(t) and (t.googleSearch or t.google_search) then
+            -- googleSearchRetrieval is Gemini 1.5's name for the same search
+            -- grounding (https://ai.google.dev/gemini-api/docs/grounding);
+            -- an empty object asks for nothing, so nothing was dropped.
+            if is_obj(t) and (t.googleSearch or t.google_search or t.googleSearchRetrieval
+                              or t.google_search_retrieval) then
                 req.web_search = true
-            elseif is_obj(t) and not (t.functionDeclarations or t.function_declarations) then
+            elseif is_obj(t) and next(t) ~= nil and not (t.functionDeclarations or t.function_declarations) then
                 req.dropped = req.dropped or {}
                 req.dropped[#req.dropped + 1] = "tool " .. tostring((next(t)))
             end
