@@ -619,6 +619,16 @@ describe("12: Chat file parts", function()
         assert.is_nil(out)
         assert.matches("file_data", err)
     end)
+
+    it("is refused the same way in a system, developer or assistant message", function()
+        for i, role in ipairs({ "system", "developer", "assistant" }) do
+            local req = { model = "m", messages = { { role = "user", content = "hi" },
+                { role = role, content = { { type = "file", file = { filename = "x.pdf" } } } } } }
+            local out, err = T.request("openai-chat", "anthropic", req, {}, { model = "c" })
+            assert.is_nil(out, role)
+            assert.matches("messages%[1%]%.content: file: needs file_data or file_id", err)
+        end
+    end)
 end)
 
 describe("13: Responses image detail and file ids toward Chat", function()

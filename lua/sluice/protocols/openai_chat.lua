@@ -225,14 +225,19 @@ function M.decode_request(body, info)
         if type(m) ~= "table" then return nil, "messages[" .. (i - 1) .. "]: must be an object" end
         local role = m.role
         if role == "system" or role == "developer" then
+            -- A part that cannot be decoded is refused as in a user message,
+            -- not left out in silence.
+            local content, cerr = decode_content(m.content)
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             system = system or {}
-            for _, p in ipairs(decode_content(m.content) or {}) do system[#system + 1] = p end
+            for _, p in ipairs(content) do system[#system + 1] = p end
         elseif role == "user" then
             local content, cerr = decode_content(m.content)
             if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             msgs[#msgs + 1] = { role = "user", content = content }
         elseif role == "assistant" then
-            local content = decode_content(nonnull(m.content)) or {}
+            local content, cerr = decode_content(nonnull(m.content))
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             local refusal = nonnull(m.refusal)
             if type(refusal) == "string" and refusal ~= "" then
                 content[#content + 1] = { type = "text", text = refusal }
