@@ -620,6 +620,35 @@ describe("12: Chat file parts", function()
         assert.matches("file_data", err)
     end)
 
+    it("an OpenAI file_id is refused toward Anthropic, whose Files API cannot know it", function()
+        local out, err = T.request("openai-chat", "anthropic", chat_with({ file_id = "file-abc123" }), {},
+            { model = "c" })
+        assert.is_nil(out)
+        assert.matches("file file%-abc123: an OpenAI file_id cannot be sent to an Anthropic supplier", err)
+        out, err = T.request("openai-responses", "anthropic", { model = "m", input = { { role = "user", content = {
+            { type = "input_file", file_id = "file-r1" } } } } }, {}, { model = "c" })
+        assert.is_nil(out)
+        assert.matches("file file%-r1: an OpenAI file_id", err)
+    end)
+
+    it("an Anthropic file_id is refused toward Chat and Responses, carried between OpenAI APIs", function()
+        local claude = { model = "m", max_tokens = 100, messages = { { role = "user", content = {
+            { type = "text", text = "summarise" },
+            { type = "document", source = { type = "file", file_id = "file_011CNha8iCJcU1wXNR6q4V8w" } } } } } }
+        for _, to in ipairs({ "openai-chat", "openai-responses" }) do
+            local out, err = T.request("anthropic", to, claude, {}, { model = "g" })
+            assert.is_nil(out, to)
+            assert.matches("file file_011CNha8iCJcU1wXNR6q4V8w: an Anthropic file_id cannot be sent", err)
+        end
+        -- same vendor, other API: the id is good there
+        local body = upstream("openai-responses", "openai-chat", { model = "m", input = { { role = "user",
+            content = { { type = "input_file", file_id = "file-r1" } } } } })
+        assert.are.same({ type = "file", file = { file_id = "file-r1" } }, body.messages[1].content[1])
+        -- and an Anthropic client's own id still passes to Anthropic
+        assert.are.equal("file_011CNha8iCJcU1wXNR6q4V8w",
+            upstream("anthropic", "anthropic", claude, { model = "c" }).messages[1].content[2].source.file_id)
+    end)
+
     it("is refused the same way in a system, developer or assistant message", function()
         for i, role in ipairs({ "system", "developer", "assistant" }) do
             local req = { model = "m", messages = { { role = "user", content = "hi" },

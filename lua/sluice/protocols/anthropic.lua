@@ -181,7 +181,7 @@ local function decode_source(src)
         return { kind = "text", media_type = str(src.media_type) or "text/plain", data = src.data }
     elseif k == "file" then
         if not str(src.file_id) then return nil end
-        return { kind = "file", file_id = src.file_id }
+        return { kind = "file", file_id = src.file_id, store = "anthropic" }
     elseif k == "content" then
         -- A document made of blocks: keep its text.
         local b = buffer.new()
@@ -495,6 +495,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- Anthropic's Files API cannot resolve an OpenAI file id
+    -- (https://docs.anthropic.com/en/docs/build-with-claude/files).
+    local ok, ferr = common.check_file_ids(req, "anthropic", "an Anthropic")
+    if not ok then return nil, ferr end
     local body = {
         model = opts.model or req.model,
         messages = encode_messages(req, opts),

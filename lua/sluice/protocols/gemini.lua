@@ -565,25 +565,11 @@ local function tool_config_out(tc)
     return { functionCallingConfig = fcc }
 end
 
--- A file by id (an OpenAI Files id) means nothing to Gemini: a clear 400
--- rather than a request that silently lacks the file.
-local function file_id_in(req)
-    for _, m in ipairs(req.messages or {}) do
-        for _, p in ipairs(m.content or {}) do
-            local srcs = { p.source }
-            for _, c in ipairs(p.type == "tool_result" and p.content or {}) do srcs[#srcs + 1] = c.source end
-            for _, s in ipairs(srcs) do
-                if type(s) == "table" and s.kind == "file" then return s.file_id end
-            end
-        end
-    end
-end
-
 function M.encode_request(req, opts)
-    local fid = file_id_in(req)
-    if fid then
-        return nil, "file " .. tostring(fid) .. ": a file_id cannot be sent to a Gemini supplier; send the file's data"
-    end
+    -- A file by id (OpenAI's or Anthropic's Files API) means nothing to
+    -- Gemini: a clear 400 rather than a request that silently lacks the file.
+    local ok, ferr = common.check_file_ids(req, nil, "a Gemini")
+    if not ok then return nil, ferr end
     local body = {}
     if req.system and #req.system > 0 then
         local parts = json_array({})

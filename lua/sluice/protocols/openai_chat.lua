@@ -147,7 +147,7 @@ local function decode_content(c)
                 parts[#parts + 1] = { type = "document", title = title, source = src }
             elseif type(f.file_id) == "string" then
                 parts[#parts + 1] = { type = "document", title = title,
-                                      source = { kind = "file", file_id = f.file_id } }
+                                      source = { kind = "file", file_id = f.file_id, store = "openai" } }
             else
                 return nil, "file: needs file_data or file_id"
             end
@@ -420,6 +420,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- file_id names a file in OpenAI's Files API; an Anthropic file id is unknown there
+    -- (https://platform.openai.com/docs/api-reference/files).
+    local ok, ferr = common.check_file_ids(req, "openai", "an OpenAI Chat")
+    if not ok then return nil, ferr end
     local msgs = array()
     if req.system and #req.system > 0 then
         -- Several system parts become one message; blank lines keep them apart.

@@ -130,7 +130,7 @@ local function decode_part(p)
             src = { kind = "url", url = p.file_url }
         elseif is_str(p.file_id) then
             -- Chat and Responses suppliers take the id; the others answer 400.
-            src = { kind = "file", file_id = p.file_id }
+            src = { kind = "file", file_id = p.file_id, store = "openai" }
         else
             return nil, "input_file needs file_data, file_url or file_id"
         end
@@ -442,6 +442,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- input_file.file_id names a file in OpenAI's Files API; an Anthropic
+    -- file id is unknown there (https://platform.openai.com/docs/api-reference/files).
+    local ok, ferr = common.check_file_ids(req, "openai", "an OpenAI Responses")
+    if not ok then return nil, ferr end
     local body = { model = opts.model or req.model, stream = opts.stream and true or false }
     if req.system and #req.system > 0 then
         local t = {}
