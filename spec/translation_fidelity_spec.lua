@@ -391,7 +391,43 @@ describe("15: the output-limit field and cap, per supplier", function()
         body = upstream("openai-chat", "anthropic", { model = "m", reasoning_effort = "high",
             messages = chat.messages }, { model = "x", max_output_tokens = 6000 })
         assert.are.equal(6000, body.max_tokens)
-        assert.is_true(body.thinking.budget_tokens < 6000 and body.thinking.budget_tokens >= 1024)
+        -- the budget leaves Anthropic's 1024 tokens of the cap for the answer
+        assert.are.equal(6000 - 1024, body.thinking.budget_tokens)
+        -- a cap with no room for the minimum budget plus an answer: no thinking
+        body = upstream("openai-chat", "anthropic", { model = "m", reasoning_effort = "high",
+            messages = chat.messages }, { model = "x", max_output_tokens = 2000 })
+        assert.are.equal(2000, body.max_tokens)
+        assert.is_nil(body.thinking)
+    end)
+end)
+
+describe("15: an output cap on an Anthropic passthrough with thinking", function()
+    local U = require("sluice.upstream")
+    local supplier = { id = "a", protocol = "anthropic", base_url = "http://up", auth = { type = "passthrough" },
+                       headers = {}, timeouts = {}, verify_tls = true, max_output_tokens = 8192 }
+    -- The body Anthropic gets for a Claude Code request under the cap.
+    local function sent(thinking, cap)
+        local ctx = { protocol = "anthropic", headers = { ["x-api-key"] = "k" }, query = "", id = "r",
+                      model = "claude-x", stream = false,
+                      request = { model = "claude-x", max_tokens = 32000, thinking = thinking,
+                                  messages = { { role = "user", content = "hi" } } } }
+        local plan = assert(U.plan({}, ctx, { kind = "generate" }, { name = "r", max_output_tokens = cap }, supplier))
+        return json.decode(plan.body), ctx.request
+    end
+
+    it("lowers Claude Code's budget_tokens with max_tokens so Anthropic does not refuse it", function()
+        local body, original = sent({ type = "enabled", budget_tokens = 31999 })
+        assert.are.equal(8192, body.max_tokens)
+        assert.are.same({ type = "enabled", budget_tokens = 8192 - 1024 }, body.thinking)
+        -- the client's own request is not changed (retries, logs)
+        assert.are.equal(31999, original.thinking.budget_tokens)
+    end)
+
+    it("keeps a budget that already fits, and drops thinking with no room for the 1024 minimum", function()
+        assert.are.equal(4000, sent({ type = "enabled", budget_tokens = 4000 }).thinking.budget_tokens)
+        local body = sent({ type = "enabled", budget_tokens = 31999 }, 2000)
+        assert.are.equal(2000, body.max_tokens)
+        assert.is_nil(body.thinking)
     end)
 end)
 
@@ -583,6 +619,45 @@ describe("12: Chat file parts", function()
         assert.is_nil(out)
         assert.matches("file_data", err)
     end)
+
+    it("an OpenAI file_id is refused toward Anthropic, whose Files API cannot know it", function()
+        local out, err = T.request("openai-chat", "anthropic", chat_with({ file_id = "file-abc123" }), {},
+            { model = "c" })
+        assert.is_nil(out)
+        assert.matches("file file%-abc123: an OpenAI file_id cannot be sent to an Anthropic supplier", err)
+        out, err = T.request("openai-responses", "anthropic", { model = "m", input = { { role = "user", content = {
+            { type = "input_file", file_id = "file-r1" } } } } }, {}, { model = "c" })
+        assert.is_nil(out)
+        assert.matches("file file%-r1: an OpenAI file_id", err)
+    end)
+
+    it("an Anthropic file_id is refused toward Chat and Responses, carried between OpenAI APIs", function()
+        local claude = { model = "m", max_tokens = 100, messages = { { role = "user", content = {
+            { type = "text", text = "summarise" },
+            { type = "document", source = { type = "file", file_id = "file_011CNha8iCJcU1wXNR6q4V8w" } } } } } }
+        for _, to in ipairs({ "openai-chat", "openai-responses" }) do
+            local out, err = T.request("anthropic", to, claude, {}, { model = "g" })
+            assert.is_nil(out, to)
+            assert.matches("file file_011CNha8iCJcU1wXNR6q4V8w: an Anthropic file_id cannot be sent", err)
+        end
+        -- same vendor, other API: the id is good there
+        local body = upstream("openai-responses", "openai-chat", { model = "m", input = { { role = "user",
+            content = { { type = "input_file", file_id = "file-r1" } } } } })
+        assert.are.same({ type = "file", file = { file_id = "file-r1" } }, body.messages[1].content[1])
+        -- and an Anthropic client's own id still passes to Anthropic
+        assert.are.equal("file_011CNha8iCJcU1wXNR6q4V8w",
+            upstream("anthropic", "anthropic", claude, { model = "c" }).messages[1].content[2].source.file_id)
+    end)
+
+    it("is refused the same way in a system, developer or assistant message", function()
+        for i, role in ipairs({ "system", "developer", "assistant" }) do
+            local req = { model = "m", messages = { { role = "user", content = "hi" },
+                { role = role, content = { { type = "file", file = { filename = "x.pdf" } } } } } }
+            local out, err = T.request("openai-chat", "anthropic", req, {}, { model = "c" })
+            assert.is_nil(out, role)
+            assert.matches("messages%[1%]%.content: file: needs file_data or file_id", err)
+        end
+    end)
 end)
 
 describe("13: Responses image detail and file ids toward Chat", function()
@@ -632,6 +707,31 @@ describe("14: Codex's hosted and namespace tools", function()
         local _, st = upstream("openai-responses", "anthropic", { model = "m", input = "hi",
             tools = { { type = "web_search" } } })
         assert.is_nil(st.dropped)
+    end)
+
+    it("Gemini: an empty tool object is not reported, googleSearchRetrieval is web search", function()
+        local body, st = upstream("gemini", "anthropic", json.decode('{"model":"gemini-2.5-pro","contents":[{"role":"user","parts":'
+            .. '[{"text":"news?"}]}],"tools":[{},{"googleSearchRetrieval":{}},{"codeExecution":{}}]}'),
+            { model = "claude-x" })
+        assert.are.same({ "tool codeExecution" }, st.dropped)
+        assert.matches("^web_search_", body.tools[1].type)
+    end)
+
+    it("the x-sluice-dropped header stays short whatever tool names the client sends", function()
+        local host = require("sluice.host")
+        assert.are.equal("tool namespace mcp__docs, tool web_search",
+            host.dropped_header({ "tool namespace mcp__docs", "tool web_search" }))
+        local many = {}
+        for i = 1, 200 do many[i] = "tool namespace mcp__server_number_" .. i end
+        local h = host.dropped_header(many)
+        assert.is_true(#h <= 512)
+        assert.matches("^tool namespace mcp__server_number_1, ", h)
+        assert.matches("_number_%d+, \u{2026}$", h)
+        -- one enormous name is cut too, never inside a UTF-8 character
+        h = host.dropped_header({ "tool " .. ("\u{00e9}"):rep(1000) })
+        assert.is_true(#h <= 512)
+        local cut = h:match("^tool (.*), \u{2026}$")
+        assert.are.equal(("\u{00e9}"):rep(#cut / 2), cut)
     end)
 end)
 

@@ -258,12 +258,38 @@ local JSON_HEADERS = { { "content-type", "application/json" } }
 -- A translated answer's headers, plus `x-sluice-dropped: <what>, ...` when
 -- the request carried something its supplier could not be sent (a Codex
 -- namespace tool, web search toward Chat: translate's state.dropped).
+--
+-- The entries name client-sent tools (any length, any number), and a
+-- header that large gets the answer refused by proxies and HTTP clients
+-- (header size limits, often 8 KB in all): the value stops at whole entries
+-- within DROPPED_MAX bytes and ends with ", …"; the history record keeps
+-- the full list.
+local DROPPED_MAX = 512
+local ELLIPSIS = ", \u{2026}"
+function H.dropped_header(dropped)
+    local all = (table.concat(dropped, ", "):gsub("%c", " "))
+    if #all <= DROPPED_MAX then return all end
+    local room = DROPPED_MAX - #ELLIPSIS
+    local n = 0
+    for i, d in ipairs(dropped) do
+        local add = #d + (i > 1 and 2 or 0)
+        if n + add > room then break end
+        n = n + add
+    end
+    -- a first entry longer than the room is cut, not split inside a UTF-8 character
+    if n == 0 then
+        n = room
+        while n > 0 and all:byte(n + 1) and all:byte(n + 1) >= 0x80 and all:byte(n + 1) < 0xC0 do n = n - 1 end
+    end
+    return all:sub(1, n) .. ELLIPSIS
+end
+
 local function translated_headers(base, tr)
     local dropped = tr and tr.state and tr.state.dropped
     if not dropped then return base end
     local h = {}
     for i, kv in ipairs(base) do h[i] = kv end
-    h[#h + 1] = { "x-sluice-dropped", (table.concat(dropped, ", "):gsub("[%c]", " ")) }
+    h[#h + 1] = { "x-sluice-dropped", H.dropped_header(dropped) }
     return h
 end
 

@@ -36,7 +36,9 @@
 --                    signatures, redacted thinking, encrypted reasoning);
 --                    encoders send opaque values only to their origin. Across
 --                    protocols they travel wrapped as "sluice1:<origin>:<kind>:<value>".
---     source = { kind = "file", file_id = s }; source.media_type on URL sources;
+--     source = { kind = "file", file_id = s, store = "openai"|"anthropic" }: store is
+--                    the vendor Files API the id belongs to (encoders refuse
+--                    another's); source.media_type on URL sources;
 --     tool.strict; req.stream_usage; Responses-only request fields
 --     (previous_response_id, conversation, store, include) kept for Responses upstreams;
 --     a thinking part with empty text and a signature carries the signature

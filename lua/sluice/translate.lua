@@ -87,6 +87,11 @@ function T.request(from, to, body, info, opts)
     toolnames.apply_request(req, names)
     local compat = opts.compat or {}
     if compat.billing_header ~= "keep" then drop_billing_header(req) end
+    -- A client's output limit that is not a number is refused here, before
+    -- the cap compares it or an encoder writes it.
+    if req.max_tokens ~= nil and type(req.max_tokens) ~= "number" then
+        return nil, "the output limit (max_tokens) must be a number"
+    end
     local cap = opts.max_output_tokens
     if cap and req.max_tokens and req.max_tokens > cap then req.max_tokens = cap end
     local stream = opts.stream

@@ -272,8 +272,11 @@ end
 
 -- A passthrough body asking for more output than the configured cap: a
 -- copy with the protocol's limit field(s) (its `output_limit` fact, dotted
--- paths) lowered to the cap; nil when nothing asks for more.
-local function capped(body, fields, cap)
+-- paths) lowered to the cap, passed through the protocol's `fit_output`
+-- (fields that must stay below the limit, as Anthropic's thinking budget);
+-- nil when nothing asks for more.
+local function capped(body, codec, cap)
+    local fields = codec.output_limit
     local out
     for _, path in ipairs(fields or {}) do
         local keys = {}
@@ -292,6 +295,7 @@ local function capped(body, fields, cap)
             t[keys[#keys]] = cap
         end
     end
+    if out and codec.fit_output then out = codec.fit_output(out, cap) end
     return out
 end
 
@@ -398,7 +402,7 @@ function U.plan(cfg, ctx, info, route, supplier)
         if upstream_model ~= ctx.model and not codec.model_in_path then
             body = with_model(ctx.request, upstream_model)
         end
-        if cap then body = capped(body or ctx.request, codec.output_limit, cap) or body end
+        if cap then body = capped(body or ctx.request, codec, cap) or body end
     else
         state.client_model = state.client_model or ctx.model
         ctx.translation = { from = from, to = to, state = state }

@@ -1496,6 +1496,18 @@ class SupplierCompatTest(TranslationCase):
         self.assertNotIn("billing-header", json.dumps(body), "the per-request billing line is left out")
         self.assertIn("weather bot", body["messages"][0]["content"])
 
+    def test_malformed_request_is_a_400_in_the_clients_shape(self):
+        # A max_tokens that is not a number, under the supplier's cap, and a
+        # tool that is not an object: the client's SDK gets
+        # Anthropic's invalid_request_error, not a 500 from a failed script.
+        for req in (dict(CLAUDE_REQ, stream=False, max_tokens="32000"),
+                    dict(CLAUDE_REQ, stream=False, tools=[7])):
+            r = self.post("/v1/messages", req, headers=claude_headers())
+            self.assertEqual(r.status, 400, "%r%s" % (r, self.diag()))
+            err = r.json()
+            self.assertEqual(err["type"], "error", err)
+            self.assertEqual(err["error"]["type"], "invalid_request_error", err)
+
     def test_route_cap_on_passthrough(self):
         # chat -> `oa` speaks the client's protocol: the body passes through,
         # only the output limit the client asked for is lowered to the route's cap.

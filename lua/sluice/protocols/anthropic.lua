@@ -70,6 +70,37 @@ M.guess = { contains = "/messages", rank = 1 }
 M.credential = { header = "x-api-key" }
 -- Where a request asks for its output limit (a configured cap lowers it on passthrough).
 M.output_limit = { "max_tokens" }
+
+-- Extended thinking: budget_tokens must be at least 1024 and below
+-- max_tokens, or Anthropic answers 400
+-- (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking).
+-- Under an output cap the budget keeps 1024 tokens of the cap for the answer
+-- itself (a budget of cap - 1 is valid but leaves the answer one token);
+-- nil when that leaves less than the minimum budget: no thinking then.
+local MIN_BUDGET = 1024
+local function budget_under_cap(budget, cap)
+    if budget > cap - MIN_BUDGET then budget = cap - MIN_BUDGET end
+    if budget < MIN_BUDGET then return nil end
+    return budget
+end
+
+-- A passthrough body whose max_tokens the cap just lowered (a copy, see
+-- upstream): a thinking budget sized for the client's max_tokens (Claude
+-- Code sends 32000 with budget_tokens 31999) must shrink with it.
+function M.fit_output(body, cap)
+    local th = body.thinking
+    if type(th) ~= "table" or type(th.budget_tokens) ~= "number" then return body end
+    local budget = budget_under_cap(th.budget_tokens, cap)
+    if not budget then
+        body.thinking = nil
+    elseif budget ~= th.budget_tokens then
+        local copy = {}
+        for k, v in pairs(th) do copy[k] = v end
+        copy.budget_tokens = budget
+        body.thinking = copy
+    end
+    return body
+end
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
@@ -133,17 +164,24 @@ local function decode_thinking(b)
     return { type = "thinking", text = b.thinking or "", signature = opaque, origin = "anthropic" }
 end
 
+local function str(v) return type(v) == "string" and v or nil end
+
+-- A source whose fields are not strings is unusable: nil, as for an unknown kind.
 local function decode_source(src)
     if type(src) ~= "table" then return nil end
     local k = src.type
     if k == "base64" then
+        if not (str(src.data) and str(src.media_type)) then return nil end
         return { kind = "base64", media_type = src.media_type, data = src.data }
     elseif k == "url" then
+        if not str(src.url) then return nil end
         return { kind = "url", url = src.url }
     elseif k == "text" then
-        return { kind = "text", media_type = src.media_type or "text/plain", data = src.data }
+        if not str(src.data) then return nil end
+        return { kind = "text", media_type = str(src.media_type) or "text/plain", data = src.data }
     elseif k == "file" then
-        return { kind = "file", file_id = src.file_id }
+        if not str(src.file_id) then return nil end
+        return { kind = "file", file_id = src.file_id, store = "anthropic" }
     elseif k == "content" then
         -- A document made of blocks: keep its text.
         local b = buffer.new()
@@ -151,7 +189,7 @@ local function decode_source(src)
             b:put(src.content)
         elseif type(src.content) == "table" then
             for _, c in ipairs(src.content) do
-                if c.type == "text" and c.text then b:put(c.text, "\n") end
+                if type(c) == "table" and c.type == "text" and str(c.text) then b:put(c.text, "\n") end
             end
         end
         return { kind = "text", media_type = "text/plain", data = b:tostring() }
@@ -199,7 +237,9 @@ function decode_block(b, role)
     if type(b) ~= "table" then return nil end
     local t = b.type
     if t == "text" then
-        return { type = "text", text = b.text or "", cache_control = nonnull(b.cache_control) }
+        -- text that is not a string counts as missing (the encoders write it as is)
+        return { type = "text", text = type(b.text) == "string" and b.text or "",
+                 cache_control = nonnull(b.cache_control) }
     elseif t == "image" then
         local src = decode_source(b.source)
         if not src then return nil end
@@ -272,7 +312,7 @@ function M.decode_request(body, info)
         -- Claude Code's per-request billing line (a new value every time):
         -- marked so translation can leave it out (translate, compat.billing_header).
         for _, p in ipairs(req.system) do
-            if p.type == "text" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
+            if p.type == "text" and type(p.text) == "string" and p.text:find("^x%-anthropic%-billing%-header:") then p.billing_header = true end
         end
     end
     local msgs = {}
@@ -291,7 +331,8 @@ function M.decode_request(body, info)
     req.messages = msgs
     if type(body.tools) == "table" then
         local tools = {}
-        for _, t in ipairs(body.tools) do
+        for i, t in ipairs(body.tools) do
+            if type(t) ~= "table" then return nil, "tools." .. (i - 1) .. ": must be an object" end
             -- Versioned server tools (web_search_20250305, bash_...) have no
             -- schema and cannot run anywhere else.
             if t.input_schema ~= nil and (t.type == nil or t.type == "custom") then
@@ -317,7 +358,7 @@ function M.decode_request(body, info)
     local th = nonnull(body.thinking)
     if type(th) == "table" then
         if th.type == "enabled" then
-            req.thinking = { enabled = true, budget_tokens = nonnull(th.budget_tokens) }
+            req.thinking = { enabled = true, budget_tokens = type(th.budget_tokens) == "number" and th.budget_tokens or nil }
         elseif th.type == "adaptive" then
             req.thinking = { enabled = true }
         elseif th.type == "disabled" then
@@ -454,6 +495,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- Anthropic's Files API cannot resolve an OpenAI file id
+    -- (https://docs.anthropic.com/en/docs/build-with-claude/files).
+    local ok, ferr = common.check_file_ids(req, "anthropic", "an Anthropic")
+    if not ok then return nil, ferr end
     local body = {
         model = opts.model or req.model,
         messages = encode_messages(req, opts),
@@ -505,16 +550,16 @@ function M.encode_request(req, opts)
         local forced = body.tool_choice and (body.tool_choice.type == "any" or body.tool_choice.type == "tool")
         if not forced and not tool_loop_without_thinking(body.messages) then
             local budget = th.budget_tokens or EFFORT_BUDGET[th.effort or "medium"] or 8192
-            if budget < 1024 then budget = 1024 end
+            if budget < MIN_BUDGET then budget = MIN_BUDGET end
             if body.max_tokens <= budget then body.max_tokens = budget + 4096 end
             -- Under a configured output cap, the budget shrinks to fit below
-            -- it (budget_tokens must be >= 1024 and < max_tokens); no room, no thinking.
+            -- it with room left for the answer; no room, no thinking.
             local cap = opts.max_output_tokens
             if cap and body.max_tokens > cap then
                 body.max_tokens = cap
-                if budget >= cap then budget = cap - 1 end
+                budget = budget_under_cap(budget, cap)
             end
-            if budget >= 1024 then
+            if budget then
                 body.thinking = { type = "enabled", budget_tokens = budget }
                 -- Thinking forbids changing temperature and top_k.
                 body.temperature, body.top_k = nil, nil

@@ -282,6 +282,39 @@ end
 
 -- ---------------------------------------------------------------- files
 
+local STORE_TITLE = { openai = "an OpenAI", anthropic = "an Anthropic" }
+
+-- A file by id belongs to the Files API that issued it (source.store:
+-- "openai" for Chat and Responses, "anthropic"); no other vendor can
+-- resolve it. -> nil, the 400 message naming the first file of req whose
+-- id is from a store other than `store` (any store when `store` is nil), for
+-- a supplier called `supplier_title`; true when there is none.
+function C.check_file_ids(req, store, supplier_title)
+    local function check(parts)
+        for _, p in ipairs(parts or {}) do
+            local srcs = { p.source }
+            for _, c in ipairs(p.type == "tool_result" and type(p.content) == "table" and p.content or {}) do
+                srcs[#srcs + 1] = c.source
+            end
+            for _, s in ipairs(srcs) do
+                if type(s) == "table" and s.kind == "file" and (store == nil or (s.store and s.store ~= store)) then
+                    return nil, "file " .. tostring(s.file_id) .. ": " .. (STORE_TITLE[s.store] or "a")
+                        .. " file_id cannot be sent to " .. supplier_title .. " supplier, whose Files API "
+                        .. "does not know it; send the file's data instead"
+                end
+            end
+        end
+        return true
+    end
+    local ok, err = check(req.system)
+    if not ok then return nil, err end
+    for _, m in ipairs(req.messages or {}) do
+        ok, err = check(m.content)
+        if not ok then return nil, err end
+    end
+    return true
+end
+
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local B64_VAL = {}
 for i = 1, 64 do B64_VAL[B64:byte(i)] = i - 1 end

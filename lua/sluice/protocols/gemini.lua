@@ -146,8 +146,9 @@ local function decode_data_part(p)
         return { type = "text", text = p.text }
     end
     local d = p.inlineData or p.inline_data
-    if is_obj(d) then
+    if is_obj(d) and is_str(d.data) then
         local mime = d.mimeType or d.mime_type
+        if not is_str(mime) then mime = nil end
         if is_str(mime) and mime:find("^text/") then
             return { type = "document", source = { kind = "base64", media_type = mime, data = d.data } }
         end
@@ -344,7 +345,10 @@ local function decode_tools(tools)
         -- googleSearch has equivalents elsewhere (req.web_search, set by the
         -- caller); codeExecution, urlContext, ... run inside Gemini only.
         if type(decls) == "table" then
-            for _, d in ipairs(decls) do
+            for i, d in ipairs(decls) do
+                if not is_obj(d) or not is_str(d.name) then
+                    return nil, "functionDeclarations[" .. (i - 1) .. "]: must be an object with a name"
+                end
                 local params = d.parametersJsonSchema or d.parameters_json_schema
                 if is_obj(params) then
                     params = schema.from_gemini(params) -- upper-case types, as for responseJsonSchema
@@ -395,11 +399,17 @@ function M.decode_request(body, info)
         end
     end
     if type(body.tools) == "table" then
-        req.tools = decode_tools(body.tools)
+        local tools, terr = decode_tools(body.tools)
+        if terr then return nil, "tools: " .. terr end
+        req.tools = tools
         for _, t in ipairs(body.tools) do
-            if is_obj(t) and (t.googleSearch or t.google_search) then
+            -- googleSearchRetrieval is Gemini 1.5's name for the same search
+            -- grounding (https://ai.google.dev/gemini-api/docs/grounding);
+            -- an empty object asks for nothing, so nothing was dropped.
+            if is_obj(t) and (t.googleSearch or t.google_search or t.googleSearchRetrieval
+                              or t.google_search_retrieval) then
                 req.web_search = true
-            elseif is_obj(t) and not (t.functionDeclarations or t.function_declarations) then
+            elseif is_obj(t) and next(t) ~= nil and not (t.functionDeclarations or t.function_declarations) then
                 req.dropped = req.dropped or {}
                 req.dropped[#req.dropped + 1] = "tool " .. tostring((next(t)))
             end
@@ -555,25 +565,11 @@ local function tool_config_out(tc)
     return { functionCallingConfig = fcc }
 end
 
--- A file by id (an OpenAI Files id) means nothing to Gemini: a clear 400
--- rather than a request that silently lacks the file.
-local function file_id_in(req)
-    for _, m in ipairs(req.messages or {}) do
-        for _, p in ipairs(m.content or {}) do
-            local srcs = { p.source }
-            for _, c in ipairs(p.type == "tool_result" and p.content or {}) do srcs[#srcs + 1] = c.source end
-            for _, s in ipairs(srcs) do
-                if type(s) == "table" and s.kind == "file" then return s.file_id end
-            end
-        end
-    end
-end
-
 function M.encode_request(req, opts)
-    local fid = file_id_in(req)
-    if fid then
-        return nil, "file " .. tostring(fid) .. ": a file_id cannot be sent to a Gemini supplier; send the file's data"
-    end
+    -- A file by id (OpenAI's or Anthropic's Files API) means nothing to
+    -- Gemini: a clear 400 rather than a request that silently lacks the file.
+    local ok, ferr = common.check_file_ids(req, nil, "a Gemini")
+    if not ok then return nil, ferr end
     local body = {}
     if req.system and #req.system > 0 then
         local parts = json_array({})

@@ -44,7 +44,7 @@ local REQUIRED = {
 local OPTIONAL = {
     { "models", "table" }, { "guess", "table" }, { "upstream_headers", "table" }, { "path_query", "table" },
     { "model_in_path", "boolean" }, { "count_tokens", "string" }, { "tool_call_ids", "table" },
-    { "output_limit", "table" }, { "cache_key", "string" },
+    { "output_limit", "table" }, { "fit_output", "function" }, { "cache_key", "string" },
 }
 P.REQUIRED, P.OPTIONAL = REQUIRED, OPTIONAL
 

@@ -124,10 +124,10 @@ local function decode_content(c)
     if type(c) ~= "table" then return parts end
     for _, p in ipairs(c) do
         local t = type(p) == "table" and p.type
-        if t == "text" then
-            parts[#parts + 1] = { type = "text", text = p.text or "" }
-        elseif t == "refusal" then
-            parts[#parts + 1] = { type = "text", text = p.refusal or "" }
+        if t == "text" or t == "refusal" then
+            local text = p[t]
+            if text ~= nil and type(text) ~= "string" then return nil, t .. ": must be a string" end
+            parts[#parts + 1] = { type = "text", text = text or "" }
         elseif t == "image_url" then
             local url = type(p.image_url) == "table" and p.image_url.url or p.image_url
             if type(url) == "string" then
@@ -147,7 +147,7 @@ local function decode_content(c)
                 parts[#parts + 1] = { type = "document", title = title, source = src }
             elseif type(f.file_id) == "string" then
                 parts[#parts + 1] = { type = "document", title = title,
-                                      source = { kind = "file", file_id = f.file_id } }
+                                      source = { kind = "file", file_id = f.file_id, store = "openai" } }
             else
                 return nil, "file: needs file_data or file_id"
             end
@@ -225,19 +225,27 @@ function M.decode_request(body, info)
         if type(m) ~= "table" then return nil, "messages[" .. (i - 1) .. "]: must be an object" end
         local role = m.role
         if role == "system" or role == "developer" then
+            -- A part that cannot be decoded is refused as in a user message,
+            -- not left out in silence.
+            local content, cerr = decode_content(m.content)
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             system = system or {}
-            for _, p in ipairs(decode_content(m.content) or {}) do system[#system + 1] = p end
+            for _, p in ipairs(content) do system[#system + 1] = p end
         elseif role == "user" then
             local content, cerr = decode_content(m.content)
             if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             msgs[#msgs + 1] = { role = "user", content = content }
         elseif role == "assistant" then
-            local content = decode_content(nonnull(m.content)) or {}
+            local content, cerr = decode_content(nonnull(m.content))
+            if not content then return nil, "messages[" .. (i - 1) .. "].content: " .. cerr end
             local refusal = nonnull(m.refusal)
             if type(refusal) == "string" and refusal ~= "" then
                 content[#content + 1] = { type = "text", text = refusal }
             end
             for _, tc in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do
+                if type(tc) ~= "table" then
+                    return nil, "messages[" .. (i - 1) .. "].tool_calls: each call must be an object"
+                end
                 local f = type(tc["function"]) == "table" and tc["function"] or {}
                 local id, sig = split_id(tc.id)
                 names[id or ""] = f.name
@@ -412,6 +420,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- file_id names a file in OpenAI's Files API; an Anthropic file id is unknown there
+    -- (https://platform.openai.com/docs/api-reference/files).
+    local ok, ferr = common.check_file_ids(req, "openai", "an OpenAI Chat")
+    if not ok then return nil, ferr end
     local msgs = array()
     if req.system and #req.system > 0 then
         -- Several system parts become one message; blank lines keep them apart.

@@ -109,11 +109,12 @@ local unwrap_opaque = common.unwrap
 -- One content part of an input message (or of a function_call_output array).
 local function decode_part(p)
     if is_str(p) then return { type = "text", text = p } end
+    if type(p) ~= "table" then return nil, "a content part must be a string or an object" end
     local t = p.type
-    if t == "input_text" or t == "output_text" or t == "text" then
-        return { type = "text", text = p.text or "" }
-    elseif t == "refusal" then
-        return { type = "text", text = p.refusal or "" }
+    if t == "input_text" or t == "output_text" or t == "text" or t == "refusal" then
+        local text = t == "refusal" and p.refusal or p.text
+        if text ~= nil and not is_str(text) then return nil, t .. ": text must be a string" end
+        return { type = "text", text = text or "" }
     elseif t == "input_image" then
         if not is_str(p.image_url) then return nil, "input_image without image_url (file_id) cannot be translated" end
         -- detail (low/high/auto) is kept for Chat and Responses suppliers.
@@ -129,7 +130,7 @@ local function decode_part(p)
             src = { kind = "url", url = p.file_url }
         elseif is_str(p.file_id) then
             -- Chat and Responses suppliers take the id; the others answer 400.
-            src = { kind = "file", file_id = p.file_id }
+            src = { kind = "file", file_id = p.file_id, store = "openai" }
         else
             return nil, "input_file needs file_data, file_url or file_id"
         end
@@ -145,6 +146,7 @@ local function decode_content(c)
         out[1] = { type = "text", text = c }
         return out
     end
+    if type(c) ~= "table" then return nil, "content must be a string or an array of parts" end
     for _, p in ipairs(c) do
         local part, err = decode_part(p)
         if not part then return nil, err end
@@ -171,7 +173,7 @@ local function decode_reasoning_item(item)
     local texts = {}
     if type(item.summary) == "table" then
         for _, s in ipairs(item.summary) do
-            if is_str(s.text) then texts[#texts + 1] = s.text end
+            if type(s) == "table" and is_str(s.text) then texts[#texts + 1] = s.text end
         end
     end
     local text = concat(texts, "\n\n")
@@ -190,7 +192,8 @@ local function decode_reasoning_item(item)
 end
 
 local function decode_input(input, req, msgs)
-    for _, item in ipairs(input) do
+    for i, item in ipairs(input) do
+        if type(item) ~= "table" then return nil, "input." .. (i - 1) .. ": must be an object" end
         local t = item.type
         if t == nil or t == "message" then
             local role = item.role
@@ -250,6 +253,7 @@ local function decode_tool_choice(tc)
         if tc == "auto" or tc == "none" or tc == "required" then return { type = tc } end
         return nil
     end
+    if type(tc) ~= "table" then return nil end
     if (tc.type == "function" or tc.type == "custom") and is_str(tc.name) then
         return { type = "tool", name = tc.name }
     end
@@ -280,7 +284,8 @@ function M.decode_request(body, info)
 
     if type(body.tools) == "table" then
         local tools = {}
-        for _, t in ipairs(body.tools) do
+        for i, t in ipairs(body.tools) do
+            if type(t) ~= "table" then return invalid("tools." .. (i - 1) .. ": must be an object") end
             -- Built-in tools run at OpenAI: web search has equivalents at
             -- Anthropic and Gemini (req.web_search); the rest (a Codex
             -- `namespace`, file_search, ...) is reported as dropped.
@@ -437,6 +442,10 @@ end
 
 function M.encode_request(req, opts)
     opts = opts or {}
+    -- input_file.file_id names a file in OpenAI's Files API; an Anthropic
+    -- file id is unknown there (https://platform.openai.com/docs/api-reference/files).
+    local ok, ferr = common.check_file_ids(req, "openai", "an OpenAI Responses")
+    if not ok then return nil, ferr end
     local body = { model = opts.model or req.model, stream = opts.stream and true or false }
     if req.system and #req.system > 0 then
         local t = {}
