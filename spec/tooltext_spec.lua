@@ -362,6 +362,36 @@ describe("tool calls as text, ids", function()
     end)
 end)
 
+describe("tool calls as text, repeated ids", function()
+    -- Kimi numbers its calls itself and may write the same id twice.
+    local TWICE = '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0'
+        .. '<|tool_call_argument_begin|>{"city": "SF"}<|tool_call_end|><|tool_calls_section_end|>'
+        .. 'and <|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0'
+        .. '<|tool_call_argument_begin|>{"city": "NY"}<|tool_call_end|><|tool_calls_section_end|>'
+
+    local function ids_of(resp)
+        local out = {}
+        for _, p in ipairs(resp.content) do if p.type == "tool_call" then out[#out + 1] = p.id end end
+        return out
+    end
+
+    it("a repeated id is replaced by a fresh one in the client's style, whole and streamed", function()
+        local whole_resp = tooltext.answer(state("kimi_k2"), { content = { { type = "text", text = TWICE } },
+                                                               stop_reason = "end_turn" })
+        local st = state("kimi_k2")
+        local f = tooltext.filter(st)
+        local stream_resp = T.assemble(f:feed_list({ { type = "start" },
+            { type = "block_start", index = 0, kind = "text" }, { type = "text", index = 0, text = TWICE },
+            { type = "block_stop", index = 0 }, { type = "finish", stop_reason = "end_turn" } }))
+        for _, resp in ipairs({ whole_resp, stream_resp }) do
+            local ids = ids_of(resp)
+            assert.are.equal(2, #ids)
+            assert.are.equal("functions.get_weather:0", ids[1])
+            assert.truthy(ids[2]:match("^call_"), ids[2])
+        end
+    end)
+end)
+
 describe("tool calls as text, parameters typed by the schema", function()
     it("keeps strings raw, decodes other types, falls back to the string", function()
         local resp = whole("qwen3_coder", '<tool_call>\n<function=get_weather>\n<parameter=city>\n42\n'

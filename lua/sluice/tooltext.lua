@@ -288,11 +288,22 @@ function Parser:push(s, final, out)
 end
 
 -- The id a call goes out with: the dialect's own when the client protocol
--- allows it, else a new one in the client's style.
+-- allows it and this answer has not used it yet, else a new one in the
+-- client's style. Models number their own ids (Kimi's functions.f:0) and
+-- may repeat one; two calls sharing an id would leave the client unable to
+-- tell their results apart.
 local function call_id(st, c)
     local id, ids = c.id, st.ids
-    if type(id) == "string" and (not ids.pattern or find(id, ids.pattern)) then return id end
-    return ir.new_id(ids.prefix or "call_")
+    local seen = st.seen_ids
+    if not seen then
+        seen = {}
+        st.seen_ids = seen
+    end
+    if type(id) ~= "string" or (ids.pattern and not find(id, ids.pattern)) or seen[id] then
+        id = ir.new_id(ids.prefix or "call_")
+    end
+    seen[id] = true
+    return id
 end
 
 -- ---------------------------------------------------------------- the IR stream filter
