@@ -334,6 +334,16 @@ describe("tool calls as text, the stream", function()
         assert.are.equal("tool_use", resp.stop_reason)
     end)
 
+    it("an answer without a stop reason ends in tool_use, streamed as whole", function()
+        local resp = tooltext.answer(state("hermes"), { content = { { type = "text", text = CASES.hermes.one } } })
+        assert.are.equal("tool_use", resp.stop_reason)
+        local f = tooltext.filter(state("hermes"))
+        local sresp = T.assemble(f:feed_list({ { type = "start" },
+            { type = "block_start", index = 0, kind = "text" }, { type = "text", index = 0, text = CASES.hermes.one },
+            { type = "block_stop", index = 0 }, { type = "finish" } }))
+        assert.are.equal("tool_use", sresp.stop_reason)
+    end)
+
     it("a max_tokens end stays max_tokens", function()
         local resp = tooltext.answer(state("hermes"),
             { content = { { type = "text", text = CASES.hermes.one } }, stop_reason = "max_tokens" })

@@ -16,8 +16,9 @@
 -- when the dialect cannot read it, it names a tool the request did not
 -- declare, or its arguments are not a JSON object — it stays text, never a
 -- broken call. Whitespace between and after calls is dropped. What is held
--- when the answer ends is text. A finish of end_turn/stop_sequence becomes
--- tool_use when a call was extracted (a max_tokens end stays max_tokens).
+-- when the answer ends is text. A finish of end_turn/stop_sequence (or
+-- none) becomes tool_use when a call was extracted (a max_tokens end stays
+-- max_tokens), streamed and whole alike.
 --
 --   M.DIALECTS                  the dialect names (plus "auto")
 --   M.check(v, field, bad)      a supplier's tool_text, normalised (config)
@@ -146,6 +147,14 @@ local function markers_for(name)
     m = { list = list, by_first = by_first, firsts = firsts }
     MARKERS[name] = m
     return m
+end
+
+-- Whether an answer that carried extracted calls ends in tool_use: a
+-- natural end (or none given, as some decoders leave it) does, a
+-- max_tokens end stays. The stream filter and whole answers share it so
+-- both give a client the same stop reason.
+local function ends_in_tool_use(reason)
+    return reason == nil or reason == "end_turn" or reason == "stop_sequence"
 end
 
 local Parser = {}
@@ -373,7 +382,7 @@ function Filter:feed(ev, out)
         end
     elseif t == "finish" then
         self:flush(out)
-        if self.st.calls > 0 and (ev.stop_reason == "end_turn" or ev.stop_reason == "stop_sequence") then
+        if self.st.calls > 0 and ends_in_tool_use(ev.stop_reason) then
             ev.stop_reason, ev.stop_sequence = "tool_use", nil
         end
         out[#out + 1] = ev
@@ -432,8 +441,7 @@ function M.answer(st, resp)
         end
     end
     resp.content = content
-    if st.calls > before and (resp.stop_reason == "end_turn" or resp.stop_reason == "stop_sequence"
-        or resp.stop_reason == nil) then
+    if st.calls > before and ends_in_tool_use(resp.stop_reason) then
         resp.stop_reason, resp.stop_sequence = "tool_use", nil
     end
     return resp
