@@ -62,7 +62,8 @@ end
 -- A supplier's `tool_text` config: nil/false (off) or { parse = name|false,
 -- emulate = name|nil } (emulate: tools go into the prompt, see
 -- sluice.tools.emulate, and answers are parsed with the same dialect unless
--- parse names another). `bad(field, fmt, ...)` raises the config error.
+-- parse names another; parse = false with emulate is an error).
+-- `bad(field, fmt, ...)` raises the config error.
 function M.check(v, field, bad)
     if v == nil or v == false then return nil end
     if type(v) ~= "table" then bad(field, "expected a table like { parse = \"auto\" }") end
@@ -81,6 +82,13 @@ function M.check(v, field, bad)
                 table.concat(can, ", "))
         end
         if p == nil then p = e end
+        -- Emulation sends no tools to the supplier: unparsed, its calls
+        -- would reach the client as prose, and a check that returned nil
+        -- here would switch emulation off and send the tools as real ones
+        -- to a supplier that has none.
+        if p == false then
+            bad(field .. ".parse", "cannot be false with emulate = %q (its calls come back as text to parse)", e)
+        end
     end
     if p == nil or p == false then return nil end
     if type(p) ~= "string" or not (p == "auto" or KNOWN[p]) then
