@@ -402,6 +402,22 @@ describe("tool calls as text, repeated ids", function()
     end)
 end)
 
+describe("tool calls as text, deeply nested values", function()
+    it("a pythonic argument nested thousands deep stays text instead of ending the request", function()
+        local text = "[get_weather(city=" .. string.rep("[", 5000)
+        local resp = tooltext.answer(state("pythonic"), { content = { { type = "text", text = text } },
+                                                         stop_reason = "end_turn" })
+        assert.are.same({ { "text", text } }, (shape(resp)))
+        local sresp = streamed("pythonic", { text:sub(1, 100), text:sub(101) })
+        assert.are.same({ { "text", text } }, (shape(sresp)))
+    end)
+
+    it("a pythonic argument nested a few levels deep is still a call", function()
+        local resp = whole("pythonic", "[get_weather(city='SF', tags=[[['a']]])]")
+        assert.are.equal("tool_call", resp.content[1].type)
+    end)
+end)
+
 describe("tool calls as text, parameters typed by the schema", function()
     it("keeps strings raw, decodes other types, falls back to the string", function()
         local resp = whole("qwen3_coder", '<tool_call>\n<function=get_weather>\n<parameter=city>\n42\n'
