@@ -290,7 +290,7 @@ describe("tool calls as text, the stream", function()
         end
     end)
 
-    it("holds back only what could begin a marker; the rest streams at once", function()
+    it("holds back only what could begin a marker or a call region; the rest streams at once", function()
         local st = state("hermes")
         local f = tooltext.filter(st)
         f:feed_list({ { type = "start" }, { type = "block_start", index = 0, kind = "text" } })
@@ -301,6 +301,47 @@ describe("tool calls as text, the stream", function()
         out = f:feed_list({ { type = "text", index = 0, text = "all>{\"name\"" } })
         for _, e in ipairs(out) do assert.are_not.equal("tool_call", e.kind) end
         assert.are.same({}, out) -- a call region is held whole: no partial name ever goes out
+    end)
+
+    -- What one chunk fed to a fresh filter lets out as text, at once.
+    local function released(dialect, chunks)
+        local f = tooltext.filter(state(dialect))
+        f:feed_list({ { type = "start" }, { type = "block_start", index = 0, kind = "text" } })
+        local got = {}
+        for _, c in ipairs(chunks) do
+            for _, e in ipairs(f:feed_list({ { type = "text", index = 0, text = c } })) do
+                if e.type == "text" then got[#got + 1] = e.text end
+            end
+        end
+        return table.concat(got)
+    end
+
+    it("prose or code that mentions a marker streams on instead of being held to the end", function()
+        local prose = "Wrap each call in a <tool_call> tag, then wait."
+        local code = 'x = {"name" + 1} and {"tool_calls" = 2} and ```json\n[1]``` end'
+        local fn = "<function=get weather> and [{\"name\" 1}]"
+        for _, dialect in ipairs({ "auto", "hermes", "qwen3_coder", "glm45", "loose", "llama3_json", "mistral" }) do
+            assert.are.equal(prose, released(dialect, { prose }), dialect)
+            assert.are.equal(code, released(dialect, { code }), dialect)
+            assert.are.equal(fn, released(dialect, { fn }), dialect)
+        end
+        check("auto", prose, { { "text", prose } }, "end_turn")
+        check("auto", code, { { "text", code } }, "end_turn")
+    end)
+
+    it("a region still open past the bound is text, and the stream goes on", function()
+        local open = '<tool_call>{"name": "get_weather", "arguments": {"city": "'
+        local chunks = { open }
+        for i = 1, tooltext.MAX_REGION / 1024 + 4 do chunks[#chunks + 1] = string.rep("a", 1024) end
+        local got = released("hermes", chunks)
+        assert.truthy(#got > tooltext.MAX_REGION, #got)
+        assert.are.equal(open, got:sub(1, #open))
+        -- The same region closed is text whole too: both read it alike.
+        local text = table.concat(chunks) .. '"}}</tool_call>'
+        local resp = whole("hermes", text)
+        assert.are.same({ { "text", text } }, (shape(resp)))
+        local sresp = streamed("hermes", chunks)
+        assert.are.same({ { "text", table.concat(chunks) } }, (shape(sresp)))
     end)
 
     it("a region never closed is text when the stream ends", function()

@@ -11,7 +11,9 @@
 -- The filter only touches text blocks. Text streams on as it comes, except a
 -- suffix that could begin a marker of the dialect, which is held until it is
 -- decided (and is text again when it was not one). A region that opens with
--- a marker is held until the dialect reads it whole: then it becomes tool
+-- a marker is held until the dialect decides: it fails as soon as the bytes
+-- after the marker cannot be its format, and a region longer than
+-- MAX_REGION is text. When it reads the region whole it becomes tool
 -- calls, each a complete block (id, name, the arguments in one piece), or —
 -- when the dialect cannot read it, it names a tool the request did not
 -- declare, or its arguments are not a JSON object — it stays text, never a
@@ -199,6 +201,14 @@ local function valid(calls, tools)
     return true
 end
 
+-- The longest region read as calls. A region is held back from a streaming
+-- client until it is decided; one still open past this bound (a marker in
+-- prose or code whose format the dialect could not rule out early) is
+-- text, so the stream goes on. A whole answer applies the same bound, so
+-- both read a long region alike.
+local MAX_REGION = 256 * 1024
+M.MAX_REGION = MAX_REGION
+
 -- The region at the start of s opening with marker e: "more", "fail" or
 -- "ok", calls, used. The dialects sharing the marker are tried in order.
 function Parser:region(e, s, final)
@@ -206,8 +216,8 @@ function Parser:region(e, s, final)
     for _, d in ipairs(e.dialects) do
         local status, calls, used = d.parse(s, final, tools)
         if status == "more" then
-            if not final then return "more" end
-        elseif status == "ok" and valid(calls, tools) then
+            if not final and #s <= MAX_REGION then return "more" end
+        elseif status == "ok" and used <= MAX_REGION and valid(calls, tools) then
             return "ok", calls, used, d.name
         end
     end
@@ -285,7 +295,8 @@ function Parser:push(s, final, out)
         local status, calls, used, dname = self:region(be, buf, final)
         if status == "more" then
             if #buf >= BIG then
-                self.waiting, self.waiting_len, self.wait_until = {}, #buf, #buf + #buf / 4
+                self.waiting, self.waiting_len = {}, #buf
+                self.wait_until = math.min(#buf + #buf / 4, MAX_REGION + 1)
             end
             break
         end

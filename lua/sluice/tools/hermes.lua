@@ -13,6 +13,10 @@ local D = { name = "hermes", markers = { "<tool_call>" } }
 local OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 function D.parse(s, final)
+    -- The body is a JSON object: anything else after the tag (prose that
+    -- mentions <tool_call>) is text at once.
+    local lead = C.leads(s, #OPEN + 1, { "{" }, final)
+    if lead ~= "ok" then return lead end
     local a, b = string.find(s, CLOSE, #OPEN + 1, true)
     local body
     if a then
