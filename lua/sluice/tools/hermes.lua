@@ -26,14 +26,9 @@ function D.parse(s, final)
     else
         return "more"
     end
-    local v = json.decode(C.trim(body))
-    if type(v) ~= "table" or type(v.name) ~= "string" then return "fail" end
-    local args = v.arguments
-    if args == nil then args = v.parameters end
-    if args == nil or args == json.null then args = {} end
-    args = C.object(args)
-    if not args then return "fail" end
-    return "ok", { { name = v.name, arguments = args } }, b
+    local c = C.json_call(json.decode(C.trim(body)))
+    if not c then return "fail" end
+    return "ok", { c }, b
 end
 
 -- The calls as the model writes them (tool use emulation).
