@@ -4,8 +4,9 @@
 --   <|tool_calls_section_end|>
 -- (without the line breaks), one <|tool_call_begin|>…<|tool_call_end|> per
 -- call. The call id `functions.NAME:IDX` is the model's own: it is kept as
--- the call's id where the client protocol allows such an id, since Kimi
--- answers worse when its ids come back rewritten. Some servers write the
+-- the call's id (an Anthropic client gets it mapped reversibly by its
+-- codec), since Kimi answers worse when its ids come back rewritten; an id
+-- the answer already used gets a fresh one (sluice.tooltext). Some servers write the
 -- section markers in the singular (<|tool_call_section_begin|>).
 
 local C = require("sluice.tools.common")
