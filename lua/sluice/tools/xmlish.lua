@@ -9,7 +9,7 @@
 
 local C = require("sluice.tools.common")
 
-local find, sub, match = string.find, string.sub, string.match
+local sub, match = string.sub, string.match
 
 local X = {}
 
@@ -19,8 +19,8 @@ local X = {}
 -- call at the start of rest -> call, position after it | nil (then the
 -- section is not one). An empty section is not one either.
 function X.section(s, open_len, close, final, one)
-    local a, b = find(s, close, open_len + 1, true)
-    if not a then return final and "fail" or "more" end
+    local a, b = C.find_close(s, close, open_len + 1, final)
+    if not a then return b end
     local rest, calls = sub(s, open_len + 1, a - 1), {}
     while not match(rest, "^%s*$") do
         local c, after = one(rest)
