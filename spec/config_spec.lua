@@ -118,6 +118,14 @@ describe("sluice.config tool_text", function()
         _, err = with('"hermes"')
         assert.matches("^suppliers%.oa%.tool_text: expected a table", err)
     end)
+
+    it("rejects emulation with parsing switched off, naming the parse field", function()
+        -- Emulated tools only come back as text: unparsed, the client would
+        -- get prose, and the supplier (which has no tools) real tools.
+        local cfg, err = with('{ emulate = "hermes", parse = false }')
+        assert.is_nil(cfg)
+        assert.matches("^suppliers%.oa%.tool_text%.parse: ", err)
+    end)
 end)
 
 describe("sluice.config sessions and key pools", function()

@@ -290,7 +290,7 @@ describe("tool calls as text, the stream", function()
         end
     end)
 
-    it("holds back only what could begin a marker; the rest streams at once", function()
+    it("holds back only what could begin a marker or a call region; the rest streams at once", function()
         local st = state("hermes")
         local f = tooltext.filter(st)
         f:feed_list({ { type = "start" }, { type = "block_start", index = 0, kind = "text" } })
@@ -301,6 +301,47 @@ describe("tool calls as text, the stream", function()
         out = f:feed_list({ { type = "text", index = 0, text = "all>{\"name\"" } })
         for _, e in ipairs(out) do assert.are_not.equal("tool_call", e.kind) end
         assert.are.same({}, out) -- a call region is held whole: no partial name ever goes out
+    end)
+
+    -- What one chunk fed to a fresh filter lets out as text, at once.
+    local function released(dialect, chunks)
+        local f = tooltext.filter(state(dialect))
+        f:feed_list({ { type = "start" }, { type = "block_start", index = 0, kind = "text" } })
+        local got = {}
+        for _, c in ipairs(chunks) do
+            for _, e in ipairs(f:feed_list({ { type = "text", index = 0, text = c } })) do
+                if e.type == "text" then got[#got + 1] = e.text end
+            end
+        end
+        return table.concat(got)
+    end
+
+    it("prose or code that mentions a marker streams on instead of being held to the end", function()
+        local prose = "Wrap each call in a <tool_call> tag, then wait."
+        local code = 'x = {"name" + 1} and {"tool_calls" = 2} and ```json\n[1]``` end'
+        local fn = "<function=get weather> and [{\"name\" 1}]"
+        for _, dialect in ipairs({ "auto", "hermes", "qwen3_coder", "glm45", "loose", "llama3_json", "mistral" }) do
+            assert.are.equal(prose, released(dialect, { prose }), dialect)
+            assert.are.equal(code, released(dialect, { code }), dialect)
+            assert.are.equal(fn, released(dialect, { fn }), dialect)
+        end
+        check("auto", prose, { { "text", prose } }, "end_turn")
+        check("auto", code, { { "text", code } }, "end_turn")
+    end)
+
+    it("a region still open past the bound is text, and the stream goes on", function()
+        local open = '<tool_call>{"name": "get_weather", "arguments": {"city": "'
+        local chunks = { open }
+        for i = 1, tooltext.MAX_REGION / 1024 + 4 do chunks[#chunks + 1] = string.rep("a", 1024) end
+        local got = released("hermes", chunks)
+        assert.truthy(#got > tooltext.MAX_REGION, #got)
+        assert.are.equal(open, got:sub(1, #open))
+        -- The same region closed is text whole too: both read it alike.
+        local text = table.concat(chunks) .. '"}}</tool_call>'
+        local resp = whole("hermes", text)
+        assert.are.same({ { "text", text } }, (shape(resp)))
+        local sresp = streamed("hermes", chunks)
+        assert.are.same({ { "text", table.concat(chunks) } }, (shape(sresp)))
     end)
 
     it("a region never closed is text when the stream ends", function()
@@ -334,6 +375,16 @@ describe("tool calls as text, the stream", function()
         assert.are.equal("tool_use", resp.stop_reason)
     end)
 
+    it("an answer without a stop reason ends in tool_use, streamed as whole", function()
+        local resp = tooltext.answer(state("hermes"), { content = { { type = "text", text = CASES.hermes.one } } })
+        assert.are.equal("tool_use", resp.stop_reason)
+        local f = tooltext.filter(state("hermes"))
+        local sresp = T.assemble(f:feed_list({ { type = "start" },
+            { type = "block_start", index = 0, kind = "text" }, { type = "text", index = 0, text = CASES.hermes.one },
+            { type = "block_stop", index = 0 }, { type = "finish" } }))
+        assert.are.equal("tool_use", sresp.stop_reason)
+    end)
+
     it("a max_tokens end stays max_tokens", function()
         local resp = tooltext.answer(state("hermes"),
             { content = { { type = "text", text = CASES.hermes.one } }, stop_reason = "max_tokens" })
@@ -359,6 +410,52 @@ describe("tool calls as text, ids", function()
         local strict = tooltext.answer(state("kimi_k2", { prefix = "toolu_", pattern = "^[a-zA-Z0-9_-]+$" }),
             { content = { { type = "text", text = CASES.kimi_k2.one } } })
         assert.truthy(strict.content[1].id:match("^toolu_"))
+    end)
+end)
+
+describe("tool calls as text, repeated ids", function()
+    -- Kimi numbers its calls itself and may write the same id twice.
+    local TWICE = '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0'
+        .. '<|tool_call_argument_begin|>{"city": "SF"}<|tool_call_end|><|tool_calls_section_end|>'
+        .. 'and <|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0'
+        .. '<|tool_call_argument_begin|>{"city": "NY"}<|tool_call_end|><|tool_calls_section_end|>'
+
+    local function ids_of(resp)
+        local out = {}
+        for _, p in ipairs(resp.content) do if p.type == "tool_call" then out[#out + 1] = p.id end end
+        return out
+    end
+
+    it("a repeated id is replaced by a fresh one in the client's style, whole and streamed", function()
+        local whole_resp = tooltext.answer(state("kimi_k2"), { content = { { type = "text", text = TWICE } },
+                                                               stop_reason = "end_turn" })
+        local st = state("kimi_k2")
+        local f = tooltext.filter(st)
+        local stream_resp = T.assemble(f:feed_list({ { type = "start" },
+            { type = "block_start", index = 0, kind = "text" }, { type = "text", index = 0, text = TWICE },
+            { type = "block_stop", index = 0 }, { type = "finish", stop_reason = "end_turn" } }))
+        for _, resp in ipairs({ whole_resp, stream_resp }) do
+            local ids = ids_of(resp)
+            assert.are.equal(2, #ids)
+            assert.are.equal("functions.get_weather:0", ids[1])
+            assert.truthy(ids[2]:match("^call_"), ids[2])
+        end
+    end)
+end)
+
+describe("tool calls as text, deeply nested values", function()
+    it("a pythonic argument nested thousands deep stays text instead of ending the request", function()
+        local text = "[get_weather(city=" .. string.rep("[", 5000)
+        local resp = tooltext.answer(state("pythonic"), { content = { { type = "text", text = text } },
+                                                         stop_reason = "end_turn" })
+        assert.are.same({ { "text", text } }, (shape(resp)))
+        local sresp = streamed("pythonic", { text:sub(1, 100), text:sub(101) })
+        assert.are.same({ { "text", text } }, (shape(sresp)))
+    end)
+
+    it("a pythonic argument nested a few levels deep is still a call", function()
+        local resp = whole("pythonic", "[get_weather(city='SF', tags=[[['a']]])]")
+        assert.are.equal("tool_call", resp.content[1].type)
     end)
 end)
 

@@ -136,3 +136,37 @@ describe("tool calls as text on a supplier of any protocol", function()
         end
     end)
 end)
+
+describe("Kimi's own call ids for an Anthropic client", function()
+    -- Kimi answers worse when its ids come back rewritten (issue 11): the
+    -- id a client gets must lead back to functions.get_weather:0.
+    local KIMI = '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0'
+        .. '<|tool_call_argument_begin|>{"city": "SF"}<|tool_call_end|><|tool_calls_section_end|>'
+
+    it("survive the round trip: the next request carries them to the supplier as Kimi wrote them", function()
+        local _, st = T.request("anthropic", "openai-chat", REQUESTS.anthropic, { model = "m", stream = false },
+            { model = "up", stream = false, tool_text = { parse = "kimi_k2" } })
+        local body = assert(T.response("anthropic", "openai-chat",
+            { id = "chatcmpl-3", object = "chat.completion", model = "up", created = 1,
+              choices = { { index = 0, finish_reason = "stop", message = { role = "assistant", content = KIMI } } } },
+            st))
+        local answer = type(body) == "string" and json.decode(body) or body
+        local use = answer.content[1]
+        assert.are.equal("tool_use", use.type)
+        assert.truthy(use.id:match("^[a-zA-Z0-9_-]+$"), use.id) -- Anthropic's id alphabet
+        local req = { model = "m", max_tokens = 100, tools = REQUESTS.anthropic.tools, messages = {
+            { role = "user", content = "hi" },
+            { role = "assistant", content = { use } },
+            { role = "user", content = { { type = "tool_result", tool_use_id = use.id, content = "sunny" } } } } }
+        local up = assert(T.request("anthropic", "openai-chat", req, { model = "m", stream = false },
+            { model = "up", stream = false, tool_text = { parse = "kimi_k2" } }))
+        if type(up) == "string" then up = json.decode(up) end
+        local call, result
+        for _, m in ipairs(up.messages) do
+            if m.role == "assistant" then call = m.tool_calls[1] end
+            if m.role == "tool" then result = m end
+        end
+        assert.are.equal("functions.get_weather:0", call.id)
+        assert.are.equal("functions.get_weather:0", result.tool_call_id)
+    end)
+end)

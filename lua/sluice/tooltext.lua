@@ -11,13 +11,16 @@
 -- The filter only touches text blocks. Text streams on as it comes, except a
 -- suffix that could begin a marker of the dialect, which is held until it is
 -- decided (and is text again when it was not one). A region that opens with
--- a marker is held until the dialect reads it whole: then it becomes tool
+-- a marker is held until the dialect decides: it fails as soon as the bytes
+-- after the marker cannot be its format, and a region longer than
+-- MAX_REGION is text. When it reads the region whole it becomes tool
 -- calls, each a complete block (id, name, the arguments in one piece), or —
 -- when the dialect cannot read it, it names a tool the request did not
 -- declare, or its arguments are not a JSON object — it stays text, never a
 -- broken call. Whitespace between and after calls is dropped. What is held
--- when the answer ends is text. A finish of end_turn/stop_sequence becomes
--- tool_use when a call was extracted (a max_tokens end stays max_tokens).
+-- when the answer ends is text. A finish of end_turn/stop_sequence (or
+-- none) becomes tool_use when a call was extracted (a max_tokens end stays
+-- max_tokens), streamed and whole alike.
 --
 --   M.DIALECTS                  the dialect names (plus "auto")
 --   M.check(v, field, bad)      a supplier's tool_text, normalised (config)
@@ -61,7 +64,8 @@ end
 -- A supplier's `tool_text` config: nil/false (off) or { parse = name|false,
 -- emulate = name|nil } (emulate: tools go into the prompt, see
 -- sluice.tools.emulate, and answers are parsed with the same dialect unless
--- parse names another). `bad(field, fmt, ...)` raises the config error.
+-- parse names another; parse = false with emulate is an error).
+-- `bad(field, fmt, ...)` raises the config error.
 function M.check(v, field, bad)
     if v == nil or v == false then return nil end
     if type(v) ~= "table" then bad(field, "expected a table like { parse = \"auto\" }") end
@@ -80,6 +84,13 @@ function M.check(v, field, bad)
                 table.concat(can, ", "))
         end
         if p == nil then p = e end
+        -- Emulation sends no tools to the supplier: unparsed, its calls
+        -- would reach the client as prose, and a check that returned nil
+        -- here would switch emulation off and send the tools as real ones
+        -- to a supplier that has none.
+        if p == false then
+            bad(field .. ".parse", "cannot be false with emulate = %q (its calls come back as text to parse)", e)
+        end
     end
     if p == nil or p == false then return nil end
     if type(p) ~= "string" or not (p == "auto" or KNOWN[p]) then
@@ -148,6 +159,14 @@ local function markers_for(name)
     return m
 end
 
+-- Whether an answer that carried extracted calls ends in tool_use: a
+-- natural end (or none given, as some decoders leave it) does, a
+-- max_tokens end stays. The stream filter and whole answers share it so
+-- both give a client the same stop reason.
+local function ends_in_tool_use(reason)
+    return reason == nil or reason == "end_turn" or reason == "stop_sequence"
+end
+
 local Parser = {}
 Parser.__index = Parser
 
@@ -182,6 +201,14 @@ local function valid(calls, tools)
     return true
 end
 
+-- The longest region read as calls. A region is held back from a streaming
+-- client until it is decided; one still open past this bound (a marker in
+-- prose or code whose format the dialect could not rule out early) is
+-- text, so the stream goes on. A whole answer applies the same bound, so
+-- both read a long region alike.
+local MAX_REGION = 256 * 1024
+M.MAX_REGION = MAX_REGION
+
 -- The region at the start of s opening with marker e: "more", "fail" or
 -- "ok", calls, used. The dialects sharing the marker are tried in order.
 function Parser:region(e, s, final)
@@ -189,8 +216,8 @@ function Parser:region(e, s, final)
     for _, d in ipairs(e.dialects) do
         local status, calls, used = d.parse(s, final, tools)
         if status == "more" then
-            if not final then return "more" end
-        elseif status == "ok" and valid(calls, tools) then
+            if not final and #s <= MAX_REGION then return "more" end
+        elseif status == "ok" and used <= MAX_REGION and valid(calls, tools) then
             return "ok", calls, used, d.name
         end
     end
@@ -268,7 +295,8 @@ function Parser:push(s, final, out)
         local status, calls, used, dname = self:region(be, buf, final)
         if status == "more" then
             if #buf >= BIG then
-                self.waiting, self.waiting_len, self.wait_until = {}, #buf, #buf + #buf / 4
+                self.waiting, self.waiting_len = {}, #buf
+                self.wait_until = math.min(#buf + #buf / 4, MAX_REGION + 1)
             end
             break
         end
@@ -288,11 +316,22 @@ function Parser:push(s, final, out)
 end
 
 -- The id a call goes out with: the dialect's own when the client protocol
--- allows it, else a new one in the client's style.
+-- allows it and this answer has not used it yet, else a new one in the
+-- client's style. Models number their own ids (Kimi's functions.f:0) and
+-- may repeat one; two calls sharing an id would leave the client unable to
+-- tell their results apart.
 local function call_id(st, c)
     local id, ids = c.id, st.ids
-    if type(id) == "string" and (not ids.pattern or find(id, ids.pattern)) then return id end
-    return ir.new_id(ids.prefix or "call_")
+    local seen = st.seen_ids
+    if not seen then
+        seen = {}
+        st.seen_ids = seen
+    end
+    if type(id) ~= "string" or (ids.pattern and not find(id, ids.pattern)) or seen[id] then
+        id = ir.new_id(ids.prefix or "call_")
+    end
+    seen[id] = true
+    return id
 end
 
 -- ---------------------------------------------------------------- the IR stream filter
@@ -362,7 +401,7 @@ function Filter:feed(ev, out)
         end
     elseif t == "finish" then
         self:flush(out)
-        if self.st.calls > 0 and (ev.stop_reason == "end_turn" or ev.stop_reason == "stop_sequence") then
+        if self.st.calls > 0 and ends_in_tool_use(ev.stop_reason) then
             ev.stop_reason, ev.stop_sequence = "tool_use", nil
         end
         out[#out + 1] = ev
@@ -421,8 +460,7 @@ function M.answer(st, resp)
         end
     end
     resp.content = content
-    if st.calls > before and (resp.stop_reason == "end_turn" or resp.stop_reason == "stop_sequence"
-        or resp.stop_reason == nil) then
+    if st.calls > before and ends_in_tool_use(resp.stop_reason) then
         resp.stop_reason, resp.stop_sequence = "tool_use", nil
     end
     return resp

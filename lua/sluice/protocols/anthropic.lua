@@ -104,8 +104,11 @@ end
 -- Sent upstream unless a same-protocol client sent its own value.
 M.upstream_headers = { { "anthropic-version", "2023-06-01" } }
 M.tool_names = { max = 128, pattern = "^[a-zA-Z0-9_-]+$", bad = "[^a-zA-Z0-9_-]" }
--- tool_use ids: how sluice makes one, and the ids the API accepts back.
-M.tool_call_ids = { prefix = "toolu_", pattern = "^[a-zA-Z0-9_-]+$" }
+-- tool_use ids: how sluice makes one. No pattern: any id may reach this
+-- codec, which maps ids outside Anthropic's alphabet reversibly (id_out /
+-- unmap_id below), so a model's own id (Kimi's functions.f:0) survives the
+-- round trip instead of being replaced.
+M.tool_call_ids = { prefix = "toolu_" }
 
 M.terminal = { { event = "message_stop" } }
 -- The events that carry a usage object (input in message_start, output in

@@ -14,11 +14,14 @@
 -- Dialects must never answer "fail" or "ok" on a prefix of a region they
 -- would read differently whole: the stream split at any byte must parse
 -- as the whole answer does. Validation (declared tool, object arguments)
--- happens once in sluice.tooltext.
+-- happens once in sluice.tooltext. A dialect should answer "fail" as soon as
+-- the bytes after its marker cannot be its format (C.leads, C.starts):
+-- until it decides, the stream holds the region back from the client.
 
 local json = require("sluice.json")
 
-local type, next, find, sub, gsub, byte = type, next, string.find, string.sub, string.gsub, string.byte
+local type, next, ipairs, find, sub, gsub, byte, match = type, next, ipairs, string.find, string.sub, string.gsub,
+    string.byte, string.match
 
 local C = {}
 
@@ -59,6 +62,31 @@ function C.find_close(s, close, init, final)
     local a, b = find(s, close, init, true)
     if a then return a, b end
     return nil, final and "fail" or "more"
+end
+
+-- Failing early: whether the bytes from s[i] on go on as `want` says, a
+-- list of byte classes (Lua pattern items such as "{" or "%["), each after
+-- optional whitespace. "ok" when they do; "fail" as soon as a byte cannot
+-- fit, so prose that merely mentions a marker is text at once instead of
+-- held until a close tag that may never come; "more" when s ends first
+-- ("fail" when final).
+function C.leads(s, i, want, final)
+    for _, class in ipairs(want) do
+        i = match(s, "^%s*()", i)
+        if i > #s then return final and "fail" or "more" end
+        if not find(sub(s, i, i), "^" .. class) then return "fail" end
+        i = i + 1
+    end
+    return "ok"
+end
+
+-- Failing early on a literal: "ok" when s holds `lit` at i, "more" when s
+-- ends inside a prefix of it ("fail" when final), else "fail".
+function C.starts(s, i, lit, final)
+    local have = sub(s, i, i + #lit - 1)
+    if have == lit then return "ok" end
+    if have == sub(lit, 1, #have) then return final and "fail" or "more" end
+    return "fail"
 end
 
 -- Where the JSON value that starts at s[i] ('{' or '[') ends: its last

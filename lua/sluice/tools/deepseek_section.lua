@@ -4,6 +4,7 @@
 -- how CALL names the tool and carries its arguments.
 
 local C = require("sluice.tools.common")
+local X = require("sluice.tools.xmlish")
 
 local S = {}
 
@@ -13,22 +14,15 @@ local CALL_OPEN, CALL_CLOSE = "<｜tool▁call▁begin｜>", "<｜tool▁call▁
 
 -- call(body) -> name, arguments text | nil
 function S.parse(s, final, call)
-    local a, b = string.find(s, CLOSE, #S.OPEN + 1, true)
-    if not a then return final and "fail" or "more" end
-    local rest, calls = s:sub(#S.OPEN + 1, a - 1), {}
-    while not rest:match("^%s*$") do
+    return X.section(s, #S.OPEN, CLOSE, final, function(rest)
         local p = rest:match("^%s*()")
-        if rest:sub(p, p + #CALL_OPEN - 1) ~= CALL_OPEN then return "fail" end
+        if rest:sub(p, p + #CALL_OPEN - 1) ~= CALL_OPEN then return nil end
         local e = string.find(rest, CALL_CLOSE, p + #CALL_OPEN, true)
-        if not e then return "fail" end
+        if not e then return nil end
         local name, args = call(rest:sub(p + #CALL_OPEN, e - 1))
         args = args and C.object(args)
-        if not args then return "fail" end
-        calls[#calls + 1] = { name = C.trim(name), arguments = args }
-        rest = rest:sub(e + #CALL_CLOSE)
-    end
-    if #calls == 0 then return "fail" end
-    return "ok", calls, b
+        return args and { name = C.trim(name), arguments = args }, e + #CALL_CLOSE
+    end)
 end
 
 -- The section around calls each written by one(call, arguments JSON).

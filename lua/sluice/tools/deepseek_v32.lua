@@ -18,35 +18,18 @@ local INVOKE = '^%s*<｜DSML｜invoke%s+name%s*=%s*"([^"]+)"%s*>(.-)</｜DSML｜
 local PARAM = '^<｜DSML｜parameter%s+name%s*=%s*"([^"]+)"([^>]*)>(.-)</｜DSML｜parameter>()'
 
 function D.parse(s, final, tools)
-    local a, b = string.find(s, CLOSE, #OPEN + 1, true)
-    if not a then return final and "fail" or "more" end
-    local rest, calls = s:sub(#OPEN + 1, a - 1), {}
-    while not rest:match("^%s*$") do
+    return X.section(s, #OPEN, CLOSE, final, function(rest)
         local name, body, after = rest:match(INVOKE)
-        if not name then return "fail" end
+        if not name then return nil end
         local args
         if body:match("^%s*{") then args = C.object(body) else args = X.params(body, tools[name], PARAM) end
-        if not args then return "fail" end
-        calls[#calls + 1] = { name = name, arguments = args }
-        rest = rest:sub(after)
-    end
-    if #calls == 0 then return "fail" end
-    return "ok", calls, b
+        return args and { name = name, arguments = args }, after
+    end)
 end
 
 -- The calls as the model writes them (tool use emulation).
 function D.render(calls)
-    local t = { OPEN }
-    for _, c in ipairs(calls) do
-        t[#t + 1] = '\n<｜DSML｜invoke name="' .. c.name .. '">'
-        for k, v in pairs(c.arguments) do
-            t[#t + 1] = '\n<｜DSML｜parameter name="' .. k .. '" string="' .. tostring(type(v) == "string")
-                .. '">' .. C.value_text(v) .. "</｜DSML｜parameter>"
-        end
-        t[#t + 1] = "\n</｜DSML｜invoke>"
-    end
-    t[#t + 1] = "\n" .. CLOSE
-    return table.concat(t)
+    return X.render(calls, OPEN, CLOSE, "｜DSML｜", true)
 end
 
 return D

@@ -16,6 +16,10 @@ local OPEN, CLOSE = "<tool_call>", "</tool_call>"
 local PAIR = "^%s*<arg_key>(.-)</arg_key>%s*<arg_value>(.-)</arg_value>()"
 
 function G.parse(s, final, tools)
+    -- Fail early: the name (up to the first tag) is one word without
+    -- braces or quotes, so prose or JSON after <tool_call> is text at once.
+    local head = s:match("^[^<]*", #OPEN + 1)
+    if head:find("%S%s+%S") or head:find('[{}"]') then return "fail" end
     local a, b = string.find(s, CLOSE, #OPEN + 1, true)
     if not a then return final and "fail" or "more" end
     local body = s:sub(#OPEN + 1, a - 1)

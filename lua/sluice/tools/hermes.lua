@@ -13,6 +13,10 @@ local D = { name = "hermes", markers = { "<tool_call>" } }
 local OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 function D.parse(s, final)
+    -- The body is a JSON object: anything else after the tag (prose that
+    -- mentions <tool_call>) is text at once.
+    local lead = C.leads(s, #OPEN + 1, { "{" }, final)
+    if lead ~= "ok" then return lead end
     local a, b = string.find(s, CLOSE, #OPEN + 1, true)
     local body
     if a then
@@ -22,14 +26,9 @@ function D.parse(s, final)
     else
         return "more"
     end
-    local v = json.decode(C.trim(body))
-    if type(v) ~= "table" or type(v.name) ~= "string" then return "fail" end
-    local args = v.arguments
-    if args == nil then args = v.parameters end
-    if args == nil or args == json.null then args = {} end
-    args = C.object(args)
-    if not args then return "fail" end
-    return "ok", { { name = v.name, arguments = args } }, b
+    local c = C.json_call(json.decode(C.trim(body)))
+    if not c then return "fail" end
+    return "ok", { c }, b
 end
 
 -- The calls as the model writes them (tool use emulation).

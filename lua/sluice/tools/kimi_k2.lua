@@ -4,11 +4,13 @@
 --   <|tool_calls_section_end|>
 -- (without the line breaks), one <|tool_call_begin|>…<|tool_call_end|> per
 -- call. The call id `functions.NAME:IDX` is the model's own: it is kept as
--- the call's id where the client protocol allows such an id, since Kimi
--- answers worse when its ids come back rewritten. Some servers write the
+-- the call's id (an Anthropic client gets it mapped reversibly by its
+-- codec), since Kimi answers worse when its ids come back rewritten; an id
+-- the answer already used gets a fresh one (sluice.tooltext). Some servers write the
 -- section markers in the singular (<|tool_call_section_begin|>).
 
 local C = require("sluice.tools.common")
+local X = require("sluice.tools.xmlish")
 
 local D = { name = "kimi_k2", markers = { "<|tool_calls_section_begin|>", "<|tool_call_section_begin|>" } }
 
@@ -17,20 +19,13 @@ local CALL = "^%s*<|tool_call_begin|>%s*([^<]-)%s*<|tool_call_argument_begin|>(.
 function D.parse(s, final)
     local open = s:match("^<|tool_calls?_section_begin|>")
     local close = open:find("calls", 1, true) and "<|tool_calls_section_end|>" or "<|tool_call_section_end|>"
-    local a, b = string.find(s, close, #open + 1, true)
-    if not a then return final and "fail" or "more" end
-    local rest, calls = s:sub(#open + 1, a - 1), {}
-    while not rest:match("^%s*$") do
+    return X.section(s, #open, close, final, function(rest)
         local id, args, after = rest:match(CALL)
-        if not id then return "fail" end
+        if not id then return nil end
         local name = id:match("^functions%.(.+):%d+$") or id:match("^(.+):%d+$") or id
         args = C.object(args)
-        if not args then return "fail" end
-        calls[#calls + 1] = { name = name, arguments = args, id = id }
-        rest = rest:sub(after)
-    end
-    if #calls == 0 then return "fail" end
-    return "ok", calls, b
+        return args and { name = name, arguments = args, id = id }, after
+    end)
 end
 
 -- The calls as the model writes them (tool use emulation), with Kimi's

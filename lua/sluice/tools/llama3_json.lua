@@ -13,6 +13,12 @@ local D = { name = "llama3_json", markers = { "<|python_tag|>", '{"name"' } }
 local TAG = "<|python_tag|>"
 
 function D.parse(s, final)
+    -- A bare {"name" is a call only if a string name follows (fail early:
+    -- code holding {"name" is text at once rather than held).
+    if s:sub(1, 1) == "{" then
+        local lead = C.leads(s, 8, { ":", '"' }, final)
+        if lead ~= "ok" then return lead end
+    end
     local i = s:sub(1, #TAG) == TAG and #TAG + 1 or 1
     local calls, used = {}, nil
     while true do

@@ -61,11 +61,27 @@ local function function_tag(s, final)
     return "ok", { { name = name, arguments = args } }, b
 end
 
+-- What must follow each marker (failing early, so code or prose holding
+-- one is text at once instead of held until the stream ends).
+local LEADS = { ["```json"] = { "{" }, ['{"name"'] = { ":", '"' }, ['{"tool_calls"'] = { ":", "%[" } }
+
 function D.parse(s, final)
     local c = s:sub(1, 1)
+    if c == "<" then
+        -- <function=NAME> with a name of word characters only.
+        local after = s:match("^<function=[%w_%-%.]*()")
+        if after <= #s and s:sub(after, after) ~= ">" then return "fail" end
+        return function_tag(s, final)
+    end
+    for marker, want in pairs(LEADS) do
+        if s:sub(1, #marker) == marker then
+            local lead = C.leads(s, #marker + 1, want, final)
+            if lead ~= "ok" then return lead end
+            break
+        end
+    end
     if c == "`" then return fenced(s, final) end
-    if c == "{" then return bare(s, final) end
-    return function_tag(s, final)
+    return bare(s, final)
 end
 
 -- The calls as the model is asked to write them (tool use emulation): a

@@ -16,34 +16,17 @@ local INVOKE = '^%s*<invoke%s+name%s*=%s*"([^"]+)"%s*>(.-)</invoke>()'
 local PARAM = '^<parameter%s+name%s*=%s*"([^"]+)"([^>]*)>(.-)</parameter>()'
 
 function D.parse(s, final, tools)
-    local a, b = string.find(s, CLOSE, #OPEN + 1, true)
-    if not a then return final and "fail" or "more" end
-    local rest, calls = s:sub(#OPEN + 1, a - 1), {}
-    while not rest:match("^%s*$") do
+    return X.section(s, #OPEN, CLOSE, final, function(rest)
         local name, body, after = rest:match(INVOKE)
-        if not name then return "fail" end
+        if not name then return nil end
         local args = X.params(body, tools[name], PARAM)
-        if not args then return "fail" end
-        calls[#calls + 1] = { name = name, arguments = args }
-        rest = rest:sub(after)
-    end
-    if #calls == 0 then return "fail" end
-    return "ok", calls, b
+        return args and { name = name, arguments = args }, after
+    end)
 end
 
 -- The calls as the model writes them (tool use emulation).
 function D.render(calls)
-    local C = require("sluice.tools.common")
-    local t = { OPEN }
-    for _, c in ipairs(calls) do
-        t[#t + 1] = '\n<invoke name="' .. c.name .. '">'
-        for k, v in pairs(c.arguments) do
-            t[#t + 1] = '\n<parameter name="' .. k .. '">' .. C.value_text(v) .. "</parameter>"
-        end
-        t[#t + 1] = "\n</invoke>"
-    end
-    t[#t + 1] = "\n" .. CLOSE
-    return table.concat(t)
+    return X.render(calls, OPEN, CLOSE, "", false)
 end
 
 return D

@@ -29,7 +29,12 @@ local function list(s, i, final)
 end
 
 function D.parse(s, final)
-    if s:sub(1, 1) == "[" and s:sub(1, #TAG) ~= TAG then return list(s, 1, final) end
+    if s:sub(1, 1) == "[" and s:sub(1, #TAG) ~= TAG then
+        -- [{"name" is a list of calls only if a string name follows (fail early).
+        local lead = C.leads(s, 9, { ":", '"' }, final)
+        if lead ~= "ok" then return lead end
+        return list(s, 1, final)
+    end
     local i = s:match("^%s*()", #TAG + 1)
     if i > #s then return final and "fail" or "more" end
     if s:sub(i, i) == "[" then return list(s, i, final) end

@@ -2,7 +2,8 @@
 -- 3.2/4 and others prompted with the "pythonic" format):
 --   [get_weather(city='SF', days=3), get_time(tz="UTC")]
 -- Keyword arguments only; values are Python literals (strings in either
--- quote with escapes, numbers, True/False/None, lists, dicts). Any "[" can
+-- quote with escapes, numbers, True/False/None, lists, dicts; nested at
+-- most MAX_DEPTH deep, deeper is text). Any "[" can
 -- open a region, so this dialect decides as early as it can: a "[" not
 -- followed by `name(` is text at once.
 
@@ -11,6 +12,11 @@ local json = require("sluice.json")
 local D = { name = "pythonic", markers = { "[" } }
 
 local MORE, FAIL = {}, {}
+-- How deep lists and dicts may nest in an argument: value() recurses once
+-- per level, and supplier text like "[f(a=" then thousands of "[" would
+-- otherwise overflow the Lua stack (an error that is not FAIL and would end
+-- the request). Tool arguments never nest this deep; deeper is text.
+local MAX_DEPTH = 64
 local sub = string.sub
 
 local ESC = { n = "\n", t = "\t", r = "\r", ["\\"] = "\\", ["'"] = "'", ['"'] = '"', ["0"] = "\0" }
@@ -78,21 +84,23 @@ local function seq(r, close, item)
     end
 end
 
-function value(r)
+function value(r, depth)
+    depth = depth or 1
     r.ws()
     local c, s = r.peek(), r.s
     if c == "'" or c == '"' then return str(r, c) end
+    if (c == "[" or c == "{") and depth > MAX_DEPTH then error(FAIL) end
     if c == "[" then
         local t = json.array({})
-        seq(r, "]", function() t[#t + 1] = value(r) end)
+        seq(r, "]", function() t[#t + 1] = value(r, depth + 1) end)
         return t
     end
     if c == "{" then
         local t = {}
         seq(r, "}", function()
-            local k = value(r)
+            local k = value(r, depth + 1)
             r.expect(":")
-            t[tostring(k)] = value(r)
+            t[tostring(k)] = value(r, depth + 1)
         end)
         return t
     end

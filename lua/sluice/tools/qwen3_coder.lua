@@ -52,6 +52,23 @@ local function call(body, tools)
 end
 
 function D.parse(s, final, tools)
+    -- Fail early (the region is held from the client until decided): a
+    -- function name is one word ending at ">" on its line, and <tool_call>
+    -- is followed by <function=.
+    local fn = string.find(s, "<function=", 1, true)
+    if fn then
+        local head = s:match("^[^>]*", fn + 10)
+        if head:find("\n") or head:find("%S%s+%S") then return "fail" end
+    end
+    if s:sub(1, #OPEN) == OPEN then
+        local i = s:match("^%s*()", #OPEN + 1)
+        if i > #s then
+            if not final then return "more" end
+        else
+            local lead = C.starts(s, i, "<function=", final)
+            if lead ~= "ok" then return lead end
+        end
+    end
     if s:sub(1, #OPEN) ~= OPEN then
         -- <function=…>…</function> without its <tool_call> wrapper (a
         -- stray </tool_call> after it goes with it).
