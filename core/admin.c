@@ -167,6 +167,21 @@ static void queue_history_job(sl_worker_t *w, history_job_t *j)
     }
 }
 
+/* A JSON document a Lua hook renders from this worker's state (the running
+ * config, the live sessions), answered as it is. */
+static void reply_from_hook(sl_worker_t *w, sl_request_t *req, const char *hook,
+                            const char *failure)
+{
+    char err[512];
+    sl_buf_t out;
+    sl_buf_init(&out, 0);
+    if (sl_lua_call_string(w->host, hook, &out, err, sizeof err) == 0)
+        reply(req, 200, sl_str(out.base, out.len));
+    else
+        reply_error(req, 500, failure);
+    sl_buf_free(&out);
+}
+
 static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
 {
     sl_records_t *rs = w->app->records;
@@ -387,23 +402,9 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
     } else if (sl_str_eq(p, SL_STR("reload"))) {
         handle_reload(w, req);
     } else if (sl_str_eq(p, SL_STR("config"))) {
-        char err[512];
-        sl_buf_t out;
-        sl_buf_init(&out, 0);
-        if (sl_lua_call_string(w->host, "config", &out, err, sizeof err) == 0)
-            reply(req, 200, sl_str(out.base, out.len));
-        else
-            reply_error(req, 500, "cannot render the config (see the sluice log)");
-        sl_buf_free(&out);
+        reply_from_hook(w, req, "config", "cannot render the config (see the sluice log)");
     } else if (sl_str_eq(p, SL_STR("sessions"))) {
-        char err[512];
-        sl_buf_t out;
-        sl_buf_init(&out, 0);
-        if (sl_lua_call_string(w->host, "sessions", &out, err, sizeof err) == 0)
-            reply(req, 200, sl_str(out.base, out.len));
-        else
-            reply_error(req, 500, "cannot list the sessions (see the sluice log)");
-        sl_buf_free(&out);
+        reply_from_hook(w, req, "sessions", "cannot list the sessions (see the sluice log)");
     } else {
         reply_error(req, 404, "unknown admin endpoint");
     }

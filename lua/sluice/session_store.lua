@@ -97,59 +97,7 @@ end
 function M.open(cfg, names, refresh, rt)
     rt = rt_of(rt)
     local s = cfg.sessions
-    if s.store ~= "redis" then -- ------------------------------------------------------------------ managed-auth tokens
-
--- The runtime sluice.auth.managed runs with when sessions use Redis: its
--- `shared` keeps tokens in this process's store and in Redis, so a token
--- one instance fetched serves every instance, and its fetch lock is a
--- Redis SET NX with a TTL, so concurrent fetches across instances are
--- single flight. Reads look in the process first (no round trip while a
--- local copy is fresh), then Redis, copying what they find with its TTL.
--- Anything Redis cannot answer in time is done in the process alone
--- (per-process fetching, as without Redis).
-function M.token_runtime(cfg, rt)
-    rt = rt_of(rt)
-    local s = cfg.sessions
-    if s.store ~= "redis" then return nil end
-    local local_shared, redis, prefix = rt.shared, rt.redis, s.prefix .. "token:"
-    local shared = {}
-    function shared.get(key)
-        local v, ttl = local_shared.get(key)
-        if v ~= nil then return v, ttl end
-        local ok, r = pcall(redis.pipeline, { { "GET", prefix .. key }, { "PTTL", prefix .. key } })
-        if not ok or type(r) ~= "table" or type(r[1]) ~= "string" then return nil end
-        local left = tonumber(r[2]) or -1
-        if left == -2 then return nil end -- expired between the two
-        -- a lock or a failure note belongs to another flight: read, never copied
-        if not (key:find(":lock$") or key:find(":error$")) then
-            local_shared.set(key, r[1], left > 0 and left / 1000 or nil)
-        end
-        return r[1], left > 0 and left / 1000 or 0
-    end
-    function shared.set(key, value, ttl)
-        local_shared.set(key, value, ttl)
-        local cmd = (ttl and ttl > 0) and { "SET", prefix .. key, value, "PX", ms(ttl) } or { "SET", prefix .. key, value }
-        redis.send({ cmd })
-        return true
-    end
-    function shared.add(key, value, ttl)
-        local ok, r = pcall(redis.pipeline, { { "SET", prefix .. key, value, "NX", "PX", ms(ttl or 60) } })
-        if ok and type(r) == "table" and r[1] ~= nil and type(r[1]) ~= "table" then
-            if r[1] == false then return false, "exists" end
-            local_shared.set(key, value, ttl)
-            return true
-        end
-        return local_shared.add(key, value, ttl) -- Redis cannot say: this process decides alone
-    end
-    function shared.delete(key)
-        local_shared.delete(key)
-        redis.send({ { "DEL", prefix .. key } })
-        return true
-    end
-    return { http = rt.http, sleep = rt.sleep, monotonic = rt.monotonic, shared = shared }
-end
-
-return M.memory(cfg, rt) end
+    if s.store ~= "redis" then return M.memory(cfg, rt) end
     local prefix = s.prefix
     local mget = { "MGET" }
     for i = 1, #names do mget[i + 1] = prefix .. names[i] end
@@ -160,59 +108,7 @@ return M.memory(cfg, rt) end
     if type(values) ~= "table" or values.err then
         -- core/redis.c logs the connection's ups and downs; this counts the requests
         rt.count("sluice_session_store_fallback_total")
-        -- ------------------------------------------------------------------ managed-auth tokens
-
--- The runtime sluice.auth.managed runs with when sessions use Redis: its
--- `shared` keeps tokens in this process's store and in Redis, so a token
--- one instance fetched serves every instance, and its fetch lock is a
--- Redis SET NX with a TTL, so concurrent fetches across instances are
--- single flight. Reads look in the process first (no round trip while a
--- local copy is fresh), then Redis, copying what they find with its TTL.
--- Anything Redis cannot answer in time is done in the process alone
--- (per-process fetching, as without Redis).
-function M.token_runtime(cfg, rt)
-    rt = rt_of(rt)
-    local s = cfg.sessions
-    if s.store ~= "redis" then return nil end
-    local local_shared, redis, prefix = rt.shared, rt.redis, s.prefix .. "token:"
-    local shared = {}
-    function shared.get(key)
-        local v, ttl = local_shared.get(key)
-        if v ~= nil then return v, ttl end
-        local ok, r = pcall(redis.pipeline, { { "GET", prefix .. key }, { "PTTL", prefix .. key } })
-        if not ok or type(r) ~= "table" or type(r[1]) ~= "string" then return nil end
-        local left = tonumber(r[2]) or -1
-        if left == -2 then return nil end -- expired between the two
-        -- a lock or a failure note belongs to another flight: read, never copied
-        if not (key:find(":lock$") or key:find(":error$")) then
-            local_shared.set(key, r[1], left > 0 and left / 1000 or nil)
-        end
-        return r[1], left > 0 and left / 1000 or 0
-    end
-    function shared.set(key, value, ttl)
-        local_shared.set(key, value, ttl)
-        local cmd = (ttl and ttl > 0) and { "SET", prefix .. key, value, "PX", ms(ttl) } or { "SET", prefix .. key, value }
-        redis.send({ cmd })
-        return true
-    end
-    function shared.add(key, value, ttl)
-        local ok, r = pcall(redis.pipeline, { { "SET", prefix .. key, value, "NX", "PX", ms(ttl or 60) } })
-        if ok and type(r) == "table" and r[1] ~= nil and type(r[1]) ~= "table" then
-            if r[1] == false then return false, "exists" end
-            local_shared.set(key, value, ttl)
-            return true
-        end
-        return local_shared.add(key, value, ttl) -- Redis cannot say: this process decides alone
-    end
-    function shared.delete(key)
-        local_shared.delete(key)
-        redis.send({ { "DEL", prefix .. key } })
-        return true
-    end
-    return { http = rt.http, sleep = rt.sleep, monotonic = rt.monotonic, shared = shared }
-end
-
-return M.memory(cfg, rt)
+        return M.memory(cfg, rt)
     end
     local snap, fetched = {}, {}
     for i = 1, #names do
