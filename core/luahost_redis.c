@@ -75,8 +75,16 @@ int sl__redis_args_read(lua_State *L, int idx, sl__redis_args_t *a, char *err, s
         a->argvlen[i] = a->lens + total;
         for (int j = 0; j < m; j++) {
             lua_rawgeti(L, -1, j + 1);
+            if (lua_type(L, -1) == LUA_TNUMBER) {
+                /* lua_tolstring converts only this stack copy, which is
+                 * popped below: store the string back in the command table,
+                 * which the caller keeps alive until the call is sent. */
+                lua_tolstring(L, -1, NULL);
+                lua_rawseti(L, -2, j + 1);
+                lua_rawgeti(L, -1, j + 1);
+            }
             size_t len;
-            const char *s = lua_isstring(L, -1) ? lua_tolstring(L, -1, &len) : NULL;
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
             if (!s) {
                 lua_pop(L, 2);
                 snprintf(err, errlen, "sluice.redis: command %d argument %d is not a string", i + 1,
@@ -84,7 +92,6 @@ int sl__redis_args_read(lua_State *L, int idx, sl__redis_args_t *a, char *err, s
                 sl__redis_args_free(a);
                 return SL_EINVAL;
             }
-            /* numbers were converted in place by lua_tolstring: the string stays in the table */
             a->ptrs[total + j] = s;
             a->lens[total + j] = len;
             lua_pop(L, 1);

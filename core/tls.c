@@ -60,6 +60,11 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
+static int no_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+    return 0;
+}
+
 sl_tls_ctx_t *sl_tls_ctx_new(const char *cert, const char *key, char *err, size_t errlen)
 {
     char why[128];
@@ -75,6 +80,9 @@ sl_tls_ctx_t *sl_tls_ctx_new(const char *cert, const char *key, char *err, size_
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+    /* An encrypted key would make OpenSSL prompt on the terminal, blocking
+     * the worker that loads it on reload: refuse it instead. */
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         openssl_reason(why, sizeof why);
         snprintf(err, errlen, "cert %s: %s", cert, why);
@@ -141,8 +149,14 @@ static int failure(sl_tls_t *t, int ret)
     return plain ? SL_TLS_PLAIN_HTTP : SL_TLS_ERROR;
 }
 
+/* Every entry point starts with an empty error queue: OpenSSL 3's
+ * SSL_get_error reports SSL_ERROR_SSL whenever the thread's queue holds an
+ * error, and curl's OpenSSL use on this same worker thread (an upstream
+ * certificate failure) can leave one behind — a healthy client would then
+ * be dropped on its next WANT_READ. */
 int sl_tls_feed(sl_tls_t *t, const char *cipher, size_t n, sl_buf_t *plain)
 {
+    ERR_clear_error();
     if (n > INT_MAX || BIO_write(t->in, cipher, (int)n) != (int)n) {
         snprintf(t->err, sizeof t->err, "cannot buffer %zu bytes of TLS input", n);
         return SL_TLS_ERROR;
@@ -165,6 +179,7 @@ int sl_tls_feed(sl_tls_t *t, const char *cipher, size_t n, sl_buf_t *plain)
 
 int sl_tls_write(sl_tls_t *t, const char *plain, size_t n)
 {
+    ERR_clear_error();
     while (n) {
         int chunk = n > INT_MAX ? INT_MAX : (int)n;
         int put = SSL_write(t->ssl, plain, chunk);

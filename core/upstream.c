@@ -111,7 +111,14 @@ static void easy_put(sl_upstream_t *up, CURL *e)
 static void transfer_free(sl_transfer_t *t)
 {
     curl_multi_remove_handle(t->up->multi, t->easy);
-    easy_put(t->up, t->easy);
+    /* A handle given up mid-answer (or paused) may still hold bytes curl
+     * buffered for it, which curl_easy_reset keeps: reusing it could hand
+     * them to the next transfer. Only a handle whose transfer ran to its
+     * end goes back to the pool. */
+    if (t->aborted || t->paused)
+        curl_easy_cleanup(t->easy);
+    else
+        easy_put(t->up, t->easy);
     curl_slist_free_all(t->headers);
     sl_buf_free(&t->head);
     free(t->origin);

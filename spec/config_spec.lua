@@ -147,6 +147,15 @@ describe("sluice.config sessions and key pools", function()
         end
     end)
 
+    it("never quotes the password of a bad Redis URL", function()
+        for _, url in ipairs({ "redis://:hunter2-secret@h:0", "redis://:hunter2-secret@", "rediss://:hunter2-secret@h" }) do
+            local cfg, err = load_text("return { sessions = { store = 'redis', redis = { url = '" .. url .. "' } } }")
+            assert.is_nil(cfg)
+            assert.matches("^sessions.redis.url:", err)
+            assert.falsy(err:find("hunter2", 1, true), err)
+        end
+    end)
+
     it("names the field of a bad sessions setting", function()
         for text, field in pairs({
             ["sessions = { store = 'redis', redis = { url = 'redis://h:0' } }"] = "^sessions.redis.url:",

@@ -384,14 +384,16 @@ end
 -- redis://[:password@]host[:port][/db]
 local function parse_redis_url(url, field)
     if type(url) ~= "string" then bad(field, "expected a redis:// URL") end
+    -- What an error may quote: never the password the URL may carry.
+    local shown = url:gsub("^(%a+://)[^@/]*@", "%1[redacted]@"):sub(1, 80)
     local rest = url:match("^redis://(.+)$")
-    if not rest then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    if not rest then bad(field, "expected redis://host[:port][/db], got %q", shown) end
     local password, hostpart = rest:match("^:([^@]*)@(.+)$")
     hostpart = hostpart or rest
     local host, port, db = hostpart:match("^([%w%.%-]+):?(%d*)/?(%d*)$")
-    if not host or host == "" then bad(field, "expected redis://host[:port][/db], got %q", url:sub(1, 80)) end
+    if not host or host == "" then bad(field, "expected redis://host[:port][/db], got %q", shown) end
     port, db = tonumber(port) or 6379, tonumber(db) or 0
-    if port < 1 or port > 65535 then bad(field, "port out of range in %q", url:sub(1, 80)) end
+    if port < 1 or port > 65535 then bad(field, "port out of range in %q", shown) end
     return host, port, db, password ~= "" and password or nil
 end
 
