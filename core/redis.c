@@ -17,6 +17,13 @@
  * meanwhile. The connection context belongs to hiredis: we drop it with
  * redisAsyncFree outside hiredis callbacks only (timer callbacks), after
  * setting r->ac to NULL so our own disconnect callback knows it is stale.
+ *
+ * Nothing here may block the worker: redisAsyncConnect resolves its host
+ * with a blocking getaddrinfo, so a host name is resolved first with
+ * uv_getaddrinfo (on libuv's thread pool) and hiredis only ever gets a
+ * numeric address. Fire-and-forget sends (no deadline of their own) are
+ * bounded: past MAX_SENDS_PENDING unanswered ones the connection counts as
+ * down, so a server that stopped reading cannot grow our buffers forever.
  */
 #include "redis.h"
 
@@ -31,6 +38,7 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define MAX_SENDS_PENDING 4096
 
 typedef struct sl_redis_s sl_redis_t;
 
@@ -42,6 +50,8 @@ struct sl_redis_call_s {
     int pending;      /* hiredis callbacks still to come */
     int active;       /* the caller still wants callbacks */
     int timer_closed; /* the deadline timer's close callback ran (or no timer) */
+    int send;         /* fire-and-forget: counted in r->sends_pending */
+    int orphaned;     /* its connection was freed: ends from its timer, SL_ECLOSED */
     uv_timer_t timer;
     sl_redis_call_t *prev, *next; /* active calls of the connection */
 };
@@ -62,6 +72,8 @@ struct sl_redis_s {
     int backoff_ms;
     int drop_pending; /* a deadline passed: drop the connection from the timer */
     int closing;      /* being freed: its going down is not logged */
+    int sends_pending;         /* fire-and-forget commands not yet answered */
+    uv_getaddrinfo_t *resolve; /* resolving r->host before a connect, or NULL */
     sl_redis_call_t *calls;
 };
 
@@ -271,17 +283,21 @@ static void schedule_drop(sl_redis_t *r);
 static void on_call_deadline(uv_timer_t *t)
 {
     sl_redis_call_t *c = t->data;
-    sl_redis_t *r = c->r;
+    if (c->orphaned) {
+        call_finish(c, SL_ECLOSED);
+        return;
+    }
     call_finish(c, SL_ETIMEDOUT);
-    if (r)
-        schedule_drop(r); /* slower than the timeout: treated as down */
+    schedule_drop(c->r); /* slower than the timeout: treated as down */
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     sl_redis_call_t *c = priv;
     c->pending--;
-    if (c->active) {
+    if (c->send)
+        c->r->sends_pending--; /* r outlives its context's callbacks (redis_free) */
+    if (c->active && !c->orphaned) {
         if (!reply) {
             call_finish(c, SL_ECLOSED);
         } else {
@@ -322,7 +338,7 @@ static void on_retry_timer(uv_timer_t *t)
         schedule_reconnect(r);
         return;
     }
-    if (!r->ac)
+    if (!r->ac && !r->resolve)
         connect_now(r);
 }
 
@@ -390,9 +406,62 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *priv)
         sl_log_error("redis %s: %.*s", (const char *)priv, (int)rp->len, rp->str);
 }
 
+static void connect_to(sl_redis_t *r, const char *ip);
+
+static int is_ip_literal(const char *host)
+{
+    unsigned char addr[16];
+    return uv_inet_pton(AF_INET, host, addr) == 0 || uv_inet_pton(AF_INET6, host, addr) == 0;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    sl_redis_t *r = req->data; /* NULL: the connection was freed meanwhile */
+    char ip[64] = "";
+    if (r && status == 0 && res) {
+        if (res->ai_family == AF_INET)
+            uv_ip4_name((const struct sockaddr_in *)res->ai_addr, ip, sizeof ip);
+        else if (res->ai_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)res->ai_addr, ip, sizeof ip);
+    }
+    uv_freeaddrinfo(res);
+    free(req);
+    if (!r)
+        return;
+    r->resolve = NULL;
+    if (!*ip) {
+        schedule_reconnect(r);
+        return;
+    }
+    connect_to(r, ip);
+}
+
 static void connect_now(sl_redis_t *r)
 {
-    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (is_ip_literal(r->host)) {
+        connect_to(r, r->host);
+        return;
+    }
+    uv_getaddrinfo_t *req = malloc(sizeof *req);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    if (!req) {
+        schedule_reconnect(r);
+        return;
+    }
+    req->data = r;
+    if (uv_getaddrinfo(r->loop, req, on_resolved, r->host, NULL, &hints) != 0) {
+        free(req);
+        schedule_reconnect(r);
+        return;
+    }
+    r->resolve = req;
+}
+
+static void connect_to(sl_redis_t *r, const char *ip)
+{
+    redisAsyncContext *ac = redisAsyncConnect(ip, r->port);
     if (!ac) {
         schedule_reconnect(r);
         return;
@@ -429,11 +498,23 @@ static void on_handle_closed(uv_handle_t *h)
 static void redis_free(sl_redis_t *r)
 {
     r->closing = 1;
-    /* calls still waiting end now */
-    while (r->calls) {
-        sl_redis_call_t *c = r->calls;
-        call_finish(c, SL_ECLOSED);
+    if (r->resolve) { /* its callback frees the request and sees no connection */
+        r->resolve->data = NULL;
+        uv_cancel((uv_req_t *)r->resolve);
+        r->resolve = NULL;
     }
+    /* Calls still waiting end with SL_ECLOSED from their own timer, on the
+     * next loop pass — never from here: redis_free runs inside a Lua call
+     * (a reload's new VM configuring Redis), and a caller's on_done resumes
+     * another coroutine, which must not run nested in that call. */
+    for (sl_redis_call_t *c = r->calls, *next; c; c = next) {
+        next = c->next;
+        c->prev = c->next = NULL;
+        c->r = NULL; /* r is freed before the timer fires */
+        c->orphaned = 1;
+        uv_timer_start(&c->timer, on_call_deadline, 0, 0);
+    }
+    r->calls = NULL;
     redisAsyncContext *ac = r->ac;
     if (ac) {
         r->ac = NULL;
@@ -519,6 +600,10 @@ int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const
         return SL_EINVAL;
     if (!r || !r->ac || !r->connected || r->drop_pending)
         return SL_ECLOSED;
+    if (!cbs && r->sends_pending >= MAX_SENDS_PENDING) {
+        schedule_drop(r); /* the server stopped answering: treated as down */
+        return SL_EBUSY;
+    }
     sl_redis_call_t *c = calloc(1, sizeof *c);
     if (!c)
         return SL_ENOMEM;
@@ -526,6 +611,7 @@ int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const
     c->ncmds = ncmds;
     c->ud = ud;
     c->timer_closed = 1; /* no timer yet */
+    c->send = cbs == NULL;
     if (cbs) {
         c->cbs = *cbs;
         c->active = 1;
@@ -551,6 +637,8 @@ int sl_redis_exec(uv_loop_t *loop, int ncmds, const int *argc, const char *const
             call_maybe_free(c);
             return SL_ECLOSED;
         }
+        if (c->send)
+            r->sends_pending++;
     }
     if (out)
         *out = cbs ? c : NULL;

@@ -3,7 +3,9 @@
  * loopback port: a pipeline answers in order; a server that goes away is
  * noticed (calls fail at once, nothing hangs) and reconnected when it is
  * back; a server that stops answering costs a call no more than its
- * timeout; shutdown frees everything (the ASan build checks for leaks).
+ * timeout; fire-and-forget sends are bounded; a reconfigure ends waiting
+ * calls from the loop and resolves a host name off it; shutdown frees
+ * everything (the ASan build checks for leaks).
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -156,6 +158,46 @@ static void test_server_stops_answering(void)
     run_until(is_up);
 }
 
+/* A server that stops reading cannot make fire-and-forget sends pile up:
+ * past the bound they are refused and the connection counts as down. */
+static void test_sends_are_bounded(void)
+{
+    static const char *ping[] = {"PING"};
+    static const size_t pingl[] = {4};
+    const char *const *argv[] = {ping};
+    const size_t *const argvlen[] = {pingl};
+    const int argc[] = {1};
+    kill(server, SIGSTOP);
+    int rc = 0, sent = 0;
+    while (sent < 100000 && (rc = sl_redis_exec(&loop, 1, argc, argv, argvlen, NULL, NULL, NULL)) == 0)
+        sent++;
+    CHECK_EQ_INT(rc, SL_EBUSY);
+    CHECK_EQ_INT(sent, 4096);
+    run_until(is_down);
+    kill(server, SIGCONT);
+    run_until(is_up);
+}
+
+/* Reconfiguring (a reload) frees the connection from inside a Lua call: a
+ * call still waiting must end from the loop, not from within that call. A
+ * host name is resolved off the loop, then connected to. */
+static void test_reconfigure_ends_waiting_calls_from_the_loop(void)
+{
+    kill(server, SIGSTOP);
+    CHECK_RC(send_pipeline(), 0);
+    sl_redis_opts_t o = {.host = "localhost", .port = port, .timeout = 0.3};
+    CHECK_RC(sl_redis_configure(&loop, &o), 0);
+    CHECK_EQ_INT(got.done, 0); /* not ended synchronously */
+    run_until(call_done);
+    CHECK_EQ_INT(got.rc, SL_ECLOSED);
+    kill(server, SIGCONT);
+    run_until(is_up); /* through "localhost" */
+    CHECK_RC(send_pipeline(), 0);
+    run_until(call_done);
+    CHECK_EQ_INT(got.rc, 0);
+    CHECK_EQ_STR(got.replies[1], "v");
+}
+
 static void test_cancel_then_shutdown(void)
 {
     CHECK_RC(send_pipeline(), 0);
@@ -195,6 +237,8 @@ int main(void)
     RUN(test_pipeline);
     RUN(test_server_gone_and_back);
     RUN(test_server_stops_answering);
+    RUN(test_sends_are_bounded);
+    RUN(test_reconfigure_ends_waiting_calls_from_the_loop);
     RUN(test_cancel_then_shutdown);
     stop_server();
     return TEST_SUMMARY();
