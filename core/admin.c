@@ -167,6 +167,21 @@ static void queue_history_job(sl_worker_t *w, history_job_t *j)
     }
 }
 
+/* A history job for req on rs, or NULL once the client was told it could
+ * not be made. */
+static history_job_t *new_history_job(sl_request_t *req, sl_records_t *rs)
+{
+    history_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+        return NULL;
+    }
+    j->rs = rs;
+    j->req = req;
+    sl_buf_init(&j->out, 0);
+    return j;
+}
+
 /* A JSON document a Lua hook renders from this worker's state (the running
  * config, the live sessions), answered as it is. */
 static void reply_from_hook(sl_worker_t *w, sl_request_t *req, const char *hook,
@@ -197,14 +212,9 @@ static void handle_requests(sl_worker_t *w, sl_request_t *req, sl_str_t rest)
         sl_admin_feed_start(w, req, rs); /* the live feed (admin_feed.h) */
         return;
     }
-    history_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+    history_job_t *j = new_history_job(req, rs);
+    if (!j)
         return;
-    }
-    j->rs = rs;
-    j->req = req;
-    sl_buf_init(&j->out, 0);
     if (rest.len == 0) {
         char num[32];
         j->kind = JOB_LIST;
@@ -285,16 +295,11 @@ static void handle_usage(sl_worker_t *w, sl_request_t *req)
             u.groups[u.ngroups++] = k;
         }
     }
-    history_job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+    history_job_t *j = new_history_job(req, rs);
+    if (!j)
         return;
-    }
-    j->rs = rs;
-    j->req = req;
     j->kind = JOB_USAGE;
     j->usage = u;
-    sl_buf_init(&j->out, 0);
     queue_history_job(w, j);
 }
 
