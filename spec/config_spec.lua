@@ -156,12 +156,18 @@ describe("sluice.config sessions and key pools", function()
         end
     end)
 
+    it("takes sessions.key = false (sessions off)", function()
+        local cfg = assert(load_text("return { sessions = { key = false } }"))
+        assert.is_false(cfg.sessions.key)
+    end)
+
     it("names the field of a bad sessions setting", function()
         for text, field in pairs({
             ["sessions = { store = 'redis', redis = { url = 'redis://h:0' } }"] = "^sessions.redis.url:",
             ["sessions = { store = 'redis', redis = { timeout = 0 } }"] = "^sessions.redis.timeout:",
             ["sessions = { redis = { url = 'redis://h' } }"] = "^sessions.redis:",
             ["sessions = { cooldown = 'x' }"] = "^sessions.cooldown:",
+            ["sessions = { key = 'claude-code' }"] = "^sessions.key:",
             ["routes = { chat = { { supplier = 'oa', balance = 'random' } } }, " .. SUPPLIER] = "balance",
             ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'bearer', token = 'a', tokens = { 'b' } } } }"] = "^suppliers.p.auth:",
             ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'header', name = 'x-k', tokens = {} } } }"] = "^suppliers.p.auth.tokens:",

@@ -55,6 +55,35 @@ describe("sluice.sticky", function()
         assert.same({ 1, "b", 1, "up-7", 1 }, { e.v, e.supplier, e.key_index, e.upstream_session, e.turns })
     end)
 
+    it("with sessions.key = false keeps no session: route order, nothing read or written", function()
+        local rt, cfg = runtime(), config()
+        cfg.sessions.key = false
+        local ctx = request({ suppliers = { "b", "a" }, balance = "sticky" }, rt, cfg)
+        assert.is_nil(ctx.session)
+        assert.same({ "b", "a" }, ctx.chain)
+        ctx.supplier, ctx.key_index = "b", 1
+        sticky.succeeded(cfg, ctx, rt)
+        assert.same({}, rt.shared.keys("", 100))
+        assert.same({}, rt.counts)
+    end)
+
+    it("counts a binding's turns, and a rebind starts a new count", function()
+        local rt, cfg = runtime(), config()
+        for _ = 1, 3 do
+            local ctx = request(FALLBACK, rt, cfg)
+            ctx.supplier, ctx.key_index = ctx.chain[1], 1
+            sticky.succeeded(cfg, ctx, rt)
+        end
+        local ctx = request(FALLBACK, rt, cfg)
+        assert.equal(3, ctx.session.entry.turns)
+        ctx.supplier, ctx.key_index = "a", 1
+        sticky.failed(cfg, ctx, { kind = "status", status = 500 }, nil, rt)
+        ctx.supplier = "b"
+        sticky.succeeded(cfg, ctx, rt)
+        local e = sticky.load(session_store.memory(cfg, rt), ctx.session.key)
+        assert.same({ "b", 1 }, { e.supplier, e.turns })
+    end)
+
     it("treats an entry of another schema version as a miss and rewrites it", function()
         local rt, cfg = runtime(), config()
         local probe = request(FALLBACK, rt, cfg)

@@ -399,8 +399,9 @@ end
 
 -- sessions = { store = "memory" | "redis", ttl = 3600, cooldown = 30,
 --              redis = { url, password, prefix = "sluice:", timeout = 0.2 },
---              key = function(ctx) ... end }
--- (sluice.session, sluice.sticky, sluice.session_store). ttl: idle seconds
+--              key = function(ctx) ... end | false }
+-- (sluice.session, sluice.sticky, sluice.session_store). key = false turns
+-- sessions off: no key, no binding, routes used in their own order. ttl: idle seconds
 -- before a session is forgotten; cooldown: seconds a key that got a 429
 -- without Retry-After rests.
 local function check_sessions(t)
@@ -429,7 +430,9 @@ local function check_sessions(t)
     elseif t.redis ~= nil then
         bad("sessions.redis", "only used with sessions.store = \"redis\"")
     end
-    if t.key ~= nil then check_type(t.key, "function", "sessions.key") end
+    if t.key ~= nil and t.key ~= false and type(t.key) ~= "function" then
+        bad("sessions.key", "expected a function(ctx) or false, got %s", type(t.key))
+    end
     out.key = t.key
     return out
 end

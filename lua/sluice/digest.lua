@@ -8,35 +8,60 @@
 -- system prompt (tens of KB for coding agents), which a pure-Lua hash could
 -- not do within the per-request budget.
 --
---   D.hex(s, n?) -> the first n (default 32) hex digits of SHA-256(s)
+-- Why not OpenSSL's one-shot SHA256(): in OpenSSL 3 it looks the algorithm
+-- up in the provider registry on every call (name compares, locks), which
+-- cost more than hashing a 2 KB prompt. The algorithm is fetched once per
+-- VM and one digest context is reused; each VM is one thread.
+--
+--   D.hex(s, n?) -> the first n (default 32, at most 64) hex digits of SHA-256(s)
 
 local ffi = require("ffi")
 
-ffi.cdef [[ unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md); ]]
+ffi.cdef [[
+typedef struct evp_md_st EVP_MD;
+typedef struct evp_md_ctx_st EVP_MD_CTX;
+EVP_MD *EVP_MD_fetch(void *libctx, const char *algorithm, const char *properties);
+EVP_MD_CTX *EVP_MD_CTX_new(void);
+int EVP_DigestInit_ex2(EVP_MD_CTX *ctx, const EVP_MD *type, const void *params);
+int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
+int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
+]]
 
 local function crypto()
-    local ok = pcall(function() return ffi.C.SHA256 end)
+    local ok = pcall(function() return ffi.C.EVP_MD_fetch end)
     if ok then return ffi.C end
-    for _, name in ipairs({ "crypto", "libcrypto.so.3", "libcrypto.so.1.1" }) do
+    for _, name in ipairs({ "crypto", "libcrypto.so.3" }) do
         local lok, lib = pcall(ffi.load, name)
         if lok then return lib end
     end
-    error("sluice.digest: libcrypto (OpenSSL) not found")
+    error("sluice.digest: libcrypto (OpenSSL 3) not found")
 end
 
 local C = crypto()
+-- Both live as long as the VM (a handful of bytes; never freed, like the
+-- module itself).
+local sha256 = C.EVP_MD_fetch(nil, "SHA256", nil)
+local mdctx = C.EVP_MD_CTX_new()
+assert(sha256 ~= nil and mdctx ~= nil, "sluice.digest: SHA-256 unavailable in libcrypto")
+
 local md = ffi.new("unsigned char[32]")
-local byte, fmt, concat = string.byte, string.format, table.concat
+local hex = ffi.new("char[64]")
+local DIGITS = ffi.new("const char[17]", "0123456789abcdef")
+local rshift, band = bit.rshift, bit.band
 
 local D = {}
 
 function D.hex(s, n)
     n = n or 32
-    C.SHA256(s, #s, md)
-    local raw = ffi.string(md, 32)
-    local out = {}
-    for i = 1, math.ceil(n / 2) do out[i] = fmt("%02x", byte(raw, i)) end
-    return concat(out):sub(1, n)
+    if C.EVP_DigestInit_ex2(mdctx, sha256, nil) ~= 1 or C.EVP_DigestUpdate(mdctx, s, #s) ~= 1
+        or C.EVP_DigestFinal_ex(mdctx, md, nil) ~= 1 then
+        error("sluice.digest: SHA-256 failed")
+    end
+    for i = 0, 31 do
+        local b = md[i]
+        hex[2 * i], hex[2 * i + 1] = DIGITS[rshift(b, 4)], DIGITS[band(b, 15)]
+    end
+    return ffi.string(hex, n < 64 and n or 64)
 end
 
 return D

@@ -29,7 +29,7 @@ local json = require("sluice.json")
 local session = require("sluice.session")
 local session_store = require("sluice.session_store")
 
-local type, tonumber, ipairs, fmt = type, tonumber, ipairs, string.format
+local type, tonumber, ipairs, fmt, floor = type, tonumber, ipairs, string.format, math.floor
 
 local T = {}
 
@@ -117,9 +117,10 @@ end
 function T.begin(cfg, ctx, rt)
     rt = rt_of(rt)
     local route = ctx.route
-    local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
     local chain = route.suppliers
     ctx.chain = chain
+    if cfg.sessions.key == false then return end -- sessions off
+    local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
     -- only Redis needs the names up front (one round trip); the in-process store reads as it goes
     local names = cfg.sessions.store == "redis" and names_for(cfg, chain, hash) or nil
     local store = session_store.open(cfg, names, hash and sess_name(hash), rt)
@@ -211,8 +212,13 @@ function T.succeeded(cfg, ctx, rt)
     if not s or not ctx.supplier then return end
     rt = rt_of(rt)
     local store = store_of(cfg, ctx, rt)
-    local now = rt.now()
-    local old = s.entry or T.load(store, s.key) or {}
+    -- whole seconds: enough for a session's times, and an integer encodes
+    -- without the slow shortest-round-trip float formatting
+    local now = floor(rt.now())
+    -- begin read the entry; without one there (absent, stale, or a rebind)
+    -- this is a new binding, counted from its first turn. Not read again:
+    -- a binding another request wrote meanwhile is overwritten either way.
+    local old = s.entry or {}
     local upstream_session = ctx.upstream_session_id
     if type(upstream_session) ~= "string" then upstream_session = old.upstream_session end
     local e = { v = T.SCHEMA, supplier = ctx.supplier, key_index = ctx.key_index or 1,
