@@ -264,6 +264,9 @@ static int redis_start(sl_lua_task_t *t, char *err, size_t errlen)
     if (rc)
         return rc == SL_EINVAL ? SL_ESCRIPT : rc;
     static const sl_redis_cbs_t cbs = {on_redis_reply, on_redis_done};
+    /* Each call is one wait on Redis, however many commands it pipelines:
+     * what the one-round-trip-per-request rule (DESIGN §8) is checked by. */
+    sl_metrics_count("sluice_redis_round_trips_total", NULL, NULL);
     int n = a.n;
     rc = sl_redis_exec(t->h->loop, a.n, a.argc, (const char *const *const *)a.argv,
                        (const size_t *const *)a.argvlen, &cbs, t, &t->rcall);

@@ -113,6 +113,12 @@ class RedisSessionsTest(SluiceTestCase):
         self.assertEqual(live["store"], "redis")
         self.assertIn(self.session_of("a-4"), [i["session"] for i in live["items"]])
         self.assertNotIn("sluice_session_store_fallback_total", self.metrics())
+        # one round trip per request: each of the 10 waited on Redis once, for
+        # one MGET pipelined with the PEXPIRE that keeps the session alive
+        self.assertIn("sluice_redis_round_trips_total 10\n", self.metrics())
+        stats = redis.command("INFO", "commandstats").decode()
+        self.assertRegex(stats, r"cmdstat_mget:calls=10,")
+        self.assertRegex(stats, r"cmdstat_pexpire:calls=10,")
 
     def test_a_429_cools_the_key_down_in_redis(self):
         redis = self.start_redis()
