@@ -69,6 +69,8 @@ typedef struct {
     char *history_path; /* NULL when history is off */
     int history_max;
     int history_bodies;
+    int watch_usage; /* read passthrough answers' usage even without a history: a gateway
+                      * key charges tokens or cost (sluice.tenants) */
 } sl_config_t;
 
 void sl_config_free(sl_config_t *c);

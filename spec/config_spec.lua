@@ -209,6 +209,14 @@ describe("sluice.config keys that name tenants", function()
         end
     end)
 
+    it("asks the core to read answers' usage when a key charges tokens or cost, history or not", function()
+        local cfg = assert(load_text("return { history = false, keys = { " .. ALICE .. " }, " .. SUPPLIER .. " }"))
+        assert.is_true(config.core_view(cfg).watch_usage)
+        cfg = assert(load_text("return { history = false, keys = { 'plain-key-1234', { id = 'r', key = 'r-secret-123', " ..
+            "rate = { requests_per_minute = 5 } } }, " .. SUPPLIER .. " }"))
+        assert.is_false(config.core_view(cfg).watch_usage)
+    end)
+
     it("still refuses passthrough suppliers, and lets table keys guard a public listener", function()
         local _, err = load_text("return { keys = { " .. ALICE .. " }, suppliers = { an = { protocol = 'anthropic', " ..
             "base_url = 'http://h', auth = { type = 'passthrough' } } } }")

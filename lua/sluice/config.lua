@@ -507,6 +507,7 @@ local function validate(raw)
                 ids[k.id] = i
                 cfg.tenant_keys = true
                 if k.key_sha256 then cfg.hashed_keys = true end
+                if k.charges then cfg.charging_keys = true end
             elseif type(k) ~= "string" or #k < 8 then
                 bad(field, "expected a string of at least 8 characters, or a table { id = ..., key = ... }")
             end
@@ -659,6 +660,9 @@ function M.core_view(cfg)
         history_path = h and h.path or false,
         history_max = (h or DEFAULTS.history).max, -- unused while the history is off
         history_bodies = h and h.bodies or false,
+        -- A tenant's token or cost limit needs every answer's usage, with or
+        -- without a history (the core reads passthrough answers only then).
+        watch_usage = cfg.charging_keys == true,
     }
 end
 

@@ -58,14 +58,14 @@ def scene(body, repeat=1):
     return {"status": 200, "headers": {"Content-Type": "application/json"}, "body": body, "repeat": repeat}
 
 
-def tenants_config(mock_port, history_dir, keys, extra=""):
+def tenants_config(mock_port, history_dir, keys, extra="", history=True):
     base = "http://%s:%d" % (harness.HOST, mock_port)
     return """
 return {
   listen = { "127.0.0.1:@PORT@" },
   log = { access = "@ACCESS_LOG@" },
   retry = { attempts = 1 },
-  history = { path = "%(dir)s/history.db" },
+  history = %(history)s,
 %(prices)s  keys = {
 %(keys)s  },
   suppliers = {
@@ -81,7 +81,7 @@ return {
     codex = { { match = "*", supplier = "rs" } },
   },
 %(extra)s}
-""" % {"dir": history_dir, "prices": PRICES, "keys": keys, "base": base, "oa": UP_OA, "an": UP_AN,
+""" % {"history": '{ path = "%s/history.db" }' % history_dir if history else "false", "prices": PRICES, "keys": keys, "base": base, "oa": UP_OA, "an": UP_AN,
        "extra": extra}
 
 
@@ -94,10 +94,11 @@ def wait_fresh_window(window, need):
 
 
 class TenantCase(harness.SluiceTestCase):
-    def start(self, keys, workers=1, extra=""):
+    def start(self, keys, workers=1, extra="", history=True):
         d = tempfile.mkdtemp(prefix="sluice-tenants-")
         self.addCleanup(shutil.rmtree, d, True)
-        return self.start_sluice(config_text=tenants_config(self.mock.port, d, keys, extra), workers=workers)
+        return self.start_sluice(config_text=tenants_config(self.mock.port, d, keys, extra, history),
+                                 workers=workers)
 
     def claude(self, key, model="claude-sonnet-4-5", port=None):
         return request(port or self.sluice.port, "POST", "/v1/messages",
@@ -228,6 +229,20 @@ class BudgetTest(TenantCase):
         self.assertEqual(r.status, 429, repr(r))
         self.assertIn("tokens_per_minute", r.json()["error"]["message"])
         self.assertEqual(self.upstream_count(), 1)
+
+    def test_without_a_history_passthrough_usage_is_still_charged(self):
+        # the core reads a passthrough answer's usage for the history; a key
+        # that charges tokens or cost needs it with the history off too
+        keys = ('    { id = "tok", key = "%s", rate = { tokens_per_minute = 1000, window = 3600 },\n'
+                '      budget = { usd_per_day = 100 } },\n' % BOB)
+        wait_fresh_window(3600, 30)
+        self.start(keys, history=False)
+        self.mock.enqueue(scene(chat_json(900, 200)))
+        self.assertEqual(self.chat(BOB).status, 200, self.diag())
+        limits = lambda: self.admin("/_sluice/keys").json()["items"][0]["limits"]
+        self.assertEqual(harness.wait_for(lambda: limits()["tokens_per_minute"]["used"] == 1100, 5), True, limits())
+        self.assertAlmostEqual(limits()["usd_per_day"]["used"], (900 * 2 + 200 * 8) / 1e6, 9)
+        self.assertEqual(self.chat(BOB).status, 429)
 
 
 ACCESS = """    { id = "alice", key = "%s", models = { "claude-*" } },
