@@ -207,7 +207,7 @@ describe("sluice.tenants limits in one process", function()
         assert.equal(3, tonumber((rt.shared.get("tenant:a:requests_per_minute:30000000"))))
         clock.t = clock.t + 40
         assert.is_nil(tenants.admit(MEMORY, k, rt))
-        assert.equal(4, rt.counts["sluice_key_requests_total{key=a}"])
+        assert.equal(4, rt.counts["sluice_tenant_requests_total{tenant=a}"])
     end)
 
     it("says the window when it is not a minute", function()
@@ -291,7 +291,7 @@ describe("sluice.tenants limits through Redis", function()
         assert.equal("4", redis.data["sluice:tenant:team:requests_per_minute:30000000"])
         -- each process mirrors what Redis said (what /_sluice/keys shows)
         assert.equal(4, tenants.report({ sessions = REDIS.sessions, keys = { k } }, b).items[1].limits.requests_per_minute.used)
-        assert.is_nil(a.counts["sluice_key_counters_fallback_total"])
+        assert.is_nil(a.counts["sluice_tenant_counters_fallback_total"])
     end)
 
     it("shares charged tokens between instances", function()
@@ -308,7 +308,7 @@ describe("sluice.tenants limits through Redis", function()
         redis.down = true
         assert.is_nil(tenants.admit(REDIS, k, a)) -- 4 in a's own count
         assert.equal(429, tenants.admit(REDIS, k, a).status)
-        assert.equal(2, a.counts["sluice_key_counters_fallback_total"])
+        assert.equal(2, a.counts["sluice_tenant_counters_fallback_total"])
         tenants.charge(REDIS, k, { input_tokens = 5 }, a) -- not sent anywhere; counted here, never raises
         assert.equal("process (redis down)", tenants.report({ sessions = REDIS.sessions, keys = { k } }, a).counted)
         redis.down = false
@@ -325,7 +325,7 @@ describe("sluice.tenants limits through Redis", function()
             return out
         end
         assert.is_nil(tenants.admit(REDIS, k, a))
-        assert.equal(1, a.counts["sluice_key_counters_fallback_total"])
+        assert.equal(1, a.counts["sluice_tenant_counters_fallback_total"])
     end)
 end)
 

@@ -74,7 +74,7 @@ end
 -- A tenant's request refused (sluice.tenants): expired key, a model or
 -- service it may not use, a limit reached (429 with Retry-After).
 local function refused(ctx, r)
-    sluice.count("sluice_key_refused_total", "key", ctx.key_id) -- a configured id: a bounded label set
+    sluice.count("sluice_tenant_refused_total", "tenant", ctx.key_id) -- a configured id: a bounded label set
     local resp = error_response(ctx.protocol, r.status, r.message, r.type)
     if r.retry_after then resp.headers[#resp.headers + 1] = { "retry-after", tostring(r.retry_after) } end
     resp.service, resp.client, resp.model_in = ctx.service, ctx.client, ctx.model

@@ -28,7 +28,7 @@
 -- and cost ones); charges are sent and forgotten. The process's own
 -- counters mirror what Redis last said, so /_sluice/keys (which cannot wait
 -- on Redis) shows it, and when Redis is down or slow the process carries
--- on counting alone from there (sluice_key_counters_fallback_total counts
+-- on counting alone from there (sluice_tenant_counters_fallback_total counts
 -- those requests; core/redis.c logs the connection going down and up) —
 -- a request never fails because Redis did.
 --
@@ -421,12 +421,12 @@ function T.admit(cfg, tk, rt)
         local now = rt.now()
         if redis_on(cfg) then
             verdict = admit_redis(cfg, tk, now, rt)
-            if verdict == nil then rt.count("sluice_key_counters_fallback_total") end
+            if verdict == nil then rt.count("sluice_tenant_counters_fallback_total") end
         end
         if verdict == nil then verdict = admit_local(tk, now, rt.shared) end
     end
     if verdict then return verdict end
-    rt.count("sluice_key_requests_total", "key", tk.id)
+    rt.count("sluice_tenant_requests_total", "tenant", tk.id)
     return nil
 end
 

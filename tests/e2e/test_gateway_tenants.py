@@ -322,10 +322,10 @@ class AccessTest(TenantCase):
         harness.wait_for(lambda: len(self.sluice.access_records()) >= 4, 5)
         self.assertEqual(sorted(a["key"] for a in self.sluice.access_records()), ["bob", "bob", "carol", "key#5"])
         metrics = self.admin("/_sluice/metrics").body.decode()
-        self.assertIn('sluice_key_requests_total{key="carol"} 1', metrics)
-        self.assertIn('sluice_key_requests_total{key="bob"} 1', metrics)
-        self.assertIn('sluice_key_refused_total{key="bob"} 1', metrics)
-        self.assertNotIn('key="key#', metrics, "plain keys are not metric labels")
+        self.assertIn('sluice_tenant_requests_total{tenant="carol"} 1', metrics)
+        self.assertIn('sluice_tenant_requests_total{tenant="bob"} 1', metrics)
+        self.assertIn('sluice_tenant_refused_total{tenant="bob"} 1', metrics)
+        self.assertNotIn('tenant="key#', metrics, "plain keys are not metric labels")
 
         keys = self.admin("/_sluice/keys")
         doc = keys.json()
@@ -479,7 +479,7 @@ class RedisCounterTest(TenantCase):
         r = self.chat(ALICE, port=a.port)
         self.assertEqual(r.status, 429, "a process carries on from what Redis last said: %r" % r)
         metrics = self.admin("/_sluice/metrics", port=a.port).body.decode()
-        self.assertIn("sluice_key_counters_fallback_total", metrics)
+        self.assertIn("sluice_tenant_counters_fallback_total", metrics)
         self.assertEqual(self.admin("/_sluice/keys", port=a.port).json()["counted"], "process (redis down)")
 
 
