@@ -481,6 +481,7 @@ class RedisCounterTest(TenantCase):
         metrics = self.admin("/_sluice/metrics", port=a.port).body.decode()
         self.assertIn("sluice_tenant_counters_fallback_total", metrics)
         self.assertEqual(self.admin("/_sluice/keys", port=a.port).json()["counted"], "process (redis down)")
+        self.assertIn("is down: sessions and tenant counters fall back to the in-process store", a.stderr())
 
 
 if __name__ == "__main__":
