@@ -401,16 +401,38 @@ class CheckTest(TenantCase):
 
 class SharedCounterTest(TenantCase):
     def test_two_workers_share_one_counter(self):
-        keys = '    { id = "team", key = "%s", rate = { requests_per_minute = 4, window = 3600 } },\n' % ALICE
+        keys = ('    { id = "team", key = "%s", rate = { requests_per_minute = 4, window = 3600 } },\n'
+                '    "%s",\n' % (ALICE, PLAIN))
+        # Each request names its worker in the log (the `wN:` prefix).
+        hook = '  on_request = function(ctx) require("sluice").log("warn", "served " .. ctx.id) end,\n'
         wait_fresh_window(3600, 30)
-        self.start(keys, workers=2)
-        # Fresh connections spread over both workers (SO_REUSEPORT): with a
-        # counter per worker up to 8 of these would pass.
-        statuses = [self.chat(ALICE).status for _ in range(12)]
-        self.assertEqual(statuses.count(200), 4, statuses)
-        self.assertEqual(statuses.count(429), 8, statuses)
-        self.assertEqual(statuses[:4], [200] * 4, statuses)
-        self.assertEqual(self.upstream_count(), 4)
+        self.start(keys, workers=2, extra=hook)
+        # One kept-alive connection on each worker: a connection stays on the
+        # worker that accepted it, and new ones are spread by SO_REUSEPORT.
+        conns = {}
+        for i in range(64):
+            c = harness.Client(self.sluice.port)
+            self.addCleanup(c.close)
+            rid = "probe-%d" % i
+            r = c.request("POST", "/v1/chat/completions", body={"model": "gpt-4.1", "messages": []},
+                          headers={"Authorization": "Bearer " + PLAIN, "x-request-id": rid})
+            self.assertEqual(r.status, 200, self.diag())
+            line = harness.wait_for(lambda: [l for l in self.sluice.stderr().splitlines()
+                                             if l.endswith("served " + rid)], 5)
+            worker = line[0].split("] ")[1].split(":")[0]
+            conns.setdefault(worker, c)
+            if len(conns) == 2:
+                break
+        self.assertEqual(len(conns), 2, "could not reach both workers: " + self.diag())
+        # Alternating between the workers: with a counter per worker, 8 would pass.
+        one, two = conns.values()
+        statuses = []
+        for c in (one, two) * 4:
+            statuses.append(c.request("POST", "/v1/chat/completions", body={"model": "gpt-4.1", "messages": []},
+                                      headers={"Authorization": "Bearer " + ALICE}).status)
+        self.assertEqual(statuses, [200] * 4 + [429] * 4, statuses)
+        keys_doc = self.admin("/_sluice/keys").json()
+        self.assertEqual(keys_doc["items"][0]["limits"]["requests_per_minute"]["used"], 4)
 
 
 def redis_keys(redis, pattern="*"):
