@@ -454,7 +454,8 @@ class RedisCounterTest(TenantCase):
         keys = ('    { id = "team", key = "%s", rate = { requests_per_minute = 4, window = 3600 } },\n'
                 '    { id = "tok", key = "%s", rate = { tokens_per_minute = 1000, window = 3600 } },\n'
                 '    { id = "solo", key = "%s", rate = { requests_per_minute = 2, window = 3600 } },\n'
-                % (ALICE, BOB, PLAIN))
+                '    { id = "spend", key_sha256 = "%s", budget = { usd_per_day = 0.005 } },\n'
+                % (ALICE, BOB, PLAIN, hashlib.sha256(CAROL.encode()).hexdigest()))
         extra = ('  sessions = { store = "redis", redis = { url = "redis://127.0.0.1:%d/0", timeout = 0.5 } },\n'
                  % redis.port)
         wait_fresh_window(3600, 60)
@@ -486,6 +487,16 @@ class RedisCounterTest(TenantCase):
         self.assertEqual(r.status, 429, repr(r))
         self.assertIn("tokens_per_minute", r.json()["error"]["message"])
         self.assertEqual(self.upstream_count(), 5)
+
+        # and so does cost (INCRBYFLOAT): $0.01 spent on one, the budget refuses on the other
+        self.mock.enqueue(scene(chat_json(1000, 1000)))
+        self.assertEqual(self.chat(CAROL, port=b.port).status, 200, self.diag())
+        spent = lambda: [redis_get(redis, n) for n in redis_keys(redis, "sluice:tenant:spend:usd_per_day:*")]
+        self.assertTrue(harness.wait_for(lambda: spent() and abs(float(spent()[0]) - 0.01) < 1e-9, 5), spent())
+        r = self.chat(CAROL, port=a.port)
+        self.assertEqual(r.status, 429, repr(r))
+        self.assertIn("usd_per_day", r.json()["error"]["message"])
+        self.assertEqual(self.upstream_count(), 6)
         dump = "".join(n + (redis_get(redis, n) or "") for n in redis_keys(redis))
         for secret in SECRETS:
             self.assertNotIn(secret, dump, "a key or its hash in Redis")
