@@ -183,7 +183,7 @@ static history_job_t *new_history_job(sl_request_t *req, sl_records_t *rs)
 }
 
 /* A JSON document a Lua hook renders from this worker's state (the running
- * config, the live sessions), answered as it is. */
+ * config, the live sessions, the gateway keys' use), answered as it is. */
 static void reply_from_hook(sl_worker_t *w, sl_request_t *req, const char *hook,
                             const char *failure)
 {
@@ -410,6 +410,8 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         reply_from_hook(w, req, "config", "cannot render the config (see the sluice log)");
     } else if (sl_str_eq(p, SL_STR("sessions"))) {
         reply_from_hook(w, req, "sessions", "cannot list the sessions (see the sluice log)");
+    } else if (sl_str_eq(p, SL_STR("keys"))) {
+        reply_from_hook(w, req, "keys", "cannot list the gateway keys (see the sluice log)");
     } else {
         reply_error(req, 404, "unknown admin endpoint");
     }

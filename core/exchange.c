@@ -461,7 +461,7 @@ static void on_up_head(void *ud, int status, const sl_header_t *hv, size_t n)
         sl_sse_parser_init(&a->sse, max_event);
         a->sse_on = 1;
         if (a->mode == MODE_PASS)
-            a->observe = ex->env.history ? OBSERVE_USAGE : OBSERVE_START;
+            a->observe = ex->env.watch_usage ? OBSERVE_USAGE : OBSERVE_START;
         /* An event's lines are bounded by max_event; its line ends are not. */
         sl_buf_init(&a->held, max_event ? 2 * max_event + 4096 : 0);
         sl_metrics_gauge_add(SL_GAUGE_STREAMS, 1);
@@ -526,7 +526,7 @@ static int stream_data(sl_exchange_t *ex, const char *p, size_t n)
     }
     const char *bytes = a->mode == MODE_PASS ? p : ex->out.base;
     size_t len = a->mode == MODE_PASS ? n : ex->out.len;
-    if (ex->capture_all || (a->mode == MODE_PASS && ex->env.history))
+    if (ex->capture_all || (a->mode == MODE_PASS && ex->env.watch_usage))
         capture(ex, bytes, len);
     if (len && commit_head(ex) == 0)
         sl_conn_send_body(ex->conn, bytes, len);
@@ -966,8 +966,8 @@ sl_exchange_t *sl_exchange_new(const sl_exchange_env_t *env, sl_request_t *req)
     sl_buf_init(&ex->out, 0);
     ex->capture_all = sl_luahost_config(env->host)->history_bodies;
     /* Bodies for the history are kept up to 1 MiB; without them, and only
-     * when there is a history, a non-streamed passthrough answer is kept
-     * (256 KiB) for the usage its record reports. */
+     * when usage is watched (a history, or a gateway key charging tokens),
+     * a non-streamed passthrough answer is kept (256 KiB) for its usage. */
     sl_buf_init(&ex->answer, ex->capture_all ? 1 << 20 : 256 << 10);
     uv_timer_init(env->loop, &ex->t_wait);
     uv_timer_init(env->loop, &ex->t_total);

@@ -44,8 +44,8 @@ typedef struct {
     sl_luahost_t *host;                /* retained by the exchange for its whole life */
     sl_upstream_t *upstream;           /* handed to transfer->start */
     const sl_transfer_ops_t *transfer; /* NULL: upstream.h's (curl) */
-    int history;                       /* a history is kept: passthrough answers are watched
-                                        * for the usage their record reports */
+    int watch_usage;                   /* passthrough answers are watched for their usage (a
+                                        * history is kept, or a gateway key charges tokens) */
     sl_exchange_end_cb on_end;
     void *owner; /* passed back to on_end */
 } sl_exchange_env_t;

@@ -168,6 +168,7 @@ void sl_access_log_outcome(const sl_outcome_t *o)
     json_field(&b, "path", o->path);
     json_field(&b, "service", n->service);
     json_field(&b, "client", n->client);
+    json_field(&b, "key", o->gateway_key); /* a tenant's id or "key#N", never the key */
     json_field(&b, "supplier", n->supplier);
     json_field(&b, "model_in", n->model_in);
     json_field(&b, "model_out", n->model_out);

@@ -69,6 +69,8 @@ typedef struct {
     char *history_path; /* NULL when history is off */
     int history_max;
     int history_bodies;
+    int watch_usage; /* read passthrough answers' usage even without a history: a gateway
+                      * key charges tokens or cost (sluice.tenants) */
 } sl_config_t;
 
 void sl_config_free(sl_config_t *c);
@@ -232,14 +234,17 @@ typedef struct {
     char *extra_json;                   /* JSON object text, or NULL */
     char *request_body, *response_body; /* redacted, only when history.bodies is on */
     char *service, *client, *model_in;  /* what Lua learned, for requests that never got a plan */
-    char *gateway_key; /* which of `keys` the client used ("key#2"), never the key */
+    char *gateway_key; /* which of `keys` the client used: its id, or "key#2" for a plain
+                        * string key; never the key */
 } sl_lua_logfields_t;
 
 int sl_lua_log(sl_luahost_t *h, int ctx, sl_lua_logfields_t *out, char *err, size_t errlen);
 void sl_lua_logfields_free(sl_lua_logfields_t *f);
 
-/* Calls a no-argument hook that returns a string (e.g. "config": the running
- * config as redacted JSON) and appends it to out. SL_ENOTFOUND if absent. */
+/* Calls a no-argument hook that returns a string ("config": the running
+ * config as redacted JSON; "sessions": the live sessions; "keys": the gateway
+ * keys by id with their use against each limit) and appends it to out.
+ * SL_ENOTFOUND if absent. */
 int sl_lua_call_string(sl_luahost_t *h, const char *hook, sl_buf_t *out, char *err, size_t errlen);
 
 /* Budget/script errors since the host was created (metrics count them by

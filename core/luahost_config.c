@@ -62,6 +62,7 @@ static const struct {
     {"history_path", F_NONE, AT(history_path)},
     {"history_max", F_INT, AT(history_max)},
     {"history_bodies", F_BOOL, AT(history_bodies)},
+    {"watch_usage", F_BOOL, AT(watch_usage)},
 };
 
 #define NFIELDS (sizeof FIELDS / sizeof FIELDS[0])

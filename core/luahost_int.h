@@ -42,7 +42,8 @@
     X(LOG, "log")                                                                                  \
     X(CANCEL, "cancel")                                                                            \
     X(CONFIG, "config")                                                                            \
-    X(SESSIONS, "sessions")
+    X(SESSIONS, "sessions")                                                                        \
+    X(KEYS, "keys")
 
 typedef enum {
 #define X(id, name) SL__HOOK_##id,

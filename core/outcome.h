@@ -54,7 +54,8 @@ typedef struct {
     /* From the log hook; -1 = unknown. */
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens;
     double cost;               /* USD, from the config's price table; < 0 = no price matched */
-    const char *gateway_key;   /* which of `keys` the client used ("key#2"), never the key itself */
+    const char *gateway_key;   /* which of `keys` the client used: its id, or "key#2" for a
+                                * plain string key; never the key itself */
     const char *extra_json;    /* JSON object text added by the log hook */
     const char *request_body;  /* redacted; only when history.bodies is on */
     const char *response_body; /* likewise */

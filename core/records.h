@@ -35,7 +35,7 @@ typedef struct sl_record_s {
     int64_t bytes_in, bytes_out;
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 = unknown */
     double cost;       /* USD; < 0 = unknown (no price matched) */
-    char *gateway_key; /* "key#N": the client's place in `keys`, never the key */
+    char *gateway_key; /* a keys entry's id, or "key#N" (its place) for a plain string key; never the key */
     char *reason;      /* termination reason name, e.g. "COMPLETE", "UPSTREAM_EOF_EARLY" */
     int partial, expected;
     char *error;  /* e.g. "partial=true; reason=UPSTREAM_EOF_EARLY; ..." or NULL */

@@ -149,10 +149,11 @@ static void set_connected(sl_redis_t *r, int up)
     if (r->closing)
         return; /* shutting down, or replaced by a reload: not an outage */
     if (up && before == 0)
-        sl_log_info("redis %s:%d is up: sessions use it", r->host, r->port);
+        sl_log_info("redis %s:%d is up: sessions and tenant counters use it", r->host, r->port);
     else if (!up && before == 1)
-        sl_log_warn("redis %s:%d is down: sessions fall back to the in-process store", r->host,
-                    r->port);
+        sl_log_warn("redis %s:%d is down: sessions and tenant counters fall back to the "
+                    "in-process store",
+                    r->host, r->port);
 }
 
 /* ---- the glue: hiredis interest -> one uv_poll_t ---- */

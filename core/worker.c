@@ -73,7 +73,7 @@ static void on_request(sl_request_t *req, void *arg)
         .loop = &w->loop,
         .host = w->host,
         .upstream = w->upstream,
-        .history = w->app->records != NULL,
+        .watch_usage = w->app->records != NULL || sl_luahost_config(w->host)->watch_usage,
         .on_end = on_exchange_end,
         .owner = l,
     };

@@ -178,3 +178,73 @@ describe("sluice.config sessions and key pools", function()
         end
     end)
 end)
+
+describe("sluice.config keys that name tenants", function()
+    local ALICE = "{ id = 'alice', key = 'alice-secret-1', models = { 'claude-*' }, services = { 'claude', 'codex' }, " ..
+        "rate = { requests_per_minute = 60, tokens_per_minute = 400000 }, budget = { usd_per_day = 20, usd_per_month = 300 }, " ..
+        "expires = '2027-01-01' }"
+    local HASH = require("sluice.digest").hex("bob-secret-12", 64)
+
+    it("takes tables beside plain strings, which work as before", function()
+        local cfg, err = load_text("return { keys = { 'plain-key-1234', " .. ALICE ..
+            ", { id = 'bob', key_sha256 = '" .. HASH .. "' } }, " .. SUPPLIER .. " }")
+        assert.is_table(cfg, err)
+        assert.equal("plain-key-1234", cfg.keys[1])
+        assert.equal("alice", cfg.keys[2].id)
+        assert.equal(HASH, cfg.keys[3].key_sha256)
+        assert.is_true(cfg.tenant_keys)
+        assert.is_true(cfg.hashed_keys)
+        cfg = load_text("return { keys = { 'plain-key-1234' }, " .. SUPPLIER .. " }")
+        assert.is_nil(cfg.tenant_keys)
+    end)
+
+    it("names the field at fault, with the key's place", function()
+        for text, field in pairs({
+            ["{ id = 'a', key = 'a-secret-123', rate = { requests_per_minute = 0 } }"] = "^keys%[2%]%.rate%.requests_per_minute: ",
+            ["{ id = 'a', key = 'a-secret-123', budget = { usd_per_month = 'x' } }"] = "^keys%[2%]%.budget%.usd_per_month: ",
+            ["{ id = 'a', key = 'a-secret-123', services = { 'email' } }"] = "^keys%[2%]%.services%[1%]: unknown service",
+            ["{ id = 'alice', key = 'a-secret-123' }"] = "^keys%[2%]%.id: alice is also the id of keys%[1%]",
+            ["{ id = 'a', key = 'a-secret-123', key_sha256 = '" .. HASH .. "' }"] = "^keys%[2%]: give exactly one of key or key_sha256",
+            ["'short'"] = "^keys%[2%]: expected a string of at least 8 characters, or a table",
+            ["42"] = "^keys%[2%]: ",
+        }) do
+            local cfg, err = load_text("return { keys = { " .. ALICE .. ", " .. text .. " }, " .. SUPPLIER .. " }")
+            assert.is_nil(cfg, text)
+            assert.matches(field, err)
+            assert.falsy(err:find("secret", 1, true), err)
+        end
+    end)
+
+    it("asks the core to read answers' usage when a key charges tokens or cost, history or not", function()
+        local cfg = assert(load_text("return { history = false, keys = { " .. ALICE .. " }, " .. SUPPLIER .. " }"))
+        assert.is_true(config.core_view(cfg).watch_usage)
+        cfg = assert(load_text("return { history = false, keys = { 'plain-key-1234', { id = 'r', key = 'r-secret-123', " ..
+            "rate = { requests_per_minute = 5 } } }, " .. SUPPLIER .. " }"))
+        assert.is_false(config.core_view(cfg).watch_usage)
+    end)
+
+    it("still refuses passthrough suppliers, and lets table keys guard a public listener", function()
+        local _, err = load_text("return { keys = { " .. ALICE .. " }, suppliers = { an = { protocol = 'anthropic', " ..
+            "base_url = 'http://h', auth = { type = 'passthrough' } } } }")
+        assert.matches("^suppliers%.an%.auth%.type: passthrough cannot be combined", err)
+        local cfg
+        cfg, err = load_text("return { listen = { '0.0.0.0:7070' }, keys = { " .. ALICE .. " }, " ..
+            "admin = { token = '1234567890123456' }, " .. SUPPLIER .. " }")
+        assert.is_table(cfg, err)
+    end)
+
+    it("shows tenants in the redacted config without a key or a hash", function()
+        local cfg = assert(load_text("return { keys = { 'plain-key-1234', " .. ALICE ..
+            ", { id = 'bob', key_sha256 = '" .. HASH .. "' } }, " .. SUPPLIER .. " }"))
+        local text = require("sluice.json").encode(config.redacted(cfg))
+        for _, secret in ipairs({ "plain-key-1234", "alice-secret-1", HASH }) do
+            assert.falsy(text:find(secret, 1, true), secret)
+        end
+        local shown = config.redacted(cfg).keys
+        assert.equal("[redacted]", shown[1])
+        assert.same({ "alice", "[redacted]", { "claude-*" }, "2027-01-01" },
+            { shown[2].id, shown[2].key, shown[2].models, shown[2].expires })
+        assert.same({ requests_per_minute = 60, tokens_per_minute = 400000, window = 60 }, shown[2].rate)
+        assert.same({ "bob", "[redacted]" }, { shown[3].id, shown[3].key_sha256 })
+    end)
+end)

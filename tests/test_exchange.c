@@ -153,7 +153,7 @@ static void on_request(sl_request_t *req, void *arg)
         .host = host,
         .upstream = up,
         .transfer = &fake_ops,
-        .history = 1,
+        .watch_usage = 1,
         .on_end = on_end,
     };
     sl_exchange_t *ex = sl_exchange_new(&env, req);

@@ -165,6 +165,7 @@ static void test_access_log_outcome_line(void)
         .bytes_in = 10,
         .bytes_out = 20,
         .end = {SL_TERM_UPSTREAM_EOF_EARLY, false, true, "cut"},
+        .gateway_key = "alice",
     };
     sl_outcome_t none = {.id = "req-2",
                          .method = "GET",
@@ -181,13 +182,14 @@ static void test_access_log_outcome_line(void)
     char *s = slurp(path, NULL);
     CHECK_EQ_STR(s, "{\"time\":1700000000.250,\"id\":\"req-\\\"1\",\"peer\":\"127.0.0.1:4000\","
                     "\"method\":\"POST\",\"path\":\"/v1/messages?key=REDACTED\","
-                    "\"service\":\"claude\",\"client\":\"claude-code\",\"supplier\":\"acme\","
+                    "\"service\":\"claude\",\"client\":\"claude-code\",\"key\":\"alice\","
+                    "\"supplier\":\"acme\","
                     "\"model_in\":\"claude-x\",\"model_out\":null,\"status\":200,"
                     "\"upstream_status\":200,\"duration_ms\":12.3,\"ttfb_ms\":5.1,\"bytes_in\":10,"
                     "\"bytes_out\":20,\"reason\":\"UPSTREAM_EOF_EARLY\",\"partial\":true,"
                     "\"expected\":false}\n"
                     "{\"time\":0.000,\"id\":\"req-2\",\"peer\":null,\"method\":\"GET\","
-                    "\"path\":\"/x\",\"service\":null,\"client\":null,\"supplier\":null,"
+                    "\"path\":\"/x\",\"service\":null,\"client\":null,\"key\":null,\"supplier\":null,"
                     "\"model_in\":null,\"model_out\":null,\"status\":404,\"upstream_status\":0,"
                     "\"duration_ms\":1.0,\"bytes_in\":0,\"bytes_out\":0,\"reason\":\"LOCAL_ERROR\","
                     "\"partial\":false,\"expected\":true}\n");

@@ -296,6 +296,7 @@ static void test_config_defaults_come_from_lua(void)
     CHECK(c->history_path && strcmp(c->history_path, "var/history.db") == 0);
     CHECK_EQ_INT(c->history_max, 1000);
     CHECK_EQ_INT(c->history_bodies, 0);
+    CHECK_EQ_INT(c->watch_usage, 0);
     sl_luahost_release(h);
 }
 

@@ -17,6 +17,7 @@ local managed = require("sluice.auth.managed")
 local adapters = require("sluice.adapters")
 local tooltext = require("sluice.tooltext")
 local protocols = require("sluice.protocols")
+local tenants = require("sluice.tenants")
 
 local M = {}
 
@@ -495,12 +496,23 @@ local function validate(raw)
     if admin.token ~= nil then check_type(admin.token, "string", "admin.token") end
     cfg.admin = { token = admin.token }
 
+    -- A key is a string (>= 8 characters), or a table naming a tenant with
+    -- its limits (sluice.tenants checks and normalises those).
     cfg.keys = {}
     if raw.keys ~= nil then
         check_type(raw.keys, "table", "keys")
+        local ids = {}
         for i, k in ipairs(raw.keys) do
-            if type(k) ~= "string" or #k < 8 then
-                bad(fmt("keys[%d]", i), "expected a string of at least 8 characters")
+            local field = fmt("keys[%d]", i)
+            if type(k) == "table" then
+                k = tenants.check_entry(k, field, bad, M.SERVICES)
+                if ids[k.id] then bad(field .. ".id", "%s is also the id of keys[%d]", k.id, ids[k.id]) end
+                ids[k.id] = i
+                cfg.tenant_keys = true
+                if k.key_sha256 then cfg.hashed_keys = true end
+                if k.charges then cfg.charging_keys = true end
+            elseif type(k) ~= "string" or #k < 8 then
+                bad(field, "expected a string of at least 8 characters, or a table { id = ..., key = ... }")
             end
             cfg.keys[i] = k
         end
@@ -622,7 +634,9 @@ function M.redacted(cfg)
     local out = redact(cfg, 0)
     if cfg.keys then
         out.keys = {}
-        for i = 1, #cfg.keys do out.keys[i] = "[redacted]" end
+        for i, k in ipairs(cfg.keys) do
+            out.keys[i] = type(k) == "table" and tenants.redacted(k) or "[redacted]"
+        end
     end
     if cfg.admin and cfg.admin.token then out.admin = { token = "[redacted]" } end
     for id, s in pairs(cfg.suppliers or {}) do
@@ -649,6 +663,9 @@ function M.core_view(cfg)
         history_path = h and h.path or false,
         history_max = (h or DEFAULTS.history).max, -- unused while the history is off
         history_bodies = h and h.bodies or false,
+        -- A tenant's token or cost limit needs every answer's usage, with or
+        -- without a history (the core reads passthrough answers only then).
+        watch_usage = cfg.charging_keys == true,
     }
 end
 

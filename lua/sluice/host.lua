@@ -40,6 +40,7 @@ local protocols = require("sluice.protocols")
 local sticky = require("sluice.sticky")
 local session_store = require("sluice.session_store")
 local prices = require("sluice.prices")
+local tenants = require("sluice.tenants")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -68,6 +69,16 @@ local function error_response(protocol, status, message, etype)
     local s, body = codec(protocol).encode_error(ir.error(status, message, etype))
     return { status = s, headers = { { "content-type", "application/json" } }, body = json.encode(body),
              error = message }
+end
+
+-- A tenant's request refused (sluice.tenants): expired key, a model or
+-- service it may not use, a limit reached (429 with Retry-After).
+local function refused(ctx, r)
+    sluice.count("sluice_tenant_refused_total", "tenant", ctx.key_id) -- a configured id: a bounded label set
+    local resp = error_response(ctx.protocol, r.status, r.message, r.type)
+    if r.retry_after then resp.headers[#resp.headers + 1] = { "retry-after", tostring(r.retry_after) } end
+    resp.service, resp.client, resp.model_in = ctx.service, ctx.client, ctx.model
+    return resp
 end
 
 -- The upstream's answer was unusable (not JSON, not the protocol's shape):
@@ -122,8 +133,9 @@ end
 
 -- The list in the shape of the protocol the client's headers claim, else
 -- of the path's protocol if it has a list shape, else of the default's.
-local function models_response(ctx, info)
+local function models_response(ctx, info, tk)
     local ids = router.models(cfg, info.service)
+    if tk then ids = tenants.filter_models(tk, ids) end -- only what the tenant may use
     local shape = claimed_by_headers(ctx.headers)
     if not shape then
         local own = info.protocol and codec(info.protocol).models
@@ -180,14 +192,25 @@ function H.request(ctx)
     if not ok then
         return direct(ctx, error_response(ctx.protocol, 401, why, "authentication"))
     end
+    -- A key with an id (a tenant) may have expired, and may be kept to some
+    -- services and models; plain keys skip all of it on this one check.
+    local tk = ctx.tenant_key
+    if tk and tk.expires then
+        local r = tenants.expired(tk, sluice.now())
+        if r then return refused(ctx, r) end
+    end
     if not info then return error_response(ctx.protocol, status, message) end
     ctx.service = info.service
     ctx.client = clients.identify(ctx)
+    if tk and tk.service_set then
+        local r = tenants.refuse_service(tk, ctx.service)
+        if r then return refused(ctx, r) end
+    end
     if ctx.reject_status then
         return direct(ctx, error_response(ctx.protocol, ctx.reject_status,
             "request body is larger than limits.max_body"))
     end
-    if info.kind == "models" then return direct(ctx, models_response(ctx, info)) end
+    if info.kind == "models" then return direct(ctx, models_response(ctx, info, tk)) end
 
     local body, err = json.decode(ctx.body)
     if type(body) ~= "table" or json.is_array(body) then
@@ -207,6 +230,13 @@ function H.request(ctx)
         return direct(ctx, error_response(ctx.protocol, 400, "invalid model name: " .. model_why))
     end
     if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = body.stream == true end
+    -- The tenant's model allow-list and limits, before anything goes
+    -- upstream (admit counts the request; it may wait once on Redis).
+    if tk then
+        local r = tk.model_globs and tenants.refuse_model(tk, ctx.model) or tenants.admit(cfg, tk)
+        if r then return refused(ctx, r) end
+        ctx.tenant_admitted = true
+    end
 
     -- The ops hook: may inspect or change ctx (headers, model, body table).
     if cfg.on_request then cfg.on_request(ctx) end
@@ -525,7 +555,10 @@ local function secrets_of(ctx)
         end
     end
     add(ctx.auth_token)
-    for i = 1, #cfg.keys do add(cfg.keys[i]) end
+    for i = 1, #cfg.keys do
+        local k = cfg.keys[i]
+        add(type(k) == "table" and k.key or k)
+    end
     add(cfg.admin.token)
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     if s then
@@ -563,6 +596,14 @@ function H.sessions()
     return json.encode(out)
 end
 
+-- GET /_sluice/keys: every gateway key by id with its use against each
+-- limit (sluice.tenants.report), never a key or its hash.
+function H.keys()
+    local out = tenants.report(cfg)
+    if #out.items == 0 then out.items = json.array() end
+    return json.encode(out)
+end
+
 -- GET /_sluice/config: the running config, secrets replaced.
 function H.config()
     return json.encode(config.redacted(cfg))
@@ -571,7 +612,14 @@ end
 function H.log(ctx)
     local out = { service = ctx.service, client = ctx.client, model_in = ctx.model,
                   model_out = ctx.model_out }
-    if not cfg.history then return out end -- usage and bodies only feed the history
+    -- The key the client used, for the history and the access log: a
+    -- tenant's id, else its place in `keys` — never its text.
+    local ki = ctx.gateway_key_index
+    if ki then out.gateway_key = ctx.key_id or ("key#" .. ki) end
+    -- Usage and cost feed the history, and a tenant's token and cost limits.
+    local tk = ctx.tenant_admitted and ctx.tenant_key
+    local charge = tk and tk.charges
+    if not cfg.history and not charge then return out end
     -- Usage from the accountant alone; a passthrough answer (whose bytes the
     -- core kept as ctx.answer) is read into it here, the only path no hook saw.
     local acct = accountant(ctx)
@@ -580,7 +628,8 @@ function H.log(ctx)
     -- Priced on the model asked of the supplier that answered (sluice.prices).
     local s = ctx.supplier and cfg.suppliers[ctx.supplier]
     out.cost = prices.cost(cfg.prices, s and s.prices, ctx.model_out, out)
-    if ctx.gateway_key_index then out.gateway_key = "key#" .. ctx.gateway_key_index end
+    if charge then tenants.charge(cfg, tk, out) end
+    if not cfg.history then return out end
     local extra = nil
     local sid = ctx.upstream_session_id
     if type(sid) == "string" then extra = { upstream_session = sid } end

@@ -163,15 +163,34 @@ function U.check_inbound_key(cfg, ctx)
     if not presented then
         return false, credentials().missing
     end
+    -- A key given as key_sha256 is compared by the hash of what was
+    -- presented (computed once, and only when such keys exist).
+    local hashed = cfg.hashed_keys and digest.hex(presented, 64)
     local ok = false
     for i = 1, #keys do
-        if secret_eq(presented, keys[i]) then ok = i end
+        local k, want, got = keys[i], nil, presented
+        if type(k) == "string" then
+            want = k
+        elseif k.key then
+            want = k.key
+        else
+            want, got = k.key_sha256, hashed
+        end
+        if secret_eq(got, want) then ok = i end
     end
     if not ok then return false, "invalid API key" end
     ctx.gateway_key_used = true
-    -- The tenant sessions are scoped by (sluice.session): the key, hashed.
-    ctx.tenant = "key:" .. digest.hex(presented, 16)
     ctx.gateway_key_index = ok -- the history names the key by its place in `keys`, never its text
+    local k = keys[ok]
+    if type(k) == "table" then
+        -- A key with an id is a tenant (sluice.tenants): sessions are scoped
+        -- by the id, so a tenant's sessions survive the rotation of its key.
+        ctx.tenant_key, ctx.key_id = k, k.id
+        ctx.tenant = "id:" .. k.id
+    else
+        -- The tenant sessions are scoped by (sluice.session): the key, hashed.
+        ctx.tenant = "key:" .. digest.hex(presented, 16)
+    end
     return true
 end
 

@@ -159,8 +159,8 @@ class RedisSessionsTest(SluiceTestCase):
         hash_ = self.session_of("o3")
         self.assertTrue(harness.wait_for(lambda: redis_value(redis, "sluice:sess:" + hash_) is not None))
         err = s.stderr()
-        self.assertEqual(err.count("is down: sessions fall back"), 1, err)
-        self.assertEqual(err.count("is up: sessions use it"), 2, err)  # at start, and back
+        self.assertEqual(err.count("is down: sessions and tenant counters fall back"), 1, err)
+        self.assertEqual(err.count("is up: sessions and tenant counters use it"), 2, err)  # at start, and back
 
     def test_a_redis_slower_than_the_timeout_is_not_waited_for(self):
         redis = self.start_redis()
