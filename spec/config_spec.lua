@@ -168,6 +168,7 @@ describe("sluice.config sessions and key pools", function()
             ["sessions = { redis = { url = 'redis://h' } }"] = "^sessions.redis:",
             ["sessions = { cooldown = 'x' }"] = "^sessions.cooldown:",
             ["sessions = { key = 'claude-code' }"] = "^sessions.key:",
+            ["sessions = { ttl = math.huge }"] = "^sessions.ttl:",
             ["routes = { chat = { { supplier = 'oa', balance = 'random' } } }, " .. SUPPLIER] = "balance",
             ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'bearer', token = 'a', tokens = { 'b' } } } }"] = "^suppliers.p.auth:",
             ["suppliers = { p = { protocol = 'openai-chat', base_url = 'http://h', auth = { type = 'header', name = 'x-k', tokens = {} } } }"] = "^suppliers.p.auth.tokens:",

@@ -11,10 +11,11 @@ local config = require("sluice.config")
 local upstream = require("sluice.upstream")
 local digest = require("sluice.digest")
 
-local function bad(field, msg, ...) error(field .. ": " .. string.format(msg, ...), 0) end
-
+-- config's own validators, their { field, msg } error read as load() words it
 local function entry(t, field)
-    return tenants.check_entry(t, field or "keys[1]", bad, config.SERVICES)
+    local ok, v = pcall(tenants.check_entry, t, field or "keys[1]", config.CHECK, config.SERVICES)
+    if ok then return v end
+    error(type(v) == "table" and (v.field .. ": " .. v.msg) or v, 0)
 end
 
 local function raises(t, pattern)

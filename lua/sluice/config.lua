@@ -78,7 +78,7 @@ local function check_type(v, want, field)
 end
 
 local function positive(v, field, integer)
-    if type(v) ~= "number" or v <= 0 or v ~= v then
+    if type(v) ~= "number" or v <= 0 or v ~= v or v == math.huge then
         bad(field, "expected a positive number, got %s", tostring(v))
     end
     if integer and v % 1 ~= 0 then bad(field, "expected a whole number, got %s", tostring(v)) end
@@ -95,6 +95,12 @@ local function only_fields(t, allowed, field)
         end
     end
 end
+
+-- The validators other modules check their parts of the config with
+-- (sluice.tenants: the keys written as tables), so every message has one shape.
+-- bad() raises { field, msg }; load() turns it into "field: msg".
+local CHECK = { bad = bad, only_fields = only_fields, positive = positive }
+M.CHECK = CHECK
 
 -- Fills missing numeric fields of a section from its defaults and checks them.
 local function numeric_section(t, defaults, field, integers)
@@ -505,7 +511,7 @@ local function validate(raw)
         for i, k in ipairs(raw.keys) do
             local field = fmt("keys[%d]", i)
             if type(k) == "table" then
-                k = tenants.check_entry(k, field, bad, M.SERVICES)
+                k = tenants.check_entry(k, field, CHECK, M.SERVICES)
                 if ids[k.id] then bad(field .. ".id", "%s is also the id of keys[%d]", k.id, ids[k.id]) end
                 ids[k.id] = i
                 cfg.tenant_keys = true

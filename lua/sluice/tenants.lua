@@ -32,7 +32,8 @@
 -- those requests; core/redis.c logs the connection going down and up) —
 -- a request never fails because Redis did.
 --
---   T.check_entry(k, field, bad, services) -> normalised key entry (config time)
+--   T.check_entry(k, field, check, services) -> normalised key entry (config time;
+--       check: sluice.config's validators { bad, only_fields, positive })
 --   T.expired(tk, now) -> nil | refusal                 (401)
 --   T.refuse_service(tk, service) -> nil | refusal      (403)
 --   T.refuse_model(tk, model) -> nil | refusal          (403)
@@ -113,25 +114,6 @@ local ENTRY_FIELDS = { id = true, key = true, key_sha256 = true, models = true, 
 local RATE_FIELDS = { requests_per_minute = true, tokens_per_minute = true, window = true }
 local BUDGET_FIELDS = { usd_per_day = true, usd_per_month = true, day_window = true, month_window = true }
 
-local function only(t, allowed, field, bad)
-    for k in pairs(t) do
-        if not allowed[k] then
-            local names = {}
-            for n in pairs(allowed) do names[#names + 1] = n end
-            table.sort(names)
-            bad(field .. "." .. tostring(k), "unknown field (known: %s)", concat(names, ", "))
-        end
-    end
-end
-
-local function positive(v, field, bad, integer)
-    if type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge then
-        bad(field, "expected a positive number, got %s", tostring(v))
-    end
-    if integer and v % 1 ~= 0 then bad(field, "expected a whole number, got %s", tostring(v)) end
-    return v
-end
-
 local function string_list(v, field, bad)
     if type(v) ~= "table" then bad(field, "expected a list of strings, got %s", type(v)) end
     local n = 0
@@ -154,8 +136,9 @@ end
 -- A `keys` entry written as a table, checked (errors name the field, e.g.
 -- keys[2].rate.requests_per_minute) and normalised. `services` is the set
 -- of known service names.
-function T.check_entry(k, field, bad, services)
-    only(k, ENTRY_FIELDS, field, bad)
+function T.check_entry(k, field, check, services)
+    local bad, only, positive = check.bad, check.only_fields, check.positive
+    only(k, ENTRY_FIELDS, field)
     local id = k.id
     if type(id) ~= "string" or id == "" then bad(field .. ".id", "expected a non-empty string") end
     if #id > T.ID_MAX or not id:match("^[%w][%w%._%-]*$") then
@@ -202,31 +185,31 @@ function T.check_entry(k, field, bad, services)
     if k.rate ~= nil then
         local f = field .. ".rate"
         if type(k.rate) ~= "table" then bad(f, "expected a table, got %s", type(k.rate)) end
-        only(k.rate, RATE_FIELDS, f, bad)
-        local w = k.rate.window == nil and 60 or positive(k.rate.window, f .. ".window", bad)
+        only(k.rate, RATE_FIELDS, f)
+        local w = k.rate.window == nil and 60 or positive(k.rate.window, f .. ".window")
         local r = k.rate
         if r.requests_per_minute ~= nil then
             out.limits[#out.limits + 1] = limit("requests_per_minute", "requests",
-                positive(r.requests_per_minute, f .. ".requests_per_minute", bad, true), w)
+                positive(r.requests_per_minute, f .. ".requests_per_minute", true), w)
         end
         if r.tokens_per_minute ~= nil then
             out.limits[#out.limits + 1] = limit("tokens_per_minute", "tokens",
-                positive(r.tokens_per_minute, f .. ".tokens_per_minute", bad, true), w)
+                positive(r.tokens_per_minute, f .. ".tokens_per_minute", true), w)
         end
     end
     if k.budget ~= nil then
         local f = field .. ".budget"
         local b = k.budget
         if type(b) ~= "table" then bad(f, "expected a table, got %s", type(b)) end
-        only(b, BUDGET_FIELDS, f, bad)
-        local dw = b.day_window == nil and "day" or positive(b.day_window, f .. ".day_window", bad)
-        local mw = b.month_window == nil and "month" or positive(b.month_window, f .. ".month_window", bad)
+        only(b, BUDGET_FIELDS, f)
+        local dw = b.day_window == nil and "day" or positive(b.day_window, f .. ".day_window")
+        local mw = b.month_window == nil and "month" or positive(b.month_window, f .. ".month_window")
         if b.usd_per_day ~= nil then
-            out.limits[#out.limits + 1] = limit("usd_per_day", "usd", positive(b.usd_per_day, f .. ".usd_per_day", bad), dw)
+            out.limits[#out.limits + 1] = limit("usd_per_day", "usd", positive(b.usd_per_day, f .. ".usd_per_day"), dw)
         end
         if b.usd_per_month ~= nil then
             out.limits[#out.limits + 1] = limit("usd_per_month", "usd",
-                positive(b.usd_per_month, f .. ".usd_per_month", bad), mw)
+                positive(b.usd_per_month, f .. ".usd_per_month"), mw)
         end
     end
     if k.expires ~= nil then
