@@ -230,12 +230,10 @@ function H.request(ctx)
         return direct(ctx, error_response(ctx.protocol, 400, "invalid model name: " .. model_why))
     end
     if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = body.stream == true end
-    -- The tenant's model allow-list and limits, before anything goes
-    -- upstream (admit counts the request; it may wait once on Redis).
-    if tk then
-        local r = tk.model_globs and tenants.refuse_model(tk, ctx.model) or tenants.admit(cfg, tk)
+    -- The tenant's model allow-list, before anything else sees the model.
+    if tk and tk.model_globs then
+        local r = tenants.refuse_model(tk, ctx.model)
         if r then return refused(ctx, r) end
-        ctx.tenant_admitted = true
     end
 
     -- The ops hook: may inspect or change ctx (headers, model, body table).
@@ -247,7 +245,17 @@ function H.request(ctx)
     -- The session: its key, its binding, and ctx.chain, the route's
     -- suppliers with the one the session is bound to first. Token counting
     -- is not a turn of the conversation: it neither reads nor moves a binding.
-    if info.kind == "generate" then sticky.begin(cfg, ctx) else ctx.chain = route.suppliers end
+    -- With Redis, the tenant's counters and the session are read in one
+    -- round trip (the request's round); the limits are decided after it,
+    -- before anything goes upstream.
+    local round = session_store.round(cfg)
+    local admission = tk and tenants.admission(cfg, tk, nil, round)
+    if info.kind == "generate" then sticky.begin(cfg, ctx, nil, round) else ctx.chain = route.suppliers end
+    if admission then
+        local r = admission:verdict()
+        if r then return refused(ctx, r) end
+        ctx.tenant_admitted = true
+    end
     ctx.retry_state = { pos = 1, tries = 1, chain_len = #ctx.chain }
     return attempt(ctx)
 end

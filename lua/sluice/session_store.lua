@@ -13,7 +13,8 @@
 -- which writes the binding, cannot wait anyway).
 --
 --   M.configure(cfg, rt)                         -- at VM start: this worker's Redis connection
---   M.open(cfg, names, refresh, rt) -> store     -- request phase (may wait once on Redis)
+--   M.round(cfg, rt) -> round | nil              -- the request's one Redis round trip (below)
+--   M.open(cfg, names, refresh, rt, round?) -> store  -- request phase (runs the round: waits once)
 --   M.memory(cfg, rt) -> store                   -- the in-process store alone
 --   store:get(name) -> value | nil ; store:set(name, value, ttl?) ; store:delete(name)
 --   store.kind = "redis" | "memory"
@@ -94,7 +95,49 @@ function M.configure(cfg, rt)
     rt.redis.configure(r.host, r.port, r.password, r.db, r.timeout)
 end
 
-function M.open(cfg, names, refresh, rt)
+-- ------------------------------------------------------------------ the request's round
+
+-- Everything a request reads from Redis goes in one pipeline, whoever
+-- needs it (the session here, a tenant's counters in sluice.tenants): one
+-- round trip per request. Readers add their commands, the first to need
+-- the answers runs it, each reads its own replies.
+local Round = {}
+Round.__index = Round
+
+-- nil without Redis.
+function M.round(cfg, rt)
+    if cfg.sessions.store ~= "redis" then return nil end
+    return setmetatable({ rt = rt_of(rt), cmds = {}, ran = false }, Round)
+end
+
+-- Queues cmds; returns the handle replies() takes.
+function Round:add(cmds)
+    assert(not self.ran, "session_store: a round that has run takes no more commands")
+    local at = #self.cmds
+    for i = 1, #cmds do self.cmds[at + i] = cmds[i] end
+    return { at = at, n = #cmds }
+end
+
+-- Sends what was queued and waits, once; later calls do nothing.
+function Round:run()
+    if self.ran then return end
+    self.ran = true
+    if #self.cmds == 0 then return end
+    local ok, replies = pcall(self.rt.redis.pipeline, self.cmds)
+    if ok and type(replies) == "table" then self.all = replies end
+end
+
+-- The replies to one add(), in order; nil when Redis did not answer.
+function Round:replies(h)
+    local all = self.all
+    if not all then return nil end
+    local out = {}
+    for i = 1, h.n do out[i] = all[h.at + i] end
+    return out
+end
+
+-- round: the request's (M.round); none, and the store makes its own.
+function M.open(cfg, names, refresh, rt, round)
     rt = rt_of(rt)
     local s = cfg.sessions
     if s.store ~= "redis" then return M.memory(cfg, rt) end
@@ -103,8 +146,11 @@ function M.open(cfg, names, refresh, rt)
     for i = 1, #names do mget[i + 1] = prefix .. names[i] end
     local cmds = { mget }
     if refresh then cmds[2] = { "PEXPIRE", prefix .. refresh, ms(s.ttl) } end
-    local ok, replies = pcall(rt.redis.pipeline, cmds)
-    local values = ok and replies and replies[1]
+    round = round or M.round(cfg, rt)
+    local h = round:add(cmds)
+    round:run()
+    local replies = round:replies(h)
+    local values = replies and replies[1]
     if type(values) ~= "table" or values.err then
         -- core/redis.c logs the connection's ups and downs; this counts the requests
         rt.count("sluice_session_store_fallback_total")

@@ -13,8 +13,9 @@
 -- is rewritten by the next successful turn.
 --
 -- The life of a request (sluice.host calls these):
---   begin(cfg, ctx)          after routing: opens the store (one round trip
---                            with Redis), the session key, its entry, and
+--   begin(cfg, ctx, rt, round)  after routing: opens the store (with Redis,
+--                            it runs the request's round: one round trip, shared
+--                            with a tenant's counters), the session key, its entry, and
 --                            ctx.chain (the route's suppliers, the bound one first)
 --   pick_key(cfg, ctx, s)    per attempt: the bound key, else the least
 --                            recently used key that is not cooling down
@@ -114,7 +115,9 @@ local function names_for(cfg, chain, hash)
     return names
 end
 
-function T.begin(cfg, ctx, rt)
+-- round: the request's Redis round (sluice.session_store.round), which the
+-- session's reads join and run; nil without Redis.
+function T.begin(cfg, ctx, rt, round)
     rt = rt_of(rt)
     local route = ctx.route
     local chain = route.suppliers
@@ -123,7 +126,7 @@ function T.begin(cfg, ctx, rt)
     local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
     -- only Redis needs the names up front (one round trip); the in-process store reads as it goes
     local names = cfg.sessions.store == "redis" and names_for(cfg, chain, hash) or nil
-    local store = session_store.open(cfg, names, hash and sess_name(hash), rt)
+    local store = session_store.open(cfg, names, hash and sess_name(hash), rt, round)
     ctx.store = store
     if not hash then return end
     local entry = T.load(store, hash)

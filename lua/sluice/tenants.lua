@@ -24,8 +24,9 @@
 --
 -- Counters live in sluice.shared (every worker of the process) and, with
 -- `sessions.store = "redis"`, in Redis too (every instance). Admission reads
--- Redis in one round trip (INCR of the request counters, GET of the token
--- and cost ones); charges are sent and forgotten. The process's own
+-- Redis in the request's one round trip, pipelined with the session's
+-- reads (INCR of the request counters, GET of the token and cost ones);
+-- charges are sent and forgotten. The process's own
 -- counters mirror what Redis last said, so /_sluice/keys (which cannot wait
 -- on Redis) shows it, and when Redis is down or slow the process carries
 -- on counting alone from there (sluice_tenant_counters_fallback_total counts
@@ -37,7 +38,9 @@
 --   T.expired(tk, now) -> nil | refusal                 (401)
 --   T.refuse_service(tk, service) -> nil | refusal      (403)
 --   T.refuse_model(tk, model) -> nil | refusal          (403)
---   T.admit(cfg, tk, rt) -> nil | refusal               (429; may wait once on Redis)
+--   T.admission(cfg, tk, rt, round) -> a; a:verdict() -> nil | refusal
+--                                                       (429; waits once on Redis, with the session's reads)
+--   T.admit(cfg, tk, rt) -> nil | refusal               (the same on its own round trip)
 --   T.charge(cfg, tk, fields, rt)                       (log hook: tokens and cost)
 --   T.filter_models(tk, ids) -> ids the key may use
 --   T.report(cfg, rt) -> the document of GET /_sluice/keys
@@ -45,6 +48,8 @@
 
 local type, pairs, ipairs, tostring, tonumber, pcall = type, pairs, ipairs, tostring, tonumber, pcall
 local floor, ceil, fmt, concat = math.floor, math.ceil, string.format, table.concat
+
+local session_store = require("sluice.session_store")
 
 local T = {}
 
@@ -349,23 +354,27 @@ local function admit_local(tk, now, shared)
     return nil
 end
 
--- One round trip: INCR + PEXPIRE per request counter, GET per token/cost
--- counter. Returns nil (and the caller counts alone) when Redis cannot say.
-local function admit_redis(cfg, tk, now, rt)
+-- The Redis reads of an admission: INCR + PEXPIRE per request counter, GET
+-- per token/cost counter; plan[i].at is where its reply will be.
+local function redis_reads(cfg, tk, now)
     local prefix, cmds, plan = cfg.sessions.prefix, {}, {}
     for _, l in ipairs(tk.limits) do
         local name, reset, ttl = counter(tk, l, now)
-        local p = { l = l, name = name, reset = reset, ttl = ttl, at = #cmds + 1 }
+        plan[#plan + 1] = { l = l, name = name, reset = reset, ttl = ttl, at = #cmds + 1 }
         if l.counts == "requests" then
             cmds[#cmds + 1] = { "INCR", prefix .. name }
             cmds[#cmds + 1] = { "PEXPIRE", prefix .. name, ms(ttl) }
         else
             cmds[#cmds + 1] = { "GET", prefix .. name }
         end
-        plan[#plan + 1] = p
     end
-    local ok, replies = pcall(rt.redis.pipeline, cmds)
-    if not ok or type(replies) ~= "table" then return nil end
+    return cmds, plan
+end
+
+-- The verdict from Redis's replies: a refusal, false (admitted), or nil
+-- when Redis could not say (the caller then counts alone).
+local function redis_verdict(cfg, tk, now, plan, replies, rt)
+    if type(replies) ~= "table" then return nil end
     for _, p in ipairs(plan) do
         local r = replies[p.at]
         if type(r) == "table" then return nil end -- an error reply: not an answer to count on
@@ -381,7 +390,7 @@ local function admit_redis(cfg, tk, now, rt)
     for _, p in ipairs(plan) do
         if p.l.counts == "requests" and p.value > p.l.max then refused = refused or over(tk, p.l, now, p.reset) end
     end
-    local back = {}
+    local back, prefix = {}, cfg.sessions.prefix
     for _, p in ipairs(plan) do
         if refused and p.l.counts == "requests" then
             -- this request is not admitted: its increment is taken back
@@ -394,23 +403,48 @@ local function admit_redis(cfg, tk, now, rt)
     return refused or false
 end
 
--- Counts the request against the key's limits; a refusal when one is
--- reached. Only the request phase may call it (it may wait on Redis).
-function T.admit(cfg, tk, rt)
+local Admission = {}
+Admission.__index = Admission
+
+-- Counts the request against the key's limits. With Redis, the reads join
+-- the request's round (sluice.session_store.round: one round trip for the
+-- session and the tenant together) and the verdict waits for it; give no
+-- round and the admission makes its own. Only the request phase may ask
+-- for the verdict (it may wait on Redis).
+function T.admission(cfg, tk, rt, round)
     rt = rt_of(rt)
-    local limits = tk.limits
-    local verdict
-    if #limits > 0 then
-        local now = rt.now()
+    local a = setmetatable({ cfg = cfg, tk = tk, rt = rt }, Admission)
+    if #tk.limits > 0 then
+        a.now = rt.now()
         if redis_on(cfg) then
-            verdict = admit_redis(cfg, tk, now, rt)
+            local cmds
+            cmds, a.plan = redis_reads(cfg, tk, a.now)
+            a.round = round or session_store.round(cfg, rt)
+            a.reads = a.round:add(cmds)
+        end
+    end
+    return a
+end
+
+-- nil when admitted, else the refusal.
+function Admission:verdict()
+    local tk, rt, verdict = self.tk, self.rt, nil
+    if self.now then
+        if self.round then
+            self.round:run()
+            verdict = redis_verdict(self.cfg, tk, self.now, self.plan, self.round:replies(self.reads), rt)
             if verdict == nil then rt.count("sluice_tenant_counters_fallback_total") end
         end
-        if verdict == nil then verdict = admit_local(tk, now, rt.shared) end
+        if verdict == nil then verdict = admit_local(tk, self.now, rt.shared) end
     end
     if verdict then return verdict end
     rt.count("sluice_tenant_requests_total", "tenant", tk.id)
     return nil
+end
+
+-- The admission on its own round trip: T.admission(cfg, tk, rt):verdict().
+function T.admit(cfg, tk, rt)
+    return T.admission(cfg, tk, rt):verdict()
 end
 
 -- The request is over: its recorded tokens (input + output) and its cost go

@@ -473,6 +473,10 @@ class RedisCounterTest(TenantCase):
             self.assertEqual(r.status, 429, repr(r))
             self.assertIsNotNone(r.header("retry-after"))
         self.assertEqual(self.upstream_count(), 4)
+        # the counters and the session are read in one round trip per request
+        for s in (a, b):
+            metrics = self.admin("/_sluice/metrics", port=s.port).body.decode()
+            self.assertIn("sluice_redis_round_trips_total 3\n", metrics)
         doc = self.admin("/_sluice/keys", port=b.port).json()
         self.assertEqual(doc["counted"], "redis")
         self.assertEqual(doc["items"][0]["limits"]["requests_per_minute"]["used"], 4)
