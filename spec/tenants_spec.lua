@@ -24,7 +24,7 @@ local function raises(t, pattern)
     assert.matches(pattern, err)
 end
 
--- A Redis that answers the commands tenants sends; `down` makes every call fail.
+-- A Redis that answers the commands tenants and the session send; `down` makes every call fail.
 local function fake_redis()
     local r = { data = {}, down = false, sent = 0 }
     local function run(c)
@@ -35,6 +35,10 @@ local function fake_redis()
             return op == "INCRBYFLOAT" and r.data[k] or tonumber(r.data[k])
         elseif op == "GET" then
             return r.data[k] or false
+        elseif op == "MGET" then -- the session's read, when the spec shares a round with it
+            local out = {}
+            for i = 2, #c do out[i - 1] = r.data[c[i]] or false end
+            return out
         elseif op == "PEXPIRE" then
             return r.data[k] and 1 or 0
         end
@@ -327,6 +331,47 @@ describe("sluice.tenants limits through Redis", function()
         end
         assert.is_nil(tenants.admit(REDIS, k, a))
         assert.equal(1, a.counts["sluice_tenant_counters_fallback_total"])
+    end)
+end)
+
+describe("sluice.tenants with the session in one round", function()
+    local session_store = require("sluice.session_store")
+
+    it("rides the session's pipeline: one wait for both, each reads its own replies", function()
+        local clock = { t = 1800000000 }
+        local redis = fake_redis()
+        local calls, pipeline = 0, redis.pipeline
+        redis.pipeline = function(cmds) calls = calls + 1; return pipeline(cmds) end
+        redis.data["sluice:sess:abc"] = "entry"
+        local rt = runtime(clock, redis)
+        local k = entry({ id = "team", key = "team-secret-1", rate = { requests_per_minute = 1 } })
+        local round = session_store.round(REDIS, rt)
+        local admission = tenants.admission(REDIS, k, rt, round)
+        local store = session_store.open({ sessions = { store = "redis", prefix = "sluice:", ttl = 60 } },
+            { "sess:abc" }, "sess:abc", rt, round)
+        assert.equal("entry", store:get("sess:abc"))
+        assert.is_nil(admission:verdict())
+        assert.equal(1, calls)
+        -- the next request over the limit: refused from its own replies
+        round = session_store.round(REDIS, rt)
+        assert.equal(429, tenants.admission(REDIS, k, rt, round):verdict().status)
+        assert.equal(2, calls)
+    end)
+
+    it("falls back for both when the round gets no answer", function()
+        local clock = { t = 1800000000 }
+        local redis = fake_redis()
+        local rt = runtime(clock, redis)
+        redis.down = true
+        local k = entry({ id = "team", key = "team-secret-1", rate = { requests_per_minute = 5 } })
+        local round = session_store.round(REDIS, rt)
+        local admission = tenants.admission(REDIS, k, rt, round)
+        local store = session_store.open({ sessions = { store = "redis", prefix = "sluice:", ttl = 60 } },
+            { "sess:abc" }, "sess:abc", rt, round)
+        assert.equal("memory", store.kind)
+        assert.is_nil(admission:verdict())
+        assert.equal(1, rt.counts["sluice_tenant_counters_fallback_total"])
+        assert.equal(1, rt.counts["sluice_session_store_fallback_total"])
     end)
 end)
 
