@@ -499,7 +499,8 @@ static int emit(sl_buf_t *out, table_t *t, const sl_records_usage_t *u)
     rc |= sl_buf_append_c(out, "],\"rows\":[");
     if (rc)
         return SL_ENOMEM;
-    qsort_r(t->g, t->n, sizeof *t->g, compare_groups, &t->ngroups);
+    if (t->n) /* no group: t->g is NULL, which qsort_r may not be given */
+        qsort_r(t->g, t->n, sizeof *t->g, compare_groups, &t->ngroups);
     for (size_t i = 0; i < t->n; i++)
         if ((i && sl_buf_append_byte(out, ',')) || (rc = emit_row(out, &t->g[i], u)) != 0)
             return rc ? rc : SL_ENOMEM;
