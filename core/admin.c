@@ -8,6 +8,7 @@
  */
 #include "admin.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,6 +367,69 @@ static void handle_reload(sl_worker_t *w, sl_request_t *req)
     }
 }
 
+/* One worker's upstream figures (upstream.h): atomics the worker itself
+ * writes as they change, so reading another worker's never touches its curl
+ * state. In the order upstream_json prints them. */
+#define UPSTREAM_FIGURES 6
+static void upstream_load(const sl_upstream_stats_t *s, size_t v[UPSTREAM_FIGURES])
+{
+    v[0] = atomic_load_explicit(&s->transfers, memory_order_relaxed);
+    v[1] = atomic_load_explicit(&s->paused, memory_order_relaxed);
+    v[2] = atomic_load_explicit(&s->connections, memory_order_relaxed);
+    v[3] = atomic_load_explicit(&s->idle, memory_order_relaxed);
+    v[4] = atomic_load_explicit(&s->handles_pooled, memory_order_relaxed);
+    v[5] = (size_t)atomic_load_explicit(&s->connects_total, memory_order_relaxed);
+}
+
+static int upstream_json(sl_buf_t *b, const size_t v[UPSTREAM_FIGURES])
+{
+    return sl_buf_printf(b,
+                         "\"transfers\":%zu,\"paused\":%zu,\"connections\":%zu,\"idle\":%zu,"
+                         "\"handles_pooled\":%zu,\"connects_total\":%zu",
+                         v[0], v[1], v[2], v[3], v[4], v[5]);
+}
+
+/* GET /_sluice/health: up, how many workers, the session store this worker
+ * uses, and the upstream side of every worker (connections open and idle,
+ * transfers in flight, pooled curl handles), with their sums. */
+static void handle_health(sl_worker_t *w, sl_request_t *req)
+{
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    int rc = sl_buf_printf(&b, "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d",
+                           SLUICE_VERSION, w->app->nworkers);
+    /* With sessions.store = "redis": whether this worker reaches Redis
+     * (sessions fall back to the in-process store while it does not). */
+    if (sl_redis_configured(&w->loop))
+        rc |= sl_buf_printf(&b,
+                            ",\"session_store\":\"redis\",\"redis\":\"%s\","
+                            "\"redis_connections\":%d",
+                            sl_redis_worker_up(&w->loop) ? "up" : "down",
+                            sl_redis_connected_workers());
+    size_t sum[UPSTREAM_FIGURES] = {0}, v[UPSTREAM_FIGURES];
+    sl_buf_t per;
+    sl_buf_init(&per, 0);
+    for (int i = 0; i < w->app->nworkers; i++) {
+        upstream_load(&w->app->workers[i]->upstream_stats, v);
+        for (int k = 0; k < UPSTREAM_FIGURES; k++)
+            sum[k] += v[k];
+        rc |= sl_buf_printf(&per, "%s{\"worker\":%d,", i ? "," : "", i + 1);
+        rc |= upstream_json(&per, v);
+        rc |= sl_buf_append_byte(&per, '}');
+    }
+    rc |= sl_buf_append_c(&b, ",\"upstream\":{");
+    rc |= upstream_json(&b, sum);
+    rc |= sl_buf_append_c(&b, ",\"workers\":[");
+    rc |= sl_buf_append(&b, per.base, per.len);
+    rc |= sl_buf_append_c(&b, "]}}");
+    sl_buf_free(&per);
+    if (rc)
+        reply_error(req, 500, sl_strerror(SL_ENOMEM));
+    else
+        reply(req, 200, sl_str(b.base, b.len));
+    sl_buf_free(&b);
+}
+
 void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
 {
     sl_str_t p = sl_str(req->path.base + 9, req->path.len - 9); /* after "/_sluice/" */
@@ -376,20 +440,7 @@ void sl_admin_handle(sl_worker_t *w, sl_request_t *req)
         return;
     }
     if (sl_str_eq(p, SL_STR("health"))) {
-        char body[256];
-        /* With sessions.store = "redis": whether this worker reaches Redis
-         * (sessions fall back to the in-process store while it does not). */
-        int n = sl_redis_configured(&w->loop)
-                    ? snprintf(body, sizeof body,
-                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d,"
-                               "\"session_store\":\"redis\",\"redis\":\"%s\","
-                               "\"redis_connections\":%d}",
-                               SLUICE_VERSION, w->app->nworkers,
-                               sl_redis_worker_up(&w->loop) ? "up" : "down", sl_redis_connected_workers())
-                    : snprintf(body, sizeof body,
-                               "{\"status\":\"ok\",\"version\":\"%s\",\"workers\":%d}",
-                               SLUICE_VERSION, w->app->nworkers);
-        reply(req, 200, sl_str(body, (size_t)n));
+        handle_health(w, req);
     } else if (sl_str_eq(p, SL_STR("metrics"))) {
         sl_buf_t out;
         sl_buf_init(&out, 0);

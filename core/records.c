@@ -14,6 +14,7 @@
  * Reads borrow connections from a small pool so admin calls on different
  * threads never share a connection (SQLite connections are not meant to be
  * used by two threads at once) and, thanks to WAL, never wait for the writer.
+ * The usage totals are records_usage.c (records_int.h is what they share).
  */
 #define _GNU_SOURCE
 #include "records.h"
@@ -30,6 +31,7 @@
 #include <time.h>
 
 #include "error.h"
+#include "records_int.h"
 
 #define BATCH_MAX 256
 #define BATCH_WAIT_MS 50
@@ -431,6 +433,34 @@ static int add_missing_columns(sqlite3 *db)
     return 0;
 }
 
+/* The index GET /_sluice/usage reads (records_usage.c says which columns
+ * and why). It starts with time, so it also serves every time range the
+ * listing asks for, and replaces the plain index on time that earlier builds
+ * made: dropping that one keeps the writer at two index updates per row. A
+ * history from an earlier build gets it here, once (about 0.3 s per
+ * 100,000 records), so say so. (An earlier build opening the file again just
+ * recreates its own index on time.) */
+static int add_usage_index(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = map_sqlite(sqlite3_prepare_v2(
+        db,
+        "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = "
+        "'requests_usage'), (SELECT max(seq) FROM requests)",
+        -1, &st, NULL));
+    if (rc)
+        return rc;
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == 0 && sqlite3_column_int64(st, 1) > 0)
+        fprintf(stderr, "sluice: records: indexing the history for usage totals (once)\n");
+    sqlite3_finalize(st);
+    if (src != SQLITE_ROW)
+        return map_sqlite(src);
+    if ((rc = exec(db, sl__records_usage_index_sql())) != 0)
+        return rc;
+    return exec(db, "DROP INDEX IF EXISTS requests_time");
+}
+
 static int count_rows(sl_records_t *rs, int64_t *out)
 {
     int rc = sqlite3_step(rs->count);
@@ -456,7 +486,7 @@ static int setup_writer(sl_records_t *rs)
         (rc = exec(rs->wdb, "PRAGMA synchronous=NORMAL")) != 0 ||
         (rc = exec(rs->wdb, create.base)) != 0 || (rc = add_missing_columns(rs->wdb)) != 0 ||
         (rc = exec(rs->wdb, "CREATE INDEX IF NOT EXISTS requests_id ON requests(id)")) != 0 ||
-        (rc = exec(rs->wdb, "CREATE INDEX IF NOT EXISTS requests_time ON requests(time)")) != 0)
+        (rc = add_usage_index(rs->wdb)) != 0)
         goto out;
     if ((rc = prepare(rs->wdb, insert.base, &rs->insert)) != 0 ||
         (rc = prepare(rs->wdb,
@@ -770,6 +800,22 @@ static void reader_release(sl_records_t *rs, sqlite3 *db)
     sqlite3_close(db); /* NULL is a no-op */
 }
 
+/* What records_usage.c borrows (records_int.h). */
+int sl__records_reader_acquire(sl_records_t *rs, sqlite3 **db)
+{
+    return reader_acquire(rs, db);
+}
+
+void sl__records_reader_release(sl_records_t *rs, sqlite3 *db)
+{
+    reader_release(rs, db);
+}
+
+int sl__records_map_sqlite(int rc)
+{
+    return map_sqlite(rc);
+}
+
 #define CHECK(expr)                                                                                \
     do {                                                                                           \
         int rc_ = (expr);                                                                          \
@@ -1026,242 +1072,6 @@ int sl_records_delete(sl_records_t *rs, const char *id)
             atomic_store(&rs->recount, 1); /* the writer's row count is now high */
     }
     sqlite3_finalize(st);
-    reader_release(rs, db);
-    return rc;
-}
-
-/* ---- usage --------------------------------------------------------------- */
-
-/* The SQL expression behind each group_by name. "key" is the gateway key's
- * place in `keys` ("key#2"), never the key itself. */
-static const struct {
-    const char *name, *expr;
-} usage_groups[] = {
-    {"key", "gateway_key"},
-    {"model", "coalesce(model_out, model_in)"},
-    {"supplier", "supplier"},
-    {"client", "client"},
-    {"service", "service"},
-    {"day", "strftime('%Y-%m-%d', time, 'unixepoch')"},
-    {"hour", "strftime('%Y-%m-%dT%H:00', time, 'unixepoch')"},
-};
-#define NUSAGE_GROUPS (sizeof usage_groups / sizeof usage_groups[0])
-
-int sl_records_usage_group(const char *name)
-{
-    for (size_t i = 0; i < NUSAGE_GROUPS; i++)
-        if (strcmp(name, usage_groups[i].name) == 0)
-            return (int)i;
-    return -1;
-}
-
-const char *sl_records_usage_groups(void)
-{
-    return "key, model, supplier, client, service, day, hour";
-}
-
-/* The WHERE clause of both statements: only the bounds given — over the
- * whole table a scan beats walking the time index (a row lookup per entry),
- * and SQLite cannot tell from a bound parameter that the range is all. */
-static int usage_where(sl_buf_t *sql, const sl_records_usage_t *u)
-{
-    int rc = sl_buf_append_c(sql, " FROM requests WHERE 1");
-    if (u->since > 0)
-        rc |= sl_buf_append_c(sql, " AND time >= :since");
-    if (u->until > 0)
-        rc |= sl_buf_append_c(sql, " AND time < :until");
-    return rc;
-}
-
-static int usage_groups_list(sl_buf_t *sql, const sl_records_usage_t *u, const char *lead)
-{
-    int rc = 0;
-    for (int i = 0; i < u->ngroups; i++)
-        rc |= sl_buf_printf(sql, "%s%d", i ? ", " : lead, i + 1);
-    return rc;
-}
-
-/* Two statements, both ordered by the groups: the sums, and every known
- * TTFB sorted within its group. The percentiles come from walking the
- * second alongside the first: one sort of the TTFBs, where ranking them
- * with window functions in the same statement took twice as long. */
-static int usage_sql(sl_buf_t *sums, sl_buf_t *ttfbs, const sl_records_usage_t *u)
-{
-    int rc = sl_buf_append_c(sums, "SELECT ");
-    rc |= sl_buf_append_c(ttfbs, "SELECT ");
-    for (int i = 0; i < u->ngroups; i++) {
-        rc |= sl_buf_printf(sums, "%s, ", usage_groups[u->groups[i]].expr);
-        rc |= sl_buf_printf(ttfbs, "%s, ", usage_groups[u->groups[i]].expr);
-    }
-    rc |= sl_buf_append_c(
-        sums, "count(*), sum(status >= 400 OR status = 0), sum(partial), total(input_tokens),"
-              " total(output_tokens), total(cache_read_tokens), total(cache_write_tokens),"
-              " total(cost), count(cost)");
-    rc |= usage_where(sums, u);
-    rc |= usage_groups_list(sums, u, " GROUP BY ");
-    rc |= usage_groups_list(sums, u, " ORDER BY ");
-    rc |= sl_buf_append_c(ttfbs, "ttfb_ms");
-    rc |= usage_where(ttfbs, u);
-    rc |= sl_buf_append_c(ttfbs, " AND ttfb_ms IS NOT NULL");
-    rc |= usage_groups_list(ttfbs, u, " ORDER BY ");
-    rc |= sl_buf_printf(ttfbs, "%s%d", u->ngroups ? ", " : " ORDER BY ", u->ngroups + 1);
-    return rc || !sl_buf_cstr(sums) || !sl_buf_cstr(ttfbs) ? SL_ENOMEM : 0;
-}
-
-/* Do the first n columns of a and b hold the same group? */
-static int same_group(sqlite3_stmt *a, sqlite3_stmt *b, int n)
-{
-    for (int i = 0; i < n; i++) {
-        int ta = sqlite3_column_type(a, i), tb = sqlite3_column_type(b, i);
-        if (ta == SQLITE_NULL || tb == SQLITE_NULL) {
-            if (ta != tb)
-                return 0;
-            continue;
-        }
-        const unsigned char *sa = sqlite3_column_text(a, i), *sb = sqlite3_column_text(b, i);
-        int la = sqlite3_column_bytes(a, i), lb = sqlite3_column_bytes(b, i);
-        if (la != lb || (la && memcmp(sa, sb, (size_t)la) != 0))
-            return 0;
-    }
-    return 1;
-}
-
-/* Nearest rank: the smallest value with at least p of the n sorted values
- * at or below it. The epsilon keeps 0.95 * 20 from rounding up to 20.0...01. */
-static double nearest_rank(const double *v, size_t n, double p)
-{
-    size_t k = (size_t)ceil(p * (double)n - 1e-9);
-    return v[(k ? k : 1) - 1];
-}
-
-static int emit_usage_row(sl_buf_t *out, sqlite3_stmt *st, const sl_records_usage_t *u,
-                          const double *ttfb, size_t nttfb)
-{
-    int g = u->ngroups, rc = 0;
-    rc |= sl_buf_append_byte(out, '{');
-    for (int i = 0; i < g; i++) {
-        rc |= sl_buf_printf(out, "\"%s\":", usage_groups[u->groups[i]].name);
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
-            rc |= sl_buf_append_c(out, "null,");
-            continue;
-        }
-        const char *s = (const char *)sqlite3_column_text(st, i);
-        rc |= sl_buf_append_byte(out, '"');
-        rc |= sl_buf_append_json_str(out, s, (size_t)sqlite3_column_bytes(st, i));
-        rc |= sl_buf_append_c(out, "\",");
-    }
-    double input = sqlite3_column_double(st, g + 3), cread = sqlite3_column_double(st, g + 5);
-    rc |= sl_buf_printf(out,
-                        "\"requests\":%lld,\"errors\":%lld,\"partials\":%lld,\"input_tokens\":%.0f,"
-                        "\"output_tokens\":%.0f,\"cache_read_tokens\":%.0f,"
-                        "\"cache_write_tokens\":%.0f,\"cache_hit_ratio\":",
-                        (long long)sqlite3_column_int64(st, g),
-                        (long long)sqlite3_column_int64(st, g + 1),
-                        (long long)sqlite3_column_int64(st, g + 2), input,
-                        sqlite3_column_double(st, g + 4), cread, sqlite3_column_double(st, g + 6));
-    /* input_tokens already includes the cache reads and writes (the IR's rule) */
-    rc |= input > 0 ? sl_buf_printf(out, "%.4f", cread / input) : sl_buf_append_c(out, "null");
-    rc |= sqlite3_column_int64(st, g + 8) > 0
-              ? sl_buf_printf(out, ",\"cost\":%.6f", sqlite3_column_double(st, g + 7))
-              : sl_buf_append_c(out, ",\"cost\":null");
-    if (nttfb)
-        rc |= sl_buf_printf(out, ",\"ttfb_p50_ms\":%.3f,\"ttfb_p95_ms\":%.3f}",
-                            nearest_rank(ttfb, nttfb, 0.50), nearest_rank(ttfb, nttfb, 0.95));
-    else
-        rc |= sl_buf_append_c(out, ",\"ttfb_p50_ms\":null,\"ttfb_p95_ms\":null}");
-    return rc ? SL_ENOMEM : 0;
-}
-
-static void bind_range(sqlite3_stmt *st, const sl_records_usage_t *u)
-{
-    int i;
-    if ((i = sqlite3_bind_parameter_index(st, ":since")) > 0)
-        sqlite3_bind_double(st, i, u->since);
-    if ((i = sqlite3_bind_parameter_index(st, ":until")) > 0)
-        sqlite3_bind_double(st, i, u->until);
-}
-
-/* The rows, each with its group's TTFBs gathered from `tt` (same order). */
-static int emit_usage_rows(sl_buf_t *out, sqlite3_stmt *sums, sqlite3_stmt *tt,
-                           const sl_records_usage_t *u)
-{
-    int g = u->ngroups, rc = 0, src, tsrc = sqlite3_step(tt);
-    double *v = NULL;
-    size_t cap = 0;
-    for (int n = 0; rc == 0 && (src = sqlite3_step(sums)) == SQLITE_ROW;) {
-        if (g == 0 && sqlite3_column_int64(sums, 0) == 0)
-            continue; /* the ungrouped total of nothing is no row */
-        size_t nv = 0;
-        while (tsrc == SQLITE_ROW && same_group(sums, tt, g)) {
-            if (nv == cap) {
-                size_t ncap = cap ? 2 * cap : 256;
-                double *nvp = realloc(v, ncap * sizeof *v);
-                if (!nvp) {
-                    free(v);
-                    return SL_ENOMEM;
-                }
-                v = nvp;
-                cap = ncap;
-            }
-            v[nv++] = sqlite3_column_double(tt, g);
-            tsrc = sqlite3_step(tt);
-        }
-        rc = (n++ ? sl_buf_append_byte(out, ',') : 0) || emit_usage_row(out, sums, u, v, nv)
-                 ? SL_ENOMEM
-                 : 0;
-    }
-    free(v);
-    if (rc == 0 && src != SQLITE_DONE)
-        rc = map_sqlite(src);
-    if (rc == 0 && tsrc != SQLITE_DONE && tsrc != SQLITE_ROW)
-        rc = map_sqlite(tsrc);
-    return rc;
-}
-
-int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *out)
-{
-    sqlite3 *db;
-    sqlite3_stmt *sums = NULL, *tt = NULL;
-    sl_buf_t sql_sums, sql_tt;
-    if (!rs || !u || !out || u->ngroups < 0 || u->ngroups > SL_USAGE_GROUPS_MAX)
-        return SL_EINVAL;
-    for (int i = 0; i < u->ngroups; i++)
-        if (u->groups[i] < 0 || u->groups[i] >= (int)NUSAGE_GROUPS)
-            return SL_EINVAL;
-    CHECK(reader_acquire(rs, &db));
-    sl_buf_init(&sql_sums, 0);
-    sl_buf_init(&sql_tt, 0);
-    size_t mark = out->len;
-    int rc = usage_sql(&sql_sums, &sql_tt, u);
-    /* One read transaction: the sums and the TTFBs describe the same rows. */
-    if (rc == 0)
-        rc = map_sqlite(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL));
-    if (rc == 0) {
-        rc = map_sqlite(sqlite3_prepare_v2(db, sql_sums.base, -1, &sums, NULL));
-        if (rc == 0)
-            rc = map_sqlite(sqlite3_prepare_v2(db, sql_tt.base, -1, &tt, NULL));
-        if (rc == 0) {
-            bind_range(sums, u);
-            bind_range(tt, u);
-            rc = sl_buf_printf(out, "{\"since\":%.3f,\"until\":", u->since);
-            rc |=
-                u->until > 0 ? sl_buf_printf(out, "%.3f", u->until) : sl_buf_append_c(out, "null");
-            rc |= sl_buf_append_c(out, ",\"group_by\":[");
-            for (int i = 0; i < u->ngroups; i++)
-                rc |= sl_buf_printf(out, "%s\"%s\"", i ? "," : "", usage_groups[u->groups[i]].name);
-            rc |= sl_buf_append_c(out, "],\"rows\":[");
-            rc = rc ? SL_ENOMEM : emit_usage_rows(out, sums, tt, u);
-            if (rc == 0)
-                rc = sl_buf_append_c(out, "]}");
-        }
-        sqlite3_finalize(sums);
-        sqlite3_finalize(tt);
-        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-    }
-    if (rc)
-        out->len = mark;
-    sl_buf_free(&sql_sums);
-    sl_buf_free(&sql_tt);
     reader_release(rs, db);
     return rc;
 }

@@ -148,8 +148,8 @@ const char *sl_records_usage_groups(void);
  * output_tokens, cache_read_tokens, cache_write_tokens, cache_hit_ratio
  * (cache reads / all input, null without input), cost (null when no record
  * of the row was priced), ttfb_p50_ms, ttfb_p95_ms}]}, rows ordered by group.
- * Computed by SQLite in one statement on a pooled read connection: call it
- * off the event loops. Returns 0, SL_EINVAL, SL_EBUSY, SL_EIO or SL_ENOMEM.
+ * Computed in one pass over an index of the history on a pooled read
+ * connection (records_usage.c): call it off the event loops. Returns 0, SL_EINVAL, SL_EBUSY, SL_EIO or SL_ENOMEM.
  */
 int sl_records_usage(sl_records_t *rs, const sl_records_usage_t *u, sl_buf_t *out);
 

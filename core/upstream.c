@@ -26,14 +26,25 @@
  *   (init, epoll_ctl ADD/DEL per request). The watcher is closed only when
  *   curl closes the socket (CURLOPT_CLOSESOCKETFUNCTION), found by fd in a
  *   per-worker table since curl forgets its own socket pointer on REMOVE.
+ *
+ * The worker publishes what its side holds (sl_upstream_stats_t: transfers,
+ * connections, idle ones, pooled handles) for /_sluice/health. Connections
+ * are counted where curl opens and closes them (CURLOPT_OPENSOCKETFUNCTION
+ * and CLOSESOCKETFUNCTION, called for connection sockets only — not for the
+ * resolver's wake-up socketpair, which curl closes on its own); a connection
+ * is idle from curl's CURL_POLL_REMOVE until it is watched again or closed.
+ * Every figure is updated on this loop's thread where it changes, as a
+ * relaxed atomic store: the health call on another worker only loads them.
  */
 #include "upstream.h"
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -49,6 +60,13 @@
 
 typedef struct sockctx_s sockctx_t;
 
+/* Adds d to a published figure. Only the owning loop's thread writes, so a
+ * load and a store (no locked read-modify-write) are enough. */
+#define STAT_ADD(up, field, d)                                                                     \
+    atomic_store_explicit(&(up)->stats->field,                                                     \
+                          atomic_load_explicit(&(up)->stats->field, memory_order_relaxed) + (d),   \
+                          memory_order_relaxed)
+
 struct sl_upstream_s {
     uv_loop_t *loop;
     CURLM *multi;
@@ -60,6 +78,8 @@ struct sl_upstream_s {
     size_t npool;
     sockctx_t **socks; /* fd -> its watcher, for every socket curl has open */
     size_t nsocks;
+    sl_upstream_stats_t *stats; /* where the figures are published: own_stats or the worker's */
+    sl_upstream_stats_t own_stats;
 };
 
 struct sl_transfer_s {
@@ -85,6 +105,8 @@ struct sockctx_s {
     uv_poll_t poll;
     curl_socket_t fd;
     sl_upstream_t *up;
+    int conn; /* a connection curl opened through opensocket_cb (counted) */
+    int idle; /* a counted connection curl is not watching (CURL_POLL_REMOVE) */
 };
 
 static void check_done(sl_upstream_t *up);
@@ -93,7 +115,10 @@ static void check_done(sl_upstream_t *up);
 
 static CURL *easy_get(sl_upstream_t *up)
 {
-    return up->npool ? up->pool[--up->npool] : curl_easy_init();
+    if (!up->npool)
+        return curl_easy_init();
+    STAT_ADD(up, handles_pooled, -1);
+    return up->pool[--up->npool];
 }
 
 /* The handle must be out of the multi. Its options go back to curl's
@@ -106,6 +131,7 @@ static void easy_put(sl_upstream_t *up, CURL *e)
     }
     curl_easy_reset(e);
     up->pool[up->npool++] = e;
+    STAT_ADD(up, handles_pooled, 1);
 }
 
 static void transfer_free(sl_transfer_t *t)
@@ -123,6 +149,9 @@ static void transfer_free(sl_transfer_t *t)
     sl_buf_free(&t->head);
     free(t->origin);
     t->up->active--;
+    STAT_ADD(t->up, transfers, -1);
+    if (t->paused)
+        STAT_ADD(t->up, paused, -1);
     free(t);
 }
 
@@ -295,6 +324,37 @@ static sockctx_t *sock_open(sl_upstream_t *up, curl_socket_t fd)
     return s;
 }
 
+static void set_idle(sockctx_t *s, int idle)
+{
+    if (!s->conn || s->idle == idle)
+        return;
+    s->idle = idle;
+    STAT_ADD(s->up, idle, idle ? 1 : -1);
+}
+
+/* curl opens a connection's socket: its watcher is made now, so the
+ * connection is counted from its first moment. An entry already in the
+ * table for this fd is a socket curl closed without our callback (the
+ * resolver's socketpair): the number was reused, the watcher is reused too. */
+static curl_socket_t opensocket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    sl_upstream_t *up = userp;
+    (void)purpose;
+    curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+    if (fd == CURL_SOCKET_BAD)
+        return fd;
+    sockctx_t *s = sock_find(up, fd);
+    if (!s && !(s = sock_open(up, fd))) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    s->conn = 1;
+    s->idle = 0;
+    STAT_ADD(up, connections, 1);
+    STAT_ADD(up, connects_total, 1);
+    return fd;
+}
+
 /* curl closes a socket: its watcher goes first (uv_close takes the fd out of
  * epoll at once, so closing the fd right after is safe). */
 static int closesocket_cb(void *userp, curl_socket_t fd)
@@ -302,6 +362,9 @@ static int closesocket_cb(void *userp, curl_socket_t fd)
     sl_upstream_t *up = userp;
     sockctx_t *s = sock_find(up, fd);
     if (s) {
+        set_idle(s, 0);
+        if (s->conn)
+            STAT_ADD(up, connections, -1);
         up->socks[fd] = NULL;
         uv_poll_stop(&s->poll);
         uv_close((uv_handle_t *)&s->poll, on_poll_closed);
@@ -314,12 +377,15 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     sl_upstream_t *up = userp;
     sockctx_t *s = socketp ? socketp : sock_find(up, fd);
     if (what == CURL_POLL_REMOVE) {
-        if (s)
+        if (s) {
             uv_poll_stop(&s->poll); /* idle in curl's cache, or about to close */
+            set_idle(s, 1);
+        }
         return 0;
     }
     if (!s && !(s = sock_open(up, fd)))
         return -1;
+    set_idle(s, 0);
     if (!socketp)
         curl_multi_assign(up->multi, fd, s);
     int events = 0;
@@ -467,6 +533,7 @@ static size_t write_cb(char *buf, size_t size, size_t nitems, void *userp)
         return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
     if (pause == SL_TRANSFER_PAUSE) {
         t->paused = 1;
+        STAT_ADD(t->up, paused, 1);
         return CURL_WRITEFUNC_PAUSE;
     }
     return n;
@@ -492,6 +559,7 @@ int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop)
         free(up);
         return SL_ENOMEM;
     }
+    up->stats = &up->own_stats;
     uv_timer_init(loop, &up->timer);
     up->timer.data = up;
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
@@ -519,6 +587,7 @@ void sl_upstream_free(sl_upstream_t *up)
     curl_multi_cleanup(up->multi);
     for (size_t i = 0; i < up->npool; i++)
         curl_easy_cleanup(up->pool[i]);
+    atomic_store_explicit(&up->stats->handles_pooled, 0, memory_order_relaxed);
     for (size_t i = 0; i < up->nsocks; i++) /* a socket curl did not close through us */
         if (up->socks[i]) {
             uv_poll_stop(&up->socks[i]->poll);
@@ -534,6 +603,18 @@ void sl_upstream_free(sl_upstream_t *up)
 size_t sl_upstream_active(const sl_upstream_t *up)
 {
     return up->active;
+}
+
+void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats)
+{
+    /* carry over what is already counted (handles, a connection or two) */
+    atomic_store(&stats->transfers, atomic_load(&up->stats->transfers));
+    atomic_store(&stats->paused, atomic_load(&up->stats->paused));
+    atomic_store(&stats->connections, atomic_load(&up->stats->connections));
+    atomic_store(&stats->idle, atomic_load(&up->stats->idle));
+    atomic_store(&stats->handles_pooled, atomic_load(&up->stats->handles_pooled));
+    atomic_store(&stats->connects_total, atomic_load(&up->stats->connects_total));
+    up->stats = stats;
 }
 
 static int is_framing_header(sl_str_t name)
@@ -595,6 +676,8 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, opensocket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, up);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, up);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
@@ -621,6 +704,7 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
         return SL_EUPSTREAM;
     }
     up->active++;
+    STAT_ADD(up, transfers, 1);
     *out = t;
     return 0;
 }
@@ -630,6 +714,7 @@ void sl_transfer_resume(sl_transfer_t *t)
     if (!t->paused || t->aborted)
         return;
     t->paused = 0;
+    STAT_ADD(t->up, paused, -1);
     /* May deliver buffered data synchronously through write_cb. */
     curl_easy_pause(t->easy, CURLPAUSE_CONT);
 }

@@ -20,6 +20,7 @@
 #ifndef SL_UPSTREAM_H
 #define SL_UPSTREAM_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -53,7 +54,27 @@ typedef struct {
     int verify_tls;              /* 1 unless explicitly disabled */
 } sl_transfer_req_t;
 
+/*
+ * What one worker's upstream side holds right now (GET /_sluice/health):
+ * written only by the worker's own loop thread as things change, readable
+ * from any thread (relaxed atomics: each figure is exact when written, the
+ * set is not a snapshot taken at one instant).
+ */
+typedef struct {
+    atomic_size_t transfers;   /* in flight (sent, or waiting for an answer or its end) */
+    atomic_size_t paused;      /* of those, paused: the client reads slower than they come */
+    atomic_size_t connections; /* connections open to upstreams: in use, idle or connecting */
+    atomic_size_t idle; /* of those, not in use: kept in curl's cache for the next request to
+                         * their origin (a paused transfer's connection counts here too) */
+    atomic_size_t handles_pooled;     /* finished easy handles kept for reuse (at most 64) */
+    _Atomic uint64_t connects_total;  /* connections opened since the worker started */
+} sl_upstream_stats_t;
+
 int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop);
+/* Where up publishes its figures from now on (the default is a private
+ * copy): an object that outlives up, e.g. in the worker. Call it before the
+ * first transfer; the loop's thread only. */
+void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats);
 /* Aborts remaining transfers (no callbacks) and closes the handles. */
 void sl_upstream_free(sl_upstream_t *up);
 size_t sl_upstream_active(const sl_upstream_t *up);

@@ -345,6 +345,7 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
         snprintf(err, errlen, "upstream client: %s", sl_strerror(rc));
         return rc;
     }
+    sl_upstream_set_stats(w->upstream, &w->upstream_stats);
     sl_luahost_opts_t o = {app->config_path, app->lua_dir, id, &w->loop, w->upstream};
     if ((rc = sl_luahost_new(&w->host, &o, err, errlen)) != 0)
         return rc;

@@ -62,6 +62,7 @@ struct sl_worker_s {
     sl_tls_ctx_t **next_tls;    /* its listeners' TLS contexts (nservers; NULL = plain) */
     sl_config_t bound;          /* the config the listeners were bound with */
     sl_upstream_t *upstream;
+    sl_upstream_stats_t upstream_stats; /* what it holds, readable from any thread (health) */
     sl_server_t **servers;
     size_t nservers;
     sl_live_t *exchanges; /* in flight, doubly linked */

@@ -6,6 +6,7 @@
  * document or a wrong value fails the test rather than a string compare.
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "buf.h"
 #include "error.h"
 #include "records.h"
+#include "records_int.h"
 #include "test_helpers.h"
 
 static char tmpdir[] = "/tmp/sluice-test-records-XXXXXX";
@@ -647,6 +649,254 @@ static void test_locked_and_missing(void)
     sl_records_close(rs);
 }
 
+/* A statement's rows as "a|b|c\n" lines, from a fresh connection on path. */
+static char *sql_rows(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        for (int i = 0; i < sqlite3_column_count(st); i++) {
+            const unsigned char *v = sqlite3_column_text(st, i);
+            sl_buf_printf(&b, "%s%s", i ? "|" : "", v ? (const char *)v : "NULL");
+        }
+        sl_buf_append_byte(&b, '\n');
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    sl_buf_cstr(&b);
+    return b.base;
+}
+
+/* The usage answer's rows as "<group>|<requests>\n" lines, NULL for null. */
+static char *usage_rows(sl_records_t *rs, const char *group)
+{
+    sl_records_usage_t u = {0};
+    u.groups[0] = sl_records_usage_group(group);
+    u.ngroups = 1;
+    sl_buf_t b, lines;
+    sl_buf_init(&b, 0);
+    sl_buf_init(&lines, 0);
+    CHECK_EQ_INT(sl_records_usage(rs, &u, &b), 0);
+    sl_buf_cstr(&b);
+    /* one json_each pass: asking json_extract per row re-parses the whole
+     * answer each time */
+    sqlite3_stmt *st;
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(json_extract(value, '$.%s'), 'NULL'), json_extract(value, "
+             "'$.requests') FROM json_each(?1, '$.rows')",
+             group);
+    CHECK_EQ_INT(sqlite3_prepare_v2(jdb, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, b.base, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        sl_buf_printf(&lines, "%s|%lld\n", (const char *)sqlite3_column_text(st, 0),
+                      (long long)sqlite3_column_int64(st, 1));
+    sqlite3_finalize(st);
+    sl_buf_cstr(&lines);
+    sl_buf_free(&b);
+    return lines.base;
+}
+
+/* day and hour are computed in C (records_usage.c) the way SQLite's
+ * strftime(..., 'unixepoch') computes them, rounding to the millisecond
+ * first; outside 1970..9999 SQLite itself is asked. Both are checked here
+ * against SQLite on the same rows, edges included. */
+static void test_usage_day_hour_as_sqlite(void)
+{
+    static const double edges[] = {
+        0,
+        0.0004,
+        0.0005,
+        86399.9994,
+        86399.9995,
+        86399.9996,
+        3599.9996,
+        951782400,
+        951868799.9999,
+        1709164800.5,
+        1735689599.9995,
+        4102444800,
+        253402300799.9994,
+        253402300799.9996,
+        253402300800,
+        -1,
+        -0.0004,
+        -1e12,
+        1e13,
+        NAN,
+    };
+    const char *path = db_path();
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    int n = 0;
+    char id[32];
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+        snprintf(id, sizeof id, "e-%d", n++);
+        sl_records_submit(rs, make(id, edges[i], "c", 200, "/p"));
+    }
+    unsigned s = 14; /* times around millisecond and hour boundaries, 1970..2100 */
+    for (int i = 0; i < 3000; i++) {
+        s = s * 1103515245u + 12345u;
+        double t = (double)(s % 4102444u) * 1000.0 + (i % 3 ? 3599.9995 : 0.00049 * (i % 7));
+        snprintf(id, sizeof id, "r-%d", n++);
+        sl_records_submit(rs, make(id, t, "c", 200, "/p"));
+    }
+    CHECK_EQ_INT(sl_records_flush(rs, 5000), 0);
+    char *got = usage_rows(rs, "day");
+    char *want = sql_rows(path, "SELECT strftime('%Y-%m-%d', time, 'unixepoch'), count(*) "
+                                "FROM requests GROUP BY 1 ORDER BY 1");
+    CHECK_EQ_STR(got, want);
+    free(got);
+    free(want);
+    got = usage_rows(rs, "hour");
+    want = sql_rows(path, "SELECT strftime('%Y-%m-%dT%H:00', time, 'unixepoch'), count(*) "
+                          "FROM requests GROUP BY 1 ORDER BY 1");
+    CHECK_EQ_STR(got, want);
+    CHECK_STR_HAS(got, "NULL|"); /* out of SQLite's range, and the NaN stored as NULL */
+    CHECK_STR_HAS(got, "1970-01-02T00:00|");
+    free(got);
+    free(want);
+    sl_records_close(rs);
+}
+
+/* The percentiles are picked by selection, not sorting: on many values,
+ * repeats included, they equal the nearest rank read from SQLite's sort. */
+static void test_usage_percentiles_as_sorting(void)
+{
+    const char *path = db_path();
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    static const char *clients[] = {"a", "b", "c"};
+    unsigned s = 7;
+    for (int i = 0; i < 3000; i++) {
+        char id[16];
+        s = s * 1103515245u + 12345u;
+        snprintf(id, sizeof id, "p-%d", i);
+        sl_record_t *r = make(id, 1000 + i, clients[i % 3], 200, "/p");
+        /* c: only 40 distinct values, so most are repeats */
+        r->ttfb_ms = i % 3 == 2 ? (double)((s >> 8) % 40) : (double)((s >> 8) % 100000) / 7.0;
+        sl_records_submit(rs, r);
+    }
+    CHECK_EQ_INT(sl_records_flush(rs, 5000), 0);
+    sl_records_usage_t u = {0};
+    u.groups[0] = sl_records_usage_group("client");
+    u.ngroups = 1;
+    sl_buf_t b;
+    sl_buf_init(&b, 0);
+    CHECK_EQ_INT(sl_records_usage(rs, &u, &b), 0);
+    sl_buf_cstr(&b);
+    for (int g = 0; g < 3; g++) {
+        char sql[200], p50[64], p95[64];
+        /* 1000 values each: the 500th and the 950th */
+        snprintf(sql, sizeof sql,
+                 "SELECT printf('%%.3f', ttfb_ms) FROM requests WHERE client = '%s' ORDER BY "
+                 "ttfb_ms LIMIT 1 OFFSET 499",
+                 clients[g]);
+        char *want50 = sql_rows(path, sql);
+        snprintf(sql, sizeof sql,
+                 "SELECT printf('%%.3f', ttfb_ms) FROM requests WHERE client = '%s' ORDER BY "
+                 "ttfb_ms LIMIT 1 OFFSET 949",
+                 clients[g]);
+        char *want95 = sql_rows(path, sql);
+        snprintf(p50, sizeof p50, "$.rows[%d].ttfb_p50_ms", g);
+        snprintf(p95, sizeof p95, "$.rows[%d].ttfb_p95_ms", g);
+        char got[64];
+        snprintf(got, sizeof got, "%.3f\n", atof(jget(b.base, p50)));
+        CHECK_EQ_STR(got, want50);
+        snprintf(got, sizeof got, "%.3f\n", atof(jget(b.base, p95)));
+        CHECK_EQ_STR(got, want95);
+        free(want50);
+        free(want95);
+    }
+    sl_buf_free(&b);
+    sl_records_close(rs);
+}
+
+/* The usage pass reads only its index: every column it uses is in it, for
+ * every group and bound (a column added to the pass but not to the index
+ * would make SQLite read the whole table, about 5x slower, and no answer
+ * would show it). */
+static void test_usage_reads_only_its_index(void)
+{
+    const char *path = db_path();
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    sl_records_close(rs);
+    sqlite3 *db;
+    CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    for (int g = -1; g < 7; g++) {
+        for (int bounds = 0; bounds < 2; bounds++) {
+            sl_records_usage_t u = {0};
+            if (g >= 0) {
+                u.groups[0] = g;
+                u.groups[1] = (g + 1) % 7;
+                u.ngroups = 2;
+            }
+            if (bounds)
+                u.since = 100, u.until = 200;
+            sl_buf_t sql, plan;
+            sl_buf_init(&sql, 0);
+            sl_buf_init(&plan, 0);
+            CHECK_EQ_INT(sl__records_usage_sql(&u, &sql), 0);
+            sl_buf_printf(&plan, "EXPLAIN QUERY PLAN %s", sql.base);
+            sl_buf_cstr(&plan);
+            sqlite3_stmt *st;
+            CHECK_EQ_INT(sqlite3_prepare_v2(db, plan.base, -1, &st, NULL), SQLITE_OK);
+            int steps = 0;
+            while (sqlite3_step(st) == SQLITE_ROW) {
+                CHECK_STR_HAS((const char *)sqlite3_column_text(st, 3),
+                              "USING COVERING INDEX requests_usage");
+                steps++;
+            }
+            CHECK_EQ_INT(steps, 1); /* no temp b-tree: nothing is sorted */
+            sqlite3_finalize(st);
+            sl_buf_free(&sql);
+            sl_buf_free(&plan);
+        }
+    }
+    sqlite3_close(db);
+}
+
+/* A history made by a build before the usage index (it had a plain index on
+ * time) opens: the usage index is built, the old one dropped, and the
+ * totals count the old rows. */
+static void test_usage_index_added_to_an_old_history(void)
+{
+    const char *path = db_path();
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "old-%d", i);
+        sl_records_submit(rs, make(id, 1000 + i, "c", 200, "/p"));
+    }
+    sl_records_close(rs);
+    sqlite3 *db;
+    CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(db,
+                              "DROP INDEX requests_usage; "
+                              "CREATE INDEX requests_time ON requests(time)",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    char *idx = sql_rows(path, "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY 1");
+    CHECK_EQ_STR(idx, "requests_id\nrequests_time\n");
+    free(idx);
+
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    idx = sql_rows(path, "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY 1");
+    CHECK_EQ_STR(idx, "requests_id\nrequests_usage\n");
+    free(idx);
+    char *rows = usage_rows(rs, "client");
+    CHECK_EQ_STR(rows, "c|5\n");
+    free(rows);
+    sl_records_close(rs);
+}
+
 /* GET /_sluice/usage: sums per group, nearest-rank TTFB percentiles per
  * group (a group without any TTFB has null ones), and the time range. */
 static char *usage(sl_records_t *rs, const sl_records_usage_t *u, int *rc)
@@ -809,6 +1059,10 @@ int main(void)
     RUN(test_search_escaping);
     RUN(test_locked_and_missing);
     RUN(test_usage);
+    RUN(test_usage_day_hour_as_sqlite);
+    RUN(test_usage_percentiles_as_sorting);
+    RUN(test_usage_reads_only_its_index);
+    RUN(test_usage_index_added_to_an_old_history);
     RUN(test_feed);
     sqlite3_close(jdb);
     char cmd[400];

@@ -658,6 +658,87 @@ static void count_open(uv_handle_t *h, void *arg)
     }
 }
 
+static size_t figure(atomic_size_t *v)
+{
+    return atomic_load(v);
+}
+
+/* The figures a worker publishes for /_sluice/health follow its pool:
+ * connections opened, reused and left idle, transfers in flight and paused,
+ * handles pooled; a refused connect opens and closes a socket; freeing the
+ * upstream closes everything. On a fresh upstream, so that counts are
+ * absolute. */
+static void test_stats_follow_the_pool(void)
+{
+    sl_upstream_t *saved = up, *fresh = NULL;
+    sl_upstream_stats_t st = {0};
+    CHECK_EQ_INT(sl_upstream_new(&fresh, &loop), 0);
+    if (!fresh)
+        return;
+    sl_upstream_set_stats(fresh, &st);
+    up = fresh;
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    mock_t *slow = mock_start("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                              "Content-Length: 20\r\n\r\ndata: 0123456789\n\n\n\n");
+    CHECK(m && slow);
+    if (!m || !slow)
+        goto out;
+    for (int i = 0; i < 2; i++) {
+        owner_t o;
+        owner_init(&o);
+        cur = &o;
+        CHECK_EQ_INT(start(&o, m->port, "GET", "/r", NULL, 0, SL_STR("")), 0);
+        CHECK_EQ_INT(figure(&st.transfers), 1);
+        CHECK(drive(cur_done, 5000));
+        owner_free(&o);
+    }
+    CHECK_EQ_INT(figure(&st.transfers), 0);
+    CHECK_EQ_INT(figure(&st.connections), 1); /* reused, not reopened */
+    CHECK_EQ_INT(figure(&st.idle), 1);
+    CHECK_EQ_INT(atomic_load(&st.connects_total), 1);
+    CHECK_EQ_INT(figure(&st.handles_pooled), 1);
+
+    owner_t o;
+    owner_init(&o);
+    o.pause_once = 1;
+    cur = &o;
+    CHECK_EQ_INT(start(&o, slow->port, "POST", "/s", NULL, 0, SL_STR("")), 0);
+    CHECK_EQ_INT(figure(&st.handles_pooled), 0); /* taken from the pool */
+    for (uint64_t end = uv_hrtime() + 5000000000ull; o.paused_bytes.len == 0 && uv_hrtime() < end;)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(figure(&st.paused), 1);
+    CHECK_EQ_INT(figure(&st.transfers), 1);
+    CHECK_EQ_INT(figure(&st.connections), 2);
+    sl_transfer_resume(o.t);
+    CHECK_EQ_INT(figure(&st.paused), 0);
+    CHECK(drive(cur_done, 5000));
+    owner_free(&o);
+    CHECK_EQ_INT(figure(&st.transfers), 0);
+    CHECK_EQ_INT(figure(&st.idle), 2);
+
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, th_free_port(), "POST", "/", NULL, 0, SL_STR("x")), 0);
+    CHECK(drive(cur_done, 5000));
+    CHECK_EQ_INT(o.code, CURLE_COULDNT_CONNECT);
+    owner_free(&o);
+    CHECK_EQ_INT(atomic_load(&st.connects_total), 3);
+    CHECK_EQ_INT(figure(&st.connections), 2); /* the refused one is closed again */
+
+out:
+    up = saved;
+    sl_upstream_free(fresh);
+    for (int i = 0; i < 5; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(figure(&st.connections), 0);
+    CHECK_EQ_INT(figure(&st.idle), 0);
+    CHECK_EQ_INT(figure(&st.handles_pooled), 0);
+    if (m)
+        mock_stop(m);
+    if (slow)
+        mock_stop(slow);
+}
+
 static void test_free_leaves_no_handles(void)
 {
     /* A pooled connection is open from the cases above; freeing the
@@ -706,6 +787,7 @@ int main(void)
     RUN(test_plain_http_never_waits);
     RUN(test_http1_answer_makes_origin_unknown);
     RUN(test_known_h2_waits_and_connect_failure_forgets);
+    RUN(test_stats_follow_the_pool);
     RUN(test_free_leaves_no_handles);
     for (int i = 0; i < 5; i++) /* never DEFAULT: a leaked poll handle would block it */
         uv_run(&loop, UV_RUN_NOWAIT);

@@ -6,7 +6,7 @@
 //   #/request/<id>       one request: timeline, outcome in words, usage and
 //                        cost, translation pair, stored bodies, copy-as-curl
 //   #/usage              /_sluice/usage as charts and a breakdown table
-//   #/health             workers, streams, reload, the running config
+//   #/health             workers, streams, upstream pools, reload, the running config
 //
 // Every value from the history is written with textContent, never as HTML:
 // records carry client-chosen text (ids, paths, bodies). The admin token is
@@ -574,12 +574,28 @@ views.health = function () {
       ? "Redis: " + h.redis + " (" + h.redis_connections + " worker connection(s) up)" +
         (h.redis === "up" ? "" : " — sessions use the in-process store until it is back")
       : "in-process (this sluice's shared memory)";
+    // Each worker's own curl pool (/_sluice/health "upstream"), and the sums.
+    var up = h.upstream || { workers: [] };
+    var poolCols = [["connections", "Connections open"], ["idle", "Idle"], ["transfers", "Transfers in flight"],
+                    ["paused", "Paused"], ["handles_pooled", "Pooled curl handles"], ["connects_total", "Connections opened"]];
+    var poolRow = function (label, f, id) {
+      return el("tr", id ? { id: id } : null, el("th", { scope: "row", text: label }),
+        poolCols.map(function (c) { return el("td", { class: "num", text: fmtNum(f[c[0]]) }); }));
+    };
     main.replaceChildren(el("h1", { text: "Health" }),
       el("div", { class: "cards" },
         card("status", h.status, "health-status"), card("version", h.version), card("workers", String(h.workers), "health-workers"),
         card("active streams", fmtNum(metricValue(m, "sluice_active_streams")), "health-streams"),
         card("open connections", fmtNum(metricValue(m, "sluice_active_connections"))),
+        card("upstream connections (idle)", fmtNum(up.connections) + " (" + fmtNum(up.idle) + ")", "health-upstream-connections"),
+        card("upstream transfers", fmtNum(up.transfers), "health-upstream-transfers"),
         card("reloads ok / failed", fmtNum(reloads.ok || 0) + " / " + fmtNum(reloads.failed || 0), "health-reloads")),
+      el("h2", { text: "Upstream pools" }),
+      el("p", { class: "status-line", text: "Each worker keeps its own connections to the suppliers: idle ones wait for the next request to the same origin; a paused transfer waits for a slow client." }),
+      el("div", { class: "table-wrap" }, el("table", { id: "upstream-pools" },
+        el("thead", null, el("tr", null, [el("th", { scope: "col", text: "Worker" })].concat(poolCols.map(function (c) { return el("th", { scope: "col", class: "num", text: c[1] }); })))),
+        el("tbody", null, up.workers.map(function (w) { return poolRow("worker " + w.worker, w); }).concat(
+          up.workers.length > 1 ? [poolRow("all", up, "upstream-pools-total")] : [])))),
       el("h2", { text: "Suppliers" }),
       el("div", { class: "table-wrap" }, el("table", null,
         el("thead", null, el("tr", null, ["Supplier", "Protocol", "Base URL", "Requests since start"].map(function (t) { return el("th", { scope: "col", text: t }); }))),

@@ -298,9 +298,41 @@ class UsageTest(ConsoleCase):
 
 
 class HealthTest(ConsoleCase):
+    def pool_row(self, row_id=None):
+        """The upstream pools table's first worker row (or row_id) as {column: text}."""
+        heads = [th.text for th in self.driver.find_elements(By.CSS_SELECTOR, "#upstream-pools thead th")]
+        row = (self.driver.find_element(By.ID, row_id) if row_id else
+               self.driver.find_element(By.CSS_SELECTOR, "#upstream-pools tbody tr"))
+        cells = [row.find_element(By.TAG_NAME, "th").text] + [
+            td.text for td in row.find_elements(By.TAG_NAME, "td")]
+        return dict(zip(heads, cells))
+
+    def test_upstream_pools_follow_the_traffic(self):
+        self.sign_in("#/health")
+        self.wait(EC.visibility_of_element_located((By.ID, "upstream-pools")))
+        self.assertEqual(self.driver.find_element(By.ID, "health-upstream-connections").text, "0 (0)")
+        self.assertEqual(self.pool_row()["Connections opened"], "0")  # nothing sent upstream yet
+        # two answers through the gateway: one upstream connection, reused, now idle
+        self.mock.enqueue(scene(repeat=2))
+        for rid in ("pool-1", "pool-2"):
+            self.assertEqual(self.chat(rid).status, 200, self.diag())
+        self.driver.refresh()
+        self.wait(EC.visibility_of_element_located((By.ID, "upstream-pools")))
+        self.assertEqual(self.driver.find_element(By.ID, "health-upstream-connections").text, "1 (1)")
+        self.assertEqual(self.driver.find_element(By.ID, "health-upstream-transfers").text, "0")
+        row = self.pool_row()
+        self.assertEqual(row, {"Worker": "worker 1", "Connections open": "1", "Idle": "1",
+                               "Transfers in flight": "0", "Paused": "0",
+                               "Pooled curl handles": "1", "Connections opened": "1"})
+        self.assertEqual(self.unlabelled_controls(), [])
+
     def test_a_broken_config_is_refused_on_reload_and_the_old_one_keeps_serving(self):
+        # an answer first, so the upstream pool has something to show
+        self.mock.enqueue(scene())
+        self.assertEqual(self.chat("before-health").status, 200, self.diag())
         self.sign_in("#/health")
         self.wait(EC.visibility_of_element_located((By.ID, "config")))
+        self.assertEqual(self.pool_row()["Connections open"], "1")
         self.assertIn("[redacted]", self.driver.find_element(By.ID, "config").text)
         self.assertNotIn("sk-upstream-secret-oa", self.driver.page_source)
         self.assertNotIn(ADMIN_TOKEN, self.driver.page_source)

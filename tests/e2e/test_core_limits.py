@@ -57,6 +57,9 @@ class BasicsTest(harness.SluiceTestCase):
         self.assertEqual(body["status"], "ok")
         self.assertEqual(body["workers"], 2)
         self.assertTrue(body["version"])
+        # each worker's upstream pool, and the sums (test_metrics has them move)
+        self.assertEqual([w["worker"] for w in body["upstream"]["workers"]], [1, 2])
+        self.assertEqual(body["upstream"]["connections"], 0)
         self.assertEqual(self.mock.requests(), [], "health must not touch the upstream")
 
     def test_unknown_path_is_404_json(self):

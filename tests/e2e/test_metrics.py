@@ -379,6 +379,59 @@ class GaugeTest(MetricsCase):
         self.assertEqual(self.value(after, "sluice_outcomes_total", reason="CLIENT_ABORT", partial="true"), 1)
 
 
+class UpstreamPoolTest(MetricsCase):
+    """/_sluice/health's `upstream`: each worker's connections to upstreams
+    (open, idle in curl's cache), transfers in flight and paused, pooled curl
+    handles, connections opened since start — and their sums."""
+
+    def health_upstream(self):
+        r = harness.request(self.sluice.port, "GET", "/_sluice/health")
+        self.assertEqual(r.status, 200, r)
+        return r.json()["upstream"]
+
+    def test_figures_follow_connections_and_transfers(self):
+        self.start(workers=2)
+        up = self.health_upstream()
+        self.assertEqual([w["worker"] for w in up["workers"]], [1, 2])
+        fields = ("transfers", "paused", "connections", "idle", "handles_pooled", "connects_total")
+        for f in fields:
+            self.assertEqual(up[f], 0, up)  # nothing sent upstream yet
+            self.assertEqual(sum(w[f] for w in up["workers"]), up[f], up)
+
+        # Sequential answers on one client connection (one worker): one
+        # upstream connection, reused, left idle in the pool with its handle.
+        self.mock.enqueue(json_scene(CHAT_JSON, repeat=3))
+        c = RawConn(self.sluice.port)
+        self.addCleanup(c.close)
+        for _ in range(3):
+            c.send(build_request("POST", "/v1/chat/completions", json.dumps(CHAT_REQ),
+                                 {"Content-Type": "application/json"}, self.sluice.port))
+            self.assertEqual(c.read_response().status, 200)
+        up = self.health_upstream()
+        self.assertEqual((up["transfers"], up["connections"], up["idle"], up["connects_total"],
+                          up["handles_pooled"]), (0, 1, 1, 1, 1), up)
+        busy = [w for w in up["workers"] if w["connections"]]
+        self.assertEqual(len(busy), 1, up)
+
+        # A stream in flight on that worker's connection: in use, not idle.
+        self.mock.enqueue({"headers": {"Content-Type": "text/event-stream"},
+                           "chunks": [{"data": FIRST_CHUNK}], "stall_ms": 30000})
+        c.send(build_request("POST", "/v1/chat/completions", json.dumps(dict(CHAT_REQ, stream=True)),
+                             {"Content-Type": "application/json"}, self.sluice.port))
+        c.read_until(b'"role": "assistant"', timeout=5)
+        up = self.health_upstream()
+        self.assertEqual((up["transfers"], up["connections"], up["idle"], up["connects_total"],
+                          up["handles_pooled"]), (1, 1, 0, 1, 0), up)
+
+        # The client leaves mid-stream: the transfer is cut and its upstream
+        # connection closed (an answer half read cannot be reused).
+        c.close()
+        self.assertTrue(harness.wait_for(lambda: self.health_upstream()["transfers"] == 0, timeout=3),
+                        "the cut transfer is still counted: %r" % self.health_upstream())
+        up = self.health_upstream()
+        self.assertEqual((up["connections"], up["idle"], up["connects_total"]), (0, 0, 1), up)
+
+
 class ParserTest(harness.unittest.TestCase):
     """The strict parser above must itself reject what is not exposition text,
     or the tests that rely on it prove nothing."""

@@ -143,7 +143,11 @@ class CostTest(UsageCase):
         s = self.start_sluice(usage_config(self.mock.port, path))
         s.cleanup()
         db = sqlite3.connect(path)
-        db.execute("ALTER TABLE requests DROP COLUMN cost")  # the schema an older sluice made
+        # the schema an older sluice made: no cost column, no usage index (it
+        # covers cost), a plain index on time
+        db.execute("DROP INDEX requests_usage")
+        db.execute("CREATE INDEX requests_time ON requests(time)")
+        db.execute("ALTER TABLE requests DROP COLUMN cost")
         db.commit()
         db.close()
         self.start_sluice(usage_config(self.mock.port, path))
@@ -151,6 +155,11 @@ class CostTest(UsageCase):
         self.assertEqual(self.chat("gpt-4.1").status, 200, self.diag())
         it = self.admin_json("/_sluice/requests")["items"][0]
         self.assertAlmostEqual(it["cost"], 2000 / 1e6, 9)
+        self.assertAlmostEqual(self.admin_json("/_sluice/usage")["rows"][0]["cost"], 2000 / 1e6, 9)
+        db = sqlite3.connect(path)
+        indexes = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'"))
+        db.close()
+        self.assertEqual(indexes, ["requests_id", "requests_usage"])
 
     def test_bad_price_tables_fail_check_naming_the_field(self):
         cases = [
