@@ -46,6 +46,15 @@
 #include "metrics.h"
 #include "tls.h"
 
+/* Write-queue capacity a connection keeps once its queue is written out
+ * (see flush_conn); more is given back. */
+#define SL_CONN_OUTQ_KEEP (4 * 1024)
+
+/* Writes at least this large go straight to the socket when nothing is
+ * queued before them (see conn_writev); smaller ones wait for the loop's
+ * one write per connection, so many small SSE events share a syscall. */
+#define SL_CONN_DIRECT_MIN (4 * 1024)
+
 enum conn_state { CONN_READING, CONN_BUSY, CONN_CLOSING };
 
 typedef struct {
@@ -329,7 +338,14 @@ static int flush_conn(sl_conn_t *c)
     size_t left = c->tls ? (done == len ? 0 : queued) : len - done;
     c->write_queue -= queued - left;
     if (done == len) {
-        sl_buf_reset(&c->outq);
+        /* A kept-alive connection waits between requests with an empty
+         * queue: it keeps a small buffer for the next answer's small
+         * writes, never the capacity a large answer grew (256 idle
+         * connections would otherwise hold tens of KB each). */
+        if (c->outq.cap > SL_CONN_OUTQ_KEEP)
+            sl_buf_free(&c->outq);
+        else
+            sl_buf_reset(&c->outq);
         conn_wrote(c);
         return 0;
     }
@@ -388,8 +404,11 @@ static void queue_flush(sl_conn_t *c)
     c->srv->flush_list = c;
 }
 
-/* Queues up to three pieces (chunk size line, data, CRLF) for this
- * iteration's single write. */
+/* Queues up to four pieces (chunk size line, data in two parts, CRLF) for
+ * this iteration's single write. A large write with nothing queued before
+ * it goes to the socket at once instead (plain connections): no copy into
+ * the queue, and a streamed answer's bytes are not held per connection
+ * until the loop comes round; only what the kernel did not take is queued. */
 static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
 {
     if (c->state == CONN_CLOSING || uv_is_closing((uv_handle_t *)&c->tcp))
@@ -397,13 +416,27 @@ static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
     size_t len = 0;
     for (size_t i = 0; i < nv; i++)
         len += v[i].len;
-    int rc = sl_buf_reserve(&c->outq, len);
+    size_t sent = 0;
+    if (!c->tls && c->write_queue == 0 && len >= SL_CONN_DIRECT_MIN && nv <= 4) {
+        uv_buf_t bufs[4];
+        for (size_t i = 0; i < nv; i++)
+            bufs[i] = uv_buf_init((char *)v[i].base, (unsigned)v[i].len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nv);
+        if (n > 0)
+            sent = (size_t)n; /* an error is left for the queued write to meet */
+    }
+    c->bytes_out += len;
+    if (sent == len)
+        return 0;
+    int rc = sl_buf_reserve(&c->outq, len - sent);
     if (rc)
         return rc;
-    for (size_t i = 0; i < nv; i++)
-        sl_buf_append_str(&c->outq, v[i]);
-    c->write_queue += len;
-    c->bytes_out += len;
+    for (size_t i = 0, skip = sent; i < nv; i++) {
+        size_t k = skip < v[i].len ? skip : v[i].len;
+        skip -= k;
+        sl_buf_append(&c->outq, v[i].base + k, v[i].len - k);
+    }
+    c->write_queue += len - sent;
     if (c->write_queue >= SL_CONN_HIGH_WATER)
         c->above_high = 1;
     queue_flush(c);
