@@ -2,20 +2,14 @@
 -- choice and cool-downs, on the in-process store stand-in.
 
 local json = require("sluice.json")
-local sluice = require("sluice")
+local new_runtime = require("helpers.runtime")
 local sticky = require("sluice.sticky")
 local session_store = require("sluice.session_store")
 
 local function runtime()
     local clock = 1000
-    local rt = { counts = {} }
-    rt.shared = sluice.local_store(function() return clock end)
-    rt.now = function() return clock end
+    local rt = new_runtime(function() return clock end)
     rt.tick = function(s) clock = clock + s end
-    rt.count = function(name, k, v)
-        local n = name .. (k and ("{" .. k .. "=" .. v .. "}") or "")
-        rt.counts[n] = (rt.counts[n] or 0) + 1
-    end
     return rt
 end
 

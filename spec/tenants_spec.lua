@@ -6,7 +6,7 @@
 -- never shows a key. Runs on a fake clock, a fake Redis and the in-VM
 -- stand-in of sluice.shared.
 local tenants = require("sluice.tenants")
-local sluice = require("sluice")
+local new_runtime = require("helpers.runtime")
 local config = require("sluice.config")
 local upstream = require("sluice.upstream")
 local digest = require("sluice.digest")
@@ -62,15 +62,7 @@ end
 
 -- One "process": its own store and counters, a clock the spec moves.
 local function runtime(clock, redis)
-    local rt = { counts = {} }
-    rt.now = function() return clock.t end
-    rt.shared = sluice.local_store(function() return clock.t end)
-    rt.redis = redis or fake_redis()
-    rt.count = function(name, k, v)
-        local n = name .. (k and ("{" .. k .. "=" .. v .. "}") or "")
-        rt.counts[n] = (rt.counts[n] or 0) + 1
-    end
-    return rt
+    return new_runtime(function() return clock.t end, redis or fake_redis())
 end
 
 local MEMORY = { sessions = { store = "memory", prefix = "sluice:" } }

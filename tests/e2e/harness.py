@@ -619,6 +619,18 @@ class Redis:
         except OSError:
             return None
 
+    def get(self, key):
+        """GET key: the string, or None (absent, or Redis unreachable)."""
+        raw = self.command("GET", key)
+        if raw is None or raw.startswith(b"$-1"):
+            return None
+        head, _, rest = raw.partition(b"\r\n")
+        return rest[:int(head[1:])].decode()
+
+    def keys(self, pattern="*"):
+        raw = self.command("KEYS", pattern) or b""
+        return [l.decode() for l in raw.split(b"\r\n")[2::2] if l]
+
     def stop(self):
         if self in _live:
             _live.remove(self)

@@ -435,19 +435,6 @@ class SharedCounterTest(TenantCase):
         self.assertEqual(keys_doc["items"][0]["limits"]["requests_per_minute"]["used"], 4)
 
 
-def redis_keys(redis, pattern="*"):
-    raw = redis.command("KEYS", pattern) or b""
-    return [l.decode() for l in raw.split(b"\r\n")[2::2] if l]
-
-
-def redis_get(redis, key):
-    raw = redis.command("GET", key)
-    if raw is None or raw.startswith(b"$-1"):
-        return None
-    head, _, rest = raw.partition(b"\r\n")
-    return rest[:int(head[1:])].decode()
-
-
 class RedisCounterTest(TenantCase):
     def test_instances_share_counters_through_redis_and_fall_back_without_failing(self):
         redis = self.start_redis()
@@ -484,9 +471,9 @@ class RedisCounterTest(TenantCase):
         # tokens recorded on one instance refuse the next request on the other
         self.mock.enqueue(scene(chat_json(700, 600)))
         self.assertEqual(self.chat(BOB, port=a.port).status, 200, self.diag())
-        name = lambda: [n for n in redis_keys(redis, "sluice:tenant:tok:tokens_per_minute:*")]
-        self.assertTrue(harness.wait_for(lambda: name() and redis_get(redis, name()[0]) == "1300", 5),
-                        redis_keys(redis))
+        name = lambda: [n for n in redis.keys("sluice:tenant:tok:tokens_per_minute:*")]
+        self.assertTrue(harness.wait_for(lambda: name() and redis.get(name()[0]) == "1300", 5),
+                        redis.keys())
         r = self.chat(BOB, port=b.port)
         self.assertEqual(r.status, 429, repr(r))
         self.assertIn("tokens_per_minute", r.json()["error"]["message"])
@@ -495,13 +482,13 @@ class RedisCounterTest(TenantCase):
         # and so does cost (INCRBYFLOAT): $0.01 spent on one, the budget refuses on the other
         self.mock.enqueue(scene(chat_json(1000, 1000)))
         self.assertEqual(self.chat(CAROL, port=b.port).status, 200, self.diag())
-        spent = lambda: [redis_get(redis, n) for n in redis_keys(redis, "sluice:tenant:spend:usd_per_day:*")]
+        spent = lambda: [redis.get(n) for n in redis.keys("sluice:tenant:spend:usd_per_day:*")]
         self.assertTrue(harness.wait_for(lambda: spent() and abs(float(spent()[0]) - 0.01) < 1e-9, 5), spent())
         r = self.chat(CAROL, port=a.port)
         self.assertEqual(r.status, 429, repr(r))
         self.assertIn("usd_per_day", r.json()["error"]["message"])
         self.assertEqual(self.upstream_count(), 6)
-        dump = "".join(n + (redis_get(redis, n) or "") for n in redis_keys(redis))
+        dump = "".join(n + (redis.get(n) or "") for n in redis.keys())
         for secret in SECRETS:
             self.assertNotIn(secret, dump, "a key or its hash in Redis")
 

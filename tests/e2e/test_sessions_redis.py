@@ -20,20 +20,6 @@ from harness import SluiceTestCase
 from test_sessions import KEYS, OK_SCENE, turns, key_of
 
 
-def redis_value(redis, key):
-    """GET key through the harness's raw RESP client: the string, or None."""
-    raw = redis.command("GET", key)
-    if raw is None or raw.startswith(b"$-1"):
-        return None
-    head, _, rest = raw.partition(b"\r\n")
-    return rest[:int(head[1:])].decode()
-
-
-def redis_keys(redis, pattern="*"):
-    raw = redis.command("KEYS", pattern) or b""
-    return [l.decode() for l in raw.split(b"\r\n")[2::2] if l]
-
-
 def restart_redis(redis):
     """Start redis-server again on the port the old one had."""
     redis.proc = subprocess.Popen(
@@ -101,11 +87,11 @@ class RedisSessionsTest(SluiceTestCase):
         self.assertEqual(len(set(keys[0::2])), 1, keys)
         self.assertEqual(len(set(keys[1::2])), 1, keys)
         self.assertNotEqual(keys[0], keys[1])
-        entry = json.loads(redis_value(redis, "sluice:sess:" + self.session_of("a-4")))
+        entry = json.loads(redis.get("sluice:sess:" + self.session_of("a-4")))
         self.assertEqual((entry["v"], entry["supplier"], entry["turns"]), (1, "pool", 5))
         self.assertEqual(entry["key_index"], KEYS.index(keys[0]) + 1)
         # nothing in Redis names a key or the client's conversation
-        dump = "".join(k + (redis_value(redis, k) or "") for k in redis_keys(redis))
+        dump = "".join(k + (redis.get(k) or "") for k in redis.keys())
         for k in KEYS:
             self.assertNotIn(k, dump)
         self.assertNotIn("fix the parser", dump)
@@ -133,10 +119,10 @@ class RedisSessionsTest(SluiceTestCase):
         self.chat(a[1], "r1")
         self.assertEqual([key_of(r) for r in self.mock.requests()[1:]], [first, other])
         cool = "sluice:key:pool:%d:cool" % (KEYS.index(first) + 1)
-        self.assertTrue(harness.wait_for(lambda: redis_value(redis, cool) is not None))
+        self.assertTrue(harness.wait_for(lambda: redis.get(cool) is not None))
         ttl = int(redis.command("TTL", cool)[1:].split(b"\r\n")[0])
         self.assertTrue(0 < ttl <= 60, ttl)
-        entry = json.loads(redis_value(redis, "sluice:sess:" + self.session_of("r1")))
+        entry = json.loads(redis.get("sluice:sess:" + self.session_of("r1")))
         self.assertEqual(entry["key_index"], KEYS.index(other) + 1)
 
     def test_redis_down_falls_back_and_comes_back(self):
@@ -157,7 +143,7 @@ class RedisSessionsTest(SluiceTestCase):
         self.wait_redis(s, "up")
         self.chat(a[3], "o3")
         hash_ = self.session_of("o3")
-        self.assertTrue(harness.wait_for(lambda: redis_value(redis, "sluice:sess:" + hash_) is not None))
+        self.assertTrue(harness.wait_for(lambda: redis.get("sluice:sess:" + hash_) is not None))
         err = s.stderr()
         self.assertEqual(err.count("is down: sessions and tenant counters fall back"), 1, err)
         self.assertEqual(err.count("is up: sessions and tenant counters use it"), 2, err)  # at start, and back
@@ -189,8 +175,8 @@ class RedisSessionsTest(SluiceTestCase):
         name = "sluice:sess:" + self.session_of("s0")
         redis.command("SET", name, json.dumps({"v": 99, "supplier": "gone", "key_index": 7}))
         self.chat(a[1], "s1")
-        self.assertTrue(harness.wait_for(lambda: json.loads(redis_value(redis, name))["v"] == 1))
-        entry = json.loads(redis_value(redis, name))
+        self.assertTrue(harness.wait_for(lambda: json.loads(redis.get(name))["v"] == 1))
+        entry = json.loads(redis.get(name))
         self.assertEqual((entry["supplier"], entry["turns"]), ("pool", 1))
 
     def test_two_instances_continue_one_session_and_share_cooldowns(self):
@@ -207,7 +193,7 @@ class RedisSessionsTest(SluiceTestCase):
             name = "sluice:sess:" + self.session_of("x%d" % i, port=s.port)
             # the other instance reads Redis: wait until this turn's write is there
             self.assertTrue(harness.wait_for(
-                lambda: json.loads(redis_value(redis, name) or "{}").get("turns") == i + 1))
+                lambda: json.loads(redis.get(name) or "{}").get("turns") == i + 1))
         keys = [key_of(r) for r in self.mock.requests()]
         self.assertEqual(len(set(keys)), 1, keys)
         # a 429 seen by one instance cools the key for the other
@@ -273,13 +259,13 @@ class RedisSessionsTest(SluiceTestCase):
             lambda: "redis" not in harness.request(s.port, "GET", "/_sluice/health").json()))
         self.mock.enqueue([dict(OK_SCENE, repeat=2)])
         self.chat(turns("after reload", 1)[0], "m0")
-        self.assertEqual(redis_keys(redis), [])  # nothing goes to Redis any more
+        self.assertEqual(redis.keys(), [])  # nothing goes to Redis any more
         s.write_config(self.config(redis.port))
         s.reload()
         self.wait_redis(s, "up")
         self.chat(turns("back on redis", 1)[0], "m1")
         name = "sluice:sess:" + self.session_of("m1")
-        self.assertTrue(harness.wait_for(lambda: redis_value(redis, name) is not None))
+        self.assertTrue(harness.wait_for(lambda: redis.get(name) is not None))
 
     def test_scripts_reach_redis_through_sluice_redis(self):
         redis = self.start_redis()
@@ -295,7 +281,7 @@ class RedisSessionsTest(SluiceTestCase):
         self.mock.enqueue([dict(OK_SCENE, repeat=2)])
         self.chat(turns("one", 1)[0], "h1")
         self.chat(turns("two", 1)[0], "h2")
-        self.assertTrue(harness.wait_for(lambda: redis_value(redis, "script:seen") == "2:gpt-4.1"))
+        self.assertTrue(harness.wait_for(lambda: redis.get("script:seen") == "2:gpt-4.1"))
 
     def test_bad_redis_url_fails_check_naming_the_field(self):
         for url in ["http://127.0.0.1:6379", "redis://", "redis://host:99999"]:
