@@ -34,7 +34,8 @@
 
 /* The SQL expression behind each group_by name; day and hour have none: they
  * are computed from `time` (fmt is the strftime format they stand for). "key"
- * is the gateway key's place in `keys` ("key#2"), never the key itself. */
+ * is the gateway key's tenant id, or its place in `keys` ("key#2") for a
+ * plain key, never the key itself. */
 static const struct {
     const char *name, *expr, *fmt;
     int hour; /* fmt ends with the hour */

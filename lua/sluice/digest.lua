@@ -21,7 +21,9 @@ ffi.cdef [[
 typedef struct evp_md_st EVP_MD;
 typedef struct evp_md_ctx_st EVP_MD_CTX;
 EVP_MD *EVP_MD_fetch(void *libctx, const char *algorithm, const char *properties);
+void EVP_MD_free(EVP_MD *md);
 EVP_MD_CTX *EVP_MD_CTX_new(void);
+void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
 int EVP_DigestInit_ex2(EVP_MD_CTX *ctx, const EVP_MD *type, const void *params);
 int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
 int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
@@ -38,11 +40,12 @@ local function crypto()
 end
 
 local C = crypto()
--- Both live as long as the VM (a handful of bytes; never freed, like the
--- module itself).
+-- Both live as long as the VM: freed by their finalizers when it closes
+-- (a reload's old VM, a worker's at exit).
 local sha256 = C.EVP_MD_fetch(nil, "SHA256", nil)
 local mdctx = C.EVP_MD_CTX_new()
 assert(sha256 ~= nil and mdctx ~= nil, "sluice.digest: SHA-256 unavailable in libcrypto")
+sha256, mdctx = ffi.gc(sha256, C.EVP_MD_free), ffi.gc(mdctx, C.EVP_MD_CTX_free)
 
 local md = ffi.new("unsigned char[32]")
 local hex = ffi.new("char[64]")
