@@ -70,6 +70,9 @@ typedef struct {
                              * ones: "event\0data" (see keep_event) */
     sl_buf_t last_ev;       /* the latest of them, "event\ndata" cut to 512 bytes of data:
                              * which block a failure tail must close */
+    sl_str_t last_name, last_data; /* the latest event while it is a view into the feed
+                                    * being framed: copied into last_ev once per feed */
+    int last_pending;               /* last_name/last_data hold it */
     sl_buf_t held;          /* passthrough SSE: bytes of an event not yet whole */
     uint64_t events_framed; /* whole upstream SSE events framed so far */
     uint64_t events_sent;   /* ... of which the client was sent (passthrough) */
@@ -82,6 +85,7 @@ struct sl_exchange_s {
     int ctx;
     sl_conn_t *conn;   /* NULL once the client is gone or answered */
     sl_request_t *req; /* valid while conn is set */
+    sl_str_t feed;     /* the upstream bytes being framed (stream_data), else empty */
     char id[130];
     char *method, *path; /* copies: the request views die with the response */
     uint64_t bytes_in;
@@ -371,6 +375,42 @@ static void observe_events(sl_exchange_t *ex)
     sl_lua_events_flush(ex->h, ex->ctx, "observe", NULL, ex->err2, sizeof ex->err2);
 }
 
+/* The latest event, for a failure tail. A stream has a hundred events per
+ * answer and a tail is rare: an event that is a view into the feed being
+ * framed is only remembered as such, and copied once when the feed is done
+ * (keep_last_event); one the framer assembled in its own buffers (which
+ * the next line may overwrite) is copied at once. */
+static int in_feed(const sl_exchange_t *ex, sl_str_t v)
+{
+    return v.len == 0 || (v.base >= ex->feed.base && v.base + v.len <= ex->feed.base + ex->feed.len);
+}
+
+static void copy_last_event(attempt_t *a, sl_str_t name, sl_str_t data)
+{
+    sl_buf_reset(&a->last_ev);
+    sl_buf_append_str(&a->last_ev, name);
+    sl_buf_append_byte(&a->last_ev, '\n');
+    sl_buf_append(&a->last_ev, data.base, data.len < 512 ? data.len : 512);
+}
+
+static void note_last_event(sl_exchange_t *ex, const sl_sse_event_t *ev)
+{
+    attempt_t *a = &ex->at;
+    sl_str_t data = sl_str(ev->data.base, ev->data.len < 512 ? ev->data.len : 512);
+    a->last_pending = in_feed(ex, ev->event) && in_feed(ex, data);
+    if (a->last_pending)
+        a->last_name = ev->event, a->last_data = data;
+    else
+        copy_last_event(a, ev->event, data);
+}
+
+static void keep_last_event(attempt_t *a)
+{
+    if (a->last_pending)
+        copy_last_event(a, a->last_name, a->last_data);
+    a->last_pending = 0;
+}
+
 static int on_sse_event(void *ud, const sl_sse_event_t *ev)
 {
     sl_exchange_t *ex = ud;
@@ -383,10 +423,7 @@ static int on_sse_event(void *ud, const sl_sse_event_t *ev)
     else if (a->observe) {
         if (a->events_framed == 1)
             keep_event(&a->seen_ev[0], ev);
-        sl_buf_reset(&a->last_ev);
-        sl_buf_append_str(&a->last_ev, ev->event);
-        sl_buf_append_byte(&a->last_ev, '\n');
-        sl_buf_append(&a->last_ev, ev->data.base, ev->data.len < 512 ? ev->data.len : 512);
+        note_last_event(ex, ev);
         if (a->observe == OBSERVE_USAGE &&
             sl_sse_marker_match(a->plan.usage_markers, a->plan.nusage_markers, ev))
             keep_event(&a->seen_ev[a->seen_ev[1].len ? 2 : 1], ev);
@@ -500,7 +537,10 @@ static int stream_data(sl_exchange_t *ex, const char *p, size_t n)
     sl_buf_reset(&ex->out);
     if (batch)
         sl_lua_events_begin(ex->h);
+    ex->feed = sl_str(p, n);
     int frc = a->sse_on ? sl_sse_parser_feed(&a->sse, p, n, on_sse_event, ex) : 0;
+    keep_last_event(a); /* the feed's bytes are the caller's: views end here */
+    ex->feed = SL_STR_NULL;
     /* Passthrough: forward what is whole, also before an oversized event. */
     if (a->mode == MODE_PASS && a->sse_on && pass_whole_events(ex, p, n) == SL_ELIMIT)
         frc = SL_ELIMIT;
