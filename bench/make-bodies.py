@@ -189,6 +189,31 @@ def anthropic_request(stream):
     return dump(body)
 
 
+def anthropic_agent_request(target=300 * 1024):
+    """A coding agent deep in its loop: the same conversation, then tool
+    calls and their results (test output, file contents) until the body is
+    about `target` bytes — the 300 KB request of issue 13's bench."""
+    messages = [{"role": r, "content": [{"type": "text", "text": c}]} for r, c in TURNS]
+    i = 0
+    while len(dump({"messages": messages})) < target:
+        i += 1
+        call_id = "toolu_%024d" % i
+        messages.append({"role": "assistant", "content": [
+            {"type": "text", "text": "Running the tests for page %d." % i},
+            {"type": "tool_use", "id": call_id, "name": TOOL["name"],
+             "input": {"path": "tests/test_fetch.py", "keyword": "page_%d" % i}}]})
+        output = "".join("tests/test_fetch.py::test_page_%d_%d PASSED\n%s" % (i, k, CODE)
+                         for k in range(4))
+        messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call_id, "content": output}]})
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": SYSTEM,
+            "messages": messages,
+            "tools": [{"name": TOOL["name"], "description": TOOL["description"],
+                       "input_schema": TOOL["schema"]}],
+            "temperature": 0.2}
+    return dump(body)
+
+
 def write(rel, text):
     with open(os.path.join(HERE, rel), "w") as f:
         f.write(text)
@@ -203,3 +228,4 @@ if __name__ == "__main__":
     write("requests/openai-chat-stream.json", openai_request(True))
     write("requests/anthropic.json", anthropic_request(False))
     write("requests/anthropic-stream.json", anthropic_request(True))
+    write("requests/anthropic-agent-300k.json", anthropic_agent_request())
