@@ -425,12 +425,13 @@ static int conn_writev(sl_conn_t *c, const sl_str_t *v, size_t nv)
         if (n > 0)
             sent = (size_t)n; /* an error is left for the queued write to meet */
     }
-    c->bytes_out += len;
+    c->bytes_out += sent;
     if (sent == len)
         return 0;
     int rc = sl_buf_reserve(&c->outq, len - sent);
     if (rc)
         return rc;
+    c->bytes_out += len - sent;
     for (size_t i = 0, skip = sent; i < nv; i++) {
         size_t k = skip < v[i].len ? skip : v[i].len;
         skip -= k;
