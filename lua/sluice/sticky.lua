@@ -215,9 +215,10 @@ function T.succeeded(cfg, ctx, rt)
     if not s or not ctx.supplier then return end
     rt = rt_of(rt)
     local store = store_of(cfg, ctx, rt)
-    -- whole seconds: enough for a session's times, and an integer encodes
-    -- without the slow shortest-round-trip float formatting
-    local now = floor(rt.now())
+    -- milliseconds: they order the sessions (/_sluice/sessions), and a time
+    -- with 13 digits encodes on the JSON encoder's first, short try (a full
+    -- double took its slow shortest-round-trip path)
+    local now = floor(rt.now() * 1000) / 1000
     -- begin read the entry; without one there (absent, stale, or a rebind)
     -- this is a new binding, counted from its first turn. Not read again:
     -- a binding another request wrote meanwhile is overwritten either way.
