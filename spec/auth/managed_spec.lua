@@ -256,6 +256,28 @@ describe("sluice.auth.managed cache", function()
         assert.equal(2, #w.fetches)
     end)
 
+    it("fetches nothing when another flight's token lands just before it takes the lock", function()
+        local w = world()
+        local sup = supplier()
+        w.run(sup, 1) -- the token another flight (another instance) will store
+        local stored = {}
+        for _, k in ipairs(w.store.keys("", 100)) do stored[k] = { w.store.get(k) } end
+        for k in pairs(stored) do w.store.delete(k) end
+        -- The token and its fresh mark land, and that flight's lock is gone,
+        -- between this request's look and its lock.
+        w.rt.shared = setmetatable({ add = function(k, ...)
+            if k:find(":lock$") then
+                for sk, v in pairs(stored) do
+                    if not sk:find(":lock$") then w.store.set(sk, v[1], v[2]) end
+                end
+            end
+            return w.store.add(k, ...)
+        end }, { __index = w.store })
+        assert.same({ "tok-1" }, w.run(sup, 1)[1])
+        assert.equal(1, #w.fetches)
+        for _, k in ipairs(w.store.keys("", 100)) do assert.is_nil(k:find(":lock$"), k) end
+    end)
+
     it("gives up waiting when the fetching request never finishes", function()
         local w = world()
         local sup = supplier()

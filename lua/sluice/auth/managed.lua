@@ -305,6 +305,14 @@ function M.token(supplier, rt)
             if err then return nil, err end
         end
         if shared.add(lock, "1", lock_ttl) then
+            -- Another flight may have stored its token and let go of the
+            -- lock between the look above and this add (with Redis, another
+            -- instance's): look again before fetching a second one.
+            local landed = shared.get(key)
+            if landed and shared.get(fresh) then
+                shared.delete(lock)
+                return landed
+            end
             -- The lock must not outlive this flight: released if the fetch
             -- raises (a budget overrun) and, through M.abandon, if the
             -- request is cancelled while it waits on the endpoint.
