@@ -373,7 +373,7 @@ describe("sluice.upstream inbound keys with tenants", function()
         "plain-key-1234",
         entry({ id = "alice", key = "alice-secret-1" }, "keys[2]"),
         entry({ id = "carol", key_sha256 = hash:upper() }, "keys[3]"),
-    }, tenant_keys = true, hashed_keys = true }
+    }, hashed_keys = true }
     local function check(key)
         local ctx = { headers = { authorization = "Bearer " .. key } }
         local ok, why = upstream.check_inbound_key(cfg, ctx)

@@ -514,7 +514,6 @@ local function validate(raw)
                 k = tenants.check_entry(k, field, CHECK, M.SERVICES)
                 if ids[k.id] then bad(field .. ".id", "%s is also the id of keys[%d]", k.id, ids[k.id]) end
                 ids[k.id] = i
-                cfg.tenant_keys = true
                 if k.key_sha256 then cfg.hashed_keys = true end
                 if k.charges then cfg.charging_keys = true end
             elseif type(k) ~= "string" or #k < 8 then

@@ -62,7 +62,9 @@ function Redis:get(name)
     return v or nil
 end
 
+-- Seconds as the whole milliseconds Redis's PX / PEXPIRE take.
 local function ms(ttl) return tostring(floor(ttl * 1000 + 0.5)) end
+M.ms = ms
 
 -- Every write also goes to the in-process store: if Redis goes away, this
 -- instance carries on from what it last saw, and /_sluice/sessions can list

@@ -50,6 +50,7 @@ local type, pairs, ipairs, tostring, tonumber, pcall = type, pairs, ipairs, tost
 local floor, ceil, fmt, concat = math.floor, math.ceil, string.format, table.concat
 
 local session_store = require("sluice.session_store")
+local ms = session_store.ms
 
 local T = {}
 
@@ -57,7 +58,13 @@ T.ID_MAX = 64
 T.SHA256_HEX = 64
 
 local function rt_of(rt) return rt or require("sluice") end
-local function glob_match(g, s) return require("sluice.config").glob_match(g, s) end
+-- sluice.config requires this module at load, so its glob matcher is
+-- looked up on first use (once per VM).
+local glob_match_fn
+local function glob_match(g, s)
+    glob_match_fn = glob_match_fn or require("sluice.config").glob_match
+    return glob_match_fn(g, s)
+end
 
 -- ------------------------------------------------------------------ calendar
 
@@ -309,8 +316,6 @@ local function counter(tk, l, now)
     local idx, reset = T.window(l.window, now)
     return "tenant:" .. tk.id .. ":" .. l.name .. ":" .. fmt("%d", idx), reset, reset - now + 5
 end
-
-local function ms(seconds) return fmt("%d", floor(seconds * 1000 + 0.5)) end
 
 local function redis_on(cfg) return cfg.sessions.store == "redis" end
 

@@ -188,8 +188,12 @@ function U.check_inbound_key(cfg, ctx)
         ctx.tenant_key, ctx.key_id = k, k.id
         ctx.tenant = "id:" .. k.id
     else
-        -- The tenant sessions are scoped by (sluice.session): the key, hashed.
-        ctx.tenant = "key:" .. digest.hex(presented, 16)
+        -- The tenant sessions are scoped by (sluice.session): the key,
+        -- hashed — once per key and config (it is keys[ok] itself), not per request.
+        local scopes = cfg.key_scopes or {}
+        cfg.key_scopes = scopes
+        scopes[ok] = scopes[ok] or ("key:" .. digest.hex(presented, 16))
+        ctx.tenant = scopes[ok]
     end
     return true
 end
