@@ -434,8 +434,8 @@ static int add_missing_columns(sqlite3 *db)
 }
 
 /* The index GET /_sluice/usage reads (records_usage.c says which columns
- * and why). It starts with time, so it also serves every time range the
- * listing asks for, and replaces the plain index on time that earlier builds
+ * and why). It starts with (time, seq), so it also serves the listing's
+ * ranges and order, and replaces the plain index on time that earlier builds
  * made: dropping that one keeps the writer at two index updates per row. A
  * history from an earlier build gets it here, once (about 0.3 s per
  * 100,000 records), so say so. (An earlier build opening the file again just

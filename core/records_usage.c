@@ -47,15 +47,17 @@ static const struct {
 };
 #define NUSAGE_GROUPS (sizeof usage_groups / sizeof usage_groups[0])
 
-/* The index the pass reads: time first (the range), then every column the
- * statement below uses, so SQLite never visits the table. It replaces the
- * plain index on time of earlier builds (records.c drops that one), so the
- * writer still maintains two indexes per row. Keep it in step with
- * SCAN_COLUMNS and usage_groups: test_records checks that the plan says
- * COVERING INDEX for every group. */
+/* The index the pass reads: time first (the range), then seq (so the
+ * request listing's ORDER BY time DESC, seq DESC reads it in order, as it
+ * read the plain index on time this one replaces), then every column the
+ * statement below uses, so SQLite never visits the table. records.c drops
+ * the old index on time, so the writer still maintains two indexes per row.
+ * Keep it in step with SCAN_COLUMNS and usage_groups: test_records checks
+ * that the usage plan says COVERING INDEX for every group, and that the
+ * listing sorts nothing. */
 const char *sl__records_usage_index_sql(void)
 {
-    return "CREATE INDEX IF NOT EXISTS requests_usage ON requests(time, gateway_key, model_out, "
+    return "CREATE INDEX IF NOT EXISTS requests_usage ON requests(time, seq, gateway_key, model_out, "
            "model_in, supplier, client, service, status, partial, input_tokens, output_tokens, "
            "cache_read_tokens, cache_write_tokens, cost, ttfb_ms)";
 }
@@ -155,6 +157,19 @@ static int same_parts(const group_t *g, const part_t *p, int n)
     return 1;
 }
 
+/* The array p of n elements of size elem with room for one more (its
+ * capacity doubled when full); NULL when out of memory, p untouched. */
+static void *room_for_one_more(void *p, size_t n, size_t *cap, size_t elem)
+{
+    if (n < *cap)
+        return p;
+    size_t c = *cap ? 2 * *cap : 16;
+    void *np = realloc(p, c * elem);
+    if (np)
+        *cap = c;
+    return np;
+}
+
 static int grow_slots(table_t *t)
 {
     size_t nslot = t->nslot ? 2 * t->nslot : 64;
@@ -183,16 +198,12 @@ static group_t *group_of(table_t *t, const part_t *p)
         if (g->hash == h && same_parts(g, p, t->ngroups))
             return g;
     }
-    if (2 * (t->n + 1) > t->nslot || t->n == t->cap) {
-        if (t->n == t->cap) {
-            size_t cap = t->cap ? 2 * t->cap : 16;
-            group_t *ng = realloc(t->g, cap * sizeof *ng);
-            if (!ng)
-                return NULL;
-            t->g = ng;
-            t->cap = cap;
-        }
-        if (2 * (t->n + 1) > t->nslot && grow_slots(t) != 0)
+    group_t *ng = room_for_one_more(t->g, t->n, &t->cap, sizeof *t->g);
+    if (!ng)
+        return NULL;
+    t->g = ng;
+    if (2 * (t->n + 1) > t->nslot) { /* new slots: probe for the empty one again */
+        if (grow_slots(t) != 0)
             return NULL;
         for (j = h & (t->nslot - 1); t->slot[j]; j = (j + 1) & (t->nslot - 1))
             ;
@@ -385,14 +396,10 @@ int sl__records_usage_sql(const sl_records_usage_t *u, sl_buf_t *sql)
 
 static int add_ttfb(group_t *g, double v)
 {
-    if (g->nttfb == g->cap) {
-        size_t cap = g->cap ? 2 * g->cap : 16;
-        double *nv = realloc(g->ttfb, cap * sizeof *nv);
-        if (!nv)
-            return SL_ENOMEM;
-        g->ttfb = nv;
-        g->cap = cap;
-    }
+    double *nv = room_for_one_more(g->ttfb, g->nttfb, &g->cap, sizeof *g->ttfb);
+    if (!nv)
+        return SL_ENOMEM;
+    g->ttfb = nv;
     g->ttfb[g->nttfb++] = v;
     return 0;
 }

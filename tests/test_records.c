@@ -861,6 +861,34 @@ static void test_usage_reads_only_its_index(void)
     sqlite3_close(db);
 }
 
+/* The request listing (newest first, any time range) reads the usage index
+ * in its order: replacing the plain index on time must not make it sort. */
+static void test_listing_sorts_nothing(void)
+{
+    const char *path = db_path();
+    sl_records_t *rs;
+    CHECK_EQ_INT(sl_records_open(&rs, path, 0, 0), 0);
+    sl_records_close(rs);
+    sqlite3 *db;
+    CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+    const char *where[] = {"", " WHERE time >= 100", " WHERE time >= 100 AND time < 200"};
+    for (size_t i = 0; i < sizeof where / sizeof where[0]; i++) {
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "EXPLAIN QUERY PLAN SELECT * FROM requests%s ORDER BY time DESC, seq DESC LIMIT 50",
+                 where[i]);
+        sqlite3_stmt *st;
+        CHECK_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *step = (const char *)sqlite3_column_text(st, 3);
+            CHECK_STR_HAS(step, "requests_usage");
+            CHECK(strstr(step, "TEMP B-TREE") == NULL);
+        }
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+}
+
 /* A history made by a build before the usage index (it had a plain index on
  * time) opens: the usage index is built, the old one dropped, and the
  * totals count the old rows. */
@@ -1062,6 +1090,7 @@ int main(void)
     RUN(test_usage_day_hour_as_sqlite);
     RUN(test_usage_percentiles_as_sorting);
     RUN(test_usage_reads_only_its_index);
+    RUN(test_listing_sorts_nothing);
     RUN(test_usage_index_added_to_an_old_history);
     RUN(test_feed);
     sqlite3_close(jdb);
