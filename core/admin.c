@@ -271,7 +271,7 @@ static void handle_usage(sl_worker_t *w, sl_request_t *req)
         if (!query_param(req->query, bounds[i], num, sizeof num) || !*num)
             continue;
         double v = strtod(num, &end);
-        if (*end || v < 0) {
+        if (*end || !(v >= 0 && v < 1e12)) { /* NaN and infinity fail too: not JSON to echo */
             char msg[96];
             snprintf(msg, sizeof msg, "%s: expected unix seconds, e.g. 1767225600", bounds[i]);
             reply_error(req, 400, msg);
@@ -367,26 +367,32 @@ static void handle_reload(sl_worker_t *w, sl_request_t *req)
     }
 }
 
-/* One worker's upstream figures (upstream.h): atomics the worker itself
- * writes as they change, so reading another worker's never touches its curl
- * state. In the order upstream_json prints them. */
-#define UPSTREAM_FIGURES 6
+/* One worker's upstream figures (upstream.h, SL_UPSTREAM_FIGURES): atomics
+ * the worker itself writes as they change, so reading another worker's
+ * never touches its curl state. Loaded and printed in the list's order. */
+#define FIGURE_COUNT(name) +1
+enum { UPSTREAM_FIGURES = 0 SL_UPSTREAM_FIGURES(FIGURE_COUNT) };
+#undef FIGURE_COUNT
+
 static void upstream_load(const sl_upstream_stats_t *s, size_t v[UPSTREAM_FIGURES])
 {
-    v[0] = atomic_load_explicit(&s->transfers, memory_order_relaxed);
-    v[1] = atomic_load_explicit(&s->paused, memory_order_relaxed);
-    v[2] = atomic_load_explicit(&s->connections, memory_order_relaxed);
-    v[3] = atomic_load_explicit(&s->idle, memory_order_relaxed);
-    v[4] = atomic_load_explicit(&s->handles_pooled, memory_order_relaxed);
-    v[5] = (size_t)atomic_load_explicit(&s->connects_total, memory_order_relaxed);
+    size_t i = 0;
+#define FIGURE_LOAD(name) v[i++] = atomic_load_explicit(&s->name, memory_order_relaxed);
+    SL_UPSTREAM_FIGURES(FIGURE_LOAD)
+#undef FIGURE_LOAD
 }
 
 static int upstream_json(sl_buf_t *b, const size_t v[UPSTREAM_FIGURES])
 {
-    return sl_buf_printf(b,
-                         "\"transfers\":%zu,\"paused\":%zu,\"connections\":%zu,\"idle\":%zu,"
-                         "\"handles_pooled\":%zu,\"connects_total\":%zu",
-                         v[0], v[1], v[2], v[3], v[4], v[5]);
+    static const char *const names[] = {
+#define FIGURE_NAME(name) #name,
+        SL_UPSTREAM_FIGURES(FIGURE_NAME)
+#undef FIGURE_NAME
+    };
+    int rc = 0;
+    for (size_t i = 0; i < UPSTREAM_FIGURES; i++)
+        rc |= sl_buf_printf(b, "%s\"%s\":%zu", i ? "," : "", names[i], v[i]);
+    return rc;
 }
 
 /* GET /_sluice/health: up, how many workers, the session store this worker

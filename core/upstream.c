@@ -71,7 +71,6 @@ struct sl_upstream_s {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    size_t active;
     char *h2[H2_ORIGINS]; /* "host:port" of TLS origins known to speak h2, oldest first */
     size_t nh2;
     CURL *pool[EASY_POOL]; /* reset easy handles, ready for the next transfer */
@@ -148,7 +147,6 @@ static void transfer_free(sl_transfer_t *t)
     curl_slist_free_all(t->headers);
     sl_buf_free(&t->head);
     free(t->origin);
-    t->up->active--;
     STAT_ADD(t->up, transfers, -1);
     if (t->paused)
         STAT_ADD(t->up, paused, -1);
@@ -332,6 +330,18 @@ static void set_idle(sockctx_t *s, int idle)
     STAT_ADD(s->up, idle, idle ? 1 : -1);
 }
 
+/* A socket's watcher goes (uv_close takes the fd out of epoll at once, so
+ * closing the fd right after is safe), and its connection leaves the figures. */
+static void sock_close(sl_upstream_t *up, sockctx_t *s)
+{
+    set_idle(s, 0);
+    if (s->conn)
+        STAT_ADD(up, connections, -1);
+    up->socks[s->fd] = NULL;
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+}
+
 /* curl opens a connection's socket: its watcher is made now, so the
  * connection is counted from its first moment. An entry already in the
  * table for this fd is a socket curl closed without our callback (the
@@ -348,27 +358,21 @@ static curl_socket_t opensocket_cb(void *userp, curlsocktype purpose, struct cur
         close(fd);
         return CURL_SOCKET_BAD;
     }
+    set_idle(s, 0);
+    if (!s->conn)
+        STAT_ADD(up, connections, 1);
     s->conn = 1;
-    s->idle = 0;
-    STAT_ADD(up, connections, 1);
     STAT_ADD(up, connects_total, 1);
     return fd;
 }
 
-/* curl closes a socket: its watcher goes first (uv_close takes the fd out of
- * epoll at once, so closing the fd right after is safe). */
+/* curl closes a socket: its watcher goes first (sock_close). */
 static int closesocket_cb(void *userp, curl_socket_t fd)
 {
     sl_upstream_t *up = userp;
     sockctx_t *s = sock_find(up, fd);
-    if (s) {
-        set_idle(s, 0);
-        if (s->conn)
-            STAT_ADD(up, connections, -1);
-        up->socks[fd] = NULL;
-        uv_poll_stop(&s->poll);
-        uv_close((uv_handle_t *)&s->poll, on_poll_closed);
-    }
+    if (s)
+        sock_close(up, s);
     return close(fd);
 }
 
@@ -589,10 +593,8 @@ void sl_upstream_free(sl_upstream_t *up)
         curl_easy_cleanup(up->pool[i]);
     atomic_store_explicit(&up->stats->handles_pooled, 0, memory_order_relaxed);
     for (size_t i = 0; i < up->nsocks; i++) /* a socket curl did not close through us */
-        if (up->socks[i]) {
-            uv_poll_stop(&up->socks[i]->poll);
-            uv_close((uv_handle_t *)&up->socks[i]->poll, on_poll_closed);
-        }
+        if (up->socks[i])
+            sock_close(up, up->socks[i]);
     free(up->socks);
     for (size_t i = 0; i < up->nh2; i++)
         free(up->h2[i]);
@@ -602,18 +604,11 @@ void sl_upstream_free(sl_upstream_t *up)
 
 size_t sl_upstream_active(const sl_upstream_t *up)
 {
-    return up->active;
+    return atomic_load_explicit(&up->stats->transfers, memory_order_relaxed);
 }
 
 void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats)
 {
-    /* carry over what is already counted (handles, a connection or two) */
-    atomic_store(&stats->transfers, atomic_load(&up->stats->transfers));
-    atomic_store(&stats->paused, atomic_load(&up->stats->paused));
-    atomic_store(&stats->connections, atomic_load(&up->stats->connections));
-    atomic_store(&stats->idle, atomic_load(&up->stats->idle));
-    atomic_store(&stats->handles_pooled, atomic_load(&up->stats->handles_pooled));
-    atomic_store(&stats->connects_total, atomic_load(&up->stats->connects_total));
     up->stats = stats;
 }
 
@@ -703,7 +698,6 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
         free(t);
         return SL_EUPSTREAM;
     }
-    up->active++;
     STAT_ADD(up, transfers, 1);
     *out = t;
     return 0;

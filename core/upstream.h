@@ -60,20 +60,25 @@ typedef struct {
  * from any thread (relaxed atomics: each figure is exact when written, the
  * set is not a snapshot taken at one instant).
  */
+#define SL_UPSTREAM_FIGURES(X)                                                                     \
+    X(transfers)      /* in flight (sent, or waiting for an answer or its end) */                  \
+    X(paused)         /* of those, paused: the client reads slower than they come */               \
+    X(connections)    /* connections open to upstreams: in use, idle or connecting */              \
+    X(idle)           /* of those, not in use: kept in curl's cache for the next request to        \
+                       * their origin (a paused transfer's connection counts here too) */          \
+    X(handles_pooled) /* finished easy handles kept for reuse (at most 64) */                      \
+    X(connects_total) /* connection attempts since the worker started (a refused one too) */
+
 typedef struct {
-    atomic_size_t transfers;   /* in flight (sent, or waiting for an answer or its end) */
-    atomic_size_t paused;      /* of those, paused: the client reads slower than they come */
-    atomic_size_t connections; /* connections open to upstreams: in use, idle or connecting */
-    atomic_size_t idle; /* of those, not in use: kept in curl's cache for the next request to
-                         * their origin (a paused transfer's connection counts here too) */
-    atomic_size_t handles_pooled;     /* finished easy handles kept for reuse (at most 64) */
-    _Atomic uint64_t connects_total;  /* connections opened since the worker started */
+#define SL_UPSTREAM_FIGURE_FIELD(name) atomic_size_t name;
+    SL_UPSTREAM_FIGURES(SL_UPSTREAM_FIGURE_FIELD)
+#undef SL_UPSTREAM_FIGURE_FIELD
 } sl_upstream_stats_t;
 
 int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop);
-/* Where up publishes its figures from now on (the default is a private
- * copy): an object that outlives up, e.g. in the worker. Call it before the
- * first transfer; the loop's thread only. */
+/* Where up publishes its figures (the default is a private copy): a zeroed
+ * object that outlives up, e.g. in the worker. Call it before the first
+ * transfer; the loop's thread only. */
 void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats);
 /* Aborts remaining transfers (no callbacks) and closes the handles. */
 void sl_upstream_free(sl_upstream_t *up);

@@ -577,7 +577,7 @@ views.health = function () {
     // Each worker's own curl pool (/_sluice/health "upstream"), and the sums.
     var up = h.upstream || { workers: [] };
     var poolCols = [["connections", "Connections open"], ["idle", "Idle"], ["transfers", "Transfers in flight"],
-                    ["paused", "Paused"], ["handles_pooled", "Pooled curl handles"], ["connects_total", "Connections opened"]];
+                    ["paused", "Paused"], ["handles_pooled", "Pooled curl handles"], ["connects_total", "Connect attempts"]];
     var poolRow = function (label, f, id) {
       return el("tr", id ? { id: id } : null, el("th", { scope: "row", text: label }),
         poolCols.map(function (c) { return el("td", { class: "num", text: fmtNum(f[c[0]]) }); }));

@@ -384,19 +384,22 @@ class UpstreamPoolTest(MetricsCase):
     (open, idle in curl's cache), transfers in flight and paused, pooled curl
     handles, connections opened since start — and their sums."""
 
+    FIELDS = ("transfers", "paused", "connections", "idle", "handles_pooled", "connects_total")
+
     def health_upstream(self):
         r = harness.request(self.sluice.port, "GET", "/_sluice/health")
         self.assertEqual(r.status, 200, r)
-        return r.json()["upstream"]
+        up = r.json()["upstream"]
+        for f in self.FIELDS:  # each figure is the sum of the workers' own
+            self.assertEqual(sum(w[f] for w in up["workers"]), up[f], up)
+        return up
 
     def test_figures_follow_connections_and_transfers(self):
         self.start(workers=2)
         up = self.health_upstream()
         self.assertEqual([w["worker"] for w in up["workers"]], [1, 2])
-        fields = ("transfers", "paused", "connections", "idle", "handles_pooled", "connects_total")
-        for f in fields:
+        for f in self.FIELDS:
             self.assertEqual(up[f], 0, up)  # nothing sent upstream yet
-            self.assertEqual(sum(w[f] for w in up["workers"]), up[f], up)
 
         # Sequential answers on one client connection (one worker): one
         # upstream connection, reused, left idle in the pool with its handle.

@@ -239,9 +239,10 @@ class UsageTest(UsageCase):
         msg = r.json()["error"]["message"]
         self.assertIn("colour", msg)
         self.assertIn("supplier", msg)
-        r = harness.request(self.sluice.port, "GET", "/_sluice/usage?since=yesterday")
-        self.assertEqual(r.status, 400)
-        self.assertIn("since: expected unix seconds", r.json()["error"]["message"])
+        for bad in ("since=yesterday", "since=nan", "until=inf", "since=-5"):
+            r = harness.request(self.sluice.port, "GET", "/_sluice/usage?" + bad)
+            self.assertEqual(r.status, 400, bad)
+            self.assertIn(bad.split("=")[0] + ": expected unix seconds", r.json()["error"]["message"])
         r = harness.request(self.sluice.port, "GET", "/_sluice/usage?group_by=key,model,client,day,hour")
         self.assertEqual(r.status, 400)
         self.assertIn("at most 4", r.json()["error"]["message"])
