@@ -30,19 +30,20 @@ an optimisation kept the results).
 """
 
 import argparse
-import http.client
 import json
 import os
 import random
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+# Starting, reaching and stopping sluice: the e2e tests' own helpers.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+import harness  # noqa: E402
 
 GROUPS = ["none", "key", "model", "supplier", "client", "service", "day", "hour", "model,client"]
 
@@ -114,12 +115,6 @@ def record(rnd, i, now):
     }
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 CONFIG = """return {
   listen = { "127.0.0.1:%(port)d" },
   workers = 1,
@@ -135,41 +130,29 @@ class Sluice:
     """A sluice process on the history file, stopped with SIGTERM."""
 
     def __init__(self, binary, work, db, records):
-        self.port = free_port()
+        self.port = harness.free_port()
         cfg = os.path.join(work, "sluice-%d.lua" % self.port)
         with open(cfg, "w") as f:
             f.write(CONFIG % {"port": self.port, "db": db, "max": records * 10})
         self.log = open(os.path.join(work, "sluice-%d.log" % self.port), "w")
         self.proc = subprocess.Popen([binary, "-c", cfg], cwd=work, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if self.get("/_sluice/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                sys.exit("bench/usage: sluice did not start; see %s" % self.log.name)
-            time.sleep(0.1)
+        if not harness.wait_for(lambda: self.proc.poll() is not None or self.up(), timeout=15) \
+                or self.proc.poll() is not None:
+            self.stop()
+            sys.exit("bench/usage: sluice did not start; see %s" % self.log.name)
+
+    def up(self):
+        try:
+            return self.get("/_sluice/health")[0] == 200
+        except OSError:
+            return False
 
     def get(self, path):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            c.request("GET", path)
-            r = c.getresponse()
-            return r.status, r.read()
-        finally:
-            c.close()
+        r = harness.request(self.port, "GET", path)
+        return r.status, r.body
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        harness.end_process(self.proc, 15)
         self.log.close()
 
 
