@@ -311,7 +311,7 @@ class HealthTest(ConsoleCase):
         self.sign_in("#/health")
         self.wait(EC.visibility_of_element_located((By.ID, "upstream-pools")))
         self.assertEqual(self.driver.find_element(By.ID, "health-upstream-connections").text, "0 (0)")
-        self.assertEqual(self.pool_row()["Connections opened"], "0")  # nothing sent upstream yet
+        self.assertEqual(self.pool_row()["Connect attempts"], "0")  # nothing sent upstream yet
         # two answers through the gateway: one upstream connection, reused, now idle
         self.mock.enqueue(scene(repeat=2))
         for rid in ("pool-1", "pool-2"):
@@ -323,7 +323,7 @@ class HealthTest(ConsoleCase):
         row = self.pool_row()
         self.assertEqual(row, {"Worker": "worker 1", "Connections open": "1", "Idle": "1",
                                "Transfers in flight": "0", "Paused": "0",
-                               "Pooled curl handles": "1", "Connections opened": "1"})
+                               "Pooled curl handles": "1", "Connect attempts": "1"})
         self.assertEqual(self.unlabelled_controls(), [])
 
     def test_a_broken_config_is_refused_on_reload_and_the_old_one_keeps_serving(self):
