@@ -317,7 +317,8 @@ static void test_head_and_body_delivered(void)
     CHECK_STR_HAS(m->last_req, "\r\nX-Req: 1\r\n");
     CHECK_STR_HAS(m->last_req, "\r\nX-Empty:");
     CHECK_STR_HAS(m->last_req, "\r\nContent-Length: 4\r\n");
-    CHECK(strstr(m->last_req, "999") == NULL);
+    /* (not a bare "999": the mock's port in Host may hold it) */
+    CHECK(strcasestr(m->last_req, "Content-Length: 999") == NULL);
     CHECK(strstr(m->last_req, "evil.example") == NULL);
     CHECK(strcasestr(m->last_req, "\r\nExpect:") == NULL);
     CHECK_STR_HAS(m->last_req, "\r\n\r\nping");
