@@ -35,6 +35,9 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "error.h"
 
@@ -101,6 +104,23 @@ static inline uint64_t swar_special(uint64_t w)
     uint64_t q = w ^ (ONES * '"'), b = w ^ (ONES * '\\');
     return (((q - ONES) & ~q) | ((b - ONES) & ~b) | (w - ONES * 0x20) | w) & HIGHS;
 }
+
+#ifdef __SSE2__
+/* The same for 16 bytes at once (SSE2 is part of x86-64): a bit per byte
+ * that is '"', '\\', < 0x20 or >= 0x80 (a signed compare below 0x20 takes
+ * both). The bytes are also stored at o when o is not NULL. Agents' bodies
+ * are mostly long strings, and this is where decoding them spends its time. */
+static inline unsigned special16(const unsigned char *p, char *o)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    if (o)
+        _mm_storeu_si128((__m128i *)o, v);
+    __m128i q = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i b = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i c = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(q, b), c));
+}
+#endif
 
 /* Length (2..4) of the valid UTF-8 sequence at p (whose first byte is
  * >= 0x80), or 0 when it is invalid: overlong, surrogate, > U+10FFFF, cut. */
@@ -309,6 +329,7 @@ typedef struct {
     jstate_t *st;
     int array_mt, number_mt; /* stack indices (may be upvalue pseudo-indices) */
     int depth;
+    int skip; /* check the value's syntax only: push nothing (json.members) */
     char *err;
     size_t errlen;
 } dec_t;
@@ -448,18 +469,29 @@ static inline size_t first_special(uint64_t m)
 
 /* The rest of a string that contains an escape: s0 is its first byte, p the
  * first backslash. Unescaping never lengthens text, so one reservation of
- * the remaining input covers every write (including 8-byte word copies). */
+ * the remaining input covers every write (including 16-byte block copies). */
 static int dec_string_escaped(dec_t *d, const unsigned char *s0, const unsigned char *p)
 {
     const unsigned char *end = d->end;
     sl_buf_t *b = &d->st->scratch;
     b->len = 0;
-    if (sl_buf_reserve(b, (size_t)(end - s0) + 8))
+    if (sl_buf_reserve(b, (size_t)(end - s0) + 16))
         return dec_fail(d, p, "out of memory");
     char *o = b->base;
     memcpy(o, s0, (size_t)(p - s0));
     o += p - s0;
     for (;;) {
+#ifdef __SSE2__
+        if (end - p >= 16) {
+            unsigned m = special16(p, o);
+            if (!m) {
+                p += 16, o += 16;
+                continue;
+            }
+            size_t k = (size_t)__builtin_ctz(m);
+            p += k, o += k;
+        } else
+#endif
         if (end - p >= 8) {
             uint64_t w, m;
             memcpy(&w, p, 8);
@@ -491,17 +523,28 @@ static int dec_string_escaped(dec_t *d, const unsigned char *s0, const unsigned 
             *o++ = (char)*p++;
         }
     }
-    lua_pushlstring(d->L, b->base, (size_t)(o - b->base));
+    if (!d->skip)
+        lua_pushlstring(d->L, b->base, (size_t)(o - b->base));
     d->p = p + 1;
     return 0;
 }
 
 /* d->p is at the opening quote; pushes the string, straight from the input
- * unless it holds an escape. */
+ * unless it holds an escape. Skipped, escapes are only checked. */
 static int dec_string(dec_t *d)
 {
     const unsigned char *s0 = d->p + 1, *p = s0, *end = d->end;
     for (;;) {
+#ifdef __SSE2__
+        if (end - p >= 16) {
+            unsigned m = special16(p, NULL);
+            if (!m) {
+                p += 16;
+                continue;
+            }
+            p += __builtin_ctz(m);
+        } else
+#endif
         if (end - p >= 8) {
             uint64_t w, m;
             memcpy(&w, p, 8);
@@ -516,8 +559,14 @@ static int dec_string(dec_t *d)
         unsigned c = *p;
         if (c == '"')
             break;
-        if (c == '\\')
-            return dec_string_escaped(d, s0, p);
+        if (c == '\\') {
+            if (!d->skip)
+                return dec_string_escaped(d, s0, p);
+            char unescaped[4], *o = unescaped; /* an escape stands for at most 4 bytes */
+            if (!(p = dec_escape(d, p, &o)))
+                return -1;
+            continue;
+        }
         if (c >= 0x80) {
             size_t n = utf8_len(p, end);
             if (!n)
@@ -529,7 +578,8 @@ static int dec_string(dec_t *d)
             p++;
         }
     }
-    lua_pushlstring(d->L, (const char *)s0, (size_t)(p - s0));
+    if (!d->skip)
+        lua_pushlstring(d->L, (const char *)s0, (size_t)(p - s0));
     d->p = p + 1;
     return 0;
 }
@@ -599,6 +649,8 @@ static int dec_number(dec_t *d)
         exp10 += eneg ? -e : e;
     }
     d->p = p;
+    if (d->skip)
+        return 0;
     size_t len = (size_t)(p - start);
     if (isint) {
         if (!dropped && m <= (1ULL << 53))
@@ -674,10 +726,11 @@ static int dec_enter(dec_t *d)
 static int dec_array(dec_t *d)
 {
     lua_State *L = d->L;
-    int base = lua_gettop(L), n = 0, tabled = base > STACK_SOFT_LIMIT;
+    /* skipped: no table, as if it were already made and filled */
+    int base = lua_gettop(L), n = 0, tabled = d->skip || base > STACK_SOFT_LIMIT;
     if (dec_enter(d))
         return -1;
-    if (tabled)
+    if (tabled && !d->skip)
         lua_createtable(L, 0, 0);
     if (d->p < d->end && *d->p == ']') {
         d->p++;
@@ -686,7 +739,7 @@ static int dec_array(dec_t *d)
             if (dec_value(d))
                 return -1;
             n++;
-            if (tabled)
+            if (tabled && !d->skip)
                 lua_rawseti(L, base + 1, n);
             d->p = skip_ws(d->p, d->end);
             if (d->p < d->end && *d->p == ',') {
@@ -706,8 +759,10 @@ static int dec_array(dec_t *d)
     }
     if (!tabled)
         flush_array(L, base, n, n);
-    lua_pushvalue(L, d->array_mt);
-    lua_setmetatable(L, -2);
+    if (!d->skip) {
+        lua_pushvalue(L, d->array_mt);
+        lua_setmetatable(L, -2);
+    }
     d->depth--;
     return 0;
 }
@@ -715,10 +770,10 @@ static int dec_array(dec_t *d)
 static int dec_object(dec_t *d)
 {
     lua_State *L = d->L;
-    int base = lua_gettop(L), n = 0, tabled = base > STACK_SOFT_LIMIT;
+    int base = lua_gettop(L), n = 0, tabled = d->skip || base > STACK_SOFT_LIMIT;
     if (dec_enter(d))
         return -1;
-    if (tabled)
+    if (tabled && !d->skip)
         lua_createtable(L, 0, 0);
     if (d->p < d->end && *d->p == '}') {
         d->p++;
@@ -735,7 +790,7 @@ static int dec_object(dec_t *d)
             if (dec_value(d))
                 return -1;
             n++;
-            if (tabled)
+            if (tabled && !d->skip)
                 lua_rawset(L, base + 1);
             d->p = skip_ws(d->p, d->end);
             if (d->p < d->end && *d->p == ',') {
@@ -774,17 +829,20 @@ static int dec_value(dec_t *d)
     case 't':
         if (dec_literal(d, "true", 4))
             return -1;
-        lua_pushboolean(d->L, 1);
+        if (!d->skip)
+            lua_pushboolean(d->L, 1);
         return 0;
     case 'f':
         if (dec_literal(d, "false", 5))
             return -1;
-        lua_pushboolean(d->L, 0);
+        if (!d->skip)
+            lua_pushboolean(d->L, 0);
         return 0;
     case 'n':
         if (dec_literal(d, "null", 4))
             return -1;
-        lua_pushlightuserdata(d->L, NULL);
+        if (!d->skip)
+            lua_pushlightuserdata(d->L, NULL);
         return 0;
     case '-':
     case '0': case '1': case '2': case '3': case '4':
@@ -1270,10 +1328,25 @@ int sl_json_encode_value(lua_State *L, int idx, sl_buf_t *out, char *err, size_t
 #define UV_NUMBER_MT lua_upvalueindex(2)
 #define UV_STATE lua_upvalueindex(3)
 
+/* The byte range s[i..j] named by the optional arguments at idx and idx + 1,
+ * 1-based and inclusive as string.sub takes them (default: all of s), as a
+ * [first, last) offset pair; -1 when it does not lie inside s. */
+static int range_arg(lua_State *L, int idx, size_t len, size_t *first, size_t *last)
+{
+    lua_Integer i = luaL_optinteger(L, idx, 1), j = luaL_optinteger(L, idx + 1, (lua_Integer)len);
+    if (i < 1 || j > (lua_Integer)len || i > j + 1)
+        return -1;
+    *first = (size_t)(i - 1);
+    *last = (size_t)j;
+    return 0;
+}
+
+/* json.decode(s [, i [, j]]): the document s, or the one at s[i..j]
+ * (a span from json.members; error offsets count from i). */
 static int l_decode(lua_State *L)
 {
     char err[160];
-    size_t len;
+    size_t len, first, last;
     if (lua_type(L, 1) != LUA_TSTRING) {
         lua_pushnil(L);
         lua_pushfstring(L, "json: cannot decode a %s (expected a string)",
@@ -1281,14 +1354,150 @@ static int l_decode(lua_State *L)
         return 2;
     }
     const char *s = lua_tolstring(L, 1, &len);
+    if (range_arg(L, 2, len, &first, &last)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "json: byte range outside the string");
+        return 2;
+    }
     lua_settop(L, 1);
-    if (decode_run(L, lua_touserdata(L, UV_STATE), UV_ARRAY_MT, UV_NUMBER_MT, s, len, err,
-                   sizeof err)) {
+    if (decode_run(L, lua_touserdata(L, UV_STATE), UV_ARRAY_MT, UV_NUMBER_MT, s + first,
+                   last - first, err, sizeof err)) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
     return 1;
+}
+
+/* Pushes { first, last }: the byte range of s[v0..v1) as string.sub takes it. */
+static void push_span(lua_State *L, const unsigned char *s, const unsigned char *v0,
+                      const unsigned char *v1)
+{
+    lua_createtable(L, 2, 0);
+    lua_pushinteger(L, (lua_Integer)(v0 - s) + 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, (lua_Integer)(v1 - s));
+    lua_rawseti(L, -2, 2);
+}
+
+/* The members of the object or array at d->p, as spans (see l_members);
+ * pushes their table and sets *kind, or pushes nothing for a document that
+ * is neither. max > 0 stops after that many members, leaving the rest
+ * unread. */
+static int members_run(dec_t *d, lua_Integer max, const char **kind)
+{
+    lua_State *L = d->L;
+    d->p = skip_ws(d->p, d->end);
+    if (d->p >= d->end || (*d->p != '{' && *d->p != '[')) {
+        d->skip = 1;
+        if (dec_value(d))
+            return -1;
+    } else {
+        int object = *d->p == '{';
+        *kind = object ? "object" : "array";
+        unsigned char close = object ? '}' : ']';
+        lua_Integer n = 0;
+        if (dec_enter(d))
+            return -1;
+        lua_createtable(L, object ? 0 : 8, object ? 8 : 0);
+        int t = lua_gettop(L);
+        if (d->p < d->end && *d->p == close) {
+            d->p++;
+        } else {
+            for (;;) {
+                if (object) {
+                    if (d->p >= d->end || *d->p != '"')
+                        return dec_unexpected(d, d->p);
+                    d->skip = 0;
+                    if (dec_string(d)) /* the key, decoded */
+                        return -1;
+                    d->p = skip_ws(d->p, d->end);
+                    if (d->p >= d->end || *d->p != ':')
+                        return dec_unexpected(d, d->p);
+                    d->p = skip_ws(d->p + 1, d->end);
+                }
+                const unsigned char *v0 = d->p;
+                d->skip = 1;
+                if (dec_value(d))
+                    return -1;
+                push_span(L, d->start, v0, d->p);
+                n++;
+                if (object)
+                    lua_rawset(L, t); /* a duplicate key's last value wins, as in decode */
+                else
+                    lua_rawseti(L, t, (int)n);
+                if (max > 0 && n >= max)
+                    return 0;
+                d->p = skip_ws(d->p, d->end);
+                if (d->p < d->end && *d->p == ',') {
+                    d->p = skip_ws(d->p + 1, d->end);
+                    continue;
+                }
+                if (d->p < d->end && *d->p == close) {
+                    d->p++;
+                    break;
+                }
+                return dec_unexpected(d, d->p);
+            }
+        }
+        d->depth--;
+    }
+    d->p = skip_ws(d->p, d->end);
+    if (d->p < d->end)
+        return dec_fail(d, d->p, "unexpected data after the document");
+    return 0;
+}
+
+/* json.members(s [, i [, j [, max]]]) -> spans, kind | nil, err
+ * The members of the object or array at s[i..j] without decoding them: an
+ * object gives { [key] = { first, last } }, an array { { first, last }, ... },
+ * the byte range of each member's value in s as string.sub takes it, to be
+ * decoded with json.decode(s, first, last) when needed; kind is "object" or
+ * "array". Keys are decoded. The whole document is checked as decode checks
+ * it (same errors), unless max stops the read after that many members. A
+ * valid document that is neither an object nor an array gives nil and no
+ * error. */
+static int l_members(lua_State *L)
+{
+    char err[160];
+    size_t len, first, last;
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "json: cannot read a %s (expected a string)", luaL_typename(L, 1));
+        return 2;
+    }
+    const char *s = lua_tolstring(L, 1, &len);
+    lua_Integer max = luaL_optinteger(L, 4, 0);
+    if (range_arg(L, 2, len, &first, &last)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "json: byte range outside the string");
+        return 2;
+    }
+    lua_settop(L, 1);
+    jstate_t tmp, *shared = lua_touserdata(L, UV_STATE), *st = state_acquire(shared, &tmp);
+    dec_t d = {.L = L,
+               .start = (const unsigned char *)s,
+               .p = (const unsigned char *)s + first,
+               .end = (const unsigned char *)s + last,
+               .st = st,
+               .array_mt = UV_ARRAY_MT,
+               .number_mt = UV_NUMBER_MT,
+               .err = err,
+               .errlen = sizeof err};
+    const char *kind = NULL;
+    int rc = members_run(&d, max, &kind);
+    trim_buf(&st->scratch);
+    state_release(shared, st);
+    if (rc) {
+        lua_settop(L, 1);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    if (!kind)
+        return 0;
+    lua_pushstring(L, kind);
+    return 2;
 }
 
 static int l_encode(lua_State *L)
@@ -1360,7 +1569,7 @@ static int l_number(lua_State *L)
 
 int luaopen_sluice_json(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"decode", l_decode}, {"encode", l_encode},
+    static const luaL_Reg fns[] = {{"decode", l_decode}, {"encode", l_encode}, {"members", l_members},
                                    {"array", l_array},   {"is_array", l_is_array},
                                    {"number", l_number}, {NULL, NULL}};
     lua_createtable(L, 0, 10);

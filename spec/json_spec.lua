@@ -54,11 +54,14 @@ local function assert_same(a, b)
   assert(ok, where)
 end
 
+-- json.members checks a document as decode does: the same error for each.
 local function assert_decode_error(doc, fragment)
   local v, err = json.decode(doc)
   assert(v == nil, ("decoded %q"):format(doc))
   assert(type(err) == "string" and err:find(fragment, 1, true),
     ("%q: error %q lacks %q"):format(doc, tostring(err), fragment))
+  local spans, merr = json.members(doc)
+  assert(spans == nil and merr == err, ("%q: members said %q, decode %q"):format(doc, tostring(merr), err))
 end
 
 describe("sluice.json", function()
@@ -193,6 +196,22 @@ describe("sluice.json", function()
       end
       local big = ("abcdefgh\\\"\n\t/"):rep(30000)
       assert.are.equal(big, json.decode(json.encode(big)))
+    end)
+
+    it("finds each special byte wherever it falls in the 16- and 8-byte blocks", function()
+      for at = 0, 40 do
+        local pad, tail = ("p"):rep(at), ("q"):rep(40 - at)
+        for _, c in ipairs({ { [[\"]], '"' }, { [[\\]], "\\" }, { [[\n]], "\n" },
+                             { [[\u00e9]], "\195\169" }, { "\195\169", "\195\169" } }) do
+          local doc = '"' .. pad .. c[1] .. tail .. '"'
+          assert.are.equal(pad .. c[2] .. tail, json.decode(doc))
+          assert.are.equal(0, select("#", json.members(doc))) -- checked: valid, and no members
+        end
+        assert_decode_error('"' .. pad .. "\1" .. tail .. '"', ("control character 0x01 in string at byte %d"):format(at + 2))
+        assert_decode_error('"' .. pad .. "\255" .. tail .. '"', "invalid UTF-8")
+        assert_decode_error('"' .. pad .. [[\x]] .. tail .. '"', "invalid escape")
+        assert_decode_error('"' .. pad .. tail, "unterminated string")
+      end
     end)
   end)
 
@@ -506,6 +525,45 @@ describe("sluice.json", function()
   end)
 
   -- Seeded property test: random Lua values made of what decode produces.
+  describe("members", function()
+    local doc = ' {"model": "m\\u0031", "stream" : true, "n": [1, {"a": [null]}, "x"], "e": {},'
+      .. ' "k\\u0065y": 2, "key": 3, "big": 123456789012345678901} '
+
+    it("gives each top-level value's byte range, to decode on its own", function()
+      local spans, kind = json.members(doc)
+      assert.are.equal("object", kind)
+      local whole = json.decode(doc)
+      local n = 0
+      for key, span in pairs(spans) do
+        n = n + 1
+        assert_same(whole[key], json.decode(doc, span[1], span[2]))
+      end
+      assert.are.equal(6, n) -- "k\u0065y" is "key": decoded keys, the last one wins
+      assert.are.equal(3, json.decode(doc, spans.key[1], spans.key[2]))
+      assert.are.equal('[1, {"a": [null]}, "x"]', doc:sub(spans.n[1], spans.n[2]))
+    end)
+
+    it("reads an array's members, and only the first max of them when asked", function()
+      local spans = json.members(doc)
+      local items, kind = json.members(doc, spans.n[1], spans.n[2])
+      assert.are.equal("array", kind)
+      assert.are.equal(3, #items)
+      assert.are.equal('{"a": [null]}', doc:sub(items[2][1], items[2][2]))
+      local first = json.members(doc, spans.n[1], spans.n[2], 2)
+      assert.are.equal(2, #first)
+      -- what max leaves unread is not checked: the document's own check is the first call
+      assert.are.equal(1, #json.members("[1, oops", 1, 8, 1))
+    end)
+
+    it("gives nil and no error for a valid scalar, and refuses ranges outside the string", function()
+      assert.are.equal(0, select("#", json.members(' "just a string" ')))
+      assert.are.same({ nil, "json: byte range outside the string" }, { json.members("{}", 1, 3) })
+      assert.are.same({ nil, "json: byte range outside the string" }, { json.decode("[1]", 0, 2) })
+      assert.are.same({}, json.members("{}"))
+      assert.are.equal("array", select(2, json.members(" [ ] ")))
+    end)
+  end)
+
   describe("properties", function()
     local key_pool = { "a", "b", "type", "required", "", "k\"q", "\195\169", "1", "x y", "\\", "\n" }
     local str_pool = { "", "plain", "tab\there", "quote\"s", "back\\slash", "ctl\1\31", "nul\0",
@@ -542,6 +600,10 @@ describe("sluice.json", function()
         assert(back ~= nil, derr)
         assert_same(x, back)
         assert.are.equal(s, json.encode(back))
+        if type(x) == "table" and getmetatable(x) ~= json.number_mt then
+          local spans = json.members(s)
+          for k, span in pairs(spans) do assert_same(back[k], json.decode(s, span[1], span[2])) end
+        end
       end
     end)
   end)

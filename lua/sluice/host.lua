@@ -41,6 +41,7 @@ local sticky = require("sluice.sticky")
 local session_store = require("sluice.session_store")
 local prices = require("sluice.prices")
 local tenants = require("sluice.tenants")
+local request_body = require("sluice.request_body")
 local sluice = require("sluice")
 
 local type, pairs, tostring, fmt = type, pairs, tostring, string.format
@@ -212,13 +213,15 @@ function H.request(ctx)
     end
     if info.kind == "models" then return direct(ctx, models_response(ctx, info, tk)) end
 
-    local body, err = json.decode(ctx.body)
-    if type(body) ~= "table" or json.is_array(body) then
+    -- The body is checked whole but decoded only where read: ctx.request,
+    -- the decoded body, is made when something first reads it
+    -- (sluice.request_body); passing a request through reads a few fields.
+    local ok, err = request_body.open(ctx)
+    if not ok then
         return direct(ctx, error_response(ctx.protocol, 400,
             "request body is not a JSON object" .. (err and (": " .. err) or "")))
     end
-    ctx.request = body
-    ctx.model = info.model or body.model
+    ctx.model = info.model or request_body.field(ctx, "model")
     if type(ctx.model) ~= "string" or ctx.model == "" then
         return direct(ctx, error_response(ctx.protocol, 400, "request has no model"))
     end
@@ -229,7 +232,7 @@ function H.request(ctx)
         ctx.model = nil
         return direct(ctx, error_response(ctx.protocol, 400, "invalid model name: " .. model_why))
     end
-    if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = body.stream == true end
+    if info.stream ~= nil then ctx.stream = info.stream else ctx.stream = request_body.field(ctx, "stream") == true end
     -- The tenant's model allow-list, before anything else sees the model.
     if tk and tk.model_globs then
         local r = tenants.refuse_model(tk, ctx.model)

@@ -76,6 +76,25 @@ end
 
 local SYSTEM_ROLES = { system = true, developer = true }
 
+-- (nil, not false, for a message without one: Gemini allows that)
+local function role_of(m)
+    return m.role or (m.type == "message" and "user") or nil
+end
+
+-- The message the stable prefix ends with: the first user message.
+function S.opens_conversation(m)
+    if type(m) ~= "table" then return false end
+    local role = role_of(m)
+    if role == "user" then return true end
+    return role == nil and m.parts and true or false
+end
+
+-- The body fields S.hint reads, and the message lists it reads up to
+-- S.opens_conversation (sluice.request_body decodes only these).
+S.BODY_FIELDS = { "metadata", "prompt_cache_key", "user", "system", "instructions",
+                  "systemInstruction", "system_instruction" }
+S.BODY_LISTS = { "messages", "contents", "input" }
+
 -- system prompt + first user message, in any protocol's body shape.
 local function stable_prefix(body)
     local sys, first = {}, nil
@@ -87,14 +106,11 @@ local function stable_prefix(body)
         first = list
     elseif type(list) == "table" then
         for _, m in ipairs(list) do
-            if type(m) == "table" then
-                local role = m.role or (m.type == "message" and "user")
-                if SYSTEM_ROLES[role] then
-                    text_of(m.content, sys)
-                elseif role == "user" or (role == nil and m.parts) then
-                    first = concat(text_of(m.content ~= nil and m.content or m.parts, {}), "\n")
-                    break
-                end
+            if S.opens_conversation(m) then
+                first = concat(text_of(m.content ~= nil and m.content or m.parts, {}), "\n")
+                break
+            elseif type(m) == "table" and SYSTEM_ROLES[role_of(m)] then
+                text_of(m.content, sys)
             end
         end
     end

@@ -27,6 +27,7 @@
 -- Keys are never stored or shown: only their index in the pool.
 
 local json = require("sluice.json")
+local request_body = require("sluice.request_body")
 local session = require("sluice.session")
 local session_store = require("sluice.session_store")
 
@@ -123,7 +124,10 @@ function T.begin(cfg, ctx, rt, round)
     local chain = route.suppliers
     ctx.chain = chain
     if cfg.sessions.key == false then return end -- sessions off
-    local hash, rule = session.key(ctx, ctx.request, cfg.sessions.key)
+    -- the default rules read a few body fields; a sessions.key function reads what it likes
+    local body = cfg.sessions.key == nil and
+        request_body.view(ctx, session.BODY_FIELDS, session.BODY_LISTS, session.opens_conversation)
+    local hash, rule = session.key(ctx, body, cfg.sessions.key)
     -- only Redis needs the names up front (one round trip); the in-process store reads as it goes
     local names = cfg.sessions.store == "redis" and names_for(cfg, chain, hash) or nil
     local store = session_store.open(cfg, names, hash and sess_name(hash), rt, round)
