@@ -89,6 +89,30 @@ describe("sluice.request_body", function()
             table.concat(rules, ","))
     end)
 
+    it("decodes the next body of a service whole at once when the last one was read whole", function()
+        local raw = json.encode({ model = "m", stream = true, messages = json.array({ { role = "user", content = "hi" } }) })
+        local first = opened(raw)
+        assert.equal("m", request_body.field(first, "model"))
+        assert.is_table(first.request) -- a translation reads it all
+        request_body.learn(first, "svc")
+        local second = { body = raw, headers = {} }
+        assert(request_body.open(second, "svc"))
+        assert.is_nil(second.body_spans) -- no scan: decoded whole at once
+        assert.equal(true, request_body.field(second, "stream"))
+        assert.equal("hi", session_view(second).messages[1].content)
+        assert.is_nil(rawget(second, "request")) -- and still known as not read
+        request_body.learn(second, "svc")
+        local third = { body = raw, headers = {} }
+        assert(request_body.open(third, "svc"))
+        assert.is_table(third.body_spans) -- passed through: back to the scan
+        -- the same verdict on bad bodies either way
+        request_body.learn(first, "svc")
+        local _, want = json.decode("[1")
+        assert.same({ nil, want }, { request_body.open({ body = "[1" }, "svc") })
+        assert.same({ nil, nil }, { request_body.open({ body = "[1]" }, "svc") })
+        request_body.learn(third, "svc")
+    end)
+
     it("decodes a conversation only up to its first user message", function()
         local turns = json.array({ { role = "system", content = "s" }, { role = "user", content = "u" } })
         for i = 3, 200 do turns[i] = { role = i % 2 == 0 and "user" or "assistant", content = ("turn %d"):format(i) } end

@@ -216,7 +216,7 @@ function H.request(ctx)
     -- The body is checked whole but decoded only where read: ctx.request,
     -- the decoded body, is made when something first reads it
     -- (sluice.request_body); passing a request through reads a few fields.
-    local ok, err = request_body.open(ctx)
+    local ok, err = request_body.open(ctx, info.service)
     if not ok then
         return direct(ctx, error_response(ctx.protocol, 400,
             "request body is not a JSON object" .. (err and (": " .. err) or "")))
@@ -260,7 +260,9 @@ function H.request(ctx)
         ctx.tenant_admitted = true
     end
     ctx.retry_state = { pos = 1, tries = 1, chain_len = #ctx.chain }
-    return attempt(ctx)
+    local plan = attempt(ctx)
+    request_body.learn(ctx, info.service)
+    return plan
 end
 
 -- A failure before anything reached the client: seconds until the next

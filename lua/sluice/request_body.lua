@@ -17,35 +17,60 @@
 --     reads it: translation, adapters, on_request, a changed model, an
 --     output cap... Ops' hooks read and change it as before, and once it
 --     exists, fields and views are read from it.
+--
+-- A request that is translated reads all of it, and the scan would be a
+-- second pass over a large body. B.learn notes, per service, whether the
+-- request read its whole body; when the last one did, the next is decoded
+-- whole at once (kept aside, so that whether it was read is still known).
+-- A service whose routes mix both pays the scan only where they alternate.
 
 local json = require("sluice.json")
 
-local decode, members = json.decode, json.members
-local ipairs, rawget, rawset, setmetatable = ipairs, rawget, rawset, setmetatable
+local decode, members, is_array = json.decode, json.members, json.is_array
+local ipairs, rawget, rawset, setmetatable, type = ipairs, rawget, rawset, setmetatable, type
 
 local B = {}
+
+-- service -> true when its latest request read its whole body
+local read_whole = {}
 
 -- ctx's only missing key that means something is `request`.
 local LAZY = {
     __index = function(ctx, k)
         if k ~= "request" then return nil end
-        local body = decode(ctx.body)
+        local body = rawget(ctx, "body_decoded") or decode(ctx.body)
         rawset(ctx, "request", body)
         return body
     end,
 }
 
+-- The body as decoded so far: whole (read or not yet), or nil when only scanned.
+local function whole(ctx)
+    return rawget(ctx, "request") or rawget(ctx, "body_decoded")
+end
+
 -- -> true | nil, err (nil err: valid JSON, but not an object)
-function B.open(ctx)
-    local spans, kind = members(ctx.body)
-    if kind ~= "object" then return nil, not spans and kind or nil end
-    ctx.body_spans = spans
+function B.open(ctx, service)
+    if read_whole[service] then
+        local body, err = decode(ctx.body)
+        if type(body) ~= "table" or is_array(body) then return nil, err end
+        ctx.body_decoded = body
+    else
+        local spans, kind = members(ctx.body)
+        if kind ~= "object" then return nil, not spans and kind or nil end
+        ctx.body_spans = spans
+    end
     setmetatable(ctx, LAZY)
     return true
 end
 
+-- After the request's plan: whether it read the whole body.
+function B.learn(ctx, service)
+    read_whole[service] = rawget(ctx, "request") ~= nil
+end
+
 function B.field(ctx, name)
-    local body = rawget(ctx, "request")
+    local body = whole(ctx)
     if body then return body[name] end
     local span = ctx.body_spans[name]
     return span and decode(ctx.body, span[1], span[2])
@@ -68,7 +93,7 @@ local function list_until(raw, span, stop)
 end
 
 function B.view(ctx, fields, lists, stop)
-    local body = rawget(ctx, "request")
+    local body = whole(ctx)
     if body then return body end
     local raw, spans, view = ctx.body, ctx.body_spans, {}
     for _, name in ipairs(fields) do
