@@ -365,6 +365,46 @@ class PassthroughTest(harness.SluiceTestCase):
         self.assertEqual(got["seed"], 12345678901234567890)
         self.assertEqual(got["tools"][0]["function"]["parameters"]["required"], [])
 
+    def test_a_large_agent_body_passes_unchanged_whether_scanned_or_decoded_whole(self):
+        # A coding agent's request: a long conversation of tool calls and code,
+        # `model` and `stream` last. sluice scans such a body instead of decoding
+        # it, and decodes the next one whole after a request of the same service
+        # read all of its body (here the alias, whose model is rewritten): the
+        # bytes that reach the supplier are the client's either way.
+        turns = [{"role": "system", "content": "You are a coding agent."},
+                 {"role": "user", "content": "Fix the failing test in caf\u00e9.py"}]
+        code = 'def f(x):\n    return "\\\\d+\\t" + x  # caf\u00e9 \u2603 \U0001f600\n' * 40
+        for i in range(120):
+            turns.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_%d" % i, "type": "function",
+                 "function": {"name": "read_file", "arguments": json.dumps({"path": "src/m%d.py" % i})}}]})
+            turns.append({"role": "tool", "tool_call_id": "call_%d" % i, "content": code})
+        big = json.dumps({"messages": turns, "tools": [], "model": "gpt-4.1", "stream": True})
+        self.assertGreater(len(big), 300_000)
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer " + CLIENT_KEY}
+
+        def passes_unchanged():
+            self.mock.enqueue(stream_scene(CHAT_SSE))
+            r = self.post("/v1/chat/completions", big, headers=headers)
+            self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+            self.assert_bytes_equal(r.body, CHAT_SSE, "streamed answer")
+            reqs = self.mock.requests()
+            self.assert_bytes_equal(reqs[-1]["body_bytes"], big.encode("utf-8"), "upstream request body")
+            return len(reqs)
+
+        self.assertEqual(passes_unchanged(), 1)
+        self.mock.enqueue(json_scene(CHAT_JSON))  # the alias: its body is decoded whole and re-encoded
+        r = self.post("/v1/chat/completions", CHAT_REQ % ("gpt-4.1-alias", "false"), headers=headers)
+        self.assertEqual(r.status, 200, "%r%s" % (r, self.diag()))
+        self.assertEqual(passes_unchanged(), 3)
+        # a body cut short is refused whole, in the client's shape, and goes nowhere
+        for cut in (big[:-1], big[:len(big) // 2]):
+            r = self.post("/v1/chat/completions", cut, headers=headers)
+            self.assertEqual(r.status, 400)
+            self.assertIn("request body is not a JSON object: json: unexpected end of input",
+                          r.json()["error"]["message"])
+        self.assertEqual(len(self.mock.requests()), 3)
+
     def test_gemini_model_rewrite_is_in_the_path(self):
         self.mock.enqueue(json_scene(GEMINI_JSON))
         r = self.post("/v1beta/models/gemini-alias:generateContent", GEMINI_REQ,
