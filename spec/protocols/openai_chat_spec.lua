@@ -56,6 +56,22 @@ describe("openai-chat request", function()
         assert.is_nil(body.stream_options)
     end)
 
+    it("joins a tool result's texts with newlines, skipping empty ones", function()
+        local function tool_text(content)
+            local body = F.wire(O.encode_request({ model = "m", messages = {
+                { role = "assistant", content = { { type = "tool_call", id = "t1", name = "read", arguments = {} } } },
+                { role = "user", content = { { type = "tool_result", tool_call_id = "t1", content = content } } },
+            } }, { model = "gpt-4.1", stream = false }))
+            return body.messages[2].content
+        end
+        assert.are.equal("one", tool_text({ { type = "text", text = "one" } }))
+        assert.are.equal("a\nb\nc", tool_text({ { type = "text", text = "a" }, { type = "text", text = "" },
+            { type = "image", source = { kind = "base64", media_type = "image/png", data = "AA" } },
+            { type = "text", text = "b" }, { type = "text", text = "c" } }))
+        assert.are.equal("", tool_text({}))
+        assert.are.equal("", tool_text({ { type = "text", text = "" } }))
+    end)
+
     it("asks for usage on every streamed upstream request and maps thinking to an effort", function()
         local body = O.encode_request({ model = "m", messages = {}, stop = { "a", "b", "c", "d", "e" },
                                         thinking = { enabled = true, budget_tokens = 20000 } },

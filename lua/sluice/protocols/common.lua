@@ -256,15 +256,21 @@ end
 -- a client keeps maps back to the supplier's own ids.
 local ID_PREFIX = "slid_"
 
+-- (The gsub callbacks live out here: a function that makes a closure
+-- cannot be compiled by LuaJIT 2.1, and these run for every tool id of a
+-- conversation, which kept the codecs' message loops interpreted.)
+local function hex_escape(c) return ("_%02X"):format(c:byte()) end
+local function hex_unescape(h) return string.char(tonumber(h, 16)) end
+
 function C.map_id(id, ok_pattern)
     if type(id) ~= "string" then return id end
     if id:match(ok_pattern) and id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
-    return ID_PREFIX .. id:gsub("[^A-Za-z0-9%-]", function(c) return ("_%02X"):format(c:byte()) end)
+    return ID_PREFIX .. id:gsub("[^A-Za-z0-9%-]", hex_escape)
 end
 
 function C.unmap_id(id)
     if type(id) ~= "string" or id:sub(1, #ID_PREFIX) ~= ID_PREFIX then return id end
-    return (id:sub(#ID_PREFIX + 1):gsub("_(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+    return (id:sub(#ID_PREFIX + 1):gsub("_(%x%x)", hex_unescape))
 end
 
 -- ---------------------------------------------------------------- data URLs
@@ -289,28 +295,37 @@ local STORE_TITLE = { openai = "an OpenAI", anthropic = "an Anthropic" }
 -- resolve it. -> nil, the 400 message naming the first file of req whose
 -- id is from a store other than `store` (any store when `store` is nil), for
 -- a supplier called `supplier_title`; true when there is none.
-function C.check_file_ids(req, store, supplier_title)
-    local function check(parts)
-        for _, p in ipairs(parts or {}) do
-            local srcs = { p.source }
-            for _, c in ipairs(p.type == "tool_result" and type(p.content) == "table" and p.content or {}) do
-                srcs[#srcs + 1] = c.source
-            end
-            for _, s in ipairs(srcs) do
-                if type(s) == "table" and s.kind == "file" and (store == nil or (s.store and s.store ~= store)) then
-                    return nil, "file " .. tostring(s.file_id) .. ": " .. (STORE_TITLE[s.store] or "a")
-                        .. " file_id cannot be sent to " .. supplier_title .. " supplier, whose Files API "
-                        .. "does not know it; send the file's data instead"
-                end
+local NONE = {}
+
+-- The 400 message for src when it is a file of a store other than `store`.
+local function foreign_file(src, store, supplier_title)
+    if type(src) == "table" and src.kind == "file" and (store == nil or (src.store and src.store ~= store)) then
+        return "file " .. tostring(src.file_id) .. ": " .. (STORE_TITLE[src.store] or "a")
+            .. " file_id cannot be sent to " .. supplier_title .. " supplier, whose Files API "
+            .. "does not know it; send the file's data instead"
+    end
+end
+
+-- The first such file among parts and the parts of their tool results.
+local function first_foreign_file(parts, store, supplier_title)
+    for _, p in ipairs(parts or NONE) do
+        local why = foreign_file(p.source, store, supplier_title)
+        if why then return why end
+        if p.type == "tool_result" and type(p.content) == "table" then
+            for _, c in ipairs(p.content) do
+                why = foreign_file(c.source, store, supplier_title)
+                if why then return why end
             end
         end
-        return true
     end
-    local ok, err = check(req.system)
-    if not ok then return nil, err end
-    for _, m in ipairs(req.messages or {}) do
-        ok, err = check(m.content)
-        if not ok then return nil, err end
+end
+
+function C.check_file_ids(req, store, supplier_title)
+    local why = first_foreign_file(req.system, store, supplier_title)
+    if why then return nil, why end
+    for _, m in ipairs(req.messages or NONE) do
+        why = first_foreign_file(m.content, store, supplier_title)
+        if why then return nil, why end
     end
     return true
 end

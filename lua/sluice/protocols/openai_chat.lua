@@ -20,7 +20,7 @@ local S = require("sluice.ir_stream")
 local common = require("sluice.protocols.common")
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local setmetatable, getmetatable = setmetatable, getmetatable
+local setmetatable, getmetatable, concat = setmetatable, getmetatable, table.concat
 local buffer = require("string.buffer")
 local encode, decode = json.encode, json.decode
 local array = json.array
@@ -331,15 +331,23 @@ local function encode_user_part(p)
     return nil
 end
 
+-- The parts' non-empty texts joined by sep. (Not a string.buffer: its
+-- tostring ends LuaJIT 2.1's trace, and this runs for every tool result.)
 local function text_of(parts, sep)
-    local b = buffer.new()
+    local first, texts
     for _, p in ipairs(parts or {}) do
-        if p.type == "text" and p.text then
-            if #b > 0 then b:put(sep or "\n") end
-            b:put(p.text)
+        local t = p.type == "text" and p.text
+        if t and t ~= "" then
+            if not first then
+                first = t
+            else
+                texts = texts or { first }
+                texts[#texts + 1] = t
+            end
         end
     end
-    return b:tostring()
+    if texts then return concat(texts, sep or "\n") end
+    return first or ""
 end
 
 -- One IR user message -> tool messages (first: they answer the previous
