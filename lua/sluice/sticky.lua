@@ -118,6 +118,20 @@ end
 
 -- round: the request's Redis round (sluice.session_store.round), which the
 -- session's reads join and run; nil without Redis.
+-- The balancing picks, kept out of the functions every request runs: a
+-- function that makes a closure cannot be compiled by LuaJIT 2.1.
+local function least_used_supplier(cfg, store, rt, chain)
+    local stamps = {}
+    for i, sid in ipairs(chain) do stamps[i] = "sup:" .. sid .. ":used" end
+    return chain[lru(store, rt, stamps, function(i) return healthy(store, cfg.suppliers[chain[i]]) end)]
+end
+
+local function least_used_key(store, rt, supplier, n)
+    local stamps = {}
+    for i = 1, n do stamps[i] = key_base(supplier.id, i) .. ":used" end
+    return lru(store, rt, stamps, function(i) return not cooling(store, supplier.id, i) end)
+end
+
 function T.begin(cfg, ctx, rt, round)
     rt = rt_of(rt)
     local route = ctx.route
@@ -148,11 +162,7 @@ function T.begin(cfg, ctx, rt, round)
     else
         s.entry = nil
         count(rt, "sluice_session_misses_total")
-        if route.balance == "sticky" and #chain > 1 then
-            local stamps = {}
-            for i, sid in ipairs(chain) do stamps[i] = "sup:" .. sid .. ":used" end
-            first = chain[lru(store, rt, stamps, function(i) return healthy(store, cfg.suppliers[chain[i]]) end)]
-        end
+        if route.balance == "sticky" and #chain > 1 then first = least_used_supplier(cfg, store, rt, chain) end
     end
     if first and first ~= chain[1] then
         local ordered = { first }
@@ -174,9 +184,7 @@ function T.pick_key(cfg, ctx, supplier, rt)
         and e.key_index <= n and not cooling(store, supplier.id, e.key_index) then
         return e.key_index
     end
-    local stamps = {}
-    for i = 1, n do stamps[i] = key_base(supplier.id, i) .. ":used" end
-    return lru(store, rt, stamps, function(i) return not cooling(store, supplier.id, i) end)
+    return least_used_key(store, rt, supplier, n)
 end
 
 -- True when the supplier has a key other than the current one that is not cooling.
