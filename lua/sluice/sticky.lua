@@ -116,8 +116,6 @@ local function names_for(cfg, chain, hash)
     return names
 end
 
--- round: the request's Redis round (sluice.session_store.round), which the
--- session's reads join and run; nil without Redis.
 -- The balancing picks, kept out of the functions every request runs: a
 -- function that makes a closure cannot be compiled by LuaJIT 2.1.
 local function least_used_supplier(cfg, store, rt, chain)
@@ -132,6 +130,8 @@ local function least_used_key(store, rt, supplier, n)
     return lru(store, rt, stamps, function(i) return not cooling(store, supplier.id, i) end)
 end
 
+-- round: the request's Redis round (sluice.session_store.round), which the
+-- session's reads join and run; nil without Redis.
 function T.begin(cfg, ctx, rt, round)
     rt = rt_of(rt)
     local route = ctx.route
