@@ -94,7 +94,8 @@
 -- STREAM   Decoders: dec = M.stream_decoder(opts); dec:feed(ev) -> { ir_event... }
 --            where ev = { event = s|nil, data = s } is one whole SSE event as
 --            framed by the core; dec:finish() -> { ir_event... } at upstream EOF.
---          Encoders: enc = M.stream_encoder(opts); enc:feed(ir_event) -> bytes (string, maybe "")
+--          Encoders: enc = M.stream_encoder(opts); enc:feed(ir_event) -> bytes (string, maybe "");
+--            enc:put(b, ir_event) appends the same bytes to a string.buffer
 --            enc:close(outcome) -> bytes: the closing bytes. outcome = nil or
 --            { complete = true } for a clean end; otherwise
 --            { complete = false, reason = "UPSTREAM_EOF_EARLY", message = s } and

@@ -166,9 +166,11 @@ local ON = {
     usage = "on_usage", finish = "on_finish",
 }
 
-function Encoder:feed(ev)
-    if self.ended then return "" end
-    local b = buffer.new()
+-- Appends the client's bytes for one IR event to the string.buffer b: a
+-- stream's pipe gives every event of a batch the same buffer, so no event
+-- makes a buffer or a string of its own.
+function Encoder:put(b, ev)
+    if self.ended then return end
     local t = ev.type
     if not self.started then self:begin(b, t == "start" and ev or nil) end
     if t == "error" then
@@ -181,6 +183,11 @@ function Encoder:feed(ev)
         if h then h(self, b, ev) end
         note(self, ev)
     end
+end
+
+function Encoder:feed(ev)
+    local b = buffer.new()
+    self:put(b, ev)
     return b:tostring()
 end
 

@@ -197,7 +197,7 @@ function Pipe:push(events, b)
         elseif t ~= "text" and t ~= "tool_args" and t ~= "thinking" then
             acct:note(e)
         end
-        b:put(enc:feed(e))
+        enc:put(b, e)
     end
 end
 
