@@ -467,6 +467,38 @@ static inline size_t first_special(uint64_t m)
 #endif
 }
 
+/* Copies the run of plain string bytes at p (before limit) to o and returns
+ * its length: up to the first byte special16/swar_special flag, or to where
+ * fewer than 8 bytes remain (the caller looks at those one by one). Whole
+ * 16- or 8-byte blocks are stored, so o needs 16 bytes of room past the run. */
+static inline size_t copy_plain(const unsigned char *p, const unsigned char *limit, char *o)
+{
+    const unsigned char *p0 = p;
+    for (;;) {
+#ifdef __SSE2__
+        if (limit - p >= 16) {
+            unsigned m = special16(p, o);
+            if (!m) {
+                p += 16, o += 16;
+                continue;
+            }
+            return (size_t)(p - p0) + (size_t)__builtin_ctz(m);
+        }
+#endif
+        if (limit - p >= 8) {
+            uint64_t w, m;
+            memcpy(&w, p, 8);
+            memcpy(o, &w, 8);
+            if (!(m = swar_special(w))) {
+                p += 8, o += 8;
+                continue;
+            }
+            return (size_t)(p - p0) + first_special(m);
+        }
+        return (size_t)(p - p0);
+    }
+}
+
 /* The rest of a string that contains an escape: s0 is its first byte, p the
  * first backslash. Unescaping never lengthens text, so one reservation of
  * the remaining input covers every write (including 16-byte block copies). */
@@ -481,30 +513,10 @@ static int dec_string_escaped(dec_t *d, const unsigned char *s0, const unsigned 
     memcpy(o, s0, (size_t)(p - s0));
     o += p - s0;
     for (;;) {
-#ifdef __SSE2__
-        if (end - p >= 16) {
-            unsigned m = special16(p, o);
-            if (!m) {
-                p += 16, o += 16;
-                continue;
-            }
-            size_t k = (size_t)__builtin_ctz(m);
-            p += k, o += k;
-        } else
-#endif
-        if (end - p >= 8) {
-            uint64_t w, m;
-            memcpy(&w, p, 8);
-            memcpy(o, &w, 8);
-            if (!(m = swar_special(w))) {
-                p += 8, o += 8;
-                continue;
-            }
-            size_t k = first_special(m);
-            p += k, o += k;
-        } else if (p >= end) {
+        size_t k = copy_plain(p, end, o);
+        p += k, o += k;
+        if (p >= end)
             return dec_fail(d, s0 - 1, "unterminated string");
-        }
         unsigned c = *p;
         if (c == '"')
             break;
@@ -1035,28 +1047,10 @@ static int enc_string(enc_t *e, const char *s, size_t n)
         const unsigned char *ce = p + chunk;
         char *o = b->base + b->len;
         while (p < ce) {
-#ifdef __SSE2__
-            if (ce - p >= 16) {
-                unsigned m = special16(p, o);
-                if (!m) {
-                    p += 16, o += 16;
-                    continue;
-                }
-                size_t k = (size_t)__builtin_ctz(m);
-                p += k, o += k;
-            } else
-#endif
-            if (ce - p >= 8) {
-                uint64_t w, m;
-                memcpy(&w, p, 8);
-                memcpy(o, &w, 8);
-                if (!(m = swar_special(w))) {
-                    p += 8, o += 8;
-                    continue;
-                }
-                size_t k = first_special(m);
-                p += k, o += k;
-            }
+            size_t k = copy_plain(p, ce, o);
+            p += k, o += k;
+            if (p >= ce)
+                break;
             unsigned c = *p;
             if (c >= 0x80) {
                 size_t l = utf8_len(p, end); /* may run past ce: covered by the slack */
@@ -1352,24 +1346,34 @@ static int range_arg(lua_State *L, int idx, size_t len, size_t *first, size_t *l
     return 0;
 }
 
+/* The document argument (1) and the range after it; NULL, with nil and the
+ * message pushed, when they are not usable. verb names the call's work. */
+static const char *document_args(lua_State *L, const char *verb, size_t *first, size_t *last)
+{
+    size_t len;
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "json: cannot %s a %s (expected a string)", verb, luaL_typename(L, 1));
+        return NULL;
+    }
+    const char *s = lua_tolstring(L, 1, &len);
+    if (range_arg(L, 2, len, first, last)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "json: byte range outside the string");
+        return NULL;
+    }
+    return s;
+}
+
 /* json.decode(s [, i [, j]]): the document s, or the one at s[i..j]
  * (a span from json.members; error offsets count from i). */
 static int l_decode(lua_State *L)
 {
     char err[160];
-    size_t len, first, last;
-    if (lua_type(L, 1) != LUA_TSTRING) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "json: cannot decode a %s (expected a string)",
-                        luaL_typename(L, 1));
+    size_t first, last;
+    const char *s = document_args(L, "decode", &first, &last);
+    if (!s)
         return 2;
-    }
-    const char *s = lua_tolstring(L, 1, &len);
-    if (range_arg(L, 2, len, &first, &last)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "json: byte range outside the string");
-        return 2;
-    }
     lua_settop(L, 1);
     if (decode_run(L, lua_touserdata(L, UV_STATE), UV_ARRAY_MT, UV_NUMBER_MT, s + first,
                    last - first, err, sizeof err)) {
@@ -1471,19 +1475,11 @@ static int members_run(dec_t *d, lua_Integer max, const char **kind)
 static int l_members(lua_State *L)
 {
     char err[160];
-    size_t len, first, last;
-    if (lua_type(L, 1) != LUA_TSTRING) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "json: cannot read a %s (expected a string)", luaL_typename(L, 1));
-        return 2;
-    }
-    const char *s = lua_tolstring(L, 1, &len);
+    size_t first, last;
     lua_Integer max = luaL_optinteger(L, 4, 0);
-    if (range_arg(L, 2, len, &first, &last)) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "json: byte range outside the string");
+    const char *s = document_args(L, "read", &first, &last);
+    if (!s)
         return 2;
-    }
     lua_settop(L, 1);
     jstate_t tmp, *shared = lua_touserdata(L, UV_STATE), *st = state_acquire(shared, &tmp);
     dec_t d = {.L = L,
