@@ -237,7 +237,8 @@ describe("sluice.config keys that name tenants", function()
         local cfg = assert(load_text("return { keys = { 'plain-key-1234', " .. ALICE ..
             ", { id = 'bob', key_sha256 = '" .. HASH .. "' } }, " .. SUPPLIER .. " }"))
         local text = require("sluice.json").encode(config.redacted(cfg))
-        for _, secret in ipairs({ "plain-key-1234", "alice-secret-1", HASH }) do
+        local scope = assert(cfg.key_scopes[1]):sub(#"key:" + 1) -- the plain key's session scope, a hash of it
+        for _, secret in ipairs({ "plain-key-1234", "alice-secret-1", HASH, scope }) do
             assert.falsy(text:find(secret, 1, true), secret)
         end
         local shown = config.redacted(cfg).keys

@@ -10,6 +10,7 @@ local new_runtime = require("helpers.runtime")
 local config = require("sluice.config")
 local upstream = require("sluice.upstream")
 local digest = require("sluice.digest")
+local session = require("sluice.session")
 
 -- config's own validators, their { field, msg } error read as load() words it
 local function entry(t, field)
@@ -373,7 +374,7 @@ describe("sluice.upstream inbound keys with tenants", function()
         "plain-key-1234",
         entry({ id = "alice", key = "alice-secret-1" }, "keys[2]"),
         entry({ id = "carol", key_sha256 = hash:upper() }, "keys[3]"),
-    }, hashed_keys = true }
+    }, hashed_keys = true, key_scopes = { session.plain_key_scope("plain-key-1234") } }
     local function check(key)
         local ctx = { headers = { authorization = "Bearer " .. key } }
         local ok, why = upstream.check_inbound_key(cfg, ctx)

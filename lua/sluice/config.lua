@@ -18,6 +18,7 @@ local adapters = require("sluice.adapters")
 local tooltext = require("sluice.tooltext")
 local protocols = require("sluice.protocols")
 local tenants = require("sluice.tenants")
+local session = require("sluice.session")
 
 local M = {}
 
@@ -504,7 +505,7 @@ local function validate(raw)
 
     -- A key is a string (>= 8 characters), or a table naming a tenant with
     -- its limits (sluice.tenants checks and normalises those).
-    cfg.keys = {}
+    cfg.keys, cfg.key_scopes = {}, {}
     if raw.keys ~= nil then
         check_type(raw.keys, "table", "keys")
         local ids = {}
@@ -518,6 +519,8 @@ local function validate(raw)
                 if k.charges then cfg.charging_keys = true end
             elseif type(k) ~= "string" or #k < 8 then
                 bad(field, "expected a string of at least 8 characters, or a table { id = ..., key = ... }")
+            else
+                cfg.key_scopes[i] = session.plain_key_scope(k)
             end
             cfg.keys[i] = k
         end
@@ -637,6 +640,7 @@ end
 
 function M.redacted(cfg)
     local out = redact(cfg, 0)
+    out.key_scopes = nil -- hashes of the plain keys: derived from secrets, shown nowhere
     if cfg.keys then
         out.keys = {}
         for i, k in ipairs(cfg.keys) do

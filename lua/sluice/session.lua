@@ -137,6 +137,12 @@ function S.hint(ctx, body)
     return nil
 end
 
+-- The scope of a plain gateway key (a string in `keys`): the key, hashed.
+-- Worked out once per config (config.lua's cfg.key_scopes), not per request.
+function S.plain_key_scope(key)
+    return "key:" .. digest.hex(key, 16)
+end
+
 function S.tenant(ctx)
     return ctx.tenant or "anon"
 end

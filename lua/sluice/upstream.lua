@@ -189,11 +189,8 @@ function U.check_inbound_key(cfg, ctx)
         ctx.tenant = "id:" .. k.id
     else
         -- The tenant sessions are scoped by (sluice.session): the key,
-        -- hashed — once per key and config (it is keys[ok] itself), not per request.
-        local scopes = cfg.key_scopes or {}
-        cfg.key_scopes = scopes
-        scopes[ok] = scopes[ok] or ("key:" .. digest.hex(presented, 16))
-        ctx.tenant = scopes[ok]
+        -- hashed at config load.
+        ctx.tenant = cfg.key_scopes[ok]
     end
     return true
 end
