@@ -952,6 +952,14 @@ static int build_where(sl_buf_t *w, const sl_records_filter_t *f)
     return rc ? SL_ENOMEM : 0;
 }
 
+int sl__records_list_sql(const char *select_items, const sl_records_filter_t *f, sl_buf_t *sql)
+{
+    int rc = sl_buf_printf(sql, "SELECT %s FROM requests", select_items);
+    rc = rc ? rc : build_where(sql, f);
+    rc = rc ? rc : sl_buf_append_c(sql, " ORDER BY time DESC, seq DESC LIMIT :limit OFFSET :offset");
+    return rc ? rc : (sl_buf_cstr(sql) ? 0 : SL_ENOMEM);
+}
+
 static int run_query(sqlite3 *db, const char *select_items, const sl_records_filter_t *f,
                      sl_buf_t *out)
 {
@@ -979,11 +987,7 @@ static int run_query(sqlite3 *db, const char *select_items, const sl_records_fil
     sqlite3_finalize(st);
     st = NULL;
     sl_buf_reset(&sql);
-    rc = rc ? rc : sl_buf_printf(&sql, "SELECT %s FROM requests", select_items);
-    rc = rc ? rc : build_where(&sql, f);
-    rc = rc ? rc
-            : sl_buf_append_c(&sql, " ORDER BY time DESC, seq DESC LIMIT :limit OFFSET :offset");
-    rc = rc ? rc : (sl_buf_cstr(&sql) ? 0 : SL_ENOMEM);
+    rc = rc ? rc : sl__records_list_sql(select_items, f, &sql);
     if (rc || (rc = map_sqlite(sqlite3_prepare_v2(db, sql.base, -1, &st, NULL))) != 0)
         goto out;
     bind_filter(st, f, pattern);

@@ -30,6 +30,11 @@ const char *sl__records_usage_index_sql(void);
  * sql. 0 or SL_ENOMEM. test_records reads its query plan. */
 int sl__records_usage_sql(const sl_records_usage_t *u, sl_buf_t *sql);
 
+/* The request listing's statement: select_items of the records that match
+ * f, newest first, with :limit and :offset (and f's named parameters);
+ * appended to sql. 0 or SL_ENOMEM. test_records reads its query plan. */
+int sl__records_list_sql(const char *select_items, const sl_records_filter_t *f, sl_buf_t *sql);
+
 /* An SQLite result code as an SL_E* (0 for OK, ROW and DONE). */
 int sl__records_map_sqlite(int rc);
 
