@@ -50,6 +50,29 @@ describe("the accountant", function()
         assert.same({ input_tokens = 7, output_tokens = 3, cache_read_tokens = 4 }, acct.usage)
     end)
 
+    -- A passed-through answer has only its usage member decoded (the
+    -- codec's answer_usage fact): it must read what the whole decoder reads.
+    it("reads only the usage of a whole answer, as the protocol's full decoder would", function()
+        local F = require("helpers.fixtures")
+        local answers = { anthropic = "anthropic/response_tools.json", gemini = "gemini/response_tools.json",
+                          ["openai-chat"] = "openai-chat/response_tools.json",
+                          ["openai-responses"] = "openai-responses/response_tools.json" }
+        for name, path in pairs(answers) do
+            local codec, text = T.protocol(name), F.read(path)
+            assert.is_string(codec.answer_usage, name)
+            local acct = A.new()
+            acct:answer_text(codec, text)
+            local want = codec.decode_response(json.decode(text)).usage
+            assert.is_true(next(want) ~= nil, name .. ": the fixture reports usage")
+            assert.same(want, acct.usage, name)
+            assert.is_true(acct.fed, name)
+            -- cut short: not an answer, nothing read
+            local cut = A.new()
+            cut:answer_text(codec, text:sub(1, #text - 2))
+            assert.is_nil(cut.usage, name)
+        end
+    end)
+
     it("watches a same-protocol stream without ever raising", function()
         local acct = A.new()
         local w = A.watch(acct, T.protocol("openai-chat"), {})

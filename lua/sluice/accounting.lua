@@ -8,7 +8,8 @@
 --   whole answer         acct:answer(resp) with the decoded IR response
 --                        (translated), acct:answer_body with an adapted
 --                        one's JSON, acct:answer_text for the bytes of a
---                        passthrough answer the core captured
+--                        passthrough answer the core captured (its usage
+--                        member alone, where the codec names it)
 --
 -- and the log hook reads only it (acct:log_fields). Usage fields follow the
 -- IR (sluice.ir USAGE); counts the supplier did not report stay unknown,
@@ -58,10 +59,25 @@ function Acct:answer_body(codec, body)
 end
 
 -- The same from the answer's bytes (a passthrough answer the core kept).
+-- Only the usage is wanted, so a codec that names where a whole answer
+-- keeps it (its `answer_usage` fact) has just that member decoded; the rest
+-- of the answer is only checked (json.members), never built into tables.
 function Acct:answer_text(codec, text)
     if type(text) ~= "string" or not text:find("^%s*{") then return end
-    local body = json.decode(text)
-    if type(body) == "table" then self:answer_body(codec, body) end
+    local field = codec.answer_usage
+    if not field then
+        local body = json.decode(text)
+        if type(body) == "table" then self:answer_body(codec, body) end
+        return
+    end
+    local spans, kind = json.members(text)
+    local span = kind == "object" and spans[field]
+    if not span then return end
+    local ok, u = pcall(codec.decode_usage, json.decode(text, span[1], span[2]))
+    if ok and u then
+        self.fed = true
+        self.usage = ir.merge_usage(self.usage, u)
+    end
 end
 
 -- The record's usage fields.

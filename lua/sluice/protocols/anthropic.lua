@@ -115,6 +115,8 @@ M.terminal = { { event = "message_stop" } }
 -- message_delta): the core keeps the first and the latest of them on a
 -- passthrough stream, for the record, without reading the rest.
 M.usage_events = { { event = "message_start" }, { event = "message_delta" } }
+-- The top-level member of a whole answer that carries its usage.
+M.answer_usage = "usage"
 
 function M.path(model, stream)
     return "/v1/messages"
@@ -286,6 +288,7 @@ local function usage_in(u)
     if type(d) == "table" then r.reasoning_tokens = n(d.thinking_tokens) end
     return r
 end
+M.decode_usage = usage_in
 
 local function usage_out(u)
     u = u or {}

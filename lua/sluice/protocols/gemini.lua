@@ -78,6 +78,8 @@ M.terminal = { { data_has = "\"finishReason\":" } } -- with the colon: the key, 
 -- Chunks that carry usage (cumulative): the core keeps the first and the
 -- latest on a passthrough stream.
 M.usage_events = { { data_has = "\"usageMetadata\":{" }, { data_has = "\"usageMetadata\": {" } }
+-- The top-level member of a whole answer that carries its usage.
+M.answer_usage = "usageMetadata"
 
 local function strip_model(model)
     if type(model) ~= "string" then return model end
@@ -639,6 +641,7 @@ local function usage_in(u)
     return { input_tokens = input, output_tokens = output, cache_read_tokens = num("cachedContentTokenCount"),
              reasoning_tokens = thoughts }
 end
+M.decode_usage = usage_in
 
 local FILTERED = { SAFETY = true, RECITATION = true, BLOCKLIST = true, PROHIBITED_CONTENT = true, SPII = true,
                    IMAGE_SAFETY = true, IMAGE_PROHIBITED_CONTENT = true, IMAGE_RECITATION = true }

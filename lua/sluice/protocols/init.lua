@@ -45,6 +45,7 @@ local OPTIONAL = {
     { "models", "table" }, { "guess", "table" }, { "upstream_headers", "table" }, { "path_query", "table" },
     { "model_in_path", "boolean" }, { "count_tokens", "string" }, { "tool_call_ids", "table" },
     { "output_limit", "table" }, { "fit_output", "function" }, { "cache_key", "string" },
+    { "answer_usage", "string" }, { "decode_usage", "function" },
 }
 P.REQUIRED, P.OPTIONAL = REQUIRED, OPTIONAL
 
@@ -100,6 +101,7 @@ local function check(name, m)
     end
     if m.name ~= name then return nil, "module says its name is " .. tostring(m.name) end
     if type(m.credential.header) ~= "string" then return nil, "fact credential.header: expected a string" end
+    if m.answer_usage and not m.decode_usage then return nil, "fact answer_usage needs decode_usage" end
     return m
 end
 

@@ -96,6 +96,8 @@ M.terminal = { { data = "[DONE]" } }
 -- Chunks that carry a usage object (every other chunk says "usage":null):
 -- the core keeps the first and the latest on a passthrough stream.
 M.usage_events = { { data_has = "\"usage\":{" }, { data_has = "\"usage\": {" } }
+-- The top-level member of a whole answer that carries its usage.
+M.answer_usage = "usage"
 -- The body field OpenAI routes its prompt cache by (sluice.sticky sets it).
 M.cache_key = "prompt_cache_key"
 
@@ -176,6 +178,7 @@ local function usage_in(u)
     if type(cd) == "table" then r.reasoning_tokens = n(cd.reasoning_tokens) end
     return r
 end
+M.decode_usage = usage_in
 
 local function usage_out(u)
     u = u or {}

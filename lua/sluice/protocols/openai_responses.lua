@@ -67,6 +67,8 @@ M.terminal = {
 -- Usage comes only in the final response object; the core keeps that event
 -- of a passthrough stream for the record.
 M.usage_events = M.terminal
+-- The top-level member of a whole answer that carries its usage.
+M.answer_usage = "usage"
 -- The body field OpenAI routes its prompt cache by (sluice.sticky sets it).
 M.cache_key = "prompt_cache_key"
 
@@ -518,6 +520,7 @@ local function usage_in(u)
              cache_read_tokens = num(itd.cached_tokens), cache_write_tokens = num(itd.cache_write_tokens),
              reasoning_tokens = num(otd.reasoning_tokens) }
 end
+M.decode_usage = usage_in
 
 local INCOMPLETE_IN = { max_output_tokens = "max_tokens", content_filter = "content_filter" }
 
