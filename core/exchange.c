@@ -155,6 +155,18 @@ static uint64_t next_random(void)
     return z ^ (z >> 31);
 }
 
+static void put_hex(char *out, uint64_t v, int digits)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = digits - 1; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+}
+
+/* The client's x-request-id when it sent a usable one, else "req_" and 32
+ * hex digits: 12 of milliseconds since the epoch, then 20 random ones. Ids
+ * that sort by time keep the history's id index growing at its right edge;
+ * random ones wrote a random page of it per record, which made the writer
+ * slower as the table grew. */
 static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
 {
     for (size_t i = 0; i < req->nheaders; i++) {
@@ -165,17 +177,12 @@ static void make_request_id(sl_exchange_t *ex, const sl_request_t *req)
             return;
         }
     }
-    unsigned char rnd[16];
-    static const char hex[] = "0123456789abcdef";
-    uint64_t a = next_random(), b = next_random();
-    memcpy(rnd, &a, 8);
-    memcpy(rnd + 8, &b, 8);
+    uint64_t ms = (uint64_t)(now_unix() * 1000.0);
     memcpy(ex->id, "req_", 4);
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        ex->id[4 + 2 * i] = hex[rnd[i] >> 4];
-        ex->id[5 + 2 * i] = hex[rnd[i] & 15];
-    }
-    ex->id[4 + 2 * sizeof rnd] = '\0';
+    put_hex(ex->id + 4, ms, 12);
+    put_hex(ex->id + 16, next_random(), 16);
+    put_hex(ex->id + 32, next_random(), 4);
+    ex->id[36] = '\0';
 }
 
 static int is_event_stream(const sl_header_t *hv, size_t n)

@@ -303,6 +303,22 @@ class GetDeleteTest(HistoryCase):
         self.assertEqual(admin(self.sluice.port, "GET", "/_sluice/requests/" + rid).json()["id"], rid)
         self.assertEqual(self.ids(), [rid])
 
+    def test_generated_ids_sort_by_time(self):
+        # "req_" + 12 hex digits of milliseconds since the epoch + 20 random
+        # ones: the history's id index then grows at its right edge.
+        before_ms = int(time.time() * 1000)
+        rids = []
+        for _ in range(3):
+            self.mock.enqueue(json_scene(CHAT_JSON))
+            rids.append(self.chat().header("x-request-id"))
+            time.sleep(0.005)
+        after_ms = int(time.time() * 1000)
+        for rid in rids:
+            self.assertRegex(rid, "^req_[0-9a-f]{32}$")
+            self.assertTrue(before_ms - 1 <= int(rid[4:16], 16) <= after_ms + 1, rid)
+        self.assertEqual(sorted(rids), rids)
+        self.assertEqual(len(set(r[16:] for r in rids)), 3, "the random part differs")
+
     def test_delete(self):
         self.mock.enqueue(json_scene(CHAT_JSON, repeat=2))
         self.chat("del-a")
