@@ -248,15 +248,7 @@ static void attempt_log_add(sl_exchange_t *ex, int status, const char *error)
  * hop-by-hop fields of every head it sends, this one included). */
 static void head_from_upstream(sl_exchange_t *ex, int status, const sl_header_t *hv, size_t n)
 {
-    sl_lua_resp_t *head = &ex->at.head;
-    sl_lua_resp_free(head);
-    head->status = status;
-    head->headers = calloc(n ? n : 1, sizeof *head->headers);
-    for (size_t i = 0; i < n && head->headers; i++) {
-        sl_header_t *d = &head->headers[head->nheaders++];
-        d->name = sl_str(strndup(hv[i].name.base, hv[i].name.len), hv[i].name.len);
-        d->value = sl_str(strndup(hv[i].value.base, hv[i].value.len), hv[i].value.len);
-    }
+    sl_lua_resp_set_head(&ex->at.head, status, hv, n);
     ex->at.head_ready = 1;
 }
 

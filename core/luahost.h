@@ -42,6 +42,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "arena.h"
 #include "buf.h"
 #include "server.h"
 #include "sse.h"
@@ -118,7 +119,8 @@ void sl_lua_ctx_set(sl_luahost_t *h, int ctx, const char *key, sl_str_t value);
 typedef struct {
     int direct; /* 1: answer with status/headers/body, no upstream */
     int status;
-    sl_header_t *headers; /* owned (strings below are owned too) */
+    sl_arena_t arena;     /* holds the header list and every string below */
+    sl_header_t *headers;
     size_t nheaders;
     sl_buf_t body;
     int body_original; /* 1: send the client's body unchanged */
@@ -143,14 +145,18 @@ void sl_plan_free(sl_plan_t *p);
  * error response of finish). */
 typedef struct {
     int status;
+    sl_arena_t arena; /* holds the header list and the error text */
     sl_header_t *headers;
     size_t nheaders;
     sl_buf_t body;
-    char *error;          /* an error answer: what went wrong, for the record (owned) */
+    char *error;          /* an error answer: what went wrong, for the record */
     int upstream_invalid; /* the upstream's answer was unusable: an UPSTREAM_PROTOCOL end */
 } sl_lua_resp_t;
 
 void sl_lua_resp_free(sl_lua_resp_t *r);
+/* Frees r and makes it the head status + hv (copied): the upstream's head
+ * as the client would get it. SL_ENOMEM leaves it without headers. */
+int sl_lua_resp_set_head(sl_lua_resp_t *r, int status, const sl_header_t *hv, size_t n);
 
 /* ---- hooks ---- */
 
@@ -230,6 +236,7 @@ int sl_lua_retry(sl_luahost_t *h, int ctx, const sl_lua_failure_t *f, double *de
 typedef struct {
     int64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens; /* -1 unknown */
     double cost;                        /* USD from the price table; < 0 unknown */
+    sl_arena_t arena;                   /* holds the strings below */
     char *model_out;                    /* the model asked of the supplier */
     char *extra_json;                   /* JSON object text, or NULL */
     char *request_body, *response_body; /* redacted, only when history.bodies is on */

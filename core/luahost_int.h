@@ -94,6 +94,8 @@ int sl__config_read(lua_State *L, int idx, sl_config_t *c, char *err, size_t err
 
 char *sl__lua_dup(const char *s, size_t n);                      /* NUL-terminated copy */
 char *sl__lua_field_str(lua_State *L, int idx, const char *key); /* NULL unless a string */
+/* The same, copied into an arena. */
+char *sl__lua_field_str_in(lua_State *L, int idx, const char *key, sl_arena_t *a);
 double sl__lua_field_num(lua_State *L, int idx, const char *key, double dflt);
 int sl__lua_field_bool(lua_State *L, int idx, const char *key, int dflt); /* nil: dflt */
 uint64_t sl__secs_to_ms(double s);
@@ -105,11 +107,12 @@ int sl__lua_read_body(lua_State *L, int idx, sl_buf_t *out, int *has);
 /* Headers to Lua: name (lower case) -> value, repeats joined with ", ". */
 void sl__headers_push(lua_State *L, const sl_header_t *hv, size_t n);
 /* Headers from Lua: {{name, value}...} or name -> value; nil gives none.
- * A name or value with CR/LF/NUL, or an empty name, is SL_ESCRIPT. */
-int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, char *err,
-                     size_t errlen);
-sl_header_t *sl__headers_copy(const sl_header_t *hv, size_t n, size_t *nout);
-void sl__headers_free(sl_header_t *hv, size_t n);
+ * A name or value with CR/LF/NUL, or an empty name, is SL_ESCRIPT. The
+ * list and its strings are allocated in `a`, and freed with it. */
+int sl__headers_read(lua_State *L, int idx, sl_arena_t *a, sl_header_t **out, size_t *nout,
+                     char *err, size_t errlen);
+/* A copy of hv in `a` (NULL on ENOMEM). */
+sl_header_t *sl__headers_copy(sl_arena_t *a, const sl_header_t *hv, size_t n);
 
 /* The plan (or direct response) the request hook returned, at idx; the
  * config supplies the timeouts the plan does not set. */

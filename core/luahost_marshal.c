@@ -45,6 +45,19 @@ char *sl__lua_field_str(lua_State *L, int idx, const char *key)
     return out;
 }
 
+char *sl__lua_field_str_in(lua_State *L, int idx, const char *key, sl_arena_t *a)
+{
+    char *out = NULL;
+    lua_getfield(L, idx, key);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        out = sl_arena_strndup(a, s, n);
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
 double sl__lua_field_num(lua_State *L, int idx, const char *key, double dflt)
 {
     lua_getfield(L, idx, key);
@@ -112,7 +125,7 @@ static void set_int(lua_State *L, const char *key, lua_Integer v)
     lua_setfield(L, -2, key);
 }
 
-/* Reads, copies and frees a struct's optional strings through a table of
+/* Reads a struct's optional strings into an arena through a table of
  * {key, offset} rows, one row per field. */
 typedef struct {
     const char *key;
@@ -121,43 +134,31 @@ typedef struct {
 
 #define STR_MEMBER(obj, f) ((char **)((char *)(obj) + (f).off))
 
-static void str_fields_read(lua_State *L, int idx, void *obj, const str_field_t *f, size_t n)
+static void str_fields_read(lua_State *L, int idx, void *obj, const str_field_t *f, size_t n,
+                            sl_arena_t *a)
 {
     for (size_t i = 0; i < n; i++)
-        *STR_MEMBER(obj, f[i]) = sl__lua_field_str(L, idx, f[i].key);
-}
-
-static void str_fields_free(void *obj, const str_field_t *f, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(*STR_MEMBER(obj, f[i]));
+        *STR_MEMBER(obj, f[i]) = sl__lua_field_str_in(L, idx, f[i].key, a);
 }
 
 /* ---- headers ---- */
 
-void sl__headers_free(sl_header_t *hv, size_t n)
+sl_header_t *sl__headers_copy(sl_arena_t *a, const sl_header_t *hv, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        free((char *)hv[i].name.base);
-        free((char *)hv[i].value.base);
-    }
-    free(hv);
-}
-
-sl_header_t *sl__headers_copy(const sl_header_t *hv, size_t n, size_t *nout)
-{
-    sl_header_t *out = calloc(n ? n : 1, sizeof *out);
-    *nout = 0;
+    sl_header_t *out = sl_arena_alloc(a, (n ? n : 1) * sizeof *out);
     for (size_t i = 0; i < n && out; i++) {
-        out[i].name = sl_str(sl__lua_dup(hv[i].name.base, hv[i].name.len), hv[i].name.len);
-        out[i].value = sl_str(sl__lua_dup(hv[i].value.base, hv[i].value.len), hv[i].value.len);
-        (*nout)++;
+        char *name = sl_arena_strndup(a, hv[i].name.base, hv[i].name.len);
+        char *value = sl_arena_strndup(a, hv[i].value.base, hv[i].value.len);
+        if (!name || !value)
+            return NULL;
+        out[i].name = sl_str(name, hv[i].name.len);
+        out[i].value = sl_str(value, hv[i].value.len);
     }
     return out;
 }
 
-int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, char *err,
-                     size_t errlen)
+int sl__headers_read(lua_State *L, int idx, sl_arena_t *a, sl_header_t **out, size_t *nout,
+                     char *err, size_t errlen)
 {
     *out = NULL;
     *nout = 0;
@@ -168,7 +169,7 @@ int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, cha
         return SL_ESCRIPT;
     }
     size_t cap = 16, n = 0;
-    sl_header_t *hv = malloc(cap * sizeof *hv);
+    sl_header_t *hv = sl_arena_alloc(a, cap * sizeof *hv);
     if (!hv)
         return SL_ENOMEM;
     int array = lua_objlen(L, idx) > 0;
@@ -195,23 +196,27 @@ int sl__headers_read(lua_State *L, int idx, sl_header_t **out, size_t *nout, cha
             snprintf(err, errlen, "invalid header %s (empty, or contains CR/LF/NUL)",
                      name ? name : "(non-string)");
             lua_pop(L, 4);
-            sl__headers_free(hv, n);
             return SL_ESCRIPT;
         }
-        if (n == cap) {
-            sl_header_t *nh = realloc(hv, cap * 2 * sizeof *hv);
+        if (n == cap) { /* the old list stays in the arena until it is freed */
+            sl_header_t *nh = sl_arena_alloc(a, cap * 2 * sizeof *hv);
             if (!nh) {
                 lua_pop(L, 4);
-                sl__headers_free(hv, n);
                 return SL_ENOMEM;
             }
+            memcpy(nh, hv, n * sizeof *hv);
             hv = nh;
             cap *= 2;
         }
-        hv[n].name = sl_str(sl__lua_dup(name, nl), nl);
-        hv[n].value = sl_str(sl__lua_dup(value, vl), vl);
-        n++;
+        char *nc = sl_arena_strndup(a, name, nl), *vc = sl_arena_strndup(a, value, vl);
         lua_pop(L, 3);
+        if (!nc || !vc) {
+            lua_pop(L, 1);
+            return SL_ENOMEM;
+        }
+        hv[n].name = sl_str(nc, nl);
+        hv[n].value = sl_str(vc, vl);
+        n++;
     }
     *out = hv;
     *nout = n;
@@ -306,25 +311,26 @@ static const str_field_t PLAN_NAMES[] = {
 
 void sl_plan_free(sl_plan_t *p)
 {
-    sl__headers_free(p->headers, p->nheaders);
+    sl_arena_free(&p->arena);
     sl_buf_free(&p->body);
-    free(p->url);
-    free(p->method);
-    for (size_t i = 0; i < p->nmarkers; i++)
-        free((char *)p->markers[i].value.base);
-    for (size_t i = 0; i < p->nusage_markers; i++)
-        free((char *)p->usage_markers[i].value.base);
-    str_fields_free(p, PLAN_NAMES, NPLAN_NAMES);
-    free(p->error);
     memset(p, 0, sizeof *p);
 }
 
 void sl_lua_resp_free(sl_lua_resp_t *r)
 {
-    sl__headers_free(r->headers, r->nheaders);
+    sl_arena_free(&r->arena);
     sl_buf_free(&r->body);
-    free(r->error);
     memset(r, 0, sizeof *r);
+}
+
+int sl_lua_resp_set_head(sl_lua_resp_t *r, int status, const sl_header_t *hv, size_t n)
+{
+    sl_lua_resp_free(r);
+    r->status = status;
+    if (!(r->headers = sl__headers_copy(&r->arena, hv, n)))
+        return SL_ENOMEM;
+    r->nheaders = n;
+    return 0;
 }
 
 int sl__resp_read(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t errlen)
@@ -336,10 +342,10 @@ int sl__resp_read(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t err
         snprintf(err, errlen, "invalid status %d", r->status);
         return SL_ESCRIPT;
     }
-    r->error = sl__lua_field_str(L, idx, "error");
+    r->error = sl__lua_field_str_in(L, idx, "error", &r->arena);
     r->upstream_invalid = sl__lua_field_bool(L, idx, "upstream_invalid", 0);
     lua_getfield(L, idx, "headers");
-    int rc = sl__headers_read(L, -1, &r->headers, &r->nheaders, err, errlen);
+    int rc = sl__headers_read(L, -1, &r->arena, &r->headers, &r->nheaders, err, errlen);
     lua_pop(L, 1);
     if (!rc)
         rc = sl__lua_read_body(L, idx, &r->body, NULL);
@@ -347,8 +353,8 @@ int sl__resp_read(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t err
 }
 
 /* plan[field] = { { event = s } | { data = s } | { data_has = s }... } */
-static void read_markers(lua_State *L, int idx, const char *field, sl_sse_marker_t *markers,
-                         size_t *count)
+static void read_markers(lua_State *L, int idx, const char *field, sl_arena_t *a,
+                         sl_sse_marker_t *markers, size_t *count)
 {
     static const struct {
         const char *key;
@@ -362,7 +368,7 @@ static void read_markers(lua_State *L, int idx, const char *field, sl_sse_marker
         for (size_t i = 1; i <= n && *count < SL_PLAN_MAX_MARKERS; i++) {
             lua_rawgeti(L, -1, (int)i);
             for (size_t k = 0; k < 3 && lua_istable(L, -1); k++) {
-                char *v = sl__lua_field_str(L, -1, kinds[k].key);
+                char *v = sl__lua_field_str_in(L, -1, kinds[k].key, a);
                 if (v) {
                     markers[*count].kind = kinds[k].kind;
                     markers[*count].value = sl_str_c(v);
@@ -405,10 +411,10 @@ int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, c
         snprintf(err, errlen, "request hook returned %s, expected a table", luaL_typename(L, idx));
         return SL_ESCRIPT;
     }
-    str_fields_read(L, idx, p, PLAN_NAMES, NPLAN_NAMES);
+    str_fields_read(L, idx, p, PLAN_NAMES, NPLAN_NAMES, &p->arena);
     p->status = (int)sl__lua_field_num(L, idx, "status", 0);
     lua_getfield(L, idx, "headers");
-    int rc = sl__headers_read(L, -1, &p->headers, &p->nheaders, err, errlen);
+    int rc = sl__headers_read(L, -1, &p->arena, &p->headers, &p->nheaders, err, errlen);
     lua_pop(L, 1);
     if (rc)
         return rc;
@@ -421,23 +427,23 @@ int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, c
             return SL_ESCRIPT;
         }
         p->direct = 1;
-        p->error = sl__lua_field_str(L, idx, "error");
+        p->error = sl__lua_field_str_in(L, idx, "error", &p->arena);
         return 0;
     }
-    p->url = sl__lua_field_str(L, idx, "url");
+    p->url = sl__lua_field_str_in(L, idx, "url", &p->arena);
     if (!p->url) {
         snprintf(err, errlen, "plan has neither `status` nor `url`");
         return SL_ESCRIPT;
     }
-    p->method = sl__lua_field_str(L, idx, "method");
+    p->method = sl__lua_field_str_in(L, idx, "method", &p->arena);
     if (!p->method)
-        p->method = strdup("POST");
+        p->method = sl_arena_strndup(&p->arena, "POST", 4);
     p->body_original = !has_body;
     p->stream = sl__lua_field_bool(L, idx, "stream", 0);
     p->transform = sl__lua_field_bool(L, idx, "transform", 0);
     p->verify_tls = sl__lua_field_bool(L, idx, "verify_tls", 1);
-    read_markers(L, idx, "terminal", p->markers, &p->nmarkers);
-    read_markers(L, idx, "usage_events", p->usage_markers, &p->nusage_markers);
+    read_markers(L, idx, "terminal", &p->arena, p->markers, &p->nmarkers);
+    read_markers(L, idx, "usage_events", &p->arena, p->usage_markers, &p->nusage_markers);
     read_timeouts(L, idx, p, cfg);
     return 0;
 }
@@ -495,7 +501,7 @@ void sl__logfields_init(sl_lua_logfields_t *f)
 
 void sl_lua_logfields_free(sl_lua_logfields_t *f)
 {
-    str_fields_free(f, LOG_STRINGS, NLOG_STRINGS);
+    sl_arena_free(&f->arena);
     memset(f, 0, sizeof *f);
 }
 
@@ -516,5 +522,5 @@ void sl__logfields_read(lua_State *L, int idx, sl_lua_logfields_t *f)
     lua_getfield(L, idx, "cost");
     f->cost = lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 ? lua_tonumber(L, -1) : -1;
     lua_pop(L, 1);
-    str_fields_read(L, idx, f, LOG_STRINGS, NLOG_STRINGS);
+    str_fields_read(L, idx, f, LOG_STRINGS, NLOG_STRINGS, &f->arena);
 }

@@ -39,6 +39,7 @@ struct sl_lua_task_s {
     uv_timer_t timer; /* sleep, or the sluice.http deadline */
     /* sluice.http in flight: the transfer, what it sends, what came back. */
     sl_transfer_t *xfer;
+    sl_arena_t http_arena; /* req_url, req_method, req_headers, xheaders */
     char *req_url, *req_method;
     sl_header_t *req_headers;
     size_t nreq_headers;
@@ -78,14 +79,9 @@ static void task_free_http(sl_lua_task_t *t)
         t->xfer = NULL;
     }
     sl_buf_free(&t->xbody);
-    sl__headers_free(t->xheaders, t->nxheaders);
-    t->xheaders = NULL;
-    t->nxheaders = 0;
-    sl__headers_free(t->req_headers, t->nreq_headers);
-    t->req_headers = NULL;
-    t->nreq_headers = 0;
-    free(t->req_url);
-    free(t->req_method);
+    sl_arena_free(&t->http_arena);
+    t->xheaders = t->req_headers = NULL;
+    t->nxheaders = t->nreq_headers = 0;
     t->req_url = t->req_method = NULL;
     sl_buf_free(&t->req_body);
 }
@@ -125,8 +121,9 @@ static void on_http_head(void *ud, int status, const sl_header_t *hv, size_t n)
 {
     sl_lua_task_t *t = ud;
     t->xstatus = status;
-    sl__headers_free(t->xheaders, t->nxheaders);
-    t->xheaders = sl__headers_copy(hv, n, &t->nxheaders);
+    /* a head of an earlier attempt stays in the arena until the call ends */
+    t->xheaders = sl__headers_copy(&t->http_arena, hv, n);
+    t->nxheaders = t->xheaders ? n : 0;
 }
 
 static int on_http_data(void *ud, const char *p, size_t n)
@@ -183,11 +180,12 @@ static int http_start(sl_lua_task_t *t, char *err, size_t errlen)
         snprintf(err, errlen, "sluice.http is not available here");
         return SL_ESCRIPT;
     }
-    t->req_url = sl__lua_field_str(co, 2, "url");
-    t->req_method = sl__lua_field_str(co, 2, "method");
+    t->req_url = sl__lua_field_str_in(co, 2, "url", &t->http_arena);
+    t->req_method = sl__lua_field_str_in(co, 2, "method", &t->http_arena);
     double timeout = sl__lua_field_num(co, 2, "timeout", HTTP_TIMEOUT_S);
     lua_getfield(co, 2, "headers");
-    int rc = sl__headers_read(co, -1, &t->req_headers, &t->nreq_headers, err, errlen);
+    int rc = sl__headers_read(co, -1, &t->http_arena, &t->req_headers, &t->nreq_headers, err,
+                              errlen);
     lua_pop(co, 1);
     if (rc)
         return rc;

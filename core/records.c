@@ -211,9 +211,12 @@ void sl_record_free(sl_record_t *r)
 {
     if (!r)
         return;
-    for (int i = 0; i < NCOLS; i++)
-        if (is_string_kind(columns[i].kind))
-            free(FIELD(r, &columns[i], char *));
+    if (r->arena.block)
+        sl_arena_free(&r->arena);
+    else
+        for (int i = 0; i < NCOLS; i++)
+            if (is_string_kind(columns[i].kind))
+                free(FIELD(r, &columns[i], char *));
     free(r);
 }
 
@@ -222,7 +225,7 @@ void sl_record_free(sl_record_t *r)
 #define FROM(o, c, type) (*(const type *)((const char *)(o) + (c)->from))
 
 /* The JSON array text of the attempt log, or NULL when it is empty. */
-static char *attempts_json(const sl_outcome_t *o)
+static char *attempts_json(sl_arena_t *arena, const sl_outcome_t *o)
 {
     if (!o->nattempt_log)
         return NULL;
@@ -244,27 +247,29 @@ static char *attempts_json(const sl_outcome_t *o)
         sl_buf_printf(&b, ",\"duration_ms\":%.1f}", a->duration_ms);
     }
     sl_buf_append_byte(&b, ']');
-    char *text = sl_buf_cstr(&b) ? strdup(b.base) : NULL;
+    char *text = sl_buf_cstr(&b) ? sl_arena_strndup(arena, b.base, b.len) : NULL;
     sl_buf_free(&b);
     return text;
 }
 
 /* "partial=...; reason=...[; detail]" for an answer that was not COMPLETE. */
-static char *error_text(const sl_term_result_t *end)
+static char *error_text(sl_arena_t *arena, const sl_term_result_t *end)
 {
     if (end->reason == SL_TERM_COMPLETE)
         return NULL;
-    sl_buf_t b;
-    sl_buf_init(&b, 0);
-    sl_buf_printf(&b, "partial=%s; reason=%s", end->partial ? "true" : "false",
-                  sl_term_reason_name(end->reason));
-    if (end->detail && *end->detail)
-        sl_buf_printf(&b, "; %s", end->detail);
-    char *text = sl_buf_cstr(&b) ? strdup(b.base) : NULL;
-    sl_buf_free(&b);
+    const char *partial = end->partial ? "true" : "false";
+    const char *reason = sl_term_reason_name(end->reason);
+    const char *sep = end->detail && *end->detail ? "; " : "";
+    const char *detail = *sep ? end->detail : "";
+    int n = snprintf(NULL, 0, "partial=%s; reason=%s%s%s", partial, reason, sep, detail);
+    char *text = n < 0 ? NULL : sl_arena_alloc(arena, (size_t)n + 1);
+    if (text)
+        snprintf(text, (size_t)n + 1, "partial=%s; reason=%s%s%s", partial, reason, sep, detail);
     return text;
 }
 
+/* Every string goes into the record's arena: two allocations per record
+ * (the record and one block) instead of one per string. */
 sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
 {
     sl_record_t *r = sl_record_new();
@@ -280,7 +285,7 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
         case K_JSON_OBJ:
         case K_BODY: {
             const char *s = FROM(o, c, char *);
-            FIELD(r, c, char *) = s ? strdup(s) : NULL;
+            FIELD(r, c, char *) = s ? sl_arena_strndup(&r->arena, s, strlen(s)) : NULL;
             break;
         }
         case K_REAL:
@@ -298,11 +303,12 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
         }
     }
     r->time = o->end_time - o->duration_ms / 1000.0;
-    r->reason = strdup(sl_term_reason_name(o->end.reason));
+    const char *reason = sl_term_reason_name(o->end.reason);
+    r->reason = sl_arena_strndup(&r->arena, reason, strlen(reason));
     r->partial = o->end.partial;
     r->expected = o->end.expected;
-    r->error = error_text(&o->end);
-    r->attempts_json = attempts_json(o);
+    r->error = error_text(&r->arena, &o->end);
+    r->attempts_json = attempts_json(&r->arena, o);
     return r;
 }
 
@@ -733,8 +739,10 @@ int sl_records_submit(sl_records_t *rs, sl_record_t *rec)
         return SL_EINVAL;
     }
     if (!rs->keep_bodies) { /* do not hold bodies in the queue for nothing */
-        free(rec->request_body);
-        free(rec->response_body);
+        if (!rec->arena.block) { /* (in an arena they go with the record) */
+            free(rec->request_body);
+            free(rec->response_body);
+        }
         rec->request_body = rec->response_body = NULL;
     }
     pthread_mutex_lock(&rs->mu);

@@ -22,11 +22,14 @@
 
 #include <stdint.h>
 
+#include "arena.h"
 #include "buf.h"
 #include "outcome.h"
 
-/* Every string is malloc'd and owned by the record (NULL = absent). */
+/* Every string is owned by the record (NULL = absent): malloc'd one by one,
+ * or, in a record made by sl_record_from_outcome, all in its arena. */
 typedef struct sl_record_s {
+    sl_arena_t arena; /* holds every string when it has a block */
     char *id;    /* x-request-id */
     double time; /* unix seconds, start of request */
     char *client, *service, *method, *path, *route, *supplier, *model_in, *model_out;
@@ -54,8 +57,8 @@ typedef struct sl_record_s {
 /* A zeroed record with the token counts and ttfb_ms set to "unknown" (-1),
  * or NULL on ENOMEM. */
 sl_record_t *sl_record_new(void);
-/* The record of a request that ended so (every string copied), or NULL on
- * ENOMEM. Filled from the column table: each column names the outcome field
+/* The record of a request that ended so (every string copied, into one
+ * arena block: a record is two allocations), or NULL on ENOMEM. Filled from the column table: each column names the outcome field
  * it copies, and the rest (time, reason, partial, expected, the error text
  * "partial=...; reason=...; detail" and the attempt log's JSON) are derived
  * from the outcome here. */

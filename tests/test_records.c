@@ -342,6 +342,37 @@ static void test_bodies(void)
     CHECK_EQ_STR(jtype(doc, "$.items[1].request_body"), "");
     free(doc);
     sl_records_close(rs);
+
+    /* A record made from an outcome keeps its strings in one arena: bodies
+     * dropped by a history without them must not be freed on their own
+     * (ASan would see it), and a kept 300 KB body survives whole. */
+    static char big[300 * 1024];
+    memset(big, 'x', sizeof big - 1);
+    for (int keep = 0; keep <= 1; keep++) {
+        CHECK_EQ_INT(sl_records_open(&rs, db_path(), 0, keep), 0);
+        sl_outcome_t o = {.id = "ob", .method = "POST", .path = "/v1/messages",
+                          .end = {SL_TERM_COMPLETE, false, false, "complete"}, .ttfb_ms = -1,
+                          .input_tokens = -1, .output_tokens = -1, .cache_read_tokens = -1,
+                          .cache_write_tokens = -1, .request_body = big, .response_body = "ok"};
+        CHECK_EQ_INT(sl_records_submit(rs, sl_record_from_outcome(&o)), 0);
+        sl_records_flush(rs, 5000);
+        doc = get(rs, "ob", &rc);
+        CHECK(json_valid(doc));
+        if (keep) {
+            sqlite3_stmt *st;
+            sqlite3_prepare_v2(jdb, "SELECT length(json_extract(?1, '$.request_body'))", -1, &st,
+                               NULL);
+            sqlite3_bind_text(st, 1, doc, -1, SQLITE_STATIC);
+            CHECK(sqlite3_step(st) == SQLITE_ROW);
+            CHECK_EQ_INT(sqlite3_column_int(st, 0), (int)sizeof big - 1);
+            sqlite3_finalize(st);
+            CHECK_EQ_STR(jget(doc, "$.response_body"), "ok");
+        } else {
+            CHECK_EQ_STR(jtype(doc, "$.request_body"), "");
+        }
+        free(doc);
+        sl_records_close(rs);
+    }
 }
 
 static void test_filters(void)

@@ -1,0 +1,77 @@
+/*
+ * arena.c — bump allocation in heap blocks (see arena.h).
+ *
+ * Blocks are 2 KB, enough for a typical plan (URL, ten headers, names) or
+ * an upstream's response head; a request larger than half a block gets a
+ * block of its own so that a big header does not waste the rest of one.
+ */
+#include "arena.h"
+
+#include <stdalign.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK_BYTES 2048
+
+struct sl_arena_block_s {
+    sl_arena_block_t *prev;
+    size_t used, cap;
+    alignas(max_align_t) unsigned char data[];
+};
+
+/* n bytes at an offset that is a multiple of align (a power of two). */
+static void *take(sl_arena_t *a, size_t n, size_t align)
+{
+    sl_arena_block_t *b = a->block;
+    if (b) {
+        size_t at = (b->used + align - 1) & ~(align - 1);
+        if (at <= b->cap && b->cap - at >= n) {
+            b->used = at + n;
+            return b->data + at;
+        }
+    }
+    int alone = n > BLOCK_BYTES / 2;
+    size_t cap = alone ? n : BLOCK_BYTES - sizeof *b;
+    sl_arena_block_t *nb = malloc(sizeof *nb + cap);
+    if (!nb)
+        return NULL;
+    nb->cap = cap;
+    nb->used = n;
+    if (alone && b) {
+        /* a large piece in a block of its own, behind the current block,
+         * which keeps its free space for the small pieces that follow */
+        nb->prev = b->prev;
+        b->prev = nb;
+    } else {
+        nb->prev = b;
+        a->block = nb;
+    }
+    return nb->data;
+}
+
+void *sl_arena_alloc(sl_arena_t *a, size_t n)
+{
+    return take(a, n ? n : 1, alignof(max_align_t));
+}
+
+char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n)
+{
+    char *p = take(a, n + 1, 1);
+    if (p) {
+        if (n)
+            memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+void sl_arena_free(sl_arena_t *a)
+{
+    sl_arena_block_t *b = a->block;
+    while (b) {
+        sl_arena_block_t *prev = b->prev;
+        free(b);
+        b = prev;
+    }
+    a->block = NULL;
+}
