@@ -3,7 +3,9 @@
  * or heap buffer and emitted with one write(2) under a mutex so concurrent
  * workers never interleave partial lines. A request's access-log line is
  * built here from its outcome (outcome.h), so the exchange that produced it
- * never formats a log line.
+ * never formats a log line. A worker's lines go into its batch and out
+ * once per loop pass (log.h): with many requests ending per pass, one
+ * write and one lock for all of them.
  */
 #include "log.h"
 
@@ -12,6 +14,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -25,6 +28,13 @@ static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static int access_fd = -1;
 static int access_owned = 0;
 static __thread int thread_id = 0;
+/* The calling thread's waiting access-log lines (out) and the buffer its
+ * next line is built in (line, reused); NULL: write each line at once. */
+typedef struct {
+    sl_buf_t out, line;
+} batch_t;
+static __thread batch_t *batch;
+#define BATCH_MAX (64 * 1024) /* written out early past this */
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
 
@@ -122,9 +132,53 @@ int sl_access_log_enabled(void)
     return access_fd >= 0;
 }
 
+void sl_access_log_batch(int on)
+{
+    if (on && !batch) {
+        if ((batch = malloc(sizeof *batch))) {
+            sl_buf_init(&batch->out, 0);
+            sl_buf_init(&batch->line, 0);
+        }
+    } else if (!on && batch) {
+        sl_access_log_flush();
+        sl_buf_free(&batch->out);
+        sl_buf_free(&batch->line);
+        free(batch);
+        batch = NULL;
+    }
+}
+
+void sl_access_log_flush(void)
+{
+    if (!batch || !batch->out.len)
+        return;
+    if (access_fd >= 0) {
+        pthread_mutex_lock(&log_mu);
+        write_all(access_fd, batch->out.base, batch->out.len);
+        pthread_mutex_unlock(&log_mu);
+    }
+    sl_buf_reset(&batch->out);
+}
+
+/* Appends the line and its newline to the batch; 0, or -1 (nothing added). */
+static int batch_add(const char *line, size_t len)
+{
+    sl_buf_t *out = &batch->out;
+    size_t at = out->len;
+    if (sl_buf_append(out, line, len) || sl_buf_append_byte(out, '\n')) {
+        out->len = at;
+        return -1;
+    }
+    if (out->len >= BATCH_MAX)
+        sl_access_log_flush();
+    return 0;
+}
+
 void sl_access_log_write(const char *line, size_t len)
 {
     if (access_fd < 0)
+        return;
+    if (batch && batch_add(line, len) == 0)
         return;
     /* One writev: the line and its newline in a single syscall. */
     struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
@@ -157,32 +211,36 @@ void sl_access_log_outcome(const sl_outcome_t *o)
 {
     if (access_fd < 0)
         return;
-    sl_buf_t b;
-    sl_buf_init(&b, 0);
+    sl_buf_t b, *line = &b; /* a batching thread reuses its line buffer */
+    if (batch)
+        sl_buf_reset(line = &batch->line);
+    else
+        sl_buf_init(line, 0);
     /* The planned names, not the log hook's: the line says what was routed. */
     const sl_outcome_names_t *n = &o->planned;
-    sl_buf_printf(&b, "{\"time\":%.3f", o->end_time);
-    json_field(&b, "id", o->id);
-    json_field(&b, "peer", o->peer);
-    json_field(&b, "method", o->method);
-    json_field(&b, "path", o->path);
-    json_field(&b, "service", n->service);
-    json_field(&b, "client", n->client);
-    json_field(&b, "key", o->gateway_key); /* a tenant's id or "key#N", never the key */
-    json_field(&b, "supplier", n->supplier);
-    json_field(&b, "model_in", n->model_in);
-    json_field(&b, "model_out", n->model_out);
-    sl_buf_printf(&b, ",\"status\":%d,\"upstream_status\":%d,\"duration_ms\":%.1f", o->status,
+    sl_buf_printf(line, "{\"time\":%.3f", o->end_time);
+    json_field(line, "id", o->id);
+    json_field(line, "peer", o->peer);
+    json_field(line, "method", o->method);
+    json_field(line, "path", o->path);
+    json_field(line, "service", n->service);
+    json_field(line, "client", n->client);
+    json_field(line, "key", o->gateway_key); /* a tenant's id or "key#N", never the key */
+    json_field(line, "supplier", n->supplier);
+    json_field(line, "model_in", n->model_in);
+    json_field(line, "model_out", n->model_out);
+    sl_buf_printf(line, ",\"status\":%d,\"upstream_status\":%d,\"duration_ms\":%.1f", o->status,
                   o->upstream_status, o->duration_ms);
     if (o->ttfb_ms >= 0)
-        sl_buf_printf(&b, ",\"ttfb_ms\":%.1f", o->ttfb_ms);
-    sl_buf_printf(&b, ",\"bytes_in\":%lld,\"bytes_out\":%lld", (long long)o->bytes_in,
+        sl_buf_printf(line, ",\"ttfb_ms\":%.1f", o->ttfb_ms);
+    sl_buf_printf(line, ",\"bytes_in\":%lld,\"bytes_out\":%lld", (long long)o->bytes_in,
                   (long long)o->bytes_out);
-    json_field(&b, "reason", sl_term_reason_name(o->end.reason));
-    sl_buf_printf(&b, ",\"partial\":%s,\"expected\":%s}", o->end.partial ? "true" : "false",
+    json_field(line, "reason", sl_term_reason_name(o->end.reason));
+    sl_buf_printf(line, ",\"partial\":%s,\"expected\":%s}", o->end.partial ? "true" : "false",
                   o->end.expected ? "true" : "false");
-    sl_access_log_write(b.base, b.len);
-    sl_buf_free(&b);
+    sl_access_log_write(line->base, line->len);
+    if (line == &b)
+        sl_buf_free(&b);
 }
 
 static int hexval(char c)

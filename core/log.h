@@ -6,6 +6,9 @@
  * request, written to a file, stderr, or nowhere. Both are safe to call from
  * any worker thread: each line is formatted into a private buffer first and
  * written with a single write(2) under a mutex, so lines never interleave.
+ * A worker batches its access-log lines instead (sl_access_log_batch) and
+ * writes them once per pass of its event loop (sl_access_log_flush): one
+ * write for every request that ended in that pass.
  *
  * Nothing secret may be passed to either: callers redact first
  * (sl_log_redact_query() removes `key=` query parameters).
@@ -36,8 +39,14 @@ void sl_log(sl_log_level_t level, const char *fmt, ...) __attribute__((format(pr
 int sl_access_log_open(const char *where);
 void sl_access_log_close(void);
 int sl_access_log_enabled(void);
-/* Writes one line (a newline is appended). */
+/* Writes one line (a newline is appended), or adds it to the thread's batch. */
 void sl_access_log_write(const char *line, size_t len);
+/* on = 1: the calling thread's lines wait in a batch until
+ * sl_access_log_flush (or until 64 KB wait); on = 0 writes what waits and
+ * stops batching. */
+void sl_access_log_batch(int on);
+/* Writes the calling thread's batched lines, whole, with one write. */
+void sl_access_log_flush(void);
 /* Writes a request's line, when the access log is on: a JSON object with
  * time, id, peer, method, path, the planned names (service, client,
  * supplier, model_in, model_out), status, upstream_status, duration_ms,

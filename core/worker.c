@@ -319,11 +319,20 @@ static void on_async(uv_async_t *a)
         begin_stop(w);
 }
 
+/* After each pass of the loop, the access-log lines of the requests that
+ * ended in it go out in one write (log.h). */
+static void on_log_flush(uv_check_t *c)
+{
+    sl_access_log_flush();
+}
+
 static void run(void *arg)
 {
     sl_worker_t *w = arg;
     sl_log_set_thread_id(w->id);
+    sl_access_log_batch(1);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    sl_access_log_batch(0); /* writes what the last pass left */
 }
 
 int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t errlen)
@@ -340,6 +349,9 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
     w->async.data = w;
     uv_timer_init(&w->loop, &w->shutdown_timer);
     uv_timer_init(&w->loop, &w->deadline);
+    uv_check_init(&w->loop, &w->log_flush);
+    uv_check_start(&w->log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&w->log_flush); /* never what keeps the loop running */
     w->shutdown_timer.data = w->deadline.data = w;
     if ((rc = sl_upstream_new(&w->upstream, &w->loop)) != 0) {
         snprintf(err, errlen, "upstream client: %s", sl_strerror(rc));

@@ -69,6 +69,7 @@ struct sl_worker_s {
     size_t nexchanges;
     int stopping;
     uv_timer_t shutdown_timer;  /* polls for "everything drained" while stopping */
+    uv_check_t log_flush;       /* writes the access-log lines of each loop pass */
     uv_timer_t deadline;        /* shutdown_timeout: then in-flight requests are cut */
     int start_rc;               /* result of starting, for the main thread */
     char start_err[512];

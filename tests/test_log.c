@@ -143,6 +143,46 @@ static void test_access_log_lines(void)
     free(s);
 }
 
+/* A worker's lines wait for the end of its loop pass: nothing reaches the
+ * file before sl_access_log_flush, then every line, whole and in order;
+ * 64 KB waiting are written early, and turning batching off writes the
+ * rest. Outcome lines batch the same way. */
+static void test_access_log_batch(void)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/access-batch.log", tmpdir);
+    CHECK_EQ_INT(sl_access_log_open(path), 0);
+    sl_access_log_batch(1);
+    sl_access_log_write("{\"a\":1}", 7);
+    sl_access_log_write("{\"b\":2}", 7);
+    size_t n = 1;
+    char *s = slurp(path, &n);
+    CHECK(s && n == 0); /* still waiting */
+    free(s);
+    sl_access_log_flush();
+    s = slurp(path, NULL);
+    CHECK(s && strcmp(s, "{\"a\":1}\n{\"b\":2}\n") == 0);
+    free(s);
+
+    char line[1000];
+    memset(line, 'x', sizeof line);
+    for (int i = 0; i < 70; i++) /* 70,070 bytes: past 64 KB before the 70th */
+        sl_access_log_write(line, sizeof line);
+    s = slurp(path, &n);
+    CHECK(n >= 64 * 1024 && n < 16 + 70 * 1001);
+    CHECK(n >= 16 && (n - 16) % 1001 == 0); /* only whole lines */
+    free(s);
+    sl_outcome_t o = {.id = "req-batch", .method = "POST", .path = "/v1/messages", .ttfb_ms = -1,
+                      .end = {SL_TERM_COMPLETE, false, false, "complete"}};
+    sl_access_log_outcome(&o);
+    sl_access_log_batch(0);
+    s = slurp(path, &n);
+    CHECK(n == 16 + 70 * 1001 + strlen(strstr(s, "{\"time\"")));
+    CHECK_STR_HAS(s, "\"id\":\"req-batch\"");
+    free(s);
+    sl_access_log_close();
+}
+
 /* A request's line, from its outcome: the planned names (not what the log
  * hook learned), escaped strings, null for what is absent, ttfb_ms only
  * when a byte was sent. */
@@ -348,6 +388,7 @@ int main(void)
     RUN(test_redact_percent_encoded_name);
     RUN(test_access_log_lines);
     RUN(test_access_log_outcome_line);
+    RUN(test_access_log_batch);
     RUN(test_access_log_off_and_bad_path);
     RUN(test_access_log_concurrent_writers_never_interleave);
     RUN(test_log_level_parse);
