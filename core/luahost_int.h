@@ -93,9 +93,8 @@ int sl__config_read(lua_State *L, int idx, sl_config_t *c, char *err, size_t err
 /* ---- luahost_marshal.c ---- */
 
 char *sl__lua_dup(const char *s, size_t n);                      /* NUL-terminated copy */
-char *sl__lua_field_str(lua_State *L, int idx, const char *key); /* NULL unless a string */
-/* The same, copied into an arena. */
-char *sl__lua_field_str_in(lua_State *L, int idx, const char *key, sl_arena_t *a);
+/* A copy of t[key] in the arena, or NULL unless it is a string. */
+char *sl__lua_field_str(lua_State *L, int idx, const char *key, sl_arena_t *a);
 double sl__lua_field_num(lua_State *L, int idx, const char *key, double dflt);
 int sl__lua_field_bool(lua_State *L, int idx, const char *key, int dflt); /* nil: dflt */
 uint64_t sl__secs_to_ms(double s);

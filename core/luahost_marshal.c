@@ -32,20 +32,7 @@ char *sl__lua_dup(const char *s, size_t n)
     return p;
 }
 
-char *sl__lua_field_str(lua_State *L, int idx, const char *key)
-{
-    char *out = NULL;
-    lua_getfield(L, idx, key);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        out = sl__lua_dup(s, n);
-    }
-    lua_pop(L, 1);
-    return out;
-}
-
-char *sl__lua_field_str_in(lua_State *L, int idx, const char *key, sl_arena_t *a)
+char *sl__lua_field_str(lua_State *L, int idx, const char *key, sl_arena_t *a)
 {
     char *out = NULL;
     lua_getfield(L, idx, key);
@@ -138,7 +125,7 @@ static void str_fields_read(lua_State *L, int idx, void *obj, const str_field_t 
                             sl_arena_t *a)
 {
     for (size_t i = 0; i < n; i++)
-        *STR_MEMBER(obj, f[i]) = sl__lua_field_str_in(L, idx, f[i].key, a);
+        *STR_MEMBER(obj, f[i]) = sl__lua_field_str(L, idx, f[i].key, a);
 }
 
 /* ---- headers ---- */
@@ -342,7 +329,7 @@ int sl__resp_read(lua_State *L, int idx, sl_lua_resp_t *r, char *err, size_t err
         snprintf(err, errlen, "invalid status %d", r->status);
         return SL_ESCRIPT;
     }
-    r->error = sl__lua_field_str_in(L, idx, "error", &r->arena);
+    r->error = sl__lua_field_str(L, idx, "error", &r->arena);
     r->upstream_invalid = sl__lua_field_bool(L, idx, "upstream_invalid", 0);
     lua_getfield(L, idx, "headers");
     int rc = sl__headers_read(L, -1, &r->arena, &r->headers, &r->nheaders, err, errlen);
@@ -368,7 +355,7 @@ static void read_markers(lua_State *L, int idx, const char *field, sl_arena_t *a
         for (size_t i = 1; i <= n && *count < SL_PLAN_MAX_MARKERS; i++) {
             lua_rawgeti(L, -1, (int)i);
             for (size_t k = 0; k < 3 && lua_istable(L, -1); k++) {
-                char *v = sl__lua_field_str_in(L, -1, kinds[k].key, a);
+                char *v = sl__lua_field_str(L, -1, kinds[k].key, a);
                 if (v) {
                     markers[*count].kind = kinds[k].kind;
                     markers[*count].value = sl_str_c(v);
@@ -427,15 +414,15 @@ int sl__plan_read(lua_State *L, int idx, sl_plan_t *p, const sl_config_t *cfg, c
             return SL_ESCRIPT;
         }
         p->direct = 1;
-        p->error = sl__lua_field_str_in(L, idx, "error", &p->arena);
+        p->error = sl__lua_field_str(L, idx, "error", &p->arena);
         return 0;
     }
-    p->url = sl__lua_field_str_in(L, idx, "url", &p->arena);
+    p->url = sl__lua_field_str(L, idx, "url", &p->arena);
     if (!p->url) {
         snprintf(err, errlen, "plan has neither `status` nor `url`");
         return SL_ESCRIPT;
     }
-    p->method = sl__lua_field_str_in(L, idx, "method", &p->arena);
+    p->method = sl__lua_field_str(L, idx, "method", &p->arena);
     if (!p->method)
         p->method = sl_arena_strndup(&p->arena, "POST", 4);
     p->body_original = !has_body;

@@ -180,8 +180,8 @@ static int http_start(sl_lua_task_t *t, char *err, size_t errlen)
         snprintf(err, errlen, "sluice.http is not available here");
         return SL_ESCRIPT;
     }
-    t->req_url = sl__lua_field_str_in(co, 2, "url", &t->http_arena);
-    t->req_method = sl__lua_field_str_in(co, 2, "method", &t->http_arena);
+    t->req_url = sl__lua_field_str(co, 2, "url", &t->http_arena);
+    t->req_method = sl__lua_field_str(co, 2, "method", &t->http_arena);
     double timeout = sl__lua_field_num(co, 2, "timeout", HTTP_TIMEOUT_S);
     lua_getfield(co, 2, "headers");
     int rc = sl__headers_read(co, -1, &t->http_arena, &t->req_headers, &t->nreq_headers, err,
