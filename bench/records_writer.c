@@ -99,7 +99,7 @@ static int submit_one(sl_records_t *rs, int time_ordered, uint64_t ms)
         .attempt_log = &attempt,
         .nattempt_log = 1,
     };
-    sl_record_t *r = sl_record_from_outcome(&o);
+    sl_record_t *r = sl_record_from_outcome(&o, 0);
     return r ? sl_records_submit(rs, r) : -1;
 }
 

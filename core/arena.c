@@ -8,6 +8,7 @@
 #include "arena.h"
 
 #include <stdalign.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,8 @@ static void *take(sl_arena_t *a, size_t n, size_t align)
             return b->data + at;
         }
     }
+    if (n > SIZE_MAX / 2)
+        return NULL;
     int alone = n > BLOCK_BYTES / 2;
     size_t cap = alone ? n : BLOCK_BYTES - sizeof *b;
     sl_arena_block_t *nb = malloc(sizeof *nb + cap);
@@ -49,6 +52,23 @@ static void *take(sl_arena_t *a, size_t n, size_t align)
     return nb->data;
 }
 
+int sl_arena_reserve(sl_arena_t *a, size_t n)
+{
+    sl_arena_block_t *b = a->block;
+    if (b && b->cap - b->used >= n)
+        return 0;
+    if (n > SIZE_MAX / 2)
+        return -1;
+    sl_arena_block_t *nb = malloc(sizeof *nb + (n ? n : 1));
+    if (!nb)
+        return -1;
+    nb->cap = n ? n : 1;
+    nb->used = 0;
+    nb->prev = b;
+    a->block = nb;
+    return 0;
+}
+
 void *sl_arena_alloc(sl_arena_t *a, size_t n)
 {
     return take(a, n ? n : 1, alignof(max_align_t));
@@ -56,7 +76,7 @@ void *sl_arena_alloc(sl_arena_t *a, size_t n)
 
 char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n)
 {
-    char *p = take(a, n + 1, 1);
+    char *p = n < SIZE_MAX ? take(a, n + 1, 1) : NULL;
     if (p) {
         if (n)
             memcpy(p, s, n);

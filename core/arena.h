@@ -25,6 +25,11 @@ typedef struct {
 
 /* n bytes, or NULL on ENOMEM. */
 void *sl_arena_alloc(sl_arena_t *a, size_t n);
+/* Makes room for n more bytes in the current block, so that pieces adding
+ * up to n (strings: their lengths + 1; aligned pieces: rounded up to the
+ * alignment) take no further allocation: an owner that knows its size asks
+ * for exactly that instead of a whole block. 0 or -1 (ENOMEM). */
+int sl_arena_reserve(sl_arena_t *a, size_t n);
 /* A NUL-terminated copy of s[0..n), or NULL on ENOMEM. */
 char *sl_arena_strndup(sl_arena_t *a, const char *s, size_t n);
 /* Frees every block; the arena is empty again. */

@@ -178,8 +178,11 @@ void sl_access_log_write(const char *line, size_t len)
 {
     if (access_fd < 0)
         return;
-    if (batch && batch_add(line, len) == 0)
-        return;
+    if (batch) {
+        if (batch_add(line, len) == 0)
+            return;
+        sl_access_log_flush(); /* no room (ENOMEM): keep the order, write it alone */
+    }
     /* One writev: the line and its newline in a single syscall. */
     struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
     pthread_mutex_lock(&log_mu);

@@ -224,57 +224,70 @@ void sl_record_free(sl_record_t *r)
 
 #define FROM(o, c, type) (*(const type *)((const char *)(o) + (c)->from))
 
-/* The JSON array text of the attempt log, or NULL when it is empty. */
-static char *attempts_json(sl_arena_t *arena, const sl_outcome_t *o)
+/* Appends the JSON array text of the attempt log (nothing when it is empty). */
+static void attempts_json(sl_buf_t *b, const sl_outcome_t *o)
 {
-    if (!o->nattempt_log)
-        return NULL;
-    sl_buf_t b;
-    sl_buf_init(&b, 0);
     for (size_t i = 0; i < o->nattempt_log; i++) {
         const sl_attempt_t *a = &o->attempt_log[i];
         const char *sup = a->supplier ? a->supplier : "";
-        sl_buf_append_c(&b, i ? ",{\"supplier\":\"" : "[{\"supplier\":\"");
-        sl_buf_append_json_str(&b, sup, strlen(sup));
-        sl_buf_printf(&b, "\",\"status\":%d,\"error\":", a->status);
+        sl_buf_append_c(b, i ? ",{\"supplier\":\"" : "[{\"supplier\":\"");
+        sl_buf_append_json_str(b, sup, strlen(sup));
+        sl_buf_printf(b, "\",\"status\":%d,\"error\":", a->status);
         if (a->error) {
-            sl_buf_append_byte(&b, '"');
-            sl_buf_append_json_str(&b, a->error, strlen(a->error));
-            sl_buf_append_byte(&b, '"');
+            sl_buf_append_byte(b, '"');
+            sl_buf_append_json_str(b, a->error, strlen(a->error));
+            sl_buf_append_byte(b, '"');
         } else {
-            sl_buf_append_c(&b, "null");
+            sl_buf_append_c(b, "null");
         }
-        sl_buf_printf(&b, ",\"duration_ms\":%.1f}", a->duration_ms);
+        sl_buf_printf(b, ",\"duration_ms\":%.1f}", a->duration_ms);
     }
-    sl_buf_append_byte(&b, ']');
-    char *text = sl_buf_cstr(&b) ? sl_arena_strndup(arena, b.base, b.len) : NULL;
-    sl_buf_free(&b);
-    return text;
+    if (o->nattempt_log)
+        sl_buf_append_byte(b, ']');
 }
 
-/* "partial=...; reason=...[; detail]" for an answer that was not COMPLETE. */
-static char *error_text(sl_arena_t *arena, const sl_term_result_t *end)
+/* Appends "partial=...; reason=...[; detail]" for an answer that was not
+ * COMPLETE (nothing for one that was). */
+static void error_text(sl_buf_t *b, const sl_term_result_t *end)
 {
     if (end->reason == SL_TERM_COMPLETE)
-        return NULL;
-    const char *partial = end->partial ? "true" : "false";
-    const char *reason = sl_term_reason_name(end->reason);
-    const char *sep = end->detail && *end->detail ? "; " : "";
-    const char *detail = *sep ? end->detail : "";
-    int n = snprintf(NULL, 0, "partial=%s; reason=%s%s%s", partial, reason, sep, detail);
-    char *text = n < 0 ? NULL : sl_arena_alloc(arena, (size_t)n + 1);
-    if (text)
-        snprintf(text, (size_t)n + 1, "partial=%s; reason=%s%s%s", partial, reason, sep, detail);
-    return text;
+        return;
+    sl_buf_printf(b, "partial=%s; reason=%s", end->partial ? "true" : "false",
+                  sl_term_reason_name(end->reason));
+    if (end->detail && *end->detail)
+        sl_buf_printf(b, "; %s", end->detail);
 }
 
-/* Every string goes into the record's arena: two allocations per record
- * (the record and one block) instead of one per string. */
-sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
+/* The text of a column copied from the outcome (bodies only when kept). */
+static const char *copied_text(const sl_outcome_t *o, const column_t *c, int with_bodies)
+{
+    if (c->from == DERIVED || !is_string_kind(c->kind) || (c->kind == K_BODY && !with_bodies))
+        return NULL;
+    return FROM(o, c, const char *);
+}
+
+/* Every string goes into the record's arena, in one block of exactly their
+ * size: two allocations per record (the record and its strings), and a
+ * queue of records waiting for the writer holds no more than it must. */
+sl_record_t *sl_record_from_outcome(const sl_outcome_t *o, int with_bodies)
 {
     sl_record_t *r = sl_record_new();
     if (!r)
         return NULL;
+    /* the derived texts, in one scratch buffer: error, then attempt log */
+    sl_buf_t derived;
+    sl_buf_init(&derived, 0);
+    error_text(&derived, &o->end);
+    size_t error_len = derived.len;
+    attempts_json(&derived, o);
+    const char *reason = sl_term_reason_name(o->end.reason);
+    size_t need = strlen(reason) + 1 + (error_len ? error_len + 1 : 0) +
+                  (derived.len > error_len ? derived.len - error_len + 1 : 0);
+    for (int i = 0; i < NCOLS; i++) {
+        const char *s = copied_text(o, &columns[i], with_bodies);
+        need += s ? strlen(s) + 1 : 0;
+    }
+    sl_arena_reserve(&r->arena, need); /* on ENOMEM the copies below fail one by one */
     for (int i = 0; i < NCOLS; i++) {
         const column_t *c = &columns[i];
         if (c->from == DERIVED)
@@ -284,7 +297,7 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
         case K_JSON_ARRAY:
         case K_JSON_OBJ:
         case K_BODY: {
-            const char *s = FROM(o, c, char *);
+            const char *s = copied_text(o, c, with_bodies);
             FIELD(r, c, char *) = s ? sl_arena_strndup(&r->arena, s, strlen(s)) : NULL;
             break;
         }
@@ -303,12 +316,15 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o)
         }
     }
     r->time = o->end_time - o->duration_ms / 1000.0;
-    const char *reason = sl_term_reason_name(o->end.reason);
     r->reason = sl_arena_strndup(&r->arena, reason, strlen(reason));
     r->partial = o->end.partial;
     r->expected = o->end.expected;
-    r->error = error_text(&r->arena, &o->end);
-    r->attempts_json = attempts_json(&r->arena, o);
+    if (error_len)
+        r->error = sl_arena_strndup(&r->arena, derived.base, error_len);
+    if (derived.len > error_len)
+        r->attempts_json =
+            sl_arena_strndup(&r->arena, derived.base + error_len, derived.len - error_len);
+    sl_buf_free(&derived);
     return r;
 }
 
@@ -732,17 +748,21 @@ void sl_records_close(sl_records_t *rs)
     destroy(rs);
 }
 
+int sl_records_keep_bodies(const sl_records_t *rs)
+{
+    return rs && rs->keep_bodies;
+}
+
 int sl_records_submit(sl_records_t *rs, sl_record_t *rec)
 {
     if (!rs || !rec || !rec->id) {
         sl_record_free(rec);
         return SL_EINVAL;
     }
-    if (!rs->keep_bodies) { /* do not hold bodies in the queue for nothing */
-        if (!rec->arena.block) { /* (in an arena they go with the record) */
-            free(rec->request_body);
-            free(rec->response_body);
-        }
+    if (!rs->keep_bodies && !rec->arena.block) { /* do not queue bodies for nothing (a
+                                                   * record from an outcome has none) */
+        free(rec->request_body);
+        free(rec->response_body);
         rec->request_body = rec->response_body = NULL;
     }
     pthread_mutex_lock(&rs->mu);

@@ -58,11 +58,12 @@ typedef struct sl_record_s {
  * or NULL on ENOMEM. */
 sl_record_t *sl_record_new(void);
 /* The record of a request that ended so (every string copied, into one
- * arena block: a record is two allocations), or NULL on ENOMEM. Filled from the column table: each column names the outcome field
+ * arena block of their size: a record is two allocations), or NULL on
+ * ENOMEM. The bodies are copied only with_bodies (the history keeps them). Filled from the column table: each column names the outcome field
  * it copies, and the rest (time, reason, partial, expected, the error text
  * "partial=...; reason=...; detail" and the attempt log's JSON) are derived
  * from the outcome here. */
-sl_record_t *sl_record_from_outcome(const sl_outcome_t *o);
+sl_record_t *sl_record_from_outcome(const sl_outcome_t *o, int with_bodies);
 /* Frees the record and every string it holds. NULL is a no-op. */
 void sl_record_free(sl_record_t *r);
 
@@ -76,6 +77,8 @@ typedef struct sl_records_s sl_records_t;
  * SL_EIO (cannot open/create; the reason is logged to stderr).
  */
 int sl_records_open(sl_records_t **out, const char *path, int max_records, int keep_bodies);
+/* Whether this history keeps bodies (sl_records_open's keep_bodies). */
+int sl_records_keep_bodies(const sl_records_t *rs);
 /* Writes everything submitted so far, stops the writer and closes the
  * database. NULL is a no-op. No other call may be in progress or follow. */
 void sl_records_close(sl_records_t *rs);

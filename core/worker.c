@@ -49,7 +49,8 @@ static void on_exchange_end(void *owner, sl_exchange_t *ex, const sl_outcome_t *
     sl_worker_t *w = l->w;
     sl_access_log_outcome(o);
     if (w->app->records)
-        sl_records_submit(w->app->records, sl_record_from_outcome(o));
+        sl_records_submit(w->app->records,
+                          sl_record_from_outcome(o, sl_records_keep_bodies(w->app->records)));
     sl_metrics_request_outcome(o);
     if (l->prev)
         l->prev->next = l->next;

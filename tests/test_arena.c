@@ -6,7 +6,9 @@
  * ones fill and overflow blocks, memory from sl_arena_alloc is aligned for
  * any type, a large piece gets a block of its own without wasting the
  * current one, copies are NUL-terminated, and a zeroed arena is empty and
- * can be freed (and reused) at any time. ASan checks the frees.
+ * can be freed (and reused) at any time, a reserved size holds exactly
+ * that, and absurd sizes are refused rather than wrapped. ASan checks the
+ * frees.
  */
 #include <stdalign.h>
 #include <stddef.h>
@@ -83,6 +85,24 @@ static void test_strndup_terminates(void)
     sl_arena_free(&a);
 }
 
+/* An owner that knows its size reserves it: its pieces lie back to back in
+ * that one block, and the next piece after them needs another. */
+static void test_reserve_fits_exactly(void)
+{
+    sl_arena_t a = {0};
+    CHECK_EQ_INT(sl_arena_reserve(&a, 5 + 7), 0);
+    char *x = sl_arena_strndup(&a, "abcd", 4);
+    char *y = sl_arena_strndup(&a, "efghij", 6);
+    CHECK(x && y && y == x + 5);
+    char *z = sl_arena_strndup(&a, "k", 1);
+    CHECK(z && z != y + 7);
+    CHECK_EQ_STR(x, "abcd");
+    CHECK_EQ_STR(y, "efghij");
+    sl_arena_free(&a);
+    CHECK_EQ_INT(sl_arena_reserve(&a, (size_t)-1), -1); /* refused, not wrapped */
+    CHECK(sl_arena_alloc(&a, (size_t)-1 / 2 + 1) == NULL);
+}
+
 int main(void)
 {
     RUN(test_empty_arena_frees);
@@ -90,5 +110,6 @@ int main(void)
     RUN(test_alignment);
     RUN(test_large_piece_keeps_the_block);
     RUN(test_strndup_terminates);
+    RUN(test_reserve_fits_exactly);
     return TEST_SUMMARY();
 }
