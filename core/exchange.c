@@ -960,6 +960,10 @@ static void finalize(sl_exchange_t *ex)
     stop_work(ex);
     sl_term_result_t res;
     int abort_conn = end_answer(ex, &res);
+    /* The client gets what it was sent before the record and the log
+     * are written, not after (a chunked answer's last chunk follows). */
+    if (ex->conn && !abort_conn)
+        sl_conn_flush(ex->conn);
     report(ex, &res);
     if (ex->conn) {
         if (abort_conn)

@@ -556,6 +556,18 @@ static void conn_close_graceful(sl_conn_t *c)
     arm_timer(c, on_close_deadline, ms ? ms : 60000);
 }
 
+void sl_conn_flush(sl_conn_t *c)
+{
+    if (!c->flush_queued)
+        return;
+    flush_unlink(c);
+    int rc = flush_conn(c);
+    if (rc) {
+        conn_notify_gone(c, rc);
+        conn_close(c);
+    }
+}
+
 int sl_conn_finish(sl_conn_t *c)
 {
     if (c->state != CONN_BUSY)

@@ -15,7 +15,9 @@
  * byte for byte and the outcome is that attempt's, with both attempts in
  * the log, and the retried attempt runs its own first-byte clock; a
  * client that leaves after the terminal event was delivered had
- * the whole answer: COMPLETE, and the transfer is aborted; a client that
+ * the whole answer: COMPLETE, and the transfer is aborted; the client has
+ * the whole answer before the outcome is reported (the record and the log
+ * do not delay it); a client that
  * leaves during the backoff before a retry ends the exchange on its own
  * timer (no attempt starts).
  *
@@ -109,6 +111,8 @@ static void up_done(fake_t *f, int curl_code)
 
 /* ---- the outcome, copied out of the owner's callback ---- */
 
+#define RESP_PEEK 4096
+
 static struct {
     int ended;
     sl_term_reason_t reason;
@@ -119,7 +123,11 @@ static struct {
     size_t nlog;
     int log_status[4];
     char log_error[4][64];
+    /* what the client's socket already held when the exchange reported its
+     * outcome (peek_fd >= 0: the case wants to know) */
+    char client_had[RESP_PEEK];
 } got;
+static int peek_fd = -1;
 
 static void on_end(void *owner, sl_exchange_t *ex, const sl_outcome_t *o)
 {
@@ -141,6 +149,10 @@ static void on_end(void *owner, sl_exchange_t *ex, const sl_outcome_t *o)
         got.log_status[i] = o->attempt_log[i].status;
         snprintf(got.log_error[i], sizeof got.log_error[i], "%s",
                  o->attempt_log[i].error ? o->attempt_log[i].error : "(none)");
+    }
+    if (peek_fd >= 0) {
+        ssize_t r = recv(peek_fd, got.client_had, sizeof got.client_had - 1, MSG_PEEK | MSG_DONTWAIT);
+        got.client_had[r > 0 ? r : 0] = '\0';
     }
 }
 
@@ -472,6 +484,28 @@ static void test_client_gone_after_terminal_is_complete(void)
     CHECK_EQ_INT(active_streams(), 0);
 }
 
+/* The record and the log are made after the client has its answer, not
+ * before: when the exchange reports its outcome, the client's socket
+ * already holds every event (the chunked body's last chunk follows). */
+static void test_client_has_the_answer_before_the_report(void)
+{
+    int fd = begin_case();
+    if (fd < 0)
+        return;
+    peek_fd = fd;
+    up_head(&fakes[0], 200);
+    up_data(&fakes[0], WHOLE_STREAM); /* in one turn of the loop, with the end */
+    up_done(&fakes[0], CURLE_OK);
+    peek_fd = -1;
+    CHECK_EQ_INT(got.ended, 1);
+    CHECK_EQ_INT(got.reason, SL_TERM_COMPLETE);
+    CHECK_STR_HAS(got.client_had, "HTTP/1.1 200");
+    CHECK_STR_HAS(got.client_had, "event: message_stop\ndata: {\"type\":\"message_stop\"}");
+    char resp[RESP_MAX], body[RESP_MAX];
+    client_finish(fd, resp, body);
+    CHECK_EQ_STR(body, WHOLE_STREAM);
+}
+
 static void test_client_gone_before_terminal_is_client_abort(void)
 {
     int fd = begin_case();
@@ -596,6 +630,7 @@ int main(void)
     RUN(test_retry_before_commit_starts_clean);
     RUN(test_retry_resets_the_first_byte_clock);
     RUN(test_client_gone_after_terminal_is_complete);
+    RUN(test_client_has_the_answer_before_the_report);
     RUN(test_client_gone_before_terminal_is_client_abort);
     RUN(test_client_gone_during_backoff);
     teardown();
