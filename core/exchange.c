@@ -960,18 +960,17 @@ static void finalize(sl_exchange_t *ex)
     stop_work(ex);
     sl_term_result_t res;
     int abort_conn = end_answer(ex, &res);
-    /* The client gets what it was sent before the record and the log
-     * are written, not after (a chunked answer's last chunk follows). */
-    if (ex->conn && !abort_conn)
-        sl_conn_flush(ex->conn);
-    report(ex, &res);
+    /* The client gets its whole answer (both calls write at once) before
+     * the record and the log are made, not after them. */
     if (ex->conn) {
+        ex->bytes_out = sl_conn_bytes_out(ex->conn) - ex->bytes_base; /* before the last chunk */
         if (abort_conn)
             sl_conn_close(ex->conn, 1); /* flush what was sent, then EOF: no final chunk */
         else
             sl_conn_finish(ex->conn);
         ex->conn = NULL;
     }
+    report(ex, &res);
     release(ex);
 }
 

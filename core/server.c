@@ -556,18 +556,6 @@ static void conn_close_graceful(sl_conn_t *c)
     arm_timer(c, on_close_deadline, ms ? ms : 60000);
 }
 
-void sl_conn_flush(sl_conn_t *c)
-{
-    if (!c->flush_queued)
-        return;
-    flush_unlink(c);
-    int rc = flush_conn(c);
-    if (rc) {
-        conn_notify_gone(c, rc);
-        conn_close(c);
-    }
-}
-
 int sl_conn_finish(sl_conn_t *c)
 {
     if (c->state != CONN_BUSY)
@@ -584,8 +572,15 @@ int sl_conn_finish(sl_conn_t *c)
     c->served++;
     c->state = CONN_READING;
     if (rc || c->want_close || c->body_too_large || c->srv->stopping) {
-        conn_close_graceful(c);
+        conn_close_graceful(c); /* flushes, then shuts down */
         return rc;
+    }
+    if (c->flush_queued) {
+        flush_unlink(c);
+        if ((rc = flush_conn(c)) != 0) {
+            conn_close(c);
+            return rc;
+        }
     }
     llhttp_resume(&c->parser);
     idle_add(c);

@@ -102,12 +102,10 @@ int sl_conn_send_body(sl_conn_t *c, const char *p, size_t n);
  * places: the client reads the body two sl_conn_send_body calls would
  * give, with one chunk header instead of two. Copies. */
 int sl_conn_send_body2(sl_conn_t *c, sl_str_t a, sl_str_t b);
-/* Hands what is queued to the kernel now instead of at the end of the loop
- * pass: for an answer whose last bytes are queued while work that does not
- * concern the client (the record, the log) is still to run. A failed
- * write closes the connection (on_gone is called). */
-void sl_conn_flush(sl_conn_t *c);
-/* Ends the response: the connection then reads the next request or closes. */
+/* Ends the response: the connection then reads the next request or closes.
+ * What is queued goes to the kernel now, not at the end of the loop pass:
+ * the owner may have work left (the record, the log) that the client need
+ * not wait for. */
 int sl_conn_finish(sl_conn_t *c);
 /* A complete small response in one call. */
 int sl_conn_respond(sl_conn_t *c, int status, const sl_header_t *h, size_t n, sl_str_t body);

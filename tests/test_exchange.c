@@ -16,8 +16,8 @@
  * the log, and the retried attempt runs its own first-byte clock; a
  * client that leaves after the terminal event was delivered had
  * the whole answer: COMPLETE, and the transfer is aborted; the client has
- * the whole answer before the outcome is reported (the record and the log
- * do not delay it); a client that
+ * the whole answer, last chunk included, before the outcome is reported
+ * (the record and the log do not delay it); a client that
  * leaves during the backoff before a retry ends the exchange on its own
  * timer (no attempt starts).
  *
@@ -486,7 +486,7 @@ static void test_client_gone_after_terminal_is_complete(void)
 
 /* The record and the log are made after the client has its answer, not
  * before: when the exchange reports its outcome, the client's socket
- * already holds every event (the chunked body's last chunk follows). */
+ * already holds every event and the chunked body's last chunk. */
 static void test_client_has_the_answer_before_the_report(void)
 {
     int fd = begin_case();
@@ -501,6 +501,7 @@ static void test_client_has_the_answer_before_the_report(void)
     CHECK_EQ_INT(got.reason, SL_TERM_COMPLETE);
     CHECK_STR_HAS(got.client_had, "HTTP/1.1 200");
     CHECK_STR_HAS(got.client_had, "event: message_stop\ndata: {\"type\":\"message_stop\"}");
+    CHECK_STR_HAS(got.client_had, "\r\n0\r\n\r\n");
     char resp[RESP_MAX], body[RESP_MAX];
     client_finish(fd, resp, body);
     CHECK_EQ_STR(body, WHOLE_STREAM);
