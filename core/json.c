@@ -467,35 +467,38 @@ static inline size_t first_special(uint64_t m)
 #endif
 }
 
-/* Copies the run of plain string bytes at p (before limit) to o and returns
- * its length: up to the first byte special16/swar_special flag, or to where
- * fewer than 8 bytes remain (the caller looks at those one by one). Whole
- * 16- or 8-byte blocks are stored, so o needs 16 bytes of room past the run. */
-static inline size_t copy_plain(const unsigned char *p, const unsigned char *limit, char *o)
+/* The length of the run of plain string bytes at p (before limit): up to
+ * the first byte special16/swar_special flag, or to where fewer than 8
+ * bytes remain (the caller looks at those one by one). With o, the run is
+ * copied there too, in whole 16- or 8-byte blocks, so o needs 16 bytes of
+ * room past it. */
+static inline size_t plain_run(const unsigned char *p, const unsigned char *limit, char *o)
 {
     const unsigned char *p0 = p;
     for (;;) {
+        size_t done = (size_t)(p - p0);
 #ifdef __SSE2__
         if (limit - p >= 16) {
-            unsigned m = special16(p, o);
+            unsigned m = special16(p, o ? o + done : NULL);
             if (!m) {
-                p += 16, o += 16;
+                p += 16;
                 continue;
             }
-            return (size_t)(p - p0) + (size_t)__builtin_ctz(m);
+            return done + (size_t)__builtin_ctz(m);
         }
 #endif
         if (limit - p >= 8) {
             uint64_t w, m;
             memcpy(&w, p, 8);
-            memcpy(o, &w, 8);
+            if (o)
+                memcpy(o + done, &w, 8);
             if (!(m = swar_special(w))) {
-                p += 8, o += 8;
+                p += 8;
                 continue;
             }
-            return (size_t)(p - p0) + first_special(m);
+            return done + first_special(m);
         }
-        return (size_t)(p - p0);
+        return done;
     }
 }
 
@@ -513,7 +516,7 @@ static int dec_string_escaped(dec_t *d, const unsigned char *s0, const unsigned 
     memcpy(o, s0, (size_t)(p - s0));
     o += p - s0;
     for (;;) {
-        size_t k = copy_plain(p, end, o);
+        size_t k = plain_run(p, end, o);
         p += k, o += k;
         if (p >= end)
             return dec_fail(d, s0 - 1, "unterminated string");
@@ -547,27 +550,9 @@ static int dec_string(dec_t *d)
 {
     const unsigned char *s0 = d->p + 1, *p = s0, *end = d->end;
     for (;;) {
-#ifdef __SSE2__
-        if (end - p >= 16) {
-            unsigned m = special16(p, NULL);
-            if (!m) {
-                p += 16;
-                continue;
-            }
-            p += __builtin_ctz(m);
-        } else
-#endif
-        if (end - p >= 8) {
-            uint64_t w, m;
-            memcpy(&w, p, 8);
-            if (!(m = swar_special(w))) {
-                p += 8;
-                continue;
-            }
-            p += first_special(m);
-        } else if (p >= end) {
+        p += plain_run(p, end, NULL);
+        if (p >= end)
             return dec_fail(d, d->p, "unterminated string");
-        }
         unsigned c = *p;
         if (c == '"')
             break;
@@ -1047,7 +1032,7 @@ static int enc_string(enc_t *e, const char *s, size_t n)
         const unsigned char *ce = p + chunk;
         char *o = b->base + b->len;
         while (p < ce) {
-            size_t k = copy_plain(p, ce, o);
+            size_t k = plain_run(p, ce, o);
             p += k, o += k;
             if (p >= ce)
                 break;
