@@ -648,11 +648,20 @@ static void on_client_drain(void *data)
     }
 }
 
+/* The exchange lets go of its client's connection (it left, or its answer
+ * is over); what the request sent it is kept for the record. */
+static sl_conn_t *let_go_of_client(sl_exchange_t *ex)
+{
+    sl_conn_t *c = ex->conn;
+    ex->bytes_out = sl_conn_bytes_out(c) - ex->bytes_base;
+    ex->conn = NULL;
+    return c;
+}
+
 static void on_client_gone(void *data, int err)
 {
     sl_exchange_t *ex = data;
-    ex->bytes_out = sl_conn_bytes_out(ex->conn) - ex->bytes_base;
-    ex->conn = NULL;
+    let_go_of_client(ex);
     fail(ex, SL_TERM_CAUSE_CLIENT_CLOSED, err, "client closed the connection");
 }
 
@@ -884,8 +893,7 @@ static void report(sl_exchange_t *ex, const sl_term_result_t *res)
         .duration_ms = (double)(end - ex->start_ns) / 1e6,
         .ttfb_ms = ex->first_out_ns ? (double)(ex->first_out_ns - ex->start_ns) / 1e6 : -1,
         .bytes_in = (int64_t)ex->bytes_in,
-        .bytes_out =
-            (int64_t)(ex->conn ? sl_conn_bytes_out(ex->conn) - ex->bytes_base : ex->bytes_out),
+        .bytes_out = (int64_t)ex->bytes_out, /* the client is let go of before the report */
         .end = *res,
         .attempts = ex->attempts,
     };
@@ -963,12 +971,11 @@ static void finalize(sl_exchange_t *ex)
     /* The client gets its whole answer (both calls write at once) before
      * the record and the log are made, not after them. */
     if (ex->conn) {
-        ex->bytes_out = sl_conn_bytes_out(ex->conn) - ex->bytes_base; /* before the last chunk */
+        sl_conn_t *c = let_go_of_client(ex); /* counted before the last chunk */
         if (abort_conn)
-            sl_conn_close(ex->conn, 1); /* flush what was sent, then EOF: no final chunk */
+            sl_conn_close(c, 1); /* flush what was sent, then EOF: no final chunk */
         else
-            sl_conn_finish(ex->conn);
-        ex->conn = NULL;
+            sl_conn_finish(c);
     }
     report(ex, &res);
     release(ex);
