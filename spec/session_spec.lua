@@ -104,6 +104,18 @@ describe("sluice.session key rules", function()
         assert.are_not.equal(k1, session.key(ctx(GEMINI_HEADERS), other))
     end)
 
+    -- Gemini's API lets a single-turn request leave `role` out of contents
+    -- (a role-less message reads as the user's); such a body keys by its
+    -- first message too, and a different first message is another session.
+    it("hashes Gemini contents that carry no role", function()
+        local body = { contents = { { parts = { { text = "summarise this file" } } } } }
+        local k, rule = session.key(ctx(), body)
+        assert.equal("prefix", rule)
+        assert.is_string(k)
+        local other = { contents = { { parts = { { text = "something else" } } } } }
+        assert.are_not.equal(k, session.key(ctx(), other))
+    end)
+
     it("hashes an OpenAI chat conversation by system prompt + first user message", function()
         local t1 = { model = "gpt-4.1", messages = { { role = "system", content = "be brief" },
                                                      { role = "user", content = "hello" } } }

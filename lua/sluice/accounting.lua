@@ -44,10 +44,15 @@ function Acct:note(ev)
     S.note(self, ev)
 end
 
+-- Usage read from an answer (later values win per field).
+function Acct:add_usage(u)
+    self.fed = true
+    self.usage = ir.merge_usage(self.usage, u)
+end
+
 -- A whole IR response.
 function Acct:answer(resp)
-    self.fed = true
-    self.usage = ir.merge_usage(self.usage, resp.usage)
+    self:add_usage(resp.usage)
     self.stop_reason, self.stop_sequence = resp.stop_reason, resp.stop_sequence
 end
 
@@ -74,10 +79,7 @@ function Acct:answer_text(codec, text)
     local span = kind == "object" and spans[field]
     if not span then return end
     local ok, u = pcall(codec.decode_usage, json.decode(text, span[1], span[2]))
-    if ok and u then
-        self.fed = true
-        self.usage = ir.merge_usage(self.usage, u)
-    end
+    if ok and u then self:add_usage(u) end
 end
 
 -- The record's usage fields.

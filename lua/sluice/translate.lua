@@ -368,7 +368,7 @@ function T.answer_stream(from, to, resp, state)
     if not C then return nil, err end
     local enc = C.stream_encoder(client_opts(state, to))
     local b = buffer.new()
-    for _, e in ipairs(T.explode(resp)) do b:put(enc:feed(e)) end
+    for _, e in ipairs(T.explode(resp)) do enc:put(b, e) end
     b:put(enc:close({ complete = true }))
     return b:tostring()
 end

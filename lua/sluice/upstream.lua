@@ -35,6 +35,7 @@ local estimate = require("sluice.estimate")
 local managed = require("sluice.auth.managed")
 local protocols = require("sluice.protocols")
 local digest = require("sluice.digest")
+local request_body = require("sluice.request_body")
 local one_of = require("sluice.config").one_of
 
 local bit = require("bit")
@@ -354,7 +355,8 @@ local function with_cache_key(ctx, supplier, codec, body)
     local field = codec.cache_key
     if not (field and supplier.cache_key and ctx.session) then return body end
     if body == nil then
-        if ctx.request[field] ~= nil then return nil end
+        -- read alone: a client that names its own cache key passes through undecoded
+        if request_body.field(ctx, field) ~= nil then return nil end
         body = with_model(ctx.request, ctx.request.model)
     elseif body[field] ~= nil then
         return body
