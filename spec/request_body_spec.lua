@@ -113,6 +113,29 @@ describe("sluice.request_body", function()
         request_body.learn(third, "svc")
     end)
 
+    -- A passthrough plan reads an output cap's fields and the client's own
+    -- prompt cache key alone: the body is decoded whole only to change it.
+    it("plans a passthrough under its output cap, or with its own cache key, without a whole decode", function()
+        local U = require("sluice.upstream")
+        local supplier = { id = "oa", protocol = "openai-chat", base_url = "http://up/v1", auth = { type = "none" },
+                           headers = {}, timeouts = {}, verify_tls = true, cache_key = true }
+        local function plan(body, cap)
+            local ctx = opened(json.encode(body))
+            ctx.protocol, ctx.query, ctx.id, ctx.model, ctx.stream = "openai-chat", "", "r", body.model, false
+            ctx.session = { key = "sess" }
+            local p = assert(U.plan({}, ctx, { kind = "generate" }, { name = "r", max_output_tokens = cap }, supplier))
+            return p, ctx
+        end
+        local msgs = json.array({ { role = "user", content = "hi" } })
+        local p, ctx = plan({ model = "m", max_tokens = 100, prompt_cache_key = "own", messages = msgs }, 1000)
+        assert.is_nil(p.body) -- the client's bytes, unchanged
+        assert.is_nil(rawget(ctx, "request"))
+        p = plan({ model = "m", max_tokens = 5000, prompt_cache_key = "own", messages = msgs }, 1000)
+        assert.equal(1000, json.decode(p.body).max_tokens)
+        p = plan({ model = "m", max_tokens = 100, messages = msgs }, 1000)
+        assert.equal("sess", json.decode(p.body).prompt_cache_key)
+    end)
+
     it("decodes a conversation only up to its first user message", function()
         local turns = json.array({ { role = "system", content = "s" }, { role = "user", content = "u" } })
         for i = 3, 200 do turns[i] = { role = i % 2 == 0 and "user" or "assistant", content = ("turn %d"):format(i) } end

@@ -14,9 +14,10 @@
 --   - B.view(ctx, fields, lists, stop) decodes the named fields, and of each
 --     list field only its members up to the first for which stop(m) holds;
 --   - `ctx.request`, the whole decoded body, is made the first time anything
---     reads it: translation, adapters, on_request, a changed model, an
---     output cap... Ops' hooks read and change it as before, and once it
---     exists, fields and views are read from it.
+--     reads it: translation, adapters, on_request, a changed model, a body
+--     lowered to an output cap or given a prompt cache key (the checks for
+--     those read their fields alone). Ops' hooks read and change it as
+--     before, and once it exists, fields and views are read from it.
 --
 -- A request that is translated reads all of it, and the scan would be a
 -- second pass over a large body. B.learn notes, per service, whether the

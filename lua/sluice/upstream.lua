@@ -320,6 +320,19 @@ local function capped(body, codec, cap)
     return out
 end
 
+-- Whether the client's own body asks for more than cap at one of the
+-- codec's output_limit paths, read field by field (sluice.request_body): a
+-- passthrough request under the cap is never decoded whole for the check.
+local function asks_over(ctx, codec, cap)
+    for _, path in ipairs(codec.output_limit or {}) do
+        local top, rest = path:match("^([^.]+)%.?(.*)$")
+        local v = request_body.field(ctx, top)
+        for k in rest:gmatch("[^.]+") do v = type(v) == "table" and v[k] or nil end
+        if type(v) == "number" and v > cap then return true end
+    end
+    return false
+end
+
 local function wants_answers(ad)
     return ad.response ~= nil or ad.event ~= nil or ad.classify_error ~= nil or ad.session_id ~= nil
 end
@@ -424,7 +437,9 @@ function U.plan(cfg, ctx, info, route, supplier)
         if upstream_model ~= ctx.model and not codec.model_in_path then
             body = with_model(ctx.request, upstream_model)
         end
-        if cap then body = capped(body or ctx.request, codec, cap) or body end
+        if cap and (body or asks_over(ctx, codec, cap)) then
+            body = capped(body or ctx.request, codec, cap) or body
+        end
     else
         state.client_model = state.client_model or ctx.model
         ctx.translation = { from = from, to = to, state = state }
