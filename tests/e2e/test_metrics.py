@@ -410,6 +410,13 @@ class UpstreamPoolTest(MetricsCase):
             c.send(build_request("POST", "/v1/chat/completions", json.dumps(CHAT_REQ),
                                  {"Content-Type": "application/json"}, self.sluice.port))
             self.assertEqual(c.read_response().status, 200)
+        # The client has each answer before its exchange hands the transfer
+        # back (the record and the pool come after the answer), so the
+        # figures settle a moment after the last response.
+        def figures():
+            u = self.health_upstream()
+            return (u["transfers"], u["connections"], u["idle"], u["connects_total"], u["handles_pooled"])
+        harness.wait_for(lambda: figures() == (0, 1, 1, 1, 1), timeout=3)
         up = self.health_upstream()
         self.assertEqual((up["transfers"], up["connections"], up["idle"], up["connects_total"],
                           up["handles_pooled"]), (0, 1, 1, 1, 1), up)
