@@ -37,6 +37,7 @@
  * relaxed atomic store: the health call on another worker only loads them.
  */
 #include "upstream.h"
+#include "upstream_int.h"
 
 #include <curl/curl.h>
 #include <stdatomic.h>
@@ -50,55 +51,6 @@
 
 #include "error.h"
 #include "log.h"
-
-/* How many TLS origins a worker remembers as speaking HTTP/2; beyond that
- * the oldest is forgotten (a forgotten origin only loses PIPEWAIT). */
-#define H2_ORIGINS 64
-
-/* Idle easy handles a worker keeps for reuse; more are cleaned up. */
-#define EASY_POOL 64
-
-typedef struct sockctx_s sockctx_t;
-
-/* Adds d to a published figure. Only the owning loop's thread writes, so a
- * load and a store (no locked read-modify-write) are enough. */
-#define STAT_ADD(up, field, d)                                                                     \
-    atomic_store_explicit(&(up)->stats->field,                                                     \
-                          atomic_load_explicit(&(up)->stats->field, memory_order_relaxed) + (d),   \
-                          memory_order_relaxed)
-
-struct sl_upstream_s {
-    uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer;
-    char *h2[H2_ORIGINS]; /* "host:port" of TLS origins known to speak h2, oldest first */
-    size_t nh2;
-    CURL *pool[EASY_POOL]; /* reset easy handles, ready for the next transfer */
-    size_t npool;
-    sockctx_t **socks; /* fd -> its watcher, for every socket curl has open */
-    size_t nsocks;
-    sl_upstream_stats_t *stats; /* where the figures are published: own_stats or the worker's */
-    sl_upstream_stats_t own_stats;
-};
-
-struct sl_transfer_s {
-    sl_upstream_t *up;
-    CURL *easy;
-    struct curl_slist *headers;
-    sl_transfer_cbs_t cbs;
-    void *ud;
-    sl_buf_t head; /* raw header lines of the current response block */
-    int head_sent;
-    const char *bad_head; /* why the upstream's head was unusable (static text), or NULL */
-    int paused;
-    int aborted; /* the owner gave it up: reap without callbacks */
-    int in_callback;
-    int connected;
-    char *origin; /* "host:port" for https:// URLs, else NULL */
-    int pipewait; /* started with CURLOPT_PIPEWAIT (origin known to speak h2) */
-    int learnt;   /* the answer's HTTP version was noted for origin */
-    char errbuf[CURL_ERROR_SIZE];
-};
 
 struct sockctx_s {
     uv_poll_t poll;
@@ -564,6 +516,11 @@ int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop)
         return SL_ENOMEM;
     }
     up->stats = &up->own_stats;
+    if (sl_h1_init(up) != 0) {
+        curl_multi_cleanup(up->multi);
+        free(up);
+        return SL_ENOMEM;
+    }
     uv_timer_init(loop, &up->timer);
     up->timer.data = up;
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
@@ -589,6 +546,7 @@ void sl_upstream_free(sl_upstream_t *up)
      * Cleaning up the multi closes the cached connections, and with them
      * (closesocket_cb) their watchers. */
     curl_multi_cleanup(up->multi);
+    sl_h1_free(up);
     for (size_t i = 0; i < up->npool; i++)
         curl_easy_cleanup(up->pool[i]);
     atomic_store_explicit(&up->stats->handles_pooled, 0, memory_order_relaxed);
@@ -612,7 +570,17 @@ void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats)
     up->stats = stats;
 }
 
-static int is_framing_header(sl_str_t name)
+void sl_upstream_use_curl(sl_upstream_t *up, int on)
+{
+    up->curl_only = on;
+}
+
+static int splits_head(sl_str_t s)
+{
+    return memchr(s.base, '\r', s.len) || memchr(s.base, '\n', s.len) || memchr(s.base, '\0', s.len);
+}
+
+int sl_upstream_framing_header(sl_str_t name)
 {
     return sl_str_ieq_c(name, "content-length") || sl_str_ieq_c(name, "host") ||
            sl_str_ieq_c(name, "transfer-encoding") || sl_str_ieq_c(name, "connection") ||
@@ -622,12 +590,24 @@ static int is_framing_header(sl_str_t name)
 int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_transfer_cbs_t *cbs,
                       void *ud, sl_transfer_t **out)
 {
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (!req->headers[i].name.len || splits_head(req->headers[i].name) ||
+            splits_head(req->headers[i].value))
+            return SL_EINVAL; /* never let a value end its line: no header is injected */
     sl_transfer_t *t = calloc(1, sizeof *t);
     if (!t)
         return SL_ENOMEM;
     t->up = up;
     t->cbs = *cbs;
     t->ud = ud;
+    if (sl_h1_eligible(up, req->url)) {
+        int rc = sl_h1_start(t, req);
+        if (rc)
+            free(t);
+        else
+            *out = t;
+        return rc;
+    }
     sl_buf_init(&t->head, 256 * 1024);
     t->easy = easy_get(up);
     if (!t->easy) {
@@ -637,7 +617,7 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     sl_buf_t line;
     sl_buf_init(&line, 0);
     for (size_t i = 0; i < req->nheaders; i++) {
-        if (is_framing_header(req->headers[i].name))
+        if (sl_upstream_framing_header(req->headers[i].name))
             continue;
         sl_buf_reset(&line);
         sl_buf_append_str(&line, req->headers[i].name);
@@ -705,6 +685,10 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
 
 void sl_transfer_resume(sl_transfer_t *t)
 {
+    if (t->lean) {
+        sl_h1_resume(t);
+        return;
+    }
     if (!t->paused || t->aborted)
         return;
     t->paused = 0;
@@ -715,6 +699,10 @@ void sl_transfer_resume(sl_transfer_t *t)
 
 void sl_transfer_abort(sl_transfer_t *t)
 {
+    if (t->lean) {
+        sl_h1_abort(t);
+        return;
+    }
     if (t->aborted)
         return;
     t->aborted = 1;

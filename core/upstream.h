@@ -80,6 +80,9 @@ int sl_upstream_new(sl_upstream_t **out, uv_loop_t *loop);
  * object that outlives up, e.g. in the worker. Call it before the first
  * transfer; the loop's thread only. */
 void sl_upstream_set_stats(sl_upstream_t *up, sl_upstream_stats_t *stats);
+/* Every transfer through libcurl, plain http:// too (the lean HTTP/1.1
+ * client is otherwise used for those: upstream_h1.c). Tests run both. */
+void sl_upstream_use_curl(sl_upstream_t *up, int on);
 /* Aborts remaining transfers (no callbacks) and closes the handles. */
 void sl_upstream_free(sl_upstream_t *up);
 size_t sl_upstream_active(const sl_upstream_t *up);

@@ -1,23 +1,31 @@
 /*
- * test_upstream.c — outgoing HTTP on curl multi + libuv (core/upstream.h).
+ * test_upstream.c — outgoing HTTP (core/upstream.h): the lean HTTP/1.1
+ * client for plain http:// (upstream_h1.c) and libcurl's multi on libuv.
  *
  * The supplier is a tiny HTTP/1.1 server on a second thread (blocking
  * sockets, canned responses, counts of connections and requests); the test
- * thread drives the uv loop that runs curl. The cases are what the exchange
- * relies on: the head and the body arrive through their callbacks and the
- * request goes out as asked (framing headers are curl's, not the caller's);
- * sequential transfers share one pooled connection; on_data can pause and
- * the same bytes come again after resume; an abort closes the connection at
- * once and silences every callback; a refused connection ends in on_done
- * with CURLE_COULDNT_CONNECT; 1xx heads are not reported as the answer.
+ * thread drives the uv loop. The cases are what the exchange relies on, and
+ * main runs each of them on both clients, because the exchange and the
+ * termination classifier must not be able to tell them apart: the head and
+ * the body arrive through their callbacks and the request goes out as asked
+ * (framing headers are the client's, not the caller's; a value that would
+ * split the head is refused); sequential transfers share one pooled
+ * connection; on_data can pause and the same bytes come again after resume;
+ * an abort closes the connection at once and silences every callback; a
+ * refused connection ends in on_done with CURLE_COULDNT_CONNECT; 1xx heads
+ * are not reported as the answer; how an answer ends gives the same CURLcode
+ * (close-delimited: complete; closed inside the body: PARTIAL_FILE; closed
+ * before any byte: GOT_NOTHING; not HTTP: WEIRD_SERVER_REPLY); a pooled
+ * connection the supplier closed is not used, and a request that meets one
+ * closing just then is sent again on a new connection.
  *
  * It includes upstream.c to reach the table of origins known to speak
- * HTTP/2, which decides whether a transfer waits for multiplexing
+ * HTTP/2, which decides whether a curl transfer waits for multiplexing
  * (CURLOPT_PIPEWAIT): only https origins count, the table is bounded, an
  * HTTP/1.x answer or a failure to connect makes an origin unknown again, and
- * plain http:// never waits. That h2 answers teach the table is shown end to
- * end against nginx (tests/e2e/test_upstream_concurrency.py): this supplier
- * speaks HTTP/1.1 only.
+ * plain http:// never waits. Those cases run on curl only. That h2 answers
+ * teach the table is shown end to end against nginx
+ * (tests/e2e/test_upstream_concurrency.py): this supplier speaks HTTP/1.1 only.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
@@ -37,6 +45,15 @@
 static uv_loop_t loop;
 static uv_timer_t ticker;
 static sl_upstream_t *up;
+static int use_curl; /* the client the cases run on (main runs them on both) */
+
+static int new_upstream(sl_upstream_t **u)
+{
+    int rc = sl_upstream_new(u, &loop);
+    if (rc == 0)
+        sl_upstream_use_curl(*u, use_curl);
+    return rc;
+}
 
 static void on_tick(uv_timer_t *t)
 {
@@ -55,8 +72,9 @@ static int drive(int (*cond)(void), int timeout_ms)
 
 typedef struct {
     int lfd, port;
-    const char *responses[4]; /* the answer to the n-th request (the last repeats) */
+    const char *responses[4]; /* the answer to the n-th request (the last repeats); DROP closes */
     int hold;                 /* after answering, wait for the client to close */
+    int close_after;          /* after answering, close the connection */
     atomic_int accepted, served, peer_closed, stop;
     char last_req[8192];
     pthread_mutex_t mu;
@@ -98,6 +116,9 @@ static size_t read_request(mock_t *m, int fd, char *buf, size_t cap)
     }
 }
 
+/* As a response: read the request, then close without answering. */
+#define DROP "<drop>"
+
 static void serve_connection(mock_t *m, int fd)
 {
     char req[8192];
@@ -113,8 +134,12 @@ static void serve_connection(mock_t *m, int fd)
         for (int i = 0; i <= k && i < 4; i++)
             if (m->responses[i])
                 resp = m->responses[i];
+        if (resp && strcmp(resp, DROP) == 0)
+            return;
         if (resp)
             th_send_all(fd, resp, strlen(resp));
+        if (m->close_after)
+            return;
         if (m->hold) {
             char b[256];
             ssize_t r = -1;
@@ -321,8 +346,17 @@ static void test_head_and_body_delivered(void)
     CHECK(strcasestr(m->last_req, "Content-Length: 999") == NULL);
     CHECK(strstr(m->last_req, "evil.example") == NULL);
     CHECK(strcasestr(m->last_req, "\r\nExpect:") == NULL);
+    CHECK_STR_HAS(m->last_req, "\r\nAccept: */*\r\n");
     CHECK_STR_HAS(m->last_req, "\r\n\r\nping");
     pthread_mutex_unlock(&m->mu);
+    owner_free(&o);
+
+    /* A value that would end the header line early never goes out. */
+    sl_header_t evil[] = {{SL_STR("X-Req"), SL_STR("1\r\nX-Injected: yes")}};
+    owner_init(&o);
+    cur = &o;
+    CHECK_EQ_INT(start(&o, m->port, "POST", "/v1", evil, 1, SL_STR("ping")), SL_EINVAL);
+    CHECK_EQ_INT(sl_upstream_active(up), 0);
     owner_free(&o);
     mock_stop(m);
 }
@@ -651,6 +685,99 @@ static void test_no_body_and_interim_heads(void)
     mock_stop(m);
 }
 
+/* One transfer against a supplier that closes after answering; its code. */
+static int code_when_closed(const char *resp, owner_t *o)
+{
+    mock_t *m = mock_start(resp);
+    CHECK(m != NULL);
+    if (!m)
+        return -1;
+    m->close_after = 1;
+    owner_init(o);
+    cur = o;
+    CHECK_EQ_INT(start(o, m->port, "POST", "/end", NULL, 0, SL_STR("{}")), 0);
+    CHECK(drive(cur_done, 5000));
+    mock_stop(m);
+    return o->code;
+}
+
+static void test_how_answers_end(void)
+{
+    owner_t o;
+    /* No length: the body ends with the connection, and is whole. */
+    CHECK_EQ_INT(code_when_closed("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end", &o), 0);
+    CHECK_EQ_MEM(o.body.base, o.body.len, "to the end");
+    owner_free(&o);
+    /* Closed before the promised length: cut. */
+    CHECK_EQ_INT(code_when_closed("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart", &o),
+                 CURLE_PARTIAL_FILE);
+    CHECK_EQ_MEM(o.body.base, o.body.len, "part");
+    owner_free(&o);
+    /* Closed before a byte of the answer. */
+    CHECK_EQ_INT(code_when_closed(DROP, &o), CURLE_GOT_NOTHING);
+    CHECK_EQ_INT(o.heads, 0);
+    owner_free(&o);
+    /* Not HTTP at all (curl says "Received HTTP/0.9": term.c reads both as
+     * the upstream's protocol error). */
+    int code = code_when_closed("SSH-2.0-OpenSSH_9.2\r\n\r\n", &o);
+    CHECK_EQ_INT(code, use_curl ? CURLE_UNSUPPORTED_PROTOCOL : CURLE_WEIRD_SERVER_REPLY);
+    CHECK_EQ_INT(o.heads, 0);
+    owner_free(&o);
+    /* Closed inside the head. */
+    CHECK_EQ_INT(code_when_closed("HTTP/1.1 200 OK\r\nContent-Le", &o), CURLE_WEIRD_SERVER_REPLY);
+    CHECK_EQ_INT(o.heads, 0);
+    owner_free(&o);
+}
+
+static int plain_get(int port, owner_t *o)
+{
+    owner_init(o);
+    cur = o;
+    CHECK_EQ_INT(start(o, port, "GET", "/again", NULL, 0, SL_STR("")), 0);
+    CHECK(drive(cur_done, 5000));
+    return o->code;
+}
+
+/* A pooled connection the supplier closed while it was idle is not used;
+ * one the supplier drops as the request arrives (it read the request and
+ * closed without a byte: the race a keep-alive timeout makes) gets the
+ * request again on a new connection, and the caller sees one answer. */
+static void test_stale_pooled_connections(void)
+{
+    mock_t *m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    m->close_after = 1;
+    owner_t o;
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(plain_get(m->port, &o), 0);
+        CHECK_EQ_MEM(o.body.base, o.body.len, "ok");
+        owner_free(&o);
+        for (uint64_t t0 = uv_hrtime(); uv_hrtime() - t0 < 50000000ull;)
+            uv_run(&loop, UV_RUN_ONCE); /* let the close arrive */
+    }
+    CHECK_EQ_INT(atomic_load(&m->accepted), 2);
+    mock_stop(m);
+
+    m = mock_start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    m->responses[1] = DROP; /* the second request on the first connection */
+    m->responses[2] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+    CHECK_EQ_INT(plain_get(m->port, &o), 0);
+    owner_free(&o);
+    CHECK_EQ_INT(plain_get(m->port, &o), 0);
+    CHECK_EQ_MEM(o.body.base, o.body.len, "fresh");
+    CHECK_EQ_INT(o.heads, 1);
+    CHECK_EQ_INT(o.dones, 1);
+    owner_free(&o);
+    CHECK_EQ_INT(atomic_load(&m->served), 3);
+    CHECK_EQ_INT(atomic_load(&m->accepted), 2);
+    mock_stop(m);
+}
+
 static void count_open(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h)) {
@@ -673,7 +800,7 @@ static void test_stats_follow_the_pool(void)
 {
     sl_upstream_t *saved = up, *fresh = NULL;
     sl_upstream_stats_t st = {0};
-    CHECK_EQ_INT(sl_upstream_new(&fresh, &loop), 0);
+    CHECK_EQ_INT(new_upstream(&fresh), 0);
     if (!fresh)
         return;
     sl_upstream_set_stats(fresh, &st);
@@ -697,7 +824,7 @@ static void test_stats_follow_the_pool(void)
     CHECK_EQ_INT(figure(&st.connections), 1); /* reused, not reopened */
     CHECK_EQ_INT(figure(&st.idle), 1);
     CHECK_EQ_INT(atomic_load(&st.connects_total), 1);
-    CHECK_EQ_INT(figure(&st.handles_pooled), 1);
+    CHECK_EQ_INT(figure(&st.handles_pooled), use_curl ? 1 : 0); /* the lean client has no handles */
 
     owner_t o;
     owner_init(&o);
@@ -765,16 +892,17 @@ static void test_free_leaves_no_handles(void)
     mock_stop(m);
 }
 
-int main(void)
+/* Every case on one client; the HTTP/2 table's cases are curl's alone.
+ * Ends with the upstream freed and the loop's handles closed. */
+static void run_cases(int curl)
 {
-    th_watchdog(120);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    uv_loop_init(&loop);
+    use_curl = curl;
+    fprintf(stderr, "-- on %s\n", curl ? "curl" : "the lean HTTP/1.1 client");
     uv_timer_init(&loop, &ticker);
     uv_timer_start(&ticker, on_tick, 5, 5);
-    if (sl_upstream_new(&up, &loop) != 0) {
+    if (new_upstream(&up) != 0) {
         fprintf(stderr, "sl_upstream_new failed\n");
-        return 1;
+        exit(1);
     }
     RUN(test_head_and_body_delivered);
     RUN(test_connection_reused);
@@ -783,13 +911,26 @@ int main(void)
     RUN(test_abort_from_on_data);
     RUN(test_connect_refused);
     RUN(test_no_body_and_interim_heads);
-    RUN(test_tls_origin);
-    RUN(test_h2_table);
-    RUN(test_plain_http_never_waits);
-    RUN(test_http1_answer_makes_origin_unknown);
-    RUN(test_known_h2_waits_and_connect_failure_forgets);
+    RUN(test_how_answers_end);
+    RUN(test_stale_pooled_connections);
+    if (curl) {
+        RUN(test_tls_origin);
+        RUN(test_h2_table);
+        RUN(test_plain_http_never_waits);
+        RUN(test_http1_answer_makes_origin_unknown);
+        RUN(test_known_h2_waits_and_connect_failure_forgets);
+    }
     RUN(test_stats_follow_the_pool);
     RUN(test_free_leaves_no_handles);
+}
+
+int main(void)
+{
+    th_watchdog(120);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    uv_loop_init(&loop);
+    run_cases(0);
+    run_cases(1);
     for (int i = 0; i < 5; i++) /* never DEFAULT: a leaked poll handle would block it */
         uv_run(&loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&loop) != 0) {
