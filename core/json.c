@@ -1492,6 +1492,278 @@ static int l_members(lua_State *L)
     return 2;
 }
 
+/* ---- select: the named fields of a document, nothing else built ---------------------------
+ *
+ * Stream decoders read a few fields of every upstream event (a chat chunk's
+ * delta text, its finish reason) and the rest of the event is noise; decoding
+ * it whole made tables and strings for every key of every event. A selector,
+ * compiled once from dotted paths ("choices.1.delta.content": digits are a
+ * 1-based array index, anything else an object key), walks the document once:
+ * values on a path's end are decoded as decode would (tables, json.null);
+ * everything else is only checked, so a malformed document fails just as
+ * decode fails it. A key met twice: the last one wins, as in decode. */
+
+#define SELECT_NODES 48
+
+typedef struct {
+    const char *key; /* object key (into the selector's text), or NULL for an index */
+    size_t klen;
+    lua_Integer index; /* 1-based array index when key is NULL */
+    int slot;          /* result position of a path's end, -1 for an inner node */
+    int first, next;   /* first child, next sibling: node numbers, -1 for none */
+} sel_node_t;
+
+typedef struct {
+    int nnodes, nslots;
+    sel_node_t n[SELECT_NODES];
+    char text[]; /* the paths, their dots turned into NULs */
+} selector_t;
+
+#define SELECTOR_MT "sluice.json.selector"
+
+/* json.selector({ path, ... }) -> selector (raises on a bad path: it is code). */
+static int l_selector(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int np = (int)lua_objlen(L, 1);
+    size_t total = 0;
+    for (int i = 1; i <= np; i++) {
+        lua_rawgeti(L, 1, i);
+        size_t len;
+        if (!lua_tolstring(L, -1, &len) || len == 0)
+            return luaL_error(L, "json.selector: path %d is not a non-empty string", i);
+        total += len + 1;
+        lua_pop(L, 1);
+    }
+    selector_t *sel = lua_newuserdata(L, sizeof *sel + total);
+    memset(sel, 0, sizeof *sel);
+    sel->n[0] = (sel_node_t){.slot = -1, .first = -1, .next = -1};
+    sel->nnodes = 1;
+    sel->nslots = np;
+    char *o = sel->text;
+    for (int i = 1; i <= np; i++) {
+        lua_rawgeti(L, 1, i);
+        size_t len;
+        const char *path = lua_tolstring(L, -1, &len);
+        memcpy(o, path, len + 1);
+        lua_pop(L, 1);
+        int node = 0;
+        for (char *seg = o; seg;) {
+            char *dot = strchr(seg, '.');
+            if (dot)
+                *dot = '\0';
+            size_t sl = strlen(seg);
+            if (sl == 0 || sel->n[node].slot >= 0)
+                return luaL_error(L, "json.selector: path %d (%s) is empty or runs through another",
+                                  i, path);
+            lua_Integer index = 0;
+            if (strspn(seg, "0123456789") == sl && (index = strtoll(seg, NULL, 10)) < 1)
+                return luaL_error(L, "json.selector: index 0 in path %d (indices start at 1)", i);
+            int ch = sel->n[node].first;
+            for (; ch >= 0; ch = sel->n[ch].next)
+                if (index ? sel->n[ch].index == index
+                          : (sel->n[ch].key && sel->n[ch].klen == sl && memcmp(sel->n[ch].key, seg, sl) == 0))
+                    break;
+            if (ch < 0) {
+                if (sel->nnodes == SELECT_NODES)
+                    return luaL_error(L, "json.selector: more than %d path segments", SELECT_NODES);
+                ch = sel->nnodes++;
+                sel->n[ch] = (sel_node_t){.key = index ? NULL : seg, .klen = sl, .index = index,
+                                          .slot = -1, .first = -1, .next = sel->n[node].first};
+                sel->n[node].first = ch;
+            }
+            node = ch;
+            seg = dot ? dot + 1 : NULL;
+        }
+        if (sel->n[node].slot >= 0 || sel->n[node].first >= 0)
+            return luaL_error(L, "json.selector: path %d (%s) repeats or contains another", i, path);
+        sel->n[node].slot = i - 1;
+        o += len + 1;
+    }
+    luaL_getmetatable(L, SELECTOR_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int sel_value(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen);
+
+/* Forgets what node's paths found so far (its key came again). */
+static void sel_reset(lua_State *L, const selector_t *s, int node, int base)
+{
+    for (int ch = s->n[node].first; ch >= 0; ch = s->n[ch].next) {
+        if (s->n[ch].slot >= 0) {
+            lua_pushnil(L);
+            lua_replace(L, base + s->n[ch].slot);
+        } else {
+            sel_reset(L, s, ch, base);
+        }
+    }
+}
+
+/* The member or element at d->p for child `ch` of a container, or skipped. */
+static int sel_member(dec_t *d, const selector_t *s, int ch, int base, unsigned char *seen)
+{
+    if (ch >= 0)
+        return sel_value(d, s, ch, base, seen);
+    d->skip = 1;
+    return dec_value(d);
+}
+
+static int sel_object(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
+{
+    if (dec_enter(d))
+        return -1;
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        d->depth--;
+        return 0;
+    }
+    for (;;) {
+        if (d->p >= d->end || *d->p != '"')
+            return dec_unexpected(d, d->p);
+        const unsigned char *k0 = d->p;
+        d->skip = 1;
+        if (dec_string(d))
+            return -1;
+        const char *key = (const char *)k0 + 1;
+        size_t klen = (size_t)(d->p - k0) - 2;
+        int pushed = 0;
+        if (memchr(key, '\\', klen)) { /* an escaped key: compare its decoded text */
+            const unsigned char *after = d->p;
+            d->p = k0;
+            d->skip = 0;
+            if (dec_string(d))
+                return -1;
+            key = lua_tolstring(d->L, -1, &klen);
+            d->p = after;
+            pushed = 1;
+        }
+        int ch = s->n[node].first;
+        for (; ch >= 0; ch = s->n[ch].next)
+            if (s->n[ch].key && s->n[ch].klen == klen && memcmp(s->n[ch].key, key, klen) == 0)
+                break;
+        if (pushed)
+            lua_pop(d->L, 1);
+        d->p = skip_ws(d->p, d->end);
+        if (d->p >= d->end || *d->p != ':')
+            return dec_unexpected(d, d->p);
+        d->p = skip_ws(d->p + 1, d->end);
+        if (sel_member(d, s, ch, base, seen))
+            return -1;
+        d->p = skip_ws(d->p, d->end);
+        if (d->p < d->end && *d->p == ',') {
+            d->p = skip_ws(d->p + 1, d->end);
+            continue;
+        }
+        if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            d->depth--;
+            return 0;
+        }
+        return dec_unexpected(d, d->p);
+    }
+}
+
+static int sel_array(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
+{
+    if (dec_enter(d))
+        return -1;
+    if (d->p < d->end && *d->p == ']') {
+        d->p++;
+        d->depth--;
+        return 0;
+    }
+    for (lua_Integer i = 1;; i++) {
+        int ch = s->n[node].first;
+        for (; ch >= 0; ch = s->n[ch].next)
+            if (!s->n[ch].key && s->n[ch].index == i)
+                break;
+        if (sel_member(d, s, ch, base, seen))
+            return -1;
+        d->p = skip_ws(d->p, d->end);
+        if (d->p < d->end && *d->p == ',') {
+            d->p = skip_ws(d->p + 1, d->end);
+            continue;
+        }
+        if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            d->depth--;
+            return 0;
+        }
+        return dec_unexpected(d, d->p);
+    }
+}
+
+static int sel_value(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
+{
+    const sel_node_t *nd = &s->n[node];
+    if (nd->slot >= 0) { /* a path's end: the value itself */
+        d->skip = 0;
+        if (dec_value(d))
+            return -1;
+        lua_replace(d->L, base + nd->slot);
+        return 0;
+    }
+    if (seen[node])
+        sel_reset(d->L, s, node, base);
+    seen[node] = 1;
+    if (d->p < d->end && *d->p == '{')
+        return sel_object(d, s, node, base, seen);
+    if (d->p < d->end && *d->p == '[')
+        return sel_array(d, s, node, base, seen);
+    d->skip = 1; /* not a container: no path goes on through it */
+    return dec_value(d);
+}
+
+/* json.select(selector, s) -> true, v1, ..., vn | false, err
+ * The values at the selector's paths, in its order (nil where a path is
+ * absent). false when s is not JSON (err says why, as decode would) or is
+ * JSON but neither an object nor an array (err is nil). */
+static int l_select(lua_State *L)
+{
+    const selector_t *sel = luaL_checkudata(L, 1, SELECTOR_MT);
+    size_t len;
+    const char *str = luaL_checklstring(L, 2, &len);
+    char err[160];
+    lua_settop(L, 2);
+    if (!lua_checkstack(L, sel->nslots + 8))
+        return luaL_error(L, "json.select: Lua stack exhausted");
+    lua_pushboolean(L, 1);
+    for (int i = 0; i < sel->nslots; i++)
+        lua_pushnil(L);
+    jstate_t tmp, *shared = lua_touserdata(L, UV_STATE), *st = state_acquire(shared, &tmp);
+    dec_t d = {.L = L,
+               .start = (const unsigned char *)str,
+               .p = (const unsigned char *)str,
+               .end = (const unsigned char *)str + len,
+               .st = st,
+               .array_mt = UV_ARRAY_MT,
+               .number_mt = UV_NUMBER_MT,
+               .err = err,
+               .errlen = sizeof err};
+    unsigned char seen[SELECT_NODES] = {0};
+    d.p = skip_ws(d.p, d.end);
+    int container = d.p < d.end && (*d.p == '{' || *d.p == '[');
+    int rc = sel_value(&d, sel, 0, 4, seen);
+    if (rc == 0) {
+        d.p = skip_ws(d.p, d.end);
+        if (d.p < d.end)
+            rc = dec_fail(&d, d.p, "unexpected data after the document");
+    }
+    trim_buf(&st->scratch);
+    state_release(shared, st);
+    if (rc || !container) {
+        lua_settop(L, 2);
+        lua_pushboolean(L, 0);
+        if (rc)
+            lua_pushstring(L, err);
+        else
+            lua_pushnil(L);
+        return 2;
+    }
+    return sel->nslots + 1;
+}
+
 static int l_encode(lua_State *L)
 {
     char err[160];
@@ -1563,7 +1835,10 @@ int luaopen_sluice_json(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"decode", l_decode}, {"encode", l_encode}, {"members", l_members},
                                    {"array", l_array},   {"is_array", l_is_array},
-                                   {"number", l_number}, {NULL, NULL}};
+                                   {"number", l_number}, {"selector", l_selector},
+                                   {"select", l_select}, {NULL, NULL}};
+    luaL_newmetatable(L, SELECTOR_MT);
+    lua_pop(L, 1);
     lua_createtable(L, 0, 10);
     int mod = lua_gettop(L);
     push_shared(L);

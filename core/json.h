@@ -17,9 +17,13 @@
  * table iteration order per VM, and a gateway must send the same bytes for
  * the same request (prompt caches, golden fixtures).
  *
- * Lua API (module "sluice.json"): decode(s) -> v | nil, err;
+ * Lua API (module "sluice.json"): decode(s [, i, j]) -> v | nil, err;
  * encode(v) -> s | nil, err; null; array_mt; number_mt; array(t) -> t;
- * is_array(t) -> bool; number(text) -> boxed | nil, err.
+ * is_array(t) -> bool; number(text) -> boxed | nil, err;
+ * members(s [, i, j, max]) -> spans, kind (byte ranges of the top-level
+ * members, nothing decoded); selector({ "a.b", "c.1.d", ... }) -> sel and
+ * select(sel, s) -> true, v1, ..., vn | false, err (only the values at those
+ * paths decoded, the rest checked: what stream decoders read per event).
  *
  * Numbers print as integers within +-2^53, else via %.15g/%.16g/%.17g (the
  * first that reads back exactly; exponent form when that would look like a

@@ -564,6 +564,104 @@ describe("sluice.json", function()
     end)
   end)
 
+  describe("select", function()
+    local chunk = '{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,'
+      .. '"delta":{"content":"Hi","tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},'
+      .. '"finish_reason":null}],"usage":{"prompt_tokens":3}}'
+    local sel = json.selector({ "id", "choices.1.delta.content", "choices.1.delta.tool_calls",
+      "choices.1.finish_reason", "usage", "choices.2.delta.content", "missing.deep" })
+
+    it("gives the values at its paths, in its order, and nil where a path is absent", function()
+      local ok, id, content, calls, finish, usage, second, missing = json.select(sel, chunk)
+      assert.is_true(ok)
+      assert.are.equal("c1", id)
+      assert.are.equal("Hi", content)
+      assert.are.equal(json.null, finish) -- null stays json.null, as decode gives it
+      assert_same(json.decode(chunk).choices[1].delta.tool_calls, calls) -- a table, an array
+      assert.is_true(json.is_array(calls))
+      assert.are.same({ prompt_tokens = 3 }, usage)
+      assert.is_nil(second)
+      assert.is_nil(missing)
+      assert.are.equal(8, select("#", json.select(sel, chunk)))
+    end)
+
+    it("matches indices in arrays only and keys in objects only, escaped keys by their text", function()
+      local s2 = json.selector({ "a.1", "a.b", "k\"q" })
+      assert.are.same({ true, 5, nil, nil }, { json.select(s2, '{"a":[5,6]}') })
+      assert.are.same({ true, nil, nil, nil }, { json.select(s2, '{"a":{"1":5}}') })
+      assert.are.same({ true, nil, 7, 8 }, { json.select(s2, '{"\\u0061":{"\\u0062":7},"k\\"q":8}') })
+    end)
+
+    it("lets the last duplicate key win, forgetting what the first one held", function()
+      local ok, id, content = json.select(sel, '{"id":"a","choices":[{"delta":{"content":"x"}}],'
+        .. '"choices":[{"delta":{}}],"id":"b"}')
+      assert.is_true(ok)
+      assert.are.equal("b", id)
+      assert.is_nil(content)
+    end)
+
+    it("fails a malformed document as decode fails it, and a scalar without an error", function()
+      for _, bad in ipairs({ '{"id":"x",}', '{"id":"x"} tail', '{"choices":[{"delta":{"content":"\\q"}}]}',
+                             '{"a":' .. ("["):rep(1001) }) do
+        local _, derr = json.decode(bad)
+        assert.are.same({ false, derr }, { json.select(sel, bad) })
+      end
+      assert.are.same({ false, nil }, { json.select(sel, '"just a string"') })
+      assert.are.same({ true }, { json.select(json.selector({}), "[1, 2]") })
+    end)
+
+    it("agrees with decode-then-index on 3000 random documents", function()
+      math.randomseed(7)
+      local keys = { "a", "b", "c" }
+      local paths = { "a", "b.a", "b.1", "c.2.b", "b.c.a", "1", "2.a" }
+      local psel = json.selector(paths)
+      local function gen(depth)
+        local r = math.random(depth > 2 and 4 or 6)
+        if r == 1 then return json.null end
+        if r == 2 then return math.random(100) end
+        if r == 3 then return ("s"):rep(math.random(0, 3)) end
+        if r == 4 then return math.random(2) == 1 end
+        if r == 5 then
+          local t = json.array()
+          for i = 1, math.random(0, 3) do t[i] = gen(depth + 1) end
+          return t
+        end
+        local t = {}
+        for _ = 1, math.random(0, 3) do t[keys[math.random(#keys)]] = gen(depth + 1) end
+        return t
+      end
+      local function at(v, path)
+        for seg in path:gmatch("[^.]+") do
+          if type(v) ~= "table" then return nil end
+          local i = tonumber(seg)
+          if i and not json.is_array(v) or not i and json.is_array(v) then return nil end
+          v = v[i or seg]
+        end
+        return v
+      end
+      for _ = 1, 3000 do
+        local doc = assert(json.encode(gen(0)))
+        local got = { json.select(psel, doc) }
+        local whole = json.decode(doc)
+        if type(whole) ~= "table" then
+          assert.are.same({ false, nil }, got)
+        else
+          assert.is_true(got[1])
+          for i, p in ipairs(paths) do
+            local ok, why = same(at(whole, p), got[i + 1], p)
+            assert(ok, doc .. ": " .. tostring(why))
+          end
+        end
+      end
+    end)
+
+    it("refuses a path that is empty, indexes from 0, or runs into another", function()
+      for _, paths in ipairs({ { "" }, { "a..b" }, { "a.0" }, { "a", "a.b" }, { "a.b", "a" }, { "a", "a" } }) do
+        assert.has_error(function() json.selector(paths) end)
+      end
+    end)
+  end)
+
   describe("properties", function()
     local key_pool = { "a", "b", "type", "required", "", "k\"q", "\195\169", "1", "x y", "\\", "\n" }
     local str_pool = { "", "plain", "tab\there", "quote\"s", "back\\slash", "ctl\1\31", "nul\0",

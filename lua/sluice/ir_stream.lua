@@ -6,7 +6,10 @@
 --              nothing); S.blocks() allocates IR block indices in start
 --              order and knows which blocks are open (start/stop/stop_all);
 --              S.json(dec, ev, out) reads one event's JSON under the one
---              non-JSON policy (below).
+--              non-JSON policy (below); S.fields(dec, ev, out, selector)
+--              reads only the fields a json.selector names, under the same
+--              policy, building nothing else (a chat chunk's delta text
+--              without a table for the chunk around it).
 --   bookkeeping S.note(t, ev) keeps usage (later values win per field),
 --              stop_reason / stop_sequence and error of an IR event stream
 --              in t: encoders, translate's Pipe and assemble, and the
@@ -38,7 +41,7 @@ local buffer = require("string.buffer")
 
 local type, ipairs, setmetatable, remove, fmt = type, ipairs, setmetatable, table.remove, string.format
 local merge_usage = ir.merge_usage
-local json_decode = json.decode
+local json_decode, json_select = json.decode, json.select
 
 local S = {}
 
@@ -128,6 +131,21 @@ function S.json(dec, ev, out)
         return nil
     end
     return obj
+end
+
+local function checked(dec, out, ok, ...)
+    if ok then return true, ... end
+    S.malformed(dec, out)
+    return false
+end
+
+-- S.json's reading of one event, for the fields `selector` names only:
+-- true and their values (nil where absent), or false when there is nothing
+-- to read or the data is not JSON (then with the stream's one IR error).
+function S.fields(dec, ev, out, selector)
+    local d = ev.data
+    if d == nil or d == "" or d == "[DONE]" then return false end
+    return checked(dec, out, json_select(selector, d))
 end
 
 -- ---------------------------------------------------------------- close policy

@@ -665,53 +665,53 @@ function Decoder:close_all(out)
     end
 end
 
+-- What a chunk is read for (S.fields): nothing else of it is decoded.
+local CHUNK = json.selector({ "id", "model", "error", "choices.1.delta.reasoning_content",
+    "choices.1.delta.reasoning", "choices.1.delta.content", "choices.1.delta.refusal",
+    "choices.1.delta.tool_calls", "choices.1.finish_reason", "usage" })
+
 function Decoder:feed(ev)
     local out = {}
-    local obj = S.json(self, ev, out)
-    if obj == nil then return out end
-    if ev.event == "error" or type(obj.error) == "table" then
-        local e = type(obj.error) == "table" and obj.error or obj
+    local ok, id, model, err, rc, rs, c, refusal, tcs, fr, u = S.fields(self, ev, out, CHUNK)
+    if not ok then return out end
+    if ev.event == "error" or type(err) == "table" then
+        -- (an error event without an `error` member is the error itself)
+        local e = type(err) == "table" and err or decode(ev.data)
         self.errored = true
         out[1] = { type = "error", error = common.openai_error_from_object(nil, e) }
         return out
     end
     if not self.started then
         self.started = true
-        out[#out + 1] = { type = "start", id = nonnull(obj.id), model = nonnull(obj.model) }
+        out[#out + 1] = { type = "start", id = nonnull(id), model = nonnull(model) }
     end
-    local choice = type(obj.choices) == "table" and obj.choices[1]
-    if type(choice) == "table" then
-        local delta = nonnull(choice.delta)
-        if type(delta) == "table" then
-            local r = nonnull(delta.reasoning_content) or nonnull(delta.reasoning)
-            if type(r) == "string" and r ~= "" then
-                if not self.thinking then self.thinking = self.blocks:start(out, "thinking") end
-                out[#out + 1] = { type = "thinking", index = self.thinking, text = r }
-            end
-            local c = nonnull(delta.content)
-            if type(c) ~= "string" or c == "" then c = nonnull(delta.refusal) end
-            if type(c) == "string" and c ~= "" then
-                self:stop_thinking(out)
-                if not self.text then self.text = self.blocks:start(out, "text") end
-                out[#out + 1] = { type = "text", index = self.text, text = c }
-            end
-            local tcs = nonnull(delta.tool_calls)
-            if type(tcs) == "table" then
-                for _, tc in ipairs(tcs) do
-                    if type(tc) == "table" then self:tool_delta(out, tc) end
-                end
-            end
-        end
-        local fr = nonnull(choice.finish_reason)
-        if fr and not self.stop_reason then
-            self:close_all(out)
-            local sr = STOP_IN[fr] or "end_turn"
-            if sr == "end_turn" and self.any_call then sr = "tool_use" end
-            self.stop_reason = sr
-            out[#out + 1] = { type = "finish", stop_reason = sr }
+    local r = nonnull(rc) or nonnull(rs)
+    if type(r) == "string" and r ~= "" then
+        if not self.thinking then self.thinking = self.blocks:start(out, "thinking") end
+        out[#out + 1] = { type = "thinking", index = self.thinking, text = r }
+    end
+    c = nonnull(c)
+    if type(c) ~= "string" or c == "" then c = nonnull(refusal) end
+    if type(c) == "string" and c ~= "" then
+        self:stop_thinking(out)
+        if not self.text then self.text = self.blocks:start(out, "text") end
+        out[#out + 1] = { type = "text", index = self.text, text = c }
+    end
+    tcs = nonnull(tcs)
+    if type(tcs) == "table" then
+        for _, tc in ipairs(tcs) do
+            if type(tc) == "table" then self:tool_delta(out, tc) end
         end
     end
-    local u = nonnull(obj.usage)
+    fr = nonnull(fr)
+    if fr and not self.stop_reason then
+        self:close_all(out)
+        local sr = STOP_IN[fr] or "end_turn"
+        if sr == "end_turn" and self.any_call then sr = "tool_use" end
+        self.stop_reason = sr
+        out[#out + 1] = { type = "finish", stop_reason = sr }
+    end
+    u = nonnull(u)
     if type(u) == "table" then
         out[#out + 1] = { type = "usage", usage = usage_in(u) }
     end
