@@ -502,20 +502,37 @@ static void on_written(uv_write_t *w, int status)
 }
 
 /* Head and body in one write; the answer is read as it comes (reading
- * started when the connection was made, so an early answer is not missed). */
+ * started when the connection was made, so an early answer is not missed).
+ * A request fits the socket buffer nearly always: written at once, with no
+ * write request and no change to what epoll watches. What does not fit is
+ * left to uv_write. */
 static void transfer_send(sl_transfer_t *t)
 {
     sl_h1_conn_t *c = t->h1.conn;
     uv_buf_t bufs[2] = {uv_buf_init(t->h1.out.base, (unsigned)t->h1.out.len),
                         uv_buf_init((char *)t->h1.body.base, (unsigned)t->h1.body.len)};
-    c->writing = 1;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, t->h1.body.len ? 2 : 1, on_written);
-    if (rc < 0) {
+    unsigned nbufs = t->h1.body.len ? 2 : 1;
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (rc >= 0 || rc == UV_EAGAIN) {
+        size_t done = rc > 0 ? (size_t)rc : 0;
+        for (unsigned i = 0; i < nbufs && done; i++) {
+            size_t n = done < bufs[i].len ? done : bufs[i].len;
+            bufs[i].base += n;
+            bufs[i].len -= n;
+            done -= n;
+        }
+        if (bufs[nbufs - 1].len == 0)
+            return; /* all of it went out */
+        uv_buf_t *rest = bufs[0].len ? bufs : bufs + 1;
+        c->writing = 1;
+        rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, rest, (unsigned)(bufs + nbufs - rest), on_written);
+        if (rc == 0)
+            return;
         c->writing = 0;
-        char why[128];
-        snprintf(why, sizeof why, "sending to upstream failed: %s", uv_strerror(rc));
-        fail_io(t, CURLE_SEND_ERROR, why);
     }
+    char why[128];
+    snprintf(why, sizeof why, "sending to upstream failed: %s", uv_strerror(rc));
+    fail_io(t, CURLE_SEND_ERROR, why);
 }
 
 static void connect_failed(sl_h1_conn_t *c, int code, const char *what, int status)

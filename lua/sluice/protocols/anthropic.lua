@@ -706,27 +706,45 @@ end
 local BLOCK_KIND = { text = "text", thinking = "thinking", redacted_thinking = "redacted_thinking",
                      tool_use = "tool_call" }
 
+-- A content block's delta, the event nearly every one of a stream is: read
+-- through a selector (S.fields), no table made for it.
+local DELTA = json.selector({ "type", "index", "delta.type", "delta.text", "delta.partial_json",
+                              "delta.thinking", "delta.signature" })
+
+function Decoder:delta(out, index, dt, text, partial_json, thinking, signature)
+    local idx = self.map[index]
+    if idx == nil or idx == false then return out end
+    if dt == "text_delta" then
+        out[1] = { type = "text", index = idx, text = text }
+    elseif dt == "input_json_delta" then
+        if partial_json and partial_json ~= "" then
+            out[1] = { type = "tool_args", index = idx, json = partial_json }
+        end
+    elseif dt == "thinking_delta" then
+        out[1] = { type = "thinking", index = idx, text = thinking }
+    elseif dt == "signature_delta" then
+        out[1] = { type = "signature", index = idx, signature = signature }
+    end
+    return out
+end
+
 function Decoder:feed(ev)
     local out = {}
+    if ev.event == "content_block_delta" then
+        local ok, t, index, dt, text, pj, thinking, sig = S.fields(self, ev, out, DELTA)
+        if not ok then return out end
+        -- (the data's own type wins over the event name: then it is read whole below)
+        if t == nil or t == "content_block_delta" then
+            return self:delta(out, index, dt, text, pj, thinking, sig)
+        end
+    end
     local obj = S.json(self, ev, out)
     if obj == nil then return out end
     local t = obj.type or ev.event
     if t == "content_block_delta" then
-        local idx = self.map[obj.index]
         local delta = obj.delta
-        if idx == nil or idx == false or type(delta) ~= "table" then return out end
-        local dt = delta.type
-        if dt == "text_delta" then
-            out[1] = { type = "text", index = idx, text = delta.text }
-        elseif dt == "input_json_delta" then
-            if delta.partial_json and delta.partial_json ~= "" then
-                out[1] = { type = "tool_args", index = idx, json = delta.partial_json }
-            end
-        elseif dt == "thinking_delta" then
-            out[1] = { type = "thinking", index = idx, text = delta.thinking }
-        elseif dt == "signature_delta" then
-            out[1] = { type = "signature", index = idx, signature = delta.signature }
-        end
+        if type(delta) ~= "table" then return out end
+        self:delta(out, obj.index, delta.type, delta.text, delta.partial_json, delta.thinking, delta.signature)
     elseif t == "content_block_start" then
         local b = obj.content_block
         local kind = type(b) == "table" and BLOCK_KIND[b.type]
