@@ -1,5 +1,7 @@
 /*
- * upstream.c — libcurl multi on libuv (see upstream.h).
+ * upstream.c — the upstream API (upstream.h): each transfer is handed to
+ * the lean HTTP/1.1 client when its URL allows (upstream_h1.c), else run on
+ * libcurl's multi interface on libuv, which the rest of this file is.
  *
  * The classic multi_socket integration: curl tells us which sockets to watch
  * (socket_cb → uv_poll) and when to wake it (timer_cb → uv_timer); we tell

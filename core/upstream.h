@@ -1,13 +1,18 @@
 /*
- * upstream.h — outgoing HTTP via one libcurl multi handle per worker,
- * driven by the worker's libuv loop (curl's socket/timer callbacks mapped to
- * uv_poll and uv_timer handles).
+ * upstream.h — outgoing HTTP for one worker, on its libuv loop. Plain
+ * http:// goes through sluice's lean HTTP/1.1 client (upstream_h1.c);
+ * https://, proxies from the environment, and everything when asked
+ * (sl_upstream_use_curl, SLUICE_UPSTREAM_CLIENT=curl) through one libcurl
+ * multi handle (curl's socket/timer callbacks mapped to uv_poll and
+ * uv_timer handles). Callers cannot tell them apart: the callbacks below
+ * mean the same, and on_done gets a CURLcode from either.
  *
  * A transfer streams both ways: the body of the answer is delivered to
  * on_data as it arrives, and on_data can ask for a pause (backpressure from
  * a slow client); sl_transfer_resume() continues it. Connections are pooled
- * by curl inside the multi handle, so sequential requests to the same
- * supplier reuse one connection; HTTP/2 is used over TLS when offered.
+ * per worker (by the lean client, or by curl inside the multi handle), so
+ * sequential requests to the same supplier reuse one connection; HTTP/2 is
+ * used over TLS when offered.
  * Transfers never queue behind one another: one that finds no free
  * connection opens its own, except that it waits for a connection still
  * being set up when its https origin is known (from an earlier answer on

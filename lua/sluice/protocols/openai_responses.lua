@@ -898,9 +898,26 @@ local HANDLERS = {
     end,
 }
 
+-- The delta events, nearly every event of a stream: read through a selector
+-- (S.fields), their handlers get a table of the three fields they use
+-- instead of the whole event decoded (item id, sequence number, logprobs).
+local DELTAS = { ["response.output_text.delta"] = true, ["response.refusal.delta"] = true,
+                 ["response.reasoning_summary_text.delta"] = true, ["response.reasoning_text.delta"] = true,
+                 ["response.function_call_arguments.delta"] = true }
+local DELTA_FIELDS = json.selector({ "type", "output_index", "content_index", "delta" })
+
 function Decoder:feed(ev)
     local out = {}
     if self.ended then return out end
+    if DELTAS[ev.event] then
+        local ok, t, oi, ci, delta = S.fields(self, ev, out, DELTA_FIELDS)
+        if not ok then return out end
+        -- (the data's own type wins over the event name: another type is read whole below)
+        if t == nil or DELTAS[t] then
+            HANDLERS[t or ev.event](self, out, { output_index = oi, content_index = ci, delta = delta })
+            return out
+        end
+    end
     local obj = S.json(self, ev, out)
     if obj == nil then return out end
     local h = HANDLERS[obj.type or ev.event]
