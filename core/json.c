@@ -1609,16 +1609,41 @@ static int sel_member(dec_t *d, const selector_t *s, int ch, int base, unsigned 
     return dec_value(d);
 }
 
-static int sel_object(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
+/* Past a container's opening (d->p at it): 1 when a member follows, 0 when
+ * the container is empty (d->p past its end), -1 on error. */
+static int sel_open(dec_t *d, unsigned char close)
 {
     if (dec_enter(d))
         return -1;
-    if (d->p < d->end && *d->p == '}') {
+    if (d->p < d->end && *d->p == close) {
         d->p++;
         d->depth--;
         return 0;
     }
-    for (;;) {
+    return 1;
+}
+
+/* After a member: 1 when another follows (d->p at it), 0 when the
+ * container ends (d->p past it), -1 on anything else. */
+static int sel_next(dec_t *d, unsigned char close)
+{
+    d->p = skip_ws(d->p, d->end);
+    if (d->p < d->end && *d->p == ',') {
+        d->p = skip_ws(d->p + 1, d->end);
+        return 1;
+    }
+    if (d->p < d->end && *d->p == close) {
+        d->p++;
+        d->depth--;
+        return 0;
+    }
+    return dec_unexpected(d, d->p);
+}
+
+static int sel_object(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
+{
+    int more = sel_open(d, '}');
+    while (more > 0) {
         if (d->p >= d->end || *d->p != '"')
             return dec_unexpected(d, d->p);
         const unsigned char *k0 = d->p;
@@ -1650,48 +1675,24 @@ static int sel_object(dec_t *d, const selector_t *s, int node, int base, unsigne
         d->p = skip_ws(d->p + 1, d->end);
         if (sel_member(d, s, ch, base, seen))
             return -1;
-        d->p = skip_ws(d->p, d->end);
-        if (d->p < d->end && *d->p == ',') {
-            d->p = skip_ws(d->p + 1, d->end);
-            continue;
-        }
-        if (d->p < d->end && *d->p == '}') {
-            d->p++;
-            d->depth--;
-            return 0;
-        }
-        return dec_unexpected(d, d->p);
+        more = sel_next(d, '}');
     }
+    return more;
 }
 
 static int sel_array(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)
 {
-    if (dec_enter(d))
-        return -1;
-    if (d->p < d->end && *d->p == ']') {
-        d->p++;
-        d->depth--;
-        return 0;
-    }
-    for (lua_Integer i = 1;; i++) {
+    int more = sel_open(d, ']');
+    for (lua_Integer i = 1; more > 0; i++) {
         int ch = s->n[node].first;
         for (; ch >= 0; ch = s->n[ch].next)
             if (!s->n[ch].key && s->n[ch].index == i)
                 break;
         if (sel_member(d, s, ch, base, seen))
             return -1;
-        d->p = skip_ws(d->p, d->end);
-        if (d->p < d->end && *d->p == ',') {
-            d->p = skip_ws(d->p + 1, d->end);
-            continue;
-        }
-        if (d->p < d->end && *d->p == ']') {
-            d->p++;
-            d->depth--;
-            return 0;
-        }
-        return dec_unexpected(d, d->p);
+        more = sel_next(d, ']');
     }
+    return more;
 }
 
 static int sel_value(dec_t *d, const selector_t *s, int node, int base, unsigned char *seen)

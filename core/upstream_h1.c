@@ -263,6 +263,7 @@ static void fail_io(sl_transfer_t *t, int code, const char *why)
         conn_close(c);
         t->h1.resent = 1;
         t->h1.reused = 0;
+        t->connected = 0; /* until the new connection is up */
         conn_connect(t);
         return;
     }

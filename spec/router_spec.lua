@@ -92,6 +92,22 @@ describe("sluice.router.route", function()
         assert.matches("longer than 256", err)
         assert.is_true(os.clock() - t0 < 1)
     end)
+
+    it("routes by each config's own routes: what one config routed is not another's answer", function()
+        -- (routes are remembered per config and model; a reload brings a new config)
+        local before = routes({ { "gpt-*" }, { "*" } })
+        local after = routes({ { "claude-*" }, { "*" } })
+        for _ = 1, 3 do
+            assert.equal("chat[1]", router.route(before, "chat", "gpt-4.1").name)
+            assert.equal("chat[2]", router.route(after, "chat", "gpt-4.1").name)
+            assert.is_nil(router.route(before, "claude", "gpt-4.1"))
+        end
+        -- past the memo's size, every model still gets its own route
+        for i = 1, 3000 do
+            local model = (i % 2 == 0 and "gpt-" or "o") .. i
+            assert.equal(i % 2 == 0 and "chat[1]" or "chat[2]", router.route(before, "chat", model).name)
+        end
+    end)
 end)
 
 describe("sluice.router.check_model", function()
@@ -120,6 +136,15 @@ describe("sluice.router.check_model", function()
         end
         assert.is_nil((router.check_model(nil)))
         assert.is_nil((router.check_model(42)))
+    end)
+
+    it("gives the same verdict on a name's every request, past the memo of accepted names", function()
+        for round = 1, 2 do
+            for i = 1, 3000 do
+                assert.is_true(router.check_model("model-" .. i), "round " .. round)
+                assert.is_nil((router.check_model("model/../" .. i)))
+            end
+        end
     end)
 end)
 

@@ -41,6 +41,19 @@ describe("sluice.clients", function()
         assert.equal("curl", clients.identify(ctx({ ["user-agent"] = "curl/7.88.1" })))
         assert.equal("unknown", clients.identify(ctx({})))
     end)
+
+    it("reads the client headers on every request, whatever the same User-Agent was named before", function()
+        -- (names are remembered per User-Agent; the headers that win over it are not)
+        for _ = 1, 2 do
+            assert.equal("node", clients.identify(ctx({ ["user-agent"] = "node" })))
+            assert.equal("codex", clients.identify(ctx({ ["user-agent"] = "node", originator = "codex_cli_rs" })))
+            assert.equal("claude-code", clients.identify(ctx({ ["user-agent"] = "node",
+                                                                ["x-claude-code-session-id"] = "s" })))
+        end
+        for i = 1, 2000 do -- past the memo's size, each agent keeps its own name
+            assert.equal("agent" .. i, clients.identify(ctx({ ["user-agent"] = "Agent" .. i .. "/1.0" })))
+        end
+    end)
 end)
 
 describe("sluice.session key rules", function()

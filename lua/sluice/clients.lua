@@ -21,17 +21,32 @@ M.RULES = {
     { "^curl/", "curl" },
 }
 
-function M.identify(ctx)
-    local h = ctx.headers
-    if h["x-claude-code-session-id"] then return "claude-code" end
-    local originator = h["originator"]
-    if originator and originator:lower():find("^codex") then return "codex" end
-    local ua = (h["user-agent"] or ""):lower()
+local function from_user_agent(raw)
+    local ua = raw:lower()
     for _, rule in ipairs(M.RULES) do
         if ua:find(rule[1]) then return rule[2] end
     end
     if ua == "" then return "unknown" end
     return (ua:match("^([%w%._%-]+)") or "unknown"):sub(1, 40)
+end
+
+-- A client sends the same User-Agent on every request: its name is worked
+-- out once (at most MEMO_MAX agents are remembered; then the memo starts over).
+local MEMO_MAX = 512
+local by_agent, n_agents = {}, 0
+
+function M.identify(ctx)
+    local h = ctx.headers
+    if h["x-claude-code-session-id"] then return "claude-code" end
+    local originator = h["originator"]
+    if originator and originator:lower():find("^codex") then return "codex" end
+    local raw = h["user-agent"] or ""
+    local name = by_agent[raw]
+    if name then return name end
+    name = from_user_agent(raw)
+    if n_agents == MEMO_MAX then by_agent, n_agents = {}, 0 end
+    by_agent[raw], n_agents = name, n_agents + 1
+    return name
 end
 
 return M

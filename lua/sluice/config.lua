@@ -200,7 +200,14 @@ end
 -- with `/` only between segments that are neither empty nor "." / "..".
 M.MODEL_MAX = 256
 
+-- Requests ask for a handful of models over and over: a name that passed is
+-- remembered, so the checks below run once per name (at most MEMO_MAX names
+-- are kept; then the memo starts over).
+local MEMO_MAX = 1024
+local accepted, n_accepted = {}, 0
+
 function M.check_model(m)
+    if accepted[m] then return true end
     if type(m) ~= "string" or m == "" then return nil, "expected a non-empty string" end
     if #m > M.MODEL_MAX then return nil, fmt("longer than %d bytes", M.MODEL_MAX) end
     if m:find("[^%w%.%-_:@/]") then
@@ -211,6 +218,8 @@ function M.check_model(m)
             return nil, "a model name may not have empty, \".\" or \"..\" /-separated parts"
         end
     end
+    if n_accepted == MEMO_MAX then accepted, n_accepted = {}, 0 end
+    accepted[m], n_accepted = true, n_accepted + 1
     return true
 end
 

@@ -93,7 +93,31 @@ function R.classify(method, path)
     return nil, 404, "unknown path " .. path
 end
 
+-- The route a (service, model) found, remembered per config: requests ask
+-- for a handful of models, so the globs run once per model (at most
+-- MEMO_MAX per service; then that service's memo starts over). Weak keys:
+-- a reloaded config's memo goes with it.
+local MEMO_MAX = 1024
+local memos = setmetatable({}, { __mode = "k" })
+
+local function memo_of(cfg, service)
+    local by_service = memos[cfg]
+    if not by_service then
+        by_service = {}
+        memos[cfg] = by_service
+    end
+    local m = by_service[service]
+    if not m or m.n == MEMO_MAX then
+        m = { n = 0, routes = {} }
+        by_service[service] = m
+    end
+    return m
+end
+
 function R.route(cfg, service, model)
+    local memo = memo_of(cfg, service)
+    local hit = model and memo.routes[model]
+    if hit then return hit end
     local list = cfg.routes[service]
     if not list or #list == 0 then
         return nil, "no routes are configured for service '" .. service .. "'"
@@ -104,7 +128,10 @@ function R.route(cfg, service, model)
     end
     for i = 1, #list do
         local e = list[i]
-        if glob_match(e.pattern, m) then return e end
+        if glob_match(e.pattern, m) then
+            if model then memo.routes[model], memo.n = e, memo.n + 1 end
+            return e
+        end
     end
     return nil, "no route for model '" .. tostring(model) .. "' in service '" .. service .. "'"
 end
