@@ -213,6 +213,40 @@ static size_t fmt_number(double d, char *buf)
         buf[len] = '\0';
         return len;
     }
+    /* Up to three decimals (a time in milliseconds, a price in tenths of a
+     * cent): printed from the integer k = d * 1000 when k / 1000 reads back
+     * as d. Below 1e12, k has at most 15 digits, so this is the text %.15g
+     * gives, without printf and strtod (the session store writes two such
+     * times per request). */
+    double k = d * 1000.0;
+    if (k > -1e15 && k < 1e15 && k == (double)(int64_t)k && (double)(int64_t)k / 1000.0 == d) {
+        int64_t v = (int64_t)k;
+        uint64_t u = v < 0 ? (uint64_t)-v : (uint64_t)v;
+        char tmp[24];
+        size_t n = 0, len = 0;
+        unsigned frac = (unsigned)(u % 1000);
+        int fd = 3; /* fractional digits kept: trailing zeros go */
+        while (fd > 0 && frac % 10 == 0) {
+            frac /= 10;
+            fd--;
+        }
+        for (int i = 0; i < fd; i++) {
+            tmp[n++] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        tmp[n++] = '.';
+        u /= 1000;
+        do {
+            tmp[n++] = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (v < 0)
+            buf[len++] = '-';
+        while (n)
+            buf[len++] = tmp[--n];
+        buf[len] = '\0';
+        return len;
+    }
     int len = 0;
     for (int prec = 15; prec <= 17; prec++) {
         len = snprintf(buf, 32, "%.*g", prec, d);

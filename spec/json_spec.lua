@@ -135,6 +135,26 @@ describe("sluice.json", function()
       assert.are.equal("[1,2.5]", roundtrip("[1.0, 2.50]"))
     end)
 
+    it("writes numbers with up to three decimals as printf's shortest form would", function()
+      -- (they take a fast path: a session's times in milliseconds, prices)
+      for _, x in ipairs({ 1764786000.123, 1764786000.1, 0.5, -0.25, 0.001, -0.001, 12.34,
+                           999999999999.999, 1e12 + 0.5, 0.1 + 0.2, 1 / 3, 1764786000.1235 }) do
+        local s = assert(json.encode(x))
+        local want = string.format("%.15g", x)
+        if tonumber(want) ~= x then want = string.format("%.16g", x) end
+        if tonumber(want) ~= x then want = string.format("%.17g", x) end
+        assert.are.equal(want, s)
+        assert.are.equal(x, json.decode(s))
+      end
+      math.randomseed(99)
+      for _ = 1, 20000 do
+        local x = math.random(-10 ^ 12, 10 ^ 12) / 1000
+        local s = assert(json.encode(x))
+        assert.are.equal(x, json.decode(s), s)
+        if x ~= math.floor(x) then assert.are.equal(string.format("%.15g", x), s) end
+      end
+    end)
+
     it("boxes numbers too large for a double instead of losing them", function()
       local v = json.decode("[1e400,-1.5e99999]")
       assert.are.equal(json.number_mt, getmetatable(v[1]))
