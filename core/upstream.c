@@ -579,7 +579,8 @@ void sl_upstream_use_curl(sl_upstream_t *up, int on)
 
 static int splits_head(sl_str_t s)
 {
-    return memchr(s.base, '\r', s.len) || memchr(s.base, '\n', s.len) || memchr(s.base, '\0', s.len);
+    return s.len && (memchr(s.base, '\r', s.len) || memchr(s.base, '\n', s.len) ||
+                     memchr(s.base, '\0', s.len));
 }
 
 int sl_upstream_framing_header(sl_str_t name)
