@@ -39,6 +39,20 @@ describe("toolnames", function()
         assert.are.equal("_9lives", TN.new("gemini"):up("9lives"):sub(1, 7))
     end)
 
+    it("judges a name the same on every request, past the memo of verdicts", function()
+        -- (verdicts are remembered per supplier rule; a name valid for one is not for another)
+        for _ = 1, 2 do
+            assert.are.equal(LONG, TN.new("anthropic"):up(LONG))
+            assert.are_not.equal(LONG, TN.new("openai-chat"):up(LONG))
+            assert.are.equal("a_b", TN.new("openai-chat"):up("a_b"))
+        end
+        for i = 1, 5000 do
+            local n = TN.new("openai-chat")
+            assert.are.equal("tool_" .. i, n:up("tool_" .. i))
+            assert.are_not.equal("tool." .. i, n:up("tool." .. i))
+        end
+    end)
+
     it("is deterministic across requests, so replayed history maps the same way", function()
         assert.are.equal(TN.new("openai-chat"):up(LONG), TN.new("openai-chat"):up(LONG))
         assert.are_not.equal(TN.new("openai-chat"):up(LONG), TN.new("openai-chat"):up(LONG .. "_2"))

@@ -51,9 +51,27 @@ function M.new(protocol)
     return setmetatable({ rule = M.RULES[protocol], up_map = {}, down_map = {}, renamed = 0 }, Names)
 end
 
+-- Agents send the same tools on every turn (Claude Code ~20): a name's
+-- verdict is remembered per rule, so the pattern (which LuaJIT does not
+-- compile) runs once per name. Bounded: MEMO_MAX names per rule, then the
+-- memo starts over.
+local MEMO_MAX = 2048
+local verdicts = setmetatable({}, { __mode = "k" }) -- rule -> { n, by_name }
+
 function Names:valid(name)
     local r = self.rule
-    return not r or (#name <= r.max and name:find(r.pattern) ~= nil)
+    if not r then return true end
+    local memo = verdicts[r]
+    if not memo or memo.n == MEMO_MAX then
+        memo = { n = 0, by_name = {} }
+        verdicts[r] = memo
+    end
+    local v = memo.by_name[name]
+    if v == nil then
+        v = #name <= r.max and name:find(r.pattern) ~= nil
+        memo.by_name[name], memo.n = v, memo.n + 1
+    end
+    return v
 end
 
 local function shorten(rule, name, salt)
