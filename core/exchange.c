@@ -113,8 +113,9 @@ struct sl_exchange_s {
     uint64_t start_ns, first_out_ns;
     int sent_status; /* the status the client got (0: none sent) */
     char err[1024];  /* the first failure's text: the classifier borrows it */
-    char err2[1024]; /* errors of the closing hooks, which must not clobber err */
-    char err3[1024]; /* a failed finish hook's text, once it is a cause of its own */
+    char *finish_err; /* a failed finish hook's text, once it is a cause of its own (a
+                       * term note borrows it); the closing hooks' other errors are
+                       * only logged, from buffers on the stack */
 };
 
 static const sl_transfer_ops_t curl_transfer = {sl_transfer_start, sl_transfer_resume,
@@ -371,7 +372,8 @@ static void observe_events(sl_exchange_t *ex)
                              SL_STR_NULL, -1};
         sl_lua_events_add(ex->h, &ev);
     }
-    sl_lua_events_flush(ex->h, ex->ctx, "observe", NULL, ex->err2, sizeof ex->err2);
+    char err[1024];
+    sl_lua_events_flush(ex->h, ex->ctx, "observe", NULL, err, sizeof err);
 }
 
 /* The latest event, for a failure tail. A stream has a hundred events per
@@ -769,13 +771,17 @@ static int run_finish(sl_exchange_t *ex, int committed, sl_term_result_t *res, i
             sl_term_reason_name(res->reason), res->expected, res->partial,  committed,
             ex->at.upstream_status,           res->detail,   ex->at.sse_on, ex->at.events_sent};
         sl_buf_reset(&ex->out);
-        int frc =
-            sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, ended, er, ex->err2, sizeof ex->err2);
+        char err[1024];
+        int frc = sl_lua_finish(ex->h, ex->ctx, &oc, &ex->out, ended, er, err, sizeof err);
         if (frc == 0 || !committed || round == 1)
             return frc;
         sl_lua_resp_free(er);
-        snprintf(ex->err3, sizeof ex->err3, "finish hook failed: %.900s", ex->err2);
-        sl_term_note(&ex->term, SL_TERM_CAUSE_SCRIPT_ERROR, frc, ex->err3);
+        free(ex->finish_err);
+        size_t n = strlen(err) + sizeof "finish hook failed: ";
+        if ((ex->finish_err = malloc(n)))
+            snprintf(ex->finish_err, n, "finish hook failed: %s", err);
+        sl_term_note(&ex->term, SL_TERM_CAUSE_SCRIPT_ERROR, frc,
+                     ex->finish_err ? ex->finish_err : "finish hook failed");
         *res = sl_term_classify(&ex->term);
     }
 }
@@ -904,7 +910,8 @@ static void report(sl_exchange_t *ex, const sl_term_result_t *res)
     lf.cost = -1;
     if (ex->answer.len)
         sl_lua_ctx_set(ex->h, ex->ctx, "answer", sl_str(ex->answer.base, ex->answer.len));
-    sl_lua_log(ex->h, ex->ctx, &lf, ex->err2, sizeof ex->err2);
+    char err[1024];
+    sl_lua_log(ex->h, ex->ctx, &lf, err, sizeof err);
     o.end_time = now_unix();
     o.names = o.planned;
     o.names.client = p->client ? p->client : lf.client;
@@ -937,6 +944,7 @@ static void on_handle_closed(uv_handle_t *hd)
         return;
     free(ex->method);
     free(ex->path);
+    free(ex->finish_err);
     free(ex);
 }
 

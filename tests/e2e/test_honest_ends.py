@@ -416,6 +416,8 @@ class FailingFinishHookTest(harness.SluiceTestCase):
         self.assertIn("SCRIPT_ERROR", sdk_read("anthropic", body))
         rec = HonestEndsCase.record(self, "broken-close")
         self.assertEqual((rec["reason"], rec["partial"]), ("SCRIPT_ERROR", True), rec)
+        self.assertIn("finish hook failed", rec["error"], rec)  # the hook's own text, kept
+        self.assertIn("planted bug in close", rec["error"], rec)
 
 
 class LocalAnswerTest(HonestEndsCase):
