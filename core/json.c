@@ -884,6 +884,15 @@ static int dec_value(dec_t *d)
     }
 }
 
+/* The document ends after its value: only whitespace may follow. */
+static int dec_end(dec_t *d)
+{
+    d->p = skip_ws(d->p, d->end);
+    if (d->p < d->end)
+        return dec_fail(d, d->p, "unexpected data after the document");
+    return 0;
+}
+
 /* Decodes s and pushes the value; on failure restores the stack. */
 static int decode_run(lua_State *L, jstate_t *shared, int array_mt, int number_mt,
                       const char *s, size_t len, char *err, size_t errlen)
@@ -900,15 +909,8 @@ static int decode_run(lua_State *L, jstate_t *shared, int array_mt, int number_m
                .errlen = errlen};
     int top = lua_gettop(L), rc = 0;
     d.p = skip_ws(d.p, d.end);
-    if (dec_value(&d)) {
+    if (dec_value(&d) || dec_end(&d))
         rc = SL_EPARSE;
-    } else {
-        d.p = skip_ws(d.p, d.end);
-        if (d.p < d.end) {
-            dec_fail(&d, d.p, "unexpected data after the document");
-            rc = SL_EPARSE;
-        }
-    }
     if (rc)
         lua_settop(L, top);
     trim_buf(&st->scratch);
@@ -1476,10 +1478,7 @@ static int members_run(dec_t *d, lua_Integer max, const char **kind)
         }
         d->depth--;
     }
-    d->p = skip_ws(d->p, d->end);
-    if (d->p < d->end)
-        return dec_fail(d, d->p, "unexpected data after the document");
-    return 0;
+    return dec_end(d);
 }
 
 /* json.members(s [, i [, j [, max]]]) -> spans, kind | nil, err
@@ -1780,11 +1779,8 @@ static int l_select(lua_State *L)
     d.p = skip_ws(d.p, d.end);
     int container = d.p < d.end && (*d.p == '{' || *d.p == '[');
     int rc = sel_value(&d, sel, 0, 4, seen);
-    if (rc == 0) {
-        d.p = skip_ws(d.p, d.end);
-        if (d.p < d.end)
-            rc = dec_fail(&d, d.p, "unexpected data after the document");
-    }
+    if (rc == 0)
+        rc = dec_end(&d);
     trim_buf(&st->scratch);
     state_release(shared, st);
     if (rc || !container) {

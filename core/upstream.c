@@ -603,8 +603,8 @@ int sl_transfer_start(sl_upstream_t *up, const sl_transfer_req_t *req, const sl_
     t->up = up;
     t->cbs = *cbs;
     t->ud = ud;
-    if (sl_h1_eligible(up, req->url)) {
-        int rc = sl_h1_start(t, req);
+    int rc = sl_h1_start(t, req);
+    if (rc != SL_H1_DECLINED) {
         if (rc)
             free(t);
         else

@@ -121,16 +121,11 @@ static int is_loopback(const char *host)
            strcmp(host, "::1") == 0;
 }
 
-int sl_h1_eligible(const sl_upstream_t *up, const char *url)
+/* curl sends http:// through a proxy named in the environment, except to
+ * loopback (CURLOPT_NOPROXY): so such requests stay curl's. */
+static int proxied(const sl_upstream_t *up, const char *host)
 {
-    char host[256];
-    int port;
-    const char *path;
-    if (up->curl_only || !split_url(url, host, sizeof host, &port, &path))
-        return 0;
-    /* curl sends http:// through a proxy named in the environment, except
-     * to loopback (CURLOPT_NOPROXY): so must we. */
-    return !up->proxy_env || is_loopback(host);
+    return up->proxy_env && !is_loopback(host);
 }
 
 /* The request head as curl would send it: request line, Host, the caller's
@@ -178,7 +173,6 @@ static void transfer_free(sl_transfer_t *t)
     sl_buf_free(&t->h1.out);
     sl_buf_free(&t->h1.pending);
     free(t->h1.origin);
-    free(t->h1.host);
     free(t);
 }
 
@@ -538,14 +532,12 @@ static void transfer_send(sl_transfer_t *t)
 
 static void connect_failed(sl_h1_conn_t *c, int code, const char *what, int status)
 {
-    sl_transfer_t *t = c->t;
-    char why[256];
+    char why[400];
     if (status)
-        snprintf(why, sizeof why, "%s %s port %d: %s", what, t->h1.host, t->h1.port,
-                 uv_strerror(status));
+        snprintf(why, sizeof why, "%s %s: %s", what, c->origin, uv_strerror(status));
     else
-        snprintf(why, sizeof why, "%s %s port %d", what, t->h1.host, t->h1.port);
-    finish(t, code, why);
+        snprintf(why, sizeof why, "%s %s", what, c->origin);
+    finish(c->t, code, why);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -623,8 +615,15 @@ static void conn_connect(sl_transfer_t *t)
     uint64_t ms = t->h1.connect_timeout_ms ? t->h1.connect_timeout_ms : CONNECT_TIMEOUT_DEFAULT_MS;
     uv_timer_start(&c->timer, on_connect_timeout, ms, 0);
 
+    /* The host is the origin without its port (and an IPv6 address's brackets). */
+    char host[300];
+    size_t hlen = (size_t)(strrchr(c->origin, ':') - c->origin);
+    int v6 = c->origin[0] == '[';
+    memcpy(host, c->origin + v6, hlen - 2 * v6);
+    host[hlen - 2 * v6] = '\0';
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
     struct sockaddr_storage ss;
-    const char *host = strcasecmp(t->h1.host, "localhost") == 0 ? "127.0.0.1" : t->h1.host;
     if (uv_ip4_addr(host, t->h1.port, (struct sockaddr_in *)&ss) == 0 ||
         uv_ip6_addr(host, t->h1.port, (struct sockaddr_in6 *)&ss) == 0) {
         start_connect(c, (struct sockaddr *)&ss);
@@ -635,7 +634,7 @@ static void conn_connect(sl_transfer_t *t)
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     c->resolving = 1;
     c->pending++;
-    int rc = uv_getaddrinfo(up->loop, &c->gai, on_resolved, t->h1.host, port, &hints);
+    int rc = uv_getaddrinfo(up->loop, &c->gai, on_resolved, host, port, &hints);
     if (rc < 0) {
         c->resolving = 0;
         c->pending--;
@@ -690,8 +689,8 @@ int sl_h1_start(sl_transfer_t *t, const sl_transfer_req_t *req)
     char host[256];
     const char *path;
     int port;
-    if (!split_url(req->url, host, sizeof host, &port, &path))
-        return SL_EINVAL;
+    if (up->curl_only || !split_url(req->url, host, sizeof host, &port, &path) || proxied(up, host))
+        return SL_H1_DECLINED;
     t->lean = 1;
     sl_buf_init(&t->head, HEAD_MAX);
     sl_buf_init(&t->h1.out, 0);
@@ -708,16 +707,14 @@ int sl_h1_start(sl_transfer_t *t, const sl_transfer_req_t *req)
     else
         snprintf(hostport, sizeof hostport, "%s", origin);
     t->h1.origin = strdup(origin);
-    t->h1.host = strdup(host);
     t->h1.port = port;
     t->h1.body = req->body;
     t->h1.connect_timeout_ms = req->connect_timeout_ms;
-    int rc = (!t->h1.origin || !t->h1.host) ? SL_ENOMEM : build_head(t, req, path, hostport);
+    int rc = !t->h1.origin ? SL_ENOMEM : build_head(t, req, path, hostport);
     if (rc) {
         sl_buf_free(&t->head);
         sl_buf_free(&t->h1.out);
         free(t->h1.origin);
-        free(t->h1.host);
         return rc;
     }
     STAT_ADD(up, transfers, 1);

@@ -77,8 +77,7 @@ struct sl_transfer_s {
     int lean;
     struct {
         sl_h1_conn_t *conn; /* the connection carrying it, NULL before one is made */
-        char *origin;       /* "host:port" as connections are pooled by it */
-        char *host;         /* host to connect to (no brackets) */
+        char *origin;       /* "host:port" (lower case), as connections are pooled by it */
         int port;
         sl_buf_t out;       /* the request head, built once */
         sl_str_t body;      /* the caller's body (valid until on_done) */
@@ -99,9 +98,12 @@ struct sl_transfer_s {
  * client sets them, a caller's are dropped. */
 int sl_upstream_framing_header(sl_str_t name);
 
-/* The lean client (upstream_h1.c). sl_h1_eligible says whether a URL can
- * go to it; sl_h1_start fills t (already zeroed, up/cbs/ud set). */
-int sl_h1_eligible(const sl_upstream_t *up, const char *url);
+/* The lean client (upstream_h1.c). sl_h1_start takes t (zeroed, with
+ * up/cbs/ud set) when its URL is the lean client's — plain http://, no
+ * proxy from the environment, not sl_upstream_use_curl — and returns 0 or
+ * an SL_E* error; for any other URL it returns SL_H1_DECLINED and leaves t
+ * alone for curl. */
+#define SL_H1_DECLINED 1
 int sl_h1_start(sl_transfer_t *t, const sl_transfer_req_t *req);
 void sl_h1_resume(sl_transfer_t *t);
 void sl_h1_abort(sl_transfer_t *t);

@@ -935,7 +935,49 @@ static void test_free_leaves_no_handles(void)
     mock_stop(m);
 }
 
-/* Every case on one client; the HTTP/2 table's cases are curl's alone.
+/* Which client takes a URL: plain http:// goes to the lean client, unless a
+ * proxy in the environment applies (loopback is never proxied), the URL
+ * carries credentials, or curl is asked for; everything else is curl's.
+ * Each transfer is aborted before the loop runs, so nothing is sent. */
+static int lean_for(sl_upstream_t *u, const char *url)
+{
+    owner_t o;
+    owner_init(&o);
+    sl_transfer_req_t rq = {.url = url, .method = "POST", .body = SL_STR("x"), .verify_tls = 1};
+    int lean = -1;
+    if (sl_transfer_start(u, &rq, &cbs, &o, &o.t) == 0) {
+        lean = o.t->lean;
+        sl_transfer_abort(o.t);
+    }
+    owner_free(&o);
+    return lean;
+}
+
+static void test_which_client_takes_a_url(void)
+{
+    sl_upstream_t *u = NULL;
+    CHECK_EQ_INT(sl_upstream_new(&u, &loop), 0);
+    CHECK_EQ_INT(lean_for(u, "http://127.0.0.1:9/v1"), 1);
+    CHECK_EQ_INT(lean_for(u, "HTTP://Example.invalid/v1"), 1);
+    CHECK_EQ_INT(lean_for(u, "http://[::1]:9/v1"), 1);
+    CHECK_EQ_INT(lean_for(u, "https://127.0.0.1:9/v1"), 0);
+    CHECK_EQ_INT(lean_for(u, "http://user:secret@127.0.0.1:9/v1"), 0);
+    sl_upstream_use_curl(u, 1);
+    CHECK_EQ_INT(lean_for(u, "http://127.0.0.1:9/v1"), 0);
+    sl_upstream_free(u);
+
+    setenv("http_proxy", "http://127.0.0.1:9", 1);
+    CHECK_EQ_INT(sl_upstream_new(&u, &loop), 0);
+    unsetenv("http_proxy");
+    CHECK_EQ_INT(lean_for(u, "http://example.invalid/v1"), 0); /* through the proxy: curl's */
+    CHECK_EQ_INT(lean_for(u, "http://localhost:9/v1"), 1);      /* loopback is never proxied */
+    CHECK_EQ_INT(lean_for(u, "http://127.0.0.1:9/v1"), 1);
+    sl_upstream_free(u);
+    for (int i = 0; i < 5; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+/* Every case on one client; the HTTP/2 table's cases, and which client takes a URL, run once (on the curl pass).
  * Ends with the upstream freed and the loop's handles closed. */
 static void run_cases(int curl)
 {
@@ -958,6 +1000,7 @@ static void run_cases(int curl)
     RUN(test_how_answers_end);
     RUN(test_stale_pooled_connections);
     if (curl) {
+        RUN(test_which_client_takes_a_url);
         RUN(test_tls_origin);
         RUN(test_h2_table);
         RUN(test_plain_http_never_waits);
