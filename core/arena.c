@@ -20,6 +20,29 @@ struct sl_arena_block_s {
     alignas(max_align_t) unsigned char data[];
 };
 
+/* A new block of cap bytes, used bytes of it taken. It becomes the current
+ * block, or (behind) sits behind the current one, which keeps its free
+ * space for the small pieces that follow. NULL when out of memory. */
+static sl_arena_block_t *push_block(sl_arena_t *a, size_t cap, size_t used, int behind)
+{
+    if (cap > SIZE_MAX / 2)
+        return NULL;
+    sl_arena_block_t *nb = malloc(sizeof *nb + cap);
+    if (!nb)
+        return NULL;
+    nb->cap = cap;
+    nb->used = used;
+    sl_arena_block_t *b = a->block;
+    if (behind && b) {
+        nb->prev = b->prev;
+        b->prev = nb;
+    } else {
+        nb->prev = b;
+        a->block = nb;
+    }
+    return nb;
+}
+
 /* n bytes at an offset that is a multiple of align (a power of two). */
 static void *take(sl_arena_t *a, size_t n, size_t align)
 {
@@ -31,25 +54,10 @@ static void *take(sl_arena_t *a, size_t n, size_t align)
             return b->data + at;
         }
     }
-    if (n > SIZE_MAX / 2)
-        return NULL;
+    /* a large piece gets a block of its own */
     int alone = n > BLOCK_BYTES / 2;
-    size_t cap = alone ? n : BLOCK_BYTES - sizeof *b;
-    sl_arena_block_t *nb = malloc(sizeof *nb + cap);
-    if (!nb)
-        return NULL;
-    nb->cap = cap;
-    nb->used = n;
-    if (alone && b) {
-        /* a large piece in a block of its own, behind the current block,
-         * which keeps its free space for the small pieces that follow */
-        nb->prev = b->prev;
-        b->prev = nb;
-    } else {
-        nb->prev = b;
-        a->block = nb;
-    }
-    return nb->data;
+    sl_arena_block_t *nb = push_block(a, alone ? n : BLOCK_BYTES - sizeof *b, n, alone);
+    return nb ? nb->data : NULL;
 }
 
 int sl_arena_reserve(sl_arena_t *a, size_t n)
@@ -57,16 +65,7 @@ int sl_arena_reserve(sl_arena_t *a, size_t n)
     sl_arena_block_t *b = a->block;
     if (b && b->cap - b->used >= n)
         return 0;
-    if (n > SIZE_MAX / 2)
-        return -1;
-    sl_arena_block_t *nb = malloc(sizeof *nb + (n ? n : 1));
-    if (!nb)
-        return -1;
-    nb->cap = n ? n : 1;
-    nb->used = 0;
-    nb->prev = b;
-    a->block = nb;
-    return 0;
+    return push_block(a, n ? n : 1, 0, 0) ? 0 : -1;
 }
 
 void *sl_arena_alloc(sl_arena_t *a, size_t n)

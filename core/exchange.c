@@ -794,10 +794,8 @@ static void respond_fallback(sl_exchange_t *ex, const sl_term_result_t *res)
     static const sl_header_t ct[] = {{SL_STR("content-type"), SL_STR("application/json")}};
     if (respond_full(ex, res->reason == SL_TERM_UPSTREAM_TIMEOUT_FIRST_BYTE ? 504 : 502, ct, 1,
                      SL_STR("{\"error\":{\"type\":\"api_error\",\"message\":"
-                            "\"gateway error (see sluice log)\"}}")) != 0) {
-        sl_conn_close(ex->conn, 0);
-        ex->conn = NULL;
-    }
+                            "\"gateway error (see sluice log)\"}}")) != 0)
+        sl_conn_close(let_go_of_client(ex), 0);
 }
 
 /* An answer whose head cannot be sent (a header value with CR/LF from a

@@ -31,7 +31,7 @@ static __thread int thread_id = 0;
 /* The calling thread's waiting access-log lines (out) and the buffer its
  * next line is built in (line, reused); NULL: write each line at once. */
 typedef struct {
-    sl_buf_t out, line;
+    sl_buf_t out;
 } batch_t;
 static __thread batch_t *batch;
 #define BATCH_MAX (64 * 1024) /* written out early past this */
@@ -137,12 +137,10 @@ void sl_access_log_batch(int on)
     if (on && !batch) {
         if ((batch = malloc(sizeof *batch))) {
             sl_buf_init(&batch->out, 0);
-            sl_buf_init(&batch->line, 0);
         }
     } else if (!on && batch) {
         sl_access_log_flush();
         sl_buf_free(&batch->out);
-        sl_buf_free(&batch->line);
         free(batch);
         batch = NULL;
     }
@@ -214,11 +212,13 @@ void sl_access_log_outcome(const sl_outcome_t *o)
 {
     if (access_fd < 0)
         return;
-    sl_buf_t b, *line = &b; /* a batching thread reuses its line buffer */
+    /* A batching thread writes the line straight into its batch. */
+    sl_buf_t b, *line = &b;
     if (batch)
-        sl_buf_reset(line = &batch->line);
+        line = &batch->out;
     else
-        sl_buf_init(line, 0);
+        sl_buf_init(&b, 0);
+    size_t at = line->len;
     /* The planned names, not the log hook's: the line says what was routed. */
     const sl_outcome_names_t *n = &o->planned;
     sl_buf_printf(line, "{\"time\":%.3f", o->end_time);
@@ -241,9 +241,17 @@ void sl_access_log_outcome(const sl_outcome_t *o)
     json_field(line, "reason", sl_term_reason_name(o->end.reason));
     sl_buf_printf(line, ",\"partial\":%s,\"expected\":%s}", o->end.partial ? "true" : "false",
                   o->end.expected ? "true" : "false");
-    sl_access_log_write(line->base, line->len);
-    if (line == &b)
+    if (line == &b) {
+        sl_access_log_write(b.base, b.len);
         sl_buf_free(&b);
+        return;
+    }
+    if (sl_buf_append_byte(line, '\n')) {
+        line->len = at; /* no room (ENOMEM): the line is dropped, not left half-made */
+        return;
+    }
+    if (line->len >= BATCH_MAX)
+        sl_access_log_flush();
 }
 
 static int hexval(char c)

@@ -267,8 +267,9 @@ static const char *copied_text(const sl_outcome_t *o, const column_t *c, int wit
 }
 
 /* Every string goes into the record's arena, in one block of exactly their
- * size: two allocations per record (the record and its strings), and a
- * queue of records waiting for the writer holds no more than it must. */
+ * size: two allocations per record (the record and its strings) besides the
+ * scratch the derived texts are made in, and a queue of records waiting for
+ * the writer holds no more than it must. */
 sl_record_t *sl_record_from_outcome(const sl_outcome_t *o, int with_bodies)
 {
     sl_record_t *r = sl_record_new();
@@ -283,9 +284,11 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o, int with_bodies)
     const char *reason = sl_term_reason_name(o->end.reason);
     size_t need = strlen(reason) + 1 + (error_len ? error_len + 1 : 0) +
                   (derived.len > error_len ? derived.len - error_len + 1 : 0);
+    size_t len[NCOLS]; /* each text measured once (a kept body can be large) */
     for (int i = 0; i < NCOLS; i++) {
         const char *s = copied_text(o, &columns[i], with_bodies);
-        need += s ? strlen(s) + 1 : 0;
+        len[i] = s ? strlen(s) : 0;
+        need += s ? len[i] + 1 : 0;
     }
     sl_arena_reserve(&r->arena, need); /* on ENOMEM the copies below fail one by one */
     for (int i = 0; i < NCOLS; i++) {
@@ -298,7 +301,7 @@ sl_record_t *sl_record_from_outcome(const sl_outcome_t *o, int with_bodies)
         case K_JSON_OBJ:
         case K_BODY: {
             const char *s = copied_text(o, c, with_bodies);
-            FIELD(r, c, char *) = s ? sl_arena_strndup(&r->arena, s, strlen(s)) : NULL;
+            FIELD(r, c, char *) = s ? sl_arena_strndup(&r->arena, s, len[i]) : NULL;
             break;
         }
         case K_REAL:
@@ -748,10 +751,6 @@ void sl_records_close(sl_records_t *rs)
     destroy(rs);
 }
 
-int sl_records_keep_bodies(const sl_records_t *rs)
-{
-    return rs && rs->keep_bodies;
-}
 
 int sl_records_submit(sl_records_t *rs, sl_record_t *rec)
 {
@@ -782,6 +781,11 @@ int sl_records_submit(sl_records_t *rs, sl_record_t *rec)
         pthread_cond_signal(&rs->wake);
     pthread_mutex_unlock(&rs->mu);
     return 0;
+}
+
+int sl_records_submit_outcome(sl_records_t *rs, const sl_outcome_t *o)
+{
+    return sl_records_submit(rs, sl_record_from_outcome(o, rs && rs->keep_bodies));
 }
 
 int sl_records_flush(sl_records_t *rs, int timeout_ms)

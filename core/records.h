@@ -59,7 +59,8 @@ typedef struct sl_record_s {
 sl_record_t *sl_record_new(void);
 /* The record of a request that ended so (every string copied, into one
  * arena block of their size: a record is two allocations), or NULL on
- * ENOMEM. The bodies are copied only with_bodies (the history keeps them). Filled from the column table: each column names the outcome field
+ * ENOMEM. The bodies are copied only with_bodies (the history keeps them).
+ * Filled from the column table: each column names the outcome field
  * it copies, and the rest (time, reason, partial, expected, the error text
  * "partial=...; reason=...; detail" and the attempt log's JSON) are derived
  * from the outcome here. */
@@ -77,8 +78,9 @@ typedef struct sl_records_s sl_records_t;
  * SL_EIO (cannot open/create; the reason is logged to stderr).
  */
 int sl_records_open(sl_records_t **out, const char *path, int max_records, int keep_bodies);
-/* Whether this history keeps bodies (sl_records_open's keep_bodies). */
-int sl_records_keep_bodies(const sl_records_t *rs);
+/* sl_records_submit of the record of an outcome, its bodies copied only
+ * when this history keeps them (sl_records_open's keep_bodies). */
+int sl_records_submit_outcome(sl_records_t *rs, const sl_outcome_t *o);
 /* Writes everything submitted so far, stops the writer and closes the
  * database. NULL is a no-op. No other call may be in progress or follow. */
 void sl_records_close(sl_records_t *rs);

@@ -575,7 +575,10 @@ int sl_conn_finish(sl_conn_t *c)
         conn_close_graceful(c); /* flushes, then shuts down */
         return rc;
     }
-    if (c->flush_queued) {
+    /* Finished outside the request callback (an exchange's answer): written
+     * now, before the exchange makes its record. Inside it, the answers of
+     * pipelined requests go out together in the pass's one flush. */
+    if (c->flush_queued && !c->dispatching) {
         flush_unlink(c);
         if ((rc = flush_conn(c)) != 0) {
             conn_close(c);

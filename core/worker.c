@@ -43,14 +43,20 @@ struct sl_live_s {
 };
 
 /* The exchange is over: report how, and forget it. */
+static void on_log_nudge(uv_idle_t *h)
+{
+}
+
 static void on_exchange_end(void *owner, sl_exchange_t *ex, const sl_outcome_t *o)
 {
     sl_live_t *l = owner;
     sl_worker_t *w = l->w;
     sl_access_log_outcome(o);
+    /* An exchange can end outside any I/O (its own timer): without the
+     * nudge the line would wait in the batch until the next event. */
+    uv_idle_start(&w->log_nudge, on_log_nudge);
     if (w->app->records)
-        sl_records_submit(w->app->records,
-                          sl_record_from_outcome(o, sl_records_keep_bodies(w->app->records)));
+        sl_records_submit_outcome(w->app->records, o);
     sl_metrics_request_outcome(o);
     if (l->prev)
         l->prev->next = l->next;
@@ -324,7 +330,9 @@ static void on_async(uv_async_t *a)
  * ended in it go out in one write (log.h). */
 static void on_log_flush(uv_check_t *c)
 {
+    sl_worker_t *w = c->data;
     sl_access_log_flush();
+    uv_idle_stop(&w->log_nudge);
 }
 
 static void run(void *arg)
@@ -351,6 +359,8 @@ int sl_worker_start(sl_worker_t *w, sl_app_t *app, int id, char *err, size_t err
     uv_timer_init(&w->loop, &w->shutdown_timer);
     uv_timer_init(&w->loop, &w->deadline);
     uv_check_init(&w->loop, &w->log_flush);
+    uv_idle_init(&w->loop, &w->log_nudge);
+    w->log_flush.data = w;
     uv_check_start(&w->log_flush, on_log_flush);
     uv_unref((uv_handle_t *)&w->log_flush); /* never what keeps the loop running */
     w->shutdown_timer.data = w->deadline.data = w;

@@ -70,6 +70,7 @@ struct sl_worker_s {
     int stopping;
     uv_timer_t shutdown_timer;  /* polls for "everything drained" while stopping */
     uv_check_t log_flush;       /* writes the access-log lines of each loop pass */
+    uv_idle_t log_nudge;        /* active while lines wait: the pass does not block in poll */
     uv_timer_t deadline;        /* shutdown_timeout: then in-flight requests are cut */
     int start_rc;               /* result of starting, for the main thread */
     char start_err[512];

@@ -354,7 +354,7 @@ static void test_bodies(void)
                           .end = {SL_TERM_COMPLETE, false, false, "complete"}, .ttfb_ms = -1,
                           .input_tokens = -1, .output_tokens = -1, .cache_read_tokens = -1,
                           .cache_write_tokens = -1, .request_body = big, .response_body = "ok"};
-        CHECK_EQ_INT(sl_records_submit(rs, sl_record_from_outcome(&o, keep)), 0);
+        CHECK_EQ_INT(sl_records_submit_outcome(rs, &o), 0);
         sl_records_flush(rs, 5000);
         doc = get(rs, "ob", &rc);
         CHECK(json_valid(doc));
