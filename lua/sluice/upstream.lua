@@ -291,20 +291,35 @@ local function with_model(body, model)
     return copy
 end
 
+-- A codec's output_limit paths, split into keys once per path.
+local limit_keys = {}
+local function keys_of(path)
+    local keys = limit_keys[path]
+    if not keys then
+        keys = {}
+        for k in path:gmatch("[^.]+") do keys[#keys + 1] = k end
+        limit_keys[path] = keys
+    end
+    return keys
+end
+
+-- The number at keys below v, the value at keys[1]; nil when not a number.
+local function limit_at(v, keys)
+    for i = 2, #keys do v = type(v) == "table" and v[keys[i]] or nil end
+    return type(v) == "number" and v or nil
+end
+
 -- A passthrough body asking for more output than the configured cap: a
 -- copy with the protocol's limit field(s) (its `output_limit` fact, dotted
 -- paths) lowered to the cap, passed through the protocol's `fit_output`
 -- (fields that must stay below the limit, as Anthropic's thinking budget);
 -- nil when nothing asks for more.
 local function capped(body, codec, cap)
-    local fields = codec.output_limit
     local out
-    for _, path in ipairs(fields or {}) do
-        local keys = {}
-        for k in path:gmatch("[^.]+") do keys[#keys + 1] = k end
-        local v = body
-        for i = 1, #keys do v = type(v) == "table" and v[keys[i]] or nil end
-        if type(v) == "number" and v > cap then
+    for _, path in ipairs(codec.output_limit or {}) do
+        local keys = keys_of(path)
+        local v = limit_at(body[keys[1]], keys)
+        if v and v > cap then
             out = out or with_model(body, body.model)
             local t = out
             for i = 1, #keys - 1 do
@@ -325,10 +340,9 @@ end
 -- passthrough request under the cap is never decoded whole for the check.
 local function asks_over(ctx, codec, cap)
     for _, path in ipairs(codec.output_limit or {}) do
-        local top, rest = path:match("^([^.]+)%.?(.*)$")
-        local v = request_body.field(ctx, top)
-        for k in rest:gmatch("[^.]+") do v = type(v) == "table" and v[k] or nil end
-        if type(v) == "number" and v > cap then return true end
+        local keys = keys_of(path)
+        local v = limit_at(request_body.field(ctx, keys[1]), keys)
+        if v and v > cap then return true end
     end
     return false
 end
