@@ -532,7 +532,7 @@ static void transfer_send(sl_transfer_t *t)
 
 static void connect_failed(sl_h1_conn_t *c, int code, const char *what, int status)
 {
-    char why[400];
+    char why[CURL_ERROR_SIZE];
     if (status)
         snprintf(why, sizeof why, "%s %s: %s", what, c->origin, uv_strerror(status));
     else
