@@ -7,6 +7,7 @@
 local json = require("sluice.json")
 local request_body = require("sluice.request_body")
 local session = require("sluice.session")
+local sticky = require("sluice.sticky")
 
 local function fixture(name)
     local f = assert(io.open("spec/fixtures/sessions/" .. name))
@@ -21,8 +22,11 @@ local function opened(raw)
     return ctx
 end
 
+-- What the default session rules read of a body (sluice.sticky's reader), both parts.
 local function session_view(ctx)
-    return request_body.view(ctx, session.BODY_FIELDS, session.BODY_LISTS, session.opens_conversation)
+    local view = sticky.read_session_body(ctx, "prefix")
+    for k, v in pairs(sticky.read_session_body(ctx, "hints")) do view[k] = v end
+    return view
 end
 
 describe("sluice.request_body", function()
@@ -82,6 +86,7 @@ describe("sluice.request_body", function()
             assert.is_nil(rawget(ctx, "request"), "body " .. i .. " was decoded whole")
             local want = { session.key({ headers = {} }, json.decode(raw)) }
             assert.same(want, { session.key(ctx, view) }, "body " .. i)
+            assert.same(want, { session.key(ctx, nil, nil, sticky.read_session_body) }, "body " .. i)
             rules[#rules + 1] = want[2] or "none"
         end
         -- every rule that reads the body was exercised, and the one body without a key gave none

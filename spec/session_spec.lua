@@ -23,6 +23,8 @@ local CODEX_HEADERS = {
     session_id = "0199a4c2-7e31-7d52-b0f4-3c6e1a9d8b27", conversation_id = "0199a4c2-7e31-7d52-b0f4-3c6e1a9d8b27",
     ["openai-beta"] = "responses=experimental",
 }
+local CLAUDE_HEADERS_WITH_ID = { ["user-agent"] = CLAUDE_HEADERS["user-agent"],
+                                 ["x-claude-code-session-id"] = "5c8e4f0a-9d1b-4e7c-a2f3-61b0d9e8c7a4" }
 local GEMINI_HEADERS = { ["user-agent"] = "GeminiCLI/0.8.2 (linux; x64)", ["x-goog-api-client"] = "gl-node/22.18.0" }
 
 local function ctx(headers, tenant) return { headers = headers or {}, tenant = tenant } end
@@ -106,6 +108,32 @@ describe("sluice.session key rules", function()
         assert.same({ "user-1234", "user" }, { session.hint(ctx(), body) })
         body = { model = "gpt-4.1", metadata = { session_id = "s-9" }, messages = { { role = "user", content = "hi" } } }
         assert.same({ "s-9", "user" }, { session.hint(ctx(), body) })
+    end)
+
+    -- sluice.sticky hands the rules a reader instead of a body: each part is
+    -- decoded only when a rule gets to it, so a client that names its
+    -- session in a header has none of its conversation decoded.
+    it("reads only the parts of the body the winning rule needs", function()
+        local function reader(body)
+            local asked = {}
+            return function(_, part)
+                asked[#asked + 1] = part
+                return body
+            end, asked
+        end
+        local cases = {
+            { CLAUDE_HEADERS_WITH_ID, "claude_code_turn1.json", {} },
+            { CODEX_HEADERS, "codex_turn.json", { "hints" } },
+            { { ["user-agent"] = "OpenAI/Python 1.107.0" }, "codex_turn.json", { "hints" } },
+            { GEMINI_HEADERS, "gemini_cli_turn1.json", { "hints", "prefix" } },
+        }
+        for _, c in ipairs(cases) do
+            local body = fixture(c[2])
+            local read, asked = reader(body)
+            local k, rule = session.key(ctx(c[1]), nil, nil, read)
+            assert.same(c[3], asked)
+            assert.same({ session.key(ctx(c[1]), body) }, { k, rule })
+        end
     end)
 
     it("hashes Gemini CLI's stable prefix, the same on every turn", function()

@@ -65,8 +65,10 @@ end
 
 -- The same from the answer's bytes (a passthrough answer the core kept).
 -- Only the usage is wanted, so a codec that names where a whole answer
--- keeps it (its `answer_usage` fact) has just that member decoded; the rest
--- of the answer is only checked (json.members), never built into tables.
+-- keeps it (its `answer_usage` fact) has just that member decoded, in one
+-- pass that checks the rest (a json.selector, one per member name), never
+-- building the rest into tables.
+local usage_selectors = {}
 function Acct:answer_text(codec, text)
     if type(text) ~= "string" or not text:find("^%s*{") then return end
     local field = codec.answer_usage
@@ -75,11 +77,15 @@ function Acct:answer_text(codec, text)
         if type(body) == "table" then self:answer_body(codec, body) end
         return
     end
-    local spans, kind = json.members(text)
-    local span = kind == "object" and spans[field]
-    if not span then return end
-    local ok, u = pcall(codec.decode_usage, json.decode(text, span[1], span[2]))
-    if ok and u then self:add_usage(u) end
+    local sel = usage_selectors[field]
+    if not sel then
+        sel = json.selector({ field })
+        usage_selectors[field] = sel
+    end
+    local ok, member = json.select(sel, text)
+    if not ok or member == nil then return end
+    local dok, u = pcall(codec.decode_usage, member)
+    if dok and u then self:add_usage(u) end
 end
 
 -- The record's usage fields.

@@ -23,8 +23,14 @@
 -- hashed (sluice.digest) before anything stores or shows it. Ops replace
 -- rules 1-6 with `sessions.key = function(ctx) return key_or_nil end`.
 --
---   S.hint(ctx, body) -> raw key, rule name | nil   (body: the decoded request)
---   S.key(ctx, body, override?) -> hashed scoped key, rule name | nil
+--   S.hint(ctx, body, read?) -> raw key, rule name | nil
+--   S.key(ctx, body, override?, read?) -> hashed scoped key, rule name | nil
+--       body: the decoded request; or nil and read(ctx, part), which gives
+--       the parts of the body a rule reads when a rule first needs them:
+--       "hints" (S.HINT_FIELDS) for rules 2-5, "prefix" (S.PREFIX_FIELDS and
+--       the first messages of S.BODY_LISTS) for rule 6. A request whose
+--       client names its session in a header (Claude Code, Codex CLI) has
+--       none of its conversation decoded.
 --   S.tenant(ctx) -> tenant id (ctx.tenant, set by the inbound key check, or "anon")
 
 local json = require("sluice.json")
@@ -89,10 +95,11 @@ function S.opens_conversation(m)
     return role == nil and m.parts and true or false
 end
 
--- The body fields S.hint reads, and the message lists it reads up to
--- S.opens_conversation (sluice.request_body decodes only these).
-S.BODY_FIELDS = { "metadata", "prompt_cache_key", "user", "system", "instructions",
-                  "systemInstruction", "system_instruction" }
+-- The body fields S.hint reads for rules 2-5, those of the stable prefix,
+-- and the message lists it reads up to S.opens_conversation
+-- (sluice.request_body decodes only these).
+S.HINT_FIELDS = { "metadata", "prompt_cache_key", "user" }
+S.PREFIX_FIELDS = { "system", "instructions", "systemInstruction", "system_instruction" }
 S.BODY_LISTS = { "messages", "contents", "input" }
 
 -- system prompt + first user message, in any protocol's body shape.
@@ -118,21 +125,26 @@ local function stable_prefix(body)
     return concat(sys, "\n") .. "\0" .. first
 end
 
-function S.hint(ctx, body)
+local function part(body, read, ctx, name)
+    if body == nil and read then body = read(ctx, name) end
+    return type(body) == "table" and body or {}
+end
+
+function S.hint(ctx, body, read)
     local h = ctx.headers or {}
     local v = nonempty(h["x-claude-code-session-id"])
     if v then return v, "claude-code-header" end
-    body = type(body) == "table" and body or {}
-    local meta = type(body.metadata) == "table" and body.metadata or {}
+    local hints = part(body, read, ctx, "hints")
+    local meta = type(hints.metadata) == "table" and hints.metadata or {}
     v = S.claude_user_session(meta.user_id)
     if v then return v, "metadata.user_id" end
     v = nonempty(h["session_id"]) or nonempty(h["conversation_id"])
     if v then return v, "codex-header" end
-    v = nonempty(body.prompt_cache_key)
+    v = nonempty(hints.prompt_cache_key)
     if v then return v, "prompt_cache_key" end
-    v = nonempty(body.user) or nonempty(meta.session_id) or nonempty(meta.conversation_id)
+    v = nonempty(hints.user) or nonempty(meta.session_id) or nonempty(meta.conversation_id)
     if v then return v, "user" end
-    v = stable_prefix(body)
+    v = stable_prefix(part(body, read, ctx, "prefix"))
     if v then return digest.hex(v, 64), "prefix" end
     return nil
 end
@@ -149,7 +161,7 @@ end
 
 -- override: the config's sessions.key function (runs under the script budget
 -- like on_request: the config's functions run interpreted).
-function S.key(ctx, body, override)
+function S.key(ctx, body, override, read)
     local raw, rule
     if override then
         raw = override(ctx)
@@ -159,7 +171,7 @@ function S.key(ctx, body, override)
         if raw == "" then raw = nil end
         rule = "sessions.key"
     else
-        raw, rule = S.hint(ctx, body)
+        raw, rule = S.hint(ctx, body, read)
     end
     if not raw then return nil end
     return digest.hex(S.tenant(ctx) .. "\0" .. raw), rule

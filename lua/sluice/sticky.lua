@@ -130,6 +130,14 @@ local function least_used_key(store, rt, supplier, n)
     return lru(store, rt, stamps, function(i) return not cooling(store, supplier.id, i) end)
 end
 
+-- The parts of the body the default session rules read (sluice.session),
+-- decoded from the request as far as they reach (sluice.request_body).
+local NO_LISTS = {}
+function T.read_session_body(ctx, part)
+    if part == "hints" then return request_body.view(ctx, session.HINT_FIELDS, NO_LISTS) end
+    return request_body.view(ctx, session.PREFIX_FIELDS, session.BODY_LISTS, session.opens_conversation)
+end
+
 -- round: the request's Redis round (sluice.session_store.round), which the
 -- session's reads join and run; nil without Redis.
 function T.begin(cfg, ctx, rt, round)
@@ -138,10 +146,9 @@ function T.begin(cfg, ctx, rt, round)
     local chain = route.suppliers
     ctx.chain = chain
     if cfg.sessions.key == false then return end -- sessions off
-    -- the default rules read a few body fields; a sessions.key function reads what it likes
-    local body = cfg.sessions.key == nil and
-        request_body.view(ctx, session.BODY_FIELDS, session.BODY_LISTS, session.opens_conversation)
-    local hash, rule = session.key(ctx, body, cfg.sessions.key)
+    -- the default rules read a few body fields, and only once a rule needs
+    -- them; a sessions.key function reads what it likes
+    local hash, rule = session.key(ctx, nil, cfg.sessions.key, T.read_session_body)
     -- only Redis needs the names up front (one round trip); the in-process store reads as it goes
     local names = cfg.sessions.store == "redis" and names_for(cfg, chain, hash) or nil
     local store = session_store.open(cfg, names, hash and sess_name(hash), rt, round)
