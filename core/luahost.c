@@ -10,7 +10,8 @@
  * library (lua_path) and for chunks from load/loadstring/loadfile/dofile, so
  * that code always runs interpreted and stays under the budget, while the
  * built-in library is compiled as usual. The hook itself is VM-wide in
- * LuaJIT, so it also covers the request coroutines (luahost_task.c).
+ * LuaJIT, so it also covers the request coroutines (luahost_task.c); it is
+ * taken off after load when the config brings no ops code (sl_luahost_new).
  *
  * Hooks are looked up once, after host.init, by the names in SL__HOOK_MAP:
  * the one list of them the core has. Each call below pushes its arguments
@@ -247,6 +248,9 @@ static void mark_interpreted(lua_State *L, int idx)
     lua_pushvalue(L, idx);
     lua_pushboolean(L, 1);
     lua_call(L, 2, 0);
+    sl_luahost_t *h = sl__luahost_running();
+    if (h)
+        h->ops_chunks++;
 }
 
 /* load / loadstring / loadfile: the original (upvalue 1), then the chunk
@@ -409,6 +413,15 @@ int sl_luahost_new(sl_luahost_t **out, const sl_luahost_opts_t *o, char *err, si
     resolve_hooks(h);
     lua_settop(h->L, 0);
     h->budget = h->cfg.script_budget;
+    /* The count hook makes LuaJIT step every instruction through it, which
+     * cost the built-in library half again its time per request. It stays
+     * where ops code may run: the config says so (config.lua's
+     * runs_ops_code), or loading it marked a chunk besides the config file
+     * itself (one it ran with dofile, load or require from lua_path). With
+     * no ops code, hooks run the library alone, which is bounded by design
+     * and mostly compiled, where the count never reached anyway. */
+    if (!h->cfg.ops_code && h->ops_chunks <= 1)
+        lua_sethook(h->L, NULL, 0, 0);
     *out = h;
     return 0;
 }

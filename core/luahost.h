@@ -72,6 +72,8 @@ typedef struct {
     int history_bodies;
     int watch_usage; /* read passthrough answers' usage even without a history: a gateway
                       * key charges tokens or cost (sluice.tenants) */
+    int ops_code;    /* code ops wrote may run after load (on_request, adapters, any function
+                      * the config defines): hooks count instructions against script_budget */
 } sl_config_t;
 
 void sl_config_free(sl_config_t *c);

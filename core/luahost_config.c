@@ -63,6 +63,7 @@ static const struct {
     {"history_max", F_INT, AT(history_max)},
     {"history_bodies", F_BOOL, AT(history_bodies)},
     {"watch_usage", F_BOOL, AT(watch_usage)},
+    {"ops_code", F_BOOL, AT(ops_code)},
 };
 
 #define NFIELDS (sizeof FIELDS / sizeof FIELDS[0])

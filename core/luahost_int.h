@@ -62,6 +62,7 @@ struct sl_luahost_s {
     int worker_id;
     uint64_t budget; /* instructions per call */
     uint64_t used;
+    int ops_chunks; /* chunks of ops code loaded (marked to run interpreted) */
     int budget_hit;
     uint64_t script_errors;
     int batch_n; /* events added to the pending batch */

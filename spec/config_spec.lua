@@ -249,3 +249,48 @@ describe("sluice.config keys that name tenants", function()
         assert.same({ "bob", "[redacted]" }, { shown[3].id, shown[3].key_sha256 })
     end)
 end)
+
+-- Whether code ops wrote can run once the config is loaded: the core counts
+-- instructions against script_budget only then (core/luahost.c), so every
+-- way a config can bring such code in must be seen.
+describe("sluice.config ops code", function()
+    it("says a config of plain settings runs none", function()
+        local cfg = assert(load_text("return { " .. SUPPLIER .. " routes = { chat = { { supplier = 'oa' } } } }"))
+        assert.is_false(cfg.ops_code)
+        assert.is_false(config.core_view(cfg).ops_code)
+    end)
+
+    it("sees a function the config defines, wherever it is kept", function()
+        for _, text in ipairs({
+            "return { " .. SUPPLIER .. " on_request = function(ctx) end }",
+            "return { " .. SUPPLIER .. " sessions = { key = function(ctx) return 'k' end } }",
+            -- a function the returned table does not hold: a library function replaced at load
+            "require('sluice.router').route = function() end\nreturn { " .. SUPPLIER .. " }",
+            "local function helper() end\nreturn { " .. SUPPLIER .. " }",
+        }) do
+            local cfg = assert(load_text(text))
+            assert.is_true(cfg.ops_code, text)
+            assert.is_true(config.core_view(cfg).ops_code, text)
+        end
+    end)
+
+    it("sees modules from lua_path and adapters", function()
+        local cfg = assert(load_text("return { " .. SUPPLIER .. " lua_path = '/nonexistent/?.lua' }"))
+        assert.is_true(cfg.ops_code)
+        -- an adapter file, with no function in the config itself
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir .. "/adapters"))
+        local f = assert(io.open(dir .. "/adapters/tag.lua", "w"))
+        f:write("return { request = function(ctx, body) return body end }")
+        f:close()
+        local path = dir .. "/sluice.lua"
+        f = assert(io.open(path, "w"))
+        f:write([[return { suppliers = { oa = { protocol = "openai-chat",
+            base_url = "http://127.0.0.1:1/v1", auth = { type = "none" }, adapter = "tag" } } }]])
+        f:close()
+        cfg = assert(config.load(path))
+        os.execute("rm -rf " .. dir)
+        assert.is_true(cfg.ops_code)
+    end)
+end)

@@ -358,6 +358,36 @@ static void test_budget_stops_runaway_on_request(void)
     sl_luahost_release(h);
 }
 
+/* The count hook is left off for a config that runs no code ops wrote
+ * (luahost.c); code that reaches the config some other way than being
+ * written in its file still runs under the budget. */
+static void test_budget_covers_ops_code_the_config_loads(void)
+{
+    const char *loop_cfg =
+        write_config("return { script_budget = 2000000,\n"
+                     "  on_request = function(ctx) local n = 0 while true do n = n + 1 end end }");
+    char dofile_cfg[512];
+    snprintf(dofile_cfg, sizeof dofile_cfg, "return dofile(\"%s\")", loop_cfg);
+    const char *configs[] = {
+        dofile_cfg,
+        "return loadstring(\"return { script_budget = 2000000, on_request = function(ctx) "
+        "while true do end end }\")()",
+    };
+    for (size_t i = 0; i < sizeof configs / sizeof *configs; i++) {
+        sl_luahost_t *h = loaded_host("lua", configs[i]);
+        if (!h)
+            return;
+        done_t d;
+        run_request(h, "POST", "/v1/chat/completions", "",
+                    "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                    &d);
+        CHECK_EQ_INT(d.rc, SL_EBUDGET);
+        CHECK_STR_HAS(d.err, "budget");
+        done_free(&d);
+        sl_luahost_release(h);
+    }
+}
+
 static void test_budget_stops_runaway_at_config_load(void)
 {
     sl_luahost_t *h;
@@ -952,6 +982,7 @@ int main(void)
     RUN(test_config_defaults_come_from_lua);
     RUN(test_config_view_must_be_complete);
     RUN(test_budget_stops_runaway_on_request);
+    RUN(test_budget_covers_ops_code_the_config_loads);
     RUN(test_budget_stops_runaway_at_config_load);
     RUN(test_budget_in_streaming_hook);
     RUN(test_request_error_has_traceback);

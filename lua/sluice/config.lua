@@ -576,6 +576,35 @@ local function validate(raw)
     return cfg
 end
 
+-- Whether the config file defines a function (on_request, sessions.key,
+-- an inline adapter, a helper, a library function replaced at load): its
+-- chunk's constants hold a prototype for each function written at its top
+-- level, and every other function is written inside one of those.
+local function defines_functions(chunk)
+    local ok, util = pcall(require, "jit.util")
+    if not ok then return true end -- cannot look: assume it does
+    for i = -1, -1e9, -1 do
+        local k = util.funck(chunk, i)
+        if k == nil then return false end
+        if type(k) == "proto" then return true end
+    end
+    return true
+end
+
+-- Whether code ops wrote may run after the config is loaded: a function
+-- the config file defines, a named adapter, or modules from lua_path. The
+-- core counts Lua instructions against script_budget only then: the count
+-- makes LuaJIT step every instruction through a hook, which cost the
+-- built-in library half again its time per request, and the library,
+-- mostly compiled, was never what the budget was for (core/luahost.c).
+local function runs_ops_code(cfg, chunk)
+    if cfg.lua_path or defines_functions(chunk) then return true end
+    for _, s in pairs(cfg.suppliers) do
+        if s.adapter ~= nil then return true end
+    end
+    return false
+end
+
 function M.load(path)
     local chunk, err = loadfile(path)
     if not chunk then return nil, "cannot load config: " .. tostring(err) end
@@ -593,6 +622,7 @@ function M.load(path)
     cfg.dir = path:match("^(.*)/[^/]*$") or "."
     local aerr = M.load_adapters(cfg)
     if aerr then return nil, aerr end
+    cfg.ops_code = runs_ops_code(cfg, chunk)
     return cfg
 end
 
@@ -684,6 +714,7 @@ function M.core_view(cfg)
         -- A tenant's token or cost limit needs every answer's usage, with or
         -- without a history (the core reads passthrough answers only then).
         watch_usage = cfg.charging_keys == true,
+        ops_code = cfg.ops_code ~= false, -- not known: counted
     }
 end
 

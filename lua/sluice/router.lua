@@ -16,6 +16,7 @@
 --
 -- R.classify(method, path) -> info | nil, status, message
 --   info = { service, protocol, kind = "generate"|"count_tokens"|"models", model?, stream? }
+--   (read-only: the info of a fixed endpoint is one table for all its requests)
 --   (a models path several protocols share leaves `protocol` nil: the host
 --   decides from the request's headers)
 -- R.route(cfg, service, model) -> entry | nil, message
@@ -63,7 +64,16 @@ local function derive()
     end
 end
 
+-- POST paths of fixed endpoints (a finite set: EXACT's paths, bare or under
+-- a prefix) -> their info, shared by every request to them: callers only
+-- read it.
+local FIXED = {}
+
 function R.classify(method, path)
+    if method == "POST" then
+        local info = FIXED[path]
+        if info then return info end
+    end
     if not EXACT then derive() end
     local service, rest = path:match("^/(%a+)(/.*)$")
     if not (service and PREFIXES[service]) then
@@ -80,7 +90,9 @@ function R.classify(method, path)
         -- `prefixed`: only under the protocol's own prefix (/codex/responses)
         if ep.prefixed and service ~= HOME[p] then return nil, 404, "unknown path " .. path end
         if method ~= "POST" then return nil, 405, "use POST for " .. path end
-        return { service = service or HOME[p], protocol = p, kind = ep.kind }
+        local info = { service = service or HOME[p], protocol = p, kind = ep.kind }
+        FIXED[path] = info
+        return info
     end
     for i = 1, #MATCHERS do
         local p, ep = MATCHERS[i].protocol, MATCHERS[i].ep

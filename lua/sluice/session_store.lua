@@ -24,7 +24,7 @@ local type, tostring, tonumber, pcall, floor = type, tostring, tonumber, pcall, 
 
 local M = {}
 
-local function rt_of(rt) return rt or require("sluice") end
+local rt_of = require("sluice.runtime")
 
 -- ------------------------------------------------------------------ memory
 

@@ -38,7 +38,7 @@ local T = {}
 T.SCHEMA = 1
 local STAMP_TTL = 86400 -- use stamps only order keys; a day-old one is as good as none
 
-local function rt_of(rt) return rt or require("sluice") end
+local rt_of = require("sluice.runtime")
 
 local function count(rt, name, k, v)
     if rt.count then rt.count(name, k, v) end

@@ -57,7 +57,7 @@ local T = {}
 T.ID_MAX = 64
 T.SHA256_HEX = 64
 
-local function rt_of(rt) return rt or require("sluice") end
+local rt_of = require("sluice.runtime")
 -- sluice.config requires this module at load, so its glob matcher is
 -- looked up on first use (once per VM).
 local glob_match_fn

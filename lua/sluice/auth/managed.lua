@@ -246,9 +246,7 @@ local function cache_key(supplier)
     return k
 end
 
-local function runtime(rt)
-    return rt or require("sluice")
-end
+local runtime = require("sluice.runtime")
 
 -- Fetch as the lock holder; store the token (with a shorter-lived "fresh"
 -- mark that says when to refresh) or the failure, for the waiters.
